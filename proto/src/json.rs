@@ -1,0 +1,225 @@
+//! JSON views of the control API: the documented, stable shapes printed by
+//! `supctl ... -o json` and served at `/api/v1/...`. Field names here are a
+//! contract that scripts depend on; add fields, never rename them.
+
+use serde::Serialize;
+
+use crate::time::rfc3339_ms;
+use crate::v1;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    pub nodes: Vec<NodeView>,
+    pub jobs: Vec<JobView>,
+    pub spares: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub id: String,
+    pub address: String,
+    /// joining | ready | suspect | unreachable | cordoned
+    pub state: &'static str,
+    pub job: Option<String>,
+    pub gpus: Vec<GpuView>,
+    pub cordon: Option<CordonView>,
+    pub hostname: String,
+    pub connected: bool,
+    pub agent_version: String,
+    pub gpu_backend: String,
+    pub registered_at: Option<String>,
+    pub last_seen: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuView {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    /// ok | degraded | failed
+    pub health: &'static str,
+    pub pci_bus_id: String,
+    pub memory_total_bytes: Option<u64>,
+    pub temperature_c: Option<f64>,
+    pub power_w: Option<f64>,
+    pub utilization_gpu_pct: Option<u32>,
+    pub sm_clock_mhz: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CordonView {
+    pub reason: String,
+    pub by: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub seq: u64,
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub kind: String,
+    pub node: Option<String>,
+    pub job: Option<String>,
+    pub reason: Option<String>,
+}
+
+pub fn node_state_name(state: i32) -> &'static str {
+    match v1::NodeState::try_from(state) {
+        Ok(v1::NodeState::Joining) => "joining",
+        Ok(v1::NodeState::Ready) => "ready",
+        Ok(v1::NodeState::Suspect) => "suspect",
+        Ok(v1::NodeState::Unreachable) => "unreachable",
+        Ok(v1::NodeState::Cordoned) => "cordoned",
+        Ok(v1::NodeState::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+pub fn gpu_health_name(health: i32) -> &'static str {
+    match v1::GpuHealth::try_from(health) {
+        Ok(v1::GpuHealth::Ok) => "ok",
+        Ok(v1::GpuHealth::Degraded) => "degraded",
+        Ok(v1::GpuHealth::Failed) => "failed",
+        Ok(v1::GpuHealth::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn timestamp(ms: i64) -> Option<String> {
+    (ms > 0).then(|| rfc3339_ms(ms))
+}
+
+impl From<&v1::ClusterStatus> for StatusView {
+    fn from(s: &v1::ClusterStatus) -> Self {
+        StatusView {
+            nodes: s.nodes.iter().map(NodeView::from).collect(),
+            jobs: s
+                .jobs
+                .iter()
+                .map(|j| JobView {
+                    name: j.name.clone(),
+                })
+                .collect(),
+            spares: s.spares.clone(),
+        }
+    }
+}
+
+impl From<&v1::Node> for NodeView {
+    fn from(n: &v1::Node) -> Self {
+        NodeView {
+            id: n.id.clone(),
+            address: n.address.clone(),
+            state: node_state_name(n.state),
+            job: non_empty(&n.job),
+            gpus: n.gpus.iter().map(GpuView::from).collect(),
+            cordon: n.cordon.as_ref().map(CordonView::from),
+            hostname: n.hostname.clone(),
+            connected: n.connected,
+            agent_version: n.agent_version.clone(),
+            gpu_backend: n.gpu_backend.clone(),
+            registered_at: timestamp(n.registered_at_unix_ms),
+            last_seen: timestamp(n.last_seen_unix_ms),
+        }
+    }
+}
+
+impl From<&v1::Gpu> for GpuView {
+    fn from(g: &v1::Gpu) -> Self {
+        let r = g.reading.as_ref();
+        GpuView {
+            index: g.index,
+            uuid: g.uuid.clone(),
+            name: g.name.clone(),
+            health: gpu_health_name(g.health),
+            pci_bus_id: g.pci_bus_id.clone(),
+            memory_total_bytes: g.memory_total_bytes,
+            temperature_c: r.and_then(|r| r.temperature_c),
+            power_w: r.and_then(|r| r.power_w),
+            utilization_gpu_pct: r.and_then(|r| r.utilization_gpu_pct),
+            sm_clock_mhz: r.and_then(|r| r.sm_clock_mhz),
+        }
+    }
+}
+
+impl From<&v1::Cordon> for CordonView {
+    fn from(c: &v1::Cordon) -> Self {
+        CordonView {
+            reason: c.reason.clone(),
+            by: c.by.clone(),
+            at: rfc3339_ms(c.at_unix_ms),
+        }
+    }
+}
+
+impl From<&v1::Event> for EventView {
+    fn from(e: &v1::Event) -> Self {
+        EventView {
+            seq: e.seq,
+            at: rfc3339_ms(e.at_unix_ms),
+            kind: e.kind.clone(),
+            node: non_empty(&e.node),
+            job: non_empty(&e.job),
+            reason: non_empty(&e.reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_view_matches_the_documented_contract() {
+        let node = v1::Node {
+            id: "n1".into(),
+            address: "10.0.0.1".into(),
+            state: v1::NodeState::Cordoned as i32,
+            gpus: vec![v1::Gpu {
+                index: 0,
+                uuid: "GPU-1".into(),
+                name: "H100".into(),
+                health: v1::GpuHealth::Ok as i32,
+                ..Default::default()
+            }],
+            cordon: Some(v1::Cordon {
+                reason: "xid 79".into(),
+                by: "alice".into(),
+                at_unix_ms: 1000,
+            }),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(NodeView::from(&node)).expect("serialize");
+        assert_eq!(v["id"], "n1");
+        assert_eq!(v["state"], "cordoned");
+        assert_eq!(v["job"], serde_json::Value::Null);
+        assert_eq!(v["gpus"][0]["health"], "ok");
+        assert_eq!(v["gpus"][0]["temperature_c"], serde_json::Value::Null);
+        assert_eq!(v["cordon"]["by"], "alice");
+        assert_eq!(v["cordon"]["at"], "1970-01-01T00:00:01.000Z");
+    }
+
+    #[test]
+    fn event_view_uses_null_for_not_applicable() {
+        let e = v1::Event {
+            seq: 3,
+            at_unix_ms: 0,
+            kind: "node_registered".into(),
+            node: "n1".into(),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(EventView::from(&e)).expect("serialize");
+        assert_eq!(v["node"], "n1");
+        assert_eq!(v["job"], serde_json::Value::Null);
+        assert_eq!(v["reason"], serde_json::Value::Null);
+    }
+}
