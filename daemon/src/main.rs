@@ -1,1 +1,85 @@
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use supd::config::{Config, LogFormat, Overrides};
+
+/// supd: the sup supervisor. Keeps the node registry, decides, and serves
+/// agents (gRPC), supctl (gRPC) and the dashboard and metrics (HTTP).
+#[derive(Debug, Parser)]
+#[command(name = "supd", version)]
+struct Args {
+    /// TOML config file; flags override its values.
+    #[arg(long, env = "SUPD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for durable state (default /var/lib/sup).
+    #[arg(long, env = "SUPD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address for agents and supctl (default 127.0.0.1:7070).
+    #[arg(long, env = "SUPD_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// Address for the dashboard, /metrics and /api (default 127.0.0.1:7080).
+    #[arg(long, env = "SUPD_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    #[arg(long, env = "SUPD_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(
+        args.config.as_deref(),
+        Overrides {
+            data_dir: args.data_dir,
+            grpc_addr: args.grpc_addr,
+            http_addr: args.http_addr,
+            log_format: args.log_format,
+        },
+    ) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("supd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    supd::init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("supd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(supd::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("supd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

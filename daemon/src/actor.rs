@@ -1,0 +1,568 @@
+//! The one task that owns the policy engine and the store.
+//!
+//! Requests arrive on a channel and are handled in batches: the engine
+//! decides, the batch's state changes are committed (and flushed) in one
+//! store write, and only then are replies sent and agents told. A reply
+//! therefore never acknowledges something that a crash could lose. If the
+//! store cannot be written, the actor stops and supd stops serving (fail
+//! closed) rather than run on state it could not persist.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use sup_proto::time::to_unix_ms;
+use sup_proto::v1;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::engine::{
+    Action, CordonOutcome, Engine, EngineError, GpuReading, Millis, NodeState, Registration,
+    SessionId,
+};
+use crate::store::{Store, StoreError};
+use crate::view;
+
+/// Where the actor sends a connected agent's messages.
+pub type AgentOutbound = mpsc::Sender<Result<v1::SupervisorMessage, tonic::Status>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActorError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("the supervisor is not serving: {0}")]
+    Unavailable(String),
+}
+
+/// Counters the metrics endpoint reads; written only by the actor.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub reports: AtomicU64,
+    pub stale_reports: AtomicU64,
+    pub store_commits: AtomicU64,
+    pub events_by_kind: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+enum Request {
+    Register {
+        registration: Registration,
+        outbound: AgentOutbound,
+        reply: oneshot::Sender<Result<NodeState, ActorError>>,
+    },
+    Telemetry {
+        node_id: String,
+        session: SessionId,
+        readings: Vec<GpuReading>,
+    },
+    Disconnected {
+        node_id: String,
+        session: SessionId,
+    },
+    Cordon {
+        node_id: String,
+        reason: String,
+        by: String,
+        reply: oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>,
+    },
+    Uncordon {
+        node_id: String,
+        reason: String,
+        by: String,
+        reply: oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>,
+    },
+    Status {
+        reply: oneshot::Sender<v1::ClusterStatus>,
+    },
+    Node {
+        node_id: String,
+        reply: oneshot::Sender<Result<v1::Node, ActorError>>,
+    },
+    Events {
+        after_seq: u64,
+        limit: usize,
+        reply: oneshot::Sender<Vec<v1::Event>>,
+    },
+}
+
+/// A cheap, cloneable way to talk to the actor.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+fn gone() -> ActorError {
+    ActorError::Unavailable("the state actor has stopped".to_owned())
+}
+
+impl SupervisorHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, ActorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    pub async fn register(
+        &self,
+        registration: Registration,
+        outbound: AgentOutbound,
+    ) -> Result<NodeState, ActorError> {
+        self.ask(|reply| Request::Register {
+            registration,
+            outbound,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn telemetry(
+        &self,
+        node_id: String,
+        session: SessionId,
+        readings: Vec<GpuReading>,
+    ) -> Result<(), ActorError> {
+        self.tx
+            .send(Request::Telemetry {
+                node_id,
+                session,
+                readings,
+            })
+            .await
+            .map_err(|_| gone())
+    }
+
+    pub async fn disconnected(&self, node_id: String, session: SessionId) {
+        // Nothing to do if the actor is gone: supd is stopping.
+        let _ = self
+            .tx
+            .send(Request::Disconnected { node_id, session })
+            .await;
+    }
+
+    pub async fn cordon(
+        &self,
+        node_id: String,
+        reason: String,
+        by: String,
+    ) -> Result<(CordonOutcome, v1::Node), ActorError> {
+        self.ask(|reply| Request::Cordon {
+            node_id,
+            reason,
+            by,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn uncordon(
+        &self,
+        node_id: String,
+        reason: String,
+        by: String,
+    ) -> Result<(CordonOutcome, v1::Node), ActorError> {
+        self.ask(|reply| Request::Uncordon {
+            node_id,
+            reason,
+            by,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn status(&self) -> Result<v1::ClusterStatus, ActorError> {
+        self.ask(|reply| Request::Status { reply }).await
+    }
+
+    pub async fn node(&self, node_id: String) -> Result<v1::Node, ActorError> {
+        self.ask(|reply| Request::Node { node_id, reply }).await?
+    }
+
+    pub async fn events(&self, after_seq: u64, limit: usize) -> Result<Vec<v1::Event>, ActorError> {
+        self.ask(|reply| Request::Events {
+            after_seq,
+            limit,
+            reply,
+        })
+        .await
+    }
+}
+
+/// Sends a reply once the batch it belongs to is durable; `false` means the
+/// commit failed and the reply must say so.
+type Deferred = Box<dyn FnOnce(bool) + Send>;
+
+fn defer<T: Send + 'static>(
+    reply: oneshot::Sender<Result<T, ActorError>>,
+    value: Result<T, ActorError>,
+) -> Deferred {
+    Box::new(move |committed| {
+        let value = if committed {
+            value
+        } else {
+            Err(ActorError::Unavailable(
+                "the change could not be persisted".to_owned(),
+            ))
+        };
+        let _ = reply.send(value);
+    })
+}
+
+pub struct Actor<S: Store> {
+    engine: Engine,
+    store: S,
+    rx: mpsc::Receiver<Request>,
+    sessions: HashMap<String, (SessionId, AgentOutbound)>,
+    telemetry_interval: Duration,
+    counters: Arc<Counters>,
+    ready: Arc<AtomicBool>,
+}
+
+/// Requests handled per batch before the batch is committed.
+const MAX_BATCH: usize = 1024;
+
+pub fn now_ms() -> Millis {
+    to_unix_ms(SystemTime::now())
+}
+
+impl<S: Store> Actor<S> {
+    pub fn new(
+        engine: Engine,
+        store: S,
+        telemetry_interval: Duration,
+        counters: Arc<Counters>,
+        ready: Arc<AtomicBool>,
+    ) -> (Self, SupervisorHandle) {
+        let (tx, rx) = mpsc::channel(4096);
+        let actor = Actor {
+            engine,
+            store,
+            rx,
+            sessions: HashMap::new(),
+            telemetry_interval,
+            counters,
+            ready,
+        };
+        (actor, SupervisorHandle { tx })
+    }
+
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
+        loop {
+            let wake = self.engine.poll_timeout();
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(m) => Some(m),
+                    None => break,
+                },
+                _ = sleep_until(wake) => None,
+            };
+            let now = now_ms();
+            let mut deferred: Vec<Deferred> = Vec::new();
+            if let Some(request) = first {
+                self.handle(now, request, &mut deferred);
+                for _ in 1..MAX_BATCH {
+                    match self.rx.try_recv() {
+                        Ok(request) => self.handle(now, request, &mut deferred),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
+            }
+            if let Err(e) = self.apply_actions() {
+                tracing::error!(error = %e, "cannot persist state; supd stops serving");
+                self.ready.store(false, Ordering::SeqCst);
+                for d in deferred {
+                    d(false);
+                }
+                return Err(e);
+            }
+            for d in deferred {
+                d(true);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, now: Millis, request: Request, deferred: &mut Vec<Deferred>) {
+        match request {
+            Request::Register {
+                registration,
+                outbound,
+                reply,
+            } => {
+                let node_id = registration.node_id.clone();
+                let session = registration.session;
+                let result = self.engine.register(now, registration);
+                if let Ok(state) = &result {
+                    let registered = v1::SupervisorMessage {
+                        body: Some(v1::supervisor_message::Body::Registered(v1::Registered {
+                            node_id: node_id.clone(),
+                            state: view::node_state(*state) as i32,
+                            telemetry_interval_ms: u32::try_from(
+                                self.telemetry_interval.as_millis(),
+                            )
+                            .unwrap_or(u32::MAX),
+                        })),
+                    };
+                    // Replacing the entry drops the previous stream's sender,
+                    // which ends that stream (takeover).
+                    self.sessions
+                        .insert(node_id.clone(), (session, outbound.clone()));
+                    deferred.push(Box::new(move |committed| {
+                        if committed {
+                            let _ = outbound.try_send(Ok(registered));
+                        }
+                    }));
+                }
+                deferred.push(defer(reply, result.map_err(ActorError::from)));
+            }
+            Request::Telemetry {
+                node_id,
+                session,
+                readings,
+            } => {
+                if self.engine.telemetry(now, &node_id, session, readings) {
+                    self.counters.reports.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.counters.stale_reports.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Request::Disconnected { node_id, session } => {
+                self.engine.disconnected(now, &node_id, session);
+                if self
+                    .sessions
+                    .get(&node_id)
+                    .is_some_and(|(s, _)| *s == session)
+                {
+                    self.sessions.remove(&node_id);
+                }
+            }
+            Request::Cordon {
+                node_id,
+                reason,
+                by,
+                reply,
+            } => {
+                let result = self
+                    .engine
+                    .cordon(now, &node_id, &reason, &by)
+                    .and_then(|outcome| Ok((outcome, view::node(self.engine.node(&node_id)?))));
+                if let Ok((outcome, _)) = &result {
+                    if outcome.changed {
+                        tracing::warn!(node = %node_id, by = %by, reason = %reason, "node cordoned");
+                    }
+                }
+                deferred.push(defer(reply, result.map_err(ActorError::from)));
+            }
+            Request::Uncordon {
+                node_id,
+                reason,
+                by,
+                reply,
+            } => {
+                let result = self
+                    .engine
+                    .uncordon(now, &node_id, &by, &reason)
+                    .and_then(|outcome| Ok((outcome, view::node(self.engine.node(&node_id)?))));
+                if let Ok((outcome, _)) = &result {
+                    if outcome.changed {
+                        tracing::info!(node = %node_id, by = %by, "node uncordoned");
+                    }
+                }
+                deferred.push(defer(reply, result.map_err(ActorError::from)));
+            }
+            Request::Status { reply } => {
+                let status = view::status(&self.engine);
+                deferred.push(Box::new(move |_| {
+                    let _ = reply.send(status);
+                }));
+            }
+            Request::Node { node_id, reply } => {
+                let result = self.engine.node(&node_id).map(view::node);
+                deferred.push(defer(reply, result.map_err(ActorError::from)));
+            }
+            Request::Events {
+                after_seq,
+                limit,
+                reply,
+            } => {
+                let events = view::events(&self.engine, after_seq, limit);
+                deferred.push(Box::new(move |_| {
+                    let _ = reply.send(events);
+                }));
+            }
+        }
+    }
+
+    fn apply_actions(&mut self) -> Result<(), StoreError> {
+        let mut changes = Vec::new();
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::Persist(change) => changes.push(change),
+                Action::CloseSession {
+                    node_id,
+                    session,
+                    reason,
+                } => {
+                    tracing::info!(node = %node_id, session, %reason, "closing agent stream");
+                    if self
+                        .sessions
+                        .get(&node_id)
+                        .is_some_and(|(s, _)| *s == session)
+                    {
+                        self.sessions.remove(&node_id);
+                    }
+                }
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.store.commit(&changes)?;
+        self.counters.store_commits.fetch_add(1, Ordering::Relaxed);
+        let mut by_kind = self
+            .counters
+            .events_by_kind
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for change in &changes {
+            if let crate::engine::Change::AppendEvent(e) = change {
+                *by_kind.entry(e.kind.as_str()).or_default() += 1;
+                tracing::info!(
+                    kind = e.kind.as_str(),
+                    node = e.node.as_deref().unwrap_or(""),
+                    reason = %e.reason,
+                    "event"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(wake: Option<Millis>) {
+    match wake {
+        Some(at) => {
+            let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineConfig, GpuInventory};
+    use crate::store::MemoryStore;
+
+    fn registration(session: SessionId) -> Registration {
+        Registration {
+            session,
+            node_id: "n1".into(),
+            address: "10.0.0.1".into(),
+            hostname: "h".into(),
+            agent_version: "0".into(),
+            instance_id: "i".into(),
+            gpu_backend: "sim".into(),
+            gpus: vec![GpuInventory {
+                index: 0,
+                uuid: "GPU-0".into(),
+                name: "H100".into(),
+                pci_bus_id: "0".into(),
+                memory_total_bytes: None,
+            }],
+        }
+    }
+
+    struct Running {
+        handle: SupervisorHandle,
+        task: tokio::task::JoinHandle<Result<(), StoreError>>,
+        ready: Arc<AtomicBool>,
+        _stop: watch::Sender<bool>,
+    }
+
+    fn start(store: MemoryStore) -> Running {
+        let ready = Arc::new(AtomicBool::new(true));
+        let (actor, handle) = Actor::new(
+            Engine::new(EngineConfig::default()),
+            store,
+            Duration::from_secs(1),
+            Arc::new(Counters::default()),
+            ready.clone(),
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(actor.run(stop_rx));
+        Running {
+            handle,
+            task,
+            ready,
+            _stop: stop,
+        }
+    }
+
+    #[tokio::test]
+    async fn registration_is_acknowledged_on_the_stream_after_commit() {
+        let running = start(MemoryStore::default());
+        let handle = &running.handle;
+        let (tx, mut rx) = mpsc::channel(4);
+        let state = handle
+            .register(registration(1), tx)
+            .await
+            .expect("register");
+        assert_eq!(state, NodeState::Joining);
+        let msg = rx.recv().await.expect("message").expect("ok");
+        assert!(matches!(
+            msg.body,
+            Some(v1::supervisor_message::Body::Registered(r)) if r.node_id == "n1" && r.telemetry_interval_ms == 1000
+        ));
+        let status = handle.status().await.expect("status");
+        assert_eq!(status.nodes.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_fails_the_request_and_stops_serving() {
+        let store = MemoryStore {
+            fail_writes: true,
+            ..Default::default()
+        };
+        let running = start(store);
+        let Running {
+            handle,
+            task,
+            ready,
+            _stop,
+        } = running;
+        let (tx, _rx) = mpsc::channel(4);
+        let err = handle
+            .register(registration(1), tx)
+            .await
+            .expect_err("must not be acknowledged");
+        assert!(matches!(err, ActorError::Unavailable(_)), "{err}");
+        assert!(task.await.expect("join").is_err());
+        assert!(!ready.load(Ordering::SeqCst));
+        assert!(matches!(
+            handle.status().await,
+            Err(ActorError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn takeover_ends_the_old_stream() {
+        let running = start(MemoryStore::default());
+        let handle = &running.handle;
+        let (tx1, mut rx1) = mpsc::channel(4);
+        handle.register(registration(1), tx1).await.expect("first");
+        let _ = rx1.recv().await;
+        let (tx2, _rx2) = mpsc::channel(4);
+        let mut second = registration(2);
+        second.instance_id = "restarted".into();
+        handle.register(second, tx2).await.expect("takeover");
+        assert!(rx1.recv().await.is_none(), "old stream must end");
+    }
+}

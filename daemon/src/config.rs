@@ -1,0 +1,307 @@
+//! supd's configuration: a TOML file (unknown keys are errors) with command
+//! line flags on top. Every default is written here and in
+//! `deploy/supd.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub grpc: GrpcConfig,
+    pub http: HttpConfig,
+    pub nodes: NodesConfig,
+    pub events: EventsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    pub addr: SocketAddr,
+    /// Largest message accepted from an agent or supctl.
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams per connection (an agent needs one).
+    pub max_concurrent_streams: u32,
+    /// Concurrent requests handled per connection.
+    pub concurrency_per_connection: usize,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// An agent must send its Register message within this time.
+    #[serde(with = "humantime_serde")]
+    pub register_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodesConfig {
+    /// A node silent this long is unreachable (not failed: silence alone
+    /// never cordons).
+    #[serde(with = "humantime_serde")]
+    pub unreachable_after: Duration,
+    /// Telemetry interval suggested to agents at registration.
+    #[serde(with = "humantime_serde")]
+    pub telemetry_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events kept in the log (and the store); older ones are dropped.
+    pub capacity: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 64,
+            concurrency_per_connection: 64,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(20),
+            register_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7080)),
+        }
+    }
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        NodesConfig {
+            unreachable_after: Duration::from_secs(30),
+            telemetry_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { capacity: 10_000 }
+    }
+}
+
+/// The file as written; everything optional so flags can fill the rest.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    grpc: GrpcConfig,
+    #[serde(default)]
+    http: HttpConfig,
+    #[serde(default)]
+    nodes: NodesConfig,
+    #[serde(default)]
+    events: EventsConfig,
+}
+
+/// Values given on the command line (or their environment variables); each
+/// one that is set wins over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let parsed = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::parse_file(&text).map_err(|message| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let mut config = Config {
+            data_dir: parsed
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/sup")),
+            log_format: parsed.log_format.unwrap_or(LogFormat::Text),
+            grpc: parsed.grpc,
+            http: parsed.http,
+            nodes: parsed.nodes,
+            events: parsed.events,
+        };
+        if let Some(v) = overrides.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = overrides.grpc_addr {
+            config.grpc.addr = v;
+        }
+        if let Some(v) = overrides.http_addr {
+            config.http.addr = v;
+        }
+        if let Some(v) = overrides.log_format {
+            config.log_format = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse_file(text: &str) -> Result<FileConfig, String> {
+        // toml's message names the offending key and its line.
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir must not be empty");
+        }
+        if self.nodes.unreachable_after.is_zero() {
+            return invalid("nodes.unreachable_after must be greater than zero");
+        }
+        if self.nodes.telemetry_interval.is_zero() {
+            return invalid("nodes.telemetry_interval must be greater than zero");
+        }
+        if self.nodes.telemetry_interval >= self.nodes.unreachable_after {
+            return invalid(
+                "nodes.telemetry_interval must be shorter than nodes.unreachable_after, or every node would flap",
+            );
+        }
+        if self.events.capacity == 0 {
+            return invalid("events.capacity must be at least 1");
+        }
+        if self.grpc.max_message_bytes < 1024 {
+            return invalid("grpc.max_message_bytes must be at least 1024");
+        }
+        if self.grpc.max_concurrent_streams == 0 || self.grpc.concurrency_per_connection == 0 {
+            return invalid("grpc.max_concurrent_streams and grpc.concurrency_per_connection must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `serde(with)` for durations written as humantime strings ("30s", "1m 30s").
+mod humantime_serde {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration '{s}': {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_key() {
+        let f = file("data_dir = \"/tmp/x\"\n[nodes]\nunreachable_afterr = \"5s\"\n");
+        let err = Config::load(Some(f.path()), Overrides::default()).expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("unreachable_afterr"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_an_error() {
+        let f = file("grpc_adr = \"127.0.0.1:1\"\n");
+        let msg = Config::load(Some(f.path()), Overrides::default())
+            .expect_err("must fail")
+            .to_string();
+        assert!(msg.contains("grpc_adr"), "{msg}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f = file(
+            "data_dir = \"/from/file\"\n[grpc]\naddr = \"127.0.0.1:1111\"\n[nodes]\nunreachable_after = \"45s\"\n",
+        );
+        let config = Config::load(
+            Some(f.path()),
+            Overrides {
+                data_dir: Some("/from/flag".into()),
+                grpc_addr: None,
+                http_addr: Some("127.0.0.1:2222".parse().expect("addr")),
+                log_format: Some(LogFormat::Json),
+            },
+        )
+        .expect("load");
+        assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(config.grpc.addr.port(), 1111);
+        assert_eq!(config.http.addr.port(), 2222);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.nodes.unreachable_after, Duration::from_secs(45));
+        assert_eq!(config.events.capacity, 10_000, "unset keys keep defaults");
+    }
+
+    #[test]
+    fn bad_duration_and_inconsistent_values_are_rejected() {
+        let f = file("[nodes]\nunreachable_after = \"soon\"\n");
+        let msg = Config::load(Some(f.path()), Overrides::default())
+            .expect_err("bad duration")
+            .to_string();
+        assert!(msg.contains("invalid duration 'soon'"), "{msg}");
+
+        let f = file("[nodes]\nunreachable_after = \"5s\"\ntelemetry_interval = \"10s\"\n");
+        let msg = Config::load(Some(f.path()), Overrides::default())
+            .expect_err("interval above limit")
+            .to_string();
+        assert!(msg.contains("telemetry_interval must be shorter"), "{msg}");
+    }
+
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/supd.toml");
+        Config::load(Some(&path), Overrides::default()).expect("deploy/supd.toml must be valid");
+    }
+}

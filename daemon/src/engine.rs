@@ -1,0 +1,801 @@
+//! The policy engine: every decision supd makes, with no I/O and no clock.
+//!
+//! Shaped after raft-rs / quinn-proto ("sans-IO"): callers feed it inputs with
+//! the current time (`register`, `telemetry`, `cordon`, ..., `handle_timeout`),
+//! then drain what it decided with [`Engine::poll_action`] and ask when to
+//! wake it next with [`Engine::poll_timeout`]. Every state change is an
+//! [`Action::Persist`] that the caller must make durable before it
+//! acknowledges anything, and every decision is recorded as an [`Event`] with
+//! a human-readable reason.
+//!
+//! Time is wall-clock Unix milliseconds ([`Millis`]) because the timestamps it
+//! stamps (cordon `at`, events) are shown to people and survive restarts.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// Wall-clock time, Unix milliseconds.
+pub type Millis = i64;
+
+/// Identifies one agent stream; a new stream gets a new id, so reports from a
+/// stream that has been replaced can be told apart and ignored.
+pub type SessionId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// A node that has sent nothing for this long is unreachable.
+    pub unreachable_after_ms: Millis,
+    /// How many events the log keeps; older ones are dropped.
+    pub event_log_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            unreachable_after_ms: 30_000,
+            event_log_capacity: 10_000,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Durable records (what the store keeps)
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuHealth {
+    Ok,
+    Degraded,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuRecord {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub pci_bus_id: String,
+    pub memory_total_bytes: Option<u64>,
+    pub health: GpuHealth,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CordonRecord {
+    pub reason: String,
+    pub by: String,
+    pub at: Millis,
+}
+
+/// The durable part of a node: what must survive a supervisor restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub address: String,
+    pub hostname: String,
+    pub agent_version: String,
+    pub gpu_backend: String,
+    pub instance_id: String,
+    pub gpus: Vec<GpuRecord>,
+    pub registered_at: Millis,
+    /// Set once the node has sent its first report after its first
+    /// registration; a node that never reported is still `joining`.
+    pub joined: bool,
+    pub cordon: Option<CordonRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub at: Millis,
+    pub kind: EventKind,
+    pub node: Option<String>,
+    pub job: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    NodeRegistered,
+    NodeReconnected,
+    NodeTakeover,
+    NodeRejected,
+    NodeDisconnected,
+    NodeUnreachable,
+    NodeReachable,
+    NodeInventoryChanged,
+    NodeCordoned,
+    NodeUncordoned,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::NodeRegistered => "node_registered",
+            EventKind::NodeReconnected => "node_reconnected",
+            EventKind::NodeTakeover => "node_takeover",
+            EventKind::NodeRejected => "node_rejected",
+            EventKind::NodeDisconnected => "node_disconnected",
+            EventKind::NodeUnreachable => "node_unreachable",
+            EventKind::NodeReachable => "node_reachable",
+            EventKind::NodeInventoryChanged => "node_inventory_changed",
+            EventKind::NodeCordoned => "node_cordoned",
+            EventKind::NodeUncordoned => "node_uncordoned",
+        }
+    }
+}
+
+/// What the store holds; the engine is rebuilt from it at startup.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Persisted {
+    pub nodes: Vec<NodeRecord>,
+    /// Oldest first.
+    pub events: Vec<Event>,
+}
+
+// ---------------------------------------------------------------------------
+// Inputs and outputs
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub session: SessionId,
+    pub node_id: String,
+    pub address: String,
+    pub hostname: String,
+    pub agent_version: String,
+    pub instance_id: String,
+    pub gpu_backend: String,
+    pub gpus: Vec<GpuInventory>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuInventory {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub pci_bus_id: String,
+    pub memory_total_bytes: Option<u64>,
+}
+
+/// Latest readings of one GPU; absent readings stay `None`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuReading {
+    pub index: u32,
+    pub temperature_c: Option<f64>,
+    pub power_w: Option<f64>,
+    pub utilization_gpu_pct: Option<u32>,
+    pub utilization_memory_pct: Option<u32>,
+    pub sm_clock_mhz: Option<u32>,
+    pub memory_clock_mhz: Option<u32>,
+    pub memory_used_bytes: Option<u64>,
+}
+
+/// A change of durable state. The caller applies a batch atomically and
+/// flushes it before it acknowledges anything that caused it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    PutNode(NodeRecord),
+    AppendEvent(Event),
+    /// Drop every event with a sequence number up to and including this one.
+    TrimEventsThrough(u64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Persist(Change),
+    /// End an agent stream, with the reason to log (a newer stream took over).
+    CloseSession {
+        node_id: String,
+        session: SessionId,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown node '{0}'")]
+    UnknownNode(String),
+    #[error("node id '{node_id}' is already connected from {connected_from}; stop that agent or give this one another --node-id")]
+    DuplicateNodeId {
+        node_id: String,
+        connected_from: String,
+    },
+    #[error("invalid registration: {0}")]
+    InvalidRegistration(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+/// Node state as operators see it; derived, never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    Joining,
+    Ready,
+    Suspect,
+    Unreachable,
+    Cordoned,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CordonOutcome {
+    pub changed: bool,
+    pub message: String,
+}
+
+// ---------------------------------------------------------------------------
+// The engine
+// ---------------------------------------------------------------------------
+
+/// A node as the engine sees it: the durable record plus what is only true
+/// while this supervisor runs.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub record: NodeRecord,
+    /// The live agent stream, if any.
+    pub session: Option<SessionId>,
+    /// Last report, or supervisor start for nodes restored from the store
+    /// (so a restart grants every node a full grace period).
+    pub last_seen: Millis,
+    pub unreachable: bool,
+    pub readings: BTreeMap<u32, GpuReading>,
+    /// Instance id of the last agent rejected as a duplicate, so a retrying
+    /// impostor records one event, not one per retry.
+    last_rejected_instance: Option<String>,
+}
+
+impl Node {
+    pub fn state(&self) -> NodeState {
+        if self.record.cordon.is_some() {
+            NodeState::Cordoned
+        } else if self.unreachable {
+            NodeState::Unreachable
+        } else if self.record.gpus.iter().any(|g| g.health != GpuHealth::Ok) {
+            NodeState::Suspect
+        } else if !self.record.joined {
+            NodeState::Joining
+        } else {
+            NodeState::Ready
+        }
+    }
+
+    pub fn connected(&self) -> bool {
+        self.session.is_some()
+    }
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    nodes: BTreeMap<String, Node>,
+    events: VecDeque<Event>,
+    next_event_seq: u64,
+    actions: VecDeque<Action>,
+    /// Earliest time a node may turn unreachable. May be early (then the
+    /// check finds nothing and computes the next one), never late.
+    next_liveness_check: Option<Millis>,
+}
+
+const MAX_NODE_ID_LEN: usize = 128;
+const MAX_TEXT_LEN: usize = 1024;
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Self {
+        Engine::restore(config, Persisted::default(), 0)
+    }
+
+    /// Rebuilds the engine from the store. Every restored node counts as seen
+    /// at `now`: a supervisor restart must not turn healthy nodes unreachable.
+    pub fn restore(config: EngineConfig, persisted: Persisted, now: Millis) -> Self {
+        let next_event_seq = persisted.events.last().map_or(1, |e| e.seq + 1);
+        let nodes: BTreeMap<String, Node> = persisted
+            .nodes
+            .into_iter()
+            .map(|record| {
+                let node = Node {
+                    record,
+                    session: None,
+                    last_seen: now,
+                    unreachable: false,
+                    readings: BTreeMap::new(),
+                    last_rejected_instance: None,
+                };
+                (node.record.id.clone(), node)
+            })
+            .collect();
+        let next_liveness_check = (!nodes.is_empty()).then_some(now + config.unreachable_after_ms);
+        Engine {
+            config,
+            nodes,
+            events: persisted.events.into(),
+            next_event_seq,
+            actions: VecDeque::new(),
+            next_liveness_check,
+        }
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, id: &str) -> Result<&Node, EngineError> {
+        self.nodes
+            .get(id)
+            .ok_or_else(|| EngineError::UnknownNode(id.to_owned()))
+    }
+
+    /// Healthy, reachable, uncordoned nodes that hold no job.
+    pub fn spares(&self) -> impl Iterator<Item = &Node> {
+        self.nodes
+            .values()
+            .filter(|n| n.state() == NodeState::Ready)
+    }
+
+    /// Events oldest first.
+    pub fn events(&self) -> impl DoubleEndedIterator<Item = &Event> + ExactSizeIterator {
+        self.events.iter()
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.next_liveness_check
+    }
+
+    // -- inputs -------------------------------------------------------------
+
+    /// An agent opened a stream and introduced itself.
+    ///
+    /// Duplicate ids: while a node has a live stream, a registration from a
+    /// *different address* is rejected (two machines claim one id). One from
+    /// the same address, or from the same agent instance, takes over: that is
+    /// an agent that restarted or reconnected before its old stream was
+    /// noticed as dead, and waiting for the old stream to time out would only
+    /// delay it.
+    pub fn register(&mut self, now: Millis, reg: Registration) -> Result<NodeState, EngineError> {
+        validate_registration(&reg)?;
+        let node_id = reg.node_id.clone();
+        let gpus: Vec<GpuRecord> = reg
+            .gpus
+            .iter()
+            .map(|g| GpuRecord {
+                index: g.index,
+                uuid: g.uuid.clone(),
+                name: g.name.clone(),
+                pci_bus_id: g.pci_bus_id.clone(),
+                memory_total_bytes: g.memory_total_bytes,
+                health: GpuHealth::Ok,
+            })
+            .collect();
+
+        let mut events: Vec<(EventKind, String)> = Vec::new();
+        match self.nodes.get_mut(&node_id) {
+            None => {
+                events.push((
+                    EventKind::NodeRegistered,
+                    format!(
+                        "first registration from {} with {} GPU(s) ({} backend)",
+                        reg.address,
+                        gpus.len(),
+                        reg.gpu_backend
+                    ),
+                ));
+                let node = Node {
+                    record: NodeRecord {
+                        id: node_id.clone(),
+                        address: reg.address.clone(),
+                        hostname: reg.hostname.clone(),
+                        agent_version: reg.agent_version.clone(),
+                        gpu_backend: reg.gpu_backend.clone(),
+                        instance_id: reg.instance_id.clone(),
+                        gpus,
+                        registered_at: now,
+                        joined: false,
+                        cordon: None,
+                    },
+                    session: Some(reg.session),
+                    last_seen: now,
+                    unreachable: false,
+                    readings: BTreeMap::new(),
+                    last_rejected_instance: None,
+                };
+                self.nodes.insert(node_id.clone(), node);
+            }
+            Some(node) => {
+                if let Some(old_session) = node.session {
+                    let same_agent = node.record.instance_id == reg.instance_id;
+                    let same_address = node.record.address == reg.address;
+                    if !same_agent && !same_address {
+                        let err = EngineError::DuplicateNodeId {
+                            node_id: node_id.clone(),
+                            connected_from: node.record.address.clone(),
+                        };
+                        if node.last_rejected_instance.as_deref() != Some(&reg.instance_id) {
+                            node.last_rejected_instance = Some(reg.instance_id.clone());
+                            let reason = format!(
+                                "registration from {} rejected: the node is connected from {}",
+                                reg.address, node.record.address
+                            );
+                            self.record_event(now, EventKind::NodeRejected, Some(&node_id), reason);
+                        }
+                        return Err(err);
+                    }
+                    let why = if same_agent {
+                        "the same agent reconnected before its old stream closed"
+                    } else {
+                        "a new agent instance on the same address (agent restarted)"
+                    };
+                    self.actions.push_back(Action::CloseSession {
+                        node_id: node_id.clone(),
+                        session: old_session,
+                        reason: format!("replaced by a newer stream: {why}"),
+                    });
+                    events.push((EventKind::NodeTakeover, format!("stream replaced: {why}")));
+                } else {
+                    events.push((
+                        EventKind::NodeReconnected,
+                        format!("agent reconnected from {}", reg.address),
+                    ));
+                }
+                if node.record.address != reg.address {
+                    events.push((
+                        EventKind::NodeReconnected,
+                        format!(
+                            "address changed from {} to {}",
+                            node.record.address, reg.address
+                        ),
+                    ));
+                }
+                if let Some(change) = describe_inventory_change(&node.record.gpus, &gpus) {
+                    events.push((EventKind::NodeInventoryChanged, change));
+                }
+                // Health verdicts belong to the GPU, not to the stream: keep
+                // them for GPUs that are still there under the same UUID.
+                let gpus = gpus
+                    .into_iter()
+                    .map(|mut g| {
+                        if let Some(old) = node.record.gpus.iter().find(|o| o.uuid == g.uuid) {
+                            g.health = old.health;
+                        }
+                        g
+                    })
+                    .collect();
+                let record = &mut node.record;
+                record.address = reg.address.clone();
+                record.hostname = reg.hostname.clone();
+                record.agent_version = reg.agent_version.clone();
+                record.gpu_backend = reg.gpu_backend.clone();
+                record.instance_id = reg.instance_id.clone();
+                record.gpus = gpus;
+                node.session = Some(reg.session);
+                node.last_seen = now;
+                node.last_rejected_instance = None;
+                node.readings.clear();
+                if node.unreachable {
+                    node.unreachable = false;
+                    events.push((
+                        EventKind::NodeReachable,
+                        "agent registered again after being unreachable".to_owned(),
+                    ));
+                }
+            }
+        }
+        for (kind, reason) in events {
+            self.record_event(now, kind, Some(&node_id), reason);
+        }
+        self.persist_node(&node_id);
+        self.schedule_liveness_check(now + self.config.unreachable_after_ms);
+        self.node(&node_id).map(Node::state)
+    }
+
+    /// A telemetry report. Reports from a stream that is no longer the node's
+    /// current one are ignored (returns false): they come from an agent that
+    /// has been replaced.
+    pub fn telemetry(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: SessionId,
+        readings: Vec<GpuReading>,
+    ) -> bool {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return false;
+        };
+        if node.session != Some(session) {
+            return false;
+        }
+        node.last_seen = now;
+        for r in readings {
+            node.readings.insert(r.index, r);
+        }
+        let mut persist = false;
+        if !node.record.joined {
+            node.record.joined = true;
+            persist = true;
+        }
+        if node.unreachable {
+            node.unreachable = false;
+            self.record_event(
+                now,
+                EventKind::NodeReachable,
+                Some(node_id),
+                "reports resumed".to_owned(),
+            );
+        }
+        if persist {
+            self.persist_node(node_id);
+        }
+        true
+    }
+
+    /// An agent stream ended (closed by the agent, or broken).
+    pub fn disconnected(&mut self, now: Millis, node_id: &str, session: SessionId) {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return;
+        };
+        if node.session != Some(session) {
+            return;
+        }
+        node.session = None;
+        let grace = self.config.unreachable_after_ms;
+        self.record_event(
+            now,
+            EventKind::NodeDisconnected,
+            Some(node_id),
+            format!(
+                "agent stream closed; unreachable if it does not return within {}",
+                format_ms(grace)
+            ),
+        );
+    }
+
+    /// Cordon a node: take it (all of its GPUs) out of service. Idempotent:
+    /// a node already cordoned keeps its original cordon, whose reason and
+    /// time are the evidence of what happened first.
+    pub fn cordon(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<CordonOutcome, EngineError> {
+        let reason = required_text("cordon reason", reason)?;
+        let by = required_text("cordon 'by'", by)?;
+        let node = self
+            .nodes
+            .get_mut(node_id)
+            .ok_or_else(|| EngineError::UnknownNode(node_id.to_owned()))?;
+        if let Some(existing) = &node.record.cordon {
+            return Ok(CordonOutcome {
+                changed: false,
+                message: format!(
+                    "node '{node_id}' is already cordoned by {}: {}",
+                    existing.by, existing.reason
+                ),
+            });
+        }
+        node.record.cordon = Some(CordonRecord {
+            reason: reason.clone(),
+            by: by.clone(),
+            at: now,
+        });
+        self.record_event(
+            now,
+            EventKind::NodeCordoned,
+            Some(node_id),
+            format!("cordoned by {by}: {reason}"),
+        );
+        self.persist_node(node_id);
+        Ok(CordonOutcome {
+            changed: true,
+            message: format!("node '{node_id}' cordoned: {reason}"),
+        })
+    }
+
+    pub fn uncordon(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<CordonOutcome, EngineError> {
+        let by = required_text("uncordon 'by'", by)?;
+        let note = bounded_text("uncordon reason", reason)?;
+        let node = self
+            .nodes
+            .get_mut(node_id)
+            .ok_or_else(|| EngineError::UnknownNode(node_id.to_owned()))?;
+        let Some(previous) = node.record.cordon.take() else {
+            return Ok(CordonOutcome {
+                changed: false,
+                message: format!("node '{node_id}' is not cordoned"),
+            });
+        };
+        let mut why = format!(
+            "uncordoned by {by} (was cordoned by {}: {})",
+            previous.by, previous.reason
+        );
+        if !note.is_empty() {
+            why.push_str(&format!(": {note}"));
+        }
+        self.record_event(now, EventKind::NodeUncordoned, Some(node_id), why);
+        self.persist_node(node_id);
+        Ok(CordonOutcome {
+            changed: true,
+            message: format!("node '{node_id}' uncordoned"),
+        })
+    }
+
+    /// Time-driven decisions: nodes that have been silent too long become
+    /// unreachable. Silence alone does not cordon: a link flap must not take a
+    /// node (and its job) out of service.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        let limit = self.config.unreachable_after_ms;
+        let mut newly_unreachable = Vec::new();
+        let mut next: Option<Millis> = None;
+        for node in self.nodes.values_mut() {
+            if node.unreachable {
+                continue;
+            }
+            let deadline = node.last_seen + limit;
+            if deadline <= now {
+                node.unreachable = true;
+                newly_unreachable.push((node.record.id.clone(), now - node.last_seen));
+            } else {
+                next = Some(next.map_or(deadline, |n: Millis| n.min(deadline)));
+            }
+        }
+        self.next_liveness_check = next;
+        for (id, silent_for) in newly_unreachable {
+            self.record_event(
+                now,
+                EventKind::NodeUnreachable,
+                Some(&id),
+                format!(
+                    "no report for {} (limit {})",
+                    format_ms(silent_for),
+                    format_ms(limit)
+                ),
+            );
+        }
+    }
+
+    // -- internals ----------------------------------------------------------
+
+    fn schedule_liveness_check(&mut self, at: Millis) {
+        self.next_liveness_check = Some(self.next_liveness_check.map_or(at, |n| n.min(at)));
+    }
+
+    fn persist_node(&mut self, node_id: &str) {
+        if let Some(node) = self.nodes.get(node_id) {
+            self.actions
+                .push_back(Action::Persist(Change::PutNode(node.record.clone())));
+        }
+    }
+
+    fn record_event(&mut self, now: Millis, kind: EventKind, node: Option<&str>, reason: String) {
+        let event = Event {
+            seq: self.next_event_seq,
+            at: now,
+            kind,
+            node: node.map(str::to_owned),
+            job: None,
+            reason,
+        };
+        self.next_event_seq += 1;
+        self.events.push_back(event.clone());
+        self.actions
+            .push_back(Action::Persist(Change::AppendEvent(event)));
+        let mut trimmed = None;
+        while self.events.len() > self.config.event_log_capacity.max(1) {
+            trimmed = self.events.pop_front().map(|e| e.seq);
+        }
+        if let Some(seq) = trimmed {
+            self.actions
+                .push_back(Action::Persist(Change::TrimEventsThrough(seq)));
+        }
+    }
+}
+
+fn validate_registration(reg: &Registration) -> Result<(), EngineError> {
+    let invalid = |m: String| Err(EngineError::InvalidRegistration(m));
+    if reg.node_id.is_empty() {
+        return invalid("node id is empty".to_owned());
+    }
+    if reg.node_id.len() > MAX_NODE_ID_LEN {
+        return invalid(format!("node id is longer than {MAX_NODE_ID_LEN} bytes"));
+    }
+    if let Some(c) = reg
+        .node_id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return invalid(format!(
+            "node id '{}' contains {c:?}; use letters, digits, '.', '-' and '_'",
+            reg.node_id
+        ));
+    }
+    if reg.address.trim().is_empty() {
+        return invalid("address is empty".to_owned());
+    }
+    for field in [
+        &reg.address,
+        &reg.hostname,
+        &reg.agent_version,
+        &reg.instance_id,
+        &reg.gpu_backend,
+    ] {
+        if field.len() > MAX_TEXT_LEN {
+            return invalid(format!("a field is longer than {MAX_TEXT_LEN} bytes"));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for g in &reg.gpus {
+        if !seen.insert(g.index) {
+            return invalid(format!("GPU index {} appears twice", g.index));
+        }
+    }
+    Ok(())
+}
+
+fn required_text(what: &str, value: &str) -> Result<String, EngineError> {
+    let v = bounded_text(what, value)?;
+    if v.is_empty() {
+        return Err(EngineError::InvalidArgument(format!(
+            "{what} must not be empty"
+        )));
+    }
+    Ok(v)
+}
+
+fn bounded_text(what: &str, value: &str) -> Result<String, EngineError> {
+    let v = value.trim();
+    if v.len() > MAX_TEXT_LEN {
+        return Err(EngineError::InvalidArgument(format!(
+            "{what} is longer than {MAX_TEXT_LEN} bytes"
+        )));
+    }
+    Ok(v.to_owned())
+}
+
+fn describe_inventory_change(old: &[GpuRecord], new: &[GpuRecord]) -> Option<String> {
+    let gone: Vec<String> = old
+        .iter()
+        .filter(|o| !new.iter().any(|n| n.uuid == o.uuid))
+        .map(|o| format!("{} ({})", o.index, o.uuid))
+        .collect();
+    let added: Vec<String> = new
+        .iter()
+        .filter(|n| !old.iter().any(|o| o.uuid == n.uuid))
+        .map(|n| format!("{} ({})", n.index, n.uuid))
+        .collect();
+    if gone.is_empty() && added.is_empty() {
+        return None;
+    }
+    let mut parts = vec![format!("{} GPU(s), was {}", new.len(), old.len())];
+    if !gone.is_empty() {
+        parts.push(format!("gone: {}", gone.join(", ")));
+    }
+    if !added.is_empty() {
+        parts.push(format!("new: {}", added.join(", ")));
+    }
+    Some(parts.join("; "))
+}
+
+fn format_ms(ms: Millis) -> String {
+    let ms = u64::try_from(ms).unwrap_or(0);
+    // Whole seconds read better in reasons; sub-second limits only in tests.
+    let d = if ms >= 1000 {
+        std::time::Duration::from_secs(ms / 1000)
+    } else {
+        std::time::Duration::from_millis(ms)
+    };
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,240 @@
+//! The gRPC edge: agent streams and the operator control API, translated to
+//! actor requests. No decisions are made here.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sup_proto::v1;
+use sup_proto::v1::agent_service_server::AgentService;
+use sup_proto::v1::control_service_server::ControlService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::actor::{ActorError, SupervisorHandle};
+use crate::engine::{EngineError, GpuInventory, GpuReading, Registration};
+
+pub fn status_of(e: ActorError) -> Status {
+    match e {
+        ActorError::Engine(e) => match e {
+            EngineError::UnknownNode(_) => Status::not_found(e.to_string()),
+            EngineError::DuplicateNodeId { .. } => Status::already_exists(e.to_string()),
+            EngineError::InvalidRegistration(_) | EngineError::InvalidArgument(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+        },
+        ActorError::Unavailable(m) => Status::unavailable(m),
+    }
+}
+
+pub struct AgentApi {
+    handle: SupervisorHandle,
+    next_session: Arc<AtomicU64>,
+    register_timeout: Duration,
+}
+
+impl AgentApi {
+    pub fn new(handle: SupervisorHandle, register_timeout: Duration) -> Self {
+        AgentApi {
+            handle,
+            next_session: Arc::new(AtomicU64::new(1)),
+            register_timeout,
+        }
+    }
+}
+
+type OutboundStream =
+    Pin<Box<dyn Stream<Item = Result<v1::SupervisorMessage, Status>> + Send + 'static>>;
+
+fn registration(session: u64, r: v1::Register) -> Registration {
+    Registration {
+        session,
+        node_id: r.node_id,
+        address: r.address,
+        hostname: r.hostname,
+        agent_version: r.agent_version,
+        instance_id: r.instance_id,
+        gpu_backend: r.gpu_backend,
+        gpus: r
+            .gpus
+            .into_iter()
+            .map(|g| GpuInventory {
+                index: g.index,
+                uuid: g.uuid,
+                name: g.name,
+                pci_bus_id: g.pci_bus_id,
+                memory_total_bytes: g.memory_total_bytes,
+            })
+            .collect(),
+    }
+}
+
+fn readings(t: v1::Telemetry) -> Vec<GpuReading> {
+    t.gpus
+        .into_iter()
+        .map(|g| GpuReading {
+            index: g.index,
+            temperature_c: g.temperature_c,
+            power_w: g.power_w,
+            utilization_gpu_pct: g.utilization_gpu_pct,
+            utilization_memory_pct: g.utilization_memory_pct,
+            sm_clock_mhz: g.sm_clock_mhz,
+            memory_clock_mhz: g.memory_clock_mhz,
+            memory_used_bytes: g.memory_used_bytes,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type SessionStream = OutboundStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.register_timeout, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "expected a Register message within {}",
+                    humantime::format_duration(self.register_timeout)
+                ))
+            })??;
+        let register = match first.and_then(|m| m.body) {
+            Some(v1::agent_message::Body::Register(r)) => r,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be Register",
+                ))
+            }
+        };
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let node_id = register.node_id.clone();
+        let (tx, rx) = mpsc::channel(16);
+        match self
+            .handle
+            .register(registration(session, register), tx)
+            .await
+        {
+            Ok(state) => {
+                tracing::info!(node = %node_id, %peer, session, ?state, "agent registered")
+            }
+            Err(e) => {
+                tracing::warn!(node = %node_id, %peer, error = %e, "agent registration refused");
+                return Err(status_of(e));
+            }
+        }
+
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            loop {
+                let telemetry = match inbound.message().await {
+                    Ok(Some(msg)) => match msg.body {
+                        Some(v1::agent_message::Body::Telemetry(t)) => t,
+                        Some(v1::agent_message::Body::Register(_)) => {
+                            tracing::warn!(node = %node_id, "second Register on one stream; closing it");
+                            break;
+                        }
+                        None => continue,
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(node = %node_id, error = %e, "agent stream broke");
+                        break;
+                    }
+                };
+                if handle
+                    .telemetry(node_id.clone(), session, readings(telemetry))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            handle.disconnected(node_id, session).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+pub struct ControlApi {
+    handle: SupervisorHandle,
+}
+
+impl ControlApi {
+    pub fn new(handle: SupervisorHandle) -> Self {
+        ControlApi { handle }
+    }
+}
+
+fn cordon_response(
+    result: Result<(crate::engine::CordonOutcome, v1::Node), ActorError>,
+) -> Result<Response<v1::CordonResponse>, Status> {
+    let (outcome, node) = result.map_err(status_of)?;
+    Ok(Response::new(v1::CordonResponse {
+        node: Some(node),
+        changed: outcome.changed,
+        message: outcome.message,
+    }))
+}
+
+#[tonic::async_trait]
+impl ControlService for ControlApi {
+    async fn get_status(
+        &self,
+        _request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatus>, Status> {
+        Ok(Response::new(
+            self.handle.status().await.map_err(status_of)?,
+        ))
+    }
+
+    async fn get_node(
+        &self,
+        request: Request<v1::GetNodeRequest>,
+    ) -> Result<Response<v1::Node>, Status> {
+        let node = self
+            .handle
+            .node(request.into_inner().node_id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(node))
+    }
+
+    async fn cordon(
+        &self,
+        request: Request<v1::CordonRequest>,
+    ) -> Result<Response<v1::CordonResponse>, Status> {
+        let r = request.into_inner();
+        cordon_response(self.handle.cordon(r.node_id, r.reason, r.by).await)
+    }
+
+    async fn uncordon(
+        &self,
+        request: Request<v1::UncordonRequest>,
+    ) -> Result<Response<v1::CordonResponse>, Status> {
+        let r = request.into_inner();
+        cordon_response(self.handle.uncordon(r.node_id, r.reason, r.by).await)
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<v1::ListEventsRequest>,
+    ) -> Result<Response<v1::ListEventsResponse>, Status> {
+        let r = request.into_inner();
+        let events = self
+            .handle
+            .events(r.after_seq, r.limit as usize)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(v1::ListEventsResponse { events }))
+    }
+}

@@ -1,0 +1,162 @@
+//! supd, the central supervisor.
+//!
+//! Layout: [`engine`] decides (pure, no I/O, no clock); [`actor`] owns the
+//! engine and the [`store`] and turns decisions into durable state and
+//! messages; [`grpc`] and [`http`] are the edges. `main.rs` only parses
+//! arguments and calls [`run`].
+
+pub mod actor;
+pub mod config;
+pub mod engine;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod store;
+pub mod view;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use sup_proto::v1::agent_service_server::AgentServiceServer;
+use sup_proto::v1::control_service_server::ControlServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::actor::{Actor, Counters};
+use crate::config::{Config, LogFormat};
+use crate::engine::{Engine, EngineConfig};
+use crate::store::{SledStore, Store};
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Runs supd until `shutdown` resolves (or the state store fails).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    let store = SledStore::open(&config.data_dir)?;
+    let persisted = store.load()?;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        nodes = persisted.nodes.len(),
+        events = persisted.events.len(),
+        "state loaded"
+    );
+    let engine = Engine::restore(
+        EngineConfig {
+            unreachable_after_ms: i64::try_from(config.nodes.unreachable_after.as_millis())
+                .unwrap_or(i64::MAX),
+            event_log_capacity: config.events.capacity,
+        },
+        persisted,
+        actor::now_ms(),
+    );
+
+    let grpc_listener = TcpListener::bind(config.grpc.addr)
+        .await
+        .with_context(|| format!("cannot bind the gRPC address {}", config.grpc.addr))?;
+    let http_listener = TcpListener::bind(config.http.addr)
+        .await
+        .with_context(|| format!("cannot bind the HTTP address {}", config.http.addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let counters = Arc::new(Counters::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (actor, handle) = Actor::new(
+        engine,
+        store,
+        config.nodes.telemetry_interval,
+        counters.clone(),
+        ready.clone(),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut actor_task = tokio::spawn(actor.run(stop_rx.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let max_message = config.grpc.max_message_bytes;
+    let agent_service = AgentServiceServer::new(grpc::AgentApi::new(
+        handle.clone(),
+        config.grpc.register_timeout,
+    ))
+    .max_decoding_message_size(max_message);
+    let control_service = ControlServiceServer::new(grpc::ControlApi::new(handle.clone()))
+        .max_decoding_message_size(max_message);
+    health_reporter
+        .set_serving::<AgentServiceServer<grpc::AgentApi>>()
+        .await;
+    health_reporter
+        .set_serving::<ControlServiceServer<grpc::ControlApi>>()
+        .await;
+
+    let mut grpc_stop = stop_rx.clone();
+    let grpc_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(config.grpc.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.grpc.keepalive_timeout))
+        .max_concurrent_streams(Some(config.grpc.max_concurrent_streams))
+        .concurrency_limit_per_connection(config.grpc.concurrency_per_connection)
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(agent_service)
+        .add_service(control_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            let _ = grpc_stop.changed().await;
+        });
+    let mut grpc_task = tokio::spawn(grpc_server);
+
+    let mut http_stop = stop_rx.clone();
+    let http_app = http::router(http::HttpState {
+        handle: handle.clone(),
+        ready: ready.clone(),
+        counters,
+    });
+    let mut http_task = tokio::spawn(async move {
+        axum::serve(http_listener, http_app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+    });
+
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(%grpc_addr, %http_addr, "supd listening");
+
+    let outcome: anyhow::Result<()> = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        r = &mut actor_task => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the state store failed")),
+            Err(e) => Err(anyhow::anyhow!("the state actor crashed: {e}")),
+        },
+        r = &mut grpc_task => Err(anyhow::anyhow!("the gRPC server stopped: {r:?}")),
+        r = &mut http_task => Err(anyhow::anyhow!("the HTTP server stopped: {r:?}")),
+    };
+    ready.store(false, Ordering::SeqCst);
+    health_reporter
+        .set_not_serving::<AgentServiceServer<grpc::AgentApi>>()
+        .await;
+    let _ = stop_tx.send(true);
+    // Agent streams end with the server; give in-flight replies a moment.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+    })
+    .await;
+    if !actor_task.is_finished() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), actor_task).await;
+    }
+    outcome
+}

@@ -1,0 +1,217 @@
+//! Prometheus exposition at `/metrics`, prefix `sup_`, base units.
+//!
+//! Gauges are rebuilt from a status snapshot at each scrape, so a node or GPU
+//! that disappears leaves no stale series behind. GPU series carry the labels
+//! dcgm-exporter uses (`gpu`, `UUID`, `Hostname`) so existing dashboards join
+//! on them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use sup_proto::json::{gpu_health_name, node_state_name};
+use sup_proto::v1;
+
+use crate::actor::Counters;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn counter(value: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(value);
+    c
+}
+
+pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("sup");
+
+    registry.register(
+        "build",
+        "Build information of this supd",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+
+    let nodes = Family::<Labels, Gauge>::default();
+    for state in ["joining", "ready", "suspect", "unreachable", "cordoned"] {
+        nodes.get_or_create(&labels(&[("state", state)])).set(0);
+    }
+    let connected = Gauge::<i64>::default();
+    let gpus = Family::<Labels, Gauge>::default();
+    for health in ["ok", "degraded", "failed"] {
+        gpus.get_or_create(&labels(&[("health", health)])).set(0);
+    }
+    let temperature = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let power = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let utilization = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let sm_clock = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let memory_used = Family::<Labels, Gauge>::default();
+
+    for node in &status.nodes {
+        nodes
+            .get_or_create(&labels(&[("state", node_state_name(node.state))]))
+            .inc();
+        if node.connected {
+            connected.inc();
+        }
+        for gpu in &node.gpus {
+            gpus.get_or_create(&labels(&[("health", gpu_health_name(gpu.health))]))
+                .inc();
+            let Some(r) = &gpu.reading else { continue };
+            let index = gpu.index.to_string();
+            let l = labels(&[
+                ("gpu", &index),
+                ("UUID", &gpu.uuid),
+                ("Hostname", &node.hostname),
+                ("node", &node.id),
+            ]);
+            if let Some(v) = r.temperature_c {
+                temperature.get_or_create(&l).set(v);
+            }
+            if let Some(v) = r.power_w {
+                power.get_or_create(&l).set(v);
+            }
+            if let Some(v) = r.utilization_gpu_pct {
+                utilization.get_or_create(&l).set(f64::from(v) / 100.0);
+            }
+            if let Some(v) = r.sm_clock_mhz {
+                sm_clock.get_or_create(&l).set(f64::from(v) * 1e6);
+            }
+            if let Some(v) = r.memory_used_bytes {
+                memory_used
+                    .get_or_create(&l)
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    registry.register("nodes", "Nodes by state", nodes);
+    let spares = Gauge::<i64>::default();
+    spares.set(i64::try_from(status.spares.len()).unwrap_or(i64::MAX));
+    registry.register("spare_nodes", "Healthy nodes that hold no job", spares);
+    registry.register(
+        "agents_connected",
+        "Agents with a live stream to this supd",
+        connected,
+    );
+    registry.register("gpus", "GPUs by health", gpus);
+    registry.register_with_unit(
+        "gpu_temperature",
+        "GPU temperature",
+        Unit::Celsius,
+        temperature,
+    );
+    registry.register_with_unit(
+        "gpu_power",
+        "GPU power draw",
+        Unit::Other("watts".to_owned()),
+        power,
+    );
+    registry.register_with_unit(
+        "gpu_utilization",
+        "Fraction of time the GPU was busy",
+        Unit::Other("ratio".to_owned()),
+        utilization,
+    );
+    registry.register_with_unit(
+        "gpu_sm_clock",
+        "GPU SM clock",
+        Unit::Other("hertz".to_owned()),
+        sm_clock,
+    );
+    registry.register_with_unit(
+        "gpu_memory_used",
+        "GPU framebuffer memory in use",
+        Unit::Bytes,
+        memory_used,
+    );
+
+    registry.register(
+        "agent_reports",
+        "Telemetry reports accepted from agents",
+        counter(counters.reports.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "agent_stale_reports",
+        "Reports ignored because they came from a replaced agent stream",
+        counter(counters.stale_reports.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "store_commits",
+        "Durable state commits (each flushed before acknowledging)",
+        counter(counters.store_commits.load(Ordering::Relaxed)),
+    );
+    let events = Family::<Labels, Counter>::default();
+    {
+        let by_kind = counters
+            .events_by_kind
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (kind, n) in by_kind.iter() {
+            events.get_or_create(&labels(&[("kind", kind)])).inc_by(*n);
+        }
+    }
+    registry.register("events", "Events recorded, by kind", events);
+
+    let mut out = String::new();
+    encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_nodes_gpus_and_counters() {
+        let status = v1::ClusterStatus {
+            nodes: vec![v1::Node {
+                id: "n1".into(),
+                hostname: "host1".into(),
+                state: v1::NodeState::Ready as i32,
+                connected: true,
+                gpus: vec![v1::Gpu {
+                    index: 0,
+                    uuid: "GPU-a".into(),
+                    health: v1::GpuHealth::Ok as i32,
+                    reading: Some(v1::GpuReading {
+                        temperature_c: Some(41.5),
+                        utilization_gpu_pct: Some(50),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            jobs: vec![],
+            spares: vec!["n1".into()],
+        };
+        let counters = Counters::default();
+        counters.reports.store(7, Ordering::Relaxed);
+        let text = render(&status, &counters).expect("render");
+        assert!(text.contains("sup_nodes{state=\"ready\"} 1"), "{text}");
+        assert!(text.contains("sup_nodes{state=\"cordoned\"} 0"), "{text}");
+        assert!(text.contains("sup_spare_nodes 1"), "{text}");
+        assert!(
+            text.contains("sup_gpu_temperature_celsius{gpu=\"0\",UUID=\"GPU-a\",Hostname=\"host1\",node=\"n1\"} 41.5"),
+            "{text}"
+        );
+        assert!(text.contains("sup_gpu_utilization_ratio{"), "{text}");
+        assert!(
+            !text.contains("sup_gpu_power_watts{"),
+            "absent reading, no series: {text}"
+        );
+        assert!(text.contains("sup_agent_reports_total 7"), "{text}");
+        assert!(text.contains("sup_build_info{version="), "{text}");
+    }
+}
