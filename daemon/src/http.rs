@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -56,25 +56,34 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<HttpState>) -> Response {
+async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> Response {
     let status = match s.handle.status().await {
         Ok(status) => status,
         Err(e) => return error(e),
     };
-    match crate::metrics::render(&status, &s.counters) {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(_) => (
+    let Ok(openmetrics) = crate::metrics::render(&status, &s.counters) else {
+        return (
             StatusCode::INTERNAL_SERVER_ERROR,
             "encoding metrics failed\n",
         )
-            .into_response(),
+            .into_response();
+    };
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if crate::metrics::wants_openmetrics(accept) {
+        (
+            [(
+                header::CONTENT_TYPE,
+                crate::metrics::OPENMETRICS_CONTENT_TYPE,
+            )],
+            openmetrics,
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, crate::metrics::TEXT_CONTENT_TYPE)],
+            crate::metrics::to_text_format(&openmetrics),
+        )
+            .into_response()
     }
 }
 

@@ -4,6 +4,10 @@
 //! that disappears leaves no stale series behind. GPU series carry the labels
 //! dcgm-exporter uses (`gpu`, `UUID`, `Hostname`) so existing dashboards join
 //! on them.
+//!
+//! `prometheus-client` writes OpenMetrics. Prometheus servers ask for it (and
+//! get it); everything else (promtool, older scrapers, curl) gets the classic
+//! text format 0.0.4, converted by [`to_text_format`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -168,6 +172,60 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
     Ok(out)
 }
 
+/// Content type of [`render`]'s output.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of [`to_text_format`]'s output.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Converts OpenMetrics text (as `prometheus-client` writes it) to the
+/// Prometheus text format 0.0.4: counter and info families are named after
+/// their samples (`x_total`, `x_info`; info becomes a gauge), and the
+/// OpenMetrics-only `# UNIT` and `# EOF` lines are dropped.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let mut renamed = std::collections::HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            match rest.split_once(' ') {
+                Some((name, "counter")) => {
+                    renamed.insert(name.to_owned(), (format!("{name}_total"), "counter"));
+                }
+                Some((name, "info")) => {
+                    renamed.insert(name.to_owned(), (format!("{name}_info"), "gauge"));
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let converted = if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            renamed
+                .get(name)
+                .map(|(new, _)| format!("# HELP {new} {help}"))
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_once(' ').map_or(rest, |(n, _)| n);
+            renamed
+                .get(name)
+                .map(|(new, kind)| format!("# TYPE {new} {kind}"))
+        } else {
+            None
+        };
+        out.push_str(converted.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether a scraper's `Accept` header asks for OpenMetrics.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("application/openmetrics-text"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +271,28 @@ mod tests {
         );
         assert!(text.contains("sup_agent_reports_total 7"), "{text}");
         assert!(text.contains("sup_build_info{version="), "{text}");
+    }
+
+    #[test]
+    fn text_format_names_families_after_their_samples() {
+        let om = "# HELP sup_build Build.\n# TYPE sup_build info\nsup_build_info{version=\"1\"} 1\n\
+                  # HELP sup_reports Reports.\n# TYPE sup_reports counter\nsup_reports_total 3\n\
+                  # HELP sup_t_celsius T.\n# TYPE sup_t_celsius gauge\n# UNIT sup_t_celsius celsius\nsup_t_celsius 1.5\n# EOF\n";
+        let text = to_text_format(om);
+        assert_eq!(
+            text,
+            "# HELP sup_build_info Build.\n# TYPE sup_build_info gauge\nsup_build_info{version=\"1\"} 1\n\
+             # HELP sup_reports_total Reports.\n# TYPE sup_reports_total counter\nsup_reports_total 3\n\
+             # HELP sup_t_celsius T.\n# TYPE sup_t_celsius gauge\nsup_t_celsius 1.5\n"
+        );
+    }
+
+    #[test]
+    fn accept_header_negotiation() {
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some("text/plain")));
+        assert!(!wants_openmetrics(None));
     }
 }
