@@ -1,1 +1,326 @@
-//! e2e harness
+//! Harness for end-to-end tests: runs the real `supd`, `sup-agent` and
+//! `supctl` binaries as processes on loopback, each with its own ports and
+//! directories, and kills every process it started when dropped (also when
+//! a test fails).
+//!
+//! The binaries are taken from the target directory the tests were built
+//! in (`cargo build --workspace --bins` first), or from `SUP_BIN_DIR`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+/// Generous: CI machines are shared and noisy.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("SUP_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("unexpected test binary path {}", exe.display()))?;
+    Ok(dir.to_owned())
+}
+
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let path = bin_dir()?.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: run `cargo build --workspace --bins` before the end-to-end tests (or set SUP_BIN_DIR)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Result<Proc> {
+        let log = log_dir.join(format!("{name}.log"));
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, like a crash or an OOM kill: no chance to clean up.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child
+                .kill()
+                .with_context(|| format!("killing {}", self.name))?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Some(exit status) once the process has ended.
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => bail!("{} was already killed", self.name),
+        }
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} still running after {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("----- {} log ({}) -----", self.name, self.log.display());
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Polls `f` until it returns Ok(Some(_)) or the timeout passes; the last
+/// error or `what` explains a timeout.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            return Err(match last_err {
+                Some(e) => e.context(format!("timed out waiting for {what}")),
+                None => anyhow!("timed out after {timeout:?} waiting for {what}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A minimal HTTP/1.1 GET (no client library needed for loopback tests).
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP response from :{port}{path}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("no status code in {head:?}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    Ok((code, body))
+}
+
+fn dechunk(mut body: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body
+            .split_once("\r\n")
+            .ok_or_else(|| anyhow!("bad chunked body"))?;
+        let size = usize::from_str_radix(size.trim(), 16)?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).ok_or_else(|| anyhow!("short chunk"))?);
+        body = rest.get(size + 2..).ok_or_else(|| anyhow!("short chunk"))?;
+    }
+}
+
+/// One supd process with fixed ports, so it can be killed and restarted on
+/// the same data dir and the same addresses.
+pub struct Supd {
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub log_dir: PathBuf,
+    pub proc: Option<Proc>,
+    starts: usize,
+}
+
+impl Supd {
+    /// `config_toml` is written to a file and passed with --config.
+    pub fn new(work: &Path, config_toml: &str) -> Result<Supd> {
+        let config = work.join("supd.toml");
+        std::fs::write(&config, config_toml)?;
+        Ok(Supd {
+            grpc_port: free_port()?,
+            http_port: free_port()?,
+            data_dir: work.join("supd-data"),
+            config,
+            log_dir: work.to_owned(),
+            proc: None,
+            starts: 0,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        self.starts += 1;
+        let mut cmd = Command::new(bin("supd")?);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--grpc-addr")
+            .arg(format!("127.0.0.1:{}", self.grpc_port))
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg("--log-format")
+            .arg("json");
+        let proc = Proc::spawn(&format!("supd-{}", self.starts), cmd, &self.log_dir)?;
+        self.proc = Some(proc);
+        let port = self.http_port;
+        wait_for("supd /readyz", STARTUP_TIMEOUT, || {
+            if let Some(p) = self.proc.as_mut() {
+                if let Some(status) = p.exited()? {
+                    bail!("supd exited early with {status}:\n{}", p.log_text());
+                }
+            }
+            Ok(matches!(http_get(port, "/readyz"), Ok((200, _))).then_some(()))
+        })
+    }
+
+    pub fn kill(&mut self) -> Result<()> {
+        match self.proc.as_mut() {
+            Some(p) => p.kill(),
+            None => Ok(()),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
+    }
+}
+
+pub fn start_agent(
+    work: &Path,
+    supervisor: &str,
+    node_id: &str,
+    address: &str,
+    backend: &str,
+    extra: &[&str],
+) -> Result<Proc> {
+    let mut cmd = Command::new(bin("sup-agent")?);
+    cmd.arg("--supervisor")
+        .arg(supervisor)
+        .arg("--node-id")
+        .arg(node_id)
+        .arg("--address")
+        .arg(address)
+        .arg("--gpu-backend")
+        .arg(backend)
+        .args(extra);
+    Proc::spawn(&format!("agent-{node_id}"), cmd, work)
+}
+
+/// Runs supctl to completion.
+pub fn supctl(supervisor: &str, args: &[&str]) -> Result<Output> {
+    let out = Command::new(bin("supctl")?)
+        .arg("--supervisor")
+        .arg(supervisor)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running supctl")?;
+    Ok(out)
+}
+
+/// Runs `supctl ARGS -o json`, requires exit 0 and parses stdout.
+pub fn supctl_json(supervisor: &str, args: &[&str]) -> Result<Value> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = supctl(supervisor, &all)?;
+    if !out.status.success() {
+        bail!(
+            "supctl {} failed with {}: {}",
+            all.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "supctl {} printed invalid JSON: {}",
+            all.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}

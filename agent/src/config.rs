@@ -1,0 +1,572 @@
+//! The agent's configuration: command-line flags, an optional TOML file, and
+//! the validated [`Config`] the rest of the crate runs on.
+//!
+//! Precedence, highest first: flag, environment (only where a flag names
+//! one), file, built-in default.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Deserializer};
+
+pub const DEFAULT_SUPERVISOR: &str = "http://127.0.0.1:7070";
+pub const DEFAULT_TELEMETRY_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_RECONNECT_MIN_BACKOFF: Duration = Duration::from_millis(200);
+pub const DEFAULT_RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Command-line flags. Every field is optional so that "not given" can be
+/// told apart from "given the default", which the file merge needs.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "sup-agent",
+    version,
+    about = "sup's node agent: GPU probe and telemetry stream to supd"
+)]
+pub struct Cli {
+    /// supd's gRPC endpoint [default: http://127.0.0.1:7070]
+    #[arg(long, env = "SUP_SUPERVISOR", value_name = "URL")]
+    pub supervisor: Option<String>,
+
+    /// This node's id in the cluster [default: the hostname]
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+
+    /// Address other nodes use to reach this one [default: the hostname]
+    #[arg(long, value_name = "HOST")]
+    pub address: Option<String>,
+
+    /// GPU source: `nvml`, or `sim:N` for N simulated GPUs [default: nvml]
+    #[arg(long, value_name = "nvml|sim:N")]
+    pub gpu_backend: Option<GpuBackend>,
+
+    /// Load this libnvidia-ml instead of the system one
+    #[arg(long, value_name = "PATH")]
+    pub nvml_lib: Option<PathBuf>,
+
+    /// How often to sample the GPUs and report, e.g. `5s`, `500ms` [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub telemetry_interval: Option<Duration>,
+
+    /// Shortest wait before reconnecting to supd [default: 200ms]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub reconnect_min_backoff: Option<Duration>,
+
+    /// Longest wait before reconnecting to supd [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub reconnect_max_backoff: Option<Duration>,
+
+    /// Log line format [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// TOML file with any of the settings above (keys in snake_case)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The TOML file. Unknown keys are refused so that a typo is an error at
+/// startup instead of a setting silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub supervisor: Option<String>,
+    pub node_id: Option<String>,
+    pub address: Option<String>,
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub gpu_backend: Option<GpuBackend>,
+    pub nvml_lib: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub telemetry_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub reconnect_min_backoff: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub reconnect_max_backoff: Option<Duration>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// supd's gRPC endpoint, always with an `http://` scheme.
+    pub supervisor: String,
+    pub node_id: String,
+    pub address: String,
+    /// The machine's hostname as reported to supd; the node id when the
+    /// hostname cannot be read.
+    pub hostname: String,
+    pub gpu_backend: GpuBackend,
+    pub nvml_lib: Option<PathBuf>,
+    pub telemetry_interval: Duration,
+    pub reconnect_min_backoff: Duration,
+    pub reconnect_max_backoff: Duration,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuBackend {
+    Nvml,
+    Sim { gpus: u32 },
+}
+
+impl GpuBackend {
+    /// The name sent to supd in `Register.gpu_backend`.
+    pub fn wire_name(&self) -> &'static str {
+        match self {
+            GpuBackend::Nvml => "nvml",
+            GpuBackend::Sim { .. } => "sim",
+        }
+    }
+}
+
+impl fmt::Display for GpuBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GpuBackend::Nvml => f.write_str("nvml"),
+            GpuBackend::Sim { gpus } => write!(f, "sim:{gpus}"),
+        }
+    }
+}
+
+impl FromStr for GpuBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "nvml" {
+            return Ok(GpuBackend::Nvml);
+        }
+        let Some(count) = s.strip_prefix("sim:") else {
+            return Err(format!(
+                "invalid GPU backend {s:?}: expected `nvml` or `sim:N` (N simulated GPUs, e.g. sim:8)"
+            ));
+        };
+        match count.parse::<u32>() {
+            Ok(0) => Err(format!(
+                "invalid GPU backend {s:?}: a simulated node needs at least one GPU"
+            )),
+            Ok(gpus) => Ok(GpuBackend::Sim { gpus }),
+            Err(_) => Err(format!(
+                "invalid GPU backend {s:?}: {count:?} is not a GPU count (expected e.g. sim:8)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads the file named by `--config` (if any) and merges it under the
+    /// flags.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => FileConfig::read(path)?,
+            None => FileConfig::default(),
+        };
+        Config::merge(cli, file, read_hostname())
+    }
+
+    /// The pure part of [`Config::load`]: the hostname is an argument so
+    /// that tests do not depend on the machine they run on.
+    pub fn merge(
+        cli: Cli,
+        file: FileConfig,
+        hostname: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let supervisor = normalize_supervisor(
+            &cli.supervisor
+                .or(file.supervisor)
+                .unwrap_or_else(|| DEFAULT_SUPERVISOR.to_owned()),
+        )?;
+
+        let node_id = match cli.node_id.or(file.node_id) {
+            Some(id) => id,
+            None => hostname.clone().ok_or_else(|| {
+                ConfigError::Invalid(
+                    "cannot read this machine's hostname to use as node id; pass --node-id".into(),
+                )
+            })?,
+        };
+        if node_id.trim().is_empty() {
+            return Err(ConfigError::Invalid("node id must not be empty".into()));
+        }
+        if node_id.trim() != node_id || node_id.chars().any(char::is_control) {
+            return Err(ConfigError::Invalid(format!(
+                "node id {node_id:?} must not contain leading/trailing whitespace or control characters"
+            )));
+        }
+
+        let address = match cli.address.or(file.address) {
+            Some(address) => address,
+            None => hostname.clone().ok_or_else(|| {
+                ConfigError::Invalid(
+                    "cannot read this machine's hostname to use as address; pass --address".into(),
+                )
+            })?,
+        };
+        if address.trim().is_empty() {
+            return Err(ConfigError::Invalid("address must not be empty".into()));
+        }
+
+        let telemetry_interval = cli
+            .telemetry_interval
+            .or(file.telemetry_interval)
+            .unwrap_or(DEFAULT_TELEMETRY_INTERVAL);
+        if telemetry_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "telemetry interval must be greater than zero".into(),
+            ));
+        }
+
+        let reconnect_min_backoff = cli
+            .reconnect_min_backoff
+            .or(file.reconnect_min_backoff)
+            .unwrap_or(DEFAULT_RECONNECT_MIN_BACKOFF);
+        let reconnect_max_backoff = cli
+            .reconnect_max_backoff
+            .or(file.reconnect_max_backoff)
+            .unwrap_or(DEFAULT_RECONNECT_MAX_BACKOFF);
+        // A zero minimum would let a flapping supd make us spin.
+        if reconnect_min_backoff.is_zero() {
+            return Err(ConfigError::Invalid(
+                "reconnect_min_backoff must be greater than zero".into(),
+            ));
+        }
+        if reconnect_max_backoff < reconnect_min_backoff {
+            return Err(ConfigError::Invalid(format!(
+                "reconnect_max_backoff ({}) must not be less than reconnect_min_backoff ({})",
+                humantime::format_duration(reconnect_max_backoff),
+                humantime::format_duration(reconnect_min_backoff),
+            )));
+        }
+
+        Ok(Config {
+            supervisor,
+            hostname: hostname.unwrap_or_else(|| node_id.clone()),
+            node_id,
+            address,
+            gpu_backend: cli
+                .gpu_backend
+                .or(file.gpu_backend)
+                .unwrap_or(GpuBackend::Nvml),
+            nvml_lib: cli.nvml_lib.or(file.nvml_lib),
+            telemetry_interval,
+            reconnect_min_backoff,
+            reconnect_max_backoff,
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+impl FileConfig {
+    pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        FileConfig::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        // toml's message already names the offending key and shows the line.
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+}
+
+/// Accepts `host:port` as shorthand for `http://host:port`, and refuses
+/// anything tonic could not dial as built (no TLS support is compiled in).
+fn normalize_supervisor(raw: &str) -> Result<String, ConfigError> {
+    let raw = raw.trim();
+    let url = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    };
+    if !url.starts_with("http://") {
+        return Err(ConfigError::Invalid(format!(
+            "supervisor URL {raw:?}: only http:// is supported"
+        )));
+    }
+    match url.parse::<tonic::transport::Uri>() {
+        Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(url),
+        Ok(_) => Err(ConfigError::Invalid(format!(
+            "supervisor URL {raw:?} has no host"
+        ))),
+        Err(e) => Err(ConfigError::Invalid(format!(
+            "supervisor URL {raw:?} is not a valid URL: {e}"
+        ))),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); expected e.g. 5s, 500ms, 1m"))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_from_str<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+/// Reads the kernel's hostname directly: `unsafe` is denied workspace-wide,
+/// so libc's gethostname is out, and this is what it returns on Linux.
+fn read_hostname() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut argv = vec!["sup-agent"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("flags parse")
+    }
+
+    fn host() -> Option<String> {
+        Some("gpu-node-7".to_owned())
+    }
+
+    #[test]
+    fn defaults_come_from_the_hostname() {
+        let config = Config::merge(
+            cli(&["--supervisor", "http://10.0.0.1:7070"]),
+            FileConfig::default(),
+            host(),
+        )
+        .expect("valid");
+        assert_eq!(config.node_id, "gpu-node-7");
+        assert_eq!(config.address, "gpu-node-7");
+        assert_eq!(config.hostname, "gpu-node-7");
+        assert_eq!(config.supervisor, "http://10.0.0.1:7070");
+        assert_eq!(config.gpu_backend, GpuBackend::Nvml);
+        assert_eq!(config.telemetry_interval, Duration::from_secs(5));
+        assert_eq!(config.reconnect_min_backoff, Duration::from_millis(200));
+        assert_eq!(config.reconnect_max_backoff, Duration::from_secs(10));
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.nvml_lib, None);
+    }
+
+    #[test]
+    fn no_hostname_and_no_node_id_is_an_error_that_says_what_to_pass() {
+        let err = Config::merge(cli(&[]), FileConfig::default(), None).expect_err("must fail");
+        assert!(err.to_string().contains("--node-id"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_rejected_and_named() {
+        let err = FileConfig::parse("node_id = \"a\"\ntelemetry_intervall = \"5s\"\n")
+            .expect_err("unknown key must be refused");
+        assert!(err.contains("telemetry_intervall"), "{err}");
+    }
+
+    #[test]
+    fn mistyped_value_is_rejected_and_the_key_shown() {
+        let err = FileConfig::parse("telemetry_interval = 5\n").expect_err("must fail");
+        assert!(err.contains("telemetry_interval"), "{err}");
+        let err = FileConfig::parse("telemetry_interval = \"5 parsecs\"\n").expect_err("must fail");
+        assert!(err.contains("telemetry_interval"), "{err}");
+        assert!(err.contains("invalid duration"), "{err}");
+        let err = FileConfig::parse("gpu_backend = \"sim:0\"\n").expect_err("must fail");
+        assert!(err.contains("gpu_backend"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sup-agent.toml");
+        let text = std::fs::read_to_string(&path).expect("deploy/sup-agent.toml");
+        FileConfig::parse(&text).expect("deploy/sup-agent.toml must be valid");
+    }
+
+    #[test]
+    fn every_documented_file_key_parses() {
+        let file = FileConfig::parse(
+            r#"
+            supervisor = "http://supd:7070"
+            node_id = "n1"
+            address = "10.1.2.3"
+            gpu_backend = "sim:4"
+            nvml_lib = "/opt/nvidia/libnvidia-ml.so.1"
+            telemetry_interval = "2s"
+            reconnect_min_backoff = "100ms"
+            reconnect_max_backoff = "30s"
+            log_format = "json"
+            "#,
+        )
+        .expect("valid file");
+        let config =
+            Config::merge(cli(&["--supervisor", "http://supd:7070"]), file, host()).expect("valid");
+        assert_eq!(
+            config,
+            Config {
+                supervisor: "http://supd:7070".into(),
+                node_id: "n1".into(),
+                address: "10.1.2.3".into(),
+                hostname: "gpu-node-7".into(),
+                gpu_backend: GpuBackend::Sim { gpus: 4 },
+                nvml_lib: Some(PathBuf::from("/opt/nvidia/libnvidia-ml.so.1")),
+                telemetry_interval: Duration::from_secs(2),
+                reconnect_min_backoff: Duration::from_millis(100),
+                reconnect_max_backoff: Duration::from_secs(30),
+                log_format: LogFormat::Json,
+            }
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "node_id = \"from-file\"\naddress = \"file-addr\"\ngpu_backend = \"sim:2\"\ntelemetry_interval = \"9s\"\nlog_format = \"json\"\n",
+        )
+        .expect("write config");
+        let path_str = path.to_str().expect("utf-8 temp path");
+        let args = cli(&[
+            "--config",
+            path_str,
+            "--node-id",
+            "from-flag",
+            "--gpu-backend",
+            "sim:8",
+            "--telemetry-interval",
+            "250ms",
+        ]);
+        let config = Config::load(args).expect("valid");
+        assert_eq!(config.node_id, "from-flag");
+        assert_eq!(config.gpu_backend, GpuBackend::Sim { gpus: 8 });
+        assert_eq!(config.telemetry_interval, Duration::from_millis(250));
+        // Not given as flags: the file's values stand.
+        assert_eq!(config.address, "file-addr");
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn load_reports_a_missing_file_by_path() {
+        let err =
+            Config::load(cli(&["--config", "/nonexistent/agent.toml"])).expect_err("missing file");
+        assert!(err.to_string().contains("/nonexistent/agent.toml"), "{err}");
+    }
+
+    #[test]
+    fn sim_backend_parsing() {
+        assert_eq!("nvml".parse::<GpuBackend>(), Ok(GpuBackend::Nvml));
+        assert_eq!(
+            "sim:8".parse::<GpuBackend>(),
+            Ok(GpuBackend::Sim { gpus: 8 })
+        );
+        assert_eq!(
+            "sim:1".parse::<GpuBackend>(),
+            Ok(GpuBackend::Sim { gpus: 1 })
+        );
+        let zero = "sim:0".parse::<GpuBackend>().expect_err("zero GPUs");
+        assert!(zero.contains("at least one GPU"), "{zero}");
+        for bad in ["sim", "sim:", "sim:-1", "sim:eight", "cuda", "", "sim:8x"] {
+            let err = bad.parse::<GpuBackend>().expect_err(bad);
+            assert!(err.contains("invalid GPU backend"), "{bad}: {err}");
+        }
+        assert_eq!(GpuBackend::Sim { gpus: 8 }.to_string(), "sim:8");
+        assert_eq!(GpuBackend::Sim { gpus: 8 }.wire_name(), "sim");
+        assert_eq!(GpuBackend::Nvml.wire_name(), "nvml");
+    }
+
+    #[test]
+    fn sim_backend_flag_errors_reach_the_user() {
+        let err = Cli::try_parse_from(["sup-agent", "--gpu-backend", "sim:0"])
+            .expect_err("sim:0 refused");
+        assert!(err.to_string().contains("at least one GPU"), "{err}");
+    }
+
+    #[test]
+    fn empty_node_id_is_rejected() {
+        for id in ["", "   ", " padded"] {
+            let err = Config::merge(cli(&["--node-id", id]), FileConfig::default(), host())
+                .expect_err("must fail");
+            assert!(err.to_string().contains("node id"), "{id:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn zero_interval_is_rejected() {
+        let err = Config::merge(
+            cli(&["--telemetry-interval", "0s"]),
+            FileConfig::default(),
+            host(),
+        )
+        .expect_err("must fail");
+        assert!(err.to_string().contains("telemetry interval"), "{err}");
+    }
+
+    #[test]
+    fn backoff_bounds_are_checked() {
+        let err = Config::merge(
+            cli(&[
+                "--reconnect-min-backoff",
+                "5s",
+                "--reconnect-max-backoff",
+                "1s",
+            ]),
+            FileConfig::default(),
+            host(),
+        )
+        .expect_err("max < min");
+        assert!(err.to_string().contains("reconnect_max_backoff"), "{err}");
+    }
+
+    #[test]
+    fn supervisor_url_is_normalized_and_checked() {
+        let ok = |s: &str| {
+            Config::merge(cli(&["--supervisor", s]), FileConfig::default(), host())
+                .map(|c| c.supervisor)
+        };
+        assert_eq!(ok("supd:7070").expect("bare host:port"), "http://supd:7070");
+        assert_eq!(ok("http://[::1]:7070").expect("ipv6"), "http://[::1]:7070");
+        assert!(ok("https://supd:7070")
+            .expect_err("tls")
+            .to_string()
+            .contains("only http://"));
+        assert!(ok("http://").is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! sup-agent: one per GPU node. It reads the node's GPUs (NVML, or a
+//! simulator), registers the node with supd and streams telemetry to it,
+//! reconnecting for as long as it runs.
+//!
+//! The binary only parses flags and sets up logging; everything else is
+//! here, behind [`run`], so tests can run a whole agent in-process.
+
+pub mod backoff;
+pub mod config;
+pub mod probe;
+pub mod sampler;
+pub mod session;
+pub mod shutdown;
+
+use std::future::Future;
+
+use sup_proto::v1::Register;
+use tracing::info;
+
+pub use crate::config::{Cli, Config, GpuBackend, LogFormat};
+use crate::probe::ProbeError;
+use crate::sampler::Sampler;
+use crate::session::{Link, SessionError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("supervisor URL {supervisor}: {source}")]
+    Supervisor {
+        supervisor: String,
+        #[source]
+        source: SessionError,
+    },
+}
+
+/// Runs the agent until `shutdown` completes, then returns `Ok`.
+///
+/// Fails only when the GPUs cannot be read (the probe does not open at
+/// startup, or its thread dies later). An unreachable or refusing supd is
+/// never an error: it is retried for as long as the agent runs.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    // Watched from the very start: opening NVML can hang on a sick node, and
+    // a stop request must still be honoured then.
+    tokio::pin!(shutdown);
+    let instance_id = format!("{:032x}", rand::random::<u128>());
+    info!(
+        node_id = %config.node_id,
+        address = %config.address,
+        supervisor = %config.supervisor,
+        gpu_backend = %config.gpu_backend,
+        instance_id = %instance_id,
+        version = env!("CARGO_PKG_VERSION"),
+        "sup-agent starting"
+    );
+
+    let (backend, nvml_lib, node_id) = (
+        config.gpu_backend,
+        config.nvml_lib.clone(),
+        config.node_id.clone(),
+    );
+    let start = Sampler::start(
+        move || probe::open(backend, nvml_lib, &node_id),
+        config.telemetry_interval,
+    );
+    let (sampler, gpus) = tokio::select! {
+        () = &mut shutdown => {
+            info!("shutting down before the GPU probe opened");
+            return Ok(());
+        }
+        started = start => started?,
+    };
+    info!(gpus = gpus.len(), "GPU inventory taken");
+
+    let register = Register {
+        node_id: config.node_id.clone(),
+        address: config.address.clone(),
+        hostname: config.hostname.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        instance_id,
+        gpu_backend: config.gpu_backend.wire_name().to_owned(),
+        gpus,
+    };
+    let mut link =
+        Link::new(&config, register, sampler).map_err(|source| AgentError::Supervisor {
+            supervisor: config.supervisor.clone(),
+            source,
+        })?;
+
+    tokio::select! {
+        () = &mut shutdown => {
+            info!("shutting down");
+            Ok(())
+        }
+        err = link.run() => Err(err.into()),
+    }
+}
+
+/// An error and its causes on one line. Transport errors in particular say
+/// only "transport error" at the top; the cause that helps an operator
+/// (connection refused, no such host) is further down the chain.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    append_causes(&mut text, err.source());
+    text
+}
+
+/// Appends `first` and its sources to `text`, leaving out what is already
+/// said: many errors repeat their source's message in their own, or start
+/// their message with the text that wraps them.
+pub fn append_causes(text: &mut String, first: Option<&(dyn std::error::Error + 'static)>) {
+    let mut source = first;
+    while let Some(cause) = source {
+        append_cause(text, &cause.to_string());
+        source = cause.source();
+    }
+}
+
+fn append_cause(text: &mut String, cause: &str) {
+    if cause.is_empty() || text.contains(cause) {
+        return;
+    }
+    let overlap = text
+        .char_indices()
+        .map(|(at, _)| at)
+        .filter(|&at| at == 0 || text[..at].ends_with(": "))
+        .find(|&at| cause.starts_with(&text[at..]));
+    match overlap {
+        Some(at) => {
+            let rest = cause[text.len() - at..].to_owned();
+            text.push_str(&rest);
+        }
+        None => {
+            text.push_str(": ");
+            text.push_str(cause);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{message}")]
+    struct E {
+        message: &'static str,
+        #[source]
+        source: Option<Box<E>>,
+    }
+
+    fn e(message: &'static str, source: Option<E>) -> E {
+        E {
+            message,
+            source: source.map(Box::new),
+        }
+    }
+
+    #[test]
+    fn error_chain_keeps_every_cause_once() {
+        let refused = e(
+            "transport error",
+            Some(e("tcp connect error", Some(e("Connection refused", None)))),
+        );
+        assert_eq!(
+            error_chain(&refused),
+            "transport error: tcp connect error: Connection refused"
+        );
+        // A message that already quotes its source, and a source that
+        // elaborates the tail of the message.
+        let repeated = e("h2 error: broken pipe", Some(e("broken pipe", None)));
+        assert_eq!(error_chain(&repeated), "h2 error: broken pipe");
+        let elaborated = e(
+            "h2 protocol error: error reading a body",
+            Some(e("error reading a body: stream closed", None)),
+        );
+        assert_eq!(
+            error_chain(&elaborated),
+            "h2 protocol error: error reading a body: stream closed"
+        );
+    }
+}

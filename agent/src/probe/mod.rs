@@ -1,0 +1,68 @@
+//! Where GPU facts come from: the [`GpuProbe`] trait and its two
+//! implementations, real NVML and a simulator for demos and scale tests.
+//!
+//! Probes speak the wire types (`GpuInfo`, `GpuReading`) directly: they hold
+//! exactly what is sent, with every reading optional, so there is no second
+//! model to keep in step with the proto.
+
+pub mod nvml;
+pub mod sim;
+
+use std::path::PathBuf;
+
+use sup_proto::v1::{GpuInfo, GpuReading};
+
+use crate::config::GpuBackend;
+
+pub use self::nvml::NvmlProbe;
+pub use self::sim::SimProbe;
+
+/// One source of GPU inventory and telemetry for this node.
+///
+/// Implementations may block (NVML calls can take a while on a sick GPU), so
+/// the agent only calls them from its dedicated probe thread.
+pub trait GpuProbe {
+    /// The GPUs present, ordered by index. Taken once at startup; it is what
+    /// the agent registers with.
+    fn inventory(&self) -> Result<Vec<GpuInfo>, ProbeError>;
+
+    /// One reading per inventoried GPU. A reading that could not be taken is
+    /// `None` in its field (never zero); an error here means the probe as a
+    /// whole could not sample.
+    fn sample(&mut self) -> Result<Vec<GpuReading>, ProbeError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "cannot initialize NVML from {library}: {source} (is the NVIDIA driver installed? \
+         use --nvml-lib PATH to name the library, or --gpu-backend sim:N to simulate GPUs)"
+    )]
+    Init {
+        /// The path given with `--nvml-lib`, or the default library name.
+        library: String,
+        #[source]
+        source: ::nvml_wrapper::error::NvmlError,
+    },
+    #[error("NVML {operation} failed: {source}")]
+    Nvml {
+        operation: &'static str,
+        #[source]
+        source: ::nvml_wrapper::error::NvmlError,
+    },
+    #[error("GPU probe thread stopped: {0}")]
+    ThreadGone(String),
+}
+
+/// Opens the probe `backend` names. `node_id` seeds the simulator so that
+/// simulated GPU UUIDs are stable for a node across restarts.
+pub fn open(
+    backend: GpuBackend,
+    nvml_lib: Option<PathBuf>,
+    node_id: &str,
+) -> Result<Box<dyn GpuProbe>, ProbeError> {
+    match backend {
+        GpuBackend::Nvml => Ok(Box::new(NvmlProbe::open(nvml_lib.as_deref())?)),
+        GpuBackend::Sim { gpus } => Ok(Box::new(SimProbe::new(node_id, gpus))),
+    }
+}

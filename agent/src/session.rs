@@ -1,0 +1,413 @@
+//! The link to supd: connect, register, stream telemetry, follow the desired
+//! assignment; on any failure wait a jittered backoff and do it all again.
+//!
+//! The agent never gives up on supd. A supervisor restart or a network
+//! partition must not take a node (and the training ranks it will run) down
+//! with it, so every failure here ends in a retry, never in an exit.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use sup_proto::v1::agent_message::Body as AgentBody;
+use sup_proto::v1::agent_service_client::AgentServiceClient;
+use sup_proto::v1::supervisor_message::Body as SupervisorBody;
+use sup_proto::v1::{
+    AgentMessage, DesiredAssignment, NodeState, Register, Registered, SupervisorMessage, Telemetry,
+};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout, Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::error_chain as chain;
+use crate::probe::ProbeError;
+use crate::sampler::Sampler;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// From opening the stream to supd's `Registered`. A supd that accepts
+/// connections but never answers must not hold the agent forever.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+// HTTP/2 pings notice a dead peer (a node cut off without a FIN) long
+// before TCP would.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+const MIN_SUGGESTED_INTERVAL: Duration = Duration::from_millis(10);
+/// Outbound messages waiting for the transport. Telemetry is latest-wins, so
+/// when this is full a sample is dropped instead of queued behind stale ones.
+const OUTBOUND_CAPACITY: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect: {}", chain(.0))]
+    Connect(#[source] tonic::transport::Error),
+    #[error("{}", describe_status(.0))]
+    Rpc(#[source] tonic::Status),
+    #[error("no answer within {} while {what}", humantime::format_duration(*.after))]
+    Timeout { after: Duration, what: &'static str },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("supervisor closed the stream")]
+    Closed,
+    #[error("the GPU probe thread stopped")]
+    ProbeStopped,
+}
+
+impl SessionError {
+    /// Errors that no retry can fix without an operator: the node id is
+    /// taken, or supd refuses who we are. Still retried (the other agent may
+    /// go away, supd may be reconfigured), but logged as errors.
+    fn is_rejection(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Rpc(status) if matches!(
+                status.code(),
+                Code::AlreadyExists
+                    | Code::InvalidArgument
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+                    | Code::FailedPrecondition
+            )
+        )
+    }
+}
+
+/// One agent's link to supd, carried across reconnects.
+pub struct Link {
+    endpoint: Endpoint,
+    supervisor: String,
+    register: Register,
+    /// The configured interval; supd's suggestion overrides it per session.
+    interval: Duration,
+    backoff: Backoff,
+    sampler: Sampler,
+    /// The latest desired assignment accepted; kept across reconnects so a
+    /// stale one replayed by a lagging supd is still recognized as stale.
+    assignment: Option<DesiredAssignment>,
+    registrations: u64,
+}
+
+impl Link {
+    pub fn new(
+        config: &Config,
+        register: Register,
+        sampler: Sampler,
+    ) -> Result<Link, SessionError> {
+        let endpoint = Endpoint::from_shared(config.supervisor.clone())
+            .map_err(SessionError::Connect)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        // No `Endpoint::timeout`: it would cut the long-lived stream.
+        Ok(Link {
+            endpoint,
+            supervisor: config.supervisor.clone(),
+            register,
+            interval: config.telemetry_interval,
+            backoff: Backoff::new(config.reconnect_min_backoff, config.reconnect_max_backoff),
+            sampler,
+            assignment: None,
+            registrations: 0,
+        })
+    }
+
+    /// The latest desired assignment supd sent, if any.
+    pub fn assignment(&self) -> Option<&DesiredAssignment> {
+        self.assignment.as_ref()
+    }
+
+    /// Runs sessions back to back for ever. Returns only if the probe thread
+    /// dies, which no reconnect can fix.
+    pub async fn run(&mut self) -> ProbeError {
+        loop {
+            let err = match self.session().await {
+                Ok(never) => match never {},
+                Err(SessionError::ProbeStopped) => {
+                    return ProbeError::ThreadGone("it exited while the agent was running".into())
+                }
+                Err(err) => err,
+            };
+            let delay = self.backoff.next_delay();
+            let retry_in = humantime::format_duration(round_ms(delay)).to_string();
+            if err.is_rejection() {
+                error!(supervisor = %self.supervisor, node_id = %self.register.node_id, %retry_in,
+                    "supervisor rejected this agent: {err}");
+            } else {
+                warn!(supervisor = %self.supervisor, %retry_in, "supervisor session failed: {err}");
+            }
+            sleep(delay).await;
+        }
+    }
+
+    /// One connection, from dial to failure.
+    async fn session(&mut self) -> Result<Infallible, SessionError> {
+        let channel = self
+            .endpoint
+            .connect()
+            .await
+            .map_err(SessionError::Connect)?;
+        let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        let mut seq = 1;
+        outbound
+            .try_send(AgentMessage {
+                seq,
+                body: Some(AgentBody::Register(self.register.clone())),
+            })
+            .map_err(|_| SessionError::Closed)?;
+
+        let (mut inbound, registered) = timeout(REGISTER_TIMEOUT, register(channel, outbound_rx))
+            .await
+            .map_err(|_| SessionError::Timeout {
+                after: REGISTER_TIMEOUT,
+                what: "registering",
+            })??;
+        self.backoff.reset();
+        let interval = self.on_registered(&registered);
+
+        // Telemetry goes out as each sample lands. If the probe stalls (a
+        // wedged NVML call), the latest sample is re-sent anyway so supd
+        // still hears from the node; its old `sampled_at` shows the stall.
+        let heartbeat_after = interval + interval / 2;
+        let mut latest = self.sampler.subscribe();
+        send_telemetry(&outbound, &mut seq, latest.borrow_and_update().clone())?;
+        let heartbeat = sleep(heartbeat_after);
+        tokio::pin!(heartbeat);
+        loop {
+            tokio::select! {
+                changed = latest.changed() => {
+                    changed.map_err(|_| SessionError::ProbeStopped)?;
+                    send_telemetry(&outbound, &mut seq, latest.borrow_and_update().clone())?;
+                    heartbeat.as_mut().reset(Instant::now() + heartbeat_after);
+                }
+                () = &mut heartbeat => {
+                    debug!("no new GPU sample in time; re-sending the latest");
+                    send_telemetry(&outbound, &mut seq, latest.borrow().clone())?;
+                    heartbeat.as_mut().reset(Instant::now() + heartbeat_after);
+                }
+                message = inbound.message() => match message.map_err(SessionError::Rpc)? {
+                    Some(message) => self.on_message(message),
+                    None => return Err(SessionError::Closed),
+                },
+            }
+        }
+    }
+
+    /// Logs the registration and settles the telemetry interval for this
+    /// session.
+    fn on_registered(&mut self, registered: &Registered) -> Duration {
+        self.registrations += 1;
+        let interval = match registered.telemetry_interval_ms {
+            0 => self.interval,
+            // A floor, so a misconfigured supd cannot make every node spin
+            // on NVML.
+            ms => Duration::from_millis(u64::from(ms)).max(MIN_SUGGESTED_INTERVAL),
+        };
+        self.sampler.set_interval(interval);
+        info!(
+            supervisor = %self.supervisor,
+            node_id = %self.register.node_id,
+            state = node_state_name(registered.state),
+            gpus = self.register.gpus.len(),
+            telemetry_interval = %humantime::format_duration(interval),
+            "{}",
+            if self.registrations == 1 { "registered with supervisor" } else { "re-registered with supervisor" },
+        );
+        interval
+    }
+
+    fn on_message(&mut self, message: SupervisorMessage) {
+        match message.body {
+            Some(SupervisorBody::Assignment(offered)) => {
+                match judge_assignment(self.assignment.as_ref(), &offered) {
+                    Verdict::Accept => {
+                        info!(
+                            job = if offered.job.is_empty() {
+                                "(none)"
+                            } else {
+                                offered.job.as_str()
+                            },
+                            generation = offered.generation,
+                            "desired assignment"
+                        );
+                        self.assignment = Some(offered);
+                    }
+                    Verdict::Same => debug!(
+                        generation = offered.generation,
+                        "desired assignment unchanged"
+                    ),
+                    Verdict::Stale { held } => warn!(
+                        held_generation = held,
+                        offered_generation = offered.generation,
+                        job = %offered.job,
+                        "ignoring a desired assignment older than the one held"
+                    ),
+                }
+            }
+            Some(SupervisorBody::Ack(_)) => {}
+            Some(SupervisorBody::Registered(_)) => {
+                warn!("supervisor sent Registered again mid-session; ignoring it");
+            }
+            // A newer supd may send kinds this agent does not know yet.
+            None => debug!("ignoring a supervisor message of an unknown kind"),
+        }
+    }
+}
+
+/// Opens the stream (whose first queued message is `Register`) and waits for
+/// supd's answer, which must be `Registered`.
+async fn register(
+    channel: Channel,
+    outbound: mpsc::Receiver<AgentMessage>,
+) -> Result<(tonic::Streaming<SupervisorMessage>, Registered), SessionError> {
+    let mut client = AgentServiceClient::new(channel);
+    let mut inbound = client
+        .session(ReceiverStream::new(outbound))
+        .await
+        .map_err(SessionError::Rpc)?
+        .into_inner();
+    match inbound.message().await.map_err(SessionError::Rpc)? {
+        Some(SupervisorMessage {
+            body: Some(SupervisorBody::Registered(registered)),
+        }) => Ok((inbound, registered)),
+        Some(other) => Err(SessionError::Protocol(format!(
+            "expected Registered as the supervisor's first message, got {}",
+            match other.body {
+                Some(SupervisorBody::Ack(_)) => "Ack",
+                Some(SupervisorBody::Assignment(_)) => "DesiredAssignment",
+                Some(SupervisorBody::Registered(_)) => "Registered",
+                None => "a message of an unknown kind",
+            }
+        ))),
+        None => Err(SessionError::Closed),
+    }
+}
+
+fn send_telemetry(
+    outbound: &mpsc::Sender<AgentMessage>,
+    seq: &mut u64,
+    telemetry: Telemetry,
+) -> Result<(), SessionError> {
+    let message = AgentMessage {
+        seq: *seq + 1,
+        body: Some(AgentBody::Telemetry(telemetry)),
+    };
+    match outbound.try_send(message) {
+        Ok(()) => {
+            *seq += 1;
+            Ok(())
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            debug!("supervisor is not keeping up; dropping a telemetry sample");
+            Ok(())
+        }
+        // The transport dropped our stream; the inbound side usually has
+        // the reason, but the session is over either way.
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(SessionError::Closed),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Same,
+    Stale { held: u64 },
+}
+
+/// Generation fencing: an assignment older than the one held is a message
+/// from before a restart of the job and must not be acted on.
+pub fn judge_assignment(held: Option<&DesiredAssignment>, offered: &DesiredAssignment) -> Verdict {
+    match held {
+        Some(held) if offered.generation < held.generation => Verdict::Stale {
+            held: held.generation,
+        },
+        Some(held) if held == offered => Verdict::Same,
+        _ => Verdict::Accept,
+    }
+}
+
+fn node_state_name(state: i32) -> String {
+    NodeState::try_from(state).map_or_else(
+        |_| format!("unknown({state})"),
+        |s| {
+            s.as_str_name()
+                .trim_start_matches("NODE_STATE_")
+                .to_ascii_lowercase()
+        },
+    )
+}
+
+fn describe_status(status: &tonic::Status) -> String {
+    let mut text = format!("supervisor answered {:?}", status.code());
+    if !status.message().is_empty() {
+        text.push_str(": ");
+        text.push_str(status.message());
+    }
+    crate::append_causes(&mut text, status.source());
+    text
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(generation: u64, job: &str) -> DesiredAssignment {
+        DesiredAssignment {
+            generation,
+            job: job.to_owned(),
+        }
+    }
+
+    #[test]
+    fn assignments_are_fenced_by_generation() {
+        let held = assignment(5, "llama");
+        assert_eq!(judge_assignment(None, &assignment(0, "")), Verdict::Accept);
+        assert_eq!(
+            judge_assignment(Some(&held), &assignment(6, "llama")),
+            Verdict::Accept
+        );
+        assert_eq!(
+            judge_assignment(Some(&held), &assignment(5, "llama")),
+            Verdict::Same
+        );
+        assert_eq!(
+            judge_assignment(Some(&held), &assignment(4, "llama")),
+            Verdict::Stale { held: 5 }
+        );
+        // Same generation, different content: supd's latest word wins.
+        assert_eq!(
+            judge_assignment(Some(&held), &assignment(5, "")),
+            Verdict::Accept
+        );
+    }
+
+    #[test]
+    fn node_state_names_are_short() {
+        assert_eq!(node_state_name(NodeState::Ready as i32), "ready");
+        assert_eq!(node_state_name(NodeState::Cordoned as i32), "cordoned");
+        assert_eq!(node_state_name(99), "unknown(99)");
+    }
+
+    #[test]
+    fn rejections_are_told_apart_from_outages() {
+        let taken = SessionError::Rpc(tonic::Status::already_exists(
+            "node n1 is connected from 10.0.0.9",
+        ));
+        assert!(taken.is_rejection());
+        assert_eq!(
+            taken.to_string(),
+            "supervisor answered AlreadyExists: node n1 is connected from 10.0.0.9"
+        );
+        assert!(!SessionError::Rpc(tonic::Status::unavailable("restarting")).is_rejection());
+        assert!(!SessionError::Closed.is_rejection());
+    }
+}

@@ -1,0 +1,342 @@
+//! The whole agent (`sup_agent::run`) against a scripted in-process supd:
+//! registration contents, telemetry flow, supd's interval, rejections,
+//! dropped streams and a supd that starts late.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use sup_agent::{Config, GpuBackend, LogFormat};
+use sup_proto::v1::agent_message::Body as AgentBody;
+use sup_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
+use sup_proto::v1::supervisor_message::Body as SupervisorBody;
+use sup_proto::v1::{
+    AgentMessage, DesiredAssignment, NodeState, Register, Registered, SupervisorMessage,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What the fake supd does with session number `n` (1-based).
+#[derive(Clone, Copy)]
+enum Script {
+    /// Accept every session and keep it open.
+    AcceptAll,
+    /// Reject the first `rejections` sessions with ALREADY_EXISTS, then
+    /// accept; the first accepted session is closed by supd after
+    /// `close_after` telemetry messages.
+    RejectThenFlap { rejections: u32, close_after: usize },
+}
+
+struct FakeSupd {
+    script: Script,
+    sessions: AtomicU32,
+    seen: mpsc::UnboundedSender<(u32, AgentMessage)>,
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<SupervisorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for FakeSupd {
+    type SessionStream = OutStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<OutStream>, Status> {
+        let n = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty stream"))?;
+        let node_id = match &first.body {
+            Some(AgentBody::Register(r)) => r.node_id.clone(),
+            _ => return Err(Status::invalid_argument("first message must be Register")),
+        };
+        let _ = self.seen.send((n, first));
+
+        let close_after = match self.script {
+            Script::AcceptAll => None,
+            Script::RejectThenFlap { rejections, .. } if n <= rejections => {
+                return Err(Status::already_exists(format!(
+                    "node {node_id} is connected from 10.9.9.9"
+                )));
+            }
+            Script::RejectThenFlap {
+                rejections,
+                close_after,
+            } => (n == rejections + 1).then_some(close_after),
+        };
+
+        let (out, out_rx) = mpsc::channel(8);
+        let registered = Registered {
+            node_id,
+            state: NodeState::Ready as i32,
+            telemetry_interval_ms: 50,
+        };
+        let assignment = DesiredAssignment {
+            generation: 3,
+            job: "demo".into(),
+        };
+        for body in [
+            SupervisorBody::Registered(registered),
+            SupervisorBody::Assignment(assignment),
+        ] {
+            let _ = out.send(Ok(SupervisorMessage { body: Some(body) })).await;
+        }
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            let mut telemetry = 0;
+            while let Ok(Some(message)) = inbound.message().await {
+                let _ = seen.send((n, message));
+                telemetry += 1;
+                if close_after == Some(telemetry) {
+                    // Ends our half of the stream cleanly: the agent sees
+                    // the stream end and must reconnect.
+                    return;
+                }
+            }
+            drop(out);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
+
+async fn start_supd(
+    listener: TcpListener,
+    script: Script,
+) -> (mpsc::UnboundedReceiver<(u32, AgentMessage)>, JoinHandle<()>) {
+    let (seen, seen_rx) = mpsc::unbounded_channel();
+    let service = FakeSupd {
+        script,
+        sessions: AtomicU32::new(0),
+        seen,
+    };
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(AgentServiceServer::new(service))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .expect("fake supd serves");
+    });
+    (seen_rx, server)
+}
+
+fn config(addr: SocketAddr, telemetry_interval: Duration) -> Config {
+    Config {
+        supervisor: format!("http://{addr}"),
+        node_id: "n1".into(),
+        address: "10.0.0.1".into(),
+        hostname: "host-n1".into(),
+        gpu_backend: GpuBackend::Sim { gpus: 2 },
+        nvml_lib: None,
+        telemetry_interval,
+        reconnect_min_backoff: Duration::from_millis(10),
+        reconnect_max_backoff: Duration::from_millis(100),
+        log_format: LogFormat::Text,
+    }
+}
+
+struct RunningAgent {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), sup_agent::AgentError>>,
+}
+
+fn start_agent(config: Config) -> RunningAgent {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(sup_agent::run(config, async {
+        let _ = stopped.await;
+    }));
+    RunningAgent { stop, task }
+}
+
+impl RunningAgent {
+    async fn shut_down(self) {
+        let _ = self.stop.send(());
+        let result = tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("agent stops promptly on shutdown")
+            .expect("agent task did not panic");
+        assert!(result.is_ok(), "clean shutdown returns Ok: {result:?}");
+    }
+}
+
+async fn next(seen: &mut mpsc::UnboundedReceiver<(u32, AgentMessage)>) -> (u32, AgentMessage) {
+    tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("a message from the agent in time")
+        .expect("fake supd alive")
+}
+
+fn register_of(message: &AgentMessage) -> &Register {
+    match &message.body {
+        Some(AgentBody::Register(r)) => r,
+        other => panic!("expected Register, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn registers_then_streams_telemetry_at_supds_interval() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (mut seen, server) = start_supd(listener, Script::AcceptAll).await;
+    // The agent's own interval is a minute: five telemetry messages within
+    // `WAIT` each can only come from following supd's 50ms suggestion.
+    let agent = start_agent(config(addr, Duration::from_secs(60)));
+
+    let (session, first) = next(&mut seen).await;
+    assert_eq!(session, 1);
+    assert_eq!(first.seq, 1);
+    let register = register_of(&first);
+    assert_eq!(register.node_id, "n1");
+    assert_eq!(register.address, "10.0.0.1");
+    assert_eq!(register.hostname, "host-n1");
+    assert_eq!(register.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(register.gpu_backend, "sim");
+    assert_eq!(register.instance_id.len(), 32);
+    assert!(register.instance_id.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(register.gpus.len(), 2);
+    assert_eq!(register.gpus[1].index, 1);
+    assert!(register.gpus[0].uuid.starts_with("GPU-"));
+
+    for expected_seq in 2..=6 {
+        let (session, message) = next(&mut seen).await;
+        assert_eq!(session, 1);
+        assert_eq!(message.seq, expected_seq);
+        let Some(AgentBody::Telemetry(telemetry)) = message.body else {
+            panic!("expected Telemetry, got {message:?}");
+        };
+        assert_eq!(telemetry.gpus.len(), 2);
+        assert!(telemetry.sampled_at_unix_ms > 0);
+        assert!(telemetry.gpus.iter().all(|g| g.temperature_c.is_some()));
+    }
+
+    agent.shut_down().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn retries_through_rejections_and_dropped_streams() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (mut seen, server) = start_supd(
+        listener,
+        Script::RejectThenFlap {
+            rejections: 2,
+            close_after: 2,
+        },
+    )
+    .await;
+    let agent = start_agent(config(addr, Duration::from_secs(60)));
+
+    // Two rejected registrations, then an accepted one that supd closes.
+    let mut instance_ids = Vec::new();
+    for session in 1..=3 {
+        let (n, message) = next(&mut seen).await;
+        assert_eq!(n, session);
+        assert_eq!(message.seq, 1, "each session starts its own sequence");
+        instance_ids.push(register_of(&message).instance_id.clone());
+    }
+    // Session 3's telemetry, then the agent comes back on its own.
+    let mut reconnected = false;
+    for _ in 0..10 {
+        let (n, message) = next(&mut seen).await;
+        if n == 4 {
+            assert_eq!(message.seq, 1);
+            instance_ids.push(register_of(&message).instance_id.clone());
+            reconnected = true;
+            break;
+        }
+        assert_eq!(n, 3);
+        assert!(matches!(message.body, Some(AgentBody::Telemetry(_))));
+    }
+    assert!(
+        reconnected,
+        "agent re-registered after supd closed the stream"
+    );
+    assert!(
+        instance_ids.windows(2).all(|w| w[0] == w[1]),
+        "one process, one instance id: {instance_ids:?}"
+    );
+
+    agent.shut_down().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn waits_for_a_supervisor_that_starts_late() {
+    // Reserve a port, then free it so that nothing listens there yet.
+    let addr = {
+        let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        probe.local_addr().expect("addr")
+    };
+    let agent = start_agent(config(addr, Duration::from_secs(60)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !agent.task.is_finished(),
+        "an unreachable supd is not a reason to exit"
+    );
+
+    let listener = TcpListener::bind(addr)
+        .await
+        .expect("rebind the reserved port");
+    let (mut seen, server) = start_supd(listener, Script::AcceptAll).await;
+    let (session, message) = next(&mut seen).await;
+    assert_eq!(session, 1);
+    assert_eq!(register_of(&message).node_id, "n1");
+
+    agent.shut_down().await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_probe_that_cannot_open_is_fatal_and_names_the_library() {
+    let mut config = config("127.0.0.1:1".parse().expect("addr"), Duration::from_secs(1));
+    config.gpu_backend = GpuBackend::Nvml;
+    config.nvml_lib = Some("/nonexistent/libnvidia-ml.so.1".into());
+    let result = tokio::time::timeout(WAIT, sup_agent::run(config, std::future::pending()))
+        .await
+        .expect("fails fast");
+    let err = result.expect_err("NVML cannot load");
+    assert!(
+        err.to_string().contains("/nonexistent/libnvidia-ml.so.1"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs an NVIDIA GPU and driver"]
+async fn real_nvml_registers_and_reports() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (mut seen, server) = start_supd(listener, Script::AcceptAll).await;
+    let mut config = config(addr, Duration::from_secs(60));
+    config.gpu_backend = GpuBackend::Nvml;
+    let agent = start_agent(config);
+
+    let (_, first) = next(&mut seen).await;
+    let register = register_of(&first);
+    assert_eq!(register.gpu_backend, "nvml");
+    assert!(!register.gpus.is_empty());
+    assert!(register.gpus.iter().all(|g| g.uuid.starts_with("GPU-")));
+    let (_, message) = next(&mut seen).await;
+    let Some(AgentBody::Telemetry(telemetry)) = message.body else {
+        panic!("expected Telemetry, got {message:?}");
+    };
+    assert_eq!(telemetry.gpus.len(), register.gpus.len());
+    assert!(telemetry
+        .gpus
+        .iter()
+        .all(|g| g.temperature_c.is_some() && g.power_w.is_some()));
+    println!("{register:#?}\n{telemetry:#?}");
+
+    agent.shut_down().await;
+    server.abort();
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command (README: "Run the tests"). CI runs exactly this through .ci/run.
+# It installs what the tests need when it is missing, then checks formatting and
+# lints, builds every binary (the end-to-end tests run them as processes) and
+# runs all tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)   # promtool validates /metrics
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)       # the example trainer
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (binaries for the end-to-end tests)"
+cargo build --workspace --bins --locked
+echo "== cargo test"
+cargo test --workspace --locked
