@@ -6,6 +6,7 @@
 //! here, behind [`run`], so tests can run a whole agent in-process.
 
 pub mod backoff;
+pub mod bus;
 pub mod config;
 pub mod probe;
 pub mod sampler;
@@ -81,11 +82,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         gpu_backend: config.gpu_backend.wire_name().to_owned(),
         gpus,
     };
+    let (bus, ports) = bus::bus();
     let mut link =
-        Link::new(&config, register, sampler).map_err(|source| AgentError::Supervisor {
+        Link::new(&config, register, sampler, ports).map_err(|source| AgentError::Supervisor {
             supervisor: config.supervisor.clone(),
             source,
         })?;
+    // The parts that use the bus (GPU health, ranks, checkpoints) are
+    // started here; until then its receivers stay open but idle.
+    let _bus = bus;
 
     tokio::select! {
         () = &mut shutdown => {

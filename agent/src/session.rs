@@ -23,6 +23,7 @@ use tonic::Code;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
+use crate::bus::{LevelState, LinkPorts};
 use crate::config::Config;
 use crate::error_chain as chain;
 use crate::probe::ProbeError;
@@ -39,7 +40,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_SUGGESTED_INTERVAL: Duration = Duration::from_millis(10);
 /// Outbound messages waiting for the transport. Telemetry is latest-wins, so
 /// when this is full a sample is dropped instead of queued behind stale ones.
-const OUTBOUND_CAPACITY: usize = 16;
+const OUTBOUND_CAPACITY: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -89,6 +90,8 @@ pub struct Link {
     /// stale one replayed by a lagging supd is still recognized as stale.
     assignment: Option<DesiredAssignment>,
     registrations: u64,
+    ports: LinkPorts,
+    level: LevelState,
 }
 
 impl Link {
@@ -96,6 +99,7 @@ impl Link {
         config: &Config,
         register: Register,
         sampler: Sampler,
+        ports: LinkPorts,
     ) -> Result<Link, SessionError> {
         let endpoint = Endpoint::from_shared(config.supervisor.clone())
             .map_err(SessionError::Connect)?
@@ -114,6 +118,8 @@ impl Link {
             sampler,
             assignment: None,
             registrations: 0,
+            ports,
+            level: LevelState::default(),
         })
     }
 
@@ -176,6 +182,9 @@ impl Link {
         let heartbeat_after = interval + interval / 2;
         let mut latest = self.sampler.subscribe();
         send_telemetry(&outbound, &mut seq, latest.borrow_and_update().clone())?;
+        for body in self.level.replay() {
+            send_body(&outbound, &mut seq, body)?;
+        }
         let heartbeat = sleep(heartbeat_after);
         tokio::pin!(heartbeat);
         loop {
@@ -189,6 +198,10 @@ impl Link {
                     debug!("no new GPU sample in time; re-sending the latest");
                     send_telemetry(&outbound, &mut seq, latest.borrow().clone())?;
                     heartbeat.as_mut().reset(Instant::now() + heartbeat_after);
+                }
+                Some(body) = self.ports.outbox.recv() => {
+                    self.level.remember(&body);
+                    send_body(&outbound, &mut seq, body)?;
                 }
                 message = inbound.message() => match message.map_err(SessionError::Rpc)? {
                     Some(message) => self.on_message(message),
@@ -227,14 +240,11 @@ impl Link {
                 match judge_assignment(self.assignment.as_ref(), &offered) {
                     Verdict::Accept => {
                         info!(
-                            job = if offered.job.is_empty() {
-                                "(none)"
-                            } else {
-                                offered.job.as_str()
-                            },
+                            job = offered.job.as_ref().map_or("(none)", |j| j.job.as_str()),
                             generation = offered.generation,
                             "desired assignment"
                         );
+                        self.ports.assignment.send_replace(Some(offered.clone()));
                         self.assignment = Some(offered);
                     }
                     Verdict::Same => debug!(
@@ -244,9 +254,18 @@ impl Link {
                     Verdict::Stale { held } => warn!(
                         held_generation = held,
                         offered_generation = offered.generation,
-                        job = %offered.job,
                         "ignoring a desired assignment older than the one held"
                     ),
+                }
+            }
+            Some(SupervisorBody::Drill(drill)) => {
+                if self.ports.drills.try_send(drill).is_err() {
+                    warn!("drill dropped: the GPU health monitor is not taking drills");
+                }
+            }
+            Some(SupervisorBody::LogRequest(request)) => {
+                if self.ports.log_requests.try_send(request).is_err() {
+                    warn!("log request dropped: the rank launcher is not answering");
                 }
             }
             Some(SupervisorBody::Ack(_)) => {}
@@ -281,6 +300,8 @@ async fn register(
                 Some(SupervisorBody::Ack(_)) => "Ack",
                 Some(SupervisorBody::Assignment(_)) => "DesiredAssignment",
                 Some(SupervisorBody::Registered(_)) => "Registered",
+                Some(SupervisorBody::Drill(_)) => "Drill",
+                Some(SupervisorBody::LogRequest(_)) => "LogRequest",
                 None => "a message of an unknown kind",
             }
         ))),
@@ -310,6 +331,29 @@ fn send_telemetry(
         // the reason, but the session is over either way.
         Err(mpsc::error::TrySendError::Closed(_)) => Err(SessionError::Closed),
     }
+}
+
+/// Sends a message that must not be dropped silently (unlike telemetry,
+/// which is latest-wins): waits for room is not possible in the select loop,
+/// so a full transport queue ends the session and the level state is
+/// replayed on the next one.
+fn send_body(
+    outbound: &mpsc::Sender<AgentMessage>,
+    seq: &mut u64,
+    body: AgentBody,
+) -> Result<(), SessionError> {
+    *seq += 1;
+    outbound
+        .try_send(AgentMessage {
+            seq: *seq,
+            body: Some(body),
+        })
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                SessionError::Protocol("the stream to supd is not draining".to_owned())
+            }
+            mpsc::error::TrySendError::Closed(_) => SessionError::Closed,
+        })
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -363,7 +407,10 @@ mod tests {
     fn assignment(generation: u64, job: &str) -> DesiredAssignment {
         DesiredAssignment {
             generation,
-            job: job.to_owned(),
+            job: (!job.is_empty()).then(|| sup_proto::v1::JobAssignment {
+                job: job.to_owned(),
+                ..Default::default()
+            }),
         }
     }
 

@@ -83,7 +83,10 @@ impl AgentService for FakeSupd {
         };
         let assignment = DesiredAssignment {
             generation: 3,
-            job: "demo".into(),
+            job: Some(sup_proto::v1::JobAssignment {
+                job: "demo".into(),
+                ..Default::default()
+            }),
         };
         for body in [
             SupervisorBody::Registered(registered),

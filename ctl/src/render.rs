@@ -458,8 +458,10 @@ mod tests {
             ],
             jobs: vec![v1::Job {
                 name: "llama-70b".into(),
+                ..Default::default()
             }],
             spares: vec!["gpu-node-005".into()],
+            ..Default::default()
         }
     }
 
@@ -544,6 +546,7 @@ mod tests {
             ],
             jobs: vec![],
             spares: vec!["a".into(), "b".into()],
+            ..Default::default()
         };
         assert_eq!(
             summary_line(&calm),

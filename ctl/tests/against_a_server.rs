@@ -67,6 +67,7 @@ impl ControlService for FakeSupd {
             nodes: vec![self.node()],
             jobs: vec![],
             spares: vec!["n1".into()],
+            ..Default::default()
         }))
     }
 
@@ -122,6 +123,52 @@ impl ControlService for FakeSupd {
             changed,
             message: String::new(),
         }))
+    }
+
+    async fn submit_job(
+        &self,
+        _: Request<v1::SubmitJobRequest>,
+    ) -> Result<Response<v1::JobResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn stop_job(
+        &self,
+        _: Request<v1::StopJobRequest>,
+    ) -> Result<Response<v1::JobResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn get_job(&self, _: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        _: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::ListCheckpointsResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn get_logs(
+        &self,
+        _: Request<v1::GetLogsRequest>,
+    ) -> Result<Response<v1::LogResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn start_drill(
+        &self,
+        _: Request<v1::DrillRequest>,
+    ) -> Result<Response<v1::DrillResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn reset_breaker(
+        &self,
+        _: Request<v1::ResetBreakerRequest>,
+    ) -> Result<Response<v1::ResetBreakerResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
     }
 
     async fn list_events(

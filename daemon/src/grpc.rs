@@ -143,7 +143,8 @@ impl AgentService for AgentApi {
                             tracing::warn!(node = %node_id, "second Register on one stream; closing it");
                             break;
                         }
-                        None => continue,
+                        // Kinds handled by later parts of supd.
+                        Some(_) | None => continue,
                     },
                     Ok(None) => break,
                     Err(e) => {
@@ -223,6 +224,69 @@ impl ControlService for ControlApi {
     ) -> Result<Response<v1::CordonResponse>, Status> {
         let r = request.into_inner();
         cordon_response(self.handle.uncordon(r.node_id, r.reason, r.by).await)
+    }
+
+    async fn submit_job(
+        &self,
+        _request: Request<v1::SubmitJobRequest>,
+    ) -> Result<Response<v1::JobResponse>, Status> {
+        Err(Status::unimplemented(
+            "jobs are not supported by this supd yet",
+        ))
+    }
+
+    async fn stop_job(
+        &self,
+        _request: Request<v1::StopJobRequest>,
+    ) -> Result<Response<v1::JobResponse>, Status> {
+        Err(Status::unimplemented(
+            "jobs are not supported by this supd yet",
+        ))
+    }
+
+    async fn get_job(
+        &self,
+        _request: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::Job>, Status> {
+        Err(Status::unimplemented(
+            "jobs are not supported by this supd yet",
+        ))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        _request: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::ListCheckpointsResponse>, Status> {
+        Err(Status::unimplemented(
+            "jobs are not supported by this supd yet",
+        ))
+    }
+
+    async fn get_logs(
+        &self,
+        _request: Request<v1::GetLogsRequest>,
+    ) -> Result<Response<v1::LogResponse>, Status> {
+        Err(Status::unimplemented(
+            "jobs are not supported by this supd yet",
+        ))
+    }
+
+    async fn start_drill(
+        &self,
+        _request: Request<v1::DrillRequest>,
+    ) -> Result<Response<v1::DrillResponse>, Status> {
+        Err(Status::unimplemented(
+            "drills are not supported by this supd yet",
+        ))
+    }
+
+    async fn reset_breaker(
+        &self,
+        _request: Request<v1::ResetBreakerRequest>,
+    ) -> Result<Response<v1::ResetBreakerResponse>, Status> {
+        Err(Status::unimplemented(
+            "the circuit breaker is not supported by this supd yet",
+        ))
     }
 
     async fn list_events(

@@ -253,6 +253,7 @@ mod tests {
             }],
             jobs: vec![],
             spares: vec!["n1".into()],
+            ..Default::default()
         };
         let counters = Counters::default();
         counters.reports.store(7, Ordering::Relaxed);

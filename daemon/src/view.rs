@@ -49,6 +49,7 @@ pub fn node(node: &Node) -> v1::Node {
                     memory_clock_mhz: x.memory_clock_mhz,
                     memory_used_bytes: x.memory_used_bytes,
                 }),
+                ..Default::default()
             })
             .collect(),
         cordon: r.cordon.as_ref().map(|c| v1::Cordon {
@@ -70,6 +71,7 @@ pub fn status(engine: &Engine) -> v1::ClusterStatus {
         nodes: engine.nodes().map(node).collect(),
         jobs: Vec::new(),
         spares: engine.spares().map(|n| n.record.id.clone()).collect(),
+        ..Default::default()
     }
 }
 
