@@ -12,11 +12,50 @@ pub struct StatusView {
     pub nodes: Vec<NodeView>,
     pub jobs: Vec<JobView>,
     pub spares: Vec<String>,
+    pub spares_target: u32,
+    pub breaker: BreakerView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakerView {
+    /// "closed" (automatic cordons allowed) or "open" (stopped until reset).
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub since: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct JobView {
     pub name: String,
+    /// pending | starting | running | recovering | succeeded | failed | stopped
+    pub state: String,
+    pub generation: u64,
+    pub world_size: u32,
+    /// Assigned node ids in node-rank order.
+    pub nodes: Vec<String>,
+    pub step: Option<u64>,
+    pub checkpoint: Option<CheckpointView>,
+    pub restarts: u32,
+    pub reason: Option<String>,
+    pub desired_nodes: u32,
+    pub min_nodes: u32,
+    pub priority: String,
+    pub submitted_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointView {
+    pub path: String,
+    pub step: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct XidView {
+    pub xid: u32,
+    pub at: String,
+    pub source: String,
+    pub detail: Option<String>,
+    pub application: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +88,13 @@ pub struct GpuView {
     pub power_w: Option<f64>,
     pub utilization_gpu_pct: Option<u32>,
     pub sm_clock_mhz: Option<u32>,
+    /// Why the GPU has its health; null when ok.
+    pub health_reason: Option<String>,
+    pub evidence: Vec<String>,
+    /// none | gpu_reset | node_reboot | drain_p2p | drain_and_reset; null when unknown.
+    pub recovery_action: Option<&'static str>,
+    /// Most recent Xids, newest last.
+    pub recent_xids: Vec<XidView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +136,17 @@ pub fn gpu_health_name(health: i32) -> &'static str {
     }
 }
 
+pub fn recovery_action_name(action: i32) -> Option<&'static str> {
+    match v1::RecoveryAction::try_from(action) {
+        Ok(v1::RecoveryAction::None) => Some("none"),
+        Ok(v1::RecoveryAction::GpuReset) => Some("gpu_reset"),
+        Ok(v1::RecoveryAction::NodeReboot) => Some("node_reboot"),
+        Ok(v1::RecoveryAction::DrainP2p) => Some("drain_p2p"),
+        Ok(v1::RecoveryAction::DrainAndReset) => Some("drain_and_reset"),
+        Ok(v1::RecoveryAction::Unspecified) | Err(_) => None,
+    }
+}
+
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
@@ -102,14 +159,62 @@ impl From<&v1::ClusterStatus> for StatusView {
     fn from(s: &v1::ClusterStatus) -> Self {
         StatusView {
             nodes: s.nodes.iter().map(NodeView::from).collect(),
-            jobs: s
-                .jobs
-                .iter()
-                .map(|j| JobView {
-                    name: j.name.clone(),
-                })
-                .collect(),
+            jobs: s.jobs.iter().map(JobView::from).collect(),
             spares: s.spares.clone(),
+            spares_target: s.spares_target,
+            breaker: match &s.breaker {
+                Some(b) if b.open => BreakerView {
+                    state: "open",
+                    reason: non_empty(&b.reason),
+                    since: timestamp(b.since_unix_ms),
+                },
+                _ => BreakerView {
+                    state: "closed",
+                    reason: None,
+                    since: None,
+                },
+            },
+        }
+    }
+}
+
+impl From<&v1::Job> for JobView {
+    fn from(j: &v1::Job) -> Self {
+        JobView {
+            name: j.name.clone(),
+            state: j.state.clone(),
+            generation: j.generation,
+            world_size: j.world_size,
+            nodes: j.nodes.clone(),
+            step: j.step,
+            checkpoint: j.checkpoint.as_ref().map(CheckpointView::from),
+            restarts: j.restarts,
+            reason: non_empty(&j.reason),
+            desired_nodes: j.desired_nodes,
+            min_nodes: j.min_nodes,
+            priority: j.priority.clone(),
+            submitted_at: timestamp(j.submitted_at_unix_ms),
+        }
+    }
+}
+
+impl From<&v1::Checkpoint> for CheckpointView {
+    fn from(c: &v1::Checkpoint) -> Self {
+        CheckpointView {
+            path: c.path.clone(),
+            step: c.step,
+        }
+    }
+}
+
+impl From<&v1::XidEvent> for XidView {
+    fn from(x: &v1::XidEvent) -> Self {
+        XidView {
+            xid: x.xid,
+            at: rfc3339_ms(x.at_unix_ms),
+            source: x.source.clone(),
+            detail: non_empty(&x.detail),
+            application: x.application,
         }
     }
 }
@@ -147,6 +252,10 @@ impl From<&v1::Gpu> for GpuView {
             power_w: r.and_then(|r| r.power_w),
             utilization_gpu_pct: r.and_then(|r| r.utilization_gpu_pct),
             sm_clock_mhz: r.and_then(|r| r.sm_clock_mhz),
+            health_reason: non_empty(&g.health_reason),
+            evidence: g.evidence.clone(),
+            recovery_action: recovery_action_name(g.recovery_action),
+            recent_xids: g.recent_xids.iter().map(XidView::from).collect(),
         }
     }
 }
