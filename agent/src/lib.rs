@@ -88,9 +88,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             supervisor: config.supervisor.clone(),
             source,
         })?;
-    // The parts that use the bus (GPU health, ranks, checkpoints) are
-    // started here; until then its receivers stay open but idle.
-    let _bus = bus;
+    let bus::Bus {
+        outbox,
+        assignment,
+        drills,
+        log_requests,
+    } = bus;
+    // GPU health monitor: Xids, verdicts, drills. [health wiring]
+    let _health_ports = (outbox.clone(), drills);
+    // Rank launcher, checkpoint scanner, progress intake. [launcher wiring]
+    let _launcher_ports = (outbox, assignment, log_requests);
 
     tokio::select! {
         () = &mut shutdown => {
