@@ -16,6 +16,9 @@ use sup_proto::time::to_unix_ms;
 use sup_proto::v1;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use sup_proto::v1::agent_message::Body as AgentBody;
+use sup_proto::v1::supervisor_message::Body as SupervisorBody;
+
 use crate::engine::{
     Action, CordonOutcome, Engine, EngineError, GpuReading, Millis, NodeState, Registration,
     SessionId,
@@ -41,7 +44,11 @@ pub struct Counters {
     pub stale_reports: AtomicU64,
     pub store_commits: AtomicU64,
     pub events_by_kind: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Xids by (node, GPU index, GPU UUID, Xid code).
+    pub xids: Mutex<std::collections::BTreeMap<(String, u32, String, u32), u64>>,
 }
+
+pub type JobReply = oneshot::Sender<Result<(bool, String, v1::Job), ActorError>>;
 
 enum Request {
     Register {
@@ -81,6 +88,44 @@ enum Request {
         after_seq: u64,
         limit: usize,
         reply: oneshot::Sender<Vec<v1::Event>>,
+    },
+    /// Any other agent message (health, ranks, checkpoints, progress, logs).
+    AgentReport {
+        node_id: String,
+        session: SessionId,
+        body: AgentBody,
+    },
+    SubmitJob {
+        spec_toml: String,
+        by: String,
+        reply: JobReply,
+    },
+    StopJob {
+        name: String,
+        by: String,
+        reason: String,
+        reply: JobReply,
+    },
+    GetJob {
+        name: String,
+        reply: oneshot::Sender<Result<(v1::Job, Vec<v1::Checkpoint>), ActorError>>,
+    },
+    GetLogs {
+        job: String,
+        rank: u32,
+        lines: u32,
+        reply: oneshot::Sender<Result<v1::LogResponse, ActorError>>,
+    },
+    Drill {
+        node_id: String,
+        drill: v1::Drill,
+        by: String,
+        reply: oneshot::Sender<Result<String, ActorError>>,
+    },
+    ResetBreaker {
+        by: String,
+        reason: String,
+        reply: oneshot::Sender<Result<(bool, String), ActorError>>,
     },
 }
 
@@ -179,6 +224,94 @@ impl SupervisorHandle {
         self.ask(|reply| Request::Node { node_id, reply }).await?
     }
 
+    pub async fn agent_report(
+        &self,
+        node_id: String,
+        session: SessionId,
+        body: AgentBody,
+    ) -> Result<(), ActorError> {
+        self.tx
+            .send(Request::AgentReport {
+                node_id,
+                session,
+                body,
+            })
+            .await
+            .map_err(|_| gone())
+    }
+
+    pub async fn submit_job(
+        &self,
+        spec_toml: String,
+        by: String,
+    ) -> Result<(bool, String, v1::Job), ActorError> {
+        self.ask(|reply| Request::SubmitJob {
+            spec_toml,
+            by,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn stop_job(
+        &self,
+        name: String,
+        by: String,
+        reason: String,
+    ) -> Result<(bool, String, v1::Job), ActorError> {
+        self.ask(|reply| Request::StopJob {
+            name,
+            by,
+            reason,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn job(&self, name: String) -> Result<(v1::Job, Vec<v1::Checkpoint>), ActorError> {
+        self.ask(|reply| Request::GetJob { name, reply }).await?
+    }
+
+    /// Asks the agent that runs the rank; the answer comes over its stream.
+    pub async fn logs(
+        &self,
+        job: String,
+        rank: u32,
+        lines: u32,
+    ) -> Result<v1::LogResponse, ActorError> {
+        self.ask(|reply| Request::GetLogs {
+            job,
+            rank,
+            lines,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn drill(
+        &self,
+        node_id: String,
+        drill: v1::Drill,
+        by: String,
+    ) -> Result<String, ActorError> {
+        self.ask(|reply| Request::Drill {
+            node_id,
+            drill,
+            by,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn reset_breaker(
+        &self,
+        by: String,
+        reason: String,
+    ) -> Result<(bool, String), ActorError> {
+        self.ask(|reply| Request::ResetBreaker { by, reason, reply })
+            .await?
+    }
+
     pub async fn events(&self, after_seq: u64, limit: usize) -> Result<Vec<v1::Event>, ActorError> {
         self.ask(|reply| Request::Events {
             after_seq,
@@ -217,6 +350,9 @@ pub struct Actor<S: Store> {
     telemetry_interval: Duration,
     counters: Arc<Counters>,
     ready: Arc<AtomicBool>,
+    /// Log requests waiting for an agent's answer, by request id.
+    pending_logs: HashMap<u64, oneshot::Sender<Result<v1::LogResponse, ActorError>>>,
+    next_log_request: u64,
 }
 
 /// Requests handled per batch before the batch is committed.
@@ -234,7 +370,7 @@ impl<S: Store> Actor<S> {
         counters: Arc<Counters>,
         ready: Arc<AtomicBool>,
     ) -> (Self, SupervisorHandle) {
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(8192);
         let actor = Actor {
             engine,
             store,
@@ -243,6 +379,8 @@ impl<S: Store> Actor<S> {
             telemetry_interval,
             counters,
             ready,
+            pending_logs: HashMap::new(),
+            next_log_request: 1,
         };
         (actor, SupervisorHandle { tx })
     }
@@ -273,16 +411,25 @@ impl<S: Store> Actor<S> {
             if self.engine.poll_timeout().is_some_and(|t| t <= now) {
                 self.engine.handle_timeout(now);
             }
-            if let Err(e) = self.apply_actions() {
-                tracing::error!(error = %e, "cannot persist state; supd stops serving");
-                self.ready.store(false, Ordering::SeqCst);
-                for d in deferred {
-                    d(false);
+            let outgoing = match self.apply_actions() {
+                Ok(outgoing) => outgoing,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot persist state; supd stops serving");
+                    self.ready.store(false, Ordering::SeqCst);
+                    for d in deferred {
+                        d(false);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
+            };
+            // Replies first (an agent's Registered must precede its
+            // assignment), then what the decisions tell agents: all of it
+            // only after the decisions are durable.
             for d in deferred {
                 d(true);
+            }
+            for (node_id, body) in outgoing {
+                self.send_to_agent(&node_id, body);
             }
         }
         Ok(())
@@ -300,7 +447,7 @@ impl<S: Store> Actor<S> {
                 let result = self.engine.register(now, registration);
                 if let Ok(state) = &result {
                     let registered = v1::SupervisorMessage {
-                        body: Some(v1::supervisor_message::Body::Registered(v1::Registered {
+                        body: Some(SupervisorBody::Registered(v1::Registered {
                             node_id: node_id.clone(),
                             state: view::node_state(*state) as i32,
                             telemetry_interval_ms: u32::try_from(
@@ -351,7 +498,12 @@ impl<S: Store> Actor<S> {
                 let result = self
                     .engine
                     .cordon(now, &node_id, &reason, &by)
-                    .and_then(|outcome| Ok((outcome, view::node(self.engine.node(&node_id)?))));
+                    .and_then(|outcome| {
+                        Ok((
+                            outcome,
+                            view::node(&self.engine, self.engine.node(&node_id)?),
+                        ))
+                    });
                 if let Ok((outcome, _)) = &result {
                     if outcome.changed {
                         tracing::warn!(node = %node_id, by = %by, reason = %reason, "node cordoned");
@@ -365,10 +517,15 @@ impl<S: Store> Actor<S> {
                 by,
                 reply,
             } => {
-                let result = self
-                    .engine
-                    .uncordon(now, &node_id, &by, &reason)
-                    .and_then(|outcome| Ok((outcome, view::node(self.engine.node(&node_id)?))));
+                let result =
+                    self.engine
+                        .uncordon(now, &node_id, &by, &reason)
+                        .and_then(|outcome| {
+                            Ok((
+                                outcome,
+                                view::node(&self.engine, self.engine.node(&node_id)?),
+                            ))
+                        });
                 if let Ok((outcome, _)) = &result {
                     if outcome.changed {
                         tracing::info!(node = %node_id, by = %by, "node uncordoned");
@@ -383,7 +540,10 @@ impl<S: Store> Actor<S> {
                 }));
             }
             Request::Node { node_id, reply } => {
-                let result = self.engine.node(&node_id).map(view::node);
+                let result = self
+                    .engine
+                    .node(&node_id)
+                    .map(|n| view::node(&self.engine, n));
                 deferred.push(defer(reply, result.map_err(ActorError::from)));
             }
             Request::Events {
@@ -396,13 +556,163 @@ impl<S: Store> Actor<S> {
                     let _ = reply.send(events);
                 }));
             }
+            Request::AgentReport {
+                node_id,
+                session,
+                body,
+            } => self.agent_report(now, node_id, session, body),
+            Request::SubmitJob {
+                spec_toml,
+                by,
+                reply,
+            } => {
+                let result = self
+                    .engine
+                    .submit_job(now, &spec_toml, &by)
+                    .and_then(|message| {
+                        let name = crate::jobspec::JobSpec::parse(&spec_toml)
+                            .map(|s| s.name)
+                            .unwrap_or_default();
+                        Ok((true, message, view::job(self.engine.job(&name)?)))
+                    });
+                deferred.push(defer(reply, result.map_err(ActorError::from)));
+            }
+            Request::StopJob {
+                name,
+                by,
+                reason,
+                reply,
+            } => {
+                let result = self.engine.stop_job(now, &name, &by, &reason).and_then(
+                    |(changed, message)| Ok((changed, message, view::job(self.engine.job(&name)?))),
+                );
+                deferred.push(defer(reply, result.map_err(ActorError::from)));
+            }
+            Request::GetJob { name, reply } => {
+                let result = self
+                    .engine
+                    .job(&name)
+                    .map(|j| (view::job(j), view::checkpoints(j)));
+                deferred.push(defer(reply, result.map_err(ActorError::from)));
+            }
+            Request::GetLogs {
+                job,
+                rank,
+                lines,
+                reply,
+            } => self.request_logs(job, rank, lines, reply),
+            Request::Drill {
+                node_id,
+                drill,
+                by,
+                reply,
+            } => {
+                let result = self.engine.drill(now, &node_id, drill, &by);
+                deferred.push(defer(reply, result.map_err(ActorError::from)));
+            }
+            Request::ResetBreaker { by, reason, reply } => {
+                let result = self.engine.reset_breaker(now, &by, &reason);
+                deferred.push(defer(reply, result.map_err(ActorError::from)));
+            }
         }
     }
 
-    fn apply_actions(&mut self) -> Result<(), StoreError> {
+    fn agent_report(&mut self, now: Millis, node_id: String, session: SessionId, body: AgentBody) {
+        let accepted = match body {
+            AgentBody::Health(report) => {
+                if let Ok(mut xids) = self.counters.xids.lock() {
+                    for x in &report.xids {
+                        *xids
+                            .entry((node_id.clone(), x.gpu_index, x.uuid.clone(), x.xid))
+                            .or_default() += 1;
+                    }
+                }
+                self.engine.health(now, &node_id, session, report)
+            }
+            AgentBody::Ranks(status) => self.engine.rank_status(now, &node_id, session, status),
+            AgentBody::RankExited(exit) => self.engine.rank_exited(now, &node_id, session, exit),
+            AgentBody::Checkpoints(catalog) => {
+                self.engine.checkpoints(now, &node_id, session, catalog)
+            }
+            AgentBody::Progress(progress) => self.engine.progress(now, &node_id, session, progress),
+            AgentBody::LogResponse(response) => {
+                if let Some(reply) = self.pending_logs.remove(&response.request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+                true
+            }
+            AgentBody::Register(_) | AgentBody::Telemetry(_) => true,
+        };
+        if !accepted {
+            self.counters.stale_reports.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn request_logs(
+        &mut self,
+        job: String,
+        rank: u32,
+        lines: u32,
+        reply: oneshot::Sender<Result<v1::LogResponse, ActorError>>,
+    ) {
+        let (node_id, _) = match self.engine.rank_location(&job, rank) {
+            Ok(location) => location,
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        };
+        if !self.sessions.contains_key(&node_id) {
+            let _ = reply.send(Err(ActorError::Engine(EngineError::FailedPrecondition(
+                format!(
+                    "node '{node_id}' running rank {rank} of job '{job}' has no connected agent"
+                ),
+            ))));
+            return;
+        }
+        // Requests whose caller gave up are dropped here, so the map stays
+        // small even if agents never answer.
+        self.pending_logs.retain(|_, r| !r.is_closed());
+        let request_id = self.next_log_request;
+        self.next_log_request += 1;
+        self.pending_logs.insert(request_id, reply);
+        self.send_to_agent(
+            &node_id,
+            SupervisorBody::LogRequest(v1::LogRequest {
+                request_id,
+                job,
+                rank,
+                lines,
+            }),
+        );
+    }
+
+    /// Sends to a connected agent. A stream that cannot take the message is
+    /// closed: the agent reconnects and gets the whole desired state again,
+    /// which is better than a silently lost assignment.
+    fn send_to_agent(&mut self, node_id: &str, body: SupervisorBody) {
+        let Some((_, outbound)) = self.sessions.get(node_id) else {
+            return;
+        };
+        let message = v1::SupervisorMessage { body: Some(body) };
+        if outbound.try_send(Ok(message)).is_err() {
+            tracing::warn!(node = %node_id, "agent stream is not draining; closing it so the agent resyncs");
+            self.sessions.remove(node_id);
+        }
+    }
+
+    fn apply_actions(&mut self) -> Result<Vec<(String, SupervisorBody)>, StoreError> {
         let mut changes = Vec::new();
+        let mut outgoing = Vec::new();
         while let Some(action) = self.engine.poll_action() {
             match action {
+                Action::SendAssignment {
+                    node_id,
+                    assignment,
+                } => outgoing.push((node_id, SupervisorBody::Assignment(assignment))),
+                Action::SendDrill { node_id, drill } => {
+                    outgoing.push((node_id, SupervisorBody::Drill(drill)))
+                }
                 Action::Persist(change) => changes.push(change),
                 Action::CloseSession {
                     node_id,
@@ -421,7 +731,7 @@ impl<S: Store> Actor<S> {
             }
         }
         if changes.is_empty() {
-            return Ok(());
+            return Ok(outgoing);
         }
         self.store.commit(&changes)?;
         self.counters.store_commits.fetch_add(1, Ordering::Relaxed);
@@ -441,7 +751,7 @@ impl<S: Store> Actor<S> {
                 );
             }
         }
-        Ok(())
+        Ok(outgoing)
     }
 }
 
@@ -563,6 +873,10 @@ mod tests {
         let mut second = registration(2);
         second.instance_id = "restarted".into();
         handle.register(second, tx2).await.expect("takeover");
-        assert!(rx1.recv().await.is_none(), "old stream must end");
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while rx1.recv().await.is_some() {}
+        })
+        .await;
+        assert!(drained.is_ok(), "old stream must end");
     }
 }

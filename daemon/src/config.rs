@@ -23,6 +23,90 @@ pub struct Config {
     pub http: HttpConfig,
     pub nodes: NodesConfig,
     pub events: EventsConfig,
+    pub jobs: JobsConfig,
+    pub breaker: BreakerConfig,
+    pub correlation: CorrelationConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// MASTER_PORT for every job's ranks (rank 0 listens on it).
+    pub master_port: u16,
+    /// SIGTERM → SIGKILL grace when stopping ranks.
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+    /// Warn (event) when fewer free healthy nodes than this remain.
+    pub spares_target: u32,
+    /// An assigned node unreachable this long is replaced, progress or not.
+    #[serde(with = "humantime_serde")]
+    pub lost_node_grace: Duration,
+    /// An assigned node unreachable this long while its job made no progress
+    /// since is replaced (silence corroborated by a stalled job).
+    #[serde(with = "humantime_serde")]
+    pub stall_confirm: Duration,
+    /// Restarts in a row without a new checkpoint or step advance before a
+    /// job is failed as a crash loop.
+    pub crash_loop_limit: u32,
+    /// Grow a shrunk job back onto returned capacity right after its next
+    /// checkpoint instead of at its next failure.
+    pub grow_after_checkpoint: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Automatic cordons are counted over this window.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Share of all nodes that may be cordoned automatically in the window.
+    pub max_share: f64,
+    /// ... but never fewer than this many.
+    pub min_cordons: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorrelationConfig {
+    /// Application Xids are correlated across nodes over this window.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Share of nodes (at least 2) with the same application Xid that makes
+    /// it a correlated, likely-software fault.
+    pub share: f64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            master_port: 29_500,
+            stop_grace: Duration::from_secs(10),
+            spares_target: 0,
+            lost_node_grace: Duration::from_secs(60),
+            stall_confirm: Duration::from_secs(5),
+            crash_loop_limit: 3,
+            grow_after_checkpoint: true,
+        }
+    }
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            window: Duration::from_secs(600),
+            max_share: 0.1,
+            min_cordons: 3,
+        }
+    }
+}
+
+impl Default for CorrelationConfig {
+    fn default() -> Self {
+        CorrelationConfig {
+            window: Duration::from_secs(60),
+            share: 0.5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -120,6 +204,12 @@ struct FileConfig {
     nodes: NodesConfig,
     #[serde(default)]
     events: EventsConfig,
+    #[serde(default)]
+    jobs: JobsConfig,
+    #[serde(default)]
+    breaker: BreakerConfig,
+    #[serde(default)]
+    correlation: CorrelationConfig,
 }
 
 /// Values given on the command line (or their environment variables); each
@@ -170,6 +260,9 @@ impl Config {
             http: parsed.http,
             nodes: parsed.nodes,
             events: parsed.events,
+            jobs: parsed.jobs,
+            breaker: parsed.breaker,
+            correlation: parsed.correlation,
         };
         if let Some(v) = overrides.data_dir {
             config.data_dir = v;
@@ -185,6 +278,27 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The policy engine's settings.
+    pub fn engine(&self) -> crate::engine::EngineConfig {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        crate::engine::EngineConfig {
+            unreachable_after_ms: ms(self.nodes.unreachable_after),
+            event_log_capacity: self.events.capacity,
+            master_port: u32::from(self.jobs.master_port),
+            stop_grace_ms: u32::try_from(self.jobs.stop_grace.as_millis()).unwrap_or(u32::MAX),
+            spares_target: self.jobs.spares_target,
+            lost_node_grace_ms: ms(self.jobs.lost_node_grace),
+            stall_confirm_ms: ms(self.jobs.stall_confirm),
+            crash_loop_limit: self.jobs.crash_loop_limit,
+            grow_after_checkpoint: self.jobs.grow_after_checkpoint,
+            breaker_window_ms: ms(self.breaker.window),
+            breaker_max_share: self.breaker.max_share,
+            breaker_min_cordons: self.breaker.min_cordons,
+            correlation_window_ms: ms(self.correlation.window),
+            correlation_share: self.correlation.share,
+        }
     }
 
     fn parse_file(text: &str) -> Result<FileConfig, String> {
@@ -207,6 +321,15 @@ impl Config {
             return invalid(
                 "nodes.telemetry_interval must be shorter than nodes.unreachable_after, or every node would flap",
             );
+        }
+        if !(0.0..=1.0).contains(&self.breaker.max_share) {
+            return invalid("breaker.max_share must be between 0 and 1");
+        }
+        if !(0.0..=1.0).contains(&self.correlation.share) {
+            return invalid("correlation.share must be between 0 and 1");
+        }
+        if self.jobs.crash_loop_limit == 0 {
+            return invalid("jobs.crash_loop_limit must be at least 1");
         }
         if self.events.capacity == 0 {
             return invalid("events.capacity must be at least 1");

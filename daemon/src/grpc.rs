@@ -22,9 +22,12 @@ pub fn status_of(e: ActorError) -> Status {
         ActorError::Engine(e) => match e {
             EngineError::UnknownNode(_) => Status::not_found(e.to_string()),
             EngineError::DuplicateNodeId { .. } => Status::already_exists(e.to_string()),
-            EngineError::InvalidRegistration(_) | EngineError::InvalidArgument(_) => {
-                Status::invalid_argument(e.to_string())
-            }
+            EngineError::UnknownJob(_) => Status::not_found(e.to_string()),
+            EngineError::DuplicateJob(_) => Status::already_exists(e.to_string()),
+            EngineError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            EngineError::InvalidRegistration(_)
+            | EngineError::InvalidArgument(_)
+            | EngineError::InvalidJobSpec(_) => Status::invalid_argument(e.to_string()),
         },
         ActorError::Unavailable(m) => Status::unavailable(m),
     }
@@ -118,7 +121,7 @@ impl AgentService for AgentApi {
         };
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let node_id = register.node_id.clone();
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(64);
         match self
             .handle
             .register(registration(session, register), tx)
@@ -143,8 +146,17 @@ impl AgentService for AgentApi {
                             tracing::warn!(node = %node_id, "second Register on one stream; closing it");
                             break;
                         }
-                        // Kinds handled by later parts of supd.
-                        Some(_) | None => continue,
+                        Some(other) => {
+                            if handle
+                                .agent_report(node_id.clone(), session, other)
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                            continue;
+                        }
+                        None => continue,
                     },
                     Ok(None) => break,
                     Err(e) => {
@@ -174,6 +186,19 @@ impl ControlApi {
     pub fn new(handle: SupervisorHandle) -> Self {
         ControlApi { handle }
     }
+}
+
+const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn job_response(
+    result: Result<(bool, String, v1::Job), ActorError>,
+) -> Result<Response<v1::JobResponse>, Status> {
+    let (changed, message, job) = result.map_err(status_of)?;
+    Ok(Response::new(v1::JobResponse {
+        job: Some(job),
+        changed,
+        message,
+    }))
 }
 
 fn cordon_response(
@@ -228,65 +253,87 @@ impl ControlService for ControlApi {
 
     async fn submit_job(
         &self,
-        _request: Request<v1::SubmitJobRequest>,
+        request: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::JobResponse>, Status> {
-        Err(Status::unimplemented(
-            "jobs are not supported by this supd yet",
-        ))
+        let r = request.into_inner();
+        job_response(self.handle.submit_job(r.spec_toml, r.by).await)
     }
 
     async fn stop_job(
         &self,
-        _request: Request<v1::StopJobRequest>,
+        request: Request<v1::StopJobRequest>,
     ) -> Result<Response<v1::JobResponse>, Status> {
-        Err(Status::unimplemented(
-            "jobs are not supported by this supd yet",
-        ))
+        let r = request.into_inner();
+        job_response(self.handle.stop_job(r.name, r.by, r.reason).await)
     }
 
     async fn get_job(
         &self,
-        _request: Request<v1::GetJobRequest>,
+        request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
-        Err(Status::unimplemented(
-            "jobs are not supported by this supd yet",
-        ))
+        let (job, _) = self
+            .handle
+            .job(request.into_inner().name)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(job))
     }
 
     async fn list_checkpoints(
         &self,
-        _request: Request<v1::GetJobRequest>,
+        request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::ListCheckpointsResponse>, Status> {
-        Err(Status::unimplemented(
-            "jobs are not supported by this supd yet",
-        ))
+        let (_, checkpoints) = self
+            .handle
+            .job(request.into_inner().name)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(v1::ListCheckpointsResponse { checkpoints }))
     }
 
     async fn get_logs(
         &self,
-        _request: Request<v1::GetLogsRequest>,
+        request: Request<v1::GetLogsRequest>,
     ) -> Result<Response<v1::LogResponse>, Status> {
-        Err(Status::unimplemented(
-            "jobs are not supported by this supd yet",
-        ))
+        let r = request.into_inner();
+        let answer = tokio::time::timeout(LOG_TIMEOUT, self.handle.logs(r.job, r.rank, r.lines))
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "the agent did not answer within {}",
+                    humantime::format_duration(LOG_TIMEOUT)
+                ))
+            })?;
+        Ok(Response::new(answer.map_err(status_of)?))
     }
 
     async fn start_drill(
         &self,
-        _request: Request<v1::DrillRequest>,
+        request: Request<v1::DrillRequest>,
     ) -> Result<Response<v1::DrillResponse>, Status> {
-        Err(Status::unimplemented(
-            "drills are not supported by this supd yet",
-        ))
+        let r = request.into_inner();
+        let drill = r
+            .drill
+            .ok_or_else(|| Status::invalid_argument("the request has no drill"))?;
+        let message = self
+            .handle
+            .drill(r.node_id, drill, r.by)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(v1::DrillResponse { message }))
     }
 
     async fn reset_breaker(
         &self,
-        _request: Request<v1::ResetBreakerRequest>,
+        request: Request<v1::ResetBreakerRequest>,
     ) -> Result<Response<v1::ResetBreakerResponse>, Status> {
-        Err(Status::unimplemented(
-            "the circuit breaker is not supported by this supd yet",
-        ))
+        let r = request.into_inner();
+        let (changed, message) = self
+            .handle
+            .reset_breaker(r.by, r.reason)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(v1::ResetBreakerResponse { changed, message }))
     }
 
     async fn list_events(

@@ -35,7 +35,9 @@ pub fn router(state: HttpState) -> Router {
 
 fn error(e: ActorError) -> Response {
     let code = match &e {
-        ActorError::Engine(EngineError::UnknownNode(_)) => StatusCode::NOT_FOUND,
+        ActorError::Engine(EngineError::UnknownNode(_) | EngineError::UnknownJob(_)) => {
+            StatusCode::NOT_FOUND
+        }
         ActorError::Engine(_) => StatusCode::BAD_REQUEST,
         ActorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };

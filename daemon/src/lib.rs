@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod grpc;
 pub mod http;
+pub mod jobspec;
 pub mod metrics;
 pub mod store;
 pub mod view;
@@ -27,7 +28,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::actor::{Actor, Counters};
 use crate::config::{Config, LogFormat};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::Engine;
 use crate::store::{SledStore, Store};
 
 pub fn init_tracing(format: LogFormat) {
@@ -52,15 +53,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         events = persisted.events.len(),
         "state loaded"
     );
-    let engine = Engine::restore(
-        EngineConfig {
-            unreachable_after_ms: i64::try_from(config.nodes.unreachable_after.as_millis())
-                .unwrap_or(i64::MAX),
-            event_log_capacity: config.events.capacity,
-        },
-        persisted,
-        actor::now_ms(),
-    );
+    let engine = Engine::restore(config.engine(), persisted, actor::now_ms());
 
     let grpc_listener = TcpListener::bind(config.grpc.addr)
         .await

@@ -167,6 +167,100 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
     }
     registry.register("events", "Events recorded, by kind", events);
 
+    let hostnames: std::collections::BTreeMap<&str, &str> = status
+        .nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.hostname.as_str()))
+        .collect();
+    let xids = Family::<Labels, Counter>::default();
+    {
+        let counts = counters
+            .xids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for ((node, gpu, uuid, code), n) in counts.iter() {
+            let gpu = gpu.to_string();
+            let code = code.to_string();
+            xids.get_or_create(&labels(&[
+                ("gpu", &gpu),
+                ("UUID", uuid),
+                (
+                    "Hostname",
+                    hostnames.get(node.as_str()).copied().unwrap_or(""),
+                ),
+                ("node", node),
+                ("xid", &code),
+            ]))
+            .inc_by(*n);
+        }
+    }
+    registry.register("gpu_xids", "Xid events reported, by GPU and code", xids);
+
+    let breaker = Gauge::<i64>::default();
+    breaker.set(i64::from(status.breaker.as_ref().is_some_and(|b| b.open)));
+    registry.register(
+        "breaker_open",
+        "1 while the circuit breaker holds back automatic cordons",
+        breaker,
+    );
+    let spares_target = Gauge::<i64>::default();
+    spares_target.set(i64::from(status.spares_target));
+    registry.register(
+        "spare_nodes_target",
+        "Configured spare pool target",
+        spares_target,
+    );
+
+    let job_state = Family::<Labels, Gauge>::default();
+    let job_world = Family::<Labels, Gauge>::default();
+    let job_generation = Family::<Labels, Gauge>::default();
+    let job_restarts = Family::<Labels, Gauge>::default();
+    let job_step = Family::<Labels, Gauge>::default();
+    let job_checkpoint_step = Family::<Labels, Gauge>::default();
+    for job in &status.jobs {
+        let l = labels(&[("job", &job.name)]);
+        job_state
+            .get_or_create(&labels(&[("job", &job.name), ("state", &job.state)]))
+            .set(1);
+        job_world.get_or_create(&l).set(i64::from(job.world_size));
+        job_generation
+            .get_or_create(&l)
+            .set(i64::try_from(job.generation).unwrap_or(i64::MAX));
+        job_restarts.get_or_create(&l).set(i64::from(job.restarts));
+        if let Some(step) = job.step {
+            job_step
+                .get_or_create(&l)
+                .set(i64::try_from(step).unwrap_or(i64::MAX));
+        }
+        if let Some(c) = &job.checkpoint {
+            job_checkpoint_step
+                .get_or_create(&l)
+                .set(i64::try_from(c.step).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register("job_state", "1 for the state each job is in", job_state);
+    registry.register(
+        "job_world_size",
+        "Ranks of the job's current generation",
+        job_world,
+    );
+    registry.register(
+        "job_generation",
+        "The job's current generation (fencing token)",
+        job_generation,
+    );
+    registry.register("job_restarts", "Restarts of the job so far", job_restarts);
+    registry.register(
+        "job_step",
+        "Latest training step reported by the job",
+        job_step,
+    );
+    registry.register(
+        "job_checkpoint_step",
+        "Step of the job's newest complete checkpoint",
+        job_checkpoint_step,
+    );
+
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)

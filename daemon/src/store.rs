@@ -1,13 +1,14 @@
 //! Durable state behind a small trait, so the engine never sees sled.
 //!
 //! Layout (sled 0.34): tree `nodes` (node id -> JSON `NodeRecord`), tree
-//! `events` (big-endian seq -> JSON `Event`), tree `meta` (`schema_version`).
+//! `events` (big-endian seq -> JSON `Event`), tree `jobs` (job name -> JSON
+//! `JobRecord`), tree `meta` (`schema_version`, `breaker`).
 //! Every record is decoded at open: a store that does not decode is reported
 //! as corrupt and never served or overwritten (fail closed).
 
 use std::path::{Path, PathBuf};
 
-use crate::engine::{Change, Event, NodeRecord, Persisted};
+use crate::engine::{Breaker, Change, Event, JobRecord, NodeRecord, Persisted};
 
 const SCHEMA_VERSION: u32 = 1;
 
@@ -41,6 +42,8 @@ pub struct SledStore {
     db: sled::Db,
     nodes: sled::Tree,
     events: sled::Tree,
+    jobs: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl SledStore {
@@ -63,6 +66,7 @@ impl SledStore {
         let nodes = db.open_tree("nodes").map_err(open_err)?;
         let events = db.open_tree("events").map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(open_err)?;
+        let jobs = db.open_tree("jobs").map_err(open_err)?;
         match meta.get("schema_version").map_err(open_err)? {
             Some(v) => {
                 let found = String::from_utf8_lossy(&v).into_owned();
@@ -87,6 +91,8 @@ impl SledStore {
             db,
             nodes,
             events,
+            jobs,
+            meta,
         })
     }
 
@@ -123,6 +129,28 @@ impl Store for SledStore {
             }
             persisted.events.push(event);
         }
+        for item in self.jobs.iter() {
+            let (key, value) = item.map_err(|e| self.corrupt(e.to_string()))?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let record: JobRecord = serde_json::from_slice(&value)
+                .map_err(|e| self.corrupt(format!("job record '{key}': {e}")))?;
+            if record.spec.name != key {
+                return Err(self.corrupt(format!(
+                    "job record '{key}' holds job '{}'",
+                    record.spec.name
+                )));
+            }
+            persisted.jobs.push(record);
+        }
+        if let Some(value) = self
+            .meta
+            .get("breaker")
+            .map_err(|e| self.corrupt(e.to_string()))?
+        {
+            let breaker: Breaker = serde_json::from_slice(&value)
+                .map_err(|e| self.corrupt(format!("breaker record: {e}")))?;
+            persisted.breaker = Some(breaker);
+        }
         Ok(persisted)
     }
 
@@ -132,6 +160,8 @@ impl Store for SledStore {
         }
         let mut node_batch = sled::Batch::default();
         let mut event_batch = sled::Batch::default();
+        let mut job_batch = sled::Batch::default();
+        let mut meta_batch = sled::Batch::default();
         let mut trim_through = None;
         for change in changes {
             match change {
@@ -148,6 +178,17 @@ impl Store for SledStore {
                     event_batch.insert(&event.seq.to_be_bytes(), value);
                 }
                 Change::TrimEventsThrough(seq) => trim_through = Some(*seq),
+                Change::PutJob(record) => {
+                    let value = serde_json::to_vec(record).map_err(|e| {
+                        StoreError::Write(format!("encoding job {}: {e}", record.spec.name))
+                    })?;
+                    job_batch.insert(record.spec.name.as_bytes(), value);
+                }
+                Change::PutBreaker(breaker) => {
+                    let value = serde_json::to_vec(breaker)
+                        .map_err(|e| StoreError::Write(format!("encoding breaker: {e}")))?;
+                    meta_batch.insert("breaker", value);
+                }
             }
         }
         if let Some(seq) = trim_through {
@@ -157,10 +198,12 @@ impl Store for SledStore {
             }
         }
         use sled::Transactional;
-        (&self.nodes, &self.events)
-            .transaction(|(nodes, events)| {
+        (&self.nodes, &self.events, &self.jobs, &self.meta)
+            .transaction(|(nodes, events, jobs, meta)| {
                 nodes.apply_batch(&node_batch)?;
                 events.apply_batch(&event_batch)?;
+                jobs.apply_batch(&job_batch)?;
+                meta.apply_batch(&meta_batch)?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| StoreError::Write(format!("{e:?}")))?;
@@ -199,6 +242,11 @@ impl Store for MemoryStore {
                 }
                 Change::AppendEvent(e) => self.state.events.push(e.clone()),
                 Change::TrimEventsThrough(seq) => self.state.events.retain(|e| e.seq > *seq),
+                Change::PutJob(record) => {
+                    self.state.jobs.retain(|j| j.spec.name != record.spec.name);
+                    self.state.jobs.push((**record).clone());
+                }
+                Change::PutBreaker(b) => self.state.breaker = Some(b.clone()),
             }
         }
         self.commits += 1;

@@ -2,7 +2,7 @@
 
 use sup_proto::v1;
 
-use crate::engine::{Engine, Event, GpuHealth, Node, NodeState};
+use crate::engine::{Engine, Event, GpuHealth, Job, Node, NodeState};
 
 pub fn node_state(state: NodeState) -> v1::NodeState {
     match state {
@@ -22,13 +22,16 @@ fn gpu_health(health: GpuHealth) -> v1::GpuHealth {
     }
 }
 
-pub fn node(node: &Node) -> v1::Node {
+pub fn node(engine: &Engine, node: &Node) -> v1::Node {
     let r = &node.record;
     v1::Node {
         id: r.id.clone(),
         address: r.address.clone(),
         state: node_state(node.state()) as i32,
-        job: String::new(),
+        job: engine
+            .job_of(&r.id)
+            .map(|j| j.name().to_owned())
+            .unwrap_or_default(),
         gpus: r
             .gpus
             .iter()
@@ -49,7 +52,14 @@ pub fn node(node: &Node) -> v1::Node {
                     memory_clock_mhz: x.memory_clock_mhz,
                     memory_used_bytes: x.memory_used_bytes,
                 }),
-                ..Default::default()
+                health_reason: g.health_reason.clone(),
+                evidence: g.evidence.clone(),
+                recent_xids: node
+                    .recent_xids
+                    .get(&g.index)
+                    .map(|x| x.iter().cloned().collect())
+                    .unwrap_or_default(),
+                recovery_action: g.recovery_action,
             })
             .collect(),
         cordon: r.cordon.as_ref().map(|c| v1::Cordon {
@@ -67,12 +77,66 @@ pub fn node(node: &Node) -> v1::Node {
 }
 
 pub fn status(engine: &Engine) -> v1::ClusterStatus {
+    let breaker = engine.breaker();
     v1::ClusterStatus {
-        nodes: engine.nodes().map(node).collect(),
-        jobs: Vec::new(),
+        nodes: engine.nodes().map(|n| node(engine, n)).collect(),
+        jobs: engine.jobs().map(job).collect(),
         spares: engine.spares().map(|n| n.record.id.clone()).collect(),
-        ..Default::default()
+        breaker: Some(v1::Breaker {
+            open: breaker.open,
+            reason: breaker.reason.clone(),
+            since_unix_ms: breaker.since,
+        }),
+        spares_target: engine.config().spares_target,
     }
+}
+
+pub fn job(j: &Job) -> v1::Job {
+    let r = &j.record;
+    v1::Job {
+        name: r.spec.name.clone(),
+        state: r.state.as_str().to_owned(),
+        generation: r.generation,
+        world_size: j.world_size(),
+        nodes: r.nodes.clone(),
+        step: j.step,
+        checkpoint: r.checkpoint.as_ref().map(|c| v1::Checkpoint {
+            step: c.step,
+            path: c.path.clone(),
+        }),
+        restarts: r.restarts,
+        reason: r.reason.clone(),
+        spec_toml: r.spec_toml.clone(),
+        desired_nodes: r.spec.nodes,
+        min_nodes: r.spec.min_nodes(),
+        priority: r.spec.priority.as_str().to_owned(),
+        submitted_at_unix_ms: r.submitted_at,
+    }
+}
+
+pub fn checkpoints(j: &Job) -> Vec<v1::Checkpoint> {
+    let list: Vec<v1::Checkpoint> = j
+        .catalog
+        .iter()
+        .map(|c| v1::Checkpoint {
+            step: c.step,
+            path: c.path.clone(),
+        })
+        .collect();
+    if list.is_empty() {
+        // Before any agent reported this run (e.g. right after a restart of
+        // supd), the newest known one is still worth showing.
+        return j
+            .record
+            .checkpoint
+            .iter()
+            .map(|c| v1::Checkpoint {
+                step: c.step,
+                path: c.path.clone(),
+            })
+            .collect();
+    }
+    list
 }
 
 pub fn event(e: &Event) -> v1::Event {

@@ -8,6 +8,7 @@ fn engine() -> Engine {
     Engine::new(EngineConfig {
         unreachable_after_ms: GRACE,
         event_log_capacity: 100,
+        ..Default::default()
     })
 }
 
@@ -337,6 +338,7 @@ fn restore_keeps_cordons_and_grants_a_full_grace_period() {
     let persisted = Persisted {
         nodes: e.nodes().map(|n| n.record.clone()).collect(),
         events: e.events().cloned().collect(),
+        ..Default::default()
     };
     let restart_at = 1_000_000;
     let mut r = Engine::restore(e.config.clone(), persisted, restart_at);
@@ -391,6 +393,7 @@ fn event_log_is_bounded_and_trims_the_store() {
     let mut e = Engine::new(EngineConfig {
         unreachable_after_ms: GRACE,
         event_log_capacity: 3,
+        ..Default::default()
     });
     joined(&mut e, "n1", 1, 0);
     for i in 0..5 {

@@ -14,6 +14,13 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use sup_proto::v1;
+
+mod health;
+mod jobs;
+
+pub use health::{Breaker, HealthInput, XidInput};
+pub use jobs::{CheckpointRef, Job, JobRecord, JobState};
 
 /// Wall-clock time, Unix milliseconds.
 pub type Millis = i64;
@@ -22,12 +29,38 @@ pub type Millis = i64;
 /// stream that has been replaced can be told apart and ignored.
 pub type SessionId = u64;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     /// A node that has sent nothing for this long is unreachable.
     pub unreachable_after_ms: Millis,
     /// How many events the log keeps; older ones are dropped.
     pub event_log_capacity: usize,
+    /// MASTER_PORT given to every job's ranks.
+    pub master_port: u32,
+    /// How long ranks get between SIGTERM and SIGKILL.
+    pub stop_grace_ms: u32,
+    /// A warning event when fewer healthy nodes than this are free.
+    pub spares_target: u32,
+    /// An assigned node unreachable this long is lost, job progress or not.
+    pub lost_node_grace_ms: Millis,
+    /// An assigned node unreachable this long while its job has made no
+    /// progress since it went silent is lost (corroborated).
+    pub stall_confirm_ms: Millis,
+    /// Restarts in a row with no new checkpoint and no step advance after
+    /// which a job fails as a crash loop.
+    pub crash_loop_limit: u32,
+    /// Restart a shrunk job onto returned capacity right after its next
+    /// checkpoint (instead of waiting for the next failure).
+    pub grow_after_checkpoint: bool,
+    /// Circuit breaker: automatic cordons allowed within `breaker_window_ms`
+    /// are max(breaker_min_cordons, ceil(breaker_max_share × nodes)).
+    pub breaker_window_ms: Millis,
+    pub breaker_max_share: f64,
+    pub breaker_min_cordons: u32,
+    /// The same application Xid on at least this share of nodes (and at
+    /// least 2) within the window is a correlated, likely-software fault.
+    pub correlation_window_ms: Millis,
+    pub correlation_share: f64,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +68,18 @@ impl Default for EngineConfig {
         EngineConfig {
             unreachable_after_ms: 30_000,
             event_log_capacity: 10_000,
+            master_port: 29_500,
+            stop_grace_ms: 10_000,
+            spares_target: 0,
+            lost_node_grace_ms: 60_000,
+            stall_confirm_ms: 5_000,
+            crash_loop_limit: 3,
+            grow_after_checkpoint: true,
+            breaker_window_ms: 600_000,
+            breaker_max_share: 0.1,
+            breaker_min_cordons: 3,
+            correlation_window_ms: 60_000,
+            correlation_share: 0.5,
         }
     }
 }
@@ -59,6 +104,14 @@ pub struct GpuRecord {
     pub pci_bus_id: String,
     pub memory_total_bytes: Option<u64>,
     pub health: GpuHealth,
+    /// Why the GPU has its health (empty when ok).
+    #[serde(default)]
+    pub health_reason: String,
+    #[serde(default)]
+    pub evidence: Vec<String>,
+    /// NVML's recovery action as proto enum value (0: unknown).
+    #[serde(default)]
+    pub recovery_action: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +151,24 @@ pub struct Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
+    GpuXid,
+    GpuHealthChanged,
+    CorrelatedFault,
+    BreakerOpened,
+    BreakerReset,
+    Drill,
+    JobSubmitted,
+    JobStarted,
+    JobRunning,
+    JobRestarted,
+    JobPending,
+    JobSucceeded,
+    JobFailed,
+    JobStopped,
+    JobCheckpoint,
+    JobPreempted,
+    RankExited,
+    SparesLow,
     NodeRegistered,
     NodeReconnected,
     NodeTakeover,
@@ -113,6 +184,24 @@ pub enum EventKind {
 impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            EventKind::GpuXid => "gpu_xid",
+            EventKind::GpuHealthChanged => "gpu_health_changed",
+            EventKind::CorrelatedFault => "correlated_fault",
+            EventKind::BreakerOpened => "breaker_opened",
+            EventKind::BreakerReset => "breaker_reset",
+            EventKind::Drill => "drill",
+            EventKind::JobSubmitted => "job_submitted",
+            EventKind::JobStarted => "job_started",
+            EventKind::JobRunning => "job_running",
+            EventKind::JobRestarted => "job_restarted",
+            EventKind::JobPending => "job_pending",
+            EventKind::JobSucceeded => "job_succeeded",
+            EventKind::JobFailed => "job_failed",
+            EventKind::JobStopped => "job_stopped",
+            EventKind::JobCheckpoint => "job_checkpoint",
+            EventKind::JobPreempted => "job_preempted",
+            EventKind::RankExited => "rank_exited",
+            EventKind::SparesLow => "spares_low",
             EventKind::NodeRegistered => "node_registered",
             EventKind::NodeReconnected => "node_reconnected",
             EventKind::NodeTakeover => "node_takeover",
@@ -133,6 +222,8 @@ pub struct Persisted {
     pub nodes: Vec<NodeRecord>,
     /// Oldest first.
     pub events: Vec<Event>,
+    pub jobs: Vec<JobRecord>,
+    pub breaker: Option<Breaker>,
 }
 
 // ---------------------------------------------------------------------------
@@ -181,6 +272,8 @@ pub enum Change {
     AppendEvent(Event),
     /// Drop every event with a sequence number up to and including this one.
     TrimEventsThrough(u64),
+    PutJob(Box<JobRecord>),
+    PutBreaker(Breaker),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,12 +285,29 @@ pub enum Action {
         session: SessionId,
         reason: String,
     },
+    /// Tell a connected agent what it should run now (level-triggered).
+    SendAssignment {
+        node_id: String,
+        assignment: v1::DesiredAssignment,
+    },
+    SendDrill {
+        node_id: String,
+        drill: v1::Drill,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
     #[error("unknown node '{0}'")]
     UnknownNode(String),
+    #[error("unknown job '{0}'")]
+    UnknownJob(String),
+    #[error("invalid job spec: {0}")]
+    InvalidJobSpec(String),
+    #[error("job '{0}' already exists and is not finished; stop it first or pick another name")]
+    DuplicateJob(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("node id '{node_id}' is already connected from {connected_from}; stop that agent or give this one another --node-id")]
     DuplicateNodeId {
         node_id: String,
@@ -240,7 +350,15 @@ pub struct Node {
     /// (so a restart grants every node a full grace period).
     pub last_seen: Millis,
     pub unreachable: bool,
+    /// When the node turned unreachable (lost-node decisions measure from it).
+    pub unreachable_since: Option<Millis>,
     pub readings: BTreeMap<u32, GpuReading>,
+    /// Most recent Xids per GPU index, newest last.
+    pub recent_xids: BTreeMap<u32, VecDeque<v1::XidEvent>>,
+    /// A GPU failed while the breaker was open: cordon when it is reset.
+    pub deferred_cordon: Option<String>,
+    /// What was last sent to the agent; None forces a resend.
+    sent_assignment: Option<v1::DesiredAssignment>,
     /// Instance id of the last agent rejected as a duplicate, so a retrying
     /// impostor records one event, not one per retry.
     last_rejected_instance: Option<String>,
@@ -264,18 +382,47 @@ impl Node {
     pub fn connected(&self) -> bool {
         self.session.is_some()
     }
+
+    fn new(record: NodeRecord, session: Option<SessionId>, now: Millis) -> Node {
+        Node {
+            record,
+            session,
+            last_seen: now,
+            unreachable: false,
+            unreachable_since: None,
+            readings: BTreeMap::new(),
+            recent_xids: BTreeMap::new(),
+            deferred_cordon: None,
+            sent_assignment: None,
+            last_rejected_instance: None,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
     nodes: BTreeMap<String, Node>,
+    jobs: BTreeMap<String, jobs::Job>,
     events: VecDeque<Event>,
     next_event_seq: u64,
     actions: VecDeque<Action>,
     /// Earliest time a node may turn unreachable. May be early (then the
     /// check finds nothing and computes the next one), never late.
     next_liveness_check: Option<Millis>,
+    /// Other time-driven work (lost nodes, breaker window).
+    next_job_check: Option<Millis>,
+    /// Every job generation comes from this one counter, so generations
+    /// only grow, across jobs too: an agent can fence any older assignment.
+    last_generation: u64,
+    breaker: Breaker,
+    /// Automatic cordons within the breaker window.
+    recent_auto_cordons: VecDeque<Millis>,
+    /// Recent application Xids: (at, xid, node).
+    recent_app_xids: VecDeque<(Millis, u32, String)>,
+    /// Application Xid codes already reported as correlated, with when.
+    correlated_reported: BTreeMap<u32, Millis>,
+    spares_were_low: bool,
 }
 
 const MAX_NODE_ID_LEN: usize = 128;
@@ -293,27 +440,40 @@ impl Engine {
         let nodes: BTreeMap<String, Node> = persisted
             .nodes
             .into_iter()
-            .map(|record| {
-                let node = Node {
-                    record,
-                    session: None,
-                    last_seen: now,
-                    unreachable: false,
-                    readings: BTreeMap::new(),
-                    last_rejected_instance: None,
-                };
-                (node.record.id.clone(), node)
-            })
+            .map(|record| (record.id.clone(), Node::new(record, None, now)))
             .collect();
         let next_liveness_check = (!nodes.is_empty()).then_some(now + config.unreachable_after_ms);
+        let last_generation = persisted
+            .jobs
+            .iter()
+            .map(|j| j.generation)
+            .max()
+            .unwrap_or(0);
+        let jobs = persisted
+            .jobs
+            .into_iter()
+            .map(|record| (record.spec.name.clone(), jobs::Job::restored(record)))
+            .collect();
         Engine {
             config,
             nodes,
+            jobs,
             events: persisted.events.into(),
             next_event_seq,
             actions: VecDeque::new(),
             next_liveness_check,
+            next_job_check: None,
+            last_generation,
+            breaker: persisted.breaker.unwrap_or_default(),
+            recent_auto_cordons: VecDeque::new(),
+            recent_app_xids: VecDeque::new(),
+            correlated_reported: BTreeMap::new(),
+            spares_were_low: false,
         }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
@@ -326,11 +486,12 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownNode(id.to_owned()))
     }
 
-    /// Healthy, reachable, uncordoned nodes that hold no job.
+    /// Healthy, reachable, uncordoned nodes that hold no job, or only a
+    /// preemptible one.
     pub fn spares(&self) -> impl Iterator<Item = &Node> {
         self.nodes
             .values()
-            .filter(|n| n.state() == NodeState::Ready)
+            .filter(|n| n.state() == NodeState::Ready && !self.held_by_normal_job(&n.record.id))
     }
 
     /// Events oldest first.
@@ -343,7 +504,10 @@ impl Engine {
     }
 
     pub fn poll_timeout(&self) -> Option<Millis> {
-        self.next_liveness_check
+        match (self.next_liveness_check, self.next_job_check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // -- inputs -------------------------------------------------------------
@@ -369,6 +533,9 @@ impl Engine {
                 pci_bus_id: g.pci_bus_id.clone(),
                 memory_total_bytes: g.memory_total_bytes,
                 health: GpuHealth::Ok,
+                health_reason: String::new(),
+                evidence: Vec::new(),
+                recovery_action: 0,
             })
             .collect();
 
@@ -384,8 +551,8 @@ impl Engine {
                         reg.gpu_backend
                     ),
                 ));
-                let node = Node {
-                    record: NodeRecord {
+                let node = Node::new(
+                    NodeRecord {
                         id: node_id.clone(),
                         address: reg.address.clone(),
                         hostname: reg.hostname.clone(),
@@ -397,12 +564,9 @@ impl Engine {
                         joined: false,
                         cordon: None,
                     },
-                    session: Some(reg.session),
-                    last_seen: now,
-                    unreachable: false,
-                    readings: BTreeMap::new(),
-                    last_rejected_instance: None,
-                };
+                    Some(reg.session),
+                    now,
+                );
                 self.nodes.insert(node_id.clone(), node);
             }
             Some(node) => {
@@ -460,6 +624,9 @@ impl Engine {
                     .map(|mut g| {
                         if let Some(old) = node.record.gpus.iter().find(|o| o.uuid == g.uuid) {
                             g.health = old.health;
+                            g.health_reason = old.health_reason.clone();
+                            g.evidence = old.evidence.clone();
+                            g.recovery_action = old.recovery_action;
                         }
                         g
                     })
@@ -475,8 +642,11 @@ impl Engine {
                 node.last_seen = now;
                 node.last_rejected_instance = None;
                 node.readings.clear();
+                // A new stream knows nothing: send the assignment again.
+                node.sent_assignment = None;
                 if node.unreachable {
                     node.unreachable = false;
+                    node.unreachable_since = None;
                     events.push((
                         EventKind::NodeReachable,
                         "agent registered again after being unreachable".to_owned(),
@@ -489,6 +659,7 @@ impl Engine {
         }
         self.persist_node(&node_id);
         self.schedule_liveness_check(now + self.config.unreachable_after_ms);
+        self.reconcile(now);
         self.node(&node_id).map(Node::state)
     }
 
@@ -517,8 +688,10 @@ impl Engine {
             node.record.joined = true;
             persist = true;
         }
-        if node.unreachable {
+        let came_back = node.unreachable;
+        if came_back {
             node.unreachable = false;
+            node.unreachable_since = None;
             self.record_event(
                 now,
                 EventKind::NodeReachable,
@@ -528,6 +701,10 @@ impl Engine {
         }
         if persist {
             self.persist_node(node_id);
+        }
+        if persist || came_back {
+            // New or returning capacity.
+            self.reconcile(now);
         }
         true
     }
@@ -590,6 +767,7 @@ impl Engine {
             format!("cordoned by {by}: {reason}"),
         );
         self.persist_node(node_id);
+        self.reconcile(now);
         Ok(CordonOutcome {
             changed: true,
             message: format!("node '{node_id}' cordoned: {reason}"),
@@ -624,6 +802,7 @@ impl Engine {
         }
         self.record_event(now, EventKind::NodeUncordoned, Some(node_id), why);
         self.persist_node(node_id);
+        self.reconcile(now);
         Ok(CordonOutcome {
             changed: true,
             message: format!("node '{node_id}' uncordoned"),
@@ -644,6 +823,7 @@ impl Engine {
             let deadline = node.last_seen + limit;
             if deadline <= now {
                 node.unreachable = true;
+                node.unreachable_since = Some(now);
                 newly_unreachable.push((node.record.id.clone(), now - node.last_seen));
             } else {
                 next = Some(next.map_or(deadline, |n: Millis| n.min(deadline)));
@@ -662,12 +842,17 @@ impl Engine {
                 ),
             );
         }
+        self.reconcile(now);
     }
 
     // -- internals ----------------------------------------------------------
 
     fn schedule_liveness_check(&mut self, at: Millis) {
         self.next_liveness_check = Some(self.next_liveness_check.map_or(at, |n| n.min(at)));
+    }
+
+    fn schedule_job_check(&mut self, at: Millis) {
+        self.next_job_check = Some(self.next_job_check.map_or(at, |n| n.min(at)));
     }
 
     fn persist_node(&mut self, node_id: &str) {
@@ -678,12 +863,23 @@ impl Engine {
     }
 
     fn record_event(&mut self, now: Millis, kind: EventKind, node: Option<&str>, reason: String) {
+        self.record_job_event(now, kind, node, None, reason);
+    }
+
+    fn record_job_event(
+        &mut self,
+        now: Millis,
+        kind: EventKind,
+        node: Option<&str>,
+        job: Option<&str>,
+        reason: String,
+    ) {
         let event = Event {
             seq: self.next_event_seq,
             at: now,
             kind,
             node: node.map(str::to_owned),
-            job: None,
+            job: job.map(str::to_owned),
             reason,
         };
         self.next_event_seq += 1;
@@ -786,7 +982,7 @@ fn describe_inventory_change(old: &[GpuRecord], new: &[GpuRecord]) -> Option<Str
     Some(parts.join("; "))
 }
 
-fn format_ms(ms: Millis) -> String {
+pub(crate) fn format_ms(ms: Millis) -> String {
     let ms = u64::try_from(ms).unwrap_or(0);
     // Whole seconds read better in reasons; sub-second limits only in tests.
     let d = if ms >= 1000 {
@@ -797,5 +993,7 @@ fn format_ms(ms: Millis) -> String {
     humantime::format_duration(d).to_string()
 }
 
+#[cfg(test)]
+mod jobs_tests;
 #[cfg(test)]
 mod tests;

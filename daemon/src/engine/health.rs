@@ -1,0 +1,410 @@
+//! GPU health decisions: verdicts from agents become GPU health and, for a
+//! failed GPU, a cordon of the whole node (a board is replaced as a unit);
+//! application Xids seen on many nodes at once are called out as a
+//! software fault; a circuit breaker stops automatic cordons when too many
+//! nodes turn bad at once (the likelier story then is a bug in sup, the
+//! driver or the fabric, and cordoning the cluster would be a disaster).
+
+use serde::{Deserialize, Serialize};
+use sup_proto::v1;
+
+use super::{CordonRecord, Engine, EngineError, EventKind, GpuHealth, Millis, SessionId};
+
+/// Durable: a supd restart must not quietly close an open breaker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Breaker {
+    pub open: bool,
+    pub reason: String,
+    pub since: Millis,
+}
+
+/// Alias kept for readability at call sites.
+pub type HealthInput = v1::HealthReport;
+pub type XidInput = v1::XidEvent;
+
+/// Xids kept per GPU for `supctl node`.
+const RECENT_XIDS: usize = 10;
+/// The same Xid on the same GPU within this window is one event.
+const XID_EVENT_DEDUP_MS: Millis = 10_000;
+
+fn health_of(value: i32) -> GpuHealth {
+    match v1::GpuHealth::try_from(value) {
+        Ok(v1::GpuHealth::Failed) => GpuHealth::Failed,
+        Ok(v1::GpuHealth::Degraded) => GpuHealth::Degraded,
+        _ => GpuHealth::Ok,
+    }
+}
+
+fn health_name(h: GpuHealth) -> &'static str {
+    match h {
+        GpuHealth::Ok => "ok",
+        GpuHealth::Degraded => "degraded",
+        GpuHealth::Failed => "failed",
+    }
+}
+
+impl Engine {
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// A health report from an agent. Returns false when it came from a
+    /// replaced stream and was ignored.
+    pub fn health(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: SessionId,
+        report: HealthInput,
+    ) -> bool {
+        let live = self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.session == Some(session));
+        if !live {
+            return false;
+        }
+        for xid in report.xids {
+            self.observe_xid(now, node_id, xid);
+        }
+        let mut newly_failed = Vec::new();
+        let mut changes = Vec::new();
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            for verdict in &report.verdicts {
+                let Some(gpu) = node
+                    .record
+                    .gpus
+                    .iter_mut()
+                    .find(|g| g.index == verdict.index)
+                else {
+                    continue;
+                };
+                let health = health_of(verdict.health);
+                let reason = if health == GpuHealth::Ok {
+                    String::new()
+                } else {
+                    verdict.reason.clone()
+                };
+                if gpu.health == health
+                    && gpu.health_reason == reason
+                    && gpu.evidence == verdict.evidence
+                    && gpu.recovery_action == verdict.recovery_action
+                {
+                    continue;
+                }
+                let before = gpu.health;
+                gpu.health = health;
+                gpu.health_reason = reason.clone();
+                gpu.evidence = verdict.evidence.clone();
+                gpu.recovery_action = verdict.recovery_action;
+                let drill = if verdict.drill { " [drill]" } else { "" };
+                if before != health {
+                    let mut text = format!(
+                        "GPU {} ({}) {} → {}",
+                        gpu.index,
+                        gpu.uuid,
+                        health_name(before),
+                        health_name(health)
+                    );
+                    if !reason.is_empty() {
+                        text.push_str(&format!(": {reason}"));
+                    }
+                    text.push_str(drill);
+                    changes.push(text);
+                }
+                if health == GpuHealth::Failed && before != GpuHealth::Failed {
+                    let mut why = format!("GPU {} ({}) failed: {reason}", gpu.index, gpu.uuid);
+                    if !verdict.evidence.is_empty() {
+                        why.push_str(&format!(" (evidence: {})", verdict.evidence.join("; ")));
+                    }
+                    why.push_str(drill);
+                    newly_failed.push(why);
+                }
+            }
+        }
+        let changed = !changes.is_empty();
+        for text in changes {
+            self.record_event(now, EventKind::GpuHealthChanged, Some(node_id), text);
+        }
+        if changed {
+            self.persist_node(node_id);
+        }
+        // One cordon for the board, naming the first GPU that failed.
+        if let Some(reason) = newly_failed.into_iter().next() {
+            self.auto_cordon(now, node_id, reason);
+        }
+        if changed {
+            self.reconcile(now);
+        }
+        true
+    }
+
+    fn observe_xid(&mut self, now: Millis, node_id: &str, xid: XidInput) {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return;
+        };
+        let recent = node.recent_xids.entry(xid.gpu_index).or_default();
+        let duplicate = recent.iter().any(|x| {
+            x.xid == xid.xid && (xid.at_unix_ms - x.at_unix_ms).abs() < XID_EVENT_DEDUP_MS
+        });
+        recent.push_back(xid.clone());
+        while recent.len() > RECENT_XIDS {
+            recent.pop_front();
+        }
+        if !duplicate {
+            let mut text = format!("Xid {} on GPU {}", xid.xid, xid.gpu_index);
+            if !xid.uuid.is_empty() {
+                text.push_str(&format!(" ({})", xid.uuid));
+            }
+            text.push_str(&format!(
+                " from {}",
+                if xid.source.is_empty() {
+                    "agent"
+                } else {
+                    &xid.source
+                }
+            ));
+            if !xid.detail.is_empty() {
+                text.push_str(&format!(": {}", xid.detail));
+            }
+            if xid.application {
+                text.push_str(" (application Xid: usually the job's fault, no cordon)");
+            }
+            if xid.source == "drill" {
+                text.push_str(" [drill]");
+            }
+            self.record_event(now, EventKind::GpuXid, Some(node_id), text);
+        }
+        if xid.application {
+            self.correlate_application_xid(now, node_id, xid.xid);
+        }
+    }
+
+    /// The same application Xid on many nodes within a short window is the
+    /// job's code (or data), not the hardware.
+    fn correlate_application_xid(&mut self, now: Millis, node_id: &str, code: u32) {
+        let window = self.config.correlation_window_ms;
+        self.recent_app_xids
+            .push_back((now, code, node_id.to_owned()));
+        while self
+            .recent_app_xids
+            .front()
+            .is_some_and(|(at, _, _)| now - at > window)
+        {
+            self.recent_app_xids.pop_front();
+        }
+        if self
+            .correlated_reported
+            .get(&code)
+            .is_some_and(|at| now - at <= window)
+        {
+            return;
+        }
+        let mut nodes: Vec<&str> = self
+            .recent_app_xids
+            .iter()
+            .filter(|(_, c, _)| *c == code)
+            .map(|(_, _, n)| n.as_str())
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let total = self.nodes.len();
+        let needed = ((self.config.correlation_share * total as f64).ceil() as usize).max(2);
+        if nodes.len() < needed {
+            return;
+        }
+        let text = format!(
+            "Xid {code} on {} of {total} nodes within {}: likely a fault in the job's software, not the GPUs; no node cordoned (nodes: {})",
+            nodes.len(),
+            super::format_ms(window),
+            nodes.join(", ")
+        );
+        self.correlated_reported.insert(code, now);
+        self.record_event(now, EventKind::CorrelatedFault, None, text);
+    }
+
+    /// Cordons a node on the engine's own authority, unless the breaker
+    /// says too many nodes have gone that way recently.
+    fn auto_cordon(&mut self, now: Millis, node_id: &str, reason: String) {
+        let Some(node) = self.nodes.get(node_id) else {
+            return;
+        };
+        if node.record.cordon.is_some() {
+            return;
+        }
+        self.expire_breaker_window(now);
+        let allowed = self.cordon_allowance();
+        if self.breaker.open || self.recent_auto_cordons.len() >= allowed {
+            if !self.breaker.open {
+                let total = self.nodes.len();
+                self.breaker = Breaker {
+                    open: true,
+                    reason: format!(
+                        "{} automatic cordons within {} would exceed the limit of {allowed} ({:.0}% of {total} nodes, at least {}); automatic cordons stopped until an operator resets the breaker (supctl breaker reset)",
+                        self.recent_auto_cordons.len() + 1,
+                        super::format_ms(self.config.breaker_window_ms),
+                        self.config.breaker_max_share * 100.0,
+                        self.config.breaker_min_cordons
+                    ),
+                    since: now,
+                };
+                let text = self.breaker.reason.clone();
+                self.record_event(now, EventKind::BreakerOpened, Some(node_id), text);
+                self.actions
+                    .push_back(super::Action::Persist(super::Change::PutBreaker(
+                        self.breaker.clone(),
+                    )));
+            }
+            self.record_event(
+                now,
+                EventKind::NodeCordoned,
+                Some(node_id),
+                format!("automatic cordon held back (breaker open): {reason}"),
+            );
+            if let Some(node) = self.nodes.get_mut(node_id) {
+                node.deferred_cordon = Some(reason);
+            }
+            return;
+        }
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.deferred_cordon = None;
+            node.record.cordon = Some(CordonRecord {
+                reason: reason.clone(),
+                by: "sup".to_owned(),
+                at: now,
+            });
+        }
+        self.recent_auto_cordons.push_back(now);
+        self.record_event(
+            now,
+            EventKind::NodeCordoned,
+            Some(node_id),
+            format!("cordoned by sup: {reason}"),
+        );
+        self.persist_node(node_id);
+    }
+
+    fn cordon_allowance(&self) -> usize {
+        let share = (self.config.breaker_max_share * self.nodes.len() as f64).ceil() as usize;
+        share.max(self.config.breaker_min_cordons as usize)
+    }
+
+    pub(super) fn expire_breaker_window(&mut self, now: Millis) {
+        let window = self.config.breaker_window_ms;
+        while self
+            .recent_auto_cordons
+            .front()
+            .is_some_and(|at| now - at > window)
+        {
+            self.recent_auto_cordons.pop_front();
+        }
+    }
+
+    /// Operator: close the breaker. Cordons held back while it was open are
+    /// made now (and may open it again if the failures are still there).
+    pub fn reset_breaker(
+        &mut self,
+        now: Millis,
+        by: &str,
+        reason: &str,
+    ) -> Result<(bool, String), EngineError> {
+        if !self.breaker.open {
+            return Ok((false, "the breaker is closed".to_owned()));
+        }
+        let by = if by.trim().is_empty() {
+            "unknown"
+        } else {
+            by.trim()
+        };
+        let mut text = format!(
+            "breaker reset by {by} (was open since it said: {})",
+            self.breaker.reason
+        );
+        if !reason.trim().is_empty() {
+            text.push_str(&format!("; {}", reason.trim()));
+        }
+        self.breaker = Breaker::default();
+        self.recent_auto_cordons.clear();
+        self.actions
+            .push_back(super::Action::Persist(super::Change::PutBreaker(
+                self.breaker.clone(),
+            )));
+        self.record_event(now, EventKind::BreakerReset, None, text);
+        let deferred: Vec<(String, String)> = self
+            .nodes
+            .values()
+            .filter_map(|n| n.deferred_cordon.clone().map(|r| (n.record.id.clone(), r)))
+            .collect();
+        for (id, reason) in deferred {
+            self.auto_cordon(now, &id, reason);
+        }
+        self.reconcile(now);
+        Ok((true, "breaker reset: automatic cordons resume".to_owned()))
+    }
+
+    /// Operator: inject a fault on a node for a game day. The agent treats
+    /// it as if the GPU reported it (only with --allow-drills).
+    pub fn drill(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        drill: v1::Drill,
+        by: &str,
+    ) -> Result<String, EngineError> {
+        let node = self
+            .nodes
+            .get(node_id)
+            .ok_or_else(|| EngineError::UnknownNode(node_id.to_owned()))?;
+        if !node.connected() {
+            return Err(EngineError::FailedPrecondition(format!(
+                "node '{node_id}' has no connected agent; a drill needs one"
+            )));
+        }
+        if !node.record.gpus.iter().any(|g| g.index == drill.gpu_index) {
+            return Err(EngineError::InvalidArgument(format!(
+                "node '{node_id}' has no GPU {}",
+                drill.gpu_index
+            )));
+        }
+        let what = match &drill.fault {
+            Some(v1::drill::Fault::Xid(code)) if (1..=1000).contains(code) => format!("Xid {code}"),
+            Some(v1::drill::Fault::Xid(code)) => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "Xid {code} is out of range (1-1000)"
+                )))
+            }
+            Some(v1::drill::Fault::RecoveryAction(a)) => match v1::RecoveryAction::try_from(*a) {
+                Ok(action) if action != v1::RecoveryAction::Unspecified => {
+                    format!("recovery action {}", action.as_str_name())
+                }
+                _ => {
+                    return Err(EngineError::InvalidArgument(
+                        "the drill's recovery action is not a known value".to_owned(),
+                    ))
+                }
+            },
+            None => {
+                return Err(EngineError::InvalidArgument(
+                    "a drill needs an Xid or a recovery action".to_owned(),
+                ))
+            }
+        };
+        let by = if by.trim().is_empty() {
+            "unknown"
+        } else {
+            by.trim()
+        };
+        let gpu = drill.gpu_index;
+        let text = format!("drill by {by}: {what} on GPU {gpu} injected");
+        self.record_event(now, EventKind::Drill, Some(node_id), text);
+        let mut drill = drill;
+        drill.by = by.to_owned();
+        self.actions.push_back(super::Action::SendDrill {
+            node_id: node_id.to_owned(),
+            drill,
+        });
+        Ok(format!(
+            "drill sent to node '{node_id}': {what} on GPU {gpu} (the agent acts on it only when started with --allow-drills)"
+        ))
+    }
+}

@@ -1,0 +1,976 @@
+//! Jobs: placement on nodes, generations, failure handling, elastic restart
+//! (spare swap, shrink, grow back), the restart budget and the crash-loop
+//! guard. Still the pure engine: no I/O, time is an argument.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use sup_proto::v1;
+
+use super::{Action, Change, Engine, EngineError, EventKind, Millis, NodeState, SessionId};
+use crate::jobspec::{JobSpec, Priority};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for enough healthy nodes.
+    Pending,
+    /// First launch of its ranks under way.
+    Starting,
+    Running,
+    /// Restarted after a failure; the new generation is launching.
+    Recovering,
+    Succeeded,
+    Failed,
+    Stopped,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Starting => "starting",
+            JobState::Running => "running",
+            JobState::Recovering => "recovering",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Stopped => "stopped",
+        }
+    }
+
+    /// Holds nodes and runs (or launches) ranks.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            JobState::Starting | JobState::Running | JobState::Recovering
+        )
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Stopped
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    pub step: u64,
+    pub path: String,
+}
+
+/// The durable part of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub spec: JobSpec,
+    pub spec_toml: String,
+    pub submitted_by: String,
+    pub submitted_at: Millis,
+    pub state: JobState,
+    pub reason: String,
+    pub generation: u64,
+    /// Assigned nodes in node-rank order (rank 0 gives MASTER_ADDR).
+    pub nodes: Vec<String>,
+    pub restarts: u32,
+    /// Newest checkpoint an agent found complete.
+    pub checkpoint: Option<CheckpointRef>,
+    /// Highest step any generation reached.
+    pub best_step: Option<u64>,
+    /// Progress when the job last restarted, for the crash-loop guard.
+    pub restart_mark: (Option<u64>, Option<u64>),
+    pub fruitless_restarts: u32,
+}
+
+/// A job as the engine sees it: the record plus what only holds for the
+/// current generation while this supervisor runs.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub record: JobRecord,
+    /// Nodes that reported every rank of the current generation launched.
+    launched: BTreeSet<String>,
+    /// (node, local rank) of ranks that exited 0 in the current generation.
+    exited_ok: BTreeSet<(String, u32)>,
+    /// Step of the current generation.
+    pub step: Option<u64>,
+    pub tokens: Option<u64>,
+    pub loss: Option<f64>,
+    last_progress_at: Option<Millis>,
+    /// When the fault behind the current generation was reported.
+    fault_at: Option<Millis>,
+    /// The complete checkpoints last reported, oldest first.
+    pub catalog: Vec<CheckpointRef>,
+}
+
+impl Job {
+    pub(super) fn restored(record: JobRecord) -> Job {
+        Job {
+            record,
+            launched: BTreeSet::new(),
+            exited_ok: BTreeSet::new(),
+            step: None,
+            tokens: None,
+            loss: None,
+            last_progress_at: None,
+            fault_at: None,
+            catalog: Vec::new(),
+        }
+    }
+
+    pub fn world_size(&self) -> u32 {
+        u32::try_from(self.record.nodes.len()).unwrap_or(u32::MAX) * self.record.spec.gpus_per_node
+    }
+
+    pub fn name(&self) -> &str {
+        &self.record.spec.name
+    }
+}
+
+/// Chosen nodes in node-rank order, and the (preempted job, node) pairs
+/// that placement takes from preemptible jobs.
+type Placement = (Vec<String>, Vec<(String, String)>);
+
+impl Engine {
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    pub fn job(&self, name: &str) -> Result<&Job, EngineError> {
+        self.jobs
+            .get(name)
+            .ok_or_else(|| EngineError::UnknownJob(name.to_owned()))
+    }
+
+    /// The active job holding `node_id`, if any.
+    pub fn job_of(&self, node_id: &str) -> Option<&Job> {
+        self.jobs
+            .values()
+            .find(|j| j.record.state.is_active() && j.record.nodes.iter().any(|n| n == node_id))
+    }
+
+    pub(super) fn held_by_normal_job(&self, node_id: &str) -> bool {
+        self.job_of(node_id)
+            .is_some_and(|j| j.record.spec.priority == Priority::Normal)
+    }
+
+    /// Which node runs global rank `rank` of a job, and its local rank.
+    pub fn rank_location(&self, job: &str, rank: u32) -> Result<(String, u32), EngineError> {
+        let job = self.job(job)?;
+        let per_node = job.record.spec.gpus_per_node;
+        let node = job
+            .record
+            .nodes
+            .get((rank / per_node) as usize)
+            .ok_or_else(|| {
+                EngineError::InvalidArgument(format!(
+                    "job '{}' has no rank {rank} (world size {})",
+                    job.name(),
+                    job.world_size()
+                ))
+            })?;
+        Ok((node.clone(), rank % per_node))
+    }
+
+    // -- operator inputs ----------------------------------------------------
+
+    pub fn submit_job(
+        &mut self,
+        now: Millis,
+        spec_toml: &str,
+        by: &str,
+    ) -> Result<String, EngineError> {
+        let spec = JobSpec::parse(spec_toml).map_err(EngineError::InvalidJobSpec)?;
+        let by = if by.trim().is_empty() {
+            "unknown"
+        } else {
+            by.trim()
+        };
+        if let Some(existing) = self.jobs.get(&spec.name) {
+            if !existing.record.state.is_finished() {
+                return Err(EngineError::DuplicateJob(spec.name));
+            }
+        }
+        let name = spec.name.clone();
+        let summary = format!(
+            "submitted by {by}: {} node(s) (min {}) × {} GPU(s), {} priority, checkpoints in {} ({})",
+            spec.nodes,
+            spec.min_nodes(),
+            spec.gpus_per_node,
+            spec.priority.as_str(),
+            spec.checkpoint_dir,
+            spec.checkpoint_layout
+        );
+        let record = JobRecord {
+            spec,
+            spec_toml: spec_toml.to_owned(),
+            submitted_by: by.to_owned(),
+            submitted_at: now,
+            state: JobState::Pending,
+            reason: "waiting to be placed".to_owned(),
+            generation: 0,
+            nodes: Vec::new(),
+            restarts: 0,
+            checkpoint: None,
+            best_step: None,
+            restart_mark: (None, None),
+            fruitless_restarts: 0,
+        };
+        self.jobs.insert(name.clone(), Job::restored(record));
+        self.record_job_event(now, EventKind::JobSubmitted, None, Some(&name), summary);
+        self.persist_job(&name);
+        self.reconcile(now);
+        Ok(format!("job '{name}' submitted"))
+    }
+
+    pub fn stop_job(
+        &mut self,
+        now: Millis,
+        name: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<(bool, String), EngineError> {
+        let job = self.job(name)?;
+        if job.record.state.is_finished() {
+            return Ok((
+                false,
+                format!("job '{name}' is already {}", job.record.state.as_str()),
+            ));
+        }
+        let mut why = format!("stopped by {}", if by.is_empty() { "unknown" } else { by });
+        if !reason.trim().is_empty() {
+            why.push_str(&format!(": {}", reason.trim()));
+        }
+        self.finish_job(now, name, JobState::Stopped, why, EventKind::JobStopped);
+        self.reconcile(now);
+        Ok((true, format!("job '{name}' stopped")))
+    }
+
+    // -- agent reports ------------------------------------------------------
+
+    /// Whether a report about `job` at `generation` from `node_id` on
+    /// `session` belongs to the job's current generation. Anything else is
+    /// from before a restart (or a replaced agent) and must be ignored.
+    fn current_report(
+        &self,
+        node_id: &str,
+        session: SessionId,
+        job: &str,
+        generation: u64,
+    ) -> bool {
+        let live = self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.session == Some(session));
+        live && self.jobs.get(job).is_some_and(|j| {
+            j.record.state.is_active()
+                && j.record.generation == generation
+                && j.record.nodes.iter().any(|n| n == node_id)
+        })
+    }
+
+    /// Returns false when the report was stale and ignored.
+    pub fn rank_status(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: SessionId,
+        status: v1::RankStatus,
+    ) -> bool {
+        if !self.current_report(node_id, session, &status.job, status.generation) {
+            return false;
+        }
+        let name = status.job.clone();
+        if !status.launch_error.is_empty() {
+            self.restart_job(
+                now,
+                &name,
+                format!(
+                    "node {node_id} could not launch its ranks: {}",
+                    status.launch_error
+                ),
+                true,
+            );
+            self.reconcile(now);
+            return true;
+        }
+        if !status.launched {
+            return true;
+        }
+        let Some(job) = self.jobs.get_mut(&name) else {
+            return true;
+        };
+        job.launched.insert(node_id.to_owned());
+        let all = job.record.nodes.iter().all(|n| job.launched.contains(n));
+        if all && matches!(job.record.state, JobState::Starting | JobState::Recovering) {
+            job.record.state = JobState::Running;
+            job.record.reason = String::new();
+            let mut why = format!(
+                "generation {} running on {} node(s), world size {}",
+                job.record.generation,
+                job.record.nodes.len(),
+                job.world_size()
+            );
+            if let Some(at) = job.fault_at.take() {
+                why.push_str(&format!(
+                    "; every rank launched {} ms after the fault was reported",
+                    now - at
+                ));
+            }
+            self.record_job_event(now, EventKind::JobRunning, None, Some(&name), why);
+            self.persist_job(&name);
+        }
+        true
+    }
+
+    pub fn rank_exited(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: SessionId,
+        exit: v1::RankExited,
+    ) -> bool {
+        if exit.stopped_by_agent
+            || !self.current_report(node_id, session, &exit.job, exit.generation)
+        {
+            return false;
+        }
+        let name = exit.job.clone();
+        let how = match (exit.exit_code, exit.signal) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            (None, None) => "ended".to_owned(),
+        };
+        let last_line = exit
+            .log_tail
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| format!(": {}", l.trim()))
+            .unwrap_or_default();
+        let what = format!(
+            "rank {} (node {node_id}, local rank {}) {how}{last_line}",
+            exit.rank, exit.local_rank
+        );
+        self.record_job_event(
+            now,
+            EventKind::RankExited,
+            Some(node_id),
+            Some(&name),
+            what.clone(),
+        );
+        if exit.exit_code == Some(0) {
+            let Some(job) = self.jobs.get_mut(&name) else {
+                return true;
+            };
+            job.exited_ok.insert((node_id.to_owned(), exit.local_rank));
+            if job.exited_ok.len() as u64 >= u64::from(job.world_size()) {
+                let why = format!(
+                    "every rank of generation {} exited 0",
+                    job.record.generation
+                );
+                self.finish_job(
+                    now,
+                    &name,
+                    JobState::Succeeded,
+                    why,
+                    EventKind::JobSucceeded,
+                );
+            }
+        } else {
+            self.restart_job(now, &name, what, true);
+        }
+        self.reconcile(now);
+        true
+    }
+
+    pub fn progress(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: SessionId,
+        progress: v1::JobProgress,
+    ) -> bool {
+        if !self.current_report(node_id, session, &progress.job, progress.generation) {
+            return false;
+        }
+        let Some(job) = self.jobs.get_mut(&progress.job) else {
+            return false;
+        };
+        job.step = Some(job.step.map_or(progress.step, |s| s.max(progress.step)));
+        job.tokens = progress.tokens.or(job.tokens);
+        job.loss = progress.loss.or(job.loss);
+        job.last_progress_at = Some(now);
+        if job.record.best_step.is_none_or(|b| progress.step > b) {
+            job.record.best_step = Some(progress.step);
+            let name = progress.job.clone();
+            self.persist_job(&name);
+        }
+        true
+    }
+
+    /// A catalog of complete checkpoints from any node of the job (the
+    /// directory is shared, any of them sees the truth).
+    pub fn checkpoints(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: SessionId,
+        catalog: v1::CheckpointCatalog,
+    ) -> bool {
+        let live = self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.session == Some(session));
+        let Some(job) = self.jobs.get_mut(&catalog.job) else {
+            return false;
+        };
+        if !live || !job.record.nodes.iter().any(|n| n == node_id) {
+            return false;
+        }
+        job.catalog = catalog
+            .checkpoints
+            .iter()
+            .map(|c| CheckpointRef {
+                step: c.step,
+                path: c.path.clone(),
+            })
+            .collect();
+        job.catalog.sort_by_key(|c| c.step);
+        let Some(newest) = job.catalog.last().cloned() else {
+            return true;
+        };
+        if job
+            .record
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.step >= newest.step)
+        {
+            return true;
+        }
+        job.record.checkpoint = Some(newest.clone());
+        let name = catalog.job.clone();
+        self.record_job_event(
+            now,
+            EventKind::JobCheckpoint,
+            None,
+            Some(&name),
+            format!(
+                "newest complete checkpoint: step {} ({})",
+                newest.step, newest.path
+            ),
+        );
+        self.persist_job(&name);
+        self.maybe_grow(now, &name, newest.step);
+        self.reconcile(now);
+        true
+    }
+
+    // -- decisions ----------------------------------------------------------
+
+    /// Right after a checkpoint little work is lost by a restart: a shrunk
+    /// job takes back capacity that returned.
+    fn maybe_grow(&mut self, now: Millis, name: &str, step: u64) {
+        if !self.config.grow_after_checkpoint {
+            return;
+        }
+        let Some(job) = self.jobs.get(name) else {
+            return;
+        };
+        let current = job.record.nodes.len() as u32;
+        if job.record.state != JobState::Running || current >= job.record.spec.nodes {
+            return;
+        }
+        let Some((placed, _)) = self.place(name) else {
+            return;
+        };
+        if placed.len() as u32 > current {
+            self.restart_job(
+                now,
+                name,
+                format!(
+                    "growing back from {current} to {} node(s) right after checkpoint step {step}",
+                    placed.len()
+                ),
+                false,
+            );
+        }
+    }
+
+    /// Why an active job's current node set can no longer run, if it can't.
+    fn job_failure(&mut self, now: Millis, name: &str) -> Option<String> {
+        let job = self.jobs.get(name)?;
+        if !job.record.state.is_active() {
+            return None;
+        }
+        let mut wake: Option<Millis> = None;
+        let mut failure = None;
+        for id in &job.record.nodes {
+            let Some(node) = self.nodes.get(id) else {
+                failure = Some(format!("node {id} is gone from the registry"));
+                break;
+            };
+            if let Some(c) = &node.record.cordon {
+                failure = Some(format!("node {id} cordoned by {}: {}", c.by, c.reason));
+                break;
+            }
+            let Some(since) = node.unreachable_since else {
+                continue;
+            };
+            let silent = now - since;
+            let stalled = job.last_progress_at.is_none_or(|p| p <= since);
+            if silent >= self.config.lost_node_grace_ms {
+                failure = Some(format!(
+                    "node {id} lost: unreachable for {}",
+                    super::format_ms(silent + self.config.unreachable_after_ms)
+                ));
+                break;
+            }
+            if stalled && silent >= self.config.stall_confirm_ms {
+                failure = Some(format!(
+                    "node {id} lost: unreachable and the job has made no progress since"
+                ));
+                break;
+            }
+            let next = if stalled {
+                since + self.config.stall_confirm_ms
+            } else {
+                since + self.config.lost_node_grace_ms
+            };
+            wake = Some(wake.map_or(next, |w: Millis| w.min(next)));
+        }
+        if failure.is_none() {
+            if let Some(at) = wake {
+                self.schedule_job_check(at);
+            }
+        }
+        failure
+    }
+
+    /// Stops every rank (generation bump) and starts the job again on the
+    /// nodes that can run it, from the newest verified checkpoint.
+    /// `counts`: whether this restart is the job's failure (budget, crash
+    /// loop) or the cluster's doing (preemption, growing back).
+    pub(super) fn restart_job(&mut self, now: Millis, name: &str, reason: String, counts: bool) {
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        if counts {
+            job.record.restarts += 1;
+            let mark = (
+                job.record.checkpoint.as_ref().map(|c| c.step),
+                job.record.best_step,
+            );
+            let progressed =
+                mark.0 > job.record.restart_mark.0 || mark.1 > job.record.restart_mark.1;
+            job.record.restart_mark = mark;
+            if progressed {
+                job.record.fruitless_restarts = 0;
+            } else {
+                job.record.fruitless_restarts += 1;
+            }
+            let spec = &job.record.spec;
+            if job.record.restarts > spec.max_restarts {
+                let why = format!(
+                    "restart budget exhausted: {} restarts (max_restarts {}); last failure: {reason}",
+                    job.record.restarts, spec.max_restarts
+                );
+                self.finish_job(now, name, JobState::Failed, why, EventKind::JobFailed);
+                return;
+            }
+            if job.record.fruitless_restarts >= self.config.crash_loop_limit {
+                let why = format!(
+                    "crash loop: {} restarts in a row without a new checkpoint or step advance; last failure: {reason}",
+                    job.record.fruitless_restarts
+                );
+                self.finish_job(now, name, JobState::Failed, why, EventKind::JobFailed);
+                return;
+            }
+        }
+        self.launch(now, name, Some(reason));
+    }
+
+    /// Places the job and sends its new generation, or parks it as pending.
+    /// `failure`: the reason for a restart; None for a first start.
+    fn launch(&mut self, now: Millis, name: &str, failure: Option<String>) {
+        let placement = self.place(name);
+        let Some(job) = self.jobs.get(name) else {
+            return;
+        };
+        let spec = job.record.spec.clone();
+        let previous = job.record.nodes.clone();
+        let Some((nodes, preempted)) = placement else {
+            let available = self.placeable_count(name);
+            let why = format!(
+                "waiting for capacity: needs at least {} node(s) with {} GPU(s) each{}, {} available{}",
+                spec.min_nodes(),
+                spec.gpus_per_node,
+                if spec.world_size_multiple > 1 {
+                    format!(" and a world size that is a multiple of {}", spec.world_size_multiple)
+                } else {
+                    String::new()
+                },
+                available,
+                failure.as_deref().map(|f| format!("; after: {f}")).unwrap_or_default()
+            );
+            let had_nodes = !previous.is_empty();
+            let changed = job.record.state != JobState::Pending || job.record.reason != why;
+            if had_nodes {
+                self.last_generation += 1;
+            }
+            if let Some(job) = self.jobs.get_mut(name) {
+                job.record.state = JobState::Pending;
+                job.record.nodes.clear();
+                job.record.reason = why.clone();
+            }
+            if changed {
+                self.record_job_event(now, EventKind::JobPending, None, Some(name), why);
+                self.persist_job(name);
+            }
+            return;
+        };
+
+        self.last_generation += 1;
+        let generation = self.last_generation;
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        let first = failure.is_none() && job.record.generation == 0;
+        job.record.generation = generation;
+        job.record.nodes = nodes.clone();
+        job.record.state = if first {
+            JobState::Starting
+        } else {
+            JobState::Recovering
+        };
+        job.launched.clear();
+        job.exited_ok.clear();
+        job.step = None;
+        job.last_progress_at = None;
+        job.fault_at = Some(now);
+        let mut why = match &failure {
+            Some(f) => f.clone(),
+            None if job.record.restarts == 0 && previous.is_empty() => "first start".to_owned(),
+            None => "capacity available".to_owned(),
+        };
+        why.push_str(&format!(
+            "; generation {generation} on {} node(s), world size {}",
+            nodes.len(),
+            job.world_size()
+        ));
+        let gone: Vec<&String> = previous.iter().filter(|n| !nodes.contains(n)).collect();
+        let added: Vec<&String> = nodes.iter().filter(|n| !previous.contains(n)).collect();
+        match (gone.is_empty(), added.is_empty()) {
+            (false, false) => {
+                why.push_str(&format!("; replaced {} with {}", join(&gone), join(&added)))
+            }
+            (false, true) => why.push_str(&format!("; without {}", join(&gone))),
+            (true, false) if !previous.is_empty() => {
+                why.push_str(&format!("; adding {}", join(&added)))
+            }
+            _ => {}
+        }
+        if nodes.len() < previous.len() {
+            why.push_str(&format!(
+                "; shrunk from {} to {} node(s)",
+                previous.len(),
+                nodes.len()
+            ));
+        } else if !previous.is_empty() && nodes.len() > previous.len() {
+            why.push_str(&format!(
+                "; grown from {} to {} node(s)",
+                previous.len(),
+                nodes.len()
+            ));
+        }
+        match &job.record.checkpoint {
+            Some(c) => why.push_str(&format!("; resuming from step {} ({})", c.step, c.path)),
+            None => why.push_str("; no checkpoint yet, starting from scratch"),
+        }
+        job.record.reason = if first { String::new() } else { why.clone() };
+        let kind = if first {
+            EventKind::JobStarted
+        } else {
+            EventKind::JobRestarted
+        };
+        self.record_job_event(now, kind, None, Some(name), why);
+        self.persist_job(name);
+
+        // The preempted jobs restart after this job holds its nodes, so
+        // their placement cannot pick those nodes again.
+        for (victim, node) in &preempted {
+            self.record_job_event(
+                now,
+                EventKind::JobPreempted,
+                Some(node),
+                Some(victim),
+                format!(
+                    "node {node} taken by job '{name}' ({} priority)",
+                    spec.priority.as_str()
+                ),
+            );
+            self.restart_job(
+                now,
+                victim,
+                format!("preempted: node {node} is needed by job '{name}'"),
+                false,
+            );
+        }
+    }
+
+    /// Nodes this job could run on: its current healthy nodes first (stable
+    /// ranks), then free healthy nodes, then nodes of preemptible jobs (for
+    /// normal-priority jobs only). Returns the chosen nodes and the
+    /// (job, node) pairs it would preempt, or None when no valid world size
+    /// fits.
+    fn place(&self, name: &str) -> Option<Placement> {
+        let job = self.jobs.get(name)?;
+        let spec = &job.record.spec;
+        let fits = |id: &String, allow_suspect: bool| {
+            self.nodes.get(id).is_some_and(|n| {
+                let state = n.state();
+                let healthy =
+                    state == NodeState::Ready || (allow_suspect && state == NodeState::Suspect);
+                healthy && n.connected() && n.record.gpus.len() >= spec.gpus_per_node as usize
+            })
+        };
+        let held_by_other = |id: &String| {
+            self.jobs.values().any(|j| {
+                j.name() != name
+                    && j.record.state.is_active()
+                    && j.record.nodes.iter().any(|n| n == id)
+            })
+        };
+        let mut candidates: Vec<String> = job
+            .record
+            .nodes
+            .iter()
+            .filter(|id| fits(id, true) && !held_by_other(id))
+            .cloned()
+            .collect();
+        let mut preemptible = Vec::new();
+        for id in self.nodes.keys() {
+            if candidates.contains(id) || !fits(id, false) {
+                continue;
+            }
+            if self
+                .jobs
+                .values()
+                .filter(|j| j.record.state.is_active() && j.record.nodes.iter().any(|n| n == id))
+                .count()
+                > 1
+            {
+                // Being handed over between two jobs right now.
+                continue;
+            }
+            match self.job_of(id) {
+                None => candidates.push(id.clone()),
+                Some(other)
+                    if other.name() != name
+                        && spec.priority == Priority::Normal
+                        && other.record.spec.priority == Priority::Low =>
+                {
+                    preemptible.push((other.name().to_owned(), id.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        let free = candidates.len();
+        let total = free + preemptible.len();
+        let count = spec.best_node_count(u32::try_from(total).unwrap_or(u32::MAX))? as usize;
+        candidates.truncate(count);
+        let mut taken = Vec::new();
+        for (victim, node) in preemptible.into_iter().take(count.saturating_sub(free)) {
+            candidates.push(node.clone());
+            taken.push((victim, node));
+        }
+        Some((candidates, taken))
+    }
+
+    fn placeable_count(&self, name: &str) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| {
+                n.state() == NodeState::Ready
+                    && n.connected()
+                    && self.job_of(&n.record.id).is_none_or(|j| j.name() == name)
+            })
+            .count()
+    }
+
+    fn finish_job(
+        &mut self,
+        now: Millis,
+        name: &str,
+        state: JobState,
+        why: String,
+        kind: EventKind,
+    ) {
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        job.record.state = state;
+        job.record.reason = why.clone();
+        if !job.record.nodes.is_empty() {
+            job.record.nodes.clear();
+            // Releasing nodes is a new generation too: their agents must
+            // stop the old ranks.
+            self.last_generation += 1;
+        }
+        self.record_job_event(now, kind, None, Some(name), why);
+        self.persist_job(name);
+    }
+
+    /// Level-triggered scheduling: fail over broken jobs, start pending
+    /// ones, then tell every connected agent what it should run.
+    pub(super) fn reconcile(&mut self, now: Millis) {
+        self.next_job_check = None;
+        self.expire_breaker_window(now);
+        let names = self.jobs_by_priority();
+        for name in &names {
+            if let Some(reason) = self.job_failure(now, name) {
+                self.restart_job(now, name, reason, true);
+            }
+        }
+        for name in &names {
+            if self
+                .jobs
+                .get(name)
+                .is_some_and(|j| j.record.state == JobState::Pending)
+            {
+                self.launch(now, name, None);
+            }
+        }
+        self.sync_assignments();
+        self.check_spares(now);
+    }
+
+    /// Normal before low priority, then oldest submission first.
+    fn jobs_by_priority(&self) -> Vec<String> {
+        let mut jobs: Vec<&Job> = self.jobs.values().collect();
+        jobs.sort_by_key(|j| {
+            (
+                j.record.spec.priority == Priority::Low,
+                j.record.submitted_at,
+                j.name().to_owned(),
+            )
+        });
+        jobs.into_iter().map(|j| j.name().to_owned()).collect()
+    }
+
+    pub fn desired_assignment(&self, node_id: &str) -> v1::DesiredAssignment {
+        match self.job_of(node_id) {
+            Some(job) => {
+                let node_rank = job
+                    .record
+                    .nodes
+                    .iter()
+                    .position(|n| n == node_id)
+                    .unwrap_or(0);
+                v1::DesiredAssignment {
+                    generation: job.record.generation,
+                    job: Some(self.job_assignment(job, node_id, node_rank)),
+                }
+            }
+            None => v1::DesiredAssignment {
+                generation: self.last_generation,
+                job: None,
+            },
+        }
+    }
+
+    fn job_assignment(&self, job: &Job, node_id: &str, node_rank: usize) -> v1::JobAssignment {
+        let spec = &job.record.spec;
+        let master_addr = job
+            .record
+            .nodes
+            .first()
+            .and_then(|id| self.nodes.get(id))
+            .map(|n| n.record.address.clone())
+            .unwrap_or_default();
+        let mut gpu_indices: Vec<u32> = self
+            .nodes
+            .get(node_id)
+            .map(|n| n.record.gpus.iter().map(|g| g.index).collect())
+            .unwrap_or_default();
+        gpu_indices.sort_unstable();
+        gpu_indices.truncate(spec.gpus_per_node as usize);
+        v1::JobAssignment {
+            job: spec.name.clone(),
+            command: spec.command.clone(),
+            workdir: spec.workdir.clone().unwrap_or_default(),
+            env: spec.env.clone().into_iter().collect(),
+            node_rank: u32::try_from(node_rank).unwrap_or(u32::MAX),
+            nnodes: u32::try_from(job.record.nodes.len()).unwrap_or(u32::MAX),
+            ranks_per_node: spec.gpus_per_node,
+            world_size: job.world_size(),
+            master_addr,
+            master_port: self.config.master_port,
+            restart_count: job.record.restarts,
+            max_restarts: spec.max_restarts,
+            checkpoint_dir: spec.checkpoint_dir.clone(),
+            checkpoint_layout: spec.checkpoint_layout.clone(),
+            resume_from: job.record.checkpoint.as_ref().map(|c| v1::Checkpoint {
+                step: c.step,
+                path: c.path.clone(),
+            }),
+            stop_grace_ms: self.config.stop_grace_ms,
+            gpu_indices,
+        }
+    }
+
+    fn sync_assignments(&mut self) {
+        let ids: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.connected())
+            .map(|n| n.record.id.clone())
+            .collect();
+        for id in ids {
+            let desired = self.desired_assignment(&id);
+            let Some(node) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            if node.sent_assignment.as_ref() != Some(&desired) {
+                node.sent_assignment = Some(desired.clone());
+                self.actions.push_back(Action::SendAssignment {
+                    node_id: id,
+                    assignment: desired,
+                });
+            }
+        }
+    }
+
+    fn check_spares(&mut self, now: Millis) {
+        let target = self.config.spares_target;
+        if target == 0 {
+            return;
+        }
+        let spares = self.spares().count() as u32;
+        let low = spares < target;
+        if low && !self.spares_were_low {
+            self.record_event(
+                now,
+                EventKind::SparesLow,
+                None,
+                format!("spare pool at {spares} node(s), below its target of {target}"),
+            );
+        }
+        self.spares_were_low = low;
+    }
+
+    pub(super) fn persist_job(&mut self, name: &str) {
+        if let Some(job) = self.jobs.get(name) {
+            self.actions
+                .push_back(Action::Persist(Change::PutJob(Box::new(
+                    job.record.clone(),
+                ))));
+        }
+    }
+}
+
+fn join(ids: &[&String]) -> String {
+    ids.iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

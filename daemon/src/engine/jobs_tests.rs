@@ -1,0 +1,793 @@
+//! Scheduling and recovery decisions: spare swap, shrink, waiting, grow
+//! back, crash loop, restart budget, preemption, fencing, lost nodes, and
+//! GPU-health cordons with the breaker. Time is explicit everywhere.
+
+use super::*;
+
+const GRACE: Millis = 30_000;
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        unreachable_after_ms: GRACE,
+        event_log_capacity: 10_000,
+        spares_target: 1,
+        ..Default::default()
+    }
+}
+
+fn register(e: &mut Engine, id: &str, session: SessionId, gpus: u32, now: Millis) {
+    e.register(
+        now,
+        Registration {
+            session,
+            node_id: id.to_owned(),
+            address: format!("addr-{id}"),
+            hostname: id.to_owned(),
+            agent_version: "0".to_owned(),
+            instance_id: format!("i-{id}"),
+            gpu_backend: "sim".to_owned(),
+            gpus: (0..gpus)
+                .map(|i| GpuInventory {
+                    index: i,
+                    uuid: format!("GPU-{id}-{i}"),
+                    name: "H100".to_owned(),
+                    pci_bus_id: String::new(),
+                    memory_total_bytes: None,
+                })
+                .collect(),
+        },
+    )
+    .expect("register");
+    assert!(e.telemetry(now, id, session, vec![]));
+}
+
+/// Nodes n1..=n`count`, sessions 1..=count, 2 GPUs each.
+fn cluster(count: u32) -> Engine {
+    let mut e = Engine::new(config());
+    for i in 1..=count {
+        register(&mut e, &format!("n{i}"), SessionId::from(i), 2, 0);
+    }
+    drain(&mut e);
+    e
+}
+
+fn session_of(id: &str) -> SessionId {
+    id.trim_start_matches('n').parse().expect("node id n<k>")
+}
+
+fn drain(e: &mut Engine) -> Vec<Action> {
+    std::iter::from_fn(|| e.poll_action()).collect()
+}
+
+fn events(actions: &[Action]) -> Vec<(EventKind, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Persist(Change::AppendEvent(ev)) => Some((ev.kind, ev.reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn event(actions: &[Action], kind: EventKind) -> String {
+    events(actions)
+        .into_iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("no {kind:?} event in {:#?}", events(actions)))
+}
+
+fn assignments(actions: &[Action]) -> BTreeMap<String, v1::DesiredAssignment> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendAssignment {
+                node_id,
+                assignment,
+            } => Some((node_id.clone(), assignment.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spec(name: &str, nodes: u32, min: u32, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\ncommand = [\"python3\", \"train.py\"]\nnodes = {nodes}\nmin_nodes = {min}\ngpus_per_node = 2\ncheckpoint_dir = \"/ckpt/{name}\"\ncheckpoint_layout = \"marker:COMPLETE\"\n{extra}"
+    )
+}
+
+fn job<'a>(e: &'a Engine, name: &str) -> &'a Job {
+    e.job(name).expect("job")
+}
+
+/// Every node of the job reports its ranks launched.
+fn launch_all(e: &mut Engine, name: &str, now: Millis) -> Vec<Action> {
+    let (generation, nodes) = {
+        let j = job(e, name);
+        (j.record.generation, j.record.nodes.clone())
+    };
+    for n in &nodes {
+        assert!(e.rank_status(
+            now,
+            n,
+            session_of(n),
+            v1::RankStatus {
+                job: name.to_owned(),
+                generation,
+                running_local_ranks: vec![0, 1],
+                launched: true,
+                launch_error: String::new(),
+            }
+        ));
+    }
+    drain(e)
+}
+
+fn checkpoint(e: &mut Engine, name: &str, node: &str, steps: &[u64], now: Millis) -> Vec<Action> {
+    assert!(e.checkpoints(
+        now,
+        node,
+        session_of(node),
+        v1::CheckpointCatalog {
+            job: name.to_owned(),
+            checkpoints: steps
+                .iter()
+                .map(|s| v1::Checkpoint {
+                    step: *s,
+                    path: format!("/ckpt/{name}/step-{s}"),
+                })
+                .collect(),
+        }
+    ));
+    drain(e)
+}
+
+fn progress(e: &mut Engine, name: &str, node: &str, step: u64, now: Millis) -> bool {
+    let generation = job(e, name).record.generation;
+    e.progress(
+        now,
+        node,
+        session_of(node),
+        v1::JobProgress {
+            job: name.to_owned(),
+            generation,
+            step,
+            tokens: None,
+            loss: None,
+        },
+    )
+}
+
+fn rank_fails(e: &mut Engine, name: &str, node: &str, code: i32, now: Millis) -> Vec<Action> {
+    let generation = job(e, name).record.generation;
+    assert!(e.rank_exited(
+        now,
+        node,
+        session_of(node),
+        v1::RankExited {
+            job: name.to_owned(),
+            generation,
+            rank: 0,
+            local_rank: 0,
+            exit_code: Some(code),
+            signal: None,
+            log_tail: "Traceback\nRuntimeError: boom\n".to_owned(),
+            stopped_by_agent: false,
+        }
+    ));
+    drain(e)
+}
+
+#[test]
+fn a_job_starts_on_nodes_in_stable_order_with_the_torchrun_contract() {
+    let mut e = cluster(5);
+    e.submit_job(1_000, &spec("llm", 4, 2, ""), "alice")
+        .expect("submit");
+    let actions = drain(&mut e);
+    let j = job(&e, "llm");
+    assert_eq!(j.record.state, JobState::Starting);
+    assert_eq!(j.record.nodes, ["n1", "n2", "n3", "n4"]);
+    assert_eq!(j.world_size(), 8);
+    assert!(
+        event(&actions, EventKind::JobStarted).contains("generation 1 on 4 node(s), world size 8")
+    );
+    let sent = assignments(&actions);
+    let a3 = sent["n3"].job.as_ref().expect("n3 runs the job");
+    assert_eq!(sent["n3"].generation, 1);
+    assert_eq!(
+        (a3.node_rank, a3.nnodes, a3.ranks_per_node, a3.world_size),
+        (2, 4, 2, 8)
+    );
+    assert_eq!(a3.master_addr, "addr-n1", "node rank 0 gives MASTER_ADDR");
+    assert_eq!(a3.master_port, 29_500);
+    assert_eq!(a3.gpu_indices, [0, 1]);
+    assert!(a3.resume_from.is_none());
+    assert!(sent["n5"].job.is_none(), "the spare runs nothing");
+    assert_eq!(
+        e.spares().map(|n| n.record.id.as_str()).collect::<Vec<_>>(),
+        ["n5"]
+    );
+
+    let actions = launch_all(&mut e, "llm", 1_250);
+    assert_eq!(job(&e, "llm").record.state, JobState::Running);
+    assert!(event(&actions, EventKind::JobRunning)
+        .contains("every rank launched 250 ms after the fault was reported"));
+}
+
+#[test]
+fn a_failed_node_is_swapped_for_a_spare_then_the_job_shrinks_and_resumes_from_the_newest_checkpoint(
+) {
+    let mut e = cluster(5);
+    e.submit_job(0, &spec("llm", 4, 2, ""), "alice")
+        .expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 10);
+    checkpoint(&mut e, "llm", "n1", &[10, 20], 20);
+
+    // n2 is cordoned: the spare n5 takes its place, same world size.
+    e.cordon(30, "n2", "xid 79", "sup").expect("cordon");
+    let actions = drain(&mut e);
+    let j = job(&e, "llm");
+    assert_eq!(j.record.nodes, ["n1", "n3", "n4", "n5"]);
+    assert_eq!(j.record.state, JobState::Recovering);
+    assert_eq!(j.record.generation, 2);
+    assert_eq!(j.record.restarts, 1);
+    let why = event(&actions, EventKind::JobRestarted);
+    assert!(why.starts_with("node n2 cordoned by sup: xid 79"), "{why}");
+    assert!(why.contains("replaced n2 with n5"), "{why}");
+    assert!(
+        why.contains("resuming from step 20 (/ckpt/llm/step-20)"),
+        "{why}"
+    );
+    let sent = assignments(&actions);
+    assert_eq!(sent["n2"].job, None, "the cordoned node runs nothing");
+    assert!(sent["n2"].generation >= 2, "and must fence generation 1");
+    let resume = sent["n5"]
+        .job
+        .as_ref()
+        .and_then(|a| a.resume_from.clone())
+        .expect("resume");
+    assert_eq!(resume.step, 20);
+    assert_eq!(sent["n1"].generation, 2);
+    assert!(events(&actions)
+        .iter()
+        .any(|(k, r)| *k == EventKind::SparesLow
+            && r == "spare pool at 0 node(s), below its target of 1"));
+    launch_all(&mut e, "llm", 40);
+
+    // n3 fails with no spare left: shrink to 3 nodes.
+    e.cordon(50, "n3", "row remap failure", "sup")
+        .expect("cordon");
+    let actions = drain(&mut e);
+    let j = job(&e, "llm");
+    assert_eq!(j.record.nodes, ["n1", "n4", "n5"]);
+    assert_eq!(j.world_size(), 6);
+    let why = event(&actions, EventKind::JobRestarted);
+    assert!(why.contains("shrunk from 4 to 3 node(s)"), "{why}");
+    assert!(why.contains("world size 6"), "{why}");
+}
+
+#[test]
+fn with_no_valid_world_size_the_job_waits_pending_with_a_reason() {
+    let mut e = cluster(3);
+    // 2 GPUs per node, multiple of 8: needs 4 nodes; only 3 exist.
+    e.submit_job(0, &spec("big", 4, 4, "world_size_multiple = 8\n"), "alice")
+        .expect("submit");
+    let actions = drain(&mut e);
+    let j = job(&e, "big");
+    assert_eq!(j.record.state, JobState::Pending);
+    assert!(j.record.nodes.is_empty());
+    let why = event(&actions, EventKind::JobPending);
+    assert!(
+        why.starts_with("waiting for capacity: needs at least 4 node(s) with 2 GPU(s) each and a world size that is a multiple of 8, 3 available"),
+        "{why}"
+    );
+    assert!(assignments(&actions).values().all(|a| a.job.is_none()));
+
+    // Capacity arrives: the job starts by itself.
+    register(&mut e, "n4", 4, 2, 100);
+    let actions = drain(&mut e);
+    assert_eq!(job(&e, "big").record.state, JobState::Starting);
+    assert_eq!(assignments(&actions).len(), 4);
+}
+
+#[test]
+fn a_shrunk_job_grows_back_right_after_its_next_checkpoint() {
+    let mut e = cluster(3);
+    e.submit_job(0, &spec("llm", 3, 2, ""), "alice")
+        .expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 1);
+    e.cordon(2, "n3", "bad", "op").expect("cordon");
+    drain(&mut e);
+    assert_eq!(job(&e, "llm").record.nodes, ["n1", "n2"]);
+    launch_all(&mut e, "llm", 3);
+
+    // Capacity returns; nothing happens until a checkpoint makes the
+    // restart cheap.
+    e.uncordon(4, "n3", "op", "fixed").expect("uncordon");
+    assert!(assignments(&drain(&mut e))
+        .values()
+        .all(|a| a.generation != 3 || a.job.is_none()));
+    assert_eq!(job(&e, "llm").record.nodes.len(), 2);
+    let actions = checkpoint(&mut e, "llm", "n1", &[50], 5);
+    let j = job(&e, "llm");
+    assert_eq!(j.record.nodes, ["n1", "n2", "n3"]);
+    assert_eq!(j.record.restarts, 1, "growing back is not a failure");
+    let why = event(&actions, EventKind::JobRestarted);
+    assert!(
+        why.starts_with("growing back from 2 to 3 node(s) right after checkpoint step 50"),
+        "{why}"
+    );
+    assert!(why.contains("resuming from step 50"), "{why}");
+}
+
+#[test]
+fn restarts_without_progress_fail_the_job_as_a_crash_loop_and_keep_the_spares() {
+    let mut e = cluster(3);
+    e.submit_job(0, &spec("flaky", 2, 2, ""), "alice")
+        .expect("submit");
+    drain(&mut e);
+    for i in 0..2 {
+        launch_all(&mut e, "flaky", 10 * i);
+        rank_fails(&mut e, "flaky", "n1", 1, 10 * i + 5);
+        assert_eq!(job(&e, "flaky").record.state, JobState::Recovering);
+    }
+    launch_all(&mut e, "flaky", 30);
+    let actions = rank_fails(&mut e, "flaky", "n1", 1, 35);
+    let j = job(&e, "flaky");
+    assert_eq!(j.record.state, JobState::Failed);
+    assert!(j.record.nodes.is_empty());
+    let why = event(&actions, EventKind::JobFailed);
+    assert!(
+        why.starts_with("crash loop: 3 restarts in a row without a new checkpoint or step advance; last failure: rank 0 (node n1, local rank 0) exited with code 1: RuntimeError: boom"),
+        "{why}"
+    );
+    assert!(assignments(&actions).values().all(|a| a.job.is_none()));
+    assert_eq!(e.spares().count(), 3);
+}
+
+#[test]
+fn progress_between_failures_is_not_a_crash_loop_but_the_restart_budget_still_ends_it() {
+    let mut e = cluster(2);
+    e.submit_job(0, &spec("long", 2, 2, "max_restarts = 2\n"), "alice")
+        .expect("submit");
+    drain(&mut e);
+    for i in 0..2u64 {
+        launch_all(&mut e, "long", i as i64 * 100);
+        assert!(progress(
+            &mut e,
+            "long",
+            "n1",
+            (i + 1) * 10,
+            i as i64 * 100 + 50
+        ));
+        rank_fails(&mut e, "long", "n2", 137, i as i64 * 100 + 60);
+        assert_eq!(job(&e, "long").record.state, JobState::Recovering);
+    }
+    launch_all(&mut e, "long", 300);
+    assert!(progress(&mut e, "long", "n1", 30, 350));
+    let actions = rank_fails(&mut e, "long", "n2", 137, 360);
+    let j = job(&e, "long");
+    assert_eq!(j.record.state, JobState::Failed);
+    let why = event(&actions, EventKind::JobFailed);
+    assert!(
+        why.starts_with("restart budget exhausted: 3 restarts (max_restarts 2)"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_normal_job_preempts_a_low_priority_job_on_the_spares() {
+    let mut e = cluster(4);
+    e.submit_job(0, &spec("prod", 2, 2, ""), "alice")
+        .expect("submit");
+    e.submit_job(1, &spec("batch", 2, 1, "priority = \"low\"\n"), "bob")
+        .expect("submit");
+    drain(&mut e);
+    assert_eq!(job(&e, "prod").record.nodes, ["n1", "n2"]);
+    assert_eq!(job(&e, "batch").record.nodes, ["n3", "n4"]);
+    assert_eq!(
+        e.spares().count(),
+        2,
+        "nodes of a preemptible job count as spares"
+    );
+    launch_all(&mut e, "prod", 2);
+    launch_all(&mut e, "batch", 2);
+
+    e.cordon(10, "n1", "xid 48", "sup").expect("cordon");
+    let actions = drain(&mut e);
+    assert_eq!(job(&e, "prod").record.nodes, ["n2", "n3"]);
+    assert_eq!(
+        job(&e, "batch").record.nodes,
+        ["n4"],
+        "shrunk to its minimum"
+    );
+    assert_eq!(
+        job(&e, "batch").record.restarts,
+        0,
+        "preemption is not its failure"
+    );
+    assert!(event(&actions, EventKind::JobPreempted).contains("node n3 taken by job 'prod'"));
+    let sent = assignments(&actions);
+    assert_eq!(
+        sent["n3"].job.as_ref().map(|a| a.job.as_str()),
+        Some("prod")
+    );
+}
+
+#[test]
+fn reports_from_an_old_generation_are_ignored() {
+    let mut e = cluster(3);
+    e.submit_job(0, &spec("llm", 2, 2, ""), "alice")
+        .expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 1);
+    e.cordon(2, "n2", "bad", "op").expect("cordon");
+    drain(&mut e);
+    let generation = job(&e, "llm").record.generation;
+    assert_eq!(generation, 2);
+    // A rank of generation 1 on n1 dies late: nothing happens.
+    assert!(!e.rank_exited(
+        3,
+        "n1",
+        1,
+        v1::RankExited {
+            job: "llm".into(),
+            generation: 1,
+            exit_code: Some(1),
+            ..Default::default()
+        }
+    ));
+    assert!(!e.progress(
+        3,
+        "n1",
+        1,
+        v1::JobProgress {
+            job: "llm".into(),
+            generation: 1,
+            step: 999,
+            ..Default::default()
+        }
+    ));
+    assert!(drain(&mut e).is_empty());
+    assert_eq!(job(&e, "llm").record.restarts, 1);
+    assert_eq!(job(&e, "llm").record.best_step, None);
+}
+
+#[test]
+fn an_unreachable_node_is_replaced_only_when_the_job_stalls_or_the_grace_passes() {
+    let mut e = cluster(4);
+    e.submit_job(0, &spec("llm", 3, 2, ""), "alice")
+        .expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 0);
+    // Everyone but n2 keeps reporting.
+    for t in [10_000, 20_000, 30_000] {
+        for n in ["n1", "n3", "n4"] {
+            assert!(e.telemetry(t, n, session_of(n), vec![]));
+        }
+    }
+    e.handle_timeout(GRACE);
+    drain(&mut e);
+    assert_eq!(e.node("n2").expect("n2").state(), NodeState::Unreachable);
+    // The job still progresses (a partition of supd from n2 alone): wait.
+    assert!(progress(&mut e, "llm", "n1", 5, GRACE + 1_000));
+    e.handle_timeout(GRACE + 10_000);
+    assert!(events(&drain(&mut e))
+        .iter()
+        .all(|(k, _)| *k != EventKind::JobRestarted));
+    assert_eq!(job(&e, "llm").record.generation, 1);
+    // Past the lost-node grace it is replaced regardless.
+    for n in ["n1", "n3", "n4"] {
+        assert!(e.telemetry(GRACE + 55_000, n, session_of(n), vec![]));
+    }
+    e.handle_timeout(GRACE + 60_000);
+    let actions = drain(&mut e);
+    let why = event(&actions, EventKind::JobRestarted);
+    assert!(why.starts_with("node n2 lost: unreachable for"), "{why}");
+    assert_eq!(job(&e, "llm").record.nodes, ["n1", "n3", "n4"]);
+}
+
+#[test]
+fn an_unreachable_node_of_a_stalled_job_is_replaced_after_the_short_confirmation() {
+    let mut e = cluster(3);
+    e.submit_job(0, &spec("llm", 2, 2, ""), "alice")
+        .expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 0);
+    assert!(e.telemetry(20_000, "n1", 1, vec![]));
+    assert!(e.telemetry(20_000, "n3", 3, vec![]));
+    e.handle_timeout(GRACE);
+    drain(&mut e);
+    assert_eq!(
+        e.poll_timeout(),
+        Some(GRACE + 5_000),
+        "wakes for the confirmation"
+    );
+    e.handle_timeout(GRACE + 5_000);
+    let actions = drain(&mut e);
+    let why = event(&actions, EventKind::JobRestarted);
+    assert!(
+        why.starts_with("node n2 lost: unreachable and the job has made no progress since"),
+        "{why}"
+    );
+    assert_eq!(job(&e, "llm").record.nodes, ["n1", "n3"]);
+}
+
+#[test]
+fn every_rank_exiting_zero_is_success_and_frees_the_nodes() {
+    let mut e = cluster(2);
+    e.submit_job(0, &spec("done", 2, 2, ""), "alice")
+        .expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "done", 0);
+    let generation = job(&e, "done").record.generation;
+    for n in ["n1", "n2"] {
+        for local in 0..2 {
+            e.rank_exited(
+                5,
+                n,
+                session_of(n),
+                v1::RankExited {
+                    job: "done".into(),
+                    generation,
+                    local_rank: local,
+                    exit_code: Some(0),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    let actions = drain(&mut e);
+    assert_eq!(job(&e, "done").record.state, JobState::Succeeded);
+    assert_eq!(
+        event(&actions, EventKind::JobSucceeded),
+        "every rank of generation 1 exited 0"
+    );
+    assert!(assignments(&actions).values().all(|a| a.job.is_none()));
+}
+
+#[test]
+fn bad_specs_and_duplicates_are_rejected_and_change_nothing() {
+    let mut e = cluster(2);
+    let err = e
+        .submit_job(0, &spec("x", 2, 3, ""), "alice")
+        .expect_err("min_nodes > nodes");
+    assert!(err.to_string().contains("min_nodes"), "{err}");
+    e.submit_job(0, &spec("x", 2, 2, ""), "alice")
+        .expect("submit");
+    drain(&mut e);
+    assert_eq!(
+        e.submit_job(1, &spec("x", 2, 2, ""), "alice"),
+        Err(EngineError::DuplicateJob("x".into()))
+    );
+    assert!(drain(&mut e).is_empty());
+    let (changed, _) = e.stop_job(2, "x", "alice", "done for today").expect("stop");
+    assert!(changed);
+    assert_eq!(
+        job(&e, "x").record.reason,
+        "stopped by alice: done for today"
+    );
+    assert!(e.stop_job(3, "nope", "alice", "").is_err());
+}
+
+#[test]
+fn restore_keeps_jobs_and_generations_only_grow() {
+    let mut e = cluster(3);
+    e.submit_job(0, &spec("llm", 2, 2, ""), "alice")
+        .expect("submit");
+    drain(&mut e);
+    e.cordon(1, "n1", "bad", "op").expect("cordon");
+    drain(&mut e);
+    let persisted = Persisted {
+        nodes: e.nodes().map(|n| n.record.clone()).collect(),
+        events: e.events().cloned().collect(),
+        jobs: e.jobs().map(|j| j.record.clone()).collect(),
+        breaker: None,
+    };
+    let mut r = Engine::restore(config(), persisted, 100);
+    assert_eq!(job(&r, "llm").record.nodes, ["n2", "n3"]);
+    assert_eq!(job(&r, "llm").record.generation, 2);
+    // The agents reconnect: each is told the same generation again (no
+    // restart of a healthy job), and a new decision gets a higher one.
+    register(&mut r, "n2", 12, 2, 101);
+    let sent = assignments(&drain(&mut r));
+    assert_eq!(sent["n2"].generation, 2);
+    register(&mut r, "n3", 13, 2, 101);
+    drain(&mut r);
+    assert_eq!(job(&r, "llm").record.restarts, 1);
+    r.cordon(102, "n3", "bad", "op").expect("cordon");
+    let sent = assignments(&drain(&mut r));
+    assert_eq!(job(&r, "llm").record.state, JobState::Pending);
+    assert!(
+        sent["n2"].generation > 2 && sent["n2"].job.is_none(),
+        "{sent:?}"
+    );
+}
+
+// -- GPU health ---------------------------------------------------------------
+
+fn verdict(index: u32, health: v1::GpuHealth, reason: &str) -> v1::GpuVerdict {
+    v1::GpuVerdict {
+        index,
+        uuid: String::new(),
+        health: health as i32,
+        reason: reason.to_owned(),
+        evidence: vec!["nvml: xid event".to_owned()],
+        recovery_action: 0,
+        drill: false,
+    }
+}
+
+fn xid(index: u32, code: u32, application: bool, at: Millis) -> v1::XidEvent {
+    v1::XidEvent {
+        gpu_index: index,
+        uuid: String::new(),
+        xid: code,
+        at_unix_ms: at,
+        source: "nvml".to_owned(),
+        detail: String::new(),
+        application,
+    }
+}
+
+fn report(
+    e: &mut Engine,
+    node: &str,
+    now: Millis,
+    verdicts: Vec<v1::GpuVerdict>,
+    xids: Vec<v1::XidEvent>,
+) -> Vec<Action> {
+    assert!(e.health(
+        now,
+        node,
+        session_of(node),
+        v1::HealthReport {
+            verdicts,
+            xids,
+            visible_gpus: None
+        }
+    ));
+    drain(e)
+}
+
+#[test]
+fn a_failed_gpu_cordons_its_whole_node_naming_the_gpu_and_the_xid() {
+    let mut e = cluster(3);
+    let actions = report(
+        &mut e,
+        "n2",
+        5,
+        vec![
+            verdict(0, v1::GpuHealth::Ok, ""),
+            verdict(
+                1,
+                v1::GpuHealth::Failed,
+                "Xid 79 (GPU has fallen off the bus): power-cycle the node",
+            ),
+        ],
+        vec![xid(1, 79, false, 5)],
+    );
+    let n2 = e.node("n2").expect("n2");
+    assert_eq!(n2.state(), NodeState::Cordoned);
+    let cordon = n2.record.cordon.as_ref().expect("cordoned");
+    assert_eq!(cordon.by, "sup");
+    assert_eq!(
+        cordon.reason,
+        "GPU 1 (GPU-n2-1) failed: Xid 79 (GPU has fallen off the bus): power-cycle the node (evidence: nvml: xid event)"
+    );
+    assert!(event(&actions, EventKind::GpuXid).starts_with("Xid 79 on GPU 1 from nvml"));
+    assert!(
+        event(&actions, EventKind::GpuHealthChanged).starts_with("GPU 1 (GPU-n2-1) ok → failed")
+    );
+}
+
+#[test]
+fn a_degraded_gpu_makes_the_node_suspect_without_a_cordon() {
+    let mut e = cluster(2);
+    report(
+        &mut e,
+        "n1",
+        5,
+        vec![verdict(0, v1::GpuHealth::Degraded, "PCIe x8 of x16")],
+        vec![],
+    );
+    let n1 = e.node("n1").expect("n1");
+    assert_eq!(n1.state(), NodeState::Suspect);
+    assert!(n1.record.cordon.is_none());
+    assert_eq!(e.spares().count(), 1, "a suspect node is no spare");
+}
+
+#[test]
+fn the_same_application_xid_on_many_nodes_is_a_software_fault_and_cordons_nothing() {
+    let mut e = cluster(4);
+    let one = report(&mut e, "n1", 1, vec![], vec![xid(0, 13, true, 1)]);
+    assert!(events(&one)
+        .iter()
+        .all(|(k, _)| *k != EventKind::CorrelatedFault));
+    // Half of the nodes (the default share) within the window.
+    let actions = report(&mut e, "n2", 2, vec![], vec![xid(0, 13, true, 2)]);
+    let why = event(&actions, EventKind::CorrelatedFault);
+    assert!(why.starts_with("Xid 13 on 2 of 4 nodes within 1m"), "{why}");
+    // Reported once per window, not once per node.
+    let more = report(&mut e, "n3", 3, vec![], vec![xid(1, 13, true, 3)]);
+    assert!(events(&more)
+        .iter()
+        .all(|(k, _)| *k != EventKind::CorrelatedFault));
+    assert!(why.contains("no node cordoned"), "{why}");
+    assert!(e.nodes().all(|n| n.record.cordon.is_none()));
+}
+
+#[test]
+fn the_breaker_stops_automatic_cordons_and_an_operator_reset_applies_the_held_ones() {
+    let mut e = Engine::new(EngineConfig {
+        breaker_min_cordons: 2,
+        breaker_max_share: 0.0,
+        ..config()
+    });
+    for i in 1..=5 {
+        register(&mut e, &format!("n{i}"), i, 2, 0);
+    }
+    drain(&mut e);
+    let fail = |e: &mut Engine, n: &str, t| {
+        report(
+            e,
+            n,
+            t,
+            vec![verdict(0, v1::GpuHealth::Failed, "Xid 48")],
+            vec![],
+        )
+    };
+    fail(&mut e, "n1", 1);
+    fail(&mut e, "n2", 2);
+    let actions = fail(&mut e, "n3", 3);
+    assert!(e.breaker().open);
+    assert!(event(&actions, EventKind::BreakerOpened)
+        .starts_with("3 automatic cordons within 10m would exceed the limit of 2"));
+    assert!(
+        e.node("n3").expect("n3").record.cordon.is_none(),
+        "held back"
+    );
+    assert_eq!(e.node("n3").expect("n3").state(), NodeState::Suspect);
+
+    // Operators can still cordon by hand.
+    e.cordon(4, "n4", "manual", "op").expect("cordon");
+    let (changed, _) = e.reset_breaker(5, "op", "driver fixed").expect("reset");
+    assert!(changed);
+    let actions = drain(&mut e);
+    assert!(!e.breaker().open);
+    assert!(event(&actions, EventKind::BreakerReset).starts_with("breaker reset by op"));
+    assert_eq!(e.node("n3").expect("n3").state(), NodeState::Cordoned);
+}
+
+#[test]
+fn drills_need_a_connected_node_and_a_real_gpu() {
+    let mut e = cluster(2);
+    let drill = |gpu, code| v1::Drill {
+        gpu_index: gpu,
+        fault: Some(v1::drill::Fault::Xid(code)),
+        by: String::new(),
+    };
+    let msg = e.drill(1, "n1", drill(0, 79), "alice").expect("drill");
+    assert!(msg.contains("Xid 79 on GPU 0"), "{msg}");
+    let actions = drain(&mut e);
+    assert!(actions.iter().any(|a| matches!(a, Action::SendDrill { node_id, drill } if node_id == "n1" && drill.by == "alice")));
+    assert_eq!(
+        event(&actions, EventKind::Drill),
+        "drill by alice: Xid 79 on GPU 0 injected"
+    );
+    assert!(matches!(
+        e.drill(1, "n1", drill(7, 79), "a"),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        e.drill(1, "zz", drill(0, 79), "a"),
+        Err(EngineError::UnknownNode(_))
+    ));
+    e.disconnected(2, "n2", 2);
+    assert!(matches!(
+        e.drill(3, "n2", drill(0, 79), "a"),
+        Err(EngineError::FailedPrecondition(_))
+    ));
+}

@@ -1,0 +1,286 @@
+//! The job spec: what `supctl job submit FILE` sends, parsed and checked
+//! before anything is scheduled. Field names are a contract (README).
+//! Every rejection names the field at fault.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Environment names the agent sets for every rank; a job may not override
+/// them, or ranks would disagree about who they are.
+pub const RESERVED_ENV: &[&str] = &[
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS",
+    "TORCHELASTIC_RUN_ID",
+    "CUDA_VISIBLE_DEVICES",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Normal,
+    /// Preemptible: may run on spare nodes, shrunk or stopped when a normal
+    /// job needs them.
+    Low,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Desired number of nodes.
+    pub nodes: u32,
+    /// Below this the job waits instead of running. Default: `nodes`.
+    #[serde(default)]
+    pub min_nodes: Option<u32>,
+    /// Ranks launched per node.
+    #[serde(default = "default_gpus_per_node")]
+    pub gpus_per_node: u32,
+    /// Valid world sizes are multiples of this (e.g. tensor × pipeline
+    /// parallel degree).
+    #[serde(default = "one")]
+    pub world_size_multiple: u32,
+    pub checkpoint_dir: String,
+    /// dcp | megatron | orbax | marker:FILENAME
+    #[serde(default = "default_layout")]
+    pub checkpoint_layout: String,
+    #[serde(default = "default_priority")]
+    pub priority: Priority,
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_gpus_per_node() -> u32 {
+    8
+}
+fn one() -> u32 {
+    1
+}
+fn default_layout() -> String {
+    "dcp".to_owned()
+}
+fn default_priority() -> Priority {
+    Priority::Normal
+}
+fn default_max_restarts() -> u32 {
+    20
+}
+
+const MAX_SPEC_BYTES: usize = 64 * 1024;
+
+impl JobSpec {
+    pub fn min_nodes(&self) -> u32 {
+        self.min_nodes.unwrap_or(self.nodes)
+    }
+
+    /// Whether `nodes` nodes make a world size the job can run at.
+    pub fn valid_node_count(&self, nodes: u32) -> bool {
+        nodes >= self.min_nodes()
+            && nodes <= self.nodes
+            && (u64::from(nodes) * u64::from(self.gpus_per_node))
+                % u64::from(self.world_size_multiple)
+                == 0
+    }
+
+    /// The largest valid node count not above `available`.
+    pub fn best_node_count(&self, available: u32) -> Option<u32> {
+        (self.min_nodes()..=self.nodes.min(available))
+            .rev()
+            .find(|&n| self.valid_node_count(n))
+    }
+
+    /// Parses and checks a spec; the error names the field.
+    pub fn parse(text: &str) -> Result<JobSpec, String> {
+        if text.len() > MAX_SPEC_BYTES {
+            return Err(format!("job spec is larger than {MAX_SPEC_BYTES} bytes"));
+        }
+        let spec: JobSpec =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || self.name.len() > 63
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(format!(
+                "name: '{}' must be 1-63 characters of letters, digits, '-', '_' and '.'",
+                self.name
+            ));
+        }
+        match self.command.first() {
+            None => return Err("command: must name a program to run".to_owned()),
+            Some(p) if p.trim().is_empty() => {
+                return Err("command: the program (first element) is empty".to_owned())
+            }
+            _ => {}
+        }
+        if self.nodes == 0 {
+            return Err("nodes: must be at least 1".to_owned());
+        }
+        if let Some(min) = self.min_nodes {
+            if min == 0 {
+                return Err("min_nodes: must be at least 1".to_owned());
+            }
+            if min > self.nodes {
+                return Err(format!(
+                    "min_nodes: {min} is more than nodes ({})",
+                    self.nodes
+                ));
+            }
+        }
+        if self.gpus_per_node == 0 || self.gpus_per_node > 64 {
+            return Err("gpus_per_node: must be between 1 and 64".to_owned());
+        }
+        if self.world_size_multiple == 0 {
+            return Err("world_size_multiple: must be at least 1".to_owned());
+        }
+        if self.best_node_count(self.nodes).is_none() {
+            let sizes: Vec<String> = (self.min_nodes()..=self.nodes)
+                .map(|n| (n * self.gpus_per_node).to_string())
+                .collect();
+            return Err(format!(
+                "world_size_multiple: {} divides none of the possible world sizes ({}) from min_nodes {} to nodes {} at gpus_per_node {}",
+                self.world_size_multiple,
+                sizes.join(", "),
+                self.min_nodes(),
+                self.nodes,
+                self.gpus_per_node
+            ));
+        }
+        if !self.checkpoint_dir.starts_with('/') {
+            return Err(format!(
+                "checkpoint_dir: '{}' must be an absolute path (ranks and agents resolve it on every node)",
+                self.checkpoint_dir
+            ));
+        }
+        match self.checkpoint_layout.as_str() {
+            "dcp" | "megatron" | "orbax" => {}
+            other => match other.strip_prefix("marker:") {
+                Some(file) if !file.is_empty() && !file.contains('/') => {}
+                _ => {
+                    return Err(format!(
+                        "checkpoint_layout: '{other}' is not one of dcp, megatron, orbax, marker:FILENAME"
+                    ))
+                }
+            },
+        }
+        if let Some(dir) = &self.workdir {
+            if !dir.starts_with('/') {
+                return Err(format!("workdir: '{dir}' must be an absolute path"));
+            }
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(format!("env: '{key}' is not a valid variable name"));
+            }
+            if RESERVED_ENV.contains(&key.as_str()) || key.starts_with("SUP_") {
+                return Err(format!(
+                    "env: {key} is set by sup for every rank and cannot be overridden"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "llm-7b"
+command = ["python3", "train.py", "--config", "7b.yaml"]
+workdir = "/srv/llm"
+nodes = 4
+min_nodes = 2
+gpus_per_node = 8
+world_size_multiple = 8
+checkpoint_dir = "/mnt/ckpt/llm-7b"
+checkpoint_layout = "dcp"
+priority = "normal"
+max_restarts = 20
+[env]
+NCCL_DEBUG = "WARN"
+"#;
+
+    fn err(text: &str) -> String {
+        JobSpec::parse(text).expect_err("must be rejected")
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let spec = JobSpec::parse(GOOD).expect("valid");
+        assert_eq!(spec.min_nodes(), 2);
+        assert_eq!(spec.env.get("NCCL_DEBUG").map(String::as_str), Some("WARN"));
+        assert_eq!(spec.best_node_count(3), Some(3));
+        assert_eq!(spec.best_node_count(1), None);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert!(err(&GOOD.replace("nodes = 4", "nodes = 4\nbogus = 1")).contains("bogus"));
+        assert!(err(&GOOD.replace("min_nodes = 2", "min_nodes = 5")).starts_with("min_nodes"));
+        assert!(err(&GOOD.replace(
+            "command = [\"python3\", \"train.py\", \"--config\", \"7b.yaml\"]",
+            "command = []"
+        ))
+        .starts_with("command"));
+        assert!(
+            err(&GOOD.replace("\"/mnt/ckpt/llm-7b\"", "\"ckpt\"")).starts_with("checkpoint_dir")
+        );
+        assert!(err(&GOOD.replace("\"dcp\"", "\"zip\"")).starts_with("checkpoint_layout"));
+        assert!(err(&GOOD.replace("NCCL_DEBUG", "RANK")).contains("RANK"));
+        assert!(err(&GOOD.replace("name = \"llm-7b\"", "name = \"bad name\"")).starts_with("name"));
+        let missing = err(&GOOD.replace("checkpoint_dir = \"/mnt/ckpt/llm-7b\"\n", ""));
+        assert!(missing.contains("checkpoint_dir"), "{missing}");
+    }
+
+    #[test]
+    fn a_world_size_that_can_never_be_valid_is_rejected() {
+        let text = GOOD
+            .replace("gpus_per_node = 8", "gpus_per_node = 2")
+            .replace("world_size_multiple = 8", "world_size_multiple = 16");
+        let e = err(&text);
+        assert!(e.starts_with("world_size_multiple"), "{e}");
+        assert!(e.contains("4, 6, 8"), "{e}");
+    }
+
+    #[test]
+    fn shrinking_respects_the_multiple() {
+        let spec =
+            JobSpec::parse(&GOOD.replace("gpus_per_node = 8", "gpus_per_node = 4")).expect("valid");
+        // 4 GPUs per node, multiple of 8: only even node counts.
+        assert_eq!(spec.best_node_count(4), Some(4));
+        assert_eq!(spec.best_node_count(3), Some(2));
+        assert_eq!(spec.best_node_count(1), None);
+    }
+}
