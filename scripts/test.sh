@@ -22,5 +22,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries for the end-to-end tests)"
 cargo build --workspace --bins --locked
+echo "== example trainer tests (python3, standard library)"
+python3 -m unittest discover -s examples/trainer -p 'test_*.py' -v 2>&1 | tail -n 25
 echo "== cargo test"
 cargo test --workspace --locked
