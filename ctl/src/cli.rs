@@ -1,9 +1,11 @@
 //! Command-line arguments. Validation that needs no server happens here, so
 //! bad input is a usage error (exit 2) before any connection is made.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sup_proto::v1;
 
 use crate::error::EXIT_STATUS_HELP;
 
@@ -61,7 +63,7 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Cluster overview: counts, nodes that need attention, all nodes
+    /// Cluster overview: what needs attention, then jobs and nodes
     Status,
     /// List nodes
     Nodes,
@@ -104,6 +106,170 @@ pub enum Command {
         #[arg(long, value_name = "SEQ", default_value_t = 0)]
         after: u64,
     },
+    /// List jobs
+    Jobs,
+    /// Submit, stop or describe one job
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// List a job's complete checkpoints, oldest first
+    Checkpoints {
+        /// Job name
+        #[arg(value_name = "JOB", value_parser = non_empty)]
+        job: String,
+    },
+    /// Show the tail of one rank's output
+    Logs {
+        /// Job name
+        #[arg(value_name = "JOB", value_parser = non_empty)]
+        job: String,
+        /// Global rank whose output to show
+        #[arg(long, value_name = "R")]
+        rank: u32,
+        /// How many of the last lines to show
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        lines: u32,
+    },
+    /// Inject a simulated GPU fault for a game day
+    ///
+    /// supd passes the fault to the node's agent, which feeds it to its
+    /// detector as if NVML had reported it; the resulting verdict, cordon and
+    /// events are marked as a drill. Agents accept drills only when started
+    /// with --allow-drills.
+    #[command(subcommand)]
+    Drill(DrillCommand),
+    /// The circuit breaker that stops automatic cordons
+    #[command(subcommand)]
+    Breaker(BreakerCommand),
+    /// Print a shell completion script to stdout
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+const COMPLETIONS_HELP: &str = "\
+Examples:
+  supctl completions bash > /etc/bash_completion.d/supctl
+  supctl completions zsh > \"${fpath[1]}/_supctl\"
+  supctl completions fish > ~/.config/fish/completions/supctl.fish";
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job from its TOML spec (supd validates it)
+    Submit {
+        /// The job spec file; `-` reads it from standard input
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Who submits [default: $SUP_USER, else $USER, else "operator"]
+        #[arg(long, value_name = "NAME", value_parser = non_empty)]
+        by: Option<String>,
+    },
+    /// Stop a job: its ranks get SIGTERM, then SIGKILL after the grace period
+    Stop {
+        /// Job name
+        #[arg(value_parser = non_empty)]
+        name: String,
+        /// Why (recorded in the event log)
+        #[arg(long, value_parser = non_empty)]
+        reason: Option<String>,
+        /// Who stops it [default: $SUP_USER, else $USER, else "operator"]
+        #[arg(long, value_name = "NAME", value_parser = non_empty)]
+        by: Option<String>,
+    },
+    /// Show one job: state, nodes in rank order, newest checkpoint, spec
+    Describe {
+        /// Job name
+        #[arg(value_parser = non_empty)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// Report an Xid on one GPU as if NVML had seen it
+    Xid {
+        #[command(flatten)]
+        target: DrillTarget,
+        /// The Xid code, e.g. 79 (GPU has fallen off the bus)
+        #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u32).range(1..))]
+        xid: u32,
+    },
+    /// Report a GPU recovery action as if NVML had returned it
+    RecoveryAction {
+        #[command(flatten)]
+        target: DrillTarget,
+        /// The recovery action the GPU asks for
+        #[arg(long, value_enum)]
+        action: RecoveryActionArg,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DrillTarget {
+    /// Node id
+    #[arg(long, value_name = "ID", value_parser = non_empty)]
+    pub node: String,
+    /// GPU index on that node
+    #[arg(long, value_name = "N")]
+    pub gpu: u32,
+    /// Who runs the drill [default: $SUP_USER, else $USER, else "operator"]
+    #[arg(long, value_name = "NAME", value_parser = non_empty)]
+    pub by: Option<String>,
+}
+
+/// NVML's GPU recovery actions, spelled for the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RecoveryActionArg {
+    None,
+    GpuReset,
+    NodeReboot,
+    DrainP2p,
+    DrainAndReset,
+}
+
+impl From<RecoveryActionArg> for v1::RecoveryAction {
+    fn from(a: RecoveryActionArg) -> Self {
+        match a {
+            RecoveryActionArg::None => v1::RecoveryAction::None,
+            RecoveryActionArg::GpuReset => v1::RecoveryAction::GpuReset,
+            RecoveryActionArg::NodeReboot => v1::RecoveryAction::NodeReboot,
+            RecoveryActionArg::DrainP2p => v1::RecoveryAction::DrainP2p,
+            RecoveryActionArg::DrainAndReset => v1::RecoveryAction::DrainAndReset,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BreakerCommand {
+    /// Close the breaker so automatic cordons resume
+    Reset {
+        /// Why (recorded in the event log)
+        #[arg(long, value_parser = non_empty)]
+        reason: Option<String>,
+        /// Who resets it [default: $SUP_USER, else $USER, else "operator"]
+        #[arg(long, value_name = "NAME", value_parser = non_empty)]
+        by: Option<String>,
+    },
+}
+
+/// The shells supctl writes completions for. Our own list rather than
+/// clap_complete's, so `--help` offers only the shells we document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl From<CompletionShell> for clap_complete::Shell {
+    fn from(s: CompletionShell) -> Self {
+        match s {
+            CompletionShell::Bash => clap_complete::Shell::Bash,
+            CompletionShell::Zsh => clap_complete::Shell::Zsh,
+            CompletionShell::Fish => clap_complete::Shell::Fish,
+        }
+    }
 }
 
 /// `--by` when not given. A function of the environment lookup so it can be
@@ -234,6 +400,116 @@ mod tests {
             "bob"
         );
         assert_eq!(default_operator(env(&[])), "operator");
+    }
+
+    #[test]
+    fn job_commands_parse_with_defaults() {
+        let cli = parse(&["job", "submit", "-"]).unwrap();
+        match cli.command {
+            Command::Job(JobCommand::Submit { file, by }) => {
+                assert_eq!(file, PathBuf::from("-"));
+                assert_eq!(by, None);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = parse(&["job", "stop", "llm", "--reason", " done "]).unwrap();
+        match cli.command {
+            Command::Job(JobCommand::Stop { name, reason, by }) => {
+                assert_eq!(name, "llm");
+                assert_eq!(reason.as_deref(), Some("done"));
+                assert_eq!(by, None);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert_eq!(
+            parse(&["job"]).unwrap_err().kind(),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        assert_eq!(
+            parse(&["job", "describe"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn logs_need_a_rank_and_default_to_100_lines() {
+        assert_eq!(
+            parse(&["logs", "llm"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        match parse(&["logs", "llm", "--rank", "7"]).unwrap().command {
+            Command::Logs { job, rank, lines } => {
+                assert_eq!((job.as_str(), rank, lines), ("llm", 7, 100));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse(&["logs", "llm", "--rank", "7", "--lines", "0"]).is_err());
+    }
+
+    #[test]
+    fn drills_take_node_gpu_and_a_fault() {
+        let cli = parse(&["drill", "xid", "--node", "n1", "--gpu", "3", "--xid", "79"]).unwrap();
+        match cli.command {
+            Command::Drill(DrillCommand::Xid { target, xid }) => {
+                assert_eq!((target.node.as_str(), target.gpu, xid), ("n1", 3, 79));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        for (name, action) in [
+            ("none", v1::RecoveryAction::None),
+            ("gpu-reset", v1::RecoveryAction::GpuReset),
+            ("node-reboot", v1::RecoveryAction::NodeReboot),
+            ("drain-p2p", v1::RecoveryAction::DrainP2p),
+            ("drain-and-reset", v1::RecoveryAction::DrainAndReset),
+        ] {
+            let args = [
+                "drill",
+                "recovery-action",
+                "--node",
+                "n1",
+                "--gpu",
+                "0",
+                "--action",
+                name,
+            ];
+            match parse(&args).unwrap().command {
+                Command::Drill(DrillCommand::RecoveryAction { action: a, .. }) => {
+                    assert_eq!(v1::RecoveryAction::from(a), action, "{name}");
+                }
+                other => panic!("parsed as {other:?}"),
+            }
+        }
+        let bad = parse(&[
+            "drill",
+            "recovery-action",
+            "--node",
+            "n1",
+            "--gpu",
+            "0",
+            "--action",
+            "reboot",
+        ])
+        .unwrap_err();
+        assert_eq!(bad.kind(), ErrorKind::InvalidValue);
+        assert!(parse(&["drill", "xid", "--node", "n1", "--gpu", "0", "--xid", "0"]).is_err());
+        assert!(parse(&["drill", "xid", "--node", "", "--gpu", "0", "--xid", "79"]).is_err());
+    }
+
+    #[test]
+    fn completions_offer_bash_zsh_and_fish() {
+        for (name, shell) in [
+            ("bash", clap_complete::Shell::Bash),
+            ("zsh", clap_complete::Shell::Zsh),
+            ("fish", clap_complete::Shell::Fish),
+        ] {
+            match parse(&["completions", name]).unwrap().command {
+                Command::Completions { shell: s } => {
+                    assert_eq!(clap_complete::Shell::from(s), shell)
+                }
+                other => panic!("parsed as {other:?}"),
+            }
+        }
+        assert!(parse(&["completions", "powershell"]).is_err());
     }
 
     #[test]

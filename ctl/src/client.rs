@@ -73,6 +73,53 @@ impl Client {
         self.answer(res).map(|r| r.events)
     }
 
+    pub async fn submit_job(
+        &mut self,
+        req: v1::SubmitJobRequest,
+    ) -> Result<v1::JobResponse, CtlError> {
+        let res = self.inner.submit_job(req).await;
+        self.answer(res)
+    }
+
+    pub async fn stop_job(&mut self, req: v1::StopJobRequest) -> Result<v1::JobResponse, CtlError> {
+        let res = self.inner.stop_job(req).await;
+        self.answer(res)
+    }
+
+    pub async fn job(&mut self, name: &str) -> Result<v1::Job, CtlError> {
+        let req = v1::GetJobRequest {
+            name: name.to_owned(),
+        };
+        let res = self.inner.get_job(req).await;
+        self.answer(res)
+    }
+
+    pub async fn checkpoints(&mut self, job: &str) -> Result<Vec<v1::Checkpoint>, CtlError> {
+        let req = v1::GetJobRequest {
+            name: job.to_owned(),
+        };
+        let res = self.inner.list_checkpoints(req).await;
+        self.answer(res).map(|r| r.checkpoints)
+    }
+
+    pub async fn logs(&mut self, req: v1::GetLogsRequest) -> Result<v1::LogResponse, CtlError> {
+        let res = self.inner.get_logs(req).await;
+        self.answer(res)
+    }
+
+    pub async fn drill(&mut self, req: v1::DrillRequest) -> Result<v1::DrillResponse, CtlError> {
+        let res = self.inner.start_drill(req).await;
+        self.answer(res)
+    }
+
+    pub async fn reset_breaker(
+        &mut self,
+        req: v1::ResetBreakerRequest,
+    ) -> Result<v1::ResetBreakerResponse, CtlError> {
+        let res = self.inner.reset_breaker(req).await;
+        self.answer(res)
+    }
+
     fn answer<T>(&self, res: Result<tonic::Response<T>, tonic::Status>) -> Result<T, CtlError> {
         res.map(tonic::Response::into_inner)
             .map_err(|status| CtlError::from_status(&status, &self.target))

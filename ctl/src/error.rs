@@ -16,7 +16,7 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// No answer from the supervisor: connect failed, gRPC UNAVAILABLE or a timeout.
     pub const UNREACHABLE: u8 = 3;
-    /// The supervisor does not know the object (gRPC NOT_FOUND), e.g. an unknown node id.
+    /// The supervisor does not know the object (gRPC NOT_FOUND), e.g. an unknown node or job.
     pub const NOT_FOUND: u8 = 4;
     /// The supervisor refused the request (INVALID_ARGUMENT, FAILED_PRECONDITION,
     /// ALREADY_EXISTS, PERMISSION_DENIED).
@@ -30,7 +30,7 @@ Exit status:
   1  any other error
   2  usage error (bad flags or arguments)
   3  cannot reach the supervisor (connection failed, unavailable, timed out)
-  4  not found (for example an unknown node id)
+  4  not found (for example an unknown node id or job name)
   5  rejected by the supervisor (invalid argument, failed precondition,
      already exists, permission denied)";
 
@@ -93,12 +93,14 @@ impl CtlError {
             | Code::PermissionDenied => {
                 CtlError::Rejected(non_empty_or(message, status.code().description()).to_owned())
             }
-            // Typically supctl pointed at something that is not supd's gRPC
-            // port (the HTTP port, another service): say so.
+            // Either supctl points at something that is not supd's gRPC port
+            // (the HTTP port, another service), or at a supd older than this
+            // supctl that lacks the request: name both.
             Code::Unimplemented => CtlError::Server {
                 code: "unimplemented".to_owned(),
                 message: format!(
-                    "{}; is {} supd's gRPC address? check --supervisor or SUP_SUPERVISOR",
+                    "{}; is {} supd's gRPC address (check --supervisor or SUP_SUPERVISOR), \
+                     and is that supd as new as this supctl?",
                     non_empty_or(message, "no details"),
                     target.url
                 ),
@@ -270,9 +272,12 @@ mod tests {
             "the supervisor failed the request (resource_exhausted): full"
         );
         let err = CtlError::from_status(&Status::unimplemented(""), &target());
-        assert!(err
-            .to_string()
-            .contains("is http://sup:7070 supd's gRPC address?"));
+        assert_eq!(
+            err.to_string(),
+            "the supervisor failed the request (unimplemented): no details; \
+             is http://sup:7070 supd's gRPC address (check --supervisor or SUP_SUPERVISOR), \
+             and is that supd as new as this supctl?"
+        );
     }
 
     #[test]

@@ -11,13 +11,19 @@ pub mod error;
 pub mod humanize;
 pub mod render;
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
 use sup_proto::v1;
 
-use crate::cli::{default_operator, Cli, Command, Output};
+use clap::ValueEnum;
+
+use crate::cli::{
+    default_operator, BreakerCommand, Cli, Command, DrillCommand, JobCommand, Output,
+    RecoveryActionArg,
+};
 use crate::client::Client;
 use crate::error::{exit, CtlError};
 use crate::render::CordonAction;
@@ -50,6 +56,19 @@ pub fn report_error(e: &CtlError) {
 pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
     let g = &cli.global;
     let json = g.output == Output::Json;
+    // Work that needs no supervisor happens first: completions must work
+    // with no supd around, and a job spec that cannot be read is the
+    // operator's problem to fix whether or not supd is up.
+    if let Command::Completions { shell } = &cli.command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(clap_complete::Shell::from(*shell), &mut cmd, "supctl", out);
+        out.flush()?;
+        return Ok(());
+    }
+    let spec = match &cli.command {
+        Command::Job(JobCommand::Submit { file, .. }) => Some(read_spec(file)?),
+        _ => None,
+    };
     let mut client = Client::connect(&g.supervisor, g.timeout).await?;
     let text = match &cli.command {
         Command::Status => {
@@ -106,6 +125,125 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
                 render::events_text(&events)
             }
         }
+        Command::Jobs => {
+            let s = client.status().await?;
+            if json {
+                render::jobs_json(&s.jobs).map_err(json_error)?
+            } else {
+                render::jobs_text(&s.jobs)
+            }
+        }
+        Command::Job(JobCommand::Submit { by, .. }) => {
+            let req = v1::SubmitJobRequest {
+                spec_toml: spec.unwrap_or_default(),
+                by: operator(by),
+            };
+            let r = client.submit_job(req).await?;
+            if json {
+                render::job_outcome_json(&r).map_err(json_error)?
+            } else {
+                render::job_submit_text(&r)
+            }
+        }
+        Command::Job(JobCommand::Stop { name, reason, by }) => {
+            let req = v1::StopJobRequest {
+                name: name.clone(),
+                by: operator(by),
+                reason: reason.clone().unwrap_or_default(),
+            };
+            let r = client.stop_job(req).await?;
+            if json {
+                render::job_outcome_json(&r).map_err(json_error)?
+            } else {
+                render::job_stop_text(name, reason.as_deref(), &r)
+            }
+        }
+        Command::Job(JobCommand::Describe { name }) => {
+            let j = client.job(name).await?;
+            if json {
+                render::job_json(&j).map_err(json_error)?
+            } else {
+                render::job_text(&j, now_ms())
+            }
+        }
+        Command::Checkpoints { job } => {
+            let checkpoints = render::oldest_checkpoint_first(client.checkpoints(job).await?);
+            if json {
+                render::checkpoints_json(&checkpoints).map_err(json_error)?
+            } else {
+                render::checkpoints_text(job, &checkpoints)
+            }
+        }
+        Command::Logs { job, rank, lines } => {
+            let req = v1::GetLogsRequest {
+                job: job.clone(),
+                rank: *rank,
+                lines: *lines,
+            };
+            let r = client.logs(req).await?;
+            // The agent could not read the log (no such rank on it, file
+            // gone): supd still answered, so this is not a gRPC error.
+            if !r.error.trim().is_empty() {
+                return Err(CtlError::Other(format!(
+                    "cannot read the log of rank {rank} of job {job}: {}",
+                    r.error.trim()
+                )));
+            }
+            if json {
+                render::logs_json(job, *rank, &r).map_err(json_error)?
+            } else {
+                render::logs_text(&r)
+            }
+        }
+        Command::Drill(drill) => {
+            let (target, fault, what) = match drill {
+                DrillCommand::Xid { target, xid } => (
+                    target,
+                    v1::drill::Fault::Xid(*xid),
+                    format!("Xid {xid} on GPU {} of node {}", target.gpu, target.node),
+                ),
+                DrillCommand::RecoveryAction { target, action } => (
+                    target,
+                    v1::drill::Fault::RecoveryAction(v1::RecoveryAction::from(*action) as i32),
+                    format!(
+                        "recovery action {} on GPU {} of node {}",
+                        action_name(*action),
+                        target.gpu,
+                        target.node
+                    ),
+                ),
+            };
+            let by = operator(&target.by);
+            let req = v1::DrillRequest {
+                node_id: target.node.clone(),
+                drill: Some(v1::Drill {
+                    gpu_index: target.gpu,
+                    fault: Some(fault),
+                    by: by.clone(),
+                }),
+                by,
+            };
+            let r = client.drill(req).await?;
+            if json {
+                render::drill_json(&r).map_err(json_error)?
+            } else {
+                render::drill_text(&what, &r)
+            }
+        }
+        Command::Breaker(BreakerCommand::Reset { reason, by }) => {
+            let req = v1::ResetBreakerRequest {
+                by: operator(by),
+                reason: reason.clone().unwrap_or_default(),
+            };
+            let r = client.reset_breaker(req).await?;
+            if json {
+                render::breaker_json(&r).map_err(json_error)?
+            } else {
+                render::breaker_text(&r)
+            }
+        }
+        // Handled before connecting.
+        Command::Completions { .. } => String::new(),
     };
     out.write_all(text.as_bytes())?;
     out.flush()?;
@@ -126,6 +264,54 @@ fn cordon_output(
     }
 }
 
+/// Job specs are a few hundred bytes; anything this big is the wrong file
+/// (a checkpoint, a binary), better refused here than sent to supd.
+const MAX_SPEC_BYTES: u64 = 1024 * 1024;
+
+/// Reads the job spec from a file, or from stdin for `-`. supd validates the
+/// contents; here only "cannot read it" is an error, naming the path.
+pub fn read_spec(path: &Path) -> Result<String, CtlError> {
+    let (name, reader): (String, Box<dyn Read>) = if path.as_os_str() == "-" {
+        ("standard input".to_owned(), Box::new(std::io::stdin()))
+    } else {
+        let file =
+            std::fs::File::open(path).map_err(|e| spec_error(&path.display().to_string(), &e))?;
+        (path.display().to_string(), Box::new(file))
+    };
+    read_spec_from(&name, reader)
+}
+
+fn read_spec_from(name: &str, reader: impl Read) -> Result<String, CtlError> {
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_SPEC_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| spec_error(name, &e))?;
+    if u64::try_from(bytes.len()).is_ok_and(|n| n > MAX_SPEC_BYTES) {
+        return Err(CtlError::Other(format!(
+            "cannot read job spec {name}: larger than {} KiB; is it the TOML job spec?",
+            MAX_SPEC_BYTES / 1024
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        CtlError::Other(format!(
+            "cannot read job spec {name}: not UTF-8 text; is it the TOML job spec?"
+        ))
+    })
+}
+
+fn spec_error(name: &str, e: &std::io::Error) -> CtlError {
+    CtlError::Other(format!("cannot read job spec {name}: {e}"))
+}
+
+/// The action as the operator typed it, for messages.
+fn action_name(action: RecoveryActionArg) -> String {
+    action
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_else(|| format!("{action:?}"))
+}
+
 fn operator(by: &Option<String>) -> String {
     by.clone()
         .unwrap_or_else(|| default_operator(|key| std::env::var(key).ok()))
@@ -137,4 +323,51 @@ fn now_ms() -> i64 {
 
 fn json_error(e: serde_json::Error) -> CtlError {
     CtlError::Other(format!("cannot encode JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_is_read_as_is() {
+        let spec = "name = \"x\"\n# comment\ncommand = [\"true\"]\n";
+        assert_eq!(read_spec_from("job.toml", spec.as_bytes()).unwrap(), spec);
+    }
+
+    #[test]
+    fn an_oversized_or_binary_spec_is_refused_with_its_name() {
+        let big = vec![b'#'; 1024 * 1024 + 1];
+        let err = read_spec_from("big.toml", big.as_slice()).unwrap_err();
+        assert_eq!(err.exit_code(), error::exit::OTHER);
+        assert!(
+            err.to_string()
+                .starts_with("cannot read job spec big.toml: larger than 1024 KiB"),
+            "{err}"
+        );
+        let just_fits = vec![b'#'; 1024 * 1024];
+        assert!(read_spec_from("ok.toml", just_fits.as_slice()).is_ok());
+        let err = read_spec_from("bin", &[0xff, 0xfe][..]).unwrap_err();
+        assert!(err.to_string().contains("bin: not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_spec_file_names_the_path() {
+        let err = read_spec(Path::new("/nonexistent/spec.toml")).unwrap_err();
+        assert_eq!(err.exit_code(), error::exit::OTHER);
+        assert!(
+            err.to_string()
+                .starts_with("cannot read job spec /nonexistent/spec.toml: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn recovery_actions_are_named_as_typed() {
+        assert_eq!(
+            action_name(RecoveryActionArg::DrainAndReset),
+            "drain-and-reset"
+        );
+        assert_eq!(action_name(RecoveryActionArg::NodeReboot), "node-reboot");
+    }
 }

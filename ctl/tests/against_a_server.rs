@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::process::Command as Process;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -22,6 +22,45 @@ use tonic::{Request, Response, Status};
 struct FakeSupd {
     cordon: Mutex<Option<v1::Cordon>>,
     slow: Duration,
+    jobs: Mutex<Vec<v1::Job>>,
+    breaker: Mutex<v1::Breaker>,
+    /// What supctl sent, so tests can check the request and not only the output.
+    submitted: Mutex<Vec<v1::SubmitJobRequest>>,
+    drills: Mutex<Vec<v1::DrillRequest>>,
+    breaker_resets: Mutex<Vec<v1::ResetBreakerRequest>>,
+    stops: Mutex<Vec<v1::StopJobRequest>>,
+}
+
+const SPEC: &str = "name = \"llm-7b\"\ncommand = [\"python3\", \"train.py\"]\nnodes = 2\n";
+
+fn running_job() -> v1::Job {
+    v1::Job {
+        name: "llm-7b".into(),
+        state: "running".into(),
+        generation: 4,
+        world_size: 16,
+        nodes: vec!["n1".into(), "n2".into()],
+        step: Some(1200),
+        checkpoint: Some(v1::Checkpoint {
+            step: 1000,
+            path: "/ckpt/llm-7b/step-1000".into(),
+        }),
+        restarts: 1,
+        spec_toml: SPEC.into(),
+        desired_nodes: 2,
+        min_nodes: 1,
+        priority: "normal".into(),
+        submitted_at_unix_ms: 1_000,
+        ..Default::default()
+    }
+}
+
+/// The value of `name = "..."` in a spec: enough TOML for a stand-in.
+fn spec_name(spec: &str) -> Option<String> {
+    spec.lines().find_map(|l| {
+        let (key, value) = l.split_once('=')?;
+        (key.trim() == "name").then(|| value.trim().trim_matches('"').to_owned())
+    })
 }
 
 impl FakeSupd {
@@ -54,6 +93,16 @@ impl FakeSupd {
             Err(Status::not_found(format!("unknown node '{id}'")))
         }
     }
+
+    fn job(&self, name: &str) -> Result<v1::Job, Status> {
+        self.jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|j| j.name == name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("unknown job '{name}'")))
+    }
 }
 
 #[tonic::async_trait]
@@ -65,9 +114,10 @@ impl ControlService for FakeSupd {
         tokio::time::sleep(self.slow).await;
         Ok(Response::new(v1::ClusterStatus {
             nodes: vec![self.node()],
-            jobs: vec![],
+            jobs: self.jobs.lock().unwrap().clone(),
             spares: vec!["n1".into()],
-            ..Default::default()
+            breaker: Some(self.breaker.lock().unwrap().clone()),
+            spares_target: 2,
         }))
     }
 
@@ -127,48 +177,152 @@ impl ControlService for FakeSupd {
 
     async fn submit_job(
         &self,
-        _: Request<v1::SubmitJobRequest>,
+        req: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::JobResponse>, Status> {
-        Err(Status::unimplemented("not faked"))
+        let req = req.into_inner();
+        self.submitted.lock().unwrap().push(req.clone());
+        let name = spec_name(&req.spec_toml)
+            .ok_or_else(|| Status::invalid_argument("job spec: missing field `name`"))?;
+        if !req
+            .spec_toml
+            .lines()
+            .any(|l| l.trim_start().starts_with("command"))
+        {
+            return Err(Status::invalid_argument(
+                "job spec: missing field `command`",
+            ));
+        }
+        let mut jobs = self.jobs.lock().unwrap();
+        if jobs.iter().any(|j| j.name == name) {
+            return Err(Status::already_exists(format!(
+                "job '{name}' already exists"
+            )));
+        }
+        let job = v1::Job {
+            name: name.clone(),
+            state: "pending".into(),
+            reason: "waiting for nodes".into(),
+            spec_toml: req.spec_toml,
+            desired_nodes: 2,
+            ..Default::default()
+        };
+        jobs.push(job.clone());
+        Ok(Response::new(v1::JobResponse {
+            job: Some(job),
+            changed: true,
+            message: format!("job '{name}' accepted"),
+        }))
     }
 
     async fn stop_job(
         &self,
-        _: Request<v1::StopJobRequest>,
+        req: Request<v1::StopJobRequest>,
     ) -> Result<Response<v1::JobResponse>, Status> {
-        Err(Status::unimplemented("not faked"))
+        let req = req.into_inner();
+        self.stops.lock().unwrap().push(req.clone());
+        let mut jobs = self.jobs.lock().unwrap();
+        let job = jobs
+            .iter_mut()
+            .find(|j| j.name == req.name)
+            .ok_or_else(|| Status::not_found(format!("unknown job '{}'", req.name)))?;
+        let changed = job.state != "stopped";
+        job.state = "stopped".into();
+        job.reason = req.reason;
+        let message = if changed {
+            String::new()
+        } else {
+            format!("job '{}' is already stopped", req.name)
+        };
+        Ok(Response::new(v1::JobResponse {
+            job: Some(job.clone()),
+            changed,
+            message,
+        }))
     }
 
-    async fn get_job(&self, _: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
-        Err(Status::unimplemented("not faked"))
+    async fn get_job(&self, req: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
+        self.job(&req.get_ref().name).map(Response::new)
     }
 
     async fn list_checkpoints(
         &self,
-        _: Request<v1::GetJobRequest>,
+        req: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::ListCheckpointsResponse>, Status> {
-        Err(Status::unimplemented("not faked"))
+        self.job(&req.get_ref().name)?;
+        // Deliberately newest first: supctl must still print oldest first.
+        let checkpoints = [1000, 500]
+            .into_iter()
+            .map(|step| v1::Checkpoint {
+                step,
+                path: format!("/ckpt/llm-7b/step-{step}"),
+            })
+            .collect();
+        Ok(Response::new(v1::ListCheckpointsResponse { checkpoints }))
     }
 
     async fn get_logs(
         &self,
-        _: Request<v1::GetLogsRequest>,
+        req: Request<v1::GetLogsRequest>,
     ) -> Result<Response<v1::LogResponse>, Status> {
-        Err(Status::unimplemented("not faked"))
+        let req = req.into_inner();
+        self.job(&req.job)?;
+        // The agent's answer travels back inside a successful RPC, so an
+        // unreadable log is `error`, not a gRPC status.
+        let res = if req.rank < 16 {
+            let lines: Vec<String> = (1..=req.lines)
+                .map(|i| format!("rank {} step {i}", req.rank))
+                .collect();
+            v1::LogResponse {
+                request_id: 1,
+                text: lines.join("\n"),
+                error: String::new(),
+            }
+        } else {
+            v1::LogResponse {
+                request_id: 1,
+                text: String::new(),
+                error: format!("job 'llm-7b' has no rank {}", req.rank),
+            }
+        };
+        Ok(Response::new(res))
     }
 
     async fn start_drill(
         &self,
-        _: Request<v1::DrillRequest>,
+        req: Request<v1::DrillRequest>,
     ) -> Result<Response<v1::DrillResponse>, Status> {
-        Err(Status::unimplemented("not faked"))
+        let req = req.into_inner();
+        Self::check_node(&req.node_id)?;
+        let gpu = req.drill.as_ref().map(|d| d.gpu_index).unwrap_or(0);
+        if gpu >= 8 {
+            return Err(Status::invalid_argument(format!(
+                "node '{}' has no GPU {gpu}",
+                req.node_id
+            )));
+        }
+        self.drills.lock().unwrap().push(req.clone());
+        Ok(Response::new(v1::DrillResponse {
+            message: format!("drill sent to node '{}' (GPU {gpu})", req.node_id),
+        }))
     }
 
     async fn reset_breaker(
         &self,
-        _: Request<v1::ResetBreakerRequest>,
+        req: Request<v1::ResetBreakerRequest>,
     ) -> Result<Response<v1::ResetBreakerResponse>, Status> {
-        Err(Status::unimplemented("not faked"))
+        self.breaker_resets
+            .lock()
+            .unwrap()
+            .push(req.get_ref().clone());
+        let mut breaker = self.breaker.lock().unwrap();
+        let changed = breaker.open;
+        *breaker = v1::Breaker::default();
+        let message = if changed {
+            format!("breaker reset by {}", req.get_ref().by)
+        } else {
+            "the breaker is closed; nothing to reset".to_owned()
+        };
+        Ok(Response::new(v1::ResetBreakerResponse { changed, message }))
     }
 
     async fn list_events(
@@ -198,18 +352,34 @@ impl ControlService for FakeSupd {
 }
 
 async fn serve(slow: Duration) -> SocketAddr {
+    serve_fake(slow).await.0
+}
+
+/// Serves a stand-in supd; the returned handle shows what it was sent.
+async fn serve_fake(slow: Duration) -> (SocketAddr, Arc<FakeSupd>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = ControlServiceServer::new(FakeSupd {
+    let fake = Arc::new(FakeSupd {
         cordon: Mutex::new(None),
         slow,
+        jobs: Mutex::new(vec![running_job()]),
+        breaker: Mutex::new(v1::Breaker {
+            open: true,
+            reason: "3 of 4 nodes in 60s".into(),
+            since_unix_ms: 1_000,
+        }),
+        submitted: Mutex::new(Vec::new()),
+        drills: Mutex::new(Vec::new()),
+        breaker_resets: Mutex::new(Vec::new()),
+        stops: Mutex::new(Vec::new()),
     });
+    let svc = ControlServiceServer::from_arc(Arc::clone(&fake));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    addr
+    (addr, fake)
 }
 
 /// Runs supctl in-process; returns its stdout or its error.
@@ -234,7 +404,10 @@ async fn status_and_nodes_print_the_shared_json_shapes() {
     assert_eq!(status["nodes"][0]["state"], "ready");
     assert_eq!(status["nodes"][0]["job"], serde_json::Value::Null);
     assert_eq!(status["spares"], serde_json::json!(["n1"]));
-    assert_eq!(status["jobs"], serde_json::json!([]));
+    assert_eq!(status["spares_target"], 2);
+    assert_eq!(status["breaker"]["state"], "open");
+    assert_eq!(status["breaker"]["since"], "1970-01-01T00:00:01.000Z");
+    assert_eq!(status["jobs"][0]["name"], "llm-7b");
 
     let nodes = json(&supctl(addr, &["nodes", "-o", "json"]).await.unwrap());
     assert_eq!(nodes.as_array().unwrap().len(), 1);
@@ -242,9 +415,19 @@ async fn status_and_nodes_print_the_shared_json_shapes() {
 
     let table = supctl(addr, &["status"]).await.unwrap();
     assert!(
-        table.starts_with("1 node: 1 ready; 1 spare; 0 jobs\n"),
+        table.starts_with("1 node: 1 ready; spares 1/target 2; 1 job\n"),
         "{table}"
     );
+    let attention: Vec<&str> = table
+        .lines()
+        .skip_while(|l| *l != "Needs attention:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(attention.len(), 2, "{table}");
+    assert!(attention[0].contains("breaker"), "{table}");
+    assert!(attention[0].contains("3 of 4 nodes in 60s"), "{table}");
+    assert!(attention[1].contains("below target"), "{table}");
 }
 
 #[tokio::test]
@@ -398,6 +581,481 @@ fn binary_exits_2_on_usage_errors() {
         &["cordon", "n1", "--reason", ""][..],
         &["--timeout", "soon", "status"][..],
         &["frobnicate"][..],
+    ] {
+        let out = Process::new(env!("CARGO_BIN_EXE_supctl"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(i32::from(exit::USAGE)), "{args:?}");
+    }
+}
+
+/// A port on loopback where nothing listens.
+fn dead_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
+fn spec_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+    f
+}
+
+#[tokio::test]
+async fn jobs_prints_a_table_and_the_shared_job_views() {
+    let addr = serve(Duration::ZERO).await;
+    let table = supctl(addr, &["jobs"]).await.unwrap();
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("llm-7b"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row,
+        ["llm-7b", "running", "4", "16", "2/2", "1200", "1000", "1", "-"],
+        "{table}"
+    );
+    let jobs = json(&supctl(addr, &["jobs", "-o", "json"]).await.unwrap());
+    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["name"], "llm-7b");
+    assert_eq!(jobs[0]["nodes"], serde_json::json!(["n1", "n2"]));
+    assert_eq!(
+        jobs[0]["checkpoint"],
+        serde_json::json!({"path": "/ckpt/llm-7b/step-1000", "step": 1000})
+    );
+    assert_eq!(jobs[0]["reason"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn job_submit_sends_the_spec_as_written_and_reports_the_name() {
+    let (addr, fake) = serve_fake(Duration::ZERO).await;
+    let spec = "# a comment the server sees too\nname = \"tiny\"\ncommand = [\"true\"]\n";
+    let file = spec_file(spec);
+    let path = file.path().to_str().unwrap();
+    let out = supctl(addr, &["job", "submit", path, "--by", "alice"])
+        .await
+        .unwrap();
+    assert_eq!(out, "job tiny submitted\n");
+    {
+        let sent = fake.submitted.lock().unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].spec_toml, spec, "the spec must travel unchanged");
+        assert_eq!(sent[0].by, "alice");
+    }
+
+    let other = spec_file("name = \"tiny2\"\ncommand = [\"true\"]\n");
+    let v = json(
+        &supctl(
+            addr,
+            &[
+                "job",
+                "submit",
+                other.path().to_str().unwrap(),
+                "-o",
+                "json",
+            ],
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(v["changed"], true);
+    assert_eq!(v["message"], "job 'tiny2' accepted");
+    assert_eq!(v["job"]["name"], "tiny2");
+    assert_eq!(v["job"]["state"], "pending");
+    assert_eq!(v["job"]["reason"], "waiting for nodes");
+    assert_eq!(v["job"]["checkpoint"], serde_json::Value::Null);
+
+    // The same name again: supd refuses, supctl prints why and exits 5.
+    let err = supctl(addr, &["job", "submit", path]).await.unwrap_err();
+    assert_eq!(err.exit_code(), exit::REJECTED, "{err}");
+    assert_eq!(
+        err.to_string(),
+        "rejected by the supervisor: job 'tiny' already exists"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_rejected_with_the_field_named() {
+    let addr = serve(Duration::ZERO).await;
+    let file = spec_file("name = \"no-command\"\nnodes = 2\n");
+    let err = supctl(addr, &["job", "submit", file.path().to_str().unwrap()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::REJECTED, "{err}");
+    assert!(err.to_string().contains("missing field `command`"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreadable_spec_is_a_local_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let missing = missing.to_str().unwrap();
+    // Nothing listens: the file is read before supctl tries to connect.
+    let cli = Cli::try_parse_from([
+        "supctl",
+        "--supervisor",
+        &dead_url(),
+        "job",
+        "submit",
+        missing,
+    ])
+    .unwrap();
+    let err = supctl::execute(&cli, &mut Vec::new()).await.unwrap_err();
+    assert_eq!(err.exit_code(), exit::OTHER, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("cannot read job spec {missing}: ")),
+        "{text}"
+    );
+
+    // Not text at all (say, a checkpoint shard passed by mistake).
+    let binary = spec_file("");
+    std::fs::write(binary.path(), [0x80, 0xff, 0xfe, 0x00]).unwrap();
+    let path = binary.path().to_str().unwrap();
+    let cli = Cli::try_parse_from(["supctl", "--supervisor", &dead_url(), "job", "submit", path])
+        .unwrap();
+    let err = supctl::execute(&cli, &mut Vec::new()).await.unwrap_err();
+    assert_eq!(err.exit_code(), exit::OTHER, "{err}");
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
+}
+
+#[tokio::test]
+async fn job_stop_reports_the_change_then_the_servers_word() {
+    let (addr, fake) = serve_fake(Duration::ZERO).await;
+    let out = supctl(
+        addr,
+        &["job", "stop", "llm-7b", "--reason", "done", "--by", "bob"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, "job llm-7b stopped: done\n");
+    {
+        let stops = fake.stops.lock().unwrap();
+        assert_eq!(stops[0].name, "llm-7b");
+        assert_eq!(stops[0].reason, "done");
+        assert_eq!(stops[0].by, "bob");
+    }
+    let again = json(
+        &supctl(addr, &["job", "stop", "llm-7b", "-o", "json"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(again["changed"], false);
+    assert_eq!(again["message"], "job 'llm-7b' is already stopped");
+    assert_eq!(again["job"]["state"], "stopped");
+    let out = supctl(addr, &["job", "stop", "llm-7b"]).await.unwrap();
+    assert_eq!(out, "job 'llm-7b' is already stopped\n");
+}
+
+#[tokio::test]
+async fn job_describe_shows_ranks_checkpoint_and_spec() {
+    let addr = serve(Duration::ZERO).await;
+    let text = supctl(addr, &["job", "describe", "llm-7b"]).await.unwrap();
+    assert!(text.starts_with("Job:        llm-7b\n"), "{text}");
+    assert!(
+        text.contains("Checkpoint: step 1000 at /ckpt/llm-7b/step-1000\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n0           n1\n1           n2\n"),
+        "{text}"
+    );
+    assert!(text.contains("Spec:\n  name = \"llm-7b\"\n"), "{text}");
+
+    let v = json(
+        &supctl(addr, &["job", "describe", "llm-7b", "-o", "json"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(v["name"], "llm-7b");
+    assert_eq!(v["generation"], 4);
+    assert_eq!(v["world_size"], 16);
+    assert_eq!(v["nodes"], serde_json::json!(["n1", "n2"]));
+    assert_eq!(v["submitted_at"], "1970-01-01T00:00:01.000Z");
+}
+
+#[tokio::test]
+async fn unknown_job_is_not_found_with_the_servers_message() {
+    let addr = serve(Duration::ZERO).await;
+    for args in [
+        &["job", "describe", "x"][..],
+        &["job", "stop", "x"][..],
+        &["checkpoints", "x"][..],
+        &["logs", "x", "--rank", "0"][..],
+        &["job", "describe", "x", "-o", "json"][..],
+    ] {
+        let err = supctl(addr, args).await.unwrap_err();
+        assert_eq!(err.exit_code(), exit::NOT_FOUND, "{args:?}");
+        assert_eq!(err.to_string(), "unknown job 'x'", "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn checkpoints_come_oldest_first() {
+    let addr = serve(Duration::ZERO).await;
+    let table = supctl(addr, &["checkpoints", "llm-7b"]).await.unwrap();
+    assert_eq!(
+        table,
+        "STEP   PATH\n500    /ckpt/llm-7b/step-500\n1000   /ckpt/llm-7b/step-1000\n"
+    );
+    let v = json(
+        &supctl(addr, &["checkpoints", "llm-7b", "-o", "json"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        v,
+        serde_json::json!([
+            {"path": "/ckpt/llm-7b/step-500", "step": 500},
+            {"path": "/ckpt/llm-7b/step-1000", "step": 1000}
+        ])
+    );
+}
+
+#[tokio::test]
+async fn logs_print_the_text_raw_and_an_agent_error_exits_1() {
+    let addr = serve(Duration::ZERO).await;
+    let out = supctl(addr, &["logs", "llm-7b", "--rank", "3", "--lines", "2"])
+        .await
+        .unwrap();
+    assert_eq!(out, "rank 3 step 1\nrank 3 step 2\n");
+    let v = json(
+        &supctl(
+            addr,
+            &[
+                "logs", "llm-7b", "--rank", "3", "--lines", "1", "-o", "json",
+            ],
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        v,
+        serde_json::json!({"job": "llm-7b", "rank": 3, "text": "rank 3 step 1"})
+    );
+
+    let err = supctl(addr, &["logs", "llm-7b", "--rank", "99"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::OTHER, "{err}");
+    assert_eq!(
+        err.to_string(),
+        "cannot read the log of rank 99 of job llm-7b: job 'llm-7b' has no rank 99"
+    );
+}
+
+#[tokio::test]
+async fn drills_travel_to_the_server_as_typed() {
+    let (addr, fake) = serve_fake(Duration::ZERO).await;
+    let out = supctl(
+        addr,
+        &[
+            "drill", "xid", "--node", "n1", "--gpu", "3", "--xid", "79", "--by", "carol",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, "drill sent to node 'n1' (GPU 3)\n");
+    let v = json(
+        &supctl(
+            addr,
+            &[
+                "drill",
+                "recovery-action",
+                "--node",
+                "n1",
+                "--gpu",
+                "5",
+                "--action",
+                "node-reboot",
+                "-o",
+                "json",
+            ],
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        v,
+        serde_json::json!({"message": "drill sent to node 'n1' (GPU 5)"})
+    );
+    {
+        let drills = fake.drills.lock().unwrap();
+        assert_eq!(drills.len(), 2);
+        assert_eq!(drills[0].node_id, "n1");
+        assert_eq!(drills[0].by, "carol");
+        let d = drills[0].drill.as_ref().unwrap();
+        assert_eq!(d.gpu_index, 3);
+        assert_eq!(d.fault, Some(v1::drill::Fault::Xid(79)));
+        assert_eq!(d.by, "carol");
+        let d = drills[1].drill.as_ref().unwrap();
+        assert_eq!(d.gpu_index, 5);
+        assert_eq!(
+            d.fault,
+            Some(v1::drill::Fault::RecoveryAction(
+                v1::RecoveryAction::NodeReboot as i32
+            ))
+        );
+    }
+
+    let err = supctl(
+        addr,
+        &["drill", "xid", "--node", "n9", "--gpu", "0", "--xid", "79"],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::NOT_FOUND);
+    assert_eq!(err.to_string(), "unknown node 'n9'");
+    let err = supctl(
+        addr,
+        &["drill", "xid", "--node", "n1", "--gpu", "9", "--xid", "79"],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), exit::REJECTED);
+    assert!(err.to_string().contains("has no GPU 9"), "{err}");
+}
+
+#[tokio::test]
+async fn breaker_reset_closes_it_once() {
+    let (addr, fake) = serve_fake(Duration::ZERO).await;
+    let out = supctl(
+        addr,
+        &[
+            "breaker",
+            "reset",
+            "--reason",
+            "false alarm: PDU swap",
+            "--by",
+            "dave",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, "breaker reset by dave\n");
+    {
+        let resets = fake.breaker_resets.lock().unwrap();
+        assert_eq!(resets[0].reason, "false alarm: PDU swap");
+        assert_eq!(resets[0].by, "dave");
+    }
+    let v = json(
+        &supctl(addr, &["breaker", "reset", "-o", "json"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        v,
+        serde_json::json!({"changed": false, "message": "the breaker is closed; nothing to reset"})
+    );
+    let status = json(&supctl(addr, &["status", "-o", "json"]).await.unwrap());
+    assert_eq!(
+        status["breaker"],
+        serde_json::json!({"state": "closed", "reason": null, "since": null})
+    );
+    let table = supctl(addr, &["status"]).await.unwrap();
+    assert!(!table.contains("breaker"), "{table}");
+}
+
+#[tokio::test]
+async fn node_details_come_from_get_node() {
+    let addr = serve(Duration::ZERO).await;
+    let text = supctl(addr, &["node", "n1"]).await.unwrap();
+    assert!(text.ends_with("\nNo recent Xids.\n"), "{text}");
+}
+
+#[test]
+fn binary_reads_the_spec_from_stdin() {
+    use std::io::Write as _;
+    // Nothing listens, so the run ends at the connection: exit 3 proves the
+    // spec was read from stdin (an unreadable spec would exit 1 first).
+    let mut child = Process::new(env!("CARGO_BIN_EXE_supctl"))
+        .args(["--supervisor", &dead_url(), "job", "submit", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"name = \"x\"\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(i32::from(exit::UNREACHABLE)));
+}
+
+#[test]
+fn binary_exits_1_with_one_line_for_a_missing_spec() {
+    let out = Process::new(env!("CARGO_BIN_EXE_supctl"))
+        .args([
+            "--supervisor",
+            &dead_url(),
+            "job",
+            "submit",
+            "/nonexistent/job.toml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(i32::from(exit::OTHER)));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("supctl: error: cannot read job spec /nonexistent/job.toml: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn binary_prints_completions_without_a_supervisor() {
+    for (shell, marker) in [
+        ("bash", "_supctl()"),
+        ("zsh", "#compdef supctl"),
+        ("fish", "complete -c supctl"),
+    ] {
+        let out = Process::new(env!("CARGO_BIN_EXE_supctl"))
+            .args(["--supervisor", &dead_url(), "completions", shell])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains(marker), "{shell}: {script}");
+        // The new commands are completed too.
+        assert!(script.contains("checkpoints"), "{shell}");
+        assert!(script.contains("drain-and-reset"), "{shell}");
+    }
+}
+
+#[test]
+fn binary_exits_2_on_bad_job_drill_and_logs_arguments() {
+    for args in [
+        &["job"][..],
+        &["job", "submit"][..],
+        &["job", "stop", " "][..],
+        &["logs", "llm"][..],
+        &["logs", "llm", "--rank", "0", "--lines", "0"][..],
+        &["drill", "xid", "--node", "n1", "--gpu", "0"][..],
+        &["drill", "xid", "--node", "n1", "--gpu", "0", "--xid", "0"][..],
+        &["drill", "xid", "--node", "n1", "--gpu", "-1", "--xid", "79"][..],
+        &[
+            "drill",
+            "recovery-action",
+            "--node",
+            "n1",
+            "--gpu",
+            "0",
+            "--action",
+            "reboot",
+        ][..],
+        &["breaker"][..],
+        &["completions", "powershell"][..],
     ] {
         let out = Process::new(env!("CARGO_BIN_EXE_supctl"))
             .args(args)
