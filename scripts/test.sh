@@ -20,8 +20,9 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build (binaries for the end-to-end tests)"
+echo "== cargo build (binaries and the fake NVML library for the end-to-end tests)"
 cargo build --workspace --bins --locked
+cargo build -p fake-nvml --locked
 echo "== example trainer tests (python3, standard library)"
 python3 -m unittest discover -s examples/trainer -p 'test_*.py' -v 2>&1 | tail -n 25
 echo "== cargo test"

@@ -100,11 +100,22 @@ impl LevelState {
                 verdicts_only.xids.clear();
                 self.health = Some(AgentBody::Health(verdicts_only));
             }
-            AgentBody::Ranks(_) => self.ranks = Some(body.clone()),
+            AgentBody::Ranks(status) => {
+                // A replay must not send progress of an older generation
+                // after the newer generation's status (generation fencing).
+                if generation(self.progress.as_ref()).is_some_and(|g| g < status.generation) {
+                    self.progress = None;
+                }
+                self.ranks = Some(body.clone());
+            }
             AgentBody::Checkpoints(catalog) => {
                 self.checkpoints.insert(catalog.job.clone(), body.clone());
             }
-            AgentBody::Progress(_) => self.progress = Some(body.clone()),
+            AgentBody::Progress(progress)
+                if generation(self.ranks.as_ref()).is_none_or(|g| progress.generation >= g) =>
+            {
+                self.progress = Some(body.clone());
+            }
             _ => {}
         }
     }
@@ -121,10 +132,45 @@ impl LevelState {
     }
 }
 
+/// The generation a rank status or progress report is about.
+fn generation(body: Option<&AgentBody>) -> Option<u64> {
+    match body? {
+        AgentBody::Ranks(status) => Some(status.generation),
+        AgentBody::Progress(progress) => Some(progress.generation),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use sup_proto::v1::{GpuVerdict, HealthReport, RankExited, XidEvent};
+
+    #[test]
+    fn replay_never_sends_progress_of_a_generation_older_than_the_rank_status() {
+        use sup_proto::v1::{JobProgress, RankStatus};
+        let progress = |generation| {
+            AgentBody::Progress(JobProgress {
+                generation,
+                ..Default::default()
+            })
+        };
+        let ranks = |generation| {
+            AgentBody::Ranks(RankStatus {
+                generation,
+                ..Default::default()
+            })
+        };
+        let mut level = LevelState::default();
+        level.remember(&ranks(1));
+        level.remember(&progress(1));
+        level.remember(&ranks(2));
+        assert_eq!(level.replay(), vec![ranks(2)]);
+        level.remember(&progress(1));
+        assert_eq!(level.replay(), vec![ranks(2)], "late progress of gen 1");
+        level.remember(&progress(2));
+        assert_eq!(level.replay(), vec![ranks(2), progress(2)]);
+    }
 
     #[test]
     fn replay_keeps_latest_level_state_and_drops_edge_events() {

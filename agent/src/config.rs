@@ -12,10 +12,13 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Deserializer};
 
+use crate::kmsg::KernelLogSpec;
+
 pub const DEFAULT_SUPERVISOR: &str = "http://127.0.0.1:7070";
 pub const DEFAULT_TELEMETRY_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_RECONNECT_MIN_BACKOFF: Duration = Duration::from_millis(200);
 pub const DEFAULT_RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(10);
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sup-agent";
 
 /// Command-line flags. Every field is optional so that "not given" can be
 /// told apart from "given the default", which the file merge needs.
@@ -62,6 +65,24 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 
+    /// Where the agent keeps rank logs (`jobs/<job>/gen-<G>/rank-<R>.log`)
+    /// [default: /var/lib/sup-agent]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Accept fault drills from supd (game days); without it they are refused
+    #[arg(long)]
+    pub allow_drills: bool,
+
+    /// Also read Xids from the kernel log: `kmsg`, `file:PATH` or
+    /// `cmd:COMMAND ARGS...` [default: off]
+    #[arg(long, value_name = "SPEC")]
+    pub kernel_log: Option<KernelLogSpec>,
+
+    /// GPU health rules (TOML) replacing the built-in table (deploy/xid-rules.toml)
+    #[arg(long, value_name = "FILE")]
+    pub xid_rules: Option<PathBuf>,
+
     /// TOML file with any of the settings above (keys in snake_case)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -85,6 +106,11 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "de_duration")]
     pub reconnect_max_backoff: Option<Duration>,
     pub log_format: Option<LogFormat>,
+    pub state_dir: Option<PathBuf>,
+    pub allow_drills: Option<bool>,
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub kernel_log: Option<KernelLogSpec>,
+    pub xid_rules: Option<PathBuf>,
 }
 
 /// The validated configuration.
@@ -103,6 +129,15 @@ pub struct Config {
     pub reconnect_min_backoff: Duration,
     pub reconnect_max_backoff: Duration,
     pub log_format: LogFormat,
+    /// Created when the first rank starts, not at startup: a node that
+    /// never runs a job needs no writable state.
+    pub state_dir: PathBuf,
+    /// Whether drills from supd are acted on.
+    pub allow_drills: bool,
+    /// Second Xid source besides NVML; `None`: off.
+    pub kernel_log: Option<KernelLogSpec>,
+    /// GPU health rules file; `None`: the built-in table.
+    pub xid_rules: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +219,14 @@ impl Config {
             Some(path) => FileConfig::read(path)?,
             None => FileConfig::default(),
         };
-        Config::merge(cli, file, read_hostname())
+        let config = Config::merge(cli, file, read_hostname())?;
+        // Checked here so that a bad rule table stops the agent at startup
+        // with a configuration error, like any other bad setting.
+        if let Some(path) = &config.xid_rules {
+            crate::health::Rules::load(Some(path))
+                .map_err(|e| ConfigError::Invalid(crate::error_chain(&e)))?;
+        }
+        Ok(config)
     }
 
     /// The pure part of [`Config::load`]: the hostname is an argument so
@@ -261,6 +303,14 @@ impl Config {
             )));
         }
 
+        let state_dir = cli
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if state_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("state_dir must not be empty".into()));
+        }
+
         Ok(Config {
             supervisor,
             hostname: hostname.unwrap_or_else(|| node_id.clone()),
@@ -275,6 +325,10 @@ impl Config {
             reconnect_min_backoff,
             reconnect_max_backoff,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            state_dir,
+            allow_drills: cli.allow_drills || file.allow_drills.unwrap_or(false),
+            kernel_log: cli.kernel_log.or(file.kernel_log),
+            xid_rules: cli.xid_rules.or(file.xid_rules),
         })
     }
 }
@@ -386,6 +440,10 @@ mod tests {
         assert_eq!(config.reconnect_max_backoff, Duration::from_secs(10));
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.nvml_lib, None);
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/sup-agent"));
+        assert!(!config.allow_drills, "drills are off unless asked for");
+        assert_eq!(config.kernel_log, None);
+        assert_eq!(config.xid_rules, None);
     }
 
     #[test]
@@ -432,6 +490,10 @@ mod tests {
             reconnect_min_backoff = "100ms"
             reconnect_max_backoff = "30s"
             log_format = "json"
+            state_dir = "/srv/sup-agent"
+            allow_drills = true
+            kernel_log = "cmd:journalctl -k -f -n 0 -o cat"
+            xid_rules = "/etc/sup/xid-rules.toml"
             "#,
         )
         .expect("valid file");
@@ -450,6 +512,14 @@ mod tests {
                 reconnect_min_backoff: Duration::from_millis(100),
                 reconnect_max_backoff: Duration::from_secs(30),
                 log_format: LogFormat::Json,
+                state_dir: PathBuf::from("/srv/sup-agent"),
+                allow_drills: true,
+                kernel_log: Some(KernelLogSpec::Command(
+                    ["journalctl", "-k", "-f", "-n", "0", "-o", "cat"]
+                        .map(String::from)
+                        .to_vec()
+                )),
+                xid_rules: Some(PathBuf::from("/etc/sup/xid-rules.toml")),
             }
         );
     }
@@ -488,6 +558,46 @@ mod tests {
         let err =
             Config::load(cli(&["--config", "/nonexistent/agent.toml"])).expect_err("missing file");
         assert!(err.to_string().contains("/nonexistent/agent.toml"), "{err}");
+    }
+
+    #[test]
+    fn gpu_health_flags() {
+        let config = Config::merge(
+            cli(&["--allow-drills", "--kernel-log", "kmsg"]),
+            FileConfig::default(),
+            host(),
+        )
+        .expect("valid");
+        assert!(config.allow_drills);
+        assert_eq!(
+            config.kernel_log,
+            Some(KernelLogSpec::Kmsg(PathBuf::from("/dev/kmsg")))
+        );
+        let err = Cli::try_parse_from(["sup-agent", "--kernel-log", "journal"])
+            .expect_err("bad spec refused");
+        assert!(err.to_string().contains("kernel log source"), "{err}");
+        let err = FileConfig::parse("kernel_log = \"nope\"\n").expect_err("bad spec in file");
+        assert!(err.contains("kernel_log"), "{err}");
+
+        // A rule table that does not parse stops the agent at startup.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = dir.path().join("rules.toml");
+        std::fs::write(&rules, "[checks]\ngpu_lots = \"fail\"\n").expect("write");
+        let rules_str = rules.to_str().expect("utf-8 temp path");
+        let err = Config::load(cli(&[
+            "--node-id",
+            "n",
+            "--address",
+            "a",
+            "--xid-rules",
+            rules_str,
+        ]))
+        .expect_err("bad rules refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("rules.toml") && text.contains("gpu_lots"),
+            "{text}"
+        );
     }
 
     #[test]

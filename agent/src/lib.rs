@@ -7,8 +7,14 @@
 
 pub mod backoff;
 pub mod bus;
+pub mod checkpoint;
 pub mod config;
+pub mod fence;
+pub mod health;
+pub mod kmsg;
+pub mod launcher;
 pub mod probe;
+pub mod progress;
 pub mod sampler;
 pub mod session;
 pub mod shutdown;
@@ -16,10 +22,10 @@ pub mod shutdown;
 use std::future::Future;
 
 use sup_proto::v1::Register;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use crate::config::{Cli, Config, GpuBackend, LogFormat};
-use crate::probe::ProbeError;
+use crate::probe::{ProbeError, XidSink};
 use crate::sampler::Sampler;
 use crate::session::{Link, SessionError};
 
@@ -27,6 +33,8 @@ use crate::session::{Link, SessionError};
 pub enum AgentError {
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Rules(#[from] health::RulesError),
     #[error("supervisor URL {supervisor}: {source}")]
     Supervisor {
         supervisor: String,
@@ -55,14 +63,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "sup-agent starting"
     );
 
+    let rules = health::Rules::load(config.xid_rules.as_deref())?;
+
     let (backend, nvml_lib, node_id) = (
         config.gpu_backend,
         config.nvml_lib.clone(),
         config.node_id.clone(),
     );
-    let start = Sampler::start(
+    // Every Xid source (NVML's event thread, the kernel log) feeds the
+    // health monitor through this one queue.
+    let (xid_sink, xid_events) = XidSink::channel();
+    let start = Sampler::start_with_xids(
         move || probe::open(backend, nvml_lib, &node_id),
         config.telemetry_interval,
+        Some(xid_sink.clone()),
     );
     let (sampler, gpus) = tokio::select! {
         () = &mut shutdown => {
@@ -72,6 +86,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         started = start => started?,
     };
     info!(gpus = gpus.len(), "GPU inventory taken");
+    let inventory = gpus.clone();
+    let (health_samples, sample_trigger) = (sampler.subscribe_health(), sampler.trigger());
 
     let register = Register {
         node_id: config.node_id.clone(),
@@ -95,17 +111,61 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         log_requests,
     } = bus;
     // GPU health monitor: Xids, verdicts, drills. [health wiring]
-    let _health_ports = (outbox.clone(), drills);
+    if let Some(spec) = config.kernel_log.clone() {
+        if let Err(err) = kmsg::spawn(spec, &inventory, xid_sink.clone()) {
+            warn!(error = %err, "cannot start the kernel log reader; Xids come from NVML only");
+        }
+    }
+    drop(xid_sink);
+    info!(
+        allow_drills = config.allow_drills,
+        xid_rules = %config.xid_rules.as_deref().map_or_else(|| "built-in".to_owned(), |p| p.display().to_string()),
+        "GPU health monitor starting"
+    );
+    tokio::spawn(health::monitor::run(
+        health::HealthState::new(rules, inventory),
+        config.allow_drills,
+        outbox.clone(),
+        health::Inputs {
+            samples: health_samples,
+            xids: xid_events,
+            drills,
+            trigger: Some(sample_trigger),
+        },
+    ));
     // Rank launcher, checkpoint scanner, progress intake. [launcher wiring]
-    let _launcher_ports = (outbox, assignment, log_requests);
+    let mut launcher = launcher::Launcher::start(
+        launcher::Settings {
+            state_dir: config.state_dir.clone(),
+            node_id: config.node_id.clone(),
+        },
+        outbox,
+        assignment,
+        log_requests,
+    )
+    .await;
 
-    tokio::select! {
+    let run_link = link.run();
+    tokio::pin!(run_link);
+    let outcome = tokio::select! {
         () = &mut shutdown => {
             info!("shutting down");
             Ok(())
         }
-        err = link.run() => Err(err.into()),
+        err = &mut run_link => Err(err.into()),
+    };
+    // Ranks do not outlive their agent: nothing would fence them, and a
+    // restarted agent would start a second copy. The link stays up while
+    // they stop so that their exits reach supd.
+    if outcome.is_ok() {
+        tokio::select! {
+            () = launcher.shutdown() => {}
+            _ = &mut run_link => launcher.shutdown().await,
+        }
+    } else {
+        launcher.shutdown().await;
     }
+    outcome
 }
 
 /// An error and its causes on one line. Transport errors in particular say

@@ -14,17 +14,44 @@ use sup_proto::v1::{GpuInfo, Telemetry};
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use crate::probe::{GpuProbe, ProbeError};
+use crate::probe::{GpuProbe, HealthSample, ProbeError, XidSink};
+
+/// Samples asked for out of turn (after an Xid) come no closer together
+/// than this, so an Xid storm cannot turn into an NVML polling storm.
+const MIN_EXTRA_SAMPLE_GAP: Duration = Duration::from_millis(100);
 
 /// Handle to the probe thread. Dropping it stops the thread after its
 /// current sample.
 pub struct Sampler {
     commands: mpsc::Sender<Command>,
     latest: watch::Receiver<Telemetry>,
+    health: watch::Receiver<HealthSample>,
 }
 
 enum Command {
     SetInterval(Duration),
+    SampleNow,
+}
+
+/// Asks the probe thread for a sample now, e.g. because an Xid suggests the
+/// GPU's state just changed. Cheap to clone; outlives the [`Sampler`]
+/// harmlessly (requests to a stopped thread go nowhere).
+#[derive(Clone)]
+pub struct SampleTrigger {
+    commands: mpsc::Sender<Command>,
+}
+
+impl SampleTrigger {
+    pub fn sample_now(&self) {
+        // A send error means the thread is gone: nothing to sample.
+        let _ = self.commands.send(Command::SampleNow);
+    }
+}
+
+impl std::fmt::Debug for SampleTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SampleTrigger")
+    }
 }
 
 impl Sampler {
@@ -39,6 +66,20 @@ impl Sampler {
     where
         F: FnOnce() -> Result<Box<dyn GpuProbe>, ProbeError> + Send + 'static,
     {
+        Sampler::start_with_xids(open, interval, None).await
+    }
+
+    /// [`Sampler::start`], and the probe's own Xid events (NVML's event
+    /// set) go to `xids` once the inventory is taken. A probe that cannot
+    /// watch Xids still starts: polling and other sources remain.
+    pub async fn start_with_xids<F>(
+        open: F,
+        interval: Duration,
+        xids: Option<XidSink>,
+    ) -> Result<(Sampler, Vec<GpuInfo>), ProbeError>
+    where
+        F: FnOnce() -> Result<Box<dyn GpuProbe>, ProbeError> + Send + 'static,
+    {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (commands, command_rx) = mpsc::channel();
         thread::Builder::new()
@@ -46,10 +87,18 @@ impl Sampler {
             .spawn(move || {
                 let started = open().and_then(|mut probe| {
                     let inventory = probe.inventory()?;
+                    if let Some(sink) = xids {
+                        match probe.watch_xids(sink) {
+                            Ok(true) => info!("watching the probe's Xid events"),
+                            Ok(false) => {}
+                            Err(err) => warn!(error = %err, "cannot watch the probe's Xid events"),
+                        }
+                    }
                     let first = take_sample(probe.as_mut())?;
-                    Ok((probe, inventory, first))
+                    let health = probe.health()?;
+                    Ok((probe, inventory, first, health))
                 });
-                let (probe, inventory, first) = match started {
+                let (probe, inventory, first, health) = match started {
                     Ok(started) => started,
                     Err(err) => {
                         // The receiver only goes away if startup was abandoned.
@@ -58,21 +107,41 @@ impl Sampler {
                     }
                 };
                 let (latest_tx, latest_rx) = watch::channel(first);
-                if ready_tx.send(Ok((inventory, latest_rx))).is_ok() {
-                    sample_loop(probe, &latest_tx, &command_rx, interval);
+                let (health_tx, health_rx) = watch::channel(health);
+                if ready_tx.send(Ok((inventory, latest_rx, health_rx))).is_ok() {
+                    sample_loop(probe, &latest_tx, &health_tx, &command_rx, interval);
                 }
             })
             .map_err(|e| ProbeError::ThreadGone(format!("cannot spawn the probe thread: {e}")))?;
 
-        let (inventory, latest) = ready_rx.await.map_err(|_| {
+        let (inventory, latest, health) = ready_rx.await.map_err(|_| {
             ProbeError::ThreadGone("the probe thread panicked while opening the probe".into())
         })??;
-        Ok((Sampler { commands, latest }, inventory))
+        Ok((
+            Sampler {
+                commands,
+                latest,
+                health,
+            },
+            inventory,
+        ))
     }
 
     /// Follows the latest sample.
     pub fn subscribe(&self) -> watch::Receiver<Telemetry> {
         self.latest.clone()
+    }
+
+    /// Follows the latest health signals (taken with every sample).
+    pub fn subscribe_health(&self) -> watch::Receiver<HealthSample> {
+        self.health.clone()
+    }
+
+    /// A handle that asks for a sample out of turn.
+    pub fn trigger(&self) -> SampleTrigger {
+        SampleTrigger {
+            commands: self.commands.clone(),
+        }
     }
 
     /// Changes the sampling interval (supd may suggest one). The next sample
@@ -87,11 +156,13 @@ impl Sampler {
 fn sample_loop(
     mut probe: Box<dyn GpuProbe>,
     latest: &watch::Sender<Telemetry>,
+    health: &watch::Sender<HealthSample>,
     commands: &mpsc::Receiver<Command>,
     mut interval: Duration,
 ) {
     let mut next = Instant::now() + interval;
-    let mut failing = false;
+    let mut last = Instant::now();
+    let mut failing = Failing::default();
     loop {
         match commands.recv_timeout(next.saturating_duration_since(Instant::now())) {
             Ok(Command::SetInterval(new)) => {
@@ -101,24 +172,16 @@ fn sample_loop(
                     next = Instant::now() + interval;
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {
-                match take_sample(probe.as_mut()) {
-                    Ok(sample) => {
-                        if failing {
-                            info!("GPU sampling recovered");
-                            failing = false;
-                        }
-                        latest.send_replace(sample);
-                    }
-                    // Keep publishing nothing new: the stale `sampled_at`
-                    // tells supd the readings are old.
-                    Err(err) => {
-                        if !failing {
-                            warn!(error = %err, "GPU sampling failed");
-                            failing = true;
-                        }
-                    }
+            Ok(Command::SampleNow) => {
+                // Out of turn: the regular schedule is left as it is.
+                if last.elapsed() >= MIN_EXTRA_SAMPLE_GAP {
+                    sample_once(probe.as_mut(), latest, health, &mut failing);
+                    last = Instant::now();
                 }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                sample_once(probe.as_mut(), latest, health, &mut failing);
+                last = Instant::now();
                 // Skip slots missed while a slow sample ran rather than
                 // sampling back to back to catch up.
                 next += interval;
@@ -128,6 +191,57 @@ fn sample_loop(
                 }
             }
             Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Failing {
+    sample: bool,
+    health: bool,
+}
+
+/// Takes telemetry and health; each failure is logged when it starts and
+/// when it clears. On failure nothing new is published: the stale
+/// `sampled_at` tells supd the readings are old, and the health monitor
+/// keeps judging on the last signals it had.
+fn sample_once(
+    probe: &mut dyn GpuProbe,
+    latest: &watch::Sender<Telemetry>,
+    health: &watch::Sender<HealthSample>,
+    failing: &mut Failing,
+) {
+    match take_sample(probe) {
+        Ok(sample) => {
+            if std::mem::take(&mut failing.sample) {
+                info!("GPU sampling recovered");
+            }
+            latest.send_replace(sample);
+        }
+        Err(err) => {
+            if !std::mem::replace(&mut failing.sample, true) {
+                warn!(error = %err, "GPU sampling failed");
+            }
+        }
+    }
+    match probe.health() {
+        Ok(signals) => {
+            if std::mem::take(&mut failing.health) {
+                info!("GPU health polling recovered");
+            }
+            // Only a change wakes the health monitor.
+            health.send_if_modified(|current| {
+                let changed = *current != signals;
+                if changed {
+                    *current = signals;
+                }
+                changed
+            });
+        }
+        Err(err) => {
+            if !std::mem::replace(&mut failing.health, true) {
+                warn!(error = %err, "GPU health polling failed");
+            }
         }
     }
 }

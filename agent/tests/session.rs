@@ -144,6 +144,11 @@ fn config(addr: SocketAddr, telemetry_interval: Duration) -> Config {
         reconnect_min_backoff: Duration::from_millis(10),
         reconnect_max_backoff: Duration::from_millis(100),
         log_format: LogFormat::Text,
+        // No job is assigned in these tests, so nothing is written there.
+        state_dir: std::env::temp_dir().join("sup-agent-session-tests"),
+        allow_drills: false,
+        kernel_log: None,
+        xid_rules: None,
     }
 }
 
@@ -209,17 +214,33 @@ async fn registers_then_streams_telemetry_at_supds_interval() {
     assert_eq!(register.gpus[1].index, 1);
     assert!(register.gpus[0].uuid.starts_with("GPU-"));
 
-    for expected_seq in 2..=6 {
+    let (mut telemetry_count, mut last_seq, mut rank_status) = (0, 1, None);
+    while telemetry_count < 5 || rank_status.is_none() {
         let (session, message) = next(&mut seen).await;
         assert_eq!(session, 1);
-        assert_eq!(message.seq, expected_seq);
-        let Some(AgentBody::Telemetry(telemetry)) = message.body else {
-            panic!("expected Telemetry, got {message:?}");
-        };
-        assert_eq!(telemetry.gpus.len(), 2);
-        assert!(telemetry.sampled_at_unix_ms > 0);
-        assert!(telemetry.gpus.iter().all(|g| g.temperature_c.is_some()));
+        assert!(message.seq > last_seq, "sequence numbers grow: {message:?}");
+        last_seq = message.seq;
+        match message.body {
+            Some(AgentBody::Telemetry(telemetry)) => {
+                assert_eq!(telemetry.gpus.len(), 2);
+                assert!(telemetry.sampled_at_unix_ms > 0);
+                assert!(telemetry.gpus.iter().all(|g| g.temperature_c.is_some()));
+                telemetry_count += 1;
+            }
+            // The launcher's answer to the fake supd's assignment, whose
+            // job has no command.
+            Some(AgentBody::Ranks(status)) => rank_status = Some(status),
+            // The health monitor's verdicts (all ok on simulated GPUs).
+            Some(AgentBody::Health(health)) => assert_eq!(health.verdicts.len(), 2),
+            other => panic!("expected Telemetry, Ranks or Health, got {other:?}"),
+        }
     }
+    let status = rank_status.expect("seen");
+    assert_eq!((status.job.as_str(), status.generation), ("demo", 3));
+    assert!(
+        status.launch_error.contains("command is empty"),
+        "{status:?}"
+    );
 
     agent.shut_down().await;
     server.abort();
@@ -258,7 +279,13 @@ async fn retries_through_rejections_and_dropped_streams() {
             break;
         }
         assert_eq!(n, 3);
-        assert!(matches!(message.body, Some(AgentBody::Telemetry(_))));
+        assert!(
+            matches!(
+                message.body,
+                Some(AgentBody::Telemetry(_) | AgentBody::Ranks(_) | AgentBody::Health(_))
+            ),
+            "{message:?}"
+        );
     }
     assert!(
         reconnected,

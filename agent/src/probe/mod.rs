@@ -6,6 +6,8 @@
 //! model to keep in step with the proto.
 
 pub mod nvml;
+mod nvml_events;
+pub mod signals;
 pub mod sim;
 
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use sup_proto::v1::{GpuInfo, GpuReading};
 use crate::config::GpuBackend;
 
 pub use self::nvml::NvmlProbe;
+pub use self::signals::{GpuSignals, HealthSample, XidObservation, XidSink, XidSource};
 pub use self::sim::SimProbe;
 
 /// One source of GPU inventory and telemetry for this node.
@@ -30,6 +33,22 @@ pub trait GpuProbe {
     /// `None` in its field (never zero); an error here means the probe as a
     /// whole could not sample.
     fn sample(&mut self) -> Result<Vec<GpuReading>, ProbeError>;
+
+    /// Health signals for every inventoried GPU (ECC, row remapping, PCIe,
+    /// NVLink, throttling, recovery action, lost GPUs). Polled on the same
+    /// schedule as [`GpuProbe::sample`]. The default knows nothing: every
+    /// signal absent, which judges as healthy-by-lack-of-evidence.
+    fn health(&mut self) -> Result<HealthSample, ProbeError> {
+        Ok(HealthSample::default())
+    }
+
+    /// Starts delivering Xid events to `sink` as they happen (NVML's event
+    /// set, on a thread of the probe's own). Returns false when this
+    /// backend has no event source of its own.
+    fn watch_xids(&mut self, sink: XidSink) -> Result<bool, ProbeError> {
+        let _ = sink;
+        Ok(false)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,8 +6,9 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sup_proto::v1::{GpuInfo, GpuReading};
+use sup_proto::v1::{GpuInfo, GpuReading, RecoveryAction};
 
+use super::signals::{GpuSignals, HealthSample};
 use super::{GpuProbe, ProbeError};
 
 pub const SIM_GPU_NAME: &str = "Simulated H100 80GB HBM3";
@@ -80,6 +81,43 @@ impl GpuProbe for SimProbe {
             })
             .collect();
         Ok(readings)
+    }
+
+    /// Every GPU healthy, with every signal an H100 SXM has present (page
+    /// retirement is pre-Ampere, so absent): faults come only from drills,
+    /// which the health monitor injects downstream of the probe.
+    fn health(&mut self) -> Result<HealthSample, ProbeError> {
+        let gpus = self
+            .load
+            .iter()
+            .zip(0u32..)
+            .map(|(load, index)| GpuSignals {
+                index,
+                lost: None,
+                recovery_action: Some(RecoveryAction::None),
+                ecc_sbe_volatile: Some(0),
+                ecc_dbe_volatile: Some(0),
+                remapped_correctable: Some(0),
+                remapped_uncorrectable: Some(0),
+                remap_pending: Some(false),
+                remap_failure: Some(false),
+                retired_pages_sbe: None,
+                retired_pages_dbe: None,
+                retired_pages_pending: None,
+                pcie_gen: Some(5),
+                pcie_gen_max: Some(5),
+                pcie_width: Some(16),
+                pcie_width_max: Some(16),
+                nvlink_links: Some(18),
+                nvlink_down: Vec::new(),
+                throttle_reasons: Some(0),
+                utilization_gpu_pct: Some(percent(load * 100.0)),
+            })
+            .collect();
+        Ok(HealthSample {
+            gpus,
+            visible_gpus: u32::try_from(self.load.len()).ok(),
+        })
     }
 }
 
@@ -219,6 +257,24 @@ mod tests {
             "readings should vary, got {}",
             temperatures.len()
         );
+    }
+
+    #[test]
+    fn health_is_complete_and_healthy() {
+        let mut probe = SimProbe::new("node-a", 8);
+        let health = probe.health().expect("sim health");
+        assert_eq!(health.visible_gpus, Some(8));
+        assert_eq!(health.gpus.len(), 8);
+        for (i, g) in health.gpus.iter().enumerate() {
+            assert_eq!(g.index, i as u32);
+            assert_eq!(g.lost, None);
+            assert_eq!(g.recovery_action, Some(RecoveryAction::None));
+            assert_eq!(g.ecc_dbe_volatile, Some(0));
+            assert_eq!(g.remap_failure, Some(false));
+            assert_eq!(g.pcie_width, g.pcie_width_max);
+            assert!(g.nvlink_down.is_empty());
+            assert_eq!(g.throttle_reasons, Some(0));
+        }
     }
 
     #[test]

@@ -324,3 +324,155 @@ pub fn supctl_json(supervisor: &str, args: &[&str]) -> Result<Value> {
         )
     })
 }
+
+/// The repository root (for examples/ and deploy/).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The example trainer's command line, for job specs.
+pub fn trainer_command(
+    steps: u32,
+    checkpoint_every: u32,
+    step_time: &str,
+    params: u32,
+) -> Vec<String> {
+    let script = repo_root().join("examples/trainer/train.py");
+    vec![
+        "python3".to_owned(),
+        script.display().to_string(),
+        "--steps".to_owned(),
+        steps.to_string(),
+        "--checkpoint-every".to_owned(),
+        checkpoint_every.to_string(),
+        "--step-time".to_owned(),
+        step_time.to_owned(),
+        "--params".to_owned(),
+        params.to_string(),
+    ]
+}
+
+/// TOML for a string list.
+pub fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The job named `name` from `supctl status -o json`.
+pub fn job_status(supervisor: &str, name: &str) -> Result<Value> {
+    let status = supctl_json(supervisor, &["status"])?;
+    status["jobs"]
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|j| j["name"] == name))
+        .cloned()
+        .ok_or_else(|| anyhow!("job {name} not in status: {status}"))
+}
+
+/// Events of one kind (optionally about one job), oldest first.
+pub fn events_of(supervisor: &str, kind: &str, job: Option<&str>) -> Result<Vec<Value>> {
+    let all = supctl_json(supervisor, &["events"])?;
+    Ok(all
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["kind"] == kind && job.is_none_or(|j| e["job"] == j))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Processes (other than zombies) whose environment has every `KEY=VALUE`
+/// in `env`: how tests find training ranks of a given job and generation.
+pub fn processes_with_env(env: &[(&str, &str)]) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let wanted: Vec<Vec<u8>> = env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}").into_bytes())
+        .collect();
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Field 3 is the state; Z is a zombie waiting to be reaped.
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
+            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+            !zombie && wanted.iter().all(|w| vars.contains(&w.as_slice()))
+        })
+        .collect()
+}
+
+/// The fake NVML library (tests/fake-nvml), built next to the binaries.
+pub fn fake_nvml_lib() -> Result<PathBuf> {
+    let path = bin_dir()?.join("libfake_nvml.so");
+    if !path.exists() {
+        bail!(
+            "{} not found: run `cargo build -p fake-nvml` (scripts/test.sh does) before the GPU fault tests",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// One node's fake GPUs: the state file its fake NVML library reads (format
+/// in tests/fake-nvml/README.md).
+pub struct FakeGpus {
+    pub path: PathBuf,
+}
+
+impl FakeGpus {
+    /// Writes `state` to `<work>/<node_id>-nvml.json`.
+    pub fn new(work: &Path, node_id: &str, state: &Value) -> Result<FakeGpus> {
+        let gpus = FakeGpus {
+            path: work.join(format!("{node_id}-nvml.json")),
+        };
+        gpus.set(state)?;
+        Ok(gpus)
+    }
+
+    /// Replaces the state atomically: the library may read at any moment.
+    pub fn set(&self, state: &Value) -> Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))?;
+        Ok(())
+    }
+}
+
+/// A sup-agent on the real NVML code path, loading the fake library with
+/// `gpus` as its driver state.
+pub fn start_fake_nvml_agent(
+    work: &Path,
+    supervisor: &str,
+    node_id: &str,
+    gpus: &FakeGpus,
+    extra: &[&str],
+) -> Result<Proc> {
+    let mut cmd = Command::new(bin("sup-agent")?);
+    cmd.arg("--supervisor")
+        .arg(supervisor)
+        .arg("--node-id")
+        .arg(node_id)
+        .arg("--address")
+        .arg("127.0.0.1")
+        .arg("--gpu-backend")
+        .arg("nvml")
+        .arg("--nvml-lib")
+        .arg(fake_nvml_lib()?)
+        .env("FAKE_NVML_STATE", &gpus.path)
+        .args(extra);
+    Proc::spawn(&format!("agent-{node_id}"), cmd, work)
+}

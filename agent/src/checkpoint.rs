@@ -1,0 +1,466 @@
+//! The checkpoint catalog: which checkpoints in a job's directory are
+//! complete, by the rules of the layout that wrote them (DESIGN.md §5).
+//!
+//! A torn checkpoint (a crash mid-save) must never be offered for resume,
+//! so every rule errs on the side of "incomplete": a directory whose state
+//! cannot be read is left out.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use sup_proto::v1::Checkpoint;
+
+/// DCP's coordinator writes this last, by rename.
+const DCP_METADATA: &str = ".metadata";
+const MEGATRON_TRACKER: &str = "latest_checkpointed_iteration.txt";
+const MEGATRON_PREFIX: &str = "iter_";
+const MEGATRON_DIGITS: usize = 7;
+const ORBAX_TMP: &str = ".orbax-checkpoint-tmp-";
+const ORBAX_COMMIT: &str = "commit_success.txt";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// PyTorch Distributed Checkpoint.
+    Dcp,
+    Megatron,
+    Orbax,
+    /// A directory is complete once this file is in it.
+    Marker(String),
+}
+
+impl FromStr for Layout {
+    type Err = CatalogError;
+
+    fn from_str(s: &str) -> Result<Layout, CatalogError> {
+        let bad = |why: &str| CatalogError::Layout {
+            layout: s.to_owned(),
+            why: why.to_owned(),
+        };
+        match s {
+            "dcp" => Ok(Layout::Dcp),
+            "megatron" => Ok(Layout::Megatron),
+            "orbax" => Ok(Layout::Orbax),
+            _ => match s.strip_prefix("marker:") {
+                Some("") => Err(bad("the marker file name is empty")),
+                Some(name) if name.contains('/') || name == "." || name == ".." => {
+                    Err(bad("the marker must be a file name, not a path"))
+                }
+                Some(name) => Ok(Layout::Marker(name.to_owned())),
+                None => Err(bad("expected dcp, megatron, orbax or marker:FILENAME")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Layout::Dcp => f.write_str("dcp"),
+            Layout::Megatron => f.write_str("megatron"),
+            Layout::Orbax => f.write_str("orbax"),
+            Layout::Marker(name) => write!(f, "marker:{name}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("unknown checkpoint layout {layout:?}: {why}")]
+    Layout { layout: String, why: String },
+    #[error("cannot read checkpoint directory {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The complete checkpoints in `dir`, oldest (lowest step) first.
+///
+/// A directory that does not exist yet holds no checkpoints: a job's first
+/// run creates it with its first save.
+pub fn scan(dir: &Path, layout: &str) -> Result<Vec<Checkpoint>, CatalogError> {
+    let layout: Layout = layout.parse()?;
+    let entries = match subdirs(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(CatalogError::Read {
+                path: dir.to_owned(),
+                source,
+            })
+        }
+    };
+    let mut found: Vec<(u64, PathBuf)> = match &layout {
+        Layout::Dcp => entries
+            .into_iter()
+            .filter_map(|(name, path)| Some((trailing_number(&name)?, path)))
+            .filter(|(_, path)| path.join(DCP_METADATA).is_file())
+            .collect(),
+        Layout::Marker(marker) => entries
+            .into_iter()
+            .filter_map(|(name, path)| Some((trailing_number(&name)?, path)))
+            .filter(|(_, path)| path.join(marker).is_file())
+            .collect(),
+        Layout::Megatron => megatron(dir, entries),
+        Layout::Orbax => orbax(entries),
+    };
+    found.sort();
+    Ok(found
+        .into_iter()
+        .map(|(step, path)| Checkpoint {
+            step,
+            path: path.to_string_lossy().into_owned(),
+        })
+        .collect())
+}
+
+/// Megatron writes `iter_NNNNNNN/` and, after every rank has finished,
+/// the tracker naming it. The tracker is not written atomically, so it is
+/// trusted only when it parses and names a directory that exists. With a
+/// trusted tracker, directories up to it are complete and newer ones are a
+/// save in progress. Without one, the newest directory may be the save
+/// that tore it and is left out, unless it is in the `torch_dist` format,
+/// whose `.metadata` proves it complete.
+fn megatron(dir: &Path, entries: Vec<(String, PathBuf)>) -> Vec<(u64, PathBuf)> {
+    let iters: Vec<(u64, PathBuf)> = entries
+        .into_iter()
+        .filter_map(|(name, path)| {
+            let digits = name.strip_prefix(MEGATRON_PREFIX)?;
+            if digits.len() < MEGATRON_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((digits.parse().ok()?, path))
+        })
+        .filter(|(_, path)| megatron_dir_complete(path))
+        .collect();
+    let tracker = fs::read_to_string(dir.join(MEGATRON_TRACKER))
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .filter(|iteration| iters.iter().any(|(step, _)| step == iteration));
+    match tracker {
+        Some(latest) => iters
+            .into_iter()
+            .filter(|(step, _)| *step <= latest)
+            .collect(),
+        None => {
+            let newest = iters.iter().map(|(step, _)| *step).max();
+            iters
+                .into_iter()
+                .filter(|(step, path)| Some(*step) != newest || path.join(DCP_METADATA).is_file())
+                .collect()
+        }
+    }
+}
+
+/// An `iter_` directory's own evidence: it has content, and in the
+/// `torch_dist` format (DCP shards) its `.metadata` is there.
+fn megatron_dir_complete(path: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(path) else {
+        return false;
+    };
+    let names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let distributed = names.iter().any(|n| n.ends_with(".distcp"));
+    !names.is_empty() && (!distributed || names.iter().any(|n| n == DCP_METADATA))
+}
+
+/// Orbax saves into `<step>.orbax-checkpoint-tmp-<ts>` and renames it to
+/// `<step>` when done, except on object stores, where a rename is not
+/// atomic and `commit_success.txt` marks the end instead. Once any step
+/// shows that marker the store is taken to be one of those, and a step
+/// without it is incomplete.
+fn orbax(entries: Vec<(String, PathBuf)>) -> Vec<(u64, PathBuf)> {
+    let steps: Vec<(u64, PathBuf)> = entries
+        .into_iter()
+        .filter(|(name, _)| !name.contains(ORBAX_TMP))
+        .filter_map(|(name, path)| Some((orbax_step(&name)?, path)))
+        .collect();
+    let committed: Vec<bool> = steps
+        .iter()
+        .map(|(_, path)| orbax_committed(path))
+        .collect();
+    let markers_in_use = committed.iter().any(|c| *c);
+    steps
+        .into_iter()
+        .zip(committed)
+        .filter(|(_, committed)| !markers_in_use || *committed)
+        .map(|(step, _)| step)
+        .collect()
+}
+
+/// `<step>`, or `<prefix>_<step>` (Orbax's `step_prefix` option).
+fn orbax_step(name: &str) -> Option<u64> {
+    let digits = match name.rsplit_once('_') {
+        Some((prefix, digits)) if !prefix.is_empty() => digits,
+        _ => name,
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The marker in the step directory or in one of its item directories.
+fn orbax_committed(step_dir: &Path) -> bool {
+    if step_dir.join(ORBAX_COMMIT).is_file() {
+        return true;
+    }
+    subdirs(step_dir).is_ok_and(|items| {
+        items
+            .iter()
+            .any(|(_, item)| item.join(ORBAX_COMMIT).is_file())
+    })
+}
+
+/// The trailing decimal number of a directory name: `step-200`, `step_200`,
+/// `checkpoint-200` and `200` are all step 200. A name with anything after
+/// the number (`step-200.tmp`) has none, which keeps temporary directories
+/// out.
+pub fn trailing_number(name: &str) -> Option<u64> {
+    let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 {
+        return None;
+    }
+    name[name.len() - digits..].parse().ok()
+}
+
+/// The visible subdirectories of `dir` (following symlinks), with their
+/// names. Hidden ones are scratch space by convention; names that are not
+/// UTF-8 cannot be reported and are skipped.
+fn subdirs(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let Ok(entry) = entry else { continue };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let path = entry.path();
+        if name.starts_with('.') || !path.is_dir() {
+            continue;
+        }
+        out.push((name, path));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture {
+                dir: tempfile::tempdir().expect("tempdir"),
+            }
+        }
+
+        fn file(&self, rel: &str, content: &str) -> &Self {
+            let path = self.dir.path().join(rel);
+            fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            fs::write(path, content).expect("write");
+            self
+        }
+
+        fn dir(&self, rel: &str) -> &Self {
+            fs::create_dir_all(self.dir.path().join(rel)).expect("mkdir");
+            self
+        }
+
+        fn scan(&self, layout: &str) -> Vec<(u64, String)> {
+            scan(self.dir.path(), layout)
+                .expect("scan")
+                .into_iter()
+                .map(|c| {
+                    let rel = Path::new(&c.path)
+                        .strip_prefix(self.dir.path())
+                        .expect("inside the fixture")
+                        .to_string_lossy()
+                        .into_owned();
+                    (c.step, rel)
+                })
+                .collect()
+        }
+    }
+
+    fn steps(list: &[(u64, String)]) -> Vec<u64> {
+        list.iter().map(|(s, _)| *s).collect()
+    }
+
+    #[test]
+    fn trailing_numbers() {
+        for (name, step) in [
+            ("step-200", Some(200)),
+            ("step_200", Some(200)),
+            ("checkpoint-200", Some(200)),
+            ("200", Some(200)),
+            ("global_step7", Some(7)),
+            ("step-200.tmp", None),
+            ("latest", None),
+            ("", None),
+            ("99999999999999999999999", None),
+        ] {
+            assert_eq!(trailing_number(name), step, "{name}");
+        }
+    }
+
+    #[test]
+    fn dcp_needs_its_metadata() {
+        let f = Fixture::new();
+        f.file("step-100/__0_0.distcp", "x")
+            .file("step-100/__1_0.distcp", "x")
+            .file("step-100/.metadata", "m")
+            .file("checkpoint-300/__0_0.distcp", "x")
+            .file("checkpoint-300/.metadata", "m")
+            // Torn: shards written, the metadata never.
+            .file("step_400/__0_0.distcp", "x")
+            .file("step_400/__1_0.distcp", "x")
+            // In progress under a temporary name, and stray files.
+            .file("step-500.tmp/.metadata", "m")
+            .file("notes.txt", "hello")
+            .file("20/.metadata", "m");
+        let found = f.scan("dcp");
+        assert_eq!(
+            found,
+            vec![
+                (20, "20".to_owned()),
+                (100, "step-100".to_owned()),
+                (300, "checkpoint-300".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_directory_holds_nothing_but_an_unreadable_one_is_an_error() {
+        let f = Fixture::new();
+        assert!(scan(&f.dir.path().join("not-yet"), "dcp")
+            .expect("missing dir")
+            .is_empty());
+        f.file("plain-file", "x");
+        let err = scan(&f.dir.path().join("plain-file"), "dcp").expect_err("a file");
+        assert!(err.to_string().contains("plain-file"), "{err}");
+    }
+
+    #[test]
+    fn layouts_are_parsed_with_clear_errors() {
+        assert_eq!("dcp".parse::<Layout>().expect("dcp"), Layout::Dcp);
+        assert_eq!(
+            "marker:COMPLETE".parse::<Layout>().expect("marker"),
+            Layout::Marker("COMPLETE".into())
+        );
+        for (bad, why) in [
+            ("zarr", "expected dcp, megatron"),
+            ("marker:", "empty"),
+            ("marker:a/b", "not a path"),
+            ("", "expected dcp"),
+        ] {
+            let err = scan(Path::new("/nonexistent"), bad).expect_err(bad);
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        assert_eq!(Layout::Marker("OK".into()).to_string(), "marker:OK");
+    }
+
+    fn megatron_fixture() -> Fixture {
+        let f = Fixture::new();
+        f.file("iter_0000100/mp_rank_00/model_optim_rng.pt", "x")
+            .file("iter_0000200/mp_rank_00/model_optim_rng.pt", "x")
+            .file("iter_0000300/mp_rank_00/model_optim_rng.pt", "x")
+            .file("release/mp_rank_00/model_optim_rng.pt", "x");
+        f
+    }
+
+    #[test]
+    fn megatron_with_a_valid_tracker_counts_up_to_it() {
+        let f = megatron_fixture();
+        f.file(MEGATRON_TRACKER, "300\n");
+        assert_eq!(steps(&f.scan("megatron")), [100, 200, 300]);
+        // A save of 400 in progress: the tracker still says 300.
+        f.file("iter_0000400/mp_rank_00/model_optim_rng.pt", "partial");
+        assert_eq!(steps(&f.scan("megatron")), [100, 200, 300]);
+        assert_eq!(f.scan("megatron")[2].1, "iter_0000300");
+    }
+
+    #[test]
+    fn megatron_with_an_empty_tracker_drops_the_newest() {
+        let f = megatron_fixture();
+        f.file(MEGATRON_TRACKER, "");
+        assert_eq!(steps(&f.scan("megatron")), [100, 200]);
+    }
+
+    #[test]
+    fn megatron_with_a_truncated_or_garbage_tracker_drops_the_newest() {
+        let f = megatron_fixture();
+        // "300" cut after one digit names iter_0000003, which does not exist.
+        f.file(MEGATRON_TRACKER, "3");
+        assert_eq!(steps(&f.scan("megatron")), [100, 200]);
+        f.file(MEGATRON_TRACKER, "\u{0}\u{0}garbage");
+        assert_eq!(steps(&f.scan("megatron")), [100, 200]);
+        // No tracker at all.
+        fs::remove_file(f.dir.path().join(MEGATRON_TRACKER)).expect("rm");
+        assert_eq!(steps(&f.scan("megatron")), [100, 200]);
+    }
+
+    #[test]
+    fn megatron_torch_dist_dirs_prove_themselves() {
+        let f = Fixture::new();
+        f.file("iter_0000100/__0_0.distcp", "x")
+            .file("iter_0000100/.metadata", "m")
+            .file("iter_0000200/__0_0.distcp", "x")
+            .file("iter_0000200/.metadata", "m")
+            // Torn dist save, even below the tracker: no metadata.
+            .file("iter_0000150/__0_0.distcp", "x")
+            .dir("iter_0000050")
+            .file(MEGATRON_TRACKER, "");
+        assert_eq!(steps(&f.scan("megatron")), [100, 200]);
+    }
+
+    #[test]
+    fn orbax_skips_tmp_dirs() {
+        let f = Fixture::new();
+        f.file("100/default/array", "x")
+            .file("200/default/array", "x")
+            .file("300.orbax-checkpoint-tmp-1712345678/default/array", "x")
+            .file("checkpoint_400/default/array", "x")
+            .file("latest", "x");
+        assert_eq!(steps(&f.scan("orbax")), [100, 200, 400]);
+    }
+
+    #[test]
+    fn orbax_commit_marker_applies_to_every_step_once_seen() {
+        let f = Fixture::new();
+        f.file("100/default/array", "x")
+            .file("100/commit_success.txt", "")
+            .file("200/default/array", "x")
+            .file("200/default/commit_success.txt", "")
+            // Written, never committed.
+            .file("300/default/array", "x");
+        assert_eq!(steps(&f.scan("orbax")), [100, 200]);
+    }
+
+    #[test]
+    fn marker_layout_needs_the_named_file() {
+        let f = Fixture::new();
+        f.file("step-10/shard-0.bin", "x")
+            .file("step-10/COMPLETE", "")
+            .file("step-20/shard-0.bin", "x")
+            .file("step-20/COMPLETE", "")
+            // Killed mid-save: shards and metadata, no marker.
+            .file("step-30/shard-0.bin", "x")
+            .file("step-30/meta.json", "{}")
+            .file("final.bin", "x");
+        assert_eq!(
+            f.scan("marker:COMPLETE"),
+            vec![(10, "step-10".to_owned()), (20, "step-20".to_owned())]
+        );
+        assert!(f.scan("marker:DONE").is_empty());
+    }
+}

@@ -1,0 +1,507 @@
+//! The rank launcher: makes the ranks running on this node match the
+//! desired assignment, and reports what runs.
+//!
+//! Level-triggered (DESIGN.md §2): the loop compares the desired (job,
+//! generation) with what runs, whatever sequence of messages led there.
+//! When they differ, every rank of the running generation is stopped first
+//! (SIGTERM to its process group, SIGKILL after the grace period) and only
+//! then are the ranks of the desired one started. Ranks that end on their
+//! own are reported and not restarted: restarting is supd's decision, and it
+//! comes as a new generation.
+//!
+//! Reports: `Ranks` whenever the status changes, one `RankExited` per rank
+//! process that ends. Everything about an older generation is sent before
+//! the next generation's first status, and the [`Fence`] drops anything
+//! about it afterwards.
+
+pub mod env;
+pub mod logs;
+pub mod process;
+pub mod scanner;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use sup_proto::v1::agent_message::Body as AgentBody;
+use sup_proto::v1::{DesiredAssignment, JobAssignment, LogRequest, RankExited, RankStatus};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, error, info, warn};
+
+use crate::bus::Outbox;
+use crate::fence::{Fence, Running};
+use crate::progress::Intake;
+use env::NodeContext;
+use process::{signal_group, Exit, RankProcess, RankSpec};
+use scanner::{Catalogs, Target};
+
+/// Used when an assignment's `stop_grace_ms` is 0.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a rank may take to vanish after SIGKILL. Past it the process is
+/// stuck in the kernel (a hung GPU driver call, typically); it can never run
+/// user code again, so the launcher stops waiting for it.
+pub const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Lines of a rank's log sent with its exit.
+pub const EXIT_LOG_LINES: usize = 20;
+const EXIT_LOG_BYTES: u64 = 64 * 1024;
+
+/// What the launcher needs from the agent's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Rank logs go under `<state_dir>/jobs/`.
+    pub state_dir: PathBuf,
+    pub node_id: String,
+}
+
+/// The running launcher, with its checkpoint scanner and progress intake.
+#[derive(Debug)]
+pub struct Launcher {
+    stop: Option<oneshot::Sender<()>>,
+    /// `None` once it has ended.
+    task: Option<JoinHandle<()>>,
+    scanner: JoinHandle<()>,
+    progress_addr: Option<SocketAddr>,
+}
+
+impl Launcher {
+    /// Starts reconciling `assignment`, answering `log_requests`, and
+    /// reporting through `outbox`.
+    pub async fn start(
+        settings: Settings,
+        outbox: Outbox,
+        assignment: watch::Receiver<Option<DesiredAssignment>>,
+        log_requests: mpsc::Receiver<LogRequest>,
+    ) -> Launcher {
+        let fence = Fence::new(outbox);
+        // Without the intake ranks still run; they just cannot report
+        // progress, which is better than a node that refuses all work.
+        let progress_addr = match Intake::start(fence.clone()).await {
+            Ok(intake) => {
+                info!(addr = %intake.addr(), "progress intake listening");
+                Some(intake.addr())
+            }
+            Err(e) => {
+                error!("cannot start the progress intake on 127.0.0.1: {e}; ranks will run without SUP_PROGRESS_ADDR");
+                None
+            }
+        };
+        let catalogs = Catalogs::new(fence.clone());
+        let scanner = tokio::spawn(scanner::run(Arc::clone(&catalogs), assignment.clone()));
+        let (stop, stop_rx) = oneshot::channel();
+        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let reconciler = Reconciler {
+            settings,
+            fence,
+            catalogs,
+            progress_addr: progress_addr.map(|a| a.to_string()),
+            desired: None,
+            current: None,
+            stopping: None,
+            shutting_down: false,
+            exits_tx,
+            exits_rx,
+            last_status: None,
+        };
+        let task = tokio::spawn(reconciler.run(assignment, log_requests, stop_rx));
+        Launcher {
+            stop: Some(stop),
+            task: Some(task),
+            scanner,
+            progress_addr,
+        }
+    }
+
+    /// The progress intake's address, as given to ranks.
+    pub fn progress_addr(&self) -> Option<SocketAddr> {
+        self.progress_addr
+    }
+
+    /// Stops every rank (SIGTERM, SIGKILL after the grace period), reports
+    /// their exits, and returns when none is left. Safe to call again, also
+    /// after a call that was cancelled part-way.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.as_mut() {
+            if let Err(e) = task.await {
+                error!("rank launcher failed: {e}");
+            }
+            self.task = None;
+        }
+        self.scanner.abort();
+    }
+}
+
+/// The ranks of one generation (or the decision to run nothing).
+#[derive(Debug)]
+struct Generation {
+    generation: u64,
+    job: Option<JobAssignment>,
+    /// Started and not yet reaped, by local rank.
+    ranks: BTreeMap<u32, RankProcess>,
+    launched: bool,
+    launch_error: String,
+}
+
+impl Generation {
+    fn name(&self) -> &str {
+        self.job.as_ref().map_or("", |j| j.job.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Terminating,
+    Killing,
+}
+
+#[derive(Debug)]
+struct Stopping {
+    phase: Phase,
+    deadline: Instant,
+}
+
+struct Reconciler {
+    settings: Settings,
+    fence: Fence,
+    catalogs: Arc<Catalogs>,
+    progress_addr: Option<String>,
+    desired: Option<DesiredAssignment>,
+    current: Option<Generation>,
+    stopping: Option<Stopping>,
+    shutting_down: bool,
+    exits_tx: mpsc::UnboundedSender<Exit>,
+    exits_rx: mpsc::UnboundedReceiver<Exit>,
+    last_status: Option<RankStatus>,
+}
+
+fn desired_key(desired: &DesiredAssignment) -> (u64, &str) {
+    (
+        desired.generation,
+        desired.job.as_ref().map_or("", |j| j.job.as_str()),
+    )
+}
+
+impl Reconciler {
+    async fn run(
+        mut self,
+        mut assignment: watch::Receiver<Option<DesiredAssignment>>,
+        mut log_requests: mpsc::Receiver<LogRequest>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        // Nothing is reported before the first assignment: there is no
+        // generation to report about yet.
+        self.desired = assignment.borrow_and_update().clone();
+        let (mut watching, mut answering) = (true, true);
+        while self.reconcile() {
+            let deadline = self.stopping.as_ref().map(|s| s.deadline);
+            tokio::select! {
+                changed = assignment.changed(), if watching => match changed {
+                    Ok(()) => self.desired = assignment.borrow_and_update().clone(),
+                    // The link is gone: the agent is ending, and its
+                    // shutdown will stop us.
+                    Err(_) => watching = false,
+                },
+                Some(exit) = self.exits_rx.recv() => self.on_exit(exit).await,
+                request = log_requests.recv(), if answering => match request {
+                    Some(request) => self.answer_logs(request),
+                    None => answering = false,
+                },
+                () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.on_deadline();
+                }
+                // A dropped handle means the same as a shutdown request.
+                _ = &mut stop, if !self.shutting_down => {
+                    info!("stopping every rank: the agent is shutting down");
+                    self.shutting_down = true;
+                }
+            }
+        }
+    }
+
+    /// Moves reality one step towards the desired state. False when the
+    /// launcher is done (shut down, no rank left).
+    fn reconcile(&mut self) -> bool {
+        let live = self.current.as_ref().is_some_and(|c| !c.ranks.is_empty());
+        if self.shutting_down {
+            if live {
+                self.begin_stop();
+            }
+            return live;
+        }
+        let Some(desired) = &self.desired else {
+            return true;
+        };
+        let wanted = desired_key(desired);
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| (c.generation, c.name()) == wanted)
+        {
+            return true;
+        }
+        // The link already refuses older assignments; this keeps the
+        // launcher safe on its own: generations never go back.
+        if let Some(current) = self.current.as_ref().filter(|c| c.generation > wanted.0) {
+            warn!(
+                held = current.generation,
+                offered = wanted.0,
+                "ignoring a desired assignment older than the running generation"
+            );
+            self.desired = None;
+            return true;
+        }
+        if live {
+            self.begin_stop();
+            return true;
+        }
+        let desired = desired.clone();
+        self.launch(desired);
+        true
+    }
+
+    /// SIGTERM to every rank of the current generation, once.
+    fn begin_stop(&mut self) {
+        let Some(current) = self.current.as_mut() else {
+            return;
+        };
+        if self.stopping.is_some() {
+            return;
+        }
+        let grace = match current.job.as_ref().map_or(0, |j| j.stop_grace_ms) {
+            0 => DEFAULT_STOP_GRACE,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        info!(
+            job = current.job.as_ref().map_or("", |j| j.job.as_str()),
+            generation = current.generation,
+            ranks = current.ranks.len(),
+            grace = %humantime::format_duration(grace),
+            "stopping ranks"
+        );
+        for rank in current.ranks.values_mut() {
+            rank.stopping = true;
+            if let Err(e) = signal_group(rank.pid, Signal::SIGTERM) {
+                warn!(rank = rank.rank, pid = %rank.pid, "cannot send SIGTERM: {e}");
+            }
+        }
+        self.stopping = Some(Stopping {
+            phase: Phase::Terminating,
+            deadline: Instant::now() + grace,
+        });
+    }
+
+    fn on_deadline(&mut self) {
+        let (Some(stopping), Some(current)) = (self.stopping.as_mut(), self.current.as_mut())
+        else {
+            self.stopping = None;
+            return;
+        };
+        match stopping.phase {
+            Phase::Terminating => {
+                warn!(
+                    generation = current.generation,
+                    ranks = ?current.ranks.values().map(|r| r.rank).collect::<Vec<_>>(),
+                    "ranks did not stop within the grace period; sending SIGKILL"
+                );
+                for rank in current.ranks.values() {
+                    if let Err(e) = signal_group(rank.pid, Signal::SIGKILL) {
+                        warn!(rank = rank.rank, pid = %rank.pid, "cannot send SIGKILL: {e}");
+                    }
+                }
+                *stopping = Stopping {
+                    phase: Phase::Killing,
+                    deadline: Instant::now() + KILL_WAIT,
+                };
+            }
+            Phase::Killing => {
+                // Their exits, if they ever come, are about a generation
+                // that is over and are ignored.
+                error!(
+                    generation = current.generation,
+                    pids = ?current.ranks.values().map(|r| r.pid.as_raw()).collect::<Vec<_>>(),
+                    "ranks still exist {} after SIGKILL (stuck in the kernel); no longer waiting for them",
+                    humantime::format_duration(KILL_WAIT)
+                );
+                current.ranks.clear();
+                self.stopping = None;
+                self.publish_status();
+            }
+        }
+    }
+
+    /// Starts the ranks of `desired` (none when it holds no job).
+    fn launch(&mut self, desired: DesiredAssignment) {
+        self.stopping = None;
+        let generation = desired.generation;
+        // Before the first rank starts, so that its progress reports are
+        // counted for this generation and nothing about an older one is
+        // sent after this generation's status.
+        self.fence.begin(Running {
+            job: desired.job.as_ref().map(|j| j.job.clone()),
+            generation,
+        });
+        let mut current = Generation {
+            generation,
+            job: desired.job,
+            ranks: BTreeMap::new(),
+            launched: false,
+            launch_error: String::new(),
+        };
+        if let Some(job) = &current.job {
+            match self.start_ranks(generation, job, &mut current.ranks) {
+                Ok(()) => {
+                    info!(job = %job.job, generation, ranks = current.ranks.len(), "ranks launched");
+                    current.launched = true;
+                }
+                Err(e) => {
+                    error!(job = %job.job, generation, "launch failed: {e}");
+                    current.launch_error = e;
+                }
+            }
+        } else {
+            info!(generation, "assignment holds no job; running nothing");
+        }
+        let partial = !current.launch_error.is_empty() && !current.ranks.is_empty();
+        self.current = Some(current);
+        if partial {
+            // Part of a world can never make progress; supd decides what
+            // comes next from the launch error.
+            self.begin_stop();
+        }
+        self.publish_status();
+    }
+
+    fn start_ranks(
+        &self,
+        generation: u64,
+        job: &JobAssignment,
+        ranks: &mut BTreeMap<u32, RankProcess>,
+    ) -> Result<(), String> {
+        env::check_job(job)?;
+        let overridden = env::overridden_keys(job);
+        if !overridden.is_empty() {
+            warn!(job = %job.job, keys = ?overridden, "the job's env sets names the agent owns; the agent's values are used");
+        }
+        let dir = logs::generation_dir(&self.settings.state_dir, &job.job, generation);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+        let node = NodeContext {
+            node_id: &self.settings.node_id,
+            progress_addr: self.progress_addr.as_deref(),
+        };
+        for local_rank in 0..job.ranks_per_node {
+            let global =
+                u64::from(job.node_rank) * u64::from(job.ranks_per_node) + u64::from(local_rank);
+            // check_job bounds it by the u32 world size.
+            let rank = u32::try_from(global)
+                .map_err(|_| format!("rank {global} does not fit the wire format"))?;
+            let spec = RankSpec {
+                generation,
+                rank,
+                local_rank,
+                command: &job.command,
+                workdir: &job.workdir,
+                env: env::rank_env(node, generation, job, local_rank),
+                log_path: logs::rank_log(&self.settings.state_dir, &job.job, generation, rank),
+            };
+            let started = process::spawn(spec, self.exits_tx.clone())?;
+            debug!(rank, local_rank, pid = %started.pid, "rank started");
+            ranks.insert(local_rank, started);
+        }
+        Ok(())
+    }
+
+    async fn on_exit(&mut self, exit: Exit) {
+        let Some(current) = self.current.as_mut() else {
+            return;
+        };
+        let ours = current.generation == exit.generation
+            && current
+                .ranks
+                .get(&exit.local_rank)
+                .is_some_and(|r| r.pid == exit.pid);
+        if !ours {
+            debug!(generation = exit.generation, pid = %exit.pid, "exit of a rank no longer tracked");
+            return;
+        }
+        let Some(rank) = current.ranks.remove(&exit.local_rank) else {
+            return;
+        };
+        // Whatever the rank started must not outlive it.
+        if let Err(e) = signal_group(rank.pid, Signal::SIGKILL) {
+            debug!(pid = %rank.pid, "cannot clean up the rank's process group: {e}");
+        }
+        let generation = current.generation;
+        let job = current.name().to_owned();
+        let status = exit.describe();
+        if rank.stopping {
+            info!(%job, generation, rank = rank.rank, %status, "rank stopped");
+        } else {
+            warn!(%job, generation, rank = rank.rank, %status, "rank exited");
+        }
+        if current.ranks.is_empty() {
+            self.stopping = None;
+        }
+
+        // Scan first: supd, deciding what to do about this exit, should
+        // already know a checkpoint written just before it.
+        let target = Target::of(self.current.as_ref().and_then(|c| c.job.as_ref()));
+        if let Some(target) = target {
+            self.catalogs.refresh_async(target).await;
+        }
+
+        let log_tail = logs::tail(&rank.log_path, EXIT_LOG_LINES, EXIT_LOG_BYTES)
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})\n", rank.log_path.display()));
+        self.fence.send_for(
+            generation,
+            AgentBody::RankExited(RankExited {
+                job,
+                generation,
+                rank: rank.rank,
+                local_rank: rank.local_rank,
+                exit_code: exit.exit_code(),
+                signal: exit.signal(),
+                log_tail,
+                stopped_by_agent: rank.stopping,
+            }),
+        );
+        self.publish_status();
+    }
+
+    fn answer_logs(&self, request: LogRequest) {
+        let state_dir = self.settings.state_dir.clone();
+        let fence = self.fence.clone();
+        // File reads off the loop, which must keep up with signals.
+        tokio::task::spawn_blocking(move || {
+            let response = logs::answer(&state_dir, &request);
+            fence.send(AgentBody::LogResponse(response));
+        });
+    }
+
+    /// Sends the rank status if it changed.
+    fn publish_status(&mut self) {
+        let Some(current) = &self.current else {
+            return;
+        };
+        let status = RankStatus {
+            job: current.name().to_owned(),
+            generation: current.generation,
+            running_local_ranks: current.ranks.keys().copied().collect(),
+            launched: current.launched,
+            launch_error: current.launch_error.clone(),
+        };
+        if self.last_status.as_ref() == Some(&status) {
+            return;
+        }
+        self.fence
+            .send_for(status.generation, AgentBody::Ranks(status.clone()));
+        self.last_status = Some(status);
+    }
+}
