@@ -22,6 +22,14 @@ pub const RESERVED_ENV: &[&str] = &[
     "TORCHELASTIC_MAX_RESTARTS",
     "TORCHELASTIC_RUN_ID",
     "CUDA_VISIBLE_DEVICES",
+    "SUP_JOB",
+    "SUP_GENERATION",
+    "SUP_NODE_ID",
+    "SUP_CHECKPOINT_DIR",
+    "SUP_CHECKPOINT_LAYOUT",
+    "SUP_RESUME_FROM",
+    "SUP_RESUME_STEP",
+    "SUP_PROGRESS_ADDR",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,7 +210,7 @@ impl JobSpec {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(format!("env: '{key}' is not a valid variable name"));
             }
-            if RESERVED_ENV.contains(&key.as_str()) || key.starts_with("SUP_") {
+            if RESERVED_ENV.contains(&key.as_str()) {
                 return Err(format!(
                     "env: {key} is set by sup for every rank and cannot be overridden"
                 ));
@@ -259,6 +267,9 @@ NCCL_DEBUG = "WARN"
         );
         assert!(err(&GOOD.replace("\"dcp\"", "\"zip\"")).starts_with("checkpoint_layout"));
         assert!(err(&GOOD.replace("NCCL_DEBUG", "RANK")).contains("RANK"));
+        assert!(err(&GOOD.replace("NCCL_DEBUG", "SUP_GENERATION")).contains("SUP_GENERATION"));
+        JobSpec::parse(&GOOD.replace("NCCL_DEBUG", "SUP_TRAINER_SEED"))
+            .expect("other SUP_ names are the job's");
         assert!(err(&GOOD.replace("name = \"llm-7b\"", "name = \"bad name\"")).starts_with("name"));
         let missing = err(&GOOD.replace("checkpoint_dir = \"/mnt/ckpt/llm-7b\"\n", ""));
         assert!(missing.contains("checkpoint_dir"), "{missing}");

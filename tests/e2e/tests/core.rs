@@ -292,11 +292,13 @@ fn bad_input_is_refused_clearly_and_changes_nothing() -> Result<()> {
         impostor.exited()?.is_none(),
         "a rejected agent keeps retrying, it does not exit"
     );
-    let log = impostor.log_text();
-    assert!(
-        log.contains("already connected"),
-        "the agent logs why: {log}"
-    );
+    // The event is recorded before the agent has read supd's answer.
+    wait_for("the rejected agent to log why", STARTUP_TIMEOUT, || {
+        Ok(impostor
+            .log_text()
+            .contains("already connected")
+            .then_some(()))
+    })?;
     let after = supctl_json(&url, &["status"])?;
     let a = node(&after, "node-a")?;
     assert_eq!(a["address"], "127.0.0.1");
