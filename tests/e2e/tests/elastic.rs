@@ -142,7 +142,11 @@ fn failure_swaps_in_the_spare_then_shrinks_and_the_result_is_bit_identical() -> 
             &id,
             "127.0.0.1",
             "sim:2",
-            &["--state-dir", &state.display().to_string()],
+            &[
+                "--state-dir",
+                &state.display().to_string(),
+                "--allow-drills",
+            ],
         )?);
     }
     wait_for("five ready nodes", STARTUP_TIMEOUT, || {
@@ -172,22 +176,31 @@ fn failure_swaps_in_the_spare_then_shrinks_and_the_result_is_bit_identical() -> 
         .map(str::to_owned)
         .ok_or_else(|| anyhow!("no spare"))?;
 
-    // First failure: the spare takes the node's place, same world size.
+    // The ranks' output is one command away.
+    let out = supctl(&url, &["logs", "llm", "--rank", "3", "--lines", "5"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("step "),
+        "supctl logs: {text}"
+    );
+
+    // First failure, a drill Xid 79 (GPU fallen off the bus) on an assigned
+    // node: the node is cordoned and the spare takes its place, same world
+    // size.
     let generation = job["generation"].as_u64().unwrap_or(0);
     let ckpt_before = job["checkpoint"]["step"].as_u64().unwrap_or(0);
     let victim = &nodes[1];
     let out = supctl(
         &url,
         &[
-            "cordon",
-            victim,
-            "--reason",
-            "e2e: board failure",
-            "--by",
-            "e2e",
+            "drill", "xid", "--node", victim, "--gpu", "1", "--xid", "79",
         ],
     )?;
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let job = wait_running(&url, "llm", generation, ckpt_before)?;
     let now_nodes: Vec<&str> = job["nodes"]
         .as_array()
@@ -207,6 +220,11 @@ fn failure_swaps_in_the_spare_then_shrinks_and_the_result_is_bit_identical() -> 
         .and_then(|e| e["reason"].as_str())
         .unwrap_or_default()
         .to_owned();
+    assert!(
+        why.contains(&format!("node {victim} cordoned by sup")),
+        "{why}"
+    );
+    assert!(why.contains("Xid 79"), "{why}");
     assert!(
         why.contains(&format!("replaced {victim} with {spare}")),
         "{why}"
