@@ -1,0 +1,359 @@
+//! The read-only dashboard at `/`: one HTML page, its CSS and JavaScript
+//! embedded in the binary (no front-end build step), fed by a server-sent
+//! event stream at `/api/v1/stream`.
+//!
+//! The stream is built for 2,000 nodes: each connection remembers what it
+//! last sent and, once a second, sends only the nodes whose compact summary
+//! changed (the page then touches only those nodes' DOM), the job list when
+//! it changed, and the events it has not sent yet. A page that reconnects
+//! gets a full snapshot first.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use sup_proto::json::{gpu_health_name, node_state_name, EventView, JobView};
+use sup_proto::v1;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::http::HttpState;
+
+const INDEX_HTML: &str = include_str!("index.html");
+const APP_CSS: &str = include_str!("app.css");
+const APP_JS: &str = include_str!("app.js");
+
+/// How often each stream looks at the cluster. A second is what a person
+/// notices; the diff keeps the bytes small when nothing changed.
+const TICK: Duration = Duration::from_secs(1);
+/// Events sent in the first message of a stream (the page shows the newest).
+const INITIAL_EVENTS: usize = 200;
+
+pub async fn index() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        INDEX_HTML,
+    )
+}
+
+pub async fn css() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        APP_CSS,
+    )
+}
+
+pub async fn js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        APP_JS,
+    )
+}
+
+/// What the page needs of one node: small, so that a changed node costs
+/// about a hundred bytes on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeSummary {
+    pub id: String,
+    pub state: &'static str,
+    /// The node holds no job and is healthy: counted in the spare pool.
+    pub spare: bool,
+    pub connected: bool,
+    pub job: Option<String>,
+    /// One letter per GPU, in index order: `o` ok, `d` degraded, `f` failed.
+    pub gpus: String,
+    /// "GPU 3: reason" for each GPU that is not ok.
+    pub problems: Vec<String>,
+    pub cordon: Option<String>,
+}
+
+pub fn summarize(node: &v1::Node, spare: bool) -> NodeSummary {
+    let mut gpus: Vec<&v1::Gpu> = node.gpus.iter().collect();
+    gpus.sort_by_key(|g| g.index);
+    NodeSummary {
+        id: node.id.clone(),
+        state: node_state_name(node.state),
+        spare,
+        connected: node.connected,
+        job: (!node.job.is_empty()).then(|| node.job.clone()),
+        gpus: gpus
+            .iter()
+            .map(|g| match gpu_health_name(g.health) {
+                "failed" => 'f',
+                "degraded" => 'd',
+                _ => 'o',
+            })
+            .collect(),
+        problems: gpus
+            .iter()
+            .filter(|g| gpu_health_name(g.health) != "ok")
+            .map(|g| {
+                let reason = if g.health_reason.is_empty() {
+                    "no reason given"
+                } else {
+                    g.health_reason.as_str()
+                };
+                format!("GPU {}: {reason}", g.index)
+            })
+            .collect(),
+        cordon: node
+            .cordon
+            .as_ref()
+            .map(|c| format!("{} (by {})", c.reason, c.by)),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct NodesDelta<'a> {
+    /// A full snapshot: the page drops every node it has first.
+    full: bool,
+    upsert: Vec<&'a NodeSummary>,
+    remove: Vec<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+struct Summary {
+    spares: usize,
+    spares_target: u32,
+    breaker_open: bool,
+    breaker_reason: Option<String>,
+    nodes: usize,
+}
+
+/// Per-connection memory of what was sent, so that each tick sends a diff.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    /// The first message (a full snapshot) has been made.
+    started: bool,
+    nodes: HashMap<String, NodeSummary>,
+    jobs: Option<String>,
+    summary: Option<String>,
+    last_seq: Option<u64>,
+}
+
+impl StreamState {
+    /// The SSE messages (event name, JSON data) that bring a page that has
+    /// seen what this state remembers up to `status`.
+    pub fn diff(&mut self, status: &v1::ClusterStatus) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let full = !self.started;
+        self.started = true;
+        let spares: std::collections::HashSet<&str> =
+            status.spares.iter().map(String::as_str).collect();
+        let mut fresh: HashMap<String, NodeSummary> = HashMap::with_capacity(status.nodes.len());
+        for node in &status.nodes {
+            let s = summarize(node, spares.contains(node.id.as_str()));
+            fresh.insert(s.id.clone(), s);
+        }
+        let mut upsert: Vec<&NodeSummary> = fresh
+            .values()
+            .filter(|s| self.nodes.get(&s.id) != Some(*s))
+            .collect();
+        upsert.sort_by(|a, b| a.id.cmp(&b.id));
+        let remove: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|id| !fresh.contains_key(*id))
+            .cloned()
+            .collect();
+        if full || !upsert.is_empty() || !remove.is_empty() {
+            let delta = NodesDelta {
+                full,
+                upsert,
+                remove,
+            };
+            if let Ok(json) = serde_json::to_string(&delta) {
+                out.push(("nodes", json));
+            }
+        }
+        self.nodes = fresh;
+
+        let jobs: Vec<JobView> = status.jobs.iter().map(JobView::from).collect();
+        if let Ok(json) = serde_json::to_string(&jobs) {
+            if self.jobs.as_deref() != Some(json.as_str()) {
+                self.jobs = Some(json.clone());
+                out.push(("jobs", json));
+            }
+        }
+
+        let breaker = status.breaker.as_ref();
+        let summary = Summary {
+            spares: status.spares.len(),
+            spares_target: status.spares_target,
+            breaker_open: breaker.is_some_and(|b| b.open),
+            breaker_reason: breaker
+                .filter(|b| b.open)
+                .map(|b| b.reason.clone())
+                .filter(|r| !r.is_empty()),
+            nodes: status.nodes.len(),
+        };
+        if let Ok(json) = serde_json::to_string(&summary) {
+            if self.summary.as_deref() != Some(json.as_str()) {
+                self.summary = Some(json.clone());
+                out.push(("summary", json));
+            }
+        }
+        out
+    }
+}
+
+/// `/api/v1/stream`: server-sent events `nodes`, `jobs`, `summary` and
+/// `events` (see [`StreamState::diff`]); one task per connection, ended
+/// when the page goes away.
+pub async fn stream(State(s): State<HttpState>) -> impl IntoResponse {
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(16);
+    tokio::spawn(async move {
+        let mut state = StreamState::default();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            if tx.is_closed() {
+                break;
+            }
+            let Ok(status) = s.handle.status().await else {
+                // The actor stopped: supd is shutting down or failed.
+                break;
+            };
+            let mut messages = state.diff(&status);
+            let (after, limit) = match state.last_seq {
+                Some(seq) => (seq, 0),
+                None => (0, INITIAL_EVENTS),
+            };
+            if let Ok(events) = s.handle.events(after, limit).await {
+                if let Some(last) = events.last() {
+                    state.last_seq = Some(last.seq);
+                } else if state.last_seq.is_none() {
+                    state.last_seq = Some(0);
+                }
+                if !events.is_empty() {
+                    let views: Vec<EventView> = events.iter().map(EventView::from).collect();
+                    if let Ok(json) = serde_json::to_string(&views) {
+                        messages.push(("events", json));
+                    }
+                }
+            }
+            for (name, data) in messages {
+                if tx
+                    .send(Ok(Event::default().event(name).data(data)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, state: v1::NodeState) -> v1::Node {
+        v1::Node {
+            id: id.into(),
+            state: state as i32,
+            gpus: (0..2)
+                .map(|i| v1::Gpu {
+                    index: i,
+                    health: v1::GpuHealth::Ok as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sends_a_snapshot_then_only_what_changed() {
+        let mut status = v1::ClusterStatus {
+            nodes: vec![
+                node("a", v1::NodeState::Ready),
+                node("b", v1::NodeState::Ready),
+            ],
+            ..Default::default()
+        };
+        let mut s = StreamState::default();
+        let first = s.diff(&status);
+        let nodes = &first.iter().find(|(n, _)| *n == "nodes").expect("nodes").1;
+        assert!(nodes.contains("\"full\":true"), "{nodes}");
+        assert!(nodes.contains("\"id\":\"a\"") && nodes.contains("\"id\":\"b\""));
+
+        assert!(s.diff(&status).is_empty(), "nothing changed, nothing sent");
+
+        status.nodes[1].state = v1::NodeState::Cordoned as i32;
+        status.nodes[1].cordon = Some(v1::Cordon {
+            reason: "HBM".into(),
+            by: "ops".into(),
+            ..Default::default()
+        });
+        status.nodes[1].gpus[1].health = v1::GpuHealth::Failed as i32;
+        let third = s.diff(&status);
+        assert_eq!(third.len(), 1, "{third:?}");
+        let nodes = &third[0].1;
+        assert!(!nodes.contains("\"id\":\"a\""), "a did not change: {nodes}");
+        assert!(nodes.contains("\"state\":\"cordoned\""), "{nodes}");
+        assert!(nodes.contains("\"gpus\":\"of\""), "{nodes}");
+        assert!(nodes.contains("HBM (by ops)"), "{nodes}");
+
+        status.nodes.remove(0);
+        let fourth = s.diff(&status);
+        assert!(fourth[0].1.contains("\"remove\":[\"a\"]"), "{fourth:?}");
+
+        let mut empty = StreamState::default();
+        let none = v1::ClusterStatus::default();
+        assert_eq!(
+            empty.diff(&none).len(),
+            3,
+            "nodes, jobs, summary: even of nothing"
+        );
+        assert!(empty.diff(&none).is_empty(), "then nothing");
+    }
+
+    /// The reason for the diff: at 2,000 eight-GPU nodes a quiet second
+    /// sends nothing and one changed node sends a few hundred bytes, while
+    /// the snapshot a page gets once is a few hundred kilobytes.
+    #[test]
+    fn two_thousand_nodes_cost_nothing_when_quiet() {
+        let mut status = v1::ClusterStatus {
+            nodes: (0..2000)
+                .map(|i| {
+                    let mut n = node(&format!("gpu-node-{i:04}"), v1::NodeState::Ready);
+                    n.gpus = (0..8)
+                        .map(|g| v1::Gpu {
+                            index: g,
+                            health: v1::GpuHealth::Ok as i32,
+                            ..Default::default()
+                        })
+                        .collect();
+                    n
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut s = StreamState::default();
+        let first: usize = s.diff(&status).iter().map(|(_, d)| d.len()).sum();
+        assert!(first < 400_000, "snapshot {first} bytes");
+        assert!(s.diff(&status).is_empty());
+        status.nodes[1234].gpus[5].health = v1::GpuHealth::Degraded as i32;
+        status.nodes[1234].state = v1::NodeState::Suspect as i32;
+        let one: usize = s.diff(&status).iter().map(|(_, d)| d.len()).sum();
+        assert!(one < 400, "one changed node: {one} bytes");
+    }
+}
