@@ -1,0 +1,969 @@
+//! sup-loadgen: N simulated agents against a real supd, over loopback, through
+//! the real gRPC protocol. A benchmark that prints figures, not a test that
+//! asserts them (see BENCHMARKS.md for a run and its conditions).
+//!
+//! It starts `supd` itself (a fresh data dir, a config tuned for measuring:
+//! `nodes.unreachable_after`, `nodes.telemetry_interval` from the flags, the
+//! crash-loop guard and breaker widened so repeated injected faults are not
+//! refused), connects `--nodes` agents (one HTTP/2 connection each, as real
+//! agents have), streams telemetry at `--rate` Hz, submits one job across all
+//! but `--spares` nodes, and then:
+//!
+//! 1. measures a steady window: reports/s accepted, supd CPU s per million
+//!    reports (/proc/<pid>/stat), supd peak RSS (VmHWM);
+//! 2. injects `--swap-faults` GPU failures (a failed verdict, Xid 79) while
+//!    spares last, then `--shrink-faults` more with the pool empty, and per
+//!    fault measures report → cordon (supd's `node_cordoned` event time, and
+//!    the faulted agent seeing its assignment withdrawn) and report → every
+//!    agent of the new generation launched (the agents' own `launched`
+//!    reports, and supd's `job_running` event);
+//! 3. silences `--vanish` agents (stream kept open, nothing sent) and
+//!    measures silence → `node_unreachable` event;
+//! 4. checks that every report sent was accepted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use rand::seq::IndexedRandom;
+use sup_proto::v1;
+use sup_proto::v1::agent_message::Body;
+use sup_proto::v1::agent_service_client::AgentServiceClient;
+use sup_proto::v1::control_service_client::ControlServiceClient;
+use sup_proto::v1::supervisor_message::Body as SupBody;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Parser)]
+#[command(name = "sup-loadgen", version)]
+struct Args {
+    /// The supd binary to start.
+    #[arg(long, default_value = "target/release/supd")]
+    supd: PathBuf,
+    /// Simulated agents (nodes).
+    #[arg(long, default_value_t = 2048)]
+    nodes: usize,
+    /// GPUs per simulated node.
+    #[arg(long, default_value_t = 8)]
+    gpus: u32,
+    /// Telemetry reports per second per agent (1 normal, 10 stress).
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Nodes left out of the job as spares.
+    #[arg(long, default_value_t = 10)]
+    spares: usize,
+    /// Steady-state measuring window, seconds.
+    #[arg(long, default_value_t = 60)]
+    steady_secs: u64,
+    /// Faults injected while spares last (each should be a spare swap).
+    #[arg(long, default_value_t = 10)]
+    swap_faults: usize,
+    /// Faults injected with the spare pool empty (each should shrink).
+    #[arg(long, default_value_t = 10)]
+    shrink_faults: usize,
+    /// Agents silenced at the end to measure unreachable detection.
+    #[arg(long, default_value_t = 20)]
+    vanish: usize,
+    /// supd's nodes.unreachable_after for this run, milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    unreachable_after_ms: u64,
+    /// Agents connecting at once.
+    #[arg(long, default_value_t = 64)]
+    connect_parallel: usize,
+    /// Keep supd's data dir and log here instead of a temporary dir.
+    #[arg(long)]
+    keep_dir: Option<PathBuf>,
+}
+
+/// What one simulated agent saw, read by the coordinator.
+#[derive(Default)]
+struct AgentView {
+    registered: bool,
+    /// Every assignment received: (generation, holds a job, node rank, when).
+    assignments: Vec<(u64, bool, u32, Instant)>,
+    /// When it reported every rank of a generation launched.
+    launched: HashMap<u64, Instant>,
+    /// When it sent its fault report.
+    fault_sent: Option<(Instant, i64)>,
+    /// When it went silent, and its last report before that (Unix ms).
+    vanished: Option<(i64, i64)>,
+}
+
+enum AgentCommand {
+    Fault,
+    Vanish,
+}
+
+struct Shared {
+    views: Vec<Mutex<AgentView>>,
+    sent_reports: AtomicU64,
+    /// Stop sending telemetry (end of run: count what arrived).
+    quiet: AtomicBool,
+    events: Mutex<Vec<v1::Event>>,
+    failed_agents: AtomicU64,
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicked agent task must not take the whole measurement with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.rate <= 0.0 || !args.rate.is_finite() {
+        bail!("--rate must be positive");
+    }
+    if args.spares >= args.nodes {
+        bail!("--spares must be less than --nodes");
+    }
+    check_fd_limit(args.nodes)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+/// Each agent holds one socket here and supd holds one more: both processes
+/// need a descriptor limit above the node count. Raise it with `ulimit -n`
+/// (scripts/bench.sh does) rather than silently running fewer agents.
+fn check_fd_limit(nodes: usize) -> anyhow::Result<()> {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(soft) = soft {
+        if soft < nodes + 256 {
+            bail!(
+                "open-file limit {soft} is too low for {nodes} agents; run `ulimit -n {}` first",
+                nodes + 1024
+            );
+        }
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+struct Supd {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Supd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_supd(args: &Args) -> anyhow::Result<Supd> {
+    let (dir, tmp) = match &args.keep_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            (d.clone(), None)
+        }
+        None => {
+            let t = tempfile::tempdir()?;
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let interval_ms = (1000.0 / args.rate).round().max(1.0) as u64;
+    // Widened guards: the benchmark injects many faults into one job on
+    // purpose; the crash-loop guard and breaker would (rightly) refuse them.
+    let config = format!(
+        r#"data_dir = "{data}"
+log_format = "json"
+[grpc]
+addr = "{grpc}"
+[http]
+addr = "{http}"
+[nodes]
+unreachable_after = "{unreachable}ms"
+telemetry_interval = "{interval_ms}ms"
+[jobs]
+crash_loop_limit = 100000
+[breaker]
+max_share = 1.0
+min_cordons = 100000
+"#,
+        data = dir.join("data").display(),
+        unreachable = args.unreachable_after_ms,
+    );
+    let config_path = dir.join("supd.toml");
+    std::fs::write(&config_path, config)?;
+    let log = std::fs::File::create(dir.join("supd.log"))?;
+    let child = Command::new(&args.supd)
+        .arg("--config")
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", args.supd.display()))?;
+    Ok(Supd {
+        child,
+        grpc,
+        http,
+        _dir: tmp,
+    })
+}
+
+/// utime + stime of a process, seconds (/proc reports USER_HZ = 100 ticks/s).
+fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(f.get(i).context("short /proc stat")?.parse::<f64>()?)
+    };
+    // Fields 14 and 15 of stat(5); index 0 here is field 3.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+fn status_kib(pid: &str, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// One plain HTTP/1.0 GET; enough for /metrics on loopback.
+fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: loadgen\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// supd's accepted-report counter, and how long the scrape took (it is a
+/// figure too: Prometheus scrapes this every 15-30 s).
+async fn accepted_reports(http: SocketAddr) -> anyhow::Result<(u64, Duration)> {
+    let t = Instant::now();
+    let text = tokio::task::spawn_blocking(move || http_get(http, "/metrics")).await??;
+    let took = t.elapsed();
+    text.lines()
+        .find_map(|l| l.strip_prefix("sup_agent_reports_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| (v as u64, took))
+        .context("sup_agent_reports_total not in /metrics")
+}
+
+fn node_id(i: usize) -> String {
+    format!("sim-{i:05}")
+}
+
+fn gpu_infos(node: usize, gpus: u32) -> Vec<v1::GpuInfo> {
+    (0..gpus)
+        .map(|g| v1::GpuInfo {
+            index: g,
+            uuid: format!("GPU-{node:05}-{g}"),
+            name: "Simulated H100".to_owned(),
+            pci_bus_id: format!("00000000:{:02X}:00.0", g + 0x10),
+            memory_total_bytes: Some(80 << 30),
+        })
+        .collect()
+}
+
+fn telemetry(gpus: u32, tick: u64) -> v1::Telemetry {
+    v1::Telemetry {
+        sampled_at_unix_ms: unix_ms(),
+        gpus: (0..gpus)
+            .map(|g| v1::GpuReading {
+                index: g,
+                temperature_c: Some(50.0 + ((tick + u64::from(g)) % 20) as f64),
+                power_w: Some(400.0 + (tick % 50) as f64),
+                utilization_gpu_pct: Some(95),
+                utilization_memory_pct: Some(60),
+                sm_clock_mhz: Some(1980),
+                memory_clock_mhz: Some(2619),
+                memory_used_bytes: Some(60 << 30),
+            })
+            .collect(),
+    }
+}
+
+fn fault_report(node: usize, gpus: u32) -> v1::HealthReport {
+    let now = unix_ms();
+    v1::HealthReport {
+        verdicts: (0..gpus)
+            .map(|g| {
+                let failed = g == 0;
+                v1::GpuVerdict {
+                    index: g,
+                    uuid: format!("GPU-{node:05}-{g}"),
+                    health: if failed {
+                        v1::GpuHealth::Failed as i32
+                    } else {
+                        v1::GpuHealth::Ok as i32
+                    },
+                    reason: if failed {
+                        "Xid 79 (GPU has fallen off the bus): power-cycle the node [loadgen]"
+                            .to_owned()
+                    } else {
+                        String::new()
+                    },
+                    evidence: if failed {
+                        vec!["xid 79 at load generator".to_owned()]
+                    } else {
+                        Vec::new()
+                    },
+                    recovery_action: 0,
+                    drill: false,
+                }
+            })
+            .collect(),
+        xids: vec![v1::XidEvent {
+            gpu_index: 0,
+            uuid: format!("GPU-{node:05}-0"),
+            xid: 79,
+            at_unix_ms: now,
+            source: "nvml".to_owned(),
+            detail: "loadgen".to_owned(),
+            application: false,
+        }],
+        visible_gpus: Some(gpus),
+    }
+}
+
+/// One simulated agent: one connection, one session stream, like sup-agent.
+async fn agent(
+    idx: usize,
+    channel: Channel,
+    gpus: u32,
+    period: Duration,
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<AgentCommand>,
+) -> anyhow::Result<()> {
+    let mut client = AgentServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
+    let mut seq = 0u64;
+    let mut msg = |body: Body| {
+        seq += 1;
+        v1::AgentMessage {
+            seq,
+            body: Some(body),
+        }
+    };
+    tx.send(msg(Body::Register(v1::Register {
+        node_id: node_id(idx),
+        address: format!("10.{}.{}.{}", idx >> 16 & 255, idx >> 8 & 255, idx & 255),
+        hostname: node_id(idx),
+        agent_version: "loadgen".to_owned(),
+        instance_id: format!("loadgen-{idx}-{}", unix_ms()),
+        gpu_backend: "sim".to_owned(),
+        gpus: gpu_infos(idx, gpus),
+    })))
+    .await?;
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .context("opening the session")?
+        .into_inner();
+    // Spread the agents' reports over the period, as unsynchronised agents are.
+    let offset = period.mul_f64(rand::random::<f64>());
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = 0u64;
+    let mut vanished = false;
+    let mut last_report_ms = 0i64;
+    // The job this agent runs now: (job, generation, node rank).
+    let mut current: Option<(String, u64, u32)> = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if vanished || shared.quiet.load(Ordering::Relaxed) {
+                    continue;
+                }
+                tick += 1;
+                tx.send(msg(Body::Telemetry(telemetry(gpus, tick)))).await?;
+                last_report_ms = unix_ms();
+                shared.sent_reports.fetch_add(1, Ordering::Relaxed);
+                // Node rank 0 reports training progress, so a lost node is
+                // judged with the job still progressing (like a real job).
+                if let Some((job, generation, 0)) = &current {
+                    tx.send(msg(Body::Progress(v1::JobProgress {
+                        job: job.clone(),
+                        generation: *generation,
+                        step: tick,
+                        ..Default::default()
+                    })))
+                    .await?;
+                }
+            }
+            m = inbound.message() => {
+                let Some(m) = m? else { bail!("supd ended the stream") };
+                match m.body {
+                    Some(SupBody::Registered(_)) => lock(&shared.views[idx]).registered = true,
+                    Some(SupBody::Assignment(a)) => {
+                        let at = Instant::now();
+                        let rank = a.job.as_ref().map_or(0, |j| j.node_rank);
+                        lock(&shared.views[idx]).assignments.push((a.generation, a.job.is_some(), rank, at));
+                        if vanished {
+                            continue;
+                        }
+                        // Like sup-agent: launch the ranks, then report them.
+                        let status = match &a.job {
+                            Some(j) => {
+                                current = Some((j.job.clone(), a.generation, j.node_rank));
+                                v1::RankStatus {
+                                    job: j.job.clone(),
+                                    generation: a.generation,
+                                    running_local_ranks: (0..j.ranks_per_node).collect(),
+                                    launched: true,
+                                    launch_error: String::new(),
+                                }
+                            }
+                            None => {
+                                current = None;
+                                v1::RankStatus { generation: a.generation, ..Default::default() }
+                            }
+                        };
+                        tx.send(msg(Body::Ranks(status))).await?;
+                        if a.job.is_some() {
+                            lock(&shared.views[idx]).launched.insert(a.generation, Instant::now());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            c = commands.recv() => match c {
+                Some(AgentCommand::Fault) => {
+                    let report = fault_report(idx, gpus);
+                    lock(&shared.views[idx]).fault_sent = Some((Instant::now(), unix_ms()));
+                    tx.send(msg(Body::Health(report))).await?;
+                }
+                Some(AgentCommand::Vanish) => {
+                    vanished = true;
+                    lock(&shared.views[idx]).vanished = Some((unix_ms(), last_report_ms));
+                }
+                // The coordinator is done: close the stream.
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+async fn poll_events(control: ControlServiceClient<Channel>, shared: Arc<Shared>) {
+    let mut control = control;
+    let mut after = 0u64;
+    loop {
+        if let Ok(r) = control
+            .list_events(v1::ListEventsRequest {
+                after_seq: after,
+                limit: 0,
+            })
+            .await
+        {
+            let events = r.into_inner().events;
+            if let Some(last) = events.last() {
+                after = last.seq;
+            }
+            lock(&shared.events).extend(events);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    // Nearest rank: with few samples p99 is the maximum.
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+fn summary(name: &str, samples: &[f64]) -> String {
+    format!(
+        "{name:<50} p50 {:>8.1} ms   p99 {:>8.1} ms   max {:>8.1} ms   (n={})",
+        percentile(samples, 50.0),
+        percentile(samples, 99.0),
+        percentile(samples, 100.0),
+        samples.len()
+    )
+}
+
+async fn get_job(control: &mut ControlServiceClient<Channel>) -> anyhow::Result<v1::Job> {
+    Ok(control
+        .get_job(v1::GetJobRequest {
+            name: "bench".to_owned(),
+        })
+        .await?
+        .into_inner())
+}
+
+/// Waits until the job runs a generation newer than `after`.
+async fn wait_running(
+    control: &mut ControlServiceClient<Channel>,
+    after: u64,
+    timeout: Duration,
+) -> anyhow::Result<v1::Job> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let job = get_job(control).await?;
+        if job.state == "running" && job.generation > after {
+            return Ok(job);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "job not running a generation after {after} within {timeout:?}: state {} gen {} ({})",
+                job.state,
+                job.generation,
+                job.reason
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Client-side: when the last node of `job`'s generation reported launched.
+fn all_launched_at(shared: &Shared, job: &v1::Job) -> Option<Instant> {
+    let index: BTreeMap<String, usize> = (0..shared.views.len()).map(|i| (node_id(i), i)).collect();
+    let mut last: Option<Instant> = None;
+    for n in &job.nodes {
+        let i = *index.get(n)?;
+        let at = *lock(&shared.views[i]).launched.get(&job.generation)?;
+        last = Some(last.map_or(at, |l: Instant| l.max(at)));
+    }
+    last
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let supd = start_supd(&args)?;
+    let pid = supd.child.id().to_string();
+    let uri = format!("http://{}", supd.grpc);
+    let period = Duration::from_secs_f64(1.0 / args.rate);
+    println!(
+        "sup-loadgen: {} nodes × {} GPUs = {} GPUs, {} Hz, supd pid {pid} (gRPC {}, HTTP {}), unreachable_after {} ms",
+        args.nodes,
+        args.gpus,
+        args.nodes as u64 * u64::from(args.gpus),
+        args.rate,
+        supd.grpc,
+        supd.http,
+        args.unreachable_after_ms
+    );
+
+    // supd takes a moment to open its store and bind.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let control_channel = loop {
+        match Endpoint::from_shared(uri.clone())?.connect().await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => bail!("supd did not come up: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let mut control = ControlServiceClient::new(control_channel);
+
+    let shared = Arc::new(Shared {
+        views: (0..args.nodes)
+            .map(|_| Mutex::new(AgentView::default()))
+            .collect(),
+        sent_reports: AtomicU64::new(0),
+        quiet: AtomicBool::new(false),
+        events: Mutex::new(Vec::new()),
+        failed_agents: AtomicU64::new(0),
+    });
+    tokio::spawn(poll_events(control.clone(), shared.clone()));
+
+    // Connect every agent, a bounded number at a time.
+    let t_connect = Instant::now();
+    let gate = Arc::new(Semaphore::new(args.connect_parallel.max(1)));
+    let mut commands = Vec::with_capacity(args.nodes);
+    for idx in 0..args.nodes {
+        let (ctx, crx) = mpsc::unbounded_channel();
+        commands.push(ctx);
+        let shared = shared.clone();
+        let gate = gate.clone();
+        let endpoint = Endpoint::from_shared(uri.clone())?
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10));
+        let gpus = args.gpus;
+        tokio::spawn(async move {
+            let channel = {
+                let _permit = gate.acquire().await;
+                match endpoint.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("agent {idx}: connect: {e}");
+                        shared.failed_agents.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            };
+            if let Err(e) = agent(idx, channel, gpus, period, shared.clone(), crx).await {
+                eprintln!("agent {idx}: {e:#}");
+                shared.failed_agents.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    loop {
+        let registered = shared.views.iter().filter(|v| lock(v).registered).count();
+        if registered == args.nodes {
+            break;
+        }
+        if shared.failed_agents.load(Ordering::Relaxed) > 0 {
+            bail!("some agents failed to connect; see above");
+        }
+        if t_connect.elapsed() > Duration::from_secs(300) {
+            bail!("only {registered}/{} agents registered", args.nodes);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "registered {} agents in {:.1} s",
+        args.nodes,
+        t_connect.elapsed().as_secs_f64()
+    );
+    // Let every agent report (joined) and the registration burst settle
+    // before placing the job: every node ready.
+    let t_settle = Instant::now();
+    loop {
+        tokio::time::sleep(period + Duration::from_millis(500)).await;
+        let status = control
+            .get_status(v1::GetStatusRequest {})
+            .await?
+            .into_inner();
+        let ready = status
+            .nodes
+            .iter()
+            .filter(|n| n.state == v1::NodeState::Ready as i32)
+            .count();
+        if ready == args.nodes {
+            break;
+        }
+        if t_settle.elapsed() > Duration::from_secs(60) {
+            println!(
+                "note: only {ready}/{} nodes ready after 60 s; going on",
+                args.nodes
+            );
+            break;
+        }
+    }
+
+    let job_nodes = args.nodes - args.spares;
+    let spec = format!(
+        r#"name = "bench"
+command = ["true"]
+nodes = {job_nodes}
+min_nodes = 1
+gpus_per_node = {}
+checkpoint_dir = "/tmp/sup-loadgen-ckpt"
+checkpoint_layout = "dcp"
+max_restarts = 100000
+"#,
+        args.gpus
+    );
+    let t_submit = Instant::now();
+    control
+        .submit_job(v1::SubmitJobRequest {
+            spec_toml: spec,
+            by: "loadgen".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .context("submitting the job")?;
+    let job = wait_running(&mut control, 0, Duration::from_secs(60)).await?;
+    let started = all_launched_at(&shared, &job).map_or(f64::NAN, |t| ms(t - t_submit));
+    println!(
+        "job 'bench' on {} nodes: submit → every agent launched {:.0} ms (generation {})",
+        job.nodes.len(),
+        started,
+        job.generation
+    );
+
+    // Steady state.
+    println!("steady window: {} s ...", args.steady_secs);
+    let cpu0 = cpu_seconds(&pid)?;
+    let (acc0, scrape0) = accepted_reports(supd.http).await?;
+    let sent0 = shared.sent_reports.load(Ordering::Relaxed);
+    let own0 = cpu_seconds("self")?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.steady_secs)).await;
+    let window = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_seconds(&pid)?;
+    let own1 = cpu_seconds("self")?;
+    let (acc1, scrape1) = accepted_reports(supd.http).await?;
+    let sent1 = shared.sent_reports.load(Ordering::Relaxed);
+    let accepted = acc1.saturating_sub(acc0);
+    let supd_cpu = cpu1 - cpu0;
+    let steady_rss = status_kib(&pid, "VmRSS:").unwrap_or(0);
+
+    // Faults.
+    let mut cordon_supd = Vec::new();
+    let mut cordon_client = Vec::new();
+    let mut swap_client = Vec::new();
+    let mut swap_supd = Vec::new();
+    let mut shrink_client = Vec::new();
+    let mut shrink_supd = Vec::new();
+    let mut unexpected = Vec::new();
+    let index: BTreeMap<String, usize> = (0..args.nodes).map(|i| (node_id(i), i)).collect();
+    let mut job = get_job(&mut control).await?;
+    let total_faults = args.swap_faults + args.shrink_faults;
+    if args.swap_faults > args.spares {
+        println!(
+            "note: {} swap faults but only {} spares; the rest will shrink",
+            args.swap_faults, args.spares
+        );
+    }
+    for n in 0..total_faults {
+        // Use up leftover spares first so the shrink faults really shrink.
+        if n == args.swap_faults {
+            let status = control
+                .get_status(v1::GetStatusRequest {})
+                .await?
+                .into_inner();
+            for s in status.spares {
+                control
+                    .cordon(v1::CordonRequest {
+                        node_id: s,
+                        reason: "loadgen: empty the spare pool before shrink faults".to_owned(),
+                        by: "loadgen".to_owned(),
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+            job = get_job(&mut control).await?;
+        }
+        let victims: Vec<&String> = job.nodes.iter().skip(1).collect();
+        let Some(victim) = victims.choose(&mut rand::rng()).map(|s| (*s).clone()) else {
+            bail!("no node left to fault");
+        };
+        let vi = *index.get(&victim).context("victim not a simulated node")?;
+        let before = job.nodes.len();
+        let prev_gen = job.generation;
+        commands[vi]
+            .send(AgentCommand::Fault)
+            .map_err(|_| anyhow::anyhow!("agent {vi} is gone"))?;
+        job = wait_running(&mut control, prev_gen, Duration::from_secs(30)).await?;
+        // Let the event poller catch up.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (sent_at, sent_ms) = lock(&shared.views[vi])
+            .fault_sent
+            .context("fault not sent")?;
+        if let Some(e) = lock(&shared.events)
+            .iter()
+            .find(|e| e.kind == "node_cordoned" && e.node == victim && e.at_unix_ms >= sent_ms)
+        {
+            cordon_supd.push((e.at_unix_ms - sent_ms) as f64);
+        }
+        if let Some(&(_, _, _, at)) = lock(&shared.views[vi])
+            .assignments
+            .iter()
+            .find(|(g, has_job, _, at)| *g > prev_gen && !has_job && *at >= sent_at)
+        {
+            cordon_client.push(ms(at - sent_at));
+        }
+        let client = all_launched_at(&shared, &job).map(|t| ms(t - sent_at));
+        let server = lock(&shared.events)
+            .iter()
+            .rev()
+            .find(|e| {
+                e.kind == "job_running"
+                    && e.reason
+                        .contains(&format!("generation {} ", job.generation))
+            })
+            .and_then(|e| {
+                e.reason
+                    .split("every rank launched ")
+                    .nth(1)
+                    .and_then(|r| r.split(" ms").next())
+                    .and_then(|v| v.parse::<f64>().ok())
+            });
+        let shrunk = job.nodes.len() < before;
+        let (c, s) = if shrunk {
+            (&mut shrink_client, &mut shrink_supd)
+        } else {
+            (&mut swap_client, &mut swap_supd)
+        };
+        if let Some(v) = client {
+            c.push(v);
+        }
+        if let Some(v) = server {
+            s.push(v);
+        }
+        if shrunk != (n >= args.swap_faults) {
+            unexpected.push(n);
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+
+    // Vanished agents: silent, stream left open.
+    let mut vanished = Vec::new();
+    let candidates: Vec<usize> = job
+        .nodes
+        .iter()
+        .skip(1)
+        .filter_map(|n| index.get(n).copied())
+        .collect();
+    let chosen: Vec<usize> = candidates
+        .choose_multiple(&mut rand::rng(), args.vanish)
+        .copied()
+        .collect();
+    for &vi in &chosen {
+        let _ = commands[vi].send(AgentCommand::Vanish);
+        vanished.push(vi);
+        // Staggered, so the samples do not all share one liveness check.
+        tokio::time::sleep(Duration::from_millis(137)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(args.unreachable_after_ms + 3000)).await;
+    let mut unreachable_since_vanish = Vec::new();
+    let mut unreachable_since_report = Vec::new();
+    {
+        let events = lock(&shared.events);
+        for &vi in &vanished {
+            let Some((gone_ms, last_ms)) = lock(&shared.views[vi]).vanished else {
+                continue;
+            };
+            let id = node_id(vi);
+            if let Some(e) = events
+                .iter()
+                .find(|e| e.kind == "node_unreachable" && e.node == id && e.at_unix_ms >= gone_ms)
+            {
+                unreachable_since_vanish.push((e.at_unix_ms - gone_ms) as f64);
+                unreachable_since_report.push((e.at_unix_ms - last_ms) as f64);
+            }
+        }
+    }
+
+    // Drops: stop reporting, let the last ones land, compare totals.
+    shared.quiet.store(true, Ordering::Relaxed);
+    let sent_total = shared.sent_reports.load(Ordering::Relaxed);
+    // Reports still in flight land within a moment; a busy machine gets
+    // up to 15 s before a shortfall counts as dropped.
+    let drain = Instant::now();
+    let accepted_total = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (n, _) = accepted_reports(supd.http).await?;
+        if n >= sent_total || drain.elapsed() > Duration::from_secs(15) {
+            break n;
+        }
+    };
+    let peak_rss = status_kib(&pid, "VmHWM:").unwrap_or(0);
+
+    println!();
+    println!("== steady state ({window:.0} s, {} Hz) ==", args.rate);
+    println!(
+        "sustained ingest                              {:.0} reports/s (sent {:.0}/s)",
+        accepted as f64 / window,
+        (sent1 - sent0) as f64 / window
+    );
+    println!(
+        "supd CPU                                      {:.3} core ({:.2} CPU s per million reports)",
+        supd_cpu / window,
+        if accepted > 0 {
+            supd_cpu / accepted as f64 * 1e6
+        } else {
+            f64::NAN
+        }
+    );
+    println!(
+        "supd RSS                                      {:.1} MiB steady, {:.1} MiB peak (VmHWM, whole run)",
+        steady_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    println!(
+        "/metrics scrape (whole cluster)               {:.0} ms, {:.0} ms",
+        ms(scrape0),
+        ms(scrape1)
+    );
+    println!(
+        "load generator CPU                            {:.3} core",
+        (own1 - own0) / window
+    );
+    println!(
+        "reports sent / accepted (whole run)           {sent_total} / {accepted_total} ({} not accepted)",
+        sent_total.saturating_sub(accepted_total)
+    );
+    println!();
+    println!(
+        "== faults ({} swap, {} shrink) ==",
+        args.swap_faults, args.shrink_faults
+    );
+    println!(
+        "{}",
+        summary("fault → cordon (supd event time)", &cordon_supd)
+    );
+    println!(
+        "{}",
+        summary(
+            "fault → cordon (agent sees assignment withdrawn)",
+            &cordon_client
+        )
+    );
+    println!(
+        "{}",
+        summary("recovery, spare swap (agents launched)", &swap_client)
+    );
+    println!(
+        "{}",
+        summary("recovery, spare swap (supd job_running)", &swap_supd)
+    );
+    println!(
+        "{}",
+        summary("recovery, shrink (agents launched)", &shrink_client)
+    );
+    println!(
+        "{}",
+        summary("recovery, shrink (supd job_running)", &shrink_supd)
+    );
+    if !unexpected.is_empty() {
+        println!("note: faults {unexpected:?} did not swap/shrink as planned");
+    }
+    println!();
+    println!("== vanished agents ({}) ==", vanished.len());
+    println!(
+        "{}",
+        summary(
+            "silence → unreachable (since vanishing)",
+            &unreachable_since_vanish
+        )
+    );
+    println!(
+        "{}",
+        summary(
+            "silence → unreachable (since last report)",
+            &unreachable_since_report
+        )
+    );
+    drop(commands);
+    drop(supd);
+    Ok(())
+}

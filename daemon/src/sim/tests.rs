@@ -1,0 +1,219 @@
+//! The simulator against closed forms on cases simple enough to have one.
+
+use super::*;
+
+const H: Millis = 3_600_000;
+
+fn small(job_nodes: u32, spares: u32) -> SimParams {
+    SimParams {
+        job_nodes,
+        gpus_per_node: 8,
+        spares,
+        min_nodes: job_nodes,
+        duration_ms: 100 * H,
+        gpu_detect_ms: 2_000,
+        software_detect_ms: 5_000,
+        hang_detect_ms: 600_000,
+        unreachable_after_ms: 30_000,
+        stall_confirm_ms: 5_000,
+        lost_node_grace_ms: 60_000,
+        launch_ms: 2_000,
+        reinit_ms: 60_000,
+        checkpoint_write_ms: 10_000,
+        checkpoint_interval_ms: Some(H),
+        repair_ms: 24 * H,
+        seed: 7,
+    }
+}
+
+fn software_at(hours: &[f64]) -> Vec<Failure> {
+    hours
+        .iter()
+        .map(|h| Failure {
+            at_ms: (h * H as f64) as Millis,
+            class: FailureClass::Software,
+            cause: "bug".to_owned(),
+        })
+        .collect()
+}
+
+#[test]
+fn no_failures_costs_the_start_and_the_checkpoints() {
+    let p = small(4, 0);
+    let r = simulate(&p, &[]);
+    // Training from launch + reinit; each cycle is τ of work and δ of write.
+    let start = (p.launch_ms + p.reinit_ms) as f64;
+    let cycle = (H + p.checkpoint_write_ms) as f64;
+    let span = p.duration_ms as f64 - start;
+    let k = (span / cycle).floor();
+    let expected = k * H as f64 + (span - k * cycle);
+    assert!(
+        (r.productive_ms - expected).abs() < 1.0,
+        "{} vs {expected}",
+        r.productive_ms
+    );
+    assert_eq!(r.restarts, 0);
+    assert!((r.losses.checkpoint_ms - k * p.checkpoint_write_ms as f64).abs() < 1.0);
+}
+
+#[test]
+fn deterministic_software_failures_match_the_hand_count() {
+    let p = small(4, 0);
+    // Failures 30 min into a cycle: each loses detection, restart and the
+    // 30 min since the last checkpoint (plus what of it was written).
+    let start = (p.launch_ms + p.reinit_ms) as f64;
+    let cycle = (H + p.checkpoint_write_ms) as f64;
+    let trace = software_at(&[10.0, 40.0, 70.0]);
+    let r = simulate(&p, &trace);
+    assert_eq!(r.restarts, 3);
+    assert_eq!(r.spare_swaps, 0);
+    assert!((r.losses.detection_ms - 3.0 * p.software_detect_ms as f64).abs() < 1.0);
+    let restart = (p.launch_ms + p.reinit_ms) as f64;
+    // The first start counts as restart time too (the run begins with it).
+    assert!(
+        (r.losses.restart_ms - 4.0 * restart).abs() < 1.0,
+        "{:?}",
+        r.losses
+    );
+    // Recompute: the phase of each failure within its checkpoint cycle.
+    let mut seg_start = start;
+    let mut recompute = 0.0;
+    for h in [10.0, 40.0, 70.0] {
+        let t = h * H as f64;
+        let elapsed = t - seg_start;
+        recompute += elapsed - (elapsed / cycle).floor() * cycle;
+        seg_start = t + p.software_detect_ms as f64 + restart;
+    }
+    assert!(
+        (r.losses.recompute_ms - recompute).abs() < 1.0,
+        "{} vs {recompute}",
+        r.losses.recompute_ms
+    );
+    let total = r.productive_ms
+        + r.losses.detection_ms
+        + r.losses.restart_ms
+        + r.losses.recompute_ms
+        + r.losses.waiting_ms
+        + r.losses.checkpoint_ms
+        + r.losses.shrunk_ms;
+    assert!(
+        (total - p.duration_ms as f64).abs() < 1.0,
+        "hours leak: {total}"
+    );
+}
+
+/// One failure type, no spares, Poisson failures: ETTR against the renewal
+/// closed form E[useful per segment] / E[segment + downtime] with
+/// E[useful] = τ·e^(−λc)/(1 − e^(−λc)), c = τ + δ.
+#[test]
+fn poisson_software_failures_match_the_closed_form() {
+    let mut p = small(2, 0);
+    p.duration_ms = 20_000 * H;
+    p.checkpoint_interval_ms = Some(H / 2);
+    let mtbf = 3.0 * H as f64;
+    let expected_failures = p.duration_ms as f64 / mtbf;
+    let causes = vec![("bug".to_owned(), FailureClass::Software, 1.0)];
+    let trace = generate_trace(p.duration_ms, expected_failures, &causes, 42);
+    let r = simulate(&p, &trace);
+    let lambda = 1.0 / mtbf;
+    let tau = p.checkpoint_interval_ms.unwrap_or(H) as f64;
+    let c = tau + p.checkpoint_write_ms as f64;
+    let useful = tau * (-lambda * c).exp() / (1.0 - (-lambda * c).exp());
+    let down = (p.software_detect_ms + p.launch_ms + p.reinit_ms) as f64;
+    let expected = useful / (mtbf + down);
+    let ettr = r.ettr();
+    assert!(
+        (ettr - expected).abs() < 0.005,
+        "ETTR {ettr:.4} vs closed form {expected:.4} ({} failures)",
+        trace.len()
+    );
+}
+
+#[test]
+fn gpu_failures_with_enough_spares_swap_without_stalls() {
+    let mut p = small(8, 3);
+    p.duration_ms = 50 * H;
+    let trace: Vec<Failure> = [5.0, 15.0, 25.0]
+        .iter()
+        .map(|h| Failure {
+            at_ms: (h * H as f64) as Millis,
+            class: FailureClass::Gpu,
+            cause: "faulty GPU".to_owned(),
+        })
+        .collect();
+    let r = simulate(&p, &trace);
+    assert_eq!(r.restarts, 3, "{r:?}");
+    assert_eq!(r.spare_swaps, 3, "{r:?}");
+    assert_eq!(r.stalls, 0);
+    assert_eq!(r.shrinks, 0);
+    assert_eq!(r.min_spares, 0);
+    // Detection is the agent's delay: supd cordons and restarts at once.
+    assert!((r.losses.detection_ms - 3.0 * p.gpu_detect_ms as f64).abs() < 1.0);
+}
+
+#[test]
+fn gpu_failure_without_spares_waits_for_the_repair() {
+    let mut p = small(4, 0);
+    p.duration_ms = 60 * H;
+    p.repair_ms = 10 * H;
+    let trace = vec![Failure {
+        at_ms: 5 * H,
+        class: FailureClass::Gpu,
+        cause: "faulty GPU".to_owned(),
+    }];
+    let r = simulate(&p, &trace);
+    assert_eq!(r.stalls, 1, "{r:?}");
+    // Waiting from the cordon until the board returns.
+    let expected = (p.repair_ms - p.gpu_detect_ms) as f64;
+    assert!(
+        (r.losses.waiting_ms - expected).abs() < 1.0,
+        "{} vs {expected}",
+        r.losses.waiting_ms
+    );
+}
+
+#[test]
+fn a_silent_host_is_found_by_the_engines_liveness_rules() {
+    let mut p = small(4, 1);
+    p.duration_ms = 20 * H;
+    let trace = vec![Failure {
+        at_ms: 5 * H,
+        class: FailureClass::Host,
+        cause: "power supply".to_owned(),
+    }];
+    let r = simulate(&p, &trace);
+    assert_eq!(r.spare_swaps, 1, "{r:?}");
+    // Unreachable after the limit (checked on the engine's own schedule),
+    // lost once the stalled job confirms it.
+    let d = r.losses.detection_ms;
+    let floor = (p.unreachable_after_ms + p.stall_confirm_ms) as f64;
+    assert!(d >= floor && d <= floor + 2_000.0, "detection {d} ms");
+}
+
+#[test]
+fn young_daly_is_the_square_root_rule() {
+    assert_eq!(young_daly_ms(30_000, 11_135_000.0), 817_374);
+}
+
+#[test]
+fn llama3_causes_put_58_7_percent_on_gpus() {
+    let causes = llama3_causes();
+    let total: f64 = causes.iter().map(|c| c.2).sum();
+    let gpu: f64 = causes
+        .iter()
+        .filter(|c| c.1 == FailureClass::Gpu)
+        .map(|c| c.2)
+        .sum();
+    assert!((total - 1.0).abs() < 1e-9);
+    assert!((gpu - 0.587).abs() < 1e-9);
+}
+
+#[test]
+fn trace_files_parse_and_reject_unknown_classes() {
+    let t = parse_trace("# at class cause\n3600 gpu HBM3\n60 host\n").unwrap_or_default();
+    assert_eq!(t.len(), 2);
+    assert_eq!(t[0].at_ms, 60_000);
+    assert_eq!(t[0].class, FailureClass::Host);
+    assert_eq!(t[1].cause, "HBM3");
+    assert!(parse_trace("10 cosmic-ray").is_err());
+}

@@ -1,0 +1,53 @@
+//! Smoke run of the load generator: 50 simulated agents against a real supd
+//! for a few seconds, faults and vanished agents included. It checks that
+//! the benchmark runs and loses no report, not how fast anything is (the
+//! figures are in BENCHMARKS.md, from a full run).
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use sup_e2e::bin;
+
+#[test]
+fn loadgen_smoke_runs_and_drops_no_report() -> Result<()> {
+    let out = Command::new(bin("sup-loadgen")?)
+        .args(["--supd"])
+        .arg(bin("supd")?)
+        .args([
+            "--nodes",
+            "50",
+            "--spares",
+            "2",
+            "--steady-secs",
+            "3",
+            "--swap-faults",
+            "2",
+            "--shrink-faults",
+            "2",
+            "--vanish",
+            "3",
+        ])
+        .output()
+        .context("running sup-loadgen")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "sup-loadgen failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("(0 not accepted)"), "{stdout}");
+    for figure in [
+        "sustained ingest",
+        "fault → cordon (supd event time)",
+        "recovery, spare swap (agents launched)",
+        "recovery, shrink (agents launched)",
+        "silence → unreachable (since vanishing)",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(figure))
+            .with_context(|| format!("no '{figure}' line in:\n{stdout}"))?;
+        assert!(!line.contains("NaN"), "no samples for {figure}:\n{stdout}");
+    }
+    Ok(())
+}
