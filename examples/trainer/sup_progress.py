@@ -10,6 +10,9 @@ and reads one JSON object per line::
 ``step`` is the number of completed steps; ``tokens`` the job's cumulative tokens (the
 same on every rank: the agent keeps the newest line's values, whichever rank sent it);
 ``loss`` the global batch's. Only ``rank`` is required by the agent; extra keys are ignored.
+Optional ``compute_time_s``: the step's time outside collectives (pass it as a keyword). In a
+synchronous job every rank's ``step_time_s`` is the slowest rank's, so sup's straggler
+detector compares nodes by ``compute_time_s`` when ranks send it.
 
 Usage::
 

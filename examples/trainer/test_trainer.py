@@ -235,7 +235,49 @@ class TrainerTest(unittest.TestCase):
                 self.assertEqual(r["generation"], 3)
                 self.assertIsInstance(r["loss"], float)
                 self.assertGreaterEqual(r["step_time_s"], 0.0)
-                self.assertEqual(set(r), {"rank", "generation", "step", "tokens", "loss", "step_time_s", "phase"})
+                # compute_time_s (time outside the collective) comes with train lines only.
+                self.assertEqual(set(r) - {"compute_time_s"},
+                                 {"rank", "generation", "step", "tokens", "loss", "step_time_s", "phase"})
+            for r in train:
+                self.assertLessEqual(r["compute_time_s"], r["step_time_s"])
+
+    def test_detection_knobs(self) -> None:
+        args = ["--steps", "8", "--checkpoint-every", "4", "--params", "33", "--batch", "5",
+                "--step-time", "0.01"]
+        knobs = {"SUP_EXAMPLE_HANG_AT_STEP": "3", "SUP_EXAMPLE_LOSS_SPIKE_AT_STEP": "5",
+                 "SUP_NODE_ID": "node-a", "SUP_EXAMPLE_SLOW_NODE": "node-a", "SUP_EXAMPLE_SLOWDOWN": "1.5"}
+        # The first run (restart count 0) hangs at step 3 on every rank, until stopped.
+        hung = self.launch(2, self.tmp / "knobs", generation=0, env=knobs, args=args)
+        deadline = time.monotonic() + WAIT_S
+        while not all("hanging at step 3" in hung.log(r) for r in (0, 1)):
+            self.assertLess(time.monotonic(), deadline, hung.all_logs())
+            time.sleep(0.05)
+        time.sleep(0.5)
+        self.assertEqual([p.poll() for p in hung.procs.values()], [None, None], hung.all_logs())
+        self.assertIn("runs 1.5x slower", hung.log(0))
+        for p in hung.procs.values():
+            p.send_signal(signal.SIGTERM)
+        self.assertEqual(hung.wait_all(), [128 + signal.SIGTERM] * 2)
+
+        def losses(run: Run) -> Dict[int, float]:
+            out = {}
+            for line in run.log(0).splitlines():
+                if line.startswith("step "):
+                    parts = line.split()
+                    out[int(parts[1].split("/")[0])] = float(parts[3])
+            return out
+
+        # A restart runs through; the loss spike stays from step 5 on while SUP_SEED is unset.
+        spiky = self.train_ok(2, self.tmp / "knobs", generation=1, env=knobs, args=args)
+        loss = losses(spiky)
+        self.assertTrue(all(loss[s] < 10 for s in range(1, 5)) and all(loss[s] > 10 for s in range(5, 9)), loss)
+        # A rollback's new seed avoids it (and the run ends identical).
+        clean = self.train_ok(2, self.tmp / "knobs-seed", generation=1, env=dict(knobs, SUP_SEED="1", SUP_LR_SCALE="0.5"),
+                              args=args)
+        self.assertTrue(all(v < 10 for v in losses(clean).values()), losses(clean))
+        self.assertIn("SUP_SEED=1 SUP_LR_SCALE=0.5", clean.log(0))
+        self.assertEqual((self.tmp / "knobs" / "final.bin").read_bytes(),
+                         (self.tmp / "knobs-seed" / "final.bin").read_bytes())
 
     def test_stale_generation_is_refused(self) -> None:
         # Rank 1 of generation 1 reaches rank 0 of generation 2: it must not join.

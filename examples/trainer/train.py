@@ -594,6 +594,26 @@ class Context:
         self.crash_rank = env_int("SUP_TRAINER_CRASH_RANK")
         self.crash_generation = env_int("SUP_TRAINER_CRASH_GENERATION")
         self.crash_during_save = env_int("SUP_TRAINER_CRASH_DURING_SAVE")
+        # Knobs for sup's detectors (README: "Detection drills").
+        self.node_id = os.environ.get("SUP_NODE_ID", "")
+        self.slowdown = 1.0
+        slow_node = os.environ.get("SUP_EXAMPLE_SLOW_NODE", "").strip()
+        if slow_node and slow_node == self.node_id:
+            raw = os.environ.get("SUP_EXAMPLE_SLOWDOWN", "").strip() or "1"
+            try:
+                self.slowdown = float(raw)
+            except ValueError:
+                raise Fatal(f"environment: SUP_EXAMPLE_SLOWDOWN={raw!r} is not a number")
+            if not (self.slowdown >= 1.0 and self.slowdown < 1000):
+                raise Fatal(f"environment: SUP_EXAMPLE_SLOWDOWN={raw!r} must be in [1, 1000)")
+        # "Generation 0" is the job's first run: sup's generations come from a global
+        # counter, so the restart count (TORCHELASTIC_RESTART_COUNT) tells it apart.
+        self.first_run = not self.restart_count
+        self.hang_at = env_int("SUP_EXAMPLE_HANG_AT_STEP")
+        self.loss_spike_at = env_int("SUP_EXAMPLE_LOSS_SPIKE_AT_STEP")
+        self.sup_seed = env_int("SUP_SEED", 0)
+        lr_raw = os.environ.get("SUP_LR_SCALE", "").strip()
+        self.lr_scale = lr_raw or "1"
         self.model = Model(args.params, args.batch, args.seed)
 
     def hook_applies(self, hook_step: Optional[int], step: int, rank_hook: bool) -> bool:
@@ -680,22 +700,36 @@ def train(args: argparse.Namespace) -> int:
         ctx.log(f"rendezvous done at {ctx.master_addr}:{ctx.master_port}")
     ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
+    if ctx.slowdown != 1.0:
+        ctx.log(f"detection knob: node {ctx.node_id} runs {ctx.slowdown}x slower")
+    if ctx.sup_seed or ctx.lr_scale != "1":
+        ctx.log(f"rollback: SUP_SEED={ctx.sup_seed} SUP_LR_SCALE={ctx.lr_scale}")
     for step in range(start, args.steps):
         t0 = time.monotonic()
         grad, err2 = model.local_gradient(params, step, rank, world)
         if args.step_time > 0:
-            time.sleep(args.step_time)
+            time.sleep(args.step_time * ctx.slowdown)
+        # Time outside the collective: what tells a slow rank from the ones waiting for it.
+        compute = time.monotonic() - t0
         total, err2_total = all_reduce_gradient(group, step, grad, err2)
         model.apply(params, total)
         done = step + 1
         dt = time.monotonic() - t0
         loss = model.loss(err2_total)
+        if ctx.loss_spike_at is not None and done >= ctx.loss_spike_at and not ctx.sup_seed:
+            # Only the reported loss: the parameters (and final.bin) stay deterministic.
+            loss = loss * 100.0 + 10.0
         # The job's cumulative samples (one sample counts as one token), the same on every
         # rank: sup reads it as the job's total, whichever rank's line comes last.
         tokens = done * model.B
         print(f"step {done}/{args.steps} loss {loss:.6f} tokens {tokens} step_time {dt:.3f}s", flush=True)
-        progress.report(step=done, tokens=tokens, loss=loss, step_time_s=round(dt, 6), phase="train")
+        progress.report(step=done, tokens=tokens, loss=loss, step_time_s=round(dt, 6),
+                        compute_time_s=round(compute, 6), phase="train")
 
+        if ctx.hang_at is not None and done == ctx.hang_at and ctx.first_run:
+            ctx.log(f"detection knob: hanging at step {done} (first run only)")
+            while True:  # like a rank stuck in a collective; SIGTERM still ends it
+                time.sleep(3600)
         if ctx.hook_applies(ctx.crash_at, done, rank_hook=True):
             ctx.log(f"fault hook: crashing at step {done} with exit code {EXIT_CRASH_HOOK}")
             os._exit(EXIT_CRASH_HOOK)

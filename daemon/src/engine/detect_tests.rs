@@ -1,0 +1,537 @@
+//! The engine's use of the job-level detectors: hang → restart from the
+//! newest checkpoint with a post-mortem and no cordon, repeated lagging →
+//! cordon, straggler → event and (by policy) a spare swap that does not
+//! count as the job's failure, loss spike → rollback with a new seed, MFU.
+
+use super::detect::DetectConfig;
+use super::*;
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        unreachable_after_ms: 600_000,
+        detect: DetectConfig {
+            hang_factor: 2.0,
+            hang_floor_ms: 1_000,
+            hang_ceiling_ms: 60_000,
+            checkpoint_allowance_ms: 20_000,
+            warmup_steps: 5,
+            hang_cordon_after: 2,
+            straggler_window: 10,
+            straggler_sustain: 5,
+            ..DetectConfig::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn cluster(count: u32) -> Engine {
+    let mut e = Engine::new(config());
+    for i in 1..=count {
+        let id = format!("n{i}");
+        e.register(
+            0,
+            Registration {
+                session: SessionId::from(i),
+                node_id: id.clone(),
+                address: format!("addr-{id}"),
+                hostname: id.clone(),
+                agent_version: "0".to_owned(),
+                instance_id: format!("i-{id}"),
+                gpu_backend: "sim".to_owned(),
+                gpus: (0..2)
+                    .map(|g| GpuInventory {
+                        index: g,
+                        uuid: format!("GPU-{id}-{g}"),
+                        name: "NVIDIA H100 80GB HBM3".to_owned(),
+                        pci_bus_id: String::new(),
+                        memory_total_bytes: None,
+                    })
+                    .collect(),
+            },
+        )
+        .expect("register");
+        assert!(e.telemetry(0, &id, SessionId::from(i), vec![]));
+    }
+    drain(&mut e);
+    e
+}
+
+fn session_of(id: &str) -> SessionId {
+    id.trim_start_matches('n').parse().expect("node id n<k>")
+}
+
+fn drain(e: &mut Engine) -> Vec<Action> {
+    std::iter::from_fn(|| e.poll_action()).collect()
+}
+
+fn events(actions: &[Action]) -> Vec<(EventKind, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Persist(Change::AppendEvent(ev)) => Some((ev.kind, ev.reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn event(actions: &[Action], kind: EventKind) -> String {
+    events(actions)
+        .into_iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("no {kind:?} event in {:#?}", events(actions)))
+}
+
+fn has(actions: &[Action], kind: EventKind) -> bool {
+    events(actions).iter().any(|(k, _)| *k == kind)
+}
+
+fn submit(e: &mut Engine, name: &str, nodes: u32, extra: &str) {
+    let spec = format!(
+        "name = \"{name}\"\ncommand = [\"python3\", \"train.py\"]\nnodes = {nodes}\ngpus_per_node = 2\n\
+         checkpoint_dir = \"/ckpt/{name}\"\ncheckpoint_layout = \"marker:COMPLETE\"\n{extra}"
+    );
+    e.submit_job(0, &spec, "test").expect("submit");
+    drain(e);
+}
+
+fn job<'a>(e: &'a Engine, name: &str) -> &'a Job {
+    e.job(name).expect("job")
+}
+
+fn launch_all(e: &mut Engine, name: &str, now: Millis) {
+    let (generation, nodes) = {
+        let j = job(e, name);
+        (j.record.generation, j.record.nodes.clone())
+    };
+    for n in &nodes {
+        assert!(e.rank_status(
+            now,
+            n,
+            session_of(n),
+            v1::RankStatus {
+                job: name.to_owned(),
+                generation,
+                running_local_ranks: vec![0, 1],
+                launched: true,
+                launch_error: String::new(),
+            }
+        ));
+    }
+    drain(e);
+}
+
+fn report(e: &mut Engine, name: &str, node: &str, now: Millis, p: v1::JobProgress) -> Vec<Action> {
+    let generation = job(e, name).record.generation;
+    assert!(e.progress(
+        now,
+        node,
+        session_of(node),
+        v1::JobProgress {
+            job: name.to_owned(),
+            generation,
+            ..p
+        }
+    ));
+    drain(e)
+}
+
+fn train(step: u64, time: f64) -> v1::JobProgress {
+    v1::JobProgress {
+        step,
+        min_step: Some(step),
+        step_time_s: Some(time),
+        phase: "train".to_owned(),
+        tokens: Some(step * 1000),
+        ..Default::default()
+    }
+}
+
+fn checkpoint(e: &mut Engine, name: &str, node: &str, steps: &[u64], now: Millis) -> Vec<Action> {
+    assert!(e.checkpoints(
+        now,
+        node,
+        session_of(node),
+        v1::CheckpointCatalog {
+            job: name.to_owned(),
+            checkpoints: steps
+                .iter()
+                .map(|s| v1::Checkpoint {
+                    step: *s,
+                    path: format!("/ckpt/{name}/step-{s}"),
+                })
+                .collect(),
+        }
+    ));
+    drain(e)
+}
+
+/// Steps `from..=to` every 500 ms on every node of the job; returns the
+/// time of the last report.
+fn run_steps(e: &mut Engine, name: &str, from: u64, to: u64, start: Millis) -> Millis {
+    let nodes = job(e, name).record.nodes.clone();
+    let mut now = start;
+    for step in from..=to {
+        now += 500;
+        for n in &nodes {
+            report(e, name, n, now, train(step, 0.4));
+        }
+    }
+    now
+}
+
+#[test]
+fn a_hang_restarts_from_the_newest_checkpoint_on_time_without_cordon() {
+    let mut e = cluster(2);
+    submit(&mut e, "llm", 2, "");
+    launch_all(&mut e, "llm", 0);
+    let last = run_steps(&mut e, "llm", 1, 20, 0);
+    checkpoint(&mut e, "llm", "n1", &[10, 20], last);
+    // Median step 0.5 s × 2 = 1 s, at the floor: hung 1 s after the last advance.
+    let deadline = e.poll_timeout().expect("a hang check is scheduled");
+    assert_eq!(deadline, last + 1_000);
+    e.handle_timeout(deadline - 1);
+    assert!(!has(&drain(&mut e), EventKind::JobHung));
+    let hung_gen = job(&e, "llm").record.generation;
+    e.handle_timeout(deadline);
+    let actions = drain(&mut e);
+    let why = event(&actions, EventKind::JobHung);
+    assert!(
+        why.contains("no step advance for 1000 ms")
+            && why.contains("last step 20")
+            && why.contains("2 × median step time 0.500s")
+            && why.contains("nothing cordoned"),
+        "{why}"
+    );
+    let restarted = event(&actions, EventKind::JobRestarted);
+    assert!(restarted.contains("resuming from step 20"), "{restarted}");
+    assert!(!has(&actions, EventKind::NodeCordoned));
+    let j = job(&e, "llm");
+    assert_eq!(j.record.restarts, 1);
+    assert_eq!(j.record.nodes.len(), 2, "same nodes, nothing cordoned");
+
+    // The stopped ranks of the hung generation bring the post-mortem.
+    assert!(!e.rank_exited(
+        deadline + 100,
+        "n1",
+        session_of("n1"),
+        v1::RankExited {
+            job: "llm".into(),
+            generation: hung_gen,
+            rank: 1,
+            local_rank: 1,
+            signal: Some(15),
+            log_tail: "step 20/100 loss 0.1\ntrainer: got signal 15, exiting\n".into(),
+            stopped_by_agent: true,
+            ..Default::default()
+        }
+    ));
+    let pm = event(&drain(&mut e), EventKind::JobHangPostmortem);
+    assert!(
+        pm.contains("rank 1") && pm.contains("step 20/100 loss 0.1"),
+        "{pm}"
+    );
+}
+
+#[test]
+fn checkpoint_phases_get_their_allowance() {
+    let mut e = cluster(2);
+    submit(&mut e, "llm", 2, "");
+    launch_all(&mut e, "llm", 0);
+    let last = run_steps(&mut e, "llm", 1, 20, 0);
+    let saving = v1::JobProgress {
+        phase: "checkpoint_save".into(),
+        ..train(20, 0.4)
+    };
+    report(&mut e, "llm", "n1", last + 100, saving);
+    e.handle_timeout(last + 15_000);
+    assert!(
+        !has(&drain(&mut e), EventKind::JobHung),
+        "within the allowance"
+    );
+    e.handle_timeout(last + 100 + 20_000);
+    let why = event(&drain(&mut e), EventKind::JobHung);
+    assert!(why.contains("checkpoint_save allowance"), "{why}");
+}
+
+#[test]
+fn a_node_lagging_in_repeated_hangs_is_cordoned() {
+    let mut e = cluster(3);
+    submit(&mut e, "llm", 2, "");
+    let mut now = 0;
+    for round in 0..2 {
+        launch_all(&mut e, "llm", now);
+        let nodes = job(&e, "llm").record.nodes.clone();
+        let victim = nodes.last().cloned().expect("two nodes");
+        assert_eq!(victim, "n2", "round {round}");
+        for step in 1..=10 {
+            now += 500;
+            report(&mut e, "llm", "n1", now, train(step, 0.4));
+            let lag = v1::JobProgress {
+                min_step: Some(step.min(7)),
+                ..train(step, 0.4)
+            };
+            report(&mut e, "llm", &victim, now, lag);
+        }
+        now += 1_000;
+        e.handle_timeout(now);
+        let actions = drain(&mut e);
+        let why = event(&actions, EventKind::JobHung);
+        assert!(why.contains("node n2 lagging"), "{why}");
+        if round == 0 {
+            assert!(
+                !has(&actions, EventKind::NodeCordoned),
+                "one hang: noted only"
+            );
+        } else {
+            let c = event(&actions, EventKind::NodeCordoned);
+            assert!(c.contains("2 hangs"), "{c}");
+            assert_eq!(job(&e, "llm").record.nodes, vec!["n1", "n3"]);
+        }
+    }
+}
+
+#[test]
+fn a_straggler_is_swapped_for_the_spare_without_counting_a_failure() {
+    let mut e = cluster(3);
+    submit(&mut e, "llm", 2, "straggler_policy = \"replace\"");
+    launch_all(&mut e, "llm", 0);
+    assert_eq!(job(&e, "llm").record.nodes, vec!["n1", "n2"]);
+    let mut flagged = None;
+    for step in 1..=40u64 {
+        let now = step as Millis * 500;
+        // A single slow step on n1 is noise.
+        let t1 = if step == 3 { 2.0 } else { 0.40 };
+        report(&mut e, "llm", "n1", now, train(step, t1));
+        let actions = report(&mut e, "llm", "n2", now, train(step, 0.60));
+        if has(&actions, EventKind::JobStraggler) {
+            flagged = Some((step, actions));
+            break;
+        }
+    }
+    let (step, actions) = flagged.expect("n2 flagged");
+    assert!(step <= 15, "flagged at step {step}");
+    let why = event(&actions, EventKind::JobStraggler);
+    assert!(
+        why.contains("node n2 is a straggler: 1.50×")
+            && why.contains("no hardware signal")
+            && why.contains("replacing it with a spare now"),
+        "{why}"
+    );
+    let restarted = event(&actions, EventKind::JobRestarted);
+    assert!(restarted.contains("replaced n2 with n3"), "{restarted}");
+    let j = job(&e, "llm");
+    assert_eq!(j.record.restarts, 0, "the cluster's doing, not the job's");
+    assert_eq!(j.record.nodes, vec!["n1", "n3"]);
+    assert!(!has(&actions, EventKind::NodeCordoned));
+}
+
+#[test]
+fn report_policy_and_no_spare_keep_the_straggler() {
+    let mut e = cluster(2);
+    submit(&mut e, "llm", 2, "straggler_policy = \"replace\"");
+    launch_all(&mut e, "llm", 0);
+    let mut why = None;
+    for step in 1..=40u64 {
+        let now = step as Millis * 500;
+        report(&mut e, "llm", "n1", now, train(step, 0.40));
+        let actions = report(&mut e, "llm", "n2", now, train(step, 0.60));
+        if has(&actions, EventKind::JobStraggler) {
+            why = Some(event(&actions, EventKind::JobStraggler));
+            assert!(!has(&actions, EventKind::JobRestarted));
+        }
+    }
+    let why = why.expect("flagged");
+    assert!(why.contains("kept: no spare"), "{why}");
+    assert_eq!(job(&e, "llm").record.nodes, vec!["n1", "n2"]);
+}
+
+#[test]
+fn replace_at_checkpoint_waits_for_the_next_checkpoint() {
+    let mut e = cluster(3);
+    submit(
+        &mut e,
+        "llm",
+        2,
+        "straggler_policy = \"replace_at_checkpoint\"",
+    );
+    launch_all(&mut e, "llm", 0);
+    for step in 1..=20u64 {
+        let now = step as Millis * 500;
+        report(&mut e, "llm", "n1", now, train(step, 0.40));
+        report(&mut e, "llm", "n2", now, train(step, 0.60));
+    }
+    assert_eq!(job(&e, "llm").record.nodes, vec!["n1", "n2"], "not yet");
+    let actions = checkpoint(&mut e, "llm", "n1", &[20], 10_100);
+    let restarted = event(&actions, EventKind::JobRestarted);
+    assert!(
+        restarted.contains("replacing straggler node n2")
+            && restarted.contains("resuming from step 20"),
+        "{restarted}"
+    );
+    assert_eq!(job(&e, "llm").record.nodes, vec!["n1", "n3"]);
+}
+
+#[test]
+fn a_loss_spike_rolls_back_with_a_new_seed() {
+    let mut e = cluster(2);
+    submit(
+        &mut e,
+        "llm",
+        2,
+        "loss_spike_rollback = true\nmax_rollbacks = 1",
+    );
+    launch_all(&mut e, "llm", 0);
+    let loss_at = |step: u64, loss: f64| v1::JobProgress {
+        loss: Some(loss),
+        ..train(step, 0.4)
+    };
+    let mut now = 0;
+    for step in 1..=24 {
+        now += 500;
+        report(&mut e, "llm", "n1", now, loss_at(step, 2.0));
+    }
+    checkpoint(&mut e, "llm", "n1", &[10, 20], now);
+    let mut actions = Vec::new();
+    for step in 25..=27 {
+        now += 500;
+        actions.extend(report(&mut e, "llm", "n1", now, loss_at(step, 50.0)));
+    }
+    // The catalog lags behind: the decision waits for a current one, and
+    // the spike going on meanwhile changes nothing.
+    for step in 28..=31 {
+        now += 200;
+        actions.extend(report(&mut e, "llm", "n1", now, loss_at(step, 60.0)));
+    }
+    assert!(
+        !has(&actions, EventKind::JobRolledBack),
+        "{:#?}",
+        events(&actions)
+    );
+    let actions = checkpoint(&mut e, "llm", "n1", &[10, 20, 25], now + 1_000);
+    let why = event(&actions, EventKind::JobRolledBack);
+    assert!(
+        why.contains("loss spike from step 25")
+            && why.contains("rolling back to checkpoint step 20")
+            && why.contains("SUP_SEED=1"),
+        "{why}"
+    );
+    let j = job(&e, "llm");
+    assert_eq!(j.record.rollbacks, 1);
+    assert_eq!(j.record.checkpoint.as_ref().map(|c| c.step), Some(20));
+    let a = e.desired_assignment("n1");
+    let env = &a.job.expect("assigned").env;
+    assert_eq!(env.get("SUP_SEED").map(String::as_str), Some("1"));
+    assert_eq!(env.get("SUP_LR_SCALE").map(String::as_str), Some("0.5"));
+
+    // The abandoned timeline's step-30 counts only once the job passed it again.
+    launch_all(&mut e, "llm", now);
+    report(&mut e, "llm", "n1", now + 100, loss_at(21, 2.0));
+    checkpoint(&mut e, "llm", "n1", &[10, 20, 30], now + 200);
+    assert_eq!(
+        job(&e, "llm").record.checkpoint.as_ref().map(|c| c.step),
+        Some(20)
+    );
+    report(&mut e, "llm", "n1", now + 300, loss_at(31, 2.0));
+    checkpoint(&mut e, "llm", "n1", &[10, 20, 30], now + 400);
+    assert_eq!(
+        job(&e, "llm").record.checkpoint.as_ref().map(|c| c.step),
+        Some(30)
+    );
+    assert_eq!(job(&e, "llm").record.rollback_mark, None);
+
+    // The budget is spent: the next spike is reported, not rolled back.
+    let mut actions = Vec::new();
+    for step in 32..=40 {
+        actions.extend(report(
+            &mut e,
+            "llm",
+            "n1",
+            now + 500 + step as Millis,
+            loss_at(step, 90.0),
+        ));
+    }
+    let why = event(&actions, EventKind::JobLossSpike);
+    assert!(why.contains("rollback budget of 1 used up"), "{why}");
+}
+
+#[test]
+fn throughput_and_mfu_from_progress() {
+    let mut e = cluster(2);
+    submit(&mut e, "llm", 2, "model_params = 1e9");
+    launch_all(&mut e, "llm", 0);
+    for step in 1..=10u64 {
+        let p = v1::JobProgress {
+            tokens: Some(step * 4_000),
+            ..train(step, 0.4)
+        };
+        report(&mut e, "llm", "n1", step as Millis * 1_000, p);
+    }
+    let j = job(&e, "llm");
+    assert_eq!(j.tokens_per_s(), Some(4_000.0));
+    let mfu = e.job_mfu(j).expect("mfu");
+    let expected = 6.0 * 1e9 * 4_000.0 / (4.0 * 989e12);
+    assert!((mfu - expected).abs() < 1e-12, "{mfu} vs {expected}");
+    let view = crate::view::job_in(&e, j);
+    assert_eq!(view.tokens_per_s, Some(4_000.0));
+    assert_eq!(view.node_stats.len(), 2);
+    assert_eq!(
+        view.node_stats.first().and_then(|n| n.step_time_s),
+        Some(0.4)
+    );
+}
+
+#[test]
+fn silence_from_an_unreachable_node_is_not_a_hang() {
+    let mut e = cluster(2);
+    submit(&mut e, "llm", 2, "");
+    launch_all(&mut e, "llm", 0);
+    let last = run_steps(&mut e, "llm", 1, 20, 0);
+    // n2's agent drops its stream: its progress cannot reach supd.
+    e.disconnected(last + 10, "n2", session_of("n2"));
+    drain(&mut e);
+    e.handle_timeout(last + 5_000);
+    let actions = drain(&mut e);
+    assert!(
+        !has(&actions, EventKind::JobHung),
+        "{:#?}",
+        events(&actions)
+    );
+    assert!(e.poll_timeout().is_some(), "looked at again later");
+}
+
+#[test]
+fn a_rollback_without_a_new_catalog_goes_ahead_after_the_wait() {
+    let mut e = cluster(2);
+    submit(&mut e, "llm", 2, "loss_spike_rollback = true");
+    launch_all(&mut e, "llm", 0);
+    let loss_at = |step: u64, loss: f64| v1::JobProgress {
+        loss: Some(loss),
+        ..train(step, 0.4)
+    };
+    for step in 1..=12 {
+        report(
+            &mut e,
+            "llm",
+            "n1",
+            step as Millis * 500,
+            loss_at(step, 2.0),
+        );
+    }
+    checkpoint(&mut e, "llm", "n1", &[10], 6_100);
+    for step in 13..=15 {
+        report(
+            &mut e,
+            "llm",
+            "n1",
+            step as Millis * 500,
+            loss_at(step, 40.0),
+        );
+    }
+    let spiked = 15 * 500;
+    e.handle_timeout(spiked + 4_999);
+    assert!(!has(&drain(&mut e), EventKind::JobRolledBack));
+    e.handle_timeout(spiked + 5_000);
+    let why = event(&drain(&mut e), EventKind::JobRolledBack);
+    assert!(why.contains("rolling back to checkpoint step 10"), "{why}");
+}
