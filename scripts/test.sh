@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)   # promtool validates /metrics
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)       # the example trainer
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)     # the dashboard's browser test
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd) # verifies deploy/*.service
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -23,6 +25,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries and the fake NVML library for the end-to-end tests)"
 cargo build --workspace --bins --locked
 cargo build -p fake-nvml --locked
+echo "== systemd-analyze verify deploy/*.service"
+# The units name /usr/local/bin/..., which a CI machine does not have and
+# verify insists on; check copies that point at the binaries just built.
+units_dir=$(mktemp -d)
+trap 'rm -rf "$units_dir"' EXIT
+for unit in supd.service sup-agent.service; do
+  sed "s|/usr/local/bin/|$PWD/target/debug/|g" "deploy/$unit" > "$units_dir/$unit"
+done
+systemd-analyze verify "$units_dir/supd.service" "$units_dir/sup-agent.service"
 echo "== example trainer tests (python3, standard library)"
 python3 -m unittest discover -s examples/trainer -p 'test_*.py' -v 2>&1 | tail -n 25
 echo "== cargo test"

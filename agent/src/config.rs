@@ -74,6 +74,11 @@ pub struct Cli {
     #[arg(long)]
     pub allow_drills: bool,
 
+    /// On shutdown leave the training ranks running for the next agent to
+    /// re-adopt (with systemd's KillMode=process) instead of stopping them
+    #[arg(long)]
+    pub leave_ranks_on_exit: bool,
+
     /// Also read Xids from the kernel log: `kmsg`, `file:PATH` or
     /// `cmd:COMMAND ARGS...` [default: off]
     #[arg(long, value_name = "SPEC")]
@@ -108,6 +113,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub state_dir: Option<PathBuf>,
     pub allow_drills: Option<bool>,
+    pub leave_ranks_on_exit: Option<bool>,
     #[serde(default, deserialize_with = "de_from_str")]
     pub kernel_log: Option<KernelLogSpec>,
     pub xid_rules: Option<PathBuf>,
@@ -134,6 +140,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Whether drills from supd are acted on.
     pub allow_drills: bool,
+    /// Whether ranks outlive the agent (re-adopted by the next one).
+    pub leave_ranks_on_exit: bool,
     /// Second Xid source besides NVML; `None`: off.
     pub kernel_log: Option<KernelLogSpec>,
     /// GPU health rules file; `None`: the built-in table.
@@ -327,6 +335,8 @@ impl Config {
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             state_dir,
             allow_drills: cli.allow_drills || file.allow_drills.unwrap_or(false),
+            leave_ranks_on_exit: cli.leave_ranks_on_exit
+                || file.leave_ranks_on_exit.unwrap_or(false),
             kernel_log: cli.kernel_log.or(file.kernel_log),
             xid_rules: cli.xid_rules.or(file.xid_rules),
         })
@@ -514,6 +524,7 @@ mod tests {
                 log_format: LogFormat::Json,
                 state_dir: PathBuf::from("/srv/sup-agent"),
                 allow_drills: true,
+                leave_ranks_on_exit: false,
                 kernel_log: Some(KernelLogSpec::Command(
                     ["journalctl", "-k", "-f", "-n", "0", "-o", "cat"]
                         .map(String::from)

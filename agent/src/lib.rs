@@ -138,6 +138,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         launcher::Settings {
             state_dir: config.state_dir.clone(),
             node_id: config.node_id.clone(),
+            leave_ranks_on_exit: config.leave_ranks_on_exit,
         },
         outbox,
         assignment,
@@ -145,6 +146,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )
     .await;
 
+    // systemd (Type=notify): the GPUs are read and every loop runs.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!("cannot tell systemd that the agent is ready: {e}");
+    }
     let run_link = link.run();
     tokio::pin!(run_link);
     let outcome = tokio::select! {
@@ -156,8 +161,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     // Ranks do not outlive their agent: nothing would fence them, and a
     // restarted agent would start a second copy. The link stays up while
-    // they stop so that their exits reach supd.
-    if outcome.is_ok() {
+    // they stop so that their exits reach supd. Unless the agent is told to
+    // leave them (systemd, KillMode=process): then the next agent re-adopts
+    // them from the state file, and fences them if supd moved on.
+    if config.leave_ranks_on_exit {
+        launcher.detach().await;
+    } else if outcome.is_ok() {
         tokio::select! {
             () = launcher.shutdown() => {}
             _ = &mut run_link => launcher.shutdown().await,

@@ -14,9 +14,16 @@
 //! counted and skipped; they never close the connection.
 //!
 //! Per (job, generation) the agent keeps the highest step and the tokens and
-//! loss that came with it (or with a later report without a step), and
-//! sends `JobProgress` at most once a second when that changed.
+//! loss that came with it (or with a later report without a step), and per
+//! rank its latest step, phase and step time (`compute_time_s` when the rank
+//! sends it: its time outside collectives, which is what tells a slow node
+//! from the ones waiting for it in the all-reduce). It sends `JobProgress`
+//! within `REPORT_INTERVAL` of a change, coalescing everything in between:
+//! supd's hang detector measures from when it receives progress, so a late
+//! report would be a late (or a false) alarm, while one message per node per
+//! 100 ms stays cheap whatever the step rate.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -36,7 +43,7 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// A node runs a handful of ranks; more connections than this is a leak
 /// or an attack, and further ones wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 256;
-pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// One line of the protocol.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -48,10 +55,11 @@ pub struct ProgressLine {
     pub tokens: Option<u64>,
     #[serde(default)]
     pub loss: Option<f64>,
-    /// Parsed so that a wrong type is caught, not yet forwarded: the wire
-    /// contract has no field for it.
     #[serde(default)]
     pub step_time_s: Option<f64>,
+    /// The part of the step spent outside collectives (optional).
+    #[serde(default)]
+    pub compute_time_s: Option<f64>,
     #[serde(default)]
     pub phase: Option<String>,
     #[serde(default)]
@@ -73,6 +81,13 @@ pub fn parse_line(line: &[u8]) -> Result<Option<ProgressLine>, String> {
         .map_err(|e| format!("not a progress report: {e}"))
 }
 
+#[derive(Debug, Default, Clone)]
+struct RankState {
+    step: Option<u64>,
+    time_s: Option<f64>,
+    phase: Option<String>,
+}
+
 /// The progress of the running generation, and what was thrown away.
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -80,6 +95,9 @@ pub struct Tally {
     step: Option<u64>,
     tokens: Option<u64>,
     loss: Option<f64>,
+    ranks: BTreeMap<u32, RankState>,
+    /// (phase, min step) last sent.
+    sent_shape: (String, Option<u64>),
     changed: bool,
     pub malformed: u64,
     pub oversized: u64,
@@ -119,6 +137,23 @@ impl Tally {
                 ..Tally::default()
             };
         }
+        let rank = self.ranks.entry(line.rank).or_default();
+        if line.step.is_some_and(|s| rank.step.is_none_or(|r| s >= r)) {
+            rank.step = line.step;
+        }
+        if let Some(t) = line
+            .compute_time_s
+            .or(line.step_time_s)
+            .filter(|t| t.is_finite() && *t >= 0.0)
+        {
+            rank.time_s = Some(t);
+        }
+        if line.phase.is_some() {
+            rank.phase = line.phase.clone();
+        }
+        if self.shape() != self.sent_shape {
+            self.changed = true;
+        }
         // A rank lagging behind must not take tokens and loss back.
         let behind = matches!((line.step, self.step), (Some(s), Some(max)) if s < max);
         if behind {
@@ -133,18 +168,54 @@ impl Tally {
         }
     }
 
+    /// The node's phase (the first rank not in `train`, since one rank
+    /// saving holds every other in the next collective) and the lowest
+    /// latest step of its ranks.
+    fn shape(&self) -> (String, Option<u64>) {
+        let phase = self
+            .ranks
+            .values()
+            .filter_map(|r| r.phase.as_deref())
+            .find(|p| *p != "train")
+            .or_else(|| {
+                self.ranks
+                    .values()
+                    .any(|r| r.phase.is_some())
+                    .then_some("train")
+            })
+            .unwrap_or_default()
+            .to_owned();
+        let min_step = self.ranks.values().filter_map(|r| r.step).min();
+        (phase, min_step)
+    }
+
     /// The report to send, if anything changed since the last one.
     pub fn take_report(&mut self) -> Option<JobProgress> {
-        let (job, generation) = self.key.as_ref()?;
+        let (job, generation) = self.key.clone()?;
         if !std::mem::take(&mut self.changed) {
             return None;
         }
+        let shape = self.shape();
+        self.sent_shape = shape.clone();
+        let mut times: Vec<f64> = self.ranks.values().filter_map(|r| r.time_s).collect();
+        times.sort_by(f64::total_cmp);
+        let step_time_s = (!times.is_empty()).then(|| {
+            let n = times.len();
+            if n % 2 == 1 {
+                times[n / 2]
+            } else {
+                (times[n / 2 - 1] + times[n / 2]) / 2.0
+            }
+        });
         Some(JobProgress {
-            job: job.clone(),
-            generation: *generation,
+            job,
+            generation,
             step: self.step.unwrap_or(0),
             tokens: self.tokens,
             loss: self.loss,
+            step_time_s,
+            phase: shape.0,
+            min_step: shape.1,
         })
     }
 }
@@ -159,7 +230,25 @@ pub struct Intake {
 impl Intake {
     /// Listens on an ephemeral loopback port and starts reporting.
     pub async fn start(fence: Fence) -> std::io::Result<Intake> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        Intake::start_on(fence, 0).await
+    }
+
+    /// Listens on loopback `port` (0: any) and starts reporting. A restarted
+    /// agent asks for the port its predecessor gave the ranks it re-adopts
+    /// (their `SUP_PROGRESS_ADDR` cannot change); if that port is taken it
+    /// falls back to any, and those ranks' progress is lost, not training.
+    pub async fn start_on(fence: Fence, port: u16) -> std::io::Result<Intake> {
+        let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
+            Ok(listener) => listener,
+            Err(e) if port != 0 => {
+                tracing::warn!(
+                    port,
+                    "cannot listen on the previous progress port ({e}); using another"
+                );
+                TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?
+            }
+            Err(e) => return Err(e),
+        };
         let addr = listener.local_addr()?;
         let intake = Intake {
             addr,
@@ -345,6 +434,7 @@ mod tests {
                 tokens: Some(4096),
                 loss: Some(2.5),
                 step_time_s: Some(0.2),
+                compute_time_s: None,
                 phase: Some("train".into()),
                 generation: Some(7),
             }
@@ -390,10 +480,18 @@ mod tests {
                 step: 10,
                 tokens: Some(100),
                 loss: Some(3.0),
+                min_step: Some(9),
+                ..JobProgress::default()
             }
         );
         assert_eq!(tally.take_report(), None, "nothing new");
-        // The same step again changes nothing.
+        // The lagging rank catching up is news (min_step), once.
+        tally.record(
+            Some(&g7),
+            Some(7),
+            &line(r#"{"rank":1,"step":10,"tokens":100,"loss":3.0}"#),
+        );
+        assert_eq!(tally.take_report().and_then(|r| r.min_step), Some(10));
         tally.record(
             Some(&g7),
             Some(7),
@@ -416,6 +514,39 @@ mod tests {
             &line(r#"{"rank":0,"step":11,"generation":7}"#),
         );
         assert_eq!(tally.take_report().map(|r| r.step), Some(11));
+    }
+
+    #[test]
+    fn tally_reports_the_node_phase_and_median_rank_time() {
+        let mut tally = Tally::default();
+        let g = running("llm", 2);
+        for (rank, t) in [(0, 0.30), (1, 0.10), (2, 0.20)] {
+            tally.record(
+                Some(&g),
+                None,
+                &line(&format!(
+                    r#"{{"rank":{rank},"step":5,"step_time_s":0.5,"compute_time_s":{t},"phase":"train"}}"#
+                )),
+            );
+        }
+        let report = tally.take_report().expect("report");
+        assert_eq!(
+            report.step_time_s,
+            Some(0.20),
+            "compute time wins, median of ranks"
+        );
+        assert_eq!(report.phase, "train");
+        // One rank saving puts the node in checkpoint_save, even at the same step.
+        tally.record(
+            Some(&g),
+            None,
+            &line(r#"{"rank":1,"step":5,"phase":"checkpoint_save"}"#),
+        );
+        assert_eq!(
+            tally.take_report().map(|r| r.phase),
+            Some("checkpoint_save".to_owned())
+        );
+        assert_eq!(tally.take_report(), None);
     }
 
     #[test]

@@ -76,6 +76,7 @@ impl Harness {
         let settings = Settings {
             state_dir: state_dir.unwrap_or_else(|| dir.path().join("state")),
             node_id: "node-b".into(),
+            leave_ranks_on_exit: false,
         };
         let launcher =
             Launcher::start(settings, bus.outbox, bus.assignment, bus.log_requests).await;

@@ -147,6 +147,7 @@ fn config(addr: SocketAddr, telemetry_interval: Duration) -> Config {
         // No job is assigned in these tests, so nothing is written there.
         state_dir: std::env::temp_dir().join("sup-agent-session-tests"),
         allow_drills: false,
+        leave_ranks_on_exit: false,
         kernel_log: None,
         xid_rules: None,
     }

@@ -53,6 +53,15 @@ pub struct GlobalArgs {
     pub timeout: Duration,
 }
 
+/// `--watch`: redraw, like watch(1), until interrupted.
+#[derive(Debug, Clone, Args)]
+pub struct Watch {
+    /// Redraw every INTERVAL until interrupted (`-w` alone: every 2s; with
+    /// -o json: one JSON document per line each time)
+    #[arg(short, long, value_name = "INTERVAL", num_args = 0..=1, require_equals = false, default_missing_value = "2s", value_parser = parse_timeout)]
+    pub watch: Option<Duration>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// Human-readable tables
@@ -64,9 +73,15 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Cluster overview: what needs attention, then jobs and nodes
-    Status,
+    Status {
+        #[command(flatten)]
+        watch: Watch,
+    },
     /// List nodes
-    Nodes,
+    Nodes {
+        #[command(flatten)]
+        watch: Watch,
+    },
     /// Show one node with its GPUs
     Node {
         /// Node id
@@ -105,9 +120,16 @@ pub enum Command {
         /// Show only events with a sequence number greater than SEQ
         #[arg(long, value_name = "SEQ", default_value_t = 0)]
         after: u64,
+        /// Keep printing new events as they are recorded, until interrupted
+        /// (with -o json: one JSON object per line)
+        #[arg(short, long)]
+        follow: bool,
     },
     /// List jobs
-    Jobs,
+    Jobs {
+        #[command(flatten)]
+        watch: Watch,
+    },
     /// Submit, stop or describe one job
     #[command(subcommand)]
     Job(JobCommand),
@@ -369,13 +391,37 @@ mod tests {
     }
 
     #[test]
+    fn watch_takes_an_optional_interval_and_events_follow() {
+        let watch = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Status { watch } | Command::Nodes { watch } | Command::Jobs { watch } => {
+                watch.watch
+            }
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(watch(&["status"]), None);
+        assert_eq!(watch(&["status", "--watch"]), Some(Duration::from_secs(2)));
+        assert_eq!(watch(&["nodes", "-w", "5s"]), Some(Duration::from_secs(5)));
+        assert_eq!(watch(&["jobs", "--watch=1s"]), Some(Duration::from_secs(1)));
+        assert!(parse(&["status", "--watch", "0s"]).is_err());
+        assert!(matches!(
+            parse(&["events", "--follow"]).unwrap().command,
+            Command::Events { follow: true, .. }
+        ));
+    }
+
+    #[test]
     fn events_limit_must_be_positive() {
         assert!(parse(&["events", "--limit", "0"]).is_err());
         let cli = parse(&["events", "--limit", "5", "--after", "7"]).unwrap();
         match cli.command {
-            Command::Events { limit, after } => {
+            Command::Events {
+                limit,
+                after,
+                follow,
+            } => {
                 assert_eq!(limit, Some(5));
                 assert_eq!(after, 7);
+                assert!(!follow);
             }
             other => panic!("parsed as {other:?}"),
         }

@@ -13,6 +13,24 @@ use crate::error::{CtlError, Target};
 // exceeds tonic's 4 MiB default; a bigger limit beats a confusing failure.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Retries of a change whose answer was lost (same request id each time).
+const MUTATION_RETRIES: u64 = 3;
+
+/// One id per supctl invocation, sent with every change it makes (and its
+/// retries). `SUP_REQUEST_ID` sets it, so a script can repeat a command
+/// across invocations and still have it take effect once.
+pub fn request_id() -> String {
+    if let Ok(id) = std::env::var("SUP_REQUEST_ID") {
+        if !id.trim().is_empty() {
+            return id.trim().to_owned();
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("supctl-{}-{nanos:x}", std::process::id())
+}
+
 pub struct Client {
     inner: ControlServiceClient<Channel>,
     target: Target,
@@ -56,16 +74,46 @@ impl Client {
     }
 
     pub async fn cordon(&mut self, req: v1::CordonRequest) -> Result<v1::CordonResponse, CtlError> {
-        let res = self.inner.cordon(req).await;
-        self.answer(res)
+        self.mutate(|mut c| {
+            let req = req.clone();
+            async move { c.cordon(req).await }
+        })
+        .await
     }
 
     pub async fn uncordon(
         &mut self,
         req: v1::UncordonRequest,
     ) -> Result<v1::CordonResponse, CtlError> {
-        let res = self.inner.uncordon(req).await;
-        self.answer(res)
+        self.mutate(|mut c| {
+            let req = req.clone();
+            async move { c.uncordon(req).await }
+        })
+        .await
+    }
+
+    /// A change, retried on a lost answer (unavailable, timed out). Safe
+    /// because every change carries the invocation's request id: supd
+    /// applies an id once and answers repeats with what happened.
+    async fn mutate<T, F, Fut>(&mut self, mut call: F) -> Result<T, CtlError>
+    where
+        F: FnMut(ControlServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut attempt = 0u64;
+        loop {
+            let res = call(self.inner.clone()).await;
+            let retriable = matches!(
+                &res,
+                Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
+            );
+            if retriable && attempt < MUTATION_RETRIES {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
+                continue;
+            }
+            return self.answer(res);
+        }
     }
 
     pub async fn events(&mut self, req: v1::ListEventsRequest) -> Result<Vec<v1::Event>, CtlError> {
@@ -77,13 +125,19 @@ impl Client {
         &mut self,
         req: v1::SubmitJobRequest,
     ) -> Result<v1::JobResponse, CtlError> {
-        let res = self.inner.submit_job(req).await;
-        self.answer(res)
+        self.mutate(|mut c| {
+            let req = req.clone();
+            async move { c.submit_job(req).await }
+        })
+        .await
     }
 
     pub async fn stop_job(&mut self, req: v1::StopJobRequest) -> Result<v1::JobResponse, CtlError> {
-        let res = self.inner.stop_job(req).await;
-        self.answer(res)
+        self.mutate(|mut c| {
+            let req = req.clone();
+            async move { c.stop_job(req).await }
+        })
+        .await
     }
 
     pub async fn job(&mut self, name: &str) -> Result<v1::Job, CtlError> {

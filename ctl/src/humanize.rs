@@ -90,6 +90,33 @@ pub fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> String) -> String {
     v.map(f).unwrap_or_else(|| NONE.to_owned())
 }
 
+/// A rate with an SI suffix: `950`, `12.3k`, `4.56M`.
+pub fn si(v: f64) -> String {
+    let a = v.abs();
+    if !v.is_finite() {
+        NONE.to_owned()
+    } else if a >= 1e9 {
+        format!("{:.3}G", v / 1e9)
+    } else if a >= 1e6 {
+        format!("{:.3}M", v / 1e6)
+    } else if a >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else if a >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// A 0-1 ratio as a percentage: `41.3%`.
+pub fn percent(v: f64) -> String {
+    if v.is_finite() {
+        format!("{:.1}%", v * 100.0)
+    } else {
+        NONE.to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +161,15 @@ mod tests {
     #[test]
     fn one_line_removes_newlines() {
         assert_eq!(one_line("xid 79\non gpu 3\r\n"), "xid 79 on gpu 3");
+    }
+
+    #[test]
+    fn si_and_percent() {
+        assert_eq!(si(950.0), "950");
+        assert_eq!(si(12_345.0), "12.3k");
+        assert_eq!(si(4_560_000.0), "4.560M");
+        assert_eq!(si(2.5), "2.5");
+        assert_eq!(percent(0.4151), "41.5%");
+        assert_eq!(percent(f64::NAN), NONE);
     }
 }

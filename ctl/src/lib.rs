@@ -22,7 +22,7 @@ use clap::ValueEnum;
 
 use crate::cli::{
     default_operator, BreakerCommand, Cli, Command, DrillCommand, JobCommand, Output,
-    RecoveryActionArg,
+    RecoveryActionArg, Watch,
 };
 use crate::client::Client;
 use crate::error::{exit, CtlError};
@@ -70,8 +70,130 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         _ => None,
     };
     let mut client = Client::connect(&g.supervisor, g.timeout).await?;
+    match &cli.command {
+        Command::Status {
+            watch: Watch { watch: Some(every) },
+        }
+        | Command::Nodes {
+            watch: Watch { watch: Some(every) },
+        }
+        | Command::Jobs {
+            watch: Watch { watch: Some(every) },
+        } => return watch(cli, &mut client, *every, out).await,
+        Command::Events {
+            limit,
+            after,
+            follow: true,
+        } => return follow_events(&mut client, *limit, *after, json, out).await,
+        _ => {}
+    }
+    let text = once(cli, &mut client, spec).await?;
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `--watch`: the command's output again every `every`, the screen cleared
+/// first for tables (like watch(1)); until interrupted. A failed request is
+/// shown in place and retried, as an operator watching at 3 a.m. wants to
+/// see supd come back rather than lose the view.
+async fn watch(
+    cli: &Cli,
+    client: &mut Client,
+    every: std::time::Duration,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let json = cli.global.output == Output::Json;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let text = match once(cli, client, None).await {
+            Ok(text) => text,
+            Err(e) if json => return Err(e),
+            Err(e) => format!("supctl: error: {}\n", humanize::one_line(&e.to_string())),
+        };
+        if json {
+            // One document per line, for `jq -c` pipelines.
+            let compact = serde_json::from_str::<serde_json::Value>(&text)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|_| text.trim().to_owned());
+            writeln!(out, "{compact}")?;
+        } else {
+            let every = humantime::format_duration(every);
+            let at = humanize::timestamp(now_ms());
+            write!(
+                out,
+                "\x1b[H\x1b[2JEvery {every}: supctl {}    {at}\n\n{text}",
+                command_name(&cli.command)
+            )?;
+        }
+        out.flush()?;
+    }
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Nodes { .. } => "nodes",
+        Command::Jobs { .. } => "jobs",
+        _ => "status",
+    }
+}
+
+/// `events --follow`: what `events` prints, then each new event as it is
+/// recorded (polled every second), until interrupted.
+async fn follow_events(
+    client: &mut Client,
+    limit: Option<u32>,
+    after: u64,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let mut last = after;
+    let mut limit = limit.unwrap_or(0);
+    let mut header = true;
+    loop {
+        let req = v1::ListEventsRequest {
+            after_seq: last,
+            limit,
+        };
+        let events = render::oldest_first(client.events(req).await?);
+        if let Some(e) = events.last() {
+            last = last.max(e.seq);
+        }
+        if json {
+            for e in &events {
+                let text = render::events_json(std::slice::from_ref(e)).map_err(json_error)?;
+                let one = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v.as_array().and_then(|a| a.first().cloned()))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                writeln!(out, "{one}")?;
+            }
+        } else if !events.is_empty() {
+            let text = render::events_text(&events);
+            // The header once; later batches are rows only.
+            let rows = if header {
+                text.as_str()
+            } else {
+                text.split_once('\n').map_or("", |(_, rows)| rows)
+            };
+            out.write_all(rows.as_bytes())?;
+            header = false;
+        }
+        out.flush()?;
+        limit = 0;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// One run of a command that prints something.
+async fn once(cli: &Cli, client: &mut Client, spec: Option<String>) -> Result<String, CtlError> {
+    let g = &cli.global;
+    let json = g.output == Output::Json;
     let text = match &cli.command {
-        Command::Status => {
+        Command::Status { .. } => {
             let s = client.status().await?;
             if json {
                 render::status_json(&s).map_err(json_error)?
@@ -79,7 +201,7 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
                 render::status_text(&s, now_ms())
             }
         }
-        Command::Nodes => {
+        Command::Nodes { .. } => {
             let s = client.status().await?;
             if json {
                 render::nodes_json(&s.nodes).map_err(json_error)?
@@ -100,6 +222,7 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
                 node_id: id.clone(),
                 reason: reason.clone(),
                 by: operator(by),
+                request_id: client::request_id(),
             };
             let r = client.cordon(req).await?;
             cordon_output(json, CordonAction::Cordon, id, Some(reason), &r)?
@@ -109,11 +232,12 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
                 node_id: id.clone(),
                 by: operator(by),
                 reason: reason.clone().unwrap_or_default(),
+                request_id: client::request_id(),
             };
             let r = client.uncordon(req).await?;
             cordon_output(json, CordonAction::Uncordon, id, reason.as_deref(), &r)?
         }
-        Command::Events { limit, after } => {
+        Command::Events { limit, after, .. } => {
             let req = v1::ListEventsRequest {
                 after_seq: *after,
                 limit: limit.unwrap_or(0),
@@ -125,7 +249,7 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
                 render::events_text(&events)
             }
         }
-        Command::Jobs => {
+        Command::Jobs { .. } => {
             let s = client.status().await?;
             if json {
                 render::jobs_json(&s.jobs).map_err(json_error)?
@@ -137,6 +261,7 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
             let req = v1::SubmitJobRequest {
                 spec_toml: spec.unwrap_or_default(),
                 by: operator(by),
+                request_id: client::request_id(),
             };
             let r = client.submit_job(req).await?;
             if json {
@@ -150,6 +275,7 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
                 name: name.clone(),
                 by: operator(by),
                 reason: reason.clone().unwrap_or_default(),
+                request_id: client::request_id(),
             };
             let r = client.stop_job(req).await?;
             if json {
@@ -245,9 +371,7 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         // Handled before connecting.
         Command::Completions { .. } => String::new(),
     };
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
+    Ok(text)
 }
 
 fn cordon_output(

@@ -13,7 +13,7 @@ use sup_proto::json::{
 };
 use sup_proto::v1;
 
-use crate::humanize::{ago, one_line, opt, or_none, timestamp, truncate, NONE};
+use crate::humanize::{ago, one_line, opt, or_none, percent, si, timestamp, truncate, NONE};
 
 /// Width the `status` view is laid out for.
 const SCREEN_WIDTH: usize = 80;
@@ -22,7 +22,7 @@ const REASON_WIDTH: usize = 32;
 /// Gap between table columns.
 const COLUMN_GAP: u16 = 3;
 /// Longest job name in the `status` jobs table; `jobs` shows it whole.
-const STATUS_JOB_WIDTH: usize = 24;
+const STATUS_JOB_WIDTH: usize = 19;
 /// Job states that need an operator's eye, worst first.
 const TROUBLED_JOB_STATES: [&str; 3] = ["failed", "recovering", "pending"];
 
@@ -192,7 +192,9 @@ pub fn status_text(s: &v1::ClusterStatus, now_ms: i64) -> String {
         }
     }
     if !s.jobs.is_empty() {
-        let mut table = new_table(&["JOB", "STATE", "GEN", "WORLD", "STEP", "RESTARTS"]);
+        let mut table = new_table(&[
+            "JOB", "STATE", "GEN", "WORLD", "STEP", "TOK/S", "MFU", "RESTARTS",
+        ]);
         for j in &s.jobs {
             table.add_row(vec![
                 truncate(&or_none(&j.name), STATUS_JOB_WIDTH),
@@ -200,6 +202,8 @@ pub fn status_text(s: &v1::ClusterStatus, now_ms: i64) -> String {
                 j.generation.to_string(),
                 j.world_size.to_string(),
                 opt(j.step, |s| s.to_string()),
+                opt(j.tokens_per_s, si),
+                opt(j.mfu, percent),
                 j.restarts.to_string(),
             ]);
         }
@@ -581,6 +585,8 @@ pub fn jobs_text(jobs: &[v1::Job]) -> String {
         "WORLD",
         "NODES",
         "STEP",
+        "TOK/S",
+        "MFU",
         "CHECKPOINT",
         "RESTARTS",
         "REASON",
@@ -593,6 +599,8 @@ pub fn jobs_text(jobs: &[v1::Job]) -> String {
             j.world_size.to_string(),
             format!("{}/{}", j.nodes.len(), j.desired_nodes),
             opt(j.step, |s| s.to_string()),
+            opt(j.tokens_per_s, si),
+            opt(j.mfu, percent),
             opt(j.checkpoint.as_ref(), |c| c.step.to_string()),
             j.restarts.to_string(),
             truncate(&or_none(&j.reason), REASON_WIDTH),
@@ -629,6 +637,9 @@ pub fn job_text(j: &v1::Job, now_ms: i64) -> String {
             ),
         ),
         ("Step", opt(j.step, |s| s.to_string())),
+        ("Tokens/s", opt(j.tokens_per_s, si)),
+        ("MFU", opt(j.mfu, percent)),
+        ("Rollbacks", j.rollbacks.to_string()),
         (
             "Checkpoint",
             opt(j.checkpoint.as_ref(), |c| {
@@ -643,9 +654,28 @@ pub fn job_text(j: &v1::Job, now_ms: i64) -> String {
     if j.nodes.is_empty() {
         out.push_str("No nodes assigned.\n");
     } else {
-        let mut table = new_table(&["NODE RANK", "NODE"]);
+        // Per-node figures only once the detectors have some: a job that
+        // has not reported yet keeps the plain rank table.
+        let mut table = if j.node_stats.is_empty() {
+            new_table(&["NODE RANK", "NODE"])
+        } else {
+            new_table(&["NODE RANK", "NODE", "STEP TIME", "SLOWDOWN", "STRAGGLER"])
+        };
         for (rank, node) in j.nodes.iter().enumerate() {
-            table.add_row(vec![rank.to_string(), or_none(node)]);
+            let mut row = vec![rank.to_string(), or_none(node)];
+            if !j.node_stats.is_empty() {
+                let stats = j.node_stats.iter().find(|s| &s.node == node);
+                row.extend([
+                    opt(stats.and_then(|s| s.step_time_s), |t| format!("{t:.3}s")),
+                    opt(stats.and_then(|s| s.slowdown), |f| format!("{f:.2}x")),
+                    if stats.is_some_and(|s| s.straggler) {
+                        "yes".to_owned()
+                    } else {
+                        NONE.to_owned()
+                    },
+                ]);
+            }
+            table.add_row(row);
         }
         out.push_str(&finish(table));
     }
@@ -1201,6 +1231,8 @@ mod tests {
             min_nodes: 2,
             priority: "normal".into(),
             submitted_at_unix_ms: NOW - 600_000,
+            tokens_per_s: Some(12_345.0),
+            mfu: Some(0.415),
             ..Default::default()
         }
     }
@@ -1223,6 +1255,8 @@ mod tests {
         fresh.restarts = 0;
         fresh.generation = 0;
         fresh.world_size = 0;
+        fresh.tokens_per_s = None;
+        fresh.mfu = None;
         fresh.reason = "waiting for 2 nodes, 1 healthy".into();
         let text = jobs_text(&[job("llm-7b", "running"), fresh]);
         let lines: Vec<&str> = text.lines().collect();
@@ -1236,6 +1270,8 @@ mod tests {
                 "WORLD",
                 "NODES",
                 "STEP",
+                "TOK/S",
+                "MFU",
                 "CHECKPOINT",
                 "RESTARTS",
                 "REASON"
@@ -1243,7 +1279,7 @@ mod tests {
         );
         assert_eq!(
             row(&text, "llm-7b"),
-            ["llm-7b", "running", "3", "8", "2/4", "1200", "1000", "2", "-"]
+            ["llm-7b", "running", "3", "8", "2/4", "1200", "12.3k", "41.5%", "1000", "2", "-"]
         );
         assert_eq!(
             row(&text, "tiny"),
@@ -1253,6 +1289,8 @@ mod tests {
                 "0",
                 "0",
                 "0/4",
+                "-",
+                "-",
                 "-",
                 "-",
                 "0",
@@ -1267,7 +1305,7 @@ mod tests {
         let mut j = job("a", "failed");
         j.reason = "r".repeat(100);
         let text = jobs_text(&[j]);
-        let reason = row(&text, "a")[8];
+        let reason = row(&text, "a")[10];
         assert_eq!(reason.chars().count(), REASON_WIDTH);
         assert!(reason.ends_with("..."));
     }
@@ -1374,17 +1412,28 @@ mod tests {
         assert!(jobs_header < nodes_header, "{text}");
         assert_eq!(
             row(&text, "llama-70b"),
-            ["llama-70b", "running", "3", "8", "1200", "2"]
+            [
+                "llama-70b",
+                "running",
+                "3",
+                "8",
+                "1200",
+                "12.3k",
+                "41.5%",
+                "2"
+            ]
         );
         let mut fresh = job("eval", "pending");
         fresh.step = None;
+        fresh.tokens_per_s = None;
+        fresh.mfu = None;
         let s = v1::ClusterStatus {
             jobs: vec![fresh],
             ..Default::default()
         };
         assert_eq!(
             row(&status_text(&s, NOW), "eval"),
-            ["eval", "pending", "3", "8", "-", "2"]
+            ["eval", "pending", "3", "8", "-", "-", "-", "2"]
         );
     }
 
@@ -1400,7 +1449,7 @@ mod tests {
         for line in text.lines() {
             assert!(line.chars().count() <= 80, "too wide: {line:?}");
         }
-        assert!(text.contains(&format!("{}...", "n".repeat(21))), "{text}");
+        assert!(text.contains(&format!("{}...", "n".repeat(16))), "{text}");
     }
 
     #[test]
@@ -1572,6 +1621,39 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn job_details_show_throughput_mfu_and_stragglers() {
+        let mut j = job("llm", "running");
+        j.rollbacks = 1;
+        j.node_stats = vec![
+            v1::JobNodeStats {
+                node: "gpu-node-001".into(),
+                step_time_s: Some(0.4),
+                slowdown: Some(1.0),
+                straggler: false,
+            },
+            v1::JobNodeStats {
+                node: "gpu-node-005".into(),
+                step_time_s: Some(0.6),
+                slowdown: Some(1.5),
+                straggler: true,
+            },
+        ];
+        let text = job_text(&j, NOW);
+        for line in ["Tokens/s:   12.3k", "MFU:        41.5%", "Rollbacks:  1"] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert_eq!(
+            row(&text, "1"),
+            ["1", "gpu-node-005", "0.600s", "1.50x", "yes"],
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&job_json(&j).expect("json")).expect("valid");
+        assert_eq!(json["tokens_per_s"], 12_345.0);
+        assert_eq!(json["node_stats"][1]["straggler"], true);
     }
 
     #[test]

@@ -618,7 +618,7 @@ async fn jobs_prints_a_table_and_the_shared_job_views() {
         .collect();
     assert_eq!(
         row,
-        ["llm-7b", "running", "4", "16", "2/2", "1200", "1000", "1", "-"],
+        ["llm-7b", "running", "4", "16", "2/2", "1200", "-", "-", "1000", "1", "-"],
         "{table}"
     );
     let jobs = json(&supctl(addr, &["jobs", "-o", "json"]).await.unwrap());

@@ -21,7 +21,7 @@ use sup_proto::v1::supervisor_message::Body as SupervisorBody;
 
 use crate::engine::{
     Action, CordonOutcome, Engine, EngineError, GpuReading, Millis, NodeState, Registration,
-    SessionId,
+    RequestRecord, SessionId,
 };
 use crate::store::{Store, StoreError};
 use crate::view;
@@ -46,6 +46,40 @@ pub struct Counters {
     pub events_by_kind: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Xids by (node, GPU index, GPU UUID, Xid code).
     pub xids: Mutex<std::collections::BTreeMap<(String, u32, String, u32), u64>>,
+    /// When each job's newest complete checkpoint was reported (its
+    /// `job_checkpoint` event), unix ms; for seconds-since-checkpoint.
+    pub last_checkpoint_at: Mutex<std::collections::BTreeMap<String, Millis>>,
+    /// Detection to action: from a fault being reported to every rank of
+    /// the replacement generation launched.
+    pub recovery_latency: RecoveryLatency,
+}
+
+/// A histogram of recovery latencies in seconds (shared with each scrape's
+/// registry: clones observe into the same buckets).
+#[derive(Debug, Clone)]
+pub struct RecoveryLatency(pub prometheus_client::metrics::histogram::Histogram);
+
+impl Default for RecoveryLatency {
+    fn default() -> Self {
+        // From "spare already warm" (sub-second) to "waited for a node".
+        RecoveryLatency(prometheus_client::metrics::histogram::Histogram::new([
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+        ]))
+    }
+}
+
+/// The recovery time in a `job_running` event's reason ("...; every rank
+/// launched N ms after the fault was reported"), the format the engine
+/// writes and the end-to-end tests read.
+pub fn recovery_ms(reason: &str) -> Option<u64> {
+    reason
+        .split("every rank launched ")
+        .nth(1)?
+        .split(" ms after the fault")
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 pub type JobReply = oneshot::Sender<Result<(bool, String, v1::Job), ActorError>>;
@@ -69,12 +103,14 @@ enum Request {
         node_id: String,
         reason: String,
         by: String,
+        request_id: String,
         reply: oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>,
     },
     Uncordon {
         node_id: String,
         reason: String,
         by: String,
+        request_id: String,
         reply: oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>,
     },
     Status {
@@ -98,12 +134,14 @@ enum Request {
     SubmitJob {
         spec_toml: String,
         by: String,
+        request_id: String,
         reply: JobReply,
     },
     StopJob {
         name: String,
         by: String,
         reason: String,
+        request_id: String,
         reply: JobReply,
     },
     GetJob {
@@ -186,16 +224,20 @@ impl SupervisorHandle {
             .await;
     }
 
+    /// `request_id`: the client's id for this command ("" for none); a
+    /// retry with the same id is answered, not applied again.
     pub async fn cordon(
         &self,
         node_id: String,
         reason: String,
         by: String,
+        request_id: String,
     ) -> Result<(CordonOutcome, v1::Node), ActorError> {
         self.ask(|reply| Request::Cordon {
             node_id,
             reason,
             by,
+            request_id,
             reply,
         })
         .await?
@@ -206,11 +248,13 @@ impl SupervisorHandle {
         node_id: String,
         reason: String,
         by: String,
+        request_id: String,
     ) -> Result<(CordonOutcome, v1::Node), ActorError> {
         self.ask(|reply| Request::Uncordon {
             node_id,
             reason,
             by,
+            request_id,
             reply,
         })
         .await?
@@ -244,10 +288,12 @@ impl SupervisorHandle {
         &self,
         spec_toml: String,
         by: String,
+        request_id: String,
     ) -> Result<(bool, String, v1::Job), ActorError> {
         self.ask(|reply| Request::SubmitJob {
             spec_toml,
             by,
+            request_id,
             reply,
         })
         .await?
@@ -258,11 +304,13 @@ impl SupervisorHandle {
         name: String,
         by: String,
         reason: String,
+        request_id: String,
     ) -> Result<(bool, String, v1::Job), ActorError> {
         self.ask(|reply| Request::StopJob {
             name,
             by,
             reason,
+            request_id,
             reply,
         })
         .await?
@@ -353,6 +401,63 @@ pub struct Actor<S: Store> {
     /// Log requests waiting for an agent's answer, by request id.
     pending_logs: HashMap<u64, oneshot::Sender<Result<v1::LogResponse, ActorError>>>,
     next_log_request: u64,
+    /// systemd's watchdog, pinged from this loop (see [`Watchdog`]).
+    watchdog: Watchdog,
+    /// Client request ids already applied (see [`RequestLog`]).
+    requests: RequestLog,
+    /// Changes of the actor's own (remembered requests), committed with
+    /// the engine's in the next `apply_actions`.
+    pending_changes: Vec<crate::engine::Change>,
+}
+
+/// Remembered client request ids, oldest first, bounded in count and age:
+/// a retry comes within seconds or minutes, not days.
+#[derive(Default)]
+struct RequestLog {
+    by_id: HashMap<String, RequestRecord>,
+    order: std::collections::VecDeque<String>,
+}
+
+const REQUEST_LOG_MAX: usize = 10_000;
+const REQUEST_LOG_MAX_AGE_MS: Millis = 24 * 3600 * 1000;
+const REQUEST_ID_MAX_LEN: usize = 128;
+
+/// The systemd watchdog (`WatchdogSec=`), pinged from the actor's loop
+/// itself: the loop wakes at least every half period even when idle, and a
+/// loop that is stuck (a hung store write, a runaway decision) stops the
+/// pings, so systemd restarts supd. A timer task would keep pinging for a
+/// dead loop. Without `WATCHDOG_USEC` (not under systemd) it does nothing.
+struct Watchdog {
+    period: Option<Duration>,
+    next: tokio::time::Instant,
+}
+
+impl Watchdog {
+    fn from_env() -> Watchdog {
+        Watchdog {
+            period: sd_notify::watchdog_enabled().map(|d| d / 2),
+            next: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Resolves when the next ping is due (never without a watchdog).
+    async fn due(&self) {
+        match self.period {
+            Some(_) => tokio::time::sleep_until(self.next).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn ping_if_due(&mut self) {
+        let Some(period) = self.period else { return };
+        let now = tokio::time::Instant::now();
+        if now >= self.next {
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]) {
+                tracing::warn!(error = %e, "cannot ping the systemd watchdog");
+            }
+            self.next = now + period;
+        }
+    }
 }
 
 /// Requests handled per batch before the batch is committed.
@@ -381,6 +486,9 @@ impl<S: Store> Actor<S> {
             ready,
             pending_logs: HashMap::new(),
             next_log_request: 1,
+            watchdog: Watchdog::from_env(),
+            requests: RequestLog::default(),
+            pending_changes: Vec::new(),
         };
         (actor, SupervisorHandle { tx })
     }
@@ -396,7 +504,9 @@ impl<S: Store> Actor<S> {
                     None => break,
                 },
                 _ = sleep_until(wake) => None,
+                () = self.watchdog.due() => None,
             };
+            self.watchdog.ping_if_due();
             let now = now_ms();
             let mut deferred: Vec<Deferred> = Vec::new();
             if let Some(request) = first {
@@ -493,8 +603,13 @@ impl<S: Store> Actor<S> {
                 node_id,
                 reason,
                 by,
+                request_id,
                 reply,
             } => {
+                if let Some(replay) = self.replayed(&request_id, "cordon", &node_id) {
+                    deferred.push(defer(reply, self.replay_node(replay, &node_id)));
+                    return;
+                }
                 let result = self
                     .engine
                     .cordon(now, &node_id, &reason, &by)
@@ -508,6 +623,8 @@ impl<S: Store> Actor<S> {
                     if outcome.changed {
                         tracing::warn!(node = %node_id, by = %by, reason = %reason, "node cordoned");
                     }
+                    let message = outcome.message.clone();
+                    self.remember(now, &request_id, "cordon", &node_id, &message);
                 }
                 deferred.push(defer(reply, result.map_err(ActorError::from)));
             }
@@ -515,8 +632,13 @@ impl<S: Store> Actor<S> {
                 node_id,
                 reason,
                 by,
+                request_id,
                 reply,
             } => {
+                if let Some(replay) = self.replayed(&request_id, "uncordon", &node_id) {
+                    deferred.push(defer(reply, self.replay_node(replay, &node_id)));
+                    return;
+                }
                 let result =
                     self.engine
                         .uncordon(now, &node_id, &by, &reason)
@@ -530,6 +652,8 @@ impl<S: Store> Actor<S> {
                     if outcome.changed {
                         tracing::info!(node = %node_id, by = %by, "node uncordoned");
                     }
+                    let message = outcome.message.clone();
+                    self.remember(now, &request_id, "uncordon", &node_id, &message);
                 }
                 deferred.push(defer(reply, result.map_err(ActorError::from)));
             }
@@ -564,8 +688,16 @@ impl<S: Store> Actor<S> {
             Request::SubmitJob {
                 spec_toml,
                 by,
+                request_id,
                 reply,
             } => {
+                let target = crate::jobspec::JobSpec::parse(&spec_toml)
+                    .map(|s| s.name)
+                    .unwrap_or_default();
+                if let Some(replay) = self.replayed(&request_id, "submit_job", &target) {
+                    deferred.push(defer(reply, self.replay_job(replay, &target)));
+                    return;
+                }
                 let result = self
                     .engine
                     .submit_job(now, &spec_toml, &by)
@@ -575,24 +707,37 @@ impl<S: Store> Actor<S> {
                             .unwrap_or_default();
                         Ok((true, message, view::job(self.engine.job(&name)?)))
                     });
+                if let Ok((_, message, _)) = &result {
+                    let message = message.clone();
+                    self.remember(now, &request_id, "submit_job", &target, &message);
+                }
                 deferred.push(defer(reply, result.map_err(ActorError::from)));
             }
             Request::StopJob {
                 name,
                 by,
                 reason,
+                request_id,
                 reply,
             } => {
+                if let Some(replay) = self.replayed(&request_id, "stop_job", &name) {
+                    deferred.push(defer(reply, self.replay_job(replay, &name)));
+                    return;
+                }
                 let result = self.engine.stop_job(now, &name, &by, &reason).and_then(
                     |(changed, message)| Ok((changed, message, view::job(self.engine.job(&name)?))),
                 );
+                if let Ok((_, message, _)) = &result {
+                    let message = message.clone();
+                    self.remember(now, &request_id, "stop_job", &name, &message);
+                }
                 deferred.push(defer(reply, result.map_err(ActorError::from)));
             }
             Request::GetJob { name, reply } => {
                 let result = self
                     .engine
                     .job(&name)
-                    .map(|j| (view::job(j), view::checkpoints(j)));
+                    .map(|j| (view::job_in(&self.engine, j), view::checkpoints(j)));
                 deferred.push(defer(reply, result.map_err(ActorError::from)));
             }
             Request::GetLogs {
@@ -701,8 +846,119 @@ impl<S: Store> Actor<S> {
         }
     }
 
+    /// Client request ids remembered by the store (at startup).
+    pub fn with_requests(mut self, mut records: Vec<RequestRecord>) -> Self {
+        records.sort_by_key(|r| r.at);
+        for r in records {
+            self.requests.order.push_back(r.id.clone());
+            self.requests.by_id.insert(r.id.clone(), r);
+        }
+        self
+    }
+
+    /// The answer to a repeated cordon/uncordon: the node as it is now.
+    fn replay_node(
+        &self,
+        replay: Result<String, ActorError>,
+        node_id: &str,
+    ) -> Result<(CordonOutcome, v1::Node), ActorError> {
+        let message = replay?;
+        let node = self.engine.node(node_id)?;
+        Ok((
+            CordonOutcome {
+                changed: false,
+                message,
+            },
+            view::node(&self.engine, node),
+        ))
+    }
+
+    /// The answer to a repeated job submit/stop: the job as it is now.
+    fn replay_job(
+        &self,
+        replay: Result<String, ActorError>,
+        name: &str,
+    ) -> Result<(bool, String, v1::Job), ActorError> {
+        let message = replay?;
+        let job = self.engine.job(name)?;
+        Ok((false, message, view::job(job)))
+    }
+
+    /// A retry of a request already applied: Some(message) to answer with,
+    /// or an error when the id was used for a different command.
+    fn replayed(
+        &self,
+        request_id: &str,
+        kind: &str,
+        target: &str,
+    ) -> Option<Result<String, ActorError>> {
+        if request_id.is_empty() {
+            return None;
+        }
+        if request_id.len() > REQUEST_ID_MAX_LEN {
+            return Some(Err(ActorError::Engine(EngineError::FailedPrecondition(
+                format!("request id longer than {REQUEST_ID_MAX_LEN} bytes"),
+            ))));
+        }
+        let r = self.requests.by_id.get(request_id)?;
+        if r.kind != kind || r.target != target {
+            return Some(Err(ActorError::Engine(EngineError::FailedPrecondition(
+                format!(
+                    "request id '{request_id}' was already used for {} of '{}'",
+                    r.kind, r.target
+                ),
+            ))));
+        }
+        tracing::info!(
+            request_id,
+            kind,
+            target,
+            "repeated request answered, not applied again"
+        );
+        Some(Ok(format!(
+            "already applied (request {request_id}): {}",
+            r.message
+        )))
+    }
+
+    /// Remembers an applied request, durably in the same commit as its
+    /// effects: a crash cannot leave the effect without the id or the id
+    /// without the effect.
+    fn remember(&mut self, now: Millis, request_id: &str, kind: &str, target: &str, message: &str) {
+        if request_id.is_empty() {
+            return;
+        }
+        use crate::engine::Change;
+        while let Some(oldest) = self.requests.order.front() {
+            let expired = self
+                .requests
+                .by_id
+                .get(oldest)
+                .is_none_or(|r| now - r.at > REQUEST_LOG_MAX_AGE_MS);
+            if !expired && self.requests.order.len() < REQUEST_LOG_MAX {
+                break;
+            }
+            if let Some(id) = self.requests.order.pop_front() {
+                self.requests.by_id.remove(&id);
+                self.pending_changes.push(Change::ForgetRequest(id));
+            }
+        }
+        let record = RequestRecord {
+            id: request_id.to_owned(),
+            at: now,
+            kind: kind.to_owned(),
+            target: target.to_owned(),
+            message: message.to_owned(),
+        };
+        self.requests.order.push_back(record.id.clone());
+        self.requests
+            .by_id
+            .insert(record.id.clone(), record.clone());
+        self.pending_changes.push(Change::RememberRequest(record));
+    }
+
     fn apply_actions(&mut self) -> Result<Vec<(String, SupervisorBody)>, StoreError> {
-        let mut changes = Vec::new();
+        let mut changes = std::mem::take(&mut self.pending_changes);
         let mut outgoing = Vec::new();
         while let Some(action) = self.engine.poll_action() {
             match action {
@@ -743,6 +999,7 @@ impl<S: Store> Actor<S> {
         for change in &changes {
             if let crate::engine::Change::AppendEvent(e) = change {
                 *by_kind.entry(e.kind.as_str()).or_default() += 1;
+                self.observe(e);
                 tracing::info!(
                     kind = e.kind.as_str(),
                     node = e.node.as_deref().unwrap_or(""),
@@ -752,6 +1009,29 @@ impl<S: Store> Actor<S> {
             }
         }
         Ok(outgoing)
+    }
+}
+
+impl<S: Store> Actor<S> {
+    /// Metrics that come from events: checkpoint times, recovery latency.
+    fn observe(&self, e: &crate::engine::Event) {
+        match (e.kind.as_str(), e.job.as_ref()) {
+            ("job_checkpoint", Some(job)) => {
+                self.counters
+                    .last_checkpoint_at
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(job.clone(), e.at);
+            }
+            ("job_running", Some(_)) => {
+                if let Some(ms) = recovery_ms(&e.reason) {
+                    // Milliseconds to seconds; precision loss is irrelevant.
+                    #[allow(clippy::cast_precision_loss)]
+                    self.counters.recovery_latency.0.observe(ms as f64 / 1000.0);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -814,6 +1094,15 @@ mod tests {
             ready,
             _stop: stop,
         }
+    }
+
+    #[test]
+    fn recovery_time_is_read_from_the_job_running_reason() {
+        assert_eq!(
+            recovery_ms("generation 2 running on 2 node(s), world size 2; every rank launched 61 ms after the fault was reported"),
+            Some(61)
+        );
+        assert_eq!(recovery_ms("generation 1 running on 2 node(s)"), None);
     }
 
     #[tokio::test]

@@ -26,6 +26,63 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub breaker: BreakerConfig,
     pub correlation: CorrelationConfig,
+    pub detect: DetectConfig,
+}
+
+/// Job-level detectors: hangs, stragglers, throughput (`[detect]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Detect hangs at all.
+    pub hang_detection: bool,
+    /// Hung after no step advance for clamp(hang_factor × median step time,
+    /// hang_floor, hang_ceiling) while in the train phase.
+    pub hang_factor: f64,
+    #[serde(with = "humantime_serde")]
+    pub hang_floor: Duration,
+    #[serde(with = "humantime_serde")]
+    pub hang_ceiling: Duration,
+    /// Allowance of the checkpoint_save, checkpoint_load and eval phases.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_allowance: Duration,
+    /// Step-time samples before the adaptive bound applies (the ceiling
+    /// does until then).
+    pub warmup_steps: usize,
+    /// Hangs with a node's ranks lagging after which that node is cordoned
+    /// (0: never).
+    pub hang_cordon_after: u32,
+    /// A node this fraction slower than the median of the others ...
+    pub straggler_threshold: f64,
+    /// ... over a window of this many steps ...
+    pub straggler_window: usize,
+    /// ... for this many new samples in a row is a straggler.
+    pub straggler_sustain: u32,
+    /// report | replace | replace_at_checkpoint (a job spec may override).
+    pub straggler_policy: crate::engine::detect::StragglerPolicy,
+    /// Window over which tokens/s is measured.
+    #[serde(with = "humantime_serde")]
+    pub throughput_window: Duration,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        let d = crate::engine::detect::DetectConfig::default();
+        let dur = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        DetectConfig {
+            hang_detection: d.hang_enabled,
+            hang_factor: d.hang_factor,
+            hang_floor: dur(d.hang_floor_ms),
+            hang_ceiling: dur(d.hang_ceiling_ms),
+            checkpoint_allowance: dur(d.checkpoint_allowance_ms),
+            warmup_steps: d.warmup_steps,
+            hang_cordon_after: d.hang_cordon_after,
+            straggler_threshold: d.straggler_threshold,
+            straggler_window: d.straggler_window,
+            straggler_sustain: d.straggler_sustain,
+            straggler_policy: d.straggler_policy,
+            throughput_window: dur(d.throughput_window_ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -144,6 +201,13 @@ pub struct NodesConfig {
     /// Telemetry interval suggested to agents at registration.
     #[serde(with = "humantime_serde")]
     pub telemetry_interval: Duration,
+    /// Partition guard: this many nodes (max of the share and the minimum)
+    /// turning unreachable within the window makes supd suspect its own
+    /// network: lost-node restarts are held and an alert event is raised.
+    #[serde(with = "humantime_serde")]
+    pub partition_window: Duration,
+    pub partition_share: f64,
+    pub partition_min_nodes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -180,6 +244,9 @@ impl Default for NodesConfig {
         NodesConfig {
             unreachable_after: Duration::from_secs(30),
             telemetry_interval: Duration::from_secs(5),
+            partition_window: Duration::from_secs(60),
+            partition_share: 0.5,
+            partition_min_nodes: 3,
         }
     }
 }
@@ -210,6 +277,8 @@ struct FileConfig {
     breaker: BreakerConfig,
     #[serde(default)]
     correlation: CorrelationConfig,
+    #[serde(default)]
+    detect: DetectConfig,
 }
 
 /// Values given on the command line (or their environment variables); each
@@ -263,6 +332,7 @@ impl Config {
             jobs: parsed.jobs,
             breaker: parsed.breaker,
             correlation: parsed.correlation,
+            detect: parsed.detect,
         };
         if let Some(v) = overrides.data_dir {
             config.data_dir = v;
@@ -298,6 +368,23 @@ impl Config {
             breaker_min_cordons: self.breaker.min_cordons,
             correlation_window_ms: ms(self.correlation.window),
             correlation_share: self.correlation.share,
+            partition_window_ms: ms(self.nodes.partition_window),
+            partition_share: self.nodes.partition_share,
+            partition_min_nodes: self.nodes.partition_min_nodes,
+            detect: crate::engine::detect::DetectConfig {
+                hang_enabled: self.detect.hang_detection,
+                hang_factor: self.detect.hang_factor,
+                hang_floor_ms: ms(self.detect.hang_floor),
+                hang_ceiling_ms: ms(self.detect.hang_ceiling),
+                checkpoint_allowance_ms: ms(self.detect.checkpoint_allowance),
+                warmup_steps: self.detect.warmup_steps,
+                hang_cordon_after: self.detect.hang_cordon_after,
+                straggler_threshold: self.detect.straggler_threshold,
+                straggler_window: self.detect.straggler_window,
+                straggler_sustain: self.detect.straggler_sustain,
+                straggler_policy: self.detect.straggler_policy,
+                throughput_window_ms: ms(self.detect.throughput_window),
+            },
         }
     }
 
@@ -321,6 +408,29 @@ impl Config {
             return invalid(
                 "nodes.telemetry_interval must be shorter than nodes.unreachable_after, or every node would flap",
             );
+        }
+        if !(0.0..=1.0).contains(&self.nodes.partition_share) {
+            return invalid("nodes.partition_share must be between 0 and 1");
+        }
+        let d = &self.detect;
+        if !d.hang_factor.is_finite() || d.hang_factor <= 0.0 {
+            return invalid("detect.hang_factor must be a positive number");
+        }
+        if d.hang_floor.is_zero() || d.hang_ceiling < d.hang_floor {
+            return invalid("detect.hang_floor must be above zero and at most detect.hang_ceiling");
+        }
+        if d.checkpoint_allowance.is_zero() || d.throughput_window.is_zero() {
+            return invalid(
+                "detect.checkpoint_allowance and detect.throughput_window must be above zero",
+            );
+        }
+        if !d.straggler_threshold.is_finite() || d.straggler_threshold <= 0.0 {
+            return invalid(
+                "detect.straggler_threshold must be a positive fraction (0.07 = 7% slower)",
+            );
+        }
+        if d.straggler_window < 2 || d.straggler_sustain == 0 {
+            return invalid("detect.straggler_window must be at least 2 and detect.straggler_sustain at least 1");
         }
         if !(0.0..=1.0).contains(&self.breaker.max_share) {
             return invalid("breaker.max_share must be between 0 and 1");
@@ -426,5 +536,42 @@ mod tests {
     fn the_shipped_example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/supd.toml");
         Config::load(Some(&path), Overrides::default()).expect("deploy/supd.toml must be valid");
+    }
+
+    #[test]
+    fn detect_table_maps_to_the_engine_and_is_checked() {
+        let f = file(
+            "[detect]\nhang_factor = 2.0\nhang_floor = \"1s\"\nstraggler_policy = \"replace_at_checkpoint\"\n",
+        );
+        let config = Config::load(Some(f.path()), Overrides::default()).expect("valid");
+        let d = config.engine().detect;
+        assert_eq!((d.hang_factor, d.hang_floor_ms), (2.0, 1_000));
+        assert_eq!(
+            d.straggler_policy,
+            crate::engine::detect::StragglerPolicy::ReplaceAtCheckpoint
+        );
+        assert_eq!(d.hang_ceiling_ms, 600_000, "the rest keeps its defaults");
+        for (bad, key) in [
+            ("[detect]\nhang_floor = \"20m\"\n", "detect.hang_floor"),
+            (
+                "[detect]\nstraggler_threshold = 0.0\n",
+                "detect.straggler_threshold",
+            ),
+            (
+                "[detect]\nstraggler_window = 1\n",
+                "detect.straggler_window",
+            ),
+            (
+                "[detect]\nstraggler_policy = \"evict\"\n",
+                "straggler_policy",
+            ),
+            ("[detect]\nhang_factr = 2.0\n", "hang_factr"),
+        ] {
+            let f = file(bad);
+            let msg = Config::load(Some(f.path()), Overrides::default())
+                .expect_err(bad)
+                .to_string();
+            assert!(msg.contains(key), "{bad}: {msg}");
+        }
     }
 }

@@ -240,7 +240,11 @@ impl ControlService for ControlApi {
         request: Request<v1::CordonRequest>,
     ) -> Result<Response<v1::CordonResponse>, Status> {
         let r = request.into_inner();
-        cordon_response(self.handle.cordon(r.node_id, r.reason, r.by).await)
+        cordon_response(
+            self.handle
+                .cordon(r.node_id, r.reason, r.by, r.request_id)
+                .await,
+        )
     }
 
     async fn uncordon(
@@ -248,7 +252,11 @@ impl ControlService for ControlApi {
         request: Request<v1::UncordonRequest>,
     ) -> Result<Response<v1::CordonResponse>, Status> {
         let r = request.into_inner();
-        cordon_response(self.handle.uncordon(r.node_id, r.reason, r.by).await)
+        cordon_response(
+            self.handle
+                .uncordon(r.node_id, r.reason, r.by, r.request_id)
+                .await,
+        )
     }
 
     async fn submit_job(
@@ -256,7 +264,11 @@ impl ControlService for ControlApi {
         request: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::JobResponse>, Status> {
         let r = request.into_inner();
-        job_response(self.handle.submit_job(r.spec_toml, r.by).await)
+        job_response(
+            self.handle
+                .submit_job(r.spec_toml, r.by, r.request_id)
+                .await,
+        )
     }
 
     async fn stop_job(
@@ -264,7 +276,11 @@ impl ControlService for ControlApi {
         request: Request<v1::StopJobRequest>,
     ) -> Result<Response<v1::JobResponse>, Status> {
         let r = request.into_inner();
-        job_response(self.handle.stop_job(r.name, r.by, r.reason).await)
+        job_response(
+            self.handle
+                .stop_job(r.name, r.by, r.reason, r.request_id)
+                .await,
+        )
     }
 
     async fn get_job(

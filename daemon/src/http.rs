@@ -24,6 +24,10 @@ pub struct HttpState {
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .route("/", get(crate::dashboard::index))
+        .route("/dashboard/app.css", get(crate::dashboard::css))
+        .route("/dashboard/app.js", get(crate::dashboard::js))
+        .route("/api/v1/stream", get(crate::dashboard::stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -31,6 +35,25 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/nodes/{id}", get(node))
         .route("/api/v1/events", get(events))
         .with_state(state)
+}
+
+/// Served instead of [`router`] when the state store is unusable: the
+/// process is alive (`/healthz`), not ready, and every other path says why.
+pub fn refusing_router(why: Arc<String>) -> Router {
+    let not_ready = move || {
+        let why = why.clone();
+        async move {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            )
+                .into_response()
+        }
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(not_ready.clone()))
+        .fallback(not_ready)
 }
 
 fn error(e: ActorError) -> Response {

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::engine::detect::StragglerPolicy;
+
 /// Environment names the agent sets for every rank; a job may not override
 /// them, or ranks would disagree about who they are.
 pub const RESERVED_ENV: &[&str] = &[
@@ -30,6 +32,8 @@ pub const RESERVED_ENV: &[&str] = &[
     "SUP_RESUME_FROM",
     "SUP_RESUME_STEP",
     "SUP_PROGRESS_ADDR",
+    "SUP_SEED",
+    "SUP_LR_SCALE",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +54,7 @@ impl Priority {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     pub name: String,
@@ -79,6 +83,32 @@ pub struct JobSpec {
     pub max_restarts: u32,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Model parameters N, for MFU = 6·N·tokens/s ÷ (GPUs × peak FLOP/s).
+    #[serde(default)]
+    pub model_params: Option<f64>,
+    /// Peak FLOP/s of one GPU; default: from the GPU model's name.
+    #[serde(default)]
+    pub gpu_peak_flops: Option<f64>,
+    /// report | replace | replace_at_checkpoint; default: supd's
+    /// `detect.straggler_policy`.
+    #[serde(default)]
+    pub straggler_policy: Option<StragglerPolicy>,
+    /// Roll back to the checkpoint before a loss spike (opt-in).
+    #[serde(default)]
+    pub loss_spike_rollback: bool,
+    /// A spike: loss above factor × its moving average ...
+    #[serde(default)]
+    pub loss_spike_factor: Option<f64>,
+    /// ... for this many steps in a row.
+    #[serde(default)]
+    pub loss_spike_steps: Option<u32>,
+    /// Rollbacks allowed before spikes are only reported.
+    #[serde(default)]
+    pub max_rollbacks: Option<u32>,
+    /// Each rollback multiplies the learning-rate scale (`SUP_LR_SCALE`)
+    /// by this.
+    #[serde(default)]
+    pub rollback_lr_scale: Option<f64>,
 }
 
 fn default_gpus_per_node() -> u32 {
@@ -100,6 +130,25 @@ fn default_max_restarts() -> u32 {
 const MAX_SPEC_BYTES: usize = 64 * 1024;
 
 impl JobSpec {
+    pub fn loss_spike_factor(&self) -> f64 {
+        self.loss_spike_factor.unwrap_or(3.0)
+    }
+
+    pub fn loss_spike_steps(&self) -> u32 {
+        self.loss_spike_steps.unwrap_or(3)
+    }
+
+    pub fn max_rollbacks(&self) -> u32 {
+        self.max_rollbacks.unwrap_or(3)
+    }
+
+    /// `SUP_LR_SCALE` after `rollbacks` rollbacks.
+    pub fn lr_scale_after(&self, rollbacks: u32) -> f64 {
+        self.rollback_lr_scale
+            .unwrap_or(0.5)
+            .powi(i32::try_from(rollbacks).unwrap_or(i32::MAX))
+    }
+
     pub fn min_nodes(&self) -> u32 {
         self.min_nodes.unwrap_or(self.nodes)
     }
@@ -183,6 +232,24 @@ impl JobSpec {
                 self.nodes,
                 self.gpus_per_node
             ));
+        }
+        for (field, value) in [
+            ("model_params", self.model_params),
+            ("gpu_peak_flops", self.gpu_peak_flops),
+            ("rollback_lr_scale", self.rollback_lr_scale),
+        ] {
+            if value.is_some_and(|v| !v.is_finite() || v <= 0.0) {
+                return Err(format!("{field}: must be a positive number"));
+            }
+        }
+        if self
+            .loss_spike_factor
+            .is_some_and(|v| !v.is_finite() || v <= 1.0)
+        {
+            return Err("loss_spike_factor: must be a number above 1".to_owned());
+        }
+        if self.loss_spike_steps == Some(0) {
+            return Err("loss_spike_steps: must be at least 1".to_owned());
         }
         if !self.checkpoint_dir.starts_with('/') {
             return Err(format!(
@@ -273,6 +340,41 @@ NCCL_DEBUG = "WARN"
         assert!(err(&GOOD.replace("name = \"llm-7b\"", "name = \"bad name\"")).starts_with("name"));
         let missing = err(&GOOD.replace("checkpoint_dir = \"/mnt/ckpt/llm-7b\"\n", ""));
         assert!(missing.contains("checkpoint_dir"), "{missing}");
+        let with = |extra: &str| GOOD.replace("nodes = 4", &format!("nodes = 4\n{extra}"));
+        assert!(err(&with("model_params = -1.0")).starts_with("model_params"));
+        assert!(err(&with("gpu_peak_flops = 0.0")).starts_with("gpu_peak_flops"));
+        assert!(err(&with("loss_spike_factor = 0.5")).starts_with("loss_spike_factor"));
+        assert!(err(&with("loss_spike_steps = 0")).starts_with("loss_spike_steps"));
+        assert!(err(&with("straggler_policy = \"evict\"")).contains("straggler_policy"));
+        assert!(err(&GOOD.replace("NCCL_DEBUG", "SUP_SEED")).contains("SUP_SEED"));
+    }
+
+    #[test]
+    fn detection_fields_parse() {
+        let spec = JobSpec::parse(&GOOD.replace(
+            "nodes = 4",
+            "nodes = 4\nmodel_params = 7e9\ngpu_peak_flops = 989e12\nstraggler_policy = \"replace_at_checkpoint\"\n\
+             loss_spike_rollback = true\nloss_spike_factor = 2.5\nloss_spike_steps = 4\nmax_rollbacks = 1\nrollback_lr_scale = 0.25",
+        ))
+        .expect("valid");
+        assert_eq!(spec.model_params, Some(7e9));
+        assert_eq!(
+            spec.straggler_policy,
+            Some(StragglerPolicy::ReplaceAtCheckpoint)
+        );
+        assert!(spec.loss_spike_rollback);
+        assert_eq!(
+            (
+                spec.loss_spike_factor(),
+                spec.loss_spike_steps(),
+                spec.max_rollbacks()
+            ),
+            (2.5, 4, 1)
+        );
+        assert_eq!(spec.lr_scale_after(2), 0.0625);
+        let plain = JobSpec::parse(GOOD).expect("valid");
+        assert!(!plain.loss_spike_rollback && plain.straggler_policy.is_none());
+        assert_eq!(plain.lr_scale_after(1), 0.5);
     }
 
     #[test]

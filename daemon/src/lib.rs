@@ -7,11 +7,13 @@
 
 pub mod actor;
 pub mod config;
+pub mod dashboard;
 pub mod engine;
 pub mod grpc;
 pub mod http;
 pub mod jobspec;
 pub mod metrics;
+pub mod sim;
 pub mod store;
 pub mod view;
 
@@ -45,14 +47,21 @@ pub fn init_tracing(format: LogFormat) {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
-    let store = SledStore::open(&config.data_dir)?;
-    let persisted = store.load()?;
+    let opened = SledStore::open(&config.data_dir).and_then(|store| {
+        let persisted = store.load()?;
+        Ok((store, persisted))
+    });
+    let (store, mut persisted) = match opened {
+        Ok(opened) => opened,
+        Err(e) => return refuse_to_serve(&config, anyhow::Error::new(e), shutdown).await,
+    };
     tracing::info!(
         data_dir = %config.data_dir.display(),
         nodes = persisted.nodes.len(),
         events = persisted.events.len(),
         "state loaded"
     );
+    let requests = std::mem::take(&mut persisted.requests);
     let engine = Engine::restore(config.engine(), persisted, actor::now_ms());
 
     let grpc_listener = TcpListener::bind(config.grpc.addr)
@@ -73,6 +82,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         counters.clone(),
         ready.clone(),
     );
+    let actor = actor.with_requests(requests);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut actor_task = tokio::spawn(actor.run(stop_rx.clone()));
 
@@ -123,6 +133,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     ready.store(true, Ordering::SeqCst);
     tracing::info!(%grpc_addr, %http_addr, "supd listening");
+    // systemd (Type=notify): ready once the store is open, the actor runs
+    // and both listeners are bound. A no-op outside systemd.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell systemd that supd is ready");
+    }
 
     let outcome: anyhow::Result<()> = tokio::select! {
         _ = shutdown => {
@@ -138,6 +153,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         r = &mut http_task => Err(anyhow::anyhow!("the HTTP server stopped: {r:?}")),
     };
     ready.store(false, Ordering::SeqCst);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     health_reporter
         .set_not_serving::<AgentServiceServer<grpc::AgentApi>>()
         .await;
@@ -152,4 +168,69 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), actor_task).await;
     }
     outcome
+}
+
+/// The store could not be opened or does not decode. supd fails closed: it
+/// serves nothing from it and writes nothing to it, but keeps both ports up
+/// so that orchestrators and operators see *why* (`/readyz` answers 503 with
+/// the error, the gRPC health service says NOT_SERVING for every service)
+/// instead of a crash loop. Returns the error once `shutdown` resolves.
+async fn refuse_to_serve(
+    config: &Config,
+    error: anyhow::Error,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use tonic_health::ServingStatus;
+    let why = format!("{error:#}");
+    tracing::error!(error = %why, "not serving: the state store is unusable");
+    eprintln!("supd: not serving: {why}");
+
+    let grpc_listener = TcpListener::bind(config.grpc.addr)
+        .await
+        .with_context(|| format!("cannot bind the gRPC address {}", config.grpc.addr))?;
+    let http_listener = TcpListener::bind(config.http.addr)
+        .await
+        .with_context(|| format!("cannot bind the HTTP address {}", config.http.addr))?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    for name in [
+        "",
+        <AgentServiceServer<grpc::AgentApi> as tonic::server::NamedService>::NAME,
+        <ControlServiceServer<grpc::ControlApi> as tonic::server::NamedService>::NAME,
+    ] {
+        health_reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut grpc_stop = stop_rx.clone();
+    let grpc_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(config.grpc.max_concurrent_streams))
+        .concurrency_limit_per_connection(config.grpc.concurrency_per_connection)
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            let _ = grpc_stop.changed().await;
+        });
+    let grpc_task = tokio::spawn(grpc_server);
+    let mut http_stop = stop_rx;
+    let http_app = http::refusing_router(Arc::new(why.clone()));
+    let http_task = tokio::spawn(async move {
+        axum::serve(http_listener, http_app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+    });
+    tracing::info!(
+        grpc_addr = %config.grpc.addr,
+        http_addr = %config.http.addr,
+        "supd listening, NOT SERVING (health only)"
+    );
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+    })
+    .await;
+    Err(error.context("supd did not serve"))
 }

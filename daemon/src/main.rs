@@ -24,10 +24,32 @@ struct Args {
     http_addr: Option<SocketAddr>,
     #[arg(long, env = "SUPD_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Goodput simulator: run the policy engine over a failure trace (Llama 3
+    /// rates by default) and compare spare counts and checkpoint intervals.
+    /// Offline: touches no state and no network.
+    Simulate(supd::sim::SimArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Sub::Simulate(sim)) = &args.command {
+        return match supd::sim::run_cli(sim) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("supd simulate: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match Config::load(
         args.config.as_deref(),
         Overrides {

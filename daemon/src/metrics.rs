@@ -238,6 +238,36 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
                 .set(i64::try_from(c.step).unwrap_or(i64::MAX));
         }
     }
+    let since_checkpoint = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    {
+        let seen = counters
+            .last_checkpoint_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = crate::actor::now_ms();
+        for job in &status.jobs {
+            if let Some(at) = seen.get(&job.name) {
+                // Milliseconds to seconds; precision loss is irrelevant.
+                #[allow(clippy::cast_precision_loss)]
+                let seconds = (now - at).max(0) as f64 / 1000.0;
+                since_checkpoint
+                    .get_or_create(&labels(&[("job", &job.name)]))
+                    .set(seconds);
+            }
+        }
+    }
+    registry.register_with_unit(
+        "job_since_checkpoint",
+        "Time since the job's newest complete checkpoint was reported (absent until one is, after a supd restart too)",
+        Unit::Seconds,
+        since_checkpoint,
+    );
+    registry.register_with_unit(
+        "recovery_latency",
+        "Detection to action: from a fault being reported to every rank of the job's replacement generation launched",
+        Unit::Seconds,
+        counters.recovery_latency.0.clone(),
+    );
     registry.register("job_state", "1 for the state each job is in", job_state);
     registry.register(
         "job_world_size",
@@ -259,6 +289,68 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
         "job_checkpoint_step",
         "Step of the job's newest complete checkpoint",
         job_checkpoint_step,
+    );
+
+    // Throughput and the detectors' view of each node.
+    let job_tps = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let job_mfu = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let job_rollbacks = Family::<Labels, Gauge>::default();
+    let node_step = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let node_slowdown = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let node_straggler = Family::<Labels, Gauge>::default();
+    for job in &status.jobs {
+        let l = labels(&[("job", &job.name)]);
+        if let Some(v) = job.tokens_per_s {
+            job_tps.get_or_create(&l).set(v);
+        }
+        if let Some(v) = job.mfu {
+            job_mfu.get_or_create(&l).set(v);
+        }
+        job_rollbacks
+            .get_or_create(&l)
+            .set(i64::from(job.rollbacks));
+        for n in &job.node_stats {
+            let l = labels(&[("job", &job.name), ("node", &n.node)]);
+            if let Some(v) = n.step_time_s {
+                node_step.get_or_create(&l).set(v);
+            }
+            if let Some(v) = n.slowdown {
+                node_slowdown.get_or_create(&l).set(v);
+            }
+            node_straggler.get_or_create(&l).set(i64::from(n.straggler));
+        }
+    }
+    registry.register(
+        "job_tokens_per_second",
+        "Tokens per second of the whole job over the recent window",
+        job_tps,
+    );
+    registry.register(
+        "job_mfu_ratio",
+        "Model FLOPs utilization: 6 x params x tokens/s / (GPUs x peak FLOP/s)",
+        job_mfu,
+    );
+    registry.register(
+        "job_rollbacks",
+        "Loss-spike rollbacks of the job so far",
+        job_rollbacks,
+    );
+    registry.register_with_unit(
+        "job_node_step_time",
+        "Median step time of the node's ranks (compute time when reported)",
+        Unit::Seconds,
+        node_step,
+    );
+    registry.register_with_unit(
+        "job_node_slowdown",
+        "The node's median step time over the median of the job's other nodes",
+        Unit::Other("ratio".to_owned()),
+        node_slowdown,
+    );
+    registry.register(
+        "job_node_straggler",
+        "1 when the node is flagged as a straggler of the job",
+        node_straggler,
     );
 
     let mut out = String::new();

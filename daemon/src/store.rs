@@ -2,15 +2,28 @@
 //!
 //! Layout (sled 0.34): tree `nodes` (node id -> JSON `NodeRecord`), tree
 //! `events` (big-endian seq -> JSON `Event`), tree `jobs` (job name -> JSON
-//! `JobRecord`), tree `meta` (`schema_version`, `breaker`).
+//! `JobRecord`), tree `meta` (`schema_version`, `breaker`), tree `requests`
+//! (client request id -> JSON `RequestRecord`).
 //! Every record is decoded at open: a store that does not decode is reported
 //! as corrupt and never served or overwritten (fail closed).
 
 use std::path::{Path, PathBuf};
 
-use crate::engine::{Breaker, Change, Event, JobRecord, NodeRecord, Persisted};
+use crate::engine::{Breaker, Change, Event, JobRecord, NodeRecord, Persisted, RequestRecord};
 
 const SCHEMA_VERSION: u32 = 1;
+
+/// Written (and synced) next to the sled directory once a store has been
+/// initialised. sled recovers a damaged log by dropping what does not
+/// verify, so a wrecked store can open as an *empty* one; without this
+/// marker supd would take it for a fresh store and start over, silently
+/// losing every cordon and job.
+///
+/// The marker also holds the high-water mark: the newest event seq ever
+/// committed (8 bytes, little endian), rewritten in place after each commit
+/// that appends events. A store whose newest event is older than that lost
+/// acknowledged changes (a truncated log that sled "recovered").
+const INITIALIZED_MARKER: &str = "state.initialized";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -20,12 +33,26 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
-    #[error("the state store at {path} is corrupt ({detail}); refusing to start. Restore it from a backup or move it aside; supd will not overwrite it")]
+    #[error("the state store at {path} is corrupt ({detail}); refusing to serve. Restore it from a backup or move it aside; supd will not overwrite it")]
     Corrupt { path: PathBuf, detail: String },
     #[error("the state store at {path} has schema version {found}, this supd understands {SCHEMA_VERSION}")]
     Schema { path: PathBuf, found: String },
     #[error("writing the state store failed: {0}")]
     Write(String),
+}
+
+impl StoreError {
+    /// The same error, naming `path` (errors found on the scratch copy name
+    /// the real store).
+    fn at(self, real: &Path) -> StoreError {
+        let path = real.to_owned();
+        match self {
+            StoreError::Open { source, .. } => StoreError::Open { path, source },
+            StoreError::Corrupt { detail, .. } => StoreError::Corrupt { path, detail },
+            StoreError::Schema { found, .. } => StoreError::Schema { path, found },
+            other => other,
+        }
+    }
 }
 
 pub trait Store: Send + 'static {
@@ -44,11 +71,84 @@ pub struct SledStore {
     events: sled::Tree,
     jobs: sled::Tree,
     meta: sled::Tree,
+    requests: sled::Tree,
+    /// The marker file, holding the committed high-water mark.
+    marker: std::fs::File,
+    /// The high-water mark read at open.
+    committed_seq: u64,
+}
+
+/// Opens and decodes a copy of the store in `dir` in a scratch directory.
+fn verify_on_a_copy(dir: &Path) -> Result<(), StoreError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let scratch = std::env::temp_dir().join(format!("supd-verify-{}-{nanos}", std::process::id()));
+    let copied = copy_tree(&dir.join("state"), &scratch.join("state")).and_then(|()| {
+        std::fs::copy(
+            dir.join(INITIALIZED_MARKER),
+            scratch.join(INITIALIZED_MARKER),
+        )
+        .map(|_| ())
+    });
+    let outcome = match copied {
+        Err(e) => Err(StoreError::Corrupt {
+            path: dir.join("state"),
+            detail: format!("cannot copy it to {} to verify it: {e}", scratch.display()),
+        }),
+        Ok(()) => SledStore::open_in_place(&scratch).and_then(|store| store.load().map(|_| ())),
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    outcome
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the marker durably (file and directory entry synced).
+fn write_marker(marker: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::create(marker)?;
+    file.sync_all()?;
+    if let Some(dir) = marker.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl SledStore {
+    /// Opens the store in `dir`, creating it when `dir` holds none.
+    ///
+    /// An existing store is first opened and fully decoded from a scratch
+    /// copy: sled "recovers" a damaged log on open by rewriting it, and a
+    /// store that turns out corrupt must be left exactly as it was for the
+    /// operator to inspect or restore. Only a copy that verifies lets the
+    /// real store be opened (where sled's ordinary crash recovery, e.g. of a
+    /// torn tail after SIGKILL, may then run). The store is small (nodes,
+    /// jobs, a bounded event log), so the copy is cheap.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("state");
+        let marker = dir.join(INITIALIZED_MARKER);
+        if marker.exists() && path.exists() {
+            verify_on_a_copy(dir).map_err(|e| e.at(&path))?;
+        }
+        Self::open_in_place(dir)
+    }
+
+    fn open_in_place(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("state");
+        let marker = dir.join(INITIALIZED_MARKER);
+        let was_initialized = marker.exists();
         let open_err = |source| StoreError::Open {
             path: path.clone(),
             source,
@@ -67,6 +167,7 @@ impl SledStore {
         let events = db.open_tree("events").map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(open_err)?;
         let jobs = db.open_tree("jobs").map_err(open_err)?;
+        let requests = db.open_tree("requests").map_err(open_err)?;
         match meta.get("schema_version").map_err(open_err)? {
             Some(v) => {
                 let found = String::from_utf8_lossy(&v).into_owned();
@@ -81,11 +182,42 @@ impl SledStore {
                         detail: "records without a schema version".to_owned(),
                     });
                 }
+                if was_initialized {
+                    return Err(StoreError::Corrupt {
+                        path,
+                        detail: format!(
+                            "the store was initialised ({INITIALIZED_MARKER} exists) but its schema version is gone: truncated or damaged"
+                        ),
+                    });
+                }
                 meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())
                     .map_err(open_err)?;
                 db.flush().map_err(open_err)?;
             }
         }
+        if !was_initialized {
+            write_marker(&marker).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                detail: format!("cannot write {}: {e}", marker.display()),
+            })?;
+        }
+        let marker_err = |e: std::io::Error| StoreError::Corrupt {
+            path: path.clone(),
+            detail: format!("cannot read {INITIALIZED_MARKER}: {e}"),
+        };
+        let marker_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&marker)
+            .map_err(marker_err)?;
+        let mut mark = [0u8; 8];
+        // Empty (a marker from before the mark existed, or no event yet): 0.
+        let committed_seq =
+            match std::os::unix::fs::FileExt::read_exact_at(&marker_file, &mut mark, 0) {
+                Ok(()) => u64::from_le_bytes(mark),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(marker_err(e)),
+            };
         Ok(SledStore {
             path,
             db,
@@ -93,6 +225,9 @@ impl SledStore {
             events,
             jobs,
             meta,
+            requests,
+            marker: marker_file,
+            committed_seq,
         })
     }
 
@@ -129,6 +264,13 @@ impl Store for SledStore {
             }
             persisted.events.push(event);
         }
+        let newest = persisted.events.last().map_or(0, |e| e.seq);
+        if newest < self.committed_seq {
+            return Err(self.corrupt(format!(
+                "truncated: its newest event is #{newest} but event #{} was committed ({INITIALIZED_MARKER})",
+                self.committed_seq
+            )));
+        }
         for item in self.jobs.iter() {
             let (key, value) = item.map_err(|e| self.corrupt(e.to_string()))?;
             let key = String::from_utf8_lossy(&key).into_owned();
@@ -151,6 +293,14 @@ impl Store for SledStore {
                 .map_err(|e| self.corrupt(format!("breaker record: {e}")))?;
             persisted.breaker = Some(breaker);
         }
+        for item in self.requests.iter() {
+            let (key, value) = item.map_err(|e| self.corrupt(e.to_string()))?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let record: RequestRecord = serde_json::from_slice(&value)
+                .map_err(|e| self.corrupt(format!("request record '{key}': {e}")))?;
+            persisted.requests.push(record);
+        }
+        persisted.requests.sort_by_key(|r| r.at);
         Ok(persisted)
     }
 
@@ -162,7 +312,9 @@ impl Store for SledStore {
         let mut event_batch = sled::Batch::default();
         let mut job_batch = sled::Batch::default();
         let mut meta_batch = sled::Batch::default();
+        let mut request_batch = sled::Batch::default();
         let mut trim_through = None;
+        let mut newest_event = None;
         for change in changes {
             match change {
                 Change::PutNode(record) => {
@@ -176,6 +328,7 @@ impl Store for SledStore {
                         StoreError::Write(format!("encoding event {}: {e}", event.seq))
                     })?;
                     event_batch.insert(&event.seq.to_be_bytes(), value);
+                    newest_event = newest_event.max(Some(event.seq));
                 }
                 Change::TrimEventsThrough(seq) => trim_through = Some(*seq),
                 Change::PutJob(record) => {
@@ -189,6 +342,13 @@ impl Store for SledStore {
                         .map_err(|e| StoreError::Write(format!("encoding breaker: {e}")))?;
                     meta_batch.insert("breaker", value);
                 }
+                Change::RememberRequest(record) => {
+                    let value = serde_json::to_vec(record).map_err(|e| {
+                        StoreError::Write(format!("encoding request {}: {e}", record.id))
+                    })?;
+                    request_batch.insert(record.id.as_bytes(), value);
+                }
+                Change::ForgetRequest(id) => request_batch.remove(id.as_bytes()),
             }
         }
         if let Some(seq) = trim_through {
@@ -198,18 +358,31 @@ impl Store for SledStore {
             }
         }
         use sled::Transactional;
-        (&self.nodes, &self.events, &self.jobs, &self.meta)
-            .transaction(|(nodes, events, jobs, meta)| {
+        (
+            &self.nodes,
+            &self.events,
+            &self.jobs,
+            &self.meta,
+            &self.requests,
+        )
+            .transaction(|(nodes, events, jobs, meta, requests)| {
                 nodes.apply_batch(&node_batch)?;
                 events.apply_batch(&event_batch)?;
                 jobs.apply_batch(&job_batch)?;
                 meta.apply_batch(&meta_batch)?;
+                requests.apply_batch(&request_batch)?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| StoreError::Write(format!("{e:?}")))?;
         self.db
             .flush()
             .map_err(|e| StoreError::Write(format!("flush: {e}")))?;
+        if let Some(seq) = newest_event {
+            // After the flush: the mark may lag the store, never lead it.
+            std::os::unix::fs::FileExt::write_all_at(&self.marker, &u64::to_le_bytes(seq), 0)
+                .and_then(|()| self.marker.sync_data())
+                .map_err(|e| StoreError::Write(format!("{INITIALIZED_MARKER}: {e}")))?;
+        }
         Ok(())
     }
 }
@@ -247,6 +420,11 @@ impl Store for MemoryStore {
                     self.state.jobs.push((**record).clone());
                 }
                 Change::PutBreaker(b) => self.state.breaker = Some(b.clone()),
+                Change::RememberRequest(r) => {
+                    self.state.requests.retain(|x| x.id != r.id);
+                    self.state.requests.push(r.clone());
+                }
+                Change::ForgetRequest(id) => self.state.requests.retain(|x| x.id != *id),
             }
         }
         self.commits += 1;
@@ -314,6 +492,45 @@ mod tests {
     }
 
     #[test]
+    fn an_initialised_store_that_opens_empty_is_corrupt_not_fresh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut store = SledStore::open(dir.path()).expect("open");
+            store
+                .commit(&[Change::PutNode(record("n1"))])
+                .expect("commit");
+        }
+        // What sled's recovery leaves of a wrecked log: nothing at all.
+        std::fs::remove_dir_all(dir.path().join("state")).expect("wipe");
+        let err = SledStore::open(dir.path())
+            .err()
+            .expect("must not start over");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("schema version is gone"), "{err}");
+    }
+
+    #[test]
+    fn a_store_missing_committed_events_is_truncated_not_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut store = SledStore::open(dir.path()).expect("open");
+            store
+                .commit(&[Change::AppendEvent(event(1)), Change::AppendEvent(event(2))])
+                .expect("commit");
+            // What a truncated log loses: the newest event.
+            store.events.remove(2u64.to_be_bytes()).expect("remove");
+            store.db.flush().expect("flush");
+        }
+        let err = SledStore::open(dir.path()).err().expect("must fail closed");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("truncated: its newest event is #1 but event #2 was committed"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn undecodable_record_is_reported_as_corrupt_naming_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
@@ -321,9 +538,15 @@ mod tests {
             store.nodes.insert("n1", &b"{not json"[..]).expect("insert");
             store.db.flush().expect("flush");
         }
-        let store = SledStore::open(dir.path()).expect("reopen");
-        let err = store.load().expect_err("must fail closed");
+        // Found already by the verification at open, on a scratch copy;
+        // the error still names the real store.
+        let err = SledStore::open(dir.path()).err().expect("must fail closed");
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("node record 'n1'"), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&dir.path().join("state").display().to_string()),
+            "{err}"
+        );
     }
 }

@@ -80,7 +80,7 @@ pub fn status(engine: &Engine) -> v1::ClusterStatus {
     let breaker = engine.breaker();
     v1::ClusterStatus {
         nodes: engine.nodes().map(|n| node(engine, n)).collect(),
-        jobs: engine.jobs().map(job).collect(),
+        jobs: engine.jobs().map(|j| job_in(engine, j)).collect(),
         spares: engine.spares().map(|n| n.record.id.clone()).collect(),
         breaker: Some(v1::Breaker {
             open: breaker.open,
@@ -111,7 +111,27 @@ pub fn job(j: &Job) -> v1::Job {
         min_nodes: r.spec.min_nodes(),
         priority: r.spec.priority.as_str().to_owned(),
         submitted_at_unix_ms: r.submitted_at,
+        tokens_per_s: j.tokens_per_s(),
+        mfu: None,
+        node_stats: r
+            .nodes
+            .iter()
+            .map(|n| v1::JobNodeStats {
+                node: n.clone(),
+                step_time_s: j.detect.stragglers.median_step_s(n),
+                slowdown: j.detect.stragglers.slowdown(n),
+                straggler: j.detect.stragglers.is_flagged(n),
+            })
+            .collect(),
+        rollbacks: r.rollbacks,
     }
+}
+
+/// A job with its MFU, which needs the GPU models of its nodes.
+pub fn job_in(engine: &Engine, j: &Job) -> v1::Job {
+    let mut view = job(j);
+    view.mfu = engine.job_mfu(j);
+    view
 }
 
 pub fn checkpoints(j: &Job) -> Vec<v1::Checkpoint> {

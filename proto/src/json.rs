@@ -41,6 +41,22 @@ pub struct JobView {
     pub min_nodes: u32,
     pub priority: String,
     pub submitted_at: Option<String>,
+    /// The whole job's tokens per second over the recent window.
+    pub tokens_per_s: Option<f64>,
+    /// Model FLOPs utilization, 0-1 (needs the spec's `model_params`).
+    pub mfu: Option<f64>,
+    /// Per node: median step time, slowdown against the other nodes and
+    /// whether it is flagged as a straggler.
+    pub node_stats: Vec<JobNodeStatsView>,
+    pub rollbacks: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobNodeStatsView {
+    pub node: String,
+    pub step_time_s: Option<f64>,
+    pub slowdown: Option<f64>,
+    pub straggler: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -194,6 +210,19 @@ impl From<&v1::Job> for JobView {
             min_nodes: j.min_nodes,
             priority: j.priority.clone(),
             submitted_at: timestamp(j.submitted_at_unix_ms),
+            tokens_per_s: j.tokens_per_s,
+            mfu: j.mfu,
+            node_stats: j
+                .node_stats
+                .iter()
+                .map(|n| JobNodeStatsView {
+                    node: n.node.clone(),
+                    step_time_s: n.step_time_s,
+                    slowdown: n.slowdown,
+                    straggler: n.straggler,
+                })
+                .collect(),
+            rollbacks: j.rollbacks,
         }
     }
 }

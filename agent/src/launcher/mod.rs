@@ -14,6 +14,7 @@
 //! the next generation's first status, and the [`Fence`] drops anything
 //! about it afterwards.
 
+pub mod adopt;
 pub mod env;
 pub mod logs;
 pub mod process;
@@ -56,12 +57,16 @@ pub struct Settings {
     /// Rank logs go under `<state_dir>/jobs/`.
     pub state_dir: PathBuf,
     pub node_id: String,
+    /// On agent shutdown leave the ranks running (for a restarted agent to
+    /// re-adopt, see [`adopt`]) instead of stopping them.
+    pub leave_ranks_on_exit: bool,
 }
 
 /// The running launcher, with its checkpoint scanner and progress intake.
 #[derive(Debug)]
 pub struct Launcher {
-    stop: Option<oneshot::Sender<()>>,
+    /// `true`: detach (leave the ranks running); `false`: stop them.
+    stop: Option<oneshot::Sender<bool>>,
     /// `None` once it has ended.
     task: Option<JoinHandle<()>>,
     scanner: JoinHandle<()>,
@@ -78,9 +83,13 @@ impl Launcher {
         log_requests: mpsc::Receiver<LogRequest>,
     ) -> Launcher {
         let fence = Fence::new(outbox);
+        // Ranks a previous agent left running, if any (see [`adopt`]).
+        let adoptable = adopt::load(&settings.state_dir);
+        let previous_port = adoptable.as_ref().and_then(|a| a.progress_port);
         // Without the intake ranks still run; they just cannot report
         // progress, which is better than a node that refuses all work.
-        let progress_addr = match Intake::start(fence.clone()).await {
+        let progress_addr = match Intake::start_on(fence.clone(), previous_port.unwrap_or(0)).await
+        {
             Ok(intake) => {
                 info!(addr = %intake.addr(), "progress intake listening");
                 Some(intake.addr())
@@ -106,6 +115,8 @@ impl Launcher {
             exits_tx,
             exits_rx,
             last_status: None,
+            adoptable,
+            watchdog: Watchdog::from_env(),
         };
         let task = tokio::spawn(reconciler.run(assignment, log_requests, stop_rx));
         Launcher {
@@ -125,8 +136,18 @@ impl Launcher {
     /// their exits, and returns when none is left. Safe to call again, also
     /// after a call that was cancelled part-way.
     pub async fn shutdown(&mut self) {
+        self.end(false).await;
+    }
+
+    /// Ends the launcher and leaves the ranks running, their state file in
+    /// place for the next agent to re-adopt them.
+    pub async fn detach(&mut self) {
+        self.end(true).await;
+    }
+
+    async fn end(&mut self, detach: bool) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(detach);
         }
         if let Some(task) = self.task.as_mut() {
             if let Err(e) = task.await {
@@ -179,6 +200,43 @@ struct Reconciler {
     exits_tx: mpsc::UnboundedSender<Exit>,
     exits_rx: mpsc::UnboundedReceiver<Exit>,
     last_status: Option<RankStatus>,
+    /// What a previous agent left running, until the first assignment
+    /// decides whether it is adopted or stopped.
+    adoptable: Option<adopt::StateFile>,
+    watchdog: Watchdog,
+}
+
+/// systemd's watchdog (`WatchdogSec=`), pinged from the reconcile loop: the
+/// loop that launches, stops and reports ranks wakes at least every half
+/// period, and if it is stuck the pings stop and systemd restarts the agent
+/// (the ranks survive that, see [`adopt`]). Nothing without `WATCHDOG_USEC`.
+struct Watchdog {
+    period: Option<Duration>,
+    next: Instant,
+}
+
+impl Watchdog {
+    fn from_env() -> Watchdog {
+        Watchdog {
+            period: sd_notify::watchdog_enabled().map(|d| d / 2),
+            next: Instant::now(),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.period.map(|_| self.next)
+    }
+
+    fn ping_if_due(&mut self) {
+        let Some(period) = self.period else { return };
+        let now = Instant::now();
+        if now >= self.next {
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]) {
+                warn!("cannot ping the systemd watchdog: {e}");
+            }
+            self.next = now + period;
+        }
+    }
 }
 
 fn desired_key(desired: &DesiredAssignment) -> (u64, &str) {
@@ -193,14 +251,16 @@ impl Reconciler {
         mut self,
         mut assignment: watch::Receiver<Option<DesiredAssignment>>,
         mut log_requests: mpsc::Receiver<LogRequest>,
-        mut stop: oneshot::Receiver<()>,
+        mut stop: oneshot::Receiver<bool>,
     ) {
         // Nothing is reported before the first assignment: there is no
         // generation to report about yet.
         self.desired = assignment.borrow_and_update().clone();
         let (mut watching, mut answering) = (true, true);
         while self.reconcile() {
+            self.watchdog.ping_if_due();
             let deadline = self.stopping.as_ref().map(|s| s.deadline);
+            let ping = self.watchdog.deadline();
             tokio::select! {
                 changed = assignment.changed(), if watching => match changed {
                     Ok(()) => self.desired = assignment.borrow_and_update().clone(),
@@ -216,8 +276,14 @@ impl Reconciler {
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.on_deadline();
                 }
+                () = sleep_until(ping.unwrap_or_else(Instant::now)), if ping.is_some() => {}
                 // A dropped handle means the same as a shutdown request.
-                _ = &mut stop, if !self.shutting_down => {
+                detach = &mut stop, if !self.shutting_down => {
+                    if matches!(detach, Ok(true)) {
+                        let ranks = self.current.as_ref().map_or(0, |c| c.ranks.len());
+                        info!(ranks, "the agent is shutting down; leaving the ranks running for the next agent to re-adopt");
+                        return;
+                    }
                     info!("stopping every rank: the agent is shutting down");
                     self.shutting_down = true;
                 }
@@ -238,6 +304,11 @@ impl Reconciler {
         let Some(desired) = &self.desired else {
             return true;
         };
+        if let Some(previous) = self.adoptable.take() {
+            let desired = desired.clone();
+            self.adopt(previous, &desired);
+            return true;
+        }
         let wanted = desired_key(desired);
         if self
             .current
@@ -264,6 +335,69 @@ impl Reconciler {
         let desired = desired.clone();
         self.launch(desired);
         true
+    }
+
+    /// Takes over the live ranks a previous agent left (see [`adopt`]): as
+    /// the current generation when supd still wants it, otherwise only to
+    /// stop them before anything new starts.
+    fn adopt(&mut self, previous: adopt::StateFile, desired: &DesiredAssignment) {
+        let mut ranks = BTreeMap::new();
+        for record in previous.ranks.iter().filter(|r| adopt::alive(r)) {
+            adopt::watch(record, previous.generation, self.exits_tx.clone());
+            ranks.insert(
+                record.local_rank,
+                RankProcess {
+                    rank: record.rank,
+                    local_rank: record.local_rank,
+                    pid: nix::unistd::Pid::from_raw(record.pid),
+                    log_path: record.log_path.clone(),
+                    stopping: false,
+                },
+            );
+        }
+        if ranks.is_empty() {
+            info!(job = %previous.job, generation = previous.generation, "no rank of the previous agent is alive; nothing to re-adopt");
+            adopt::remove(&self.settings.state_dir);
+            return;
+        }
+        let wanted = desired_key(desired);
+        let same = (previous.generation, previous.job.as_str()) == wanted;
+        if same {
+            info!(
+                job = %previous.job,
+                generation = previous.generation,
+                ranks = ranks.len(),
+                "re-adopted the ranks a previous agent left running"
+            );
+            self.fence.begin(Running {
+                job: Some(previous.job.clone()),
+                generation: previous.generation,
+            });
+            self.current = Some(Generation {
+                generation: previous.generation,
+                job: desired.job.clone(),
+                ranks,
+                launched: true,
+                launch_error: String::new(),
+            });
+            self.publish_status();
+        } else {
+            warn!(
+                job = %previous.job,
+                generation = previous.generation,
+                offered_generation = wanted.0,
+                ranks = ranks.len(),
+                "ranks a previous agent left running are not the desired generation; stopping them"
+            );
+            self.current = Some(Generation {
+                generation: previous.generation,
+                job: None,
+                ranks,
+                launched: true,
+                launch_error: String::new(),
+            });
+            self.begin_stop();
+        }
     }
 
     /// SIGTERM to every rank of the current generation, once.
@@ -475,6 +609,43 @@ impl Reconciler {
         self.publish_status();
     }
 
+    /// Keeps `<state-dir>/ranks.json` in step with the live ranks, for the
+    /// next agent to re-adopt them (see [`adopt`]).
+    fn save_ranks(&self) {
+        let Some(current) = self.current.as_ref().filter(|c| !c.ranks.is_empty()) else {
+            adopt::remove(&self.settings.state_dir);
+            return;
+        };
+        let state = adopt::StateFile {
+            job: current.name().to_owned(),
+            generation: current.generation,
+            progress_port: self
+                .progress_addr
+                .as_deref()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .map(|a| a.port()),
+            ranks: current
+                .ranks
+                .values()
+                .filter_map(|r| {
+                    Some(adopt::RankRecord {
+                        rank: r.rank,
+                        local_rank: r.local_rank,
+                        pid: r.pid.as_raw(),
+                        start_time: adopt::start_time(r.pid.as_raw())?,
+                        log_path: r.log_path.clone(),
+                    })
+                })
+                .collect(),
+        };
+        if let Err(e) = adopt::save(&self.settings.state_dir, &state) {
+            warn!(
+                "cannot write {}: {e}; a restarted agent could not re-adopt these ranks",
+                adopt::path(&self.settings.state_dir).display()
+            );
+        }
+    }
+
     fn answer_logs(&self, request: LogRequest) {
         let state_dir = self.settings.state_dir.clone();
         let fence = self.fence.clone();
@@ -500,6 +671,7 @@ impl Reconciler {
         if self.last_status.as_ref() == Some(&status) {
             return;
         }
+        self.save_ranks();
         self.fence
             .send_for(status.generation, AgentBody::Ranks(status.clone()));
         self.last_status = Some(status);

@@ -225,7 +225,7 @@ impl Engine {
 
     /// Cordons a node on the engine's own authority, unless the breaker
     /// says too many nodes have gone that way recently.
-    fn auto_cordon(&mut self, now: Millis, node_id: &str, reason: String) {
+    pub(super) fn auto_cordon(&mut self, now: Millis, node_id: &str, reason: String) {
         let Some(node) = self.nodes.get(node_id) else {
             return;
         };

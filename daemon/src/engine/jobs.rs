@@ -2,11 +2,15 @@
 //! (spare swap, shrink, grow back), the restart budget and the crash-loop
 //! guard. Still the pure engine: no I/O, time is an argument.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use sup_proto::v1;
 
+use super::detect::{
+    self, HangDetector, LossSpike, LossSpikeDetector, Straggler, StragglerDetector,
+    StragglerPolicy, Throughput,
+};
 use super::{Action, Change, Engine, EngineError, EventKind, Millis, NodeState, SessionId};
 use crate::jobspec::{JobSpec, Priority};
 
@@ -80,6 +84,41 @@ pub struct JobRecord {
     /// Progress when the job last restarted, for the crash-loop guard.
     pub restart_mark: (Option<u64>, Option<u64>),
     pub fruitless_restarts: u32,
+    /// Loss-spike rollbacks so far (each gives the ranks a new `SUP_SEED`).
+    #[serde(default)]
+    pub rollbacks: u32,
+    /// After a rollback to this step, newer catalog entries are from the
+    /// abandoned timeline until the job has stepped past them again.
+    #[serde(default)]
+    pub rollback_mark: Option<u64>,
+    /// Nodes swapped out as stragglers: not placed again for this job.
+    #[serde(default)]
+    pub avoid_nodes: Vec<String>,
+    /// Hangs attributed to each node (its ranks behind the others).
+    #[serde(default)]
+    pub hang_blame: BTreeMap<String, u32>,
+}
+
+/// The detectors' state for a job; in memory only (a supd restart
+/// re-learns step times within a window).
+#[derive(Debug, Clone, Default)]
+pub struct JobDetect {
+    pub hang: HangDetector,
+    pub stragglers: StragglerDetector,
+    pub loss: LossSpikeDetector,
+    pub throughput: Throughput,
+    /// Latest phase and lowest rank step per node of the generation.
+    node_phase: BTreeMap<String, String>,
+    node_min_step: BTreeMap<String, u64>,
+    /// A straggler to swap out right after the next checkpoint.
+    pending_replace: Option<String>,
+    /// A loss spike waiting for a current checkpoint catalog, and until when.
+    pending_rollback: Option<(LossSpike, Millis)>,
+    /// When a best-step advance was last persisted.
+    best_step_persisted_at: Option<Millis>,
+    /// The generation stopped as hung: its ranks' stop reports carry the
+    /// post-mortem.
+    hung_generation: Option<u64>,
 }
 
 /// A job as the engine sees it: the record plus what only holds for the
@@ -100,6 +139,7 @@ pub struct Job {
     fault_at: Option<Millis>,
     /// The complete checkpoints last reported, oldest first.
     pub catalog: Vec<CheckpointRef>,
+    pub detect: JobDetect,
 }
 
 impl Job {
@@ -114,6 +154,7 @@ impl Job {
             last_progress_at: None,
             fault_at: None,
             catalog: Vec::new(),
+            detect: JobDetect::default(),
         }
     }
 
@@ -124,6 +165,14 @@ impl Job {
     pub fn name(&self) -> &str {
         &self.record.spec.name
     }
+
+    /// Tokens per second of the running generation, when measurable.
+    pub fn tokens_per_s(&self) -> Option<f64> {
+        if !self.record.state.is_active() {
+            return None;
+        }
+        self.detect.throughput.tokens_per_s()
+    }
 }
 
 /// Chosen nodes in node-rank order, and the (preempted job, node) pairs
@@ -131,6 +180,19 @@ impl Job {
 type Placement = (Vec<String>, Vec<(String, String)>);
 
 impl Engine {
+    /// MFU = 6·N·tokens/s ÷ (GPUs × peak FLOP/s): N from the spec's
+    /// `model_params`, peak from `gpu_peak_flops` or the first node's GPU
+    /// model; None when either is unknown.
+    pub fn job_mfu(&self, job: &Job) -> Option<f64> {
+        let params = job.record.spec.model_params?;
+        let tps = job.tokens_per_s()?;
+        let peak = job.record.spec.gpu_peak_flops.or_else(|| {
+            let node = self.nodes.get(job.record.nodes.first()?)?;
+            detect::peak_flops_for(&node.record.gpus.first()?.name)
+        })?;
+        detect::mfu(params, tps, job.world_size(), peak)
+    }
+
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.values()
     }
@@ -148,9 +210,18 @@ impl Engine {
             .find(|j| j.record.state.is_active() && j.record.nodes.iter().any(|n| n == node_id))
     }
 
-    pub(super) fn held_by_normal_job(&self, node_id: &str) -> bool {
-        self.job_of(node_id)
-            .is_some_and(|j| j.record.spec.priority == Priority::Normal)
+    /// The active job holding each node, with the node's rank in it (the
+    /// first job in name order, as [`Engine::job_of`] finds it). Built once
+    /// per pass: calling `job_of` per node scans every job's node list,
+    /// which is quadratic at cluster scale.
+    pub(super) fn holders(&self) -> HashMap<&str, (&Job, usize)> {
+        let mut map = HashMap::new();
+        for j in self.jobs.values().filter(|j| j.record.state.is_active()) {
+            for (rank, n) in j.record.nodes.iter().enumerate() {
+                map.entry(n.as_str()).or_insert((j, rank));
+            }
+        }
+        map
     }
 
     /// Which node runs global rank `rank` of a job, and its local rank.
@@ -214,6 +285,10 @@ impl Engine {
             best_step: None,
             restart_mark: (None, None),
             fruitless_restarts: 0,
+            rollbacks: 0,
+            rollback_mark: None,
+            avoid_nodes: Vec::new(),
+            hang_blame: BTreeMap::new(),
         };
         self.jobs.insert(name.clone(), Job::restored(record));
         self.record_job_event(now, EventKind::JobSubmitted, None, Some(&name), summary);
@@ -300,7 +375,10 @@ impl Engine {
             return true;
         };
         job.launched.insert(node_id.to_owned());
-        let all = job.record.nodes.iter().all(|n| job.launched.contains(n));
+        // `launched` only holds nodes of this generation: compare sizes
+        // first so 2,048 reports do not each walk the whole node list.
+        let all = job.launched.len() >= job.record.nodes.len()
+            && job.record.nodes.iter().all(|n| job.launched.contains(n));
         if all && matches!(job.record.state, JobState::Starting | JobState::Recovering) {
             job.record.state = JobState::Running;
             job.record.reason = String::new();
@@ -329,9 +407,11 @@ impl Engine {
         session: SessionId,
         exit: v1::RankExited,
     ) -> bool {
-        if exit.stopped_by_agent
-            || !self.current_report(node_id, session, &exit.job, exit.generation)
-        {
+        if exit.stopped_by_agent {
+            self.hang_postmortem(now, node_id, session, &exit);
+            return false;
+        }
+        if !self.current_report(node_id, session, &exit.job, exit.generation) {
             return false;
         }
         let name = exit.job.clone();
@@ -393,19 +473,427 @@ impl Engine {
         if !self.current_report(node_id, session, &progress.job, progress.generation) {
             return false;
         }
+        let cfg = self.config.detect.clone();
         let Some(job) = self.jobs.get_mut(&progress.job) else {
             return false;
         };
+        let before = job.step;
         job.step = Some(job.step.map_or(progress.step, |s| s.max(progress.step)));
         job.tokens = progress.tokens.or(job.tokens);
         job.loss = progress.loss.or(job.loss);
         job.last_progress_at = Some(now);
+        let step = job.step.unwrap_or(progress.step);
+
+        let d = &mut job.detect;
+        let node_phase = if progress.phase.is_empty() {
+            "train"
+        } else {
+            progress.phase.as_str()
+        };
+        d.node_phase
+            .insert(node_id.to_owned(), node_phase.to_owned());
+        if let Some(min) = progress.min_step {
+            d.node_min_step.insert(node_id.to_owned(), min);
+        }
+        // One node saving a checkpoint holds every rank in the collective
+        // that follows: the job is in the slowest phase any node is in.
+        let job_phase = d
+            .node_phase
+            .values()
+            .find(|p| p.as_str() != "train")
+            .cloned()
+            .unwrap_or_else(|| "train".to_owned());
+        let deadline = d
+            .hang
+            .observe(now, step, &job_phase)
+            .then(|| d.hang.deadline(&cfg))
+            .flatten();
+        if let Some(tokens) = job.tokens {
+            d.throughput.observe(now, tokens, cfg.throughput_window_ms);
+        }
+        let straggler = match progress.step_time_s {
+            Some(t) if node_phase == "train" => {
+                d.stragglers.observe(&cfg, node_id, progress.step, t)
+            }
+            _ => None,
+        };
+        let spec = &job.record.spec;
+        let spike = match (progress.loss, spec.loss_spike_rollback) {
+            (Some(loss), true) if before.is_none_or(|b| step > b) => d.loss.observe(
+                step,
+                loss,
+                spec.loss_spike_factor(),
+                spec.loss_spike_steps(),
+            ),
+            _ => None,
+        };
+        let name = progress.job.clone();
         if job.record.best_step.is_none_or(|b| progress.step > b) {
             job.record.best_step = Some(progress.step);
-            let name = progress.job.clone();
-            self.persist_job(&name);
+            // Agents report up to 10× a second; the store needs the best
+            // step only for the crash-loop guard, so once a second is plenty
+            // (any other change of the job persists it too).
+            if job
+                .detect
+                .best_step_persisted_at
+                .is_none_or(|at| now - at >= BEST_STEP_PERSIST_MS)
+            {
+                job.detect.best_step_persisted_at = Some(now);
+                self.persist_job(&name);
+            }
+        }
+        if let Some(at) = deadline {
+            self.schedule_job_check(at);
+        }
+        if let Some(s) = straggler {
+            self.on_straggler(now, &name, s);
+        }
+        if let Some(s) = spike {
+            self.on_loss_spike(now, &name, s);
         }
         true
+    }
+
+    /// A node flagged slow: an event naming it, the factor and the
+    /// evidence (hardware signals when the node has any), then the policy.
+    fn on_straggler(&mut self, now: Millis, name: &str, s: Straggler) {
+        let Some(job) = self.jobs.get(name) else {
+            return;
+        };
+        let policy = job
+            .record
+            .spec
+            .straggler_policy
+            .unwrap_or(self.config.detect.straggler_policy);
+        let hardware: Vec<String> = self
+            .nodes
+            .get(&s.node)
+            .map(|n| {
+                n.record
+                    .gpus
+                    .iter()
+                    .filter(|g| g.health != super::GpuHealth::Ok)
+                    .map(|g| {
+                        let health = format!("{:?}", g.health).to_lowercase();
+                        format!("GPU {} {health}: {}", g.index, g.health_reason)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let corroboration = if hardware.is_empty() {
+            "no hardware signal (throttling, PCIe) on the node".to_owned()
+        } else {
+            format!("corroborated by {}", hardware.join("; "))
+        };
+        let spare = self.has_spare_for(name);
+        let action = match policy {
+            StragglerPolicy::Report => "reported only (policy report)".to_owned(),
+            StragglerPolicy::Replace if spare => "replacing it with a spare now".to_owned(),
+            StragglerPolicy::ReplaceAtCheckpoint if spare => {
+                "replacing it with a spare right after the next checkpoint".to_owned()
+            }
+            _ => format!(
+                "kept: no spare to replace it with (policy {})",
+                policy.as_str()
+            ),
+        };
+        self.record_job_event(
+            now,
+            EventKind::JobStraggler,
+            Some(&s.node),
+            Some(name),
+            format!(
+                "node {} is a straggler: {:.2}× slower than the job's other nodes; {}; {corroboration}; {action}",
+                s.node, s.slowdown, s.evidence
+            ),
+        );
+        if !spare {
+            return;
+        }
+        match policy {
+            StragglerPolicy::Report => {}
+            StragglerPolicy::Replace => self.replace_straggler(now, name, &s.node),
+            StragglerPolicy::ReplaceAtCheckpoint => {
+                if let Some(job) = self.jobs.get_mut(name) {
+                    job.detect.pending_replace = Some(s.node.clone());
+                }
+            }
+        }
+    }
+
+    /// Swaps a slow node for a spare through the restart path; the
+    /// cluster's doing, so it does not count against the job's budget.
+    fn replace_straggler(&mut self, now: Millis, name: &str, node: &str) {
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        if !job.record.avoid_nodes.iter().any(|n| n == node) {
+            job.record.avoid_nodes.push(node.to_owned());
+        }
+        job.detect.pending_replace = None;
+        self.restart_job(
+            now,
+            name,
+            format!("replacing straggler node {node} with a spare"),
+            false,
+        );
+        self.reconcile(now);
+    }
+
+    /// Whether a healthy free node could take a straggler's place.
+    fn has_spare_for(&self, name: &str) -> bool {
+        let Some(job) = self.jobs.get(name) else {
+            return false;
+        };
+        let gpus = job.record.spec.gpus_per_node as usize;
+        self.nodes.values().any(|n| {
+            n.state() == NodeState::Ready
+                && n.connected()
+                && n.record.gpus.len() >= gpus
+                && !job.record.avoid_nodes.contains(&n.record.id)
+                && self.job_of(&n.record.id).is_none()
+        })
+    }
+
+    /// Loss above k × its moving average for m steps: back to the newest
+    /// checkpoint from before the spike, with a new seed and a scaled
+    /// learning rate, within the job's rollback budget.
+    ///
+    /// The agents' checkpoint catalog lags by up to a scan interval, and
+    /// the checkpoint saved just before the spike is the one worth rolling
+    /// back to: with rollbacks left, the decision waits for the next catalog
+    /// report (at most `ROLLBACK_CATALOG_WAIT_MS`) while training goes on.
+    fn on_loss_spike(&mut self, now: Millis, name: &str, spike: LossSpike) {
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        if job.detect.pending_rollback.is_some() {
+            // The same spike, still going: the first one's rollback is due.
+            return;
+        }
+        if job.record.rollbacks < job.record.spec.max_rollbacks() {
+            let at = now + ROLLBACK_CATALOG_WAIT_MS;
+            job.detect.pending_rollback = Some((spike, at));
+            self.schedule_job_check(at);
+            return;
+        }
+        self.roll_back(now, name, spike);
+    }
+
+    /// Runs a pending rollback once the catalog is current or the wait is over.
+    fn check_pending_rollback(&mut self, now: Millis, name: &str, catalog_fresh: bool) -> bool {
+        let Some(job) = self.jobs.get_mut(name) else {
+            return false;
+        };
+        match job.detect.pending_rollback {
+            Some((_, at)) if catalog_fresh || now >= at => {}
+            Some((_, at)) => {
+                self.schedule_job_check(at);
+                return false;
+            }
+            None => return false,
+        }
+        let Some((spike, _)) = job.detect.pending_rollback.take() else {
+            return false;
+        };
+        if !job.record.state.is_active() {
+            return false;
+        }
+        self.roll_back(now, name, spike);
+        true
+    }
+
+    fn roll_back(&mut self, now: Millis, name: &str, spike: LossSpike) {
+        let Some(job) = self.jobs.get(name) else {
+            return;
+        };
+        let spec = &job.record.spec;
+        let what = format!(
+            "loss spike from step {}: {:.4} > {} × moving average {:.4} for {} steps",
+            spike.step,
+            spike.loss,
+            spec.loss_spike_factor(),
+            spike.average,
+            spec.loss_spike_steps()
+        );
+        let target = job
+            .catalog
+            .iter()
+            .chain(job.record.checkpoint.iter())
+            .filter(|c| c.step < spike.step)
+            .max_by_key(|c| c.step)
+            .cloned();
+        let budget = spec.max_rollbacks();
+        let (event, target) = match target {
+            _ if job.record.rollbacks >= budget => (
+                format!("{what}; not rolled back: rollback budget of {budget} used up"),
+                None,
+            ),
+            None => (
+                format!("{what}; not rolled back: no complete checkpoint from before the spike"),
+                None,
+            ),
+            Some(t) => (
+                format!(
+                    "{what}; rolling back to checkpoint step {} ({}) with SUP_SEED={} and SUP_LR_SCALE={} (rollback {} of {budget})",
+                    t.step,
+                    t.path,
+                    job.record.rollbacks + 1,
+                    spec.lr_scale_after(job.record.rollbacks + 1),
+                    job.record.rollbacks + 1
+                ),
+                Some(t),
+            ),
+        };
+        let kind = if target.is_some() {
+            EventKind::JobRolledBack
+        } else {
+            EventKind::JobLossSpike
+        };
+        self.record_job_event(now, kind, None, Some(name), event.clone());
+        let Some(target) = target else {
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        job.record.rollbacks += 1;
+        job.record.rollback_mark = Some(target.step);
+        job.record.checkpoint = Some(target);
+        // Counted: a diverging job that keeps rolling back must still end.
+        self.restart_job(now, name, event, true);
+        self.reconcile(now);
+    }
+
+    /// Hung: no step advance within the adaptive bound. Records the hang
+    /// (blaming nodes whose ranks lag behind, if any), cordons a node that
+    /// hangs jobs again and again, and restarts from the newest checkpoint.
+    fn check_hang(&mut self, now: Millis, name: &str) -> bool {
+        let cfg = &self.config.detect;
+        let Some(job) = self.jobs.get(name) else {
+            return false;
+        };
+        if job.record.state != JobState::Running {
+            return false;
+        }
+        let Some(reason) = job.detect.hang.check(now, cfg) else {
+            if let Some(at) = job.detect.hang.deadline(cfg) {
+                self.schedule_job_check(at);
+            }
+            return false;
+        };
+        // Silence from a node supd cannot hear is the lost-node logic's to
+        // judge (with its grace and the partition guard): no progress may
+        // simply not have reached us. Look again later.
+        let unheard = job.record.nodes.iter().find(|id| {
+            self.nodes
+                .get(*id)
+                .is_none_or(|n| n.unreachable || !n.connected())
+        });
+        if unheard.is_some() {
+            let retry = now + cfg.hang_floor_ms.max(1_000);
+            self.schedule_job_check(retry);
+            return false;
+        }
+        let max = job.step.unwrap_or(0);
+        let lagging: Vec<String> = job
+            .record
+            .nodes
+            .iter()
+            .filter(|n| job.detect.node_min_step.get(*n).is_some_and(|m| *m < max))
+            .cloned()
+            .collect();
+        let limit = cfg.hang_cordon_after;
+        let generation = job.record.generation;
+        let mut cordon = Vec::new();
+        let blame = if lagging.is_empty() {
+            "every node's ranks stopped at the same step: no node to blame, nothing cordoned"
+                .to_owned()
+        } else {
+            let job = self.jobs.get_mut(name).expect("checked above");
+            let mut parts = Vec::new();
+            for n in &lagging {
+                let count = job.record.hang_blame.entry(n.clone()).or_insert(0);
+                *count += 1;
+                let state = if limit > 0 && *count >= limit {
+                    cordon.push((n.clone(), *count));
+                    "cordoning it"
+                } else if *count * 2 >= limit {
+                    "suspect"
+                } else {
+                    "noted"
+                };
+                parts.push(format!("node {n} lagging ({count} hang(s), {state})"));
+            }
+            parts.join("; ")
+        };
+        if let Some(job) = self.jobs.get_mut(name) {
+            job.detect.hung_generation = Some(generation);
+        }
+        self.record_job_event(
+            now,
+            EventKind::JobHung,
+            None,
+            Some(name),
+            format!(
+                "generation {generation} {reason}; {blame}; restarting from the newest checkpoint"
+            ),
+        );
+        for (node, count) in cordon {
+            self.auto_cordon(
+                now,
+                &node,
+                format!(
+                    "{count} hangs of job '{name}' with this node's ranks lagging (limit {limit})"
+                ),
+            );
+        }
+        self.restart_job(now, name, reason, true);
+        true
+    }
+
+    /// The last log lines of each rank stopped because its generation hung.
+    fn hang_postmortem(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: SessionId,
+        exit: &v1::RankExited,
+    ) {
+        let live = self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.session == Some(session));
+        let hung = self
+            .jobs
+            .get(&exit.job)
+            .is_some_and(|j| j.detect.hung_generation == Some(exit.generation));
+        if !live || !hung {
+            return;
+        }
+        let lines: Vec<&str> = exit
+            .log_tail
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        let tail = lines[lines.len().saturating_sub(POSTMORTEM_LINES)..].join(" | ");
+        self.record_job_event(
+            now,
+            EventKind::JobHangPostmortem,
+            Some(node_id),
+            Some(&exit.job),
+            format!(
+                "generation {} rank {} (local rank {}) before it was stopped: {}",
+                exit.generation,
+                exit.rank,
+                exit.local_rank,
+                if tail.is_empty() {
+                    "(empty log)"
+                } else {
+                    &tail
+                }
+            ),
+        );
     }
 
     /// A catalog of complete checkpoints from any node of the job (the
@@ -436,7 +924,25 @@ impl Engine {
             })
             .collect();
         job.catalog.sort_by_key(|c| c.step);
-        let Some(newest) = job.catalog.last().cloned() else {
+        let name = catalog.job.clone();
+        if self.check_pending_rollback(now, &name, true) {
+            return true;
+        }
+        let Some(job) = self.jobs.get_mut(&catalog.job) else {
+            return false;
+        };
+        // After a rollback the directory still holds the abandoned
+        // timeline's newer checkpoints under the same names: one counts
+        // again only once this generation stepped past it (and so rewrote it).
+        let mark = job.record.rollback_mark;
+        let current = job.step;
+        let Some(newest) = job
+            .catalog
+            .iter()
+            .rev()
+            .find(|c| mark.is_none_or(|m| c.step <= m || current.is_some_and(|s| s > c.step)))
+            .cloned()
+        else {
             return true;
         };
         if job
@@ -448,7 +954,10 @@ impl Engine {
             return true;
         }
         job.record.checkpoint = Some(newest.clone());
-        let name = catalog.job.clone();
+        if job.record.rollback_mark.is_some_and(|m| newest.step > m) {
+            job.record.rollback_mark = None;
+        }
+        let pending_replace = job.detect.pending_replace.take();
         self.record_job_event(
             now,
             EventKind::JobCheckpoint,
@@ -460,6 +969,12 @@ impl Engine {
             ),
         );
         self.persist_job(&name);
+        if let Some(node) = pending_replace {
+            if self.has_spare_for(&name) {
+                self.replace_straggler(now, &name, &node);
+                return true;
+            }
+        }
         self.maybe_grow(now, &name, newest.step);
         self.reconcile(now);
         true
@@ -516,6 +1031,11 @@ impl Engine {
             let Some(since) = node.unreachable_since else {
                 continue;
             };
+            if self.partition_since.is_some() {
+                // Held: the silence is probably ours. Re-evaluated when the
+                // hold ends (a node reporting again reconciles).
+                continue;
+            }
             let silent = now - since;
             let stalled = job.last_progress_at.is_none_or(|p| p <= since);
             if silent >= self.config.lost_node_grace_ms {
@@ -647,6 +1167,12 @@ impl Engine {
         job.step = None;
         job.last_progress_at = None;
         job.fault_at = Some(now);
+        job.detect.hang.reset();
+        job.detect.loss.reset();
+        job.detect.throughput.reset();
+        job.detect.stragglers.retain(&nodes);
+        job.detect.node_phase.clear();
+        job.detect.node_min_step.clear();
         let mut why = match &failure {
             Some(f) => f.clone(),
             None if job.record.restarts == 0 && previous.is_empty() => "first start".to_owned(),
@@ -726,19 +1252,29 @@ impl Engine {
         let job = self.jobs.get(name)?;
         let spec = &job.record.spec;
         let fits = |id: &String, allow_suspect: bool| {
-            self.nodes.get(id).is_some_and(|n| {
-                let state = n.state();
-                let healthy =
-                    state == NodeState::Ready || (allow_suspect && state == NodeState::Suspect);
-                healthy && n.connected() && n.record.gpus.len() >= spec.gpus_per_node as usize
-            })
+            !job.record.avoid_nodes.contains(id)
+                && self.nodes.get(id).is_some_and(|n| {
+                    let state = n.state();
+                    let healthy =
+                        state == NodeState::Ready || (allow_suspect && state == NodeState::Suspect);
+                    healthy && n.connected() && n.record.gpus.len() >= spec.gpus_per_node as usize
+                })
         };
+        // How many active jobs hold each node, and the first of them
+        // (what `job_of` returns), counted once instead of per node.
+        let mut holding: HashMap<&str, (usize, &Job)> = HashMap::new();
+        for j in self.jobs.values().filter(|j| j.record.state.is_active()) {
+            for n in &j.record.nodes {
+                let e = holding.entry(n.as_str()).or_insert((0, j));
+                if e.0 == 0 || e.1.name() != j.name() {
+                    e.0 += 1;
+                }
+            }
+        }
         let held_by_other = |id: &String| {
-            self.jobs.values().any(|j| {
-                j.name() != name
-                    && j.record.state.is_active()
-                    && j.record.nodes.iter().any(|n| n == id)
-            })
+            holding
+                .get(id.as_str())
+                .is_some_and(|(count, first)| *count > 1 || first.name() != name)
         };
         let mut candidates: Vec<String> = job
             .record
@@ -748,21 +1284,17 @@ impl Engine {
             .cloned()
             .collect();
         let mut preemptible = Vec::new();
+        let current: HashSet<String> = candidates.iter().cloned().collect();
         for id in self.nodes.keys() {
-            if candidates.contains(id) || !fits(id, false) {
+            if current.contains(id) || !fits(id, false) {
                 continue;
             }
-            if self
-                .jobs
-                .values()
-                .filter(|j| j.record.state.is_active() && j.record.nodes.iter().any(|n| n == id))
-                .count()
-                > 1
-            {
+            let held = holding.get(id.as_str());
+            if held.is_some_and(|(count, _)| *count > 1) {
                 // Being handed over between two jobs right now.
                 continue;
             }
-            match self.job_of(id) {
+            match held.map(|(_, j)| *j) {
                 None => candidates.push(id.clone()),
                 Some(other)
                     if other.name() != name
@@ -829,6 +1361,8 @@ impl Engine {
         for name in &names {
             if let Some(reason) = self.job_failure(now, name) {
                 self.restart_job(now, name, reason, true);
+            } else if !self.check_pending_rollback(now, name, false) {
+                self.check_hang(now, name);
             }
         }
         for name in &names {
@@ -858,24 +1392,37 @@ impl Engine {
     }
 
     pub fn desired_assignment(&self, node_id: &str) -> v1::DesiredAssignment {
-        match self.job_of(node_id) {
-            Some(job) => {
-                let node_rank = job
-                    .record
-                    .nodes
-                    .iter()
-                    .position(|n| n == node_id)
-                    .unwrap_or(0);
-                v1::DesiredAssignment {
-                    generation: job.record.generation,
-                    job: Some(self.job_assignment(job, node_id, node_rank)),
-                }
-            }
+        let holder = self.job_of(node_id).map(|job| {
+            let rank = job.record.nodes.iter().position(|n| n == node_id);
+            (job, rank.unwrap_or(0))
+        });
+        self.desired_for(node_id, holder)
+    }
+
+    /// The assignment for a node whose holder (job, node rank) is known.
+    fn desired_for(&self, node_id: &str, holder: Option<(&Job, usize)>) -> v1::DesiredAssignment {
+        match holder {
+            Some((job, node_rank)) => v1::DesiredAssignment {
+                generation: job.record.generation,
+                job: Some(self.job_assignment(job, node_id, node_rank)),
+            },
             None => v1::DesiredAssignment {
                 generation: self.last_generation,
                 job: None,
             },
         }
+    }
+
+    /// The GPUs a node's ranks use, in local-rank order.
+    fn gpu_indices_for(&self, node_id: &str, per_node: u32) -> Vec<u32> {
+        let mut gpu_indices: Vec<u32> = self
+            .nodes
+            .get(node_id)
+            .map(|n| n.record.gpus.iter().map(|g| g.index).collect())
+            .unwrap_or_default();
+        gpu_indices.sort_unstable();
+        gpu_indices.truncate(per_node as usize);
+        gpu_indices
     }
 
     fn job_assignment(&self, job: &Job, node_id: &str, node_rank: usize) -> v1::JobAssignment {
@@ -887,18 +1434,25 @@ impl Engine {
             .and_then(|id| self.nodes.get(id))
             .map(|n| n.record.address.clone())
             .unwrap_or_default();
-        let mut gpu_indices: Vec<u32> = self
-            .nodes
-            .get(node_id)
-            .map(|n| n.record.gpus.iter().map(|g| g.index).collect())
-            .unwrap_or_default();
-        gpu_indices.sort_unstable();
-        gpu_indices.truncate(spec.gpus_per_node as usize);
+        let gpu_indices = self.gpu_indices_for(node_id, spec.gpus_per_node);
         v1::JobAssignment {
             job: spec.name.clone(),
             command: spec.command.clone(),
             workdir: spec.workdir.clone().unwrap_or_default(),
-            env: spec.env.clone().into_iter().collect(),
+            env: {
+                let mut env: std::collections::HashMap<String, String> =
+                    spec.env.clone().into_iter().collect();
+                if job.record.rollbacks > 0 {
+                    // A new seed changes the data order past the spike; a
+                    // smaller learning rate makes it less likely to recur.
+                    env.insert("SUP_SEED".to_owned(), job.record.rollbacks.to_string());
+                    env.insert(
+                        "SUP_LR_SCALE".to_owned(),
+                        spec.lr_scale_after(job.record.rollbacks).to_string(),
+                    );
+                }
+                env
+            },
             node_rank: u32::try_from(node_rank).unwrap_or(u32::MAX),
             nnodes: u32::try_from(job.record.nodes.len()).unwrap_or(u32::MAX),
             ranks_per_node: spec.gpus_per_node,
@@ -919,14 +1473,60 @@ impl Engine {
     }
 
     fn sync_assignments(&mut self) {
-        let ids: Vec<String> = self
-            .nodes
-            .values()
-            .filter(|n| n.connected())
-            .map(|n| n.record.id.clone())
-            .collect();
-        for id in ids {
-            let desired = self.desired_assignment(&id);
+        // Reconcile runs on every returning node, so this must stay cheap at
+        // 2,048 nodes: one template per job (all but the node's rank and
+        // GPUs), compared in place with what each node was last sent; a full
+        // assignment (strings, env map) is built only for nodes that need one.
+        type Holder = Option<(String, u32, Vec<u32>)>;
+        let (plan, templates) = {
+            let holders = self.holders();
+            let mut templates: HashMap<String, v1::DesiredAssignment> = HashMap::new();
+            let plan: Vec<(String, Holder)> = self
+                .nodes
+                .values()
+                .filter(|n| n.connected())
+                .map(|n| {
+                    let id = n.record.id.as_str();
+                    let holder = holders.get(id).map(|&(job, rank)| {
+                        templates
+                            .entry(job.name().to_owned())
+                            .or_insert_with(|| self.desired_for("", Some((job, 0))));
+                        let gpus = self.gpu_indices_for(id, job.record.spec.gpus_per_node);
+                        (
+                            job.name().to_owned(),
+                            u32::try_from(rank).unwrap_or(u32::MAX),
+                            gpus,
+                        )
+                    });
+                    (id.to_owned(), holder)
+                })
+                .collect();
+            (plan, templates)
+        };
+        let last_generation = self.last_generation;
+        let mut stale: Vec<(String, Option<(String, usize)>)> = Vec::new();
+        for (id, holder) in plan {
+            let Some(node) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            let up_to_date = match (&holder, node.sent_assignment.as_mut()) {
+                (Some((job, rank, gpus)), Some(sent)) => templates
+                    .get(job)
+                    .is_some_and(|t| matches_template(sent, t, *rank, gpus)),
+                (None, Some(sent)) => sent.job.is_none() && sent.generation == last_generation,
+                (_, None) => false,
+            };
+            if !up_to_date {
+                stale.push((id, holder.map(|(job, rank, _)| (job, rank as usize))));
+            }
+        }
+        for (id, holder) in stale {
+            let desired = {
+                let holder = holder
+                    .as_ref()
+                    .and_then(|(job, rank)| self.jobs.get(job).map(|j| (j, *rank)));
+                self.desired_for(&id, holder)
+            };
             let Some(node) = self.nodes.get_mut(&id) else {
                 continue;
             };
@@ -966,6 +1566,43 @@ impl Engine {
                 ))));
         }
     }
+}
+
+/// Best-step advances are persisted at most this often.
+const BEST_STEP_PERSIST_MS: Millis = 1_000;
+
+/// How long a loss-spike rollback waits for a current checkpoint catalog
+/// (agents rescan every 2 s).
+const ROLLBACK_CATALOG_WAIT_MS: Millis = 5_000;
+
+/// Log lines of each rank kept in a hang post-mortem event.
+const POSTMORTEM_LINES: usize = 8;
+
+/// Whether `sent` is the job's `template` for a node at `rank` with `gpus`.
+/// The per-node fields are swapped out for the comparison and put back, so
+/// the full derived equality decides (new proto fields included) without
+/// cloning the assignment.
+fn matches_template(
+    sent: &mut v1::DesiredAssignment,
+    template: &v1::DesiredAssignment,
+    rank: u32,
+    gpus: &[u32],
+) -> bool {
+    let Some(job) = sent.job.as_mut() else {
+        return false;
+    };
+    if sent.generation != template.generation || job.node_rank != rank || job.gpu_indices != gpus {
+        return false;
+    }
+    let template_rank = template.job.as_ref().map_or(0, |t| t.node_rank);
+    let saved_gpus = std::mem::take(&mut job.gpu_indices);
+    job.node_rank = template_rank;
+    let same = *sent == *template;
+    if let Some(job) = sent.job.as_mut() {
+        job.node_rank = rank;
+        job.gpu_indices = saved_gpus;
+    }
+    same
 }
 
 fn join(ids: &[&String]) -> String {

@@ -152,8 +152,7 @@ fn progress(e: &mut Engine, name: &str, node: &str, step: u64, now: Millis) -> b
             job: name.to_owned(),
             generation,
             step,
-            tokens: None,
-            loss: None,
+            ..Default::default()
         },
     )
 }
@@ -585,6 +584,7 @@ fn restore_keeps_jobs_and_generations_only_grow() {
         events: e.events().cloned().collect(),
         jobs: e.jobs().map(|j| j.record.clone()).collect(),
         breaker: None,
+        ..Default::default()
     };
     let mut r = Engine::restore(config(), persisted, 100);
     assert_eq!(job(&r, "llm").record.nodes, ["n2", "n3"]);
@@ -790,4 +790,162 @@ fn drills_need_a_connected_node_and_a_real_gpu() {
         e.drill(3, "n2", drill(0, 79), "a"),
         Err(EngineError::FailedPrecondition(_))
     ));
+}
+
+// -- partition guard --------------------------------------------------------
+
+#[test]
+fn most_nodes_unreachable_at_once_holds_restarts_and_raises_an_alert() {
+    // 6 nodes, threshold max(3, ceil(0.5 × 6)) = 3.
+    let mut e = cluster(6);
+    e.submit_job(0, &spec("llm", 4, 2, ""), "alice")
+        .expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 0);
+    assert_eq!(job(&e, "llm").record.nodes, ["n1", "n2", "n3", "n4"]);
+    // Only n6 still reaches supd: five nodes go silent together.
+    assert!(e.telemetry(20_000, "n6", 6, vec![]));
+    e.handle_timeout(GRACE);
+    let actions = drain(&mut e);
+    let why = event(&actions, EventKind::PartitionSuspected);
+    assert!(
+        why.starts_with("5 of 6 nodes turned unreachable within 1m (threshold 3): suspecting supd's own network"),
+        "{why}"
+    );
+    assert_eq!(e.partition_suspected_since(), Some(GRACE));
+    // The job made no progress since (it cannot: its reports go through the
+    // silent agents), and the lost-node grace passes too: still no restart,
+    // no cordon, no assignment change.
+    for t in [GRACE + 5_000, GRACE + 70_000, GRACE + 600_000] {
+        assert!(e.telemetry(t, "n6", 6, vec![]));
+        e.handle_timeout(t);
+        let actions = drain(&mut e);
+        let kinds: Vec<EventKind> = events(&actions).into_iter().map(|(k, _)| k).collect();
+        assert!(
+            !kinds.contains(&EventKind::JobRestarted) && !kinds.contains(&EventKind::NodeCordoned),
+            "held at {t}: {kinds:?}"
+        );
+        assert!(
+            assignments(&actions).is_empty(),
+            "no assignment change at {t}"
+        );
+    }
+    assert_eq!(job(&e, "llm").record.generation, 1);
+    assert!(e.nodes().all(|n| n.record.cordon.is_none()));
+
+    // Nodes re-confirm: the hold ends once fewer than 3 are unreachable.
+    let back = GRACE + 601_000;
+    for n in ["n1", "n2"] {
+        assert!(e.telemetry(back, n, session_of(n), vec![]));
+    }
+    assert!(
+        e.partition_suspected_since().is_some(),
+        "3 still unreachable: still held"
+    );
+    assert!(e.telemetry(back, "n3", 3, vec![]));
+    let actions = drain(&mut e);
+    let why = event(&actions, EventKind::PartitionCleared);
+    assert!(
+        why.starts_with("nodes re-confirmed after 10m 1s: 2 of 6 still unreachable (threshold 3)"),
+        "{why}"
+    );
+    assert_eq!(e.partition_suspected_since(), None);
+    // n4 (in the job) still silent: it gets a fresh grace from now, not an
+    // instant restart for the time the partition lasted.
+    assert!(events(&actions)
+        .iter()
+        .all(|(k, _)| *k != EventKind::JobRestarted));
+    assert_eq!(job(&e, "llm").record.generation, 1);
+    // Normal lost-node handling resumes: the job stalls, n4 is replaced
+    // after the short confirmation.
+    for n in ["n1", "n2", "n3", "n6"] {
+        assert!(e.telemetry(back + 4_000, n, session_of(n), vec![]));
+    }
+    e.handle_timeout(back + 5_000);
+    let actions = drain(&mut e);
+    let why = event(&actions, EventKind::JobRestarted);
+    assert!(
+        why.starts_with("node n4 lost: unreachable and the job has made no progress since"),
+        "{why}"
+    );
+    assert_eq!(job(&e, "llm").record.nodes, ["n1", "n2", "n3", "n6"]);
+}
+
+#[test]
+fn a_few_nodes_unreachable_is_not_a_partition() {
+    let mut e = cluster(6);
+    e.submit_job(0, &spec("llm", 4, 2, ""), "alice")
+        .expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 0);
+    // Two of six go silent: below the threshold of 3.
+    for n in ["n1", "n3", "n4", "n6"] {
+        assert!(e.telemetry(20_000, n, session_of(n), vec![]));
+    }
+    e.handle_timeout(GRACE);
+    let actions = drain(&mut e);
+    assert!(events(&actions)
+        .iter()
+        .all(|(k, _)| *k != EventKind::PartitionSuspected));
+    assert_eq!(e.partition_suspected_since(), None);
+    // The stalled job's lost node is replaced as usual.
+    e.handle_timeout(GRACE + 5_000);
+    let why = event(&drain(&mut e), EventKind::JobRestarted);
+    assert!(why.starts_with("node n2 lost"), "{why}");
+}
+
+#[test]
+fn nodes_lost_one_by_one_over_a_long_time_are_not_a_partition() {
+    let mut e = Engine::new(EngineConfig {
+        partition_window_ms: 10_000,
+        ..config()
+    });
+    for i in 1..=4u32 {
+        register(&mut e, &format!("n{i}"), SessionId::from(i), 2, 0);
+    }
+    drain(&mut e);
+    // n1 silent from 0, n2 from 20 s, n3 from 40 s: never 3 within 10 s.
+    for t in [10_000, 20_000, 30_000, 40_000, 50_000, 60_000] {
+        for n in ["n2", "n3", "n4"] {
+            if (n == "n2" && t > 20_000) || (n == "n3" && t > 40_000) {
+                continue;
+            }
+            assert!(e.telemetry(t, n, session_of(n), vec![]));
+        }
+        e.handle_timeout(t + GRACE - 10_000);
+    }
+    e.handle_timeout(40_000 + GRACE);
+    let actions = drain(&mut e);
+    assert_eq!(e.nodes().filter(|n| n.unreachable).count(), 3);
+    assert!(events(&actions)
+        .iter()
+        .all(|(k, _)| *k != EventKind::PartitionSuspected));
+    assert_eq!(e.partition_suspected_since(), None);
+}
+
+#[test]
+fn during_a_partition_hold_an_operator_cordon_still_replaces_the_node() {
+    let mut e = cluster(6);
+    e.submit_job(0, &spec("llm", 2, 1, ""), "alice")
+        .expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 0);
+    assert!(e.telemetry(20_000, "n6", 6, vec![]));
+    assert!(e.telemetry(20_000, "n5", 5, vec![]));
+    e.handle_timeout(GRACE);
+    let actions = drain(&mut e);
+    event(&actions, EventKind::PartitionSuspected);
+    // The operator knows n2 is really gone (its rack lost power).
+    e.cordon(GRACE + 1_000, "n2", "rack 7 lost power", "bob")
+        .expect("cordon");
+    let actions = drain(&mut e);
+    let why = event(&actions, EventKind::JobRestarted);
+    assert!(
+        why.starts_with("node n2 cordoned by bob: rack 7 lost power"),
+        "{why}"
+    );
+    assert!(
+        e.partition_suspected_since().is_some(),
+        "the hold stays for the others"
+    );
 }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use sup_proto::v1;
 
+pub mod detect;
 mod health;
 mod jobs;
 
@@ -61,6 +62,15 @@ pub struct EngineConfig {
     /// least 2) within the window is a correlated, likely-software fault.
     pub correlation_window_ms: Millis,
     pub correlation_share: f64,
+    /// Partition guard: when at least max(partition_min_nodes,
+    /// ceil(partition_share × nodes)) nodes turn unreachable within
+    /// `partition_window_ms`, the likelier cause is supd's own network, so
+    /// lost-node restarts are held (with an alert) until nodes re-confirm.
+    pub partition_window_ms: Millis,
+    pub partition_share: f64,
+    pub partition_min_nodes: u32,
+    /// Hang, straggler and loss-spike detectors.
+    pub detect: detect::DetectConfig,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +90,10 @@ impl Default for EngineConfig {
             breaker_min_cordons: 3,
             correlation_window_ms: 60_000,
             correlation_share: 0.5,
+            partition_window_ms: 60_000,
+            partition_share: 0.5,
+            partition_min_nodes: 3,
+            detect: detect::DetectConfig::default(),
         }
     }
 }
@@ -179,6 +193,13 @@ pub enum EventKind {
     NodeInventoryChanged,
     NodeCordoned,
     NodeUncordoned,
+    PartitionSuspected,
+    PartitionCleared,
+    JobHung,
+    JobHangPostmortem,
+    JobStraggler,
+    JobLossSpike,
+    JobRolledBack,
 }
 
 impl EventKind {
@@ -212,6 +233,13 @@ impl EventKind {
             EventKind::NodeInventoryChanged => "node_inventory_changed",
             EventKind::NodeCordoned => "node_cordoned",
             EventKind::NodeUncordoned => "node_uncordoned",
+            EventKind::PartitionSuspected => "partition_suspected",
+            EventKind::PartitionCleared => "partition_cleared",
+            EventKind::JobHung => "job_hung",
+            EventKind::JobHangPostmortem => "job_hang_postmortem",
+            EventKind::JobStraggler => "job_straggler",
+            EventKind::JobLossSpike => "job_loss_spike",
+            EventKind::JobRolledBack => "job_rolled_back",
         }
     }
 }
@@ -224,6 +252,24 @@ pub struct Persisted {
     pub events: Vec<Event>,
     pub jobs: Vec<JobRecord>,
     pub breaker: Option<Breaker>,
+    /// Client request ids already applied (the actor's, not the engine's).
+    pub requests: Vec<RequestRecord>,
+}
+
+/// A mutating control request that was applied, remembered by its client
+/// request id so that a retry of it (after a timeout, across a supd
+/// restart) takes effect once. Kept by the actor, not the engine: it is
+/// about delivery, not about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub id: String,
+    pub at: Millis,
+    /// "cordon", "uncordon", "submit_job", "stop_job".
+    pub kind: String,
+    /// The node or job it was about.
+    pub target: String,
+    /// What supd answered the first time.
+    pub message: String,
 }
 
 // ---------------------------------------------------------------------------
@@ -274,6 +320,9 @@ pub enum Change {
     TrimEventsThrough(u64),
     PutJob(Box<JobRecord>),
     PutBreaker(Breaker),
+    /// Written by the actor in the same commit as the request's effects.
+    RememberRequest(RequestRecord),
+    ForgetRequest(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -423,6 +472,9 @@ pub struct Engine {
     /// Application Xid codes already reported as correlated, with when.
     correlated_reported: BTreeMap<u32, Millis>,
     spares_were_low: bool,
+    /// Since when supd suspects its own network (see
+    /// `EngineConfig::partition_window_ms`); lost-node restarts wait.
+    partition_since: Option<Millis>,
 }
 
 const MAX_NODE_ID_LEN: usize = 128;
@@ -469,11 +521,17 @@ impl Engine {
             recent_app_xids: VecDeque::new(),
             correlated_reported: BTreeMap::new(),
             spares_were_low: false,
+            partition_since: None,
         }
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Since when a partition of supd's own network is suspected, if it is.
+    pub fn partition_suspected_since(&self) -> Option<Millis> {
+        self.partition_since
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
@@ -489,9 +547,15 @@ impl Engine {
     /// Healthy, reachable, uncordoned nodes that hold no job, or only a
     /// preemptible one.
     pub fn spares(&self) -> impl Iterator<Item = &Node> {
-        self.nodes
-            .values()
-            .filter(|n| n.state() == NodeState::Ready && !self.held_by_normal_job(&n.record.id))
+        // One holder map, not a scan of every job per node (quadratic at
+        // 2,048 nodes, and /metrics and every reconcile ask).
+        let holders = self.holders();
+        self.nodes.values().filter(move |n| {
+            n.state() == NodeState::Ready
+                && !holders.get(n.record.id.as_str()).is_some_and(|(j, _)| {
+                    j.record.spec.priority == crate::jobspec::Priority::Normal
+                })
+        })
     }
 
     /// Events oldest first.
@@ -659,6 +723,7 @@ impl Engine {
         }
         self.persist_node(&node_id);
         self.schedule_liveness_check(now + self.config.unreachable_after_ms);
+        self.check_partition_cleared(now);
         self.reconcile(now);
         self.node(&node_id).map(Node::state)
     }
@@ -698,13 +763,21 @@ impl Engine {
                 Some(node_id),
                 "reports resumed".to_owned(),
             );
+            self.check_partition_cleared(now);
         }
         if persist {
             self.persist_node(node_id);
         }
-        if persist || came_back {
-            // New or returning capacity.
+        if persist {
+            // New capacity.
             self.reconcile(now);
+        } else if came_back {
+            // Returning capacity: reconcile at a timeout due now, so the
+            // caller does it once per batch. Reconciling per report made a
+            // burst of returning nodes (after a stall) quadratic, which kept
+            // supd too busy to read reports and turned more nodes
+            // unreachable.
+            self.schedule_job_check(now);
         }
         true
     }
@@ -842,10 +915,81 @@ impl Engine {
                 ),
             );
         }
+        self.check_partition_suspected(now);
         self.reconcile(now);
     }
 
     // -- internals ----------------------------------------------------------
+
+    /// How many nodes must go silent together before supd blames its own
+    /// network rather than the nodes.
+    fn partition_threshold(&self) -> usize {
+        let total = self.nodes.len() as f64;
+        let share = (self.config.partition_share * total).ceil() as usize;
+        share.max(self.config.partition_min_nodes as usize).max(1)
+    }
+
+    /// Many nodes unreachable at once is more likely our own network than
+    /// that many machines failing together; restarting jobs (or cordoning)
+    /// on that evidence would take down healthy work cluster-wide.
+    fn check_partition_suspected(&mut self, now: Millis) {
+        if self.partition_since.is_some() {
+            return;
+        }
+        let window_start = now - self.config.partition_window_ms;
+        let recent = self
+            .nodes
+            .values()
+            .filter(|n| n.unreachable_since.is_some_and(|t| t >= window_start))
+            .count();
+        let threshold = self.partition_threshold();
+        if recent < threshold {
+            return;
+        }
+        self.partition_since = Some(now);
+        let total = self.nodes.len();
+        self.record_event(
+            now,
+            EventKind::PartitionSuspected,
+            None,
+            format!(
+                "{recent} of {total} nodes turned unreachable within {} (threshold {threshold}): \
+                 suspecting supd's own network; lost-node restarts are held until nodes re-confirm",
+                format_ms(self.config.partition_window_ms)
+            ),
+        );
+    }
+
+    /// Ends the hold once enough nodes have reported again. Nodes still
+    /// unreachable then get a fresh grace period from now: while we could not
+    /// trust our own network we could not tell how long they were really gone.
+    fn check_partition_cleared(&mut self, now: Millis) {
+        let Some(since) = self.partition_since else {
+            return;
+        };
+        let unreachable = self.nodes.values().filter(|n| n.unreachable).count();
+        let threshold = self.partition_threshold();
+        if unreachable >= threshold {
+            return;
+        }
+        self.partition_since = None;
+        for node in self.nodes.values_mut() {
+            if node.unreachable {
+                node.unreachable_since = Some(now);
+            }
+        }
+        let total = self.nodes.len();
+        self.record_event(
+            now,
+            EventKind::PartitionCleared,
+            None,
+            format!(
+                "nodes re-confirmed after {}: {unreachable} of {total} still unreachable (threshold {threshold}); \
+                 lost-node decisions resume, with a fresh grace for the rest",
+                format_ms(now - since)
+            ),
+        );
+    }
 
     fn schedule_liveness_check(&mut self, at: Millis) {
         self.next_liveness_check = Some(self.next_liveness_check.map_or(at, |n| n.min(at)));
@@ -993,6 +1137,8 @@ pub(crate) fn format_ms(ms: Millis) -> String {
     humantime::format_duration(d).to_string()
 }
 
+#[cfg(test)]
+mod detect_tests;
 #[cfg(test)]
 mod jobs_tests;
 #[cfg(test)]

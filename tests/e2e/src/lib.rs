@@ -476,3 +476,172 @@ pub fn start_fake_nvml_agent(
         .args(extra);
     Proc::spawn(&format!("agent-{node_id}"), cmd, work)
 }
+
+/// A fault-injecting TCP proxy on loopback, put between agents and supd to
+/// cut them off without touching either process. Thread-based, no runtime.
+///
+/// - [`FaultProxy::pause`] stops forwarding in both directions and holds new
+///   connections: to both ends it looks like packets being dropped (TCP
+///   keeps the connection; bytes queue in the kernel). [`FaultProxy::resume`]
+///   lets them through again, like a network that heals.
+/// - [`FaultProxy::cut`] closes every connection it carries (a reset).
+pub struct FaultProxy {
+    pub port: u16,
+    shared: std::sync::Arc<ProxyShared>,
+}
+
+#[derive(Default)]
+struct ProxyShared {
+    paused: std::sync::atomic::AtomicBool,
+    /// Bumped by `cut`: connections of an older epoch close themselves.
+    epoch: std::sync::atomic::AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
+    /// Connections accepted so far.
+    accepted: std::sync::atomic::AtomicU64,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to 127.0.0.1:`target`.
+    pub fn start(target: u16) -> Result<FaultProxy> {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the fault proxy")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let shared = std::sync::Arc::new(ProxyShared::default());
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            while !s.stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        s.accepted.fetch_add(1, Ordering::SeqCst);
+                        let s = s.clone();
+                        std::thread::spawn(move || proxy_connection(client, target, &s));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Ok(FaultProxy { port, shared })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pause(&self) {
+        self.shared
+            .paused
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.shared
+            .paused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn cut(&self) {
+        self.shared
+            .epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.shared
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        self.shared.paused.store(false, Ordering::SeqCst);
+    }
+}
+
+fn proxy_connection(client: TcpStream, target: u16, s: &std::sync::Arc<ProxyShared>) {
+    use std::sync::atomic::Ordering;
+    let epoch = s.epoch.load(Ordering::SeqCst);
+    let alive = |s: &ProxyShared| s.epoch.load(Ordering::SeqCst) == epoch;
+    // A connection made while paused is held, not refused: a dropped SYN
+    // looks the same to the client.
+    while s.paused.load(Ordering::SeqCst) {
+        if !alive(s) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Ok(upstream) = TcpStream::connect(("127.0.0.1", target)) else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let pairs = [
+        (client.try_clone(), upstream.try_clone()),
+        (upstream.try_clone(), client.try_clone()),
+    ];
+    let mut threads = Vec::new();
+    for (from, to) in pairs {
+        let (Ok(mut from), Ok(mut to)) = (from, to) else {
+            return;
+        };
+        let s = s.clone();
+        threads.push(std::thread::spawn(move || {
+            let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if s.epoch.load(Ordering::SeqCst) != epoch {
+                    break;
+                }
+                if s.paused.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = from.shutdown(std::net::Shutdown::Both);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// The overall status from supd's gRPC health service ("SERVING",
+/// "NOT_SERVING", ...).
+pub fn grpc_health(port: u16) -> Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let reply = client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        Ok(reply.into_inner().status().as_str_name().to_owned())
+    })
+}
