@@ -8,33 +8,12 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::engine::detect::StragglerPolicy;
 
-/// Environment names the agent sets for every rank; a job may not override
-/// them, or ranks would disagree about who they are.
-pub const RESERVED_ENV: &[&str] = &[
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "ROLE_RANK",
-    "ROLE_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "TORCHELASTIC_RESTART_COUNT",
-    "TORCHELASTIC_MAX_RESTARTS",
-    "TORCHELASTIC_RUN_ID",
-    "CUDA_VISIBLE_DEVICES",
-    "SUP_JOB",
-    "SUP_GENERATION",
-    "SUP_NODE_ID",
-    "SUP_CHECKPOINT_DIR",
-    "SUP_CHECKPOINT_LAYOUT",
-    "SUP_RESUME_FROM",
-    "SUP_RESUME_STEP",
-    "SUP_PROGRESS_ADDR",
-    "SUP_SEED",
-    "SUP_LR_SCALE",
-];
+/// Whether a job spec may not set `name`: the agent sets it for every rank,
+/// or supd sets it itself (see `sup_proto::rank_env`).
+fn reserved_env(name: &str) -> bool {
+    sup_proto::rank_env::AGENT_SET.contains(&name)
+        || sup_proto::rank_env::SUPERVISOR_SET.contains(&name)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -277,7 +256,7 @@ impl JobSpec {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(format!("env: '{key}' is not a valid variable name"));
             }
-            if RESERVED_ENV.contains(&key.as_str()) {
+            if reserved_env(key) {
                 return Err(format!(
                     "env: {key} is set by sup for every rank and cannot be overridden"
                 ));

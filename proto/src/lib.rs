@@ -8,4 +8,5 @@ pub mod v1 {
 }
 
 pub mod json;
+pub mod rank_env;
 pub mod time;

@@ -10,29 +10,7 @@ use sup_proto::v1::JobAssignment;
 
 /// The variables the agent sets: torchrun's, the GPU a rank may see, and
 /// sup's own (the resume pair is reserved even when not set).
-const RESERVED: [&str; 21] = [
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "ROLE_RANK",
-    "ROLE_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "TORCHELASTIC_RESTART_COUNT",
-    "TORCHELASTIC_MAX_RESTARTS",
-    "TORCHELASTIC_RUN_ID",
-    "CUDA_VISIBLE_DEVICES",
-    "SUP_JOB",
-    "SUP_GENERATION",
-    "SUP_NODE_ID",
-    "SUP_CHECKPOINT_DIR",
-    "SUP_CHECKPOINT_LAYOUT",
-    "SUP_RESUME_FROM",
-    "SUP_RESUME_STEP",
-    "SUP_PROGRESS_ADDR",
-];
+const RESERVED: [&str; 21] = sup_proto::rank_env::AGENT_SET;
 
 /// Defaults a job's `env` may override: a Python rank writing to a log file
 /// would otherwise buffer its output, and the tail reported when it crashes
