@@ -78,7 +78,7 @@ spares_target = 1
 TOML
 "$BIN/supd" --config "$WORK/supd.toml" --data-dir "$WORK/supd-data" \
   --grpc-addr "127.0.0.1:$GRPC_PORT" --http-addr "127.0.0.1:$HTTP_PORT" \
-  >"$WORK/supd.log" 2>&1 &
+  --plaintext >"$WORK/supd.log" 2>&1 &
 pids+=($!)
 
 export SUP_SUPERVISOR="http://127.0.0.1:$GRPC_PORT"

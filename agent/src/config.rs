@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Deserializer};
 
+use sup_proto::transport::ClientTlsFiles;
+
 use crate::kmsg::KernelLogSpec;
 
 pub const DEFAULT_SUPERVISOR: &str = "http://127.0.0.1:7070";
@@ -88,6 +90,23 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub xid_rules: Option<PathBuf>,
 
+    /// Cluster CA certificate (PEM); with --tls-cert and --tls-key, for an
+    /// https:// supervisor
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// This node's certificate (PEM), from `supctl certs issue node ID`
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Name to check supd's certificate against [default: the URL's host]
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+
     /// TOML file with any of the settings above (keys in snake_case)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -117,13 +136,19 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "de_from_str")]
     pub kernel_log: Option<KernelLogSpec>,
     pub xid_rules: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
 }
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// supd's gRPC endpoint, always with an `http://` scheme.
+    /// supd's gRPC endpoint: `https://` (mutual TLS, `tls` is set) or
+    /// `http://` (plaintext, `tls` is `None`).
     pub supervisor: String,
+    pub tls: Option<ClientTlsFiles>,
     pub node_id: String,
     pub address: String,
     /// The machine's hostname as reported to supd; the node id when the
@@ -250,6 +275,14 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_SUPERVISOR.to_owned()),
         )?;
 
+        let tls = tls_files(
+            &supervisor,
+            cli.tls_ca.or(file.tls_ca),
+            cli.tls_cert.or(file.tls_cert),
+            cli.tls_key.or(file.tls_key),
+            cli.tls_server_name.or(file.tls_server_name),
+        )?;
+
         let node_id = match cli.node_id.or(file.node_id) {
             Some(id) => id,
             None => hostname.clone().ok_or_else(|| {
@@ -321,6 +354,7 @@ impl Config {
 
         Ok(Config {
             supervisor,
+            tls,
             hostname: hostname.unwrap_or_else(|| node_id.clone()),
             node_id,
             address,
@@ -361,8 +395,53 @@ impl FileConfig {
     }
 }
 
-/// Accepts `host:port` as shorthand for `http://host:port`, and refuses
-/// anything tonic could not dial as built (no TLS support is compiled in).
+/// The TLS files, which an https:// supervisor needs (all three) and an
+/// http:// one must not have: a half-configured TLS setup is an error, never
+/// a silent fall back to plaintext.
+fn tls_files(
+    supervisor: &str,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+) -> Result<Option<ClientTlsFiles>, ConfigError> {
+    let secure = supervisor.starts_with("https://");
+    match (secure, ca, cert, key) {
+        (true, Some(ca), Some(cert), Some(key)) => Ok(Some(ClientTlsFiles {
+            ca,
+            cert,
+            key,
+            server_name,
+        })),
+        (true, ca, cert, key) => {
+            let missing: Vec<&str> = [
+                ("tls_ca", ca.is_none()),
+                ("tls_cert", cert.is_none()),
+                ("tls_key", key.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(name, absent)| absent.then_some(name))
+            .collect();
+            Err(ConfigError::Invalid(format!(
+                "supervisor {supervisor} is https:// but {} not set (the cluster CA, this node's certificate and its key, from `supctl certs`)",
+                missing.join(", ")
+            )))
+        }
+        (false, None, None, None) => {
+            if server_name.is_some() {
+                return Err(ConfigError::Invalid(
+                    "tls_server_name is set but the supervisor URL is http:// (plaintext)".into(),
+                ));
+            }
+            Ok(None)
+        }
+        (false, ..) => Err(ConfigError::Invalid(format!(
+            "TLS files are set but the supervisor {supervisor} is http:// (plaintext); use https://"
+        ))),
+    }
+}
+
+/// Accepts `host:port` as shorthand for `http://host:port`.
 fn normalize_supervisor(raw: &str) -> Result<String, ConfigError> {
     let raw = raw.trim();
     let url = if raw.contains("://") {
@@ -370,9 +449,9 @@ fn normalize_supervisor(raw: &str) -> Result<String, ConfigError> {
     } else {
         format!("http://{raw}")
     };
-    if !url.starts_with("http://") {
+    if !url.starts_with("http://") && !url.starts_with("https://") {
         return Err(ConfigError::Invalid(format!(
-            "supervisor URL {raw:?}: only http:// is supported"
+            "supervisor URL {raw:?}: use https:// (mutual TLS) or http:// (plaintext)"
         )));
     }
     match url.parse::<tonic::transport::Uri>() {
@@ -513,6 +592,7 @@ mod tests {
             config,
             Config {
                 supervisor: "http://supd:7070".into(),
+                tls: None,
                 node_id: "n1".into(),
                 address: "10.1.2.3".into(),
                 hostname: "gpu-node-7".into(),
@@ -684,10 +764,66 @@ mod tests {
         };
         assert_eq!(ok("supd:7070").expect("bare host:port"), "http://supd:7070");
         assert_eq!(ok("http://[::1]:7070").expect("ipv6"), "http://[::1]:7070");
-        assert!(ok("https://supd:7070")
-            .expect_err("tls")
-            .to_string()
-            .contains("only http://"));
+        let tls = ok("https://supd:7070").expect_err("https without files");
+        assert!(
+            tls.to_string()
+                .contains("is https:// but tls_ca, tls_cert, tls_key not set"),
+            "{tls}"
+        );
+        assert!(ok("ftp://supd:7070").is_err());
         assert!(ok("http://").is_err());
+    }
+
+    #[test]
+    fn tls_needs_https_and_all_three_files() {
+        let c = Config::merge(
+            cli(&[
+                "--supervisor",
+                "https://supd:7070",
+                "--tls-ca",
+                "/pki/ca.pem",
+                "--tls-cert",
+                "/pki/node-n1.pem",
+                "--tls-key",
+                "/pki/node-n1-key.pem",
+            ]),
+            FileConfig::default(),
+            host(),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.tls.map(|t| t.cert),
+            Some(PathBuf::from("/pki/node-n1.pem"))
+        );
+        let half = Config::merge(
+            cli(&[
+                "--supervisor",
+                "https://supd:7070",
+                "--tls-ca",
+                "/pki/ca.pem",
+            ]),
+            FileConfig::default(),
+            host(),
+        )
+        .expect_err("no cert");
+        assert!(
+            half.to_string().contains("tls_cert, tls_key not set"),
+            "{half}"
+        );
+        let downgrade = Config::merge(
+            cli(&[
+                "--supervisor",
+                "http://supd:7070",
+                "--tls-ca",
+                "/pki/ca.pem",
+            ]),
+            FileConfig::default(),
+            host(),
+        )
+        .expect_err("plaintext with TLS files");
+        assert!(
+            downgrade.to_string().contains("use https://"),
+            "{downgrade}"
+        );
     }
 }

@@ -63,6 +63,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "sup-agent starting"
     );
 
+    if config.tls.is_none() {
+        tracing::warn!(
+            supervisor = %config.supervisor,
+            "the link to supd is PLAINTEXT (http://): unauthenticated and unencrypted; \
+             use https:// with tls_ca/tls_cert/tls_key in production"
+        );
+    }
     let rules = health::Rules::load(config.xid_rules.as_deref())?;
 
     let (backend, nvml_lib, node_id) = (

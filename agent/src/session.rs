@@ -46,6 +46,8 @@ const OUTBOUND_CAPACITY: usize = 128;
 pub enum SessionError {
     #[error("cannot connect: {}", chain(.0))]
     Connect(#[source] tonic::transport::Error),
+    #[error("{0}")]
+    Transport(#[source] sup_proto::transport::TransportError),
     #[error("{}", describe_status(.0))]
     Rpc(#[source] tonic::Status),
     #[error("no answer within {} while {what}", humantime::format_duration(*.after))]
@@ -101,8 +103,8 @@ impl Link {
         sampler: Sampler,
         ports: LinkPorts,
     ) -> Result<Link, SessionError> {
-        let endpoint = Endpoint::from_shared(config.supervisor.clone())
-            .map_err(SessionError::Connect)?
+        let endpoint = sup_proto::transport::endpoint(&config.supervisor, config.tls.as_ref())
+            .map_err(SessionError::Transport)?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)

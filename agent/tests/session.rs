@@ -135,6 +135,7 @@ async fn start_supd(
 fn config(addr: SocketAddr, telemetry_interval: Duration) -> Config {
     Config {
         supervisor: format!("http://{addr}"),
+        tls: None,
         node_id: "n1".into(),
         address: "10.0.0.1".into(),
         hostname: "host-n1".into(),

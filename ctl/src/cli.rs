@@ -51,6 +51,22 @@ pub struct GlobalArgs {
     /// Limit for connecting and for each request (e.g. 500ms, 10s, 1m)
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
     pub timeout: Duration,
+
+    /// Cluster CA certificate (PEM), for an https:// supervisor
+    #[arg(long, global = true, env = "SUP_TLS_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// This operator's certificate (PEM), from `supctl certs issue operator NAME`
+    #[arg(long, global = true, env = "SUP_TLS_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// The key of --cert (PEM)
+    #[arg(long, global = true, env = "SUP_TLS_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Name to check supd's certificate against [default: the URL's host]
+    #[arg(long, global = true, env = "SUP_TLS_SERVER_NAME", value_name = "NAME")]
+    pub server_name: Option<String>,
 }
 
 /// `--watch`: redraw, like watch(1), until interrupted.
@@ -162,6 +178,9 @@ pub enum Command {
     /// The circuit breaker that stops automatic cordons
     #[command(subcommand)]
     Breaker(BreakerCommand),
+    /// Create the cluster CA and issue certificates (offline; no supd needed)
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Print a shell completion script to stdout
     #[command(after_help = COMPLETIONS_HELP)]
     Completions {
@@ -175,6 +194,64 @@ Examples:
   supctl completions bash > /etc/bash_completion.d/supctl
   supctl completions zsh > \"${fpath[1]}/_supctl\"
   supctl completions fish > ~/.config/fish/completions/supctl.fish";
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create the cluster CA in DIR, plus certificates for supd and for the
+    /// nodes and operators named
+    #[command(after_help = CERTS_HELP)]
+    Init {
+        /// Directory for the CA and certificates (created if missing)
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// DNS name or IP address agents and supctl use for supd (repeat)
+        /// [default: localhost, 127.0.0.1, ::1]
+        #[arg(long = "supd-name", value_name = "NAME")]
+        supd_names: Vec<String>,
+        /// Issue a node certificate for this node id (repeat)
+        #[arg(long = "node", value_name = "ID")]
+        nodes: Vec<String>,
+        /// Issue an operator certificate for this person or tool (repeat)
+        #[arg(long = "operator", value_name = "NAME")]
+        operators: Vec<String>,
+        /// Issue a read-only certificate (dashboards, scripts) (repeat)
+        #[arg(long = "viewer", value_name = "NAME")]
+        viewers: Vec<String>,
+        /// Days the CA is valid
+        #[arg(long, value_name = "DAYS", default_value_t = 3650)]
+        ca_days: u32,
+        /// Days each other certificate is valid
+        #[arg(long, value_name = "DAYS", default_value_t = 365)]
+        days: u32,
+    },
+    /// Issue one more certificate from the CA in DIR
+    #[command(after_help = CERTS_HELP)]
+    Issue {
+        /// Directory holding ca.pem and ca-key.pem
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// supd, node, operator or viewer
+        #[arg(value_name = "ROLE")]
+        role: String,
+        /// The node id, operator or viewer name; for supd, its DNS names or
+        /// IP addresses
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
+        /// Days the certificate is valid
+        #[arg(long, value_name = "DAYS", default_value_t = 365)]
+        days: u32,
+    },
+}
+
+const CERTS_HELP: &str = "\
+Files (in DIR): ca.pem, ca-key.pem (keep it off the nodes), supd.pem,
+supd-key.pem, node-ID.pem, node-ID-key.pem, operator-NAME.pem, ...
+Keys are written mode 0600; existing files are never replaced.
+
+Examples:
+  supctl certs init --dir /etc/sup/pki --supd-name supd.cluster.example --node gpu-001 --operator alice
+  supctl certs issue --dir /etc/sup/pki node gpu-002
+  supctl --supervisor https://supd.cluster.example:7070 --ca ca.pem --cert operator-alice.pem --key operator-alice-key.pem status";
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use sup_proto::transport::ClientTlsFiles;
 use sup_proto::v1;
 use sup_proto::v1::control_service_client::ControlServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::{CtlError, Target};
 
@@ -39,13 +40,17 @@ pub struct Client {
 impl Client {
     /// Connects eagerly, so "nothing listens there" is reported as such
     /// instead of surfacing later as a failed request.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Client, CtlError> {
+    pub async fn connect(
+        url: &str,
+        tls: Option<&ClientTlsFiles>,
+        timeout: Duration,
+    ) -> Result<Client, CtlError> {
         let target = Target {
             url: url.to_owned(),
             timeout,
         };
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| CtlError::connect(&e, &target))?
+        let endpoint = sup_proto::transport::endpoint(url, tls)
+            .map_err(|e| CtlError::Other(e.to_string()))?
             .connect_timeout(timeout)
             .timeout(timeout);
         // connect_timeout covers TCP only; the outer limit also covers the
@@ -162,16 +167,22 @@ impl Client {
     }
 
     pub async fn drill(&mut self, req: v1::DrillRequest) -> Result<v1::DrillResponse, CtlError> {
-        let res = self.inner.start_drill(req).await;
-        self.answer(res)
+        self.mutate(|mut c| {
+            let req = req.clone();
+            async move { c.start_drill(req).await }
+        })
+        .await
     }
 
     pub async fn reset_breaker(
         &mut self,
         req: v1::ResetBreakerRequest,
     ) -> Result<v1::ResetBreakerResponse, CtlError> {
-        let res = self.inner.reset_breaker(req).await;
-        self.answer(res)
+        self.mutate(|mut c| {
+            let req = req.clone();
+            async move { c.reset_breaker(req).await }
+        })
+        .await
     }
 
     fn answer<T>(&self, res: Result<tonic::Response<T>, tonic::Status>) -> Result<T, CtlError> {

@@ -90,7 +90,8 @@ impl CtlError {
             Code::InvalidArgument
             | Code::FailedPrecondition
             | Code::AlreadyExists
-            | Code::PermissionDenied => {
+            | Code::PermissionDenied
+            | Code::Unauthenticated => {
                 CtlError::Rejected(non_empty_or(message, status.code().description()).to_owned())
             }
             // Either supctl points at something that is not supd's gRPC port
@@ -105,10 +106,16 @@ impl CtlError {
                     target.url
                 ),
             },
-            code => CtlError::Server {
-                code: code_name(code),
-                message: with_sources(non_empty_or(message, "no details"), status),
-            },
+            code => {
+                let mut message = with_sources(non_empty_or(message, "no details"), status);
+                if let Some(hint) = transport_hint(code, &message, &target.url) {
+                    message = format!("{message} ({hint})");
+                }
+                CtlError::Server {
+                    code: code_name(code),
+                    message,
+                }
+            }
         }
     }
 
@@ -132,6 +139,24 @@ fn code_name(code: Code) -> String {
         out.push(c.to_ascii_lowercase());
     }
     out
+}
+
+/// A connection supd dropped right after connecting says little by itself;
+/// the usual reasons are a TLS mismatch, which the operator can fix.
+fn transport_hint(code: Code, message: &str, url: &str) -> Option<&'static str> {
+    let dropped = matches!(code, Code::Cancelled | Code::Unknown)
+        && (message.contains("connection closed")
+            || message.contains("broken pipe")
+            || message.contains("connection reset"));
+    if !dropped {
+        return None;
+    }
+    Some(if url.starts_with("https://") {
+        "supd closed the connection: it probably refused this client certificate \
+         (signed by another CA, expired, or not a client certificate); check --cert and --key"
+    } else {
+        "supd closed the connection: if it serves TLS, use an https:// URL with --ca, --cert and --key"
+    })
 }
 
 fn timed_out(target: &Target) -> CtlError {

@@ -5,6 +5,7 @@
 //! failure into one line on stderr and a documented exit code
 //! ([`error::exit`]).
 
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod error;
@@ -21,7 +22,7 @@ use sup_proto::v1;
 use clap::ValueEnum;
 
 use crate::cli::{
-    default_operator, BreakerCommand, Cli, Command, DrillCommand, JobCommand, Output,
+    default_operator, BreakerCommand, CertsCommand, Cli, Command, DrillCommand, JobCommand, Output,
     RecoveryActionArg, Watch,
 };
 use crate::client::Client;
@@ -65,11 +66,32 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         out.flush()?;
         return Ok(());
     }
+    if let Command::Certs(certs) = &cli.command {
+        let issued = run_certs(certs)?;
+        let text = if json {
+            serde_json::to_string_pretty(&issued).map_err(json_error)? + "\n"
+        } else {
+            issued
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}: {} (key {})\n",
+                        i.what,
+                        i.cert.display(),
+                        i.key.display()
+                    )
+                })
+                .collect()
+        };
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        return Ok(());
+    }
     let spec = match &cli.command {
         Command::Job(JobCommand::Submit { file, .. }) => Some(read_spec(file)?),
         _ => None,
     };
-    let mut client = Client::connect(&g.supervisor, g.timeout).await?;
+    let mut client = Client::connect(&g.supervisor, tls_files(g).as_ref(), g.timeout).await?;
     match &cli.command {
         Command::Status {
             watch: Watch { watch: Some(every) },
@@ -348,6 +370,7 @@ async fn once(cli: &Cli, client: &mut Client, spec: Option<String>) -> Result<St
                     by: by.clone(),
                 }),
                 by,
+                request_id: client::request_id(),
             };
             let r = client.drill(req).await?;
             if json {
@@ -360,6 +383,7 @@ async fn once(cli: &Cli, client: &mut Client, spec: Option<String>) -> Result<St
             let req = v1::ResetBreakerRequest {
                 by: operator(by),
                 reason: reason.clone().unwrap_or_default(),
+                request_id: client::request_id(),
             };
             let r = client.reset_breaker(req).await?;
             if json {
@@ -369,7 +393,7 @@ async fn once(cli: &Cli, client: &mut Client, spec: Option<String>) -> Result<St
             }
         }
         // Handled before connecting.
-        Command::Completions { .. } => String::new(),
+        Command::Completions { .. } | Command::Certs(_) => String::new(),
     };
     Ok(text)
 }
@@ -447,6 +471,66 @@ fn now_ms() -> i64 {
 
 fn json_error(e: serde_json::Error) -> CtlError {
     CtlError::Other(format!("cannot encode JSON: {e}"))
+}
+
+/// The TLS files from --ca/--cert/--key, when any is set (the transport
+/// then says which one is missing).
+fn tls_files(g: &cli::GlobalArgs) -> Option<sup_proto::transport::ClientTlsFiles> {
+    if g.ca.is_none() && g.cert.is_none() && g.key.is_none() {
+        return None;
+    }
+    let or_unset = |p: &Option<std::path::PathBuf>, flag: &str| {
+        p.clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(format!("<{flag} not set>")))
+    };
+    Some(sup_proto::transport::ClientTlsFiles {
+        ca: or_unset(&g.ca, "--ca"),
+        cert: or_unset(&g.cert, "--cert"),
+        key: or_unset(&g.key, "--key"),
+        server_name: g.server_name.clone(),
+    })
+}
+
+fn run_certs(command: &CertsCommand) -> Result<Vec<certs::Issued>, CtlError> {
+    match command {
+        CertsCommand::Init {
+            dir,
+            supd_names,
+            nodes,
+            operators,
+            viewers,
+            ca_days,
+            days,
+        } => {
+            let mut subjects = vec![certs::Subject::Supd {
+                names: if supd_names.is_empty() {
+                    certs::DEFAULT_SUPD_NAMES.map(str::to_owned).to_vec()
+                } else {
+                    supd_names.clone()
+                },
+            }];
+            for (role, names) in [
+                ("node", nodes),
+                ("operator", operators),
+                ("viewer", viewers),
+            ] {
+                for name in names {
+                    subjects.push(certs::subject(role, std::slice::from_ref(name))?);
+                }
+            }
+            certs::init(dir, *ca_days, *days, &subjects)
+        }
+        CertsCommand::Issue {
+            dir,
+            role,
+            names,
+            days,
+        } => Ok(vec![certs::issue(
+            dir,
+            *days,
+            &certs::subject(role, names)?,
+        )?]),
+    }
 }
 
 #[cfg(test)]

@@ -158,11 +158,13 @@ enum Request {
         node_id: String,
         drill: v1::Drill,
         by: String,
+        request_id: String,
         reply: oneshot::Sender<Result<String, ActorError>>,
     },
     ResetBreaker {
         by: String,
         reason: String,
+        request_id: String,
         reply: oneshot::Sender<Result<(bool, String), ActorError>>,
     },
 }
@@ -341,11 +343,13 @@ impl SupervisorHandle {
         node_id: String,
         drill: v1::Drill,
         by: String,
+        request_id: String,
     ) -> Result<String, ActorError> {
         self.ask(|reply| Request::Drill {
             node_id,
             drill,
             by,
+            request_id,
             reply,
         })
         .await?
@@ -355,9 +359,15 @@ impl SupervisorHandle {
         &self,
         by: String,
         reason: String,
+        request_id: String,
     ) -> Result<(bool, String), ActorError> {
-        self.ask(|reply| Request::ResetBreaker { by, reason, reply })
-            .await?
+        self.ask(|reply| Request::ResetBreaker {
+            by,
+            reason,
+            request_id,
+            reply,
+        })
+        .await?
     }
 
     pub async fn events(&self, after_seq: u64, limit: usize) -> Result<Vec<v1::Event>, ActorError> {
@@ -750,13 +760,35 @@ impl<S: Store> Actor<S> {
                 node_id,
                 drill,
                 by,
+                request_id,
                 reply,
             } => {
+                if let Some(replay) = self.replayed(&request_id, "drill", &node_id) {
+                    deferred.push(defer(reply, replay));
+                    return;
+                }
                 let result = self.engine.drill(now, &node_id, drill, &by);
+                if let Ok(message) = &result {
+                    let message = message.clone();
+                    self.remember(now, &request_id, "drill", &node_id, &message);
+                }
                 deferred.push(defer(reply, result.map_err(ActorError::from)));
             }
-            Request::ResetBreaker { by, reason, reply } => {
+            Request::ResetBreaker {
+                by,
+                reason,
+                request_id,
+                reply,
+            } => {
+                if let Some(replay) = self.replayed(&request_id, "reset_breaker", "breaker") {
+                    deferred.push(defer(reply, replay.map(|message| (false, message))));
+                    return;
+                }
                 let result = self.engine.reset_breaker(now, &by, &reason);
+                if let Ok((_, message)) = &result {
+                    let message = message.clone();
+                    self.remember(now, &request_id, "reset_breaker", "breaker", &message);
+                }
                 deferred.push(defer(reply, result.map_err(ActorError::from)));
             }
         }

@@ -183,12 +183,48 @@ pub struct GrpcConfig {
     /// An agent must send its Register message within this time.
     #[serde(with = "humantime_serde")]
     pub register_timeout: Duration,
+    /// Deadline for each unary call (status, cordon, ...); a client's own
+    /// shorter `grpc-timeout` wins. Agent sessions are streams and are kept
+    /// alive by keepalives instead.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Mutual TLS: supd's certificate and key and the cluster CA that signs
+    /// every client (create them with `supctl certs init`).
+    pub tls: Option<TlsFiles>,
+    /// Serve without TLS. Only for a loopback trial or a test: anyone who
+    /// reaches the port can then register as any node and change anything.
+    pub plaintext: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA; clients must present a certificate it signed.
+    pub ca: PathBuf,
+    /// supd's certificate (PEM), valid for the names agents dial.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// A client must finish the TLS handshake within this time.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
+    /// The dashboard, /metrics and /api are read-only and unauthenticated:
+    /// keep this on loopback (the default) or a management network.
     pub addr: SocketAddr,
+    /// A client must send a request's headers within this time, so a
+    /// half-sent request cannot hold a connection open.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -227,6 +263,9 @@ impl Default for GrpcConfig {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),
             register_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            tls: None,
+            plaintext: false,
         }
     }
 }
@@ -235,6 +274,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
         }
     }
 }
@@ -289,6 +330,8 @@ pub struct Overrides {
     pub grpc_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
+    /// `--plaintext`: serve gRPC without TLS (sets grpc.plaintext).
+    pub plaintext: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +388,9 @@ impl Config {
         }
         if let Some(v) = overrides.log_format {
             config.log_format = v;
+        }
+        if overrides.plaintext {
+            config.grpc.plaintext = true;
         }
         config.validate()?;
         Ok(config)
@@ -447,6 +493,29 @@ impl Config {
         if self.grpc.max_message_bytes < 1024 {
             return invalid("grpc.max_message_bytes must be at least 1024");
         }
+        match (&self.grpc.tls, self.grpc.plaintext) {
+            (None, false) => {
+                return invalid(
+                    "no transport security: set [grpc.tls] ca, cert and key (create them with `supctl certs init`), \
+                     or set grpc.plaintext = true (or --plaintext) for a loopback trial",
+                )
+            }
+            (Some(_), true) => {
+                return invalid("grpc.plaintext = true and [grpc.tls] are both set; choose one")
+            }
+            (Some(tls), false) if tls.handshake_timeout.is_zero() => {
+                return invalid("grpc.tls.handshake_timeout must be greater than zero")
+            }
+            _ => {}
+        }
+        if self.grpc.request_timeout.is_zero() || self.http.header_read_timeout.is_zero() {
+            return invalid(
+                "grpc.request_timeout and http.header_read_timeout must be greater than zero",
+            );
+        }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections must be at least 1");
+        }
         if self.grpc.max_concurrent_streams == 0 || self.grpc.concurrency_per_connection == 0 {
             return invalid("grpc.max_concurrent_streams and grpc.concurrency_per_connection must be at least 1");
         }
@@ -471,6 +540,42 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// Most tests are about other settings: serve plaintext, explicitly.
+    fn plain() -> Overrides {
+        Overrides {
+            plaintext: true,
+            ..Overrides::default()
+        }
+    }
+
+    #[test]
+    fn transport_security_must_be_chosen_explicitly() {
+        let msg = Config::load(None, Overrides::default())
+            .expect_err("neither TLS nor plaintext")
+            .to_string();
+        assert!(
+            msg.contains("no transport security: set [grpc.tls]"),
+            "{msg}"
+        );
+        assert!(msg.contains("supctl certs init"), "{msg}");
+        let f = file("[grpc]\nplaintext = true\n");
+        assert!(Config::load(Some(f.path()), Overrides::default()).is_ok());
+        let f = file("[grpc.tls]\nca = \"/pki/ca.pem\"\ncert = \"/pki/supd.pem\"\nkey = \"/pki/supd-key.pem\"\n");
+        let config = Config::load(Some(f.path()), Overrides::default()).expect("TLS");
+        let tls = config.grpc.tls.expect("tls");
+        assert_eq!(tls.cert, PathBuf::from("/pki/supd.pem"));
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+        let msg = Config::load(Some(f.path()), plain())
+            .expect_err("both")
+            .to_string();
+        assert!(msg.contains("choose one"), "{msg}");
+        let f = file("[grpc.tls]\nca = \"/pki/ca.pem\"\ncert = \"/pki/supd.pem\"\n");
+        let msg = Config::load(Some(f.path()), Overrides::default())
+            .expect_err("no key")
+            .to_string();
+        assert!(msg.contains("key"), "{msg}");
+    }
+
     fn file(text: &str) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().expect("tempfile");
         f.write_all(text.as_bytes()).expect("write");
@@ -480,7 +585,7 @@ mod tests {
     #[test]
     fn unknown_key_is_an_error_naming_the_key() {
         let f = file("data_dir = \"/tmp/x\"\n[nodes]\nunreachable_afterr = \"5s\"\n");
-        let err = Config::load(Some(f.path()), Overrides::default()).expect_err("must fail");
+        let err = Config::load(Some(f.path()), plain()).expect_err("must fail");
         let msg = err.to_string();
         assert!(msg.contains("unreachable_afterr"), "{msg}");
     }
@@ -488,7 +593,7 @@ mod tests {
     #[test]
     fn unknown_top_level_key_is_an_error() {
         let f = file("grpc_adr = \"127.0.0.1:1\"\n");
-        let msg = Config::load(Some(f.path()), Overrides::default())
+        let msg = Config::load(Some(f.path()), plain())
             .expect_err("must fail")
             .to_string();
         assert!(msg.contains("grpc_adr"), "{msg}");
@@ -506,6 +611,7 @@ mod tests {
                 grpc_addr: None,
                 http_addr: Some("127.0.0.1:2222".parse().expect("addr")),
                 log_format: Some(LogFormat::Json),
+                plaintext: true,
             },
         )
         .expect("load");
@@ -520,13 +626,13 @@ mod tests {
     #[test]
     fn bad_duration_and_inconsistent_values_are_rejected() {
         let f = file("[nodes]\nunreachable_after = \"soon\"\n");
-        let msg = Config::load(Some(f.path()), Overrides::default())
+        let msg = Config::load(Some(f.path()), plain())
             .expect_err("bad duration")
             .to_string();
         assert!(msg.contains("invalid duration 'soon'"), "{msg}");
 
         let f = file("[nodes]\nunreachable_after = \"5s\"\ntelemetry_interval = \"10s\"\n");
-        let msg = Config::load(Some(f.path()), Overrides::default())
+        let msg = Config::load(Some(f.path()), plain())
             .expect_err("interval above limit")
             .to_string();
         assert!(msg.contains("telemetry_interval must be shorter"), "{msg}");
@@ -535,7 +641,12 @@ mod tests {
     #[test]
     fn the_shipped_example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/supd.toml");
-        Config::load(Some(&path), Overrides::default()).expect("deploy/supd.toml must be valid");
+        let config = Config::load(Some(&path), Overrides::default())
+            .expect("deploy/supd.toml must be valid");
+        assert!(
+            config.grpc.tls.is_some() && !config.grpc.plaintext,
+            "the shipped config uses TLS"
+        );
     }
 
     #[test]
@@ -543,7 +654,7 @@ mod tests {
         let f = file(
             "[detect]\nhang_factor = 2.0\nhang_floor = \"1s\"\nstraggler_policy = \"replace_at_checkpoint\"\n",
         );
-        let config = Config::load(Some(f.path()), Overrides::default()).expect("valid");
+        let config = Config::load(Some(f.path()), plain()).expect("valid");
         let d = config.engine().detect;
         assert_eq!((d.hang_factor, d.hang_floor_ms), (2.0, 1_000));
         assert_eq!(
@@ -568,7 +679,7 @@ mod tests {
             ("[detect]\nhang_factr = 2.0\n", "hang_factr"),
         ] {
             let f = file(bad);
-            let msg = Config::load(Some(f.path()), Overrides::default())
+            let msg = Config::load(Some(f.path()), plain())
                 .expect_err(bad)
                 .to_string();
             assert!(msg.contains(key), "{bad}: {msg}");

@@ -15,6 +15,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::actor::{ActorError, SupervisorHandle};
+use crate::auth::{self, Transport};
 use crate::engine::{EngineError, GpuInventory, GpuReading, Registration};
 
 pub fn status_of(e: ActorError) -> Status {
@@ -37,14 +38,16 @@ pub struct AgentApi {
     handle: SupervisorHandle,
     next_session: Arc<AtomicU64>,
     register_timeout: Duration,
+    transport: Transport,
 }
 
 impl AgentApi {
-    pub fn new(handle: SupervisorHandle, register_timeout: Duration) -> Self {
+    pub fn new(handle: SupervisorHandle, register_timeout: Duration, transport: Transport) -> Self {
         AgentApi {
             handle,
             next_session: Arc::new(AtomicU64::new(1)),
             register_timeout,
+            transport,
         }
     }
 }
@@ -102,6 +105,7 @@ impl AgentService for AgentApi {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let caller = auth::caller(self.transport, &request)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.register_timeout, inbound.message())
             .await
@@ -119,6 +123,12 @@ impl AgentService for AgentApi {
                 ))
             }
         };
+        // The stream carries this node's reports from here on, so checking
+        // the Register binds every later message to the certificate too.
+        if let Err(denied) = caller.check_node(&register.node_id) {
+            tracing::warn!(node = %register.node_id, %peer, reason = %denied.message(), "agent session refused");
+            return Err(denied);
+        }
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let node_id = register.node_id.clone();
         let (tx, rx) = mpsc::channel(64);
@@ -180,11 +190,22 @@ impl AgentService for AgentApi {
 
 pub struct ControlApi {
     handle: SupervisorHandle,
+    transport: Transport,
 }
 
 impl ControlApi {
-    pub fn new(handle: SupervisorHandle) -> Self {
-        ControlApi { handle }
+    pub fn new(handle: SupervisorHandle, transport: Transport) -> Self {
+        ControlApi { handle, transport }
+    }
+
+    /// Any authenticated caller may read.
+    fn reader<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        auth::caller(self.transport, request).map(|_| ())
+    }
+
+    /// The author to record for a change, if the caller may make it.
+    fn author<T>(&self, request: &Request<T>, claimed_by: &str) -> Result<String, Status> {
+        auth::caller(self.transport, request)?.change_author(claimed_by)
     }
 }
 
@@ -216,8 +237,9 @@ fn cordon_response(
 impl ControlService for ControlApi {
     async fn get_status(
         &self,
-        _request: Request<v1::GetStatusRequest>,
+        request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
+        self.reader(&request)?;
         Ok(Response::new(
             self.handle.status().await.map_err(status_of)?,
         ))
@@ -227,6 +249,7 @@ impl ControlService for ControlApi {
         &self,
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
+        self.reader(&request)?;
         let node = self
             .handle
             .node(request.into_inner().node_id)
@@ -239,10 +262,11 @@ impl ControlService for ControlApi {
         &self,
         request: Request<v1::CordonRequest>,
     ) -> Result<Response<v1::CordonResponse>, Status> {
+        let by = self.author(&request, &request.get_ref().by)?;
         let r = request.into_inner();
         cordon_response(
             self.handle
-                .cordon(r.node_id, r.reason, r.by, r.request_id)
+                .cordon(r.node_id, r.reason, by, r.request_id)
                 .await,
         )
     }
@@ -251,10 +275,11 @@ impl ControlService for ControlApi {
         &self,
         request: Request<v1::UncordonRequest>,
     ) -> Result<Response<v1::CordonResponse>, Status> {
+        let by = self.author(&request, &request.get_ref().by)?;
         let r = request.into_inner();
         cordon_response(
             self.handle
-                .uncordon(r.node_id, r.reason, r.by, r.request_id)
+                .uncordon(r.node_id, r.reason, by, r.request_id)
                 .await,
         )
     }
@@ -263,22 +288,20 @@ impl ControlService for ControlApi {
         &self,
         request: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::JobResponse>, Status> {
+        let by = self.author(&request, &request.get_ref().by)?;
         let r = request.into_inner();
-        job_response(
-            self.handle
-                .submit_job(r.spec_toml, r.by, r.request_id)
-                .await,
-        )
+        job_response(self.handle.submit_job(r.spec_toml, by, r.request_id).await)
     }
 
     async fn stop_job(
         &self,
         request: Request<v1::StopJobRequest>,
     ) -> Result<Response<v1::JobResponse>, Status> {
+        let by = self.author(&request, &request.get_ref().by)?;
         let r = request.into_inner();
         job_response(
             self.handle
-                .stop_job(r.name, r.by, r.reason, r.request_id)
+                .stop_job(r.name, by, r.reason, r.request_id)
                 .await,
         )
     }
@@ -287,6 +310,7 @@ impl ControlService for ControlApi {
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
+        self.reader(&request)?;
         let (job, _) = self
             .handle
             .job(request.into_inner().name)
@@ -299,6 +323,7 @@ impl ControlService for ControlApi {
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::ListCheckpointsResponse>, Status> {
+        self.reader(&request)?;
         let (_, checkpoints) = self
             .handle
             .job(request.into_inner().name)
@@ -311,6 +336,7 @@ impl ControlService for ControlApi {
         &self,
         request: Request<v1::GetLogsRequest>,
     ) -> Result<Response<v1::LogResponse>, Status> {
+        self.reader(&request)?;
         let r = request.into_inner();
         let answer = tokio::time::timeout(LOG_TIMEOUT, self.handle.logs(r.job, r.rank, r.lines))
             .await
@@ -327,13 +353,15 @@ impl ControlService for ControlApi {
         &self,
         request: Request<v1::DrillRequest>,
     ) -> Result<Response<v1::DrillResponse>, Status> {
+        let by = self.author(&request, &request.get_ref().by)?;
         let r = request.into_inner();
-        let drill = r
+        let mut drill = r
             .drill
             .ok_or_else(|| Status::invalid_argument("the request has no drill"))?;
+        drill.by = by.clone();
         let message = self
             .handle
-            .drill(r.node_id, drill, r.by)
+            .drill(r.node_id, drill, by, r.request_id)
             .await
             .map_err(status_of)?;
         Ok(Response::new(v1::DrillResponse { message }))
@@ -343,10 +371,11 @@ impl ControlService for ControlApi {
         &self,
         request: Request<v1::ResetBreakerRequest>,
     ) -> Result<Response<v1::ResetBreakerResponse>, Status> {
+        let by = self.author(&request, &request.get_ref().by)?;
         let r = request.into_inner();
         let (changed, message) = self
             .handle
-            .reset_breaker(r.by, r.reason)
+            .reset_breaker(by, r.reason, r.request_id)
             .await
             .map_err(status_of)?;
         Ok(Response::new(v1::ResetBreakerResponse { changed, message }))
@@ -356,6 +385,7 @@ impl ControlService for ControlApi {
         &self,
         request: Request<v1::ListEventsRequest>,
     ) -> Result<Response<v1::ListEventsResponse>, Status> {
+        self.reader(&request)?;
         let r = request.into_inner();
         let events = self
             .handle

@@ -6,11 +6,13 @@
 //! arguments and calls [`run`].
 
 pub mod actor;
+pub mod auth;
 pub mod config;
 pub mod dashboard;
 pub mod engine;
 pub mod grpc;
 pub mod http;
+pub mod http_server;
 pub mod jobspec;
 pub mod metrics;
 pub mod sim;
@@ -43,6 +45,61 @@ pub fn init_tracing(format: LogFormat) {
     }
 }
 
+/// How long open HTTP requests may finish after shutdown begins.
+const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn http_limits(config: &Config) -> http_server::Limits {
+    http_server::Limits {
+        header_read_timeout: config.http.header_read_timeout,
+        max_connections: config.http.max_connections,
+    }
+}
+
+/// The gRPC server with its limits and transport security. Mutual TLS
+/// unless plaintext was asked for explicitly (config validation refuses
+/// neither); plaintext is logged as a warning at every start.
+fn grpc_server(config: &Config) -> anyhow::Result<(tonic::transport::Server, auth::Transport)> {
+    use sup_proto::transport::read_pem;
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let g = &config.grpc;
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(g.keepalive_interval))
+        .http2_keepalive_timeout(Some(g.keepalive_timeout))
+        .max_concurrent_streams(Some(g.max_concurrent_streams))
+        .concurrency_limit_per_connection(g.concurrency_per_connection)
+        .timeout(g.request_timeout)
+        .tcp_nodelay(true);
+    let transport = match &g.tls {
+        Some(tls) => {
+            let ca = read_pem(&tls.ca, "cluster CA certificate", "CERTIFICATE")?;
+            let cert = read_pem(&tls.cert, "supd certificate", "CERTIFICATE")?;
+            let key = read_pem(&tls.key, "supd key", "PRIVATE KEY")?;
+            let tls_config = ServerTlsConfig::new()
+                .identity(Identity::from_pem(cert, key))
+                .client_ca_root(Certificate::from_pem(ca))
+                .timeout(tls.handshake_timeout);
+            builder = builder.tls_config(tls_config).with_context(|| {
+                format!(
+                    "cannot set up TLS with {} and {}",
+                    tls.cert.display(),
+                    tls.key.display()
+                )
+            })?;
+            tracing::info!(ca = %tls.ca.display(), cert = %tls.cert.display(), "gRPC uses mutual TLS");
+            auth::Transport::MutualTls
+        }
+        None => {
+            tracing::warn!(
+                addr = %g.addr,
+                "gRPC is PLAINTEXT (grpc.plaintext = true): no authentication, anyone who reaches \
+                 this port can register as any node and change anything; use [grpc.tls] in production"
+            );
+            auth::Transport::Plaintext
+        }
+    };
+    Ok((builder, transport))
+}
+
 /// Runs supd until `shutdown` resolves (or the state store fails).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
@@ -72,6 +129,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("cannot bind the HTTP address {}", config.http.addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    // TLS files are read before anything runs, so a bad path stops supd
+    // at once with the file named.
+    let (mut grpc_builder, transport) = grpc_server(&config)?;
 
     let counters = Arc::new(Counters::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -91,10 +151,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let agent_service = AgentServiceServer::new(grpc::AgentApi::new(
         handle.clone(),
         config.grpc.register_timeout,
+        transport,
     ))
     .max_decoding_message_size(max_message);
-    let control_service = ControlServiceServer::new(grpc::ControlApi::new(handle.clone()))
-        .max_decoding_message_size(max_message);
+    let control_service =
+        ControlServiceServer::new(grpc::ControlApi::new(handle.clone(), transport))
+            .max_decoding_message_size(max_message);
     health_reporter
         .set_serving::<AgentServiceServer<grpc::AgentApi>>()
         .await;
@@ -103,12 +165,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await;
 
     let mut grpc_stop = stop_rx.clone();
-    let grpc_server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(config.grpc.keepalive_interval))
-        .http2_keepalive_timeout(Some(config.grpc.keepalive_timeout))
-        .max_concurrent_streams(Some(config.grpc.max_concurrent_streams))
-        .concurrency_limit_per_connection(config.grpc.concurrency_per_connection)
-        .tcp_nodelay(true)
+    let grpc_server = grpc_builder
         .add_service(health_service)
         .add_service(agent_service)
         .add_service(control_service)
@@ -117,19 +174,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         });
     let mut grpc_task = tokio::spawn(grpc_server);
 
-    let mut http_stop = stop_rx.clone();
     let http_app = http::router(http::HttpState {
         handle: handle.clone(),
         ready: ready.clone(),
         counters,
     });
-    let mut http_task = tokio::spawn(async move {
-        axum::serve(http_listener, http_app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            })
-            .await
-    });
+    let mut http_task = tokio::spawn(http_server::serve(
+        http_listener,
+        http_app,
+        http_limits(&config),
+        stop_rx.clone(),
+        HTTP_DRAIN,
+    ));
 
     ready.store(true, Ordering::SeqCst);
     tracing::info!(%grpc_addr, %http_addr, "supd listening");
@@ -203,23 +259,21 @@ async fn refuse_to_serve(
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut grpc_stop = stop_rx.clone();
-    let grpc_server = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(config.grpc.max_concurrent_streams))
-        .concurrency_limit_per_connection(config.grpc.concurrency_per_connection)
+    let (mut grpc_builder, _) = grpc_server(config)?;
+    let grpc_server = grpc_builder
         .add_service(health_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
             let _ = grpc_stop.changed().await;
         });
     let grpc_task = tokio::spawn(grpc_server);
-    let mut http_stop = stop_rx;
     let http_app = http::refusing_router(Arc::new(why.clone()));
-    let http_task = tokio::spawn(async move {
-        axum::serve(http_listener, http_app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            })
-            .await
-    });
+    let http_task = tokio::spawn(http_server::serve(
+        http_listener,
+        http_app,
+        http_limits(config),
+        stop_rx,
+        HTTP_DRAIN,
+    ));
     tracing::info!(
         grpc_addr = %config.grpc.addr,
         http_addr = %config.http.addr,

@@ -24,6 +24,11 @@ struct Args {
     http_addr: Option<SocketAddr>,
     #[arg(long, env = "SUPD_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Serve gRPC without TLS (no authentication: anyone who reaches the
+    /// port can register as any node and change anything). For loopback
+    /// trials and tests; the shipped config uses mutual TLS.
+    #[arg(long, env = "SUPD_PLAINTEXT")]
+    plaintext: bool,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
             grpc_addr: args.grpc_addr,
             http_addr: args.http_addr,
             log_format: args.log_format,
+            plaintext: args.plaintext,
         },
     ) {
         Ok(config) => config,

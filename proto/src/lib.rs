@@ -7,6 +7,8 @@ pub mod v1 {
     tonic::include_proto!("sup.v1");
 }
 
+pub mod identity;
 pub mod json;
 pub mod rank_env;
 pub mod time;
+pub mod transport;

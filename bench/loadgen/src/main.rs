@@ -199,6 +199,8 @@ fn start_supd(args: &Args) -> anyhow::Result<Supd> {
 log_format = "json"
 [grpc]
 addr = "{grpc}"
+# Loopback benchmark: plaintext, as the agents it simulates.
+plaintext = true
 [http]
 addr = "{http}"
 [nodes]

@@ -209,6 +209,9 @@ pub struct Supd {
     pub config: PathBuf,
     pub log_dir: PathBuf,
     pub proc: Option<Proc>,
+    /// Start with --plaintext (the default for tests). A test that sets it
+    /// to false puts a [grpc.tls] table in the config and uses https.
+    pub plaintext: bool,
     starts: usize,
 }
 
@@ -224,12 +227,14 @@ impl Supd {
             config,
             log_dir: work.to_owned(),
             proc: None,
+            plaintext: true,
             starts: 0,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        let scheme = if self.plaintext { "http" } else { "https" };
+        format!("{scheme}://127.0.0.1:{}", self.grpc_port)
     }
 
     pub fn start(&mut self) -> Result<()> {
@@ -245,6 +250,9 @@ impl Supd {
             .arg(format!("127.0.0.1:{}", self.http_port))
             .arg("--log-format")
             .arg("json");
+        if self.plaintext {
+            cmd.arg("--plaintext");
+        }
         let proc = Proc::spawn(&format!("supd-{}", self.starts), cmd, &self.log_dir)?;
         self.proc = Some(proc);
         let port = self.http_port;

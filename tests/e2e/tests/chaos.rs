@@ -562,7 +562,8 @@ fn a_corrupt_or_truncated_store_is_refused_without_touching_it() -> Result<()> {
             .arg("--grpc-addr")
             .arg(format!("127.0.0.1:{}", supd.grpc_port))
             .arg("--http-addr")
-            .arg(format!("127.0.0.1:{}", supd.http_port));
+            .arg(format!("127.0.0.1:{}", supd.http_port))
+            .arg("--plaintext");
         let mut proc = Proc::spawn(&format!("supd-{damage}"), cmd, work.path())?;
         let (code, body) = wait_for("/readyz answers", STARTUP_TIMEOUT, || {
             if let Some(status) = proc.exited()? {

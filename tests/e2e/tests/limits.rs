@@ -46,7 +46,7 @@ fn submit_huge(port: u16, bytes: usize) -> Result<String> {
 #[test]
 fn oversized_messages_garbage_and_a_connection_flood_cost_bounded_memory() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let mut supd = Supd::new(work.path(), "")?;
+    let mut supd = Supd::new(work.path(), "[http]\nheader_read_timeout = \"2s\"\n")?;
     supd.start()?;
     let url = supd.url();
     let pid = supd
@@ -127,6 +127,34 @@ fn oversized_messages_garbage_and_a_connection_flood_cost_bounded_memory() -> Re
         held.len()
     );
     drop(held);
+
+    // 4. A half-sent HTTP request is dropped after http.header_read_timeout
+    //    (2 s here) instead of holding the connection for ever.
+    println!("inject: one HTTP request with its headers never finished");
+    let mut half = TcpStream::connect(("127.0.0.1", supd.http_port))?;
+    half.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n")?;
+    half.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let sent_at = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let closed = loop {
+        match std::io::Read::read(&mut half, &mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue, // a 408 response, if any, before the close
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    let waited = sent_at.elapsed();
+    assert!(
+        closed,
+        "supd kept the half-sent request open for {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(20),
+        "closed only after {waited:?}"
+    );
+    println!("check: supd closed it after {waited:.1?} (header_read_timeout 2s)");
+
     std::thread::sleep(Duration::from_secs(2));
     let after = rss_kib(pid)?;
     assert!(

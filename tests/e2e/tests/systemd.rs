@@ -91,6 +91,7 @@ fn supd_and_the_agent_notify_ready_and_ping_the_watchdog() -> Result<()> {
         .arg(work.path().join("data"))
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
         .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .arg("--plaintext")
         .env("NOTIFY_SOCKET", &supd_socket_path)
         // 2 s: supd pings at least every second.
         .env("WATCHDOG_USEC", "2000000")
