@@ -51,6 +51,11 @@ fi
 if [ -z "$D" ] && command -v systemctl >/dev/null 2>&1; then
   systemctl daemon-reload || true
 fi
-echo "installed. Next: edit /etc/sup/*.toml, then"
+echo "installed. Next: create the cluster CA and certificates (mutual TLS), e.g."
+echo "  supctl certs init --dir /etc/sup/pki --supd-name <supd's DNS name or IP> --operator <you>"
+echo "  supctl certs issue --dir /etc/sup/pki node <node id>   # copy ca.pem, node-<id>.pem, node-<id>-key.pem"
+echo "                                                        # to /etc/sup/pki/{ca,node,node-key}.pem on that node"
+[ "$what" = agent ] || echo "  chown sup /etc/sup/pki/supd-key.pem"
+echo "then edit /etc/sup/*.toml and"
 [ "$what" = agent ] || echo "  systemctl enable --now supd"
 [ "$what" = supd ] || echo "  systemctl enable --now sup-agent"
