@@ -299,6 +299,43 @@ pub fn start_agent(
     Proc::spawn(&format!("agent-{node_id}"), cmd, work)
 }
 
+/// Starts agents `node-1` ..= `node-N`, each with two simulated GPUs,
+/// address 127.0.0.1 and its state in `work/agent-<i>`. `supervisor(i)` is
+/// the URL agent `i` dials (supd's, or a fault proxy in front of it).
+pub fn start_sim_agents(
+    work: &Path,
+    count: usize,
+    supervisor: impl Fn(usize) -> String,
+    extra: &[&str],
+) -> Result<Vec<Proc>> {
+    (1..=count)
+        .map(|i| {
+            let state = work.join(format!("agent-{i}")).display().to_string();
+            let mut args = vec!["--state-dir", state.as_str()];
+            args.extend_from_slice(extra);
+            start_agent(
+                work,
+                &supervisor(i),
+                &format!("node-{i}"),
+                "127.0.0.1",
+                "sim:2",
+                &args,
+            )
+        })
+        .collect()
+}
+
+/// Waits until supd counts `count` ready nodes.
+pub fn wait_ready_nodes(url: &str, count: usize) -> Result<()> {
+    wait_for(&format!("{count} ready nodes"), STARTUP_TIMEOUT, || {
+        let s = supctl_json(url, &["status"])?;
+        let ready = s["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["state"] == "ready").count());
+        Ok((ready == count).then_some(()))
+    })
+}
+
 /// Runs supctl to completion.
 pub fn supctl(supervisor: &str, args: &[&str]) -> Result<Output> {
     let out = Command::new(bin("supctl")?)

@@ -115,18 +115,7 @@ fn supd_sigkill_mid_job_leaves_the_job_running_untouched() -> Result<()> {
     let mut supd = Supd::new(work.path(), &config("")?)?;
     supd.start()?;
     let url = supd.url();
-    let mut agents = Vec::new();
-    for i in 1..=2 {
-        let state = work.path().join(format!("agent-{i}"));
-        agents.push(start_agent(
-            work.path(),
-            &url,
-            &format!("node-{i}"),
-            "127.0.0.1",
-            "sim:2",
-            &["--state-dir", &state.display().to_string()],
-        )?);
-    }
+    let mut agents = start_sim_agents(work.path(), 2, |_| url.clone(), &[])?;
     submit_trainer(work.path(), &url, "steady", 2)?;
     let job = wait_running(&url, "steady")?;
     let generation = gen_of(&job);
@@ -399,20 +388,13 @@ fn supd_cut_off_from_most_agents_holds_everything_and_alerts() -> Result<()> {
     supd.start()?;
     let url = supd.url();
     let proxy = FaultProxy::start(supd.grpc_port)?;
-    let mut agents = Vec::new();
     // node-1..4 reach supd through the proxy; node-5 directly.
-    for i in 1..=5 {
-        let state = work.path().join(format!("agent-{i}"));
-        let via = if i == 5 { url.clone() } else { proxy.url() };
-        agents.push(start_agent(
-            work.path(),
-            &via,
-            &format!("node-{i}"),
-            "127.0.0.1",
-            "sim:2",
-            &["--state-dir", &state.display().to_string()],
-        )?);
-    }
+    let _agents = start_sim_agents(
+        work.path(),
+        5,
+        |i| if i == 5 { url.clone() } else { proxy.url() },
+        &[],
+    )?;
     submit_trainer(work.path(), &url, "big", 3)?;
     let job = wait_running(&url, "big")?;
     let generation = gen_of(&job);

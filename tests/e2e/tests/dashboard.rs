@@ -309,13 +309,7 @@ fn dashboard_shows_nodes_job_and_a_cordon_live() -> Result<()> {
             ],
         )?);
     }
-    wait_for("four ready nodes", STARTUP_TIMEOUT, || {
-        let status = supctl_json(&url, &["status"])?;
-        let ready = status["nodes"]
-            .as_array()
-            .map_or(0, |n| n.iter().filter(|n| n["state"] == "ready").count());
-        Ok((ready == ids.len()).then_some(()))
-    })?;
+    wait_ready_nodes(&url, ids.len())?;
 
     let ckpt = work.path().join("ckpt");
     std::fs::create_dir_all(&ckpt)?;

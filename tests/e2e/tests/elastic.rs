@@ -132,30 +132,8 @@ fn failure_swaps_in_the_spare_then_shrinks_and_the_result_is_bit_identical() -> 
     let mut supd = Supd::new(work.path(), &supd_config(free_port()?))?;
     supd.start()?;
     let url = supd.url();
-    let mut agents = Vec::new();
-    for i in 1..=5 {
-        let id = format!("node-{i}");
-        let state = work.path().join(format!("agent-{i}"));
-        agents.push(start_agent(
-            work.path(),
-            &url,
-            &id,
-            "127.0.0.1",
-            "sim:2",
-            &[
-                "--state-dir",
-                &state.display().to_string(),
-                "--allow-drills",
-            ],
-        )?);
-    }
-    wait_for("five ready nodes", STARTUP_TIMEOUT, || {
-        let s = supctl_json(&url, &["status"])?;
-        let ready = s["nodes"]
-            .as_array()
-            .map_or(0, |n| n.iter().filter(|n| n["state"] == "ready").count());
-        Ok((ready == 5).then_some(()))
-    })?;
+    let _agents = start_sim_agents(work.path(), 5, |_| url.clone(), &["--allow-drills"])?;
+    wait_ready_nodes(&url, 5)?;
 
     let ckpt = work.path().join("ckpt");
     std::fs::create_dir_all(&ckpt)?;

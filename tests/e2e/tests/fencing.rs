@@ -38,18 +38,7 @@ stall_confirm = "2s"
     let mut supd = Supd::new(work.path(), &config)?;
     supd.start()?;
     let url = supd.url();
-    let mut agents = Vec::new();
-    for i in 1..=3 {
-        let state = work.path().join(format!("agent-{i}"));
-        agents.push(start_agent(
-            work.path(),
-            &url,
-            &format!("node-{i}"),
-            "127.0.0.1",
-            "sim:2",
-            &["--state-dir", &state.display().to_string()],
-        )?);
-    }
+    let agents = start_sim_agents(work.path(), 3, |_| url.clone(), &[])?;
     let ckpt = work.path().join("ckpt");
     std::fs::create_dir_all(&ckpt)?;
     let spec = format!(

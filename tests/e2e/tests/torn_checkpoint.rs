@@ -22,18 +22,7 @@ fn a_torn_newest_checkpoint_is_never_resumed() -> Result<()> {
     let mut supd = Supd::new(work.path(), &config)?;
     supd.start()?;
     let url = supd.url();
-    let mut agents = Vec::new();
-    for i in 1..=2 {
-        let state = work.path().join(format!("agent-{i}"));
-        agents.push(start_agent(
-            work.path(),
-            &url,
-            &format!("node-{i}"),
-            "127.0.0.1",
-            "sim:2",
-            &["--state-dir", &state.display().to_string()],
-        )?);
-    }
+    let _agents = start_sim_agents(work.path(), 2, |_| url.clone(), &[])?;
     let ckpt = work.path().join("ckpt");
     std::fs::create_dir_all(&ckpt)?;
     // Rank 0 dies after writing its shard of step 15, before the marker,
