@@ -1184,6 +1184,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retried_drill_or_breaker_reset_takes_effect_once() {
+        let running = start(MemoryStore::default());
+        let handle = &running.handle;
+        let (tx, _rx) = mpsc::channel(16);
+        handle
+            .register(registration(1), tx)
+            .await
+            .expect("register");
+        let drill = v1::Drill {
+            gpu_index: 0,
+            fault: Some(v1::drill::Fault::Xid(79)),
+            by: "alice".into(),
+        };
+        let first = handle
+            .drill("n1".into(), drill.clone(), "alice".into(), "req-1".into())
+            .await
+            .expect("drill");
+        let again = handle
+            .drill("n1".into(), drill, "alice".into(), "req-1".into())
+            .await
+            .expect("replayed drill");
+        assert_eq!(
+            again,
+            format!("already applied (request req-1): {first}"),
+            "the retry is answered with what happened"
+        );
+        let drills = handle
+            .events(0, 1000)
+            .await
+            .expect("events")
+            .iter()
+            .filter(|e| e.reason.starts_with("drill by alice"))
+            .count();
+        assert_eq!(drills, 1, "one drill injected for two deliveries");
+
+        let reused = handle
+            .reset_breaker("alice".into(), "test".into(), "req-1".into())
+            .await
+            .expect_err("an id used for a drill cannot reset the breaker");
+        assert!(
+            reused.to_string().contains("already used for drill"),
+            "{reused}"
+        );
+        let (_, message) = handle
+            .reset_breaker("alice".into(), "test".into(), "req-2".into())
+            .await
+            .expect("reset");
+        let (changed, replayed) = handle
+            .reset_breaker("alice".into(), "test".into(), "req-2".into())
+            .await
+            .expect("replayed reset");
+        assert!(!changed);
+        assert_eq!(
+            replayed,
+            format!("already applied (request req-2): {message}")
+        );
+    }
+
+    #[tokio::test]
     async fn takeover_ends_the_old_stream() {
         let running = start(MemoryStore::default());
         let handle = &running.handle;
