@@ -90,6 +90,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub xid_rules: Option<PathBuf>,
 
+    /// GPUs this node must have; fewer at startup fails the missing ones
+    /// (and so cordons the node) [default: whatever is found]
+    #[arg(long, value_name = "N")]
+    pub expected_gpus: Option<u32>,
+
     /// Cluster CA certificate (PEM); with --tls-cert and --tls-key, for an
     /// https:// supervisor
     #[arg(long, value_name = "FILE")]
@@ -136,6 +141,7 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "de_from_str")]
     pub kernel_log: Option<KernelLogSpec>,
     pub xid_rules: Option<PathBuf>,
+    pub expected_gpus: Option<u32>,
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -171,6 +177,8 @@ pub struct Config {
     pub kernel_log: Option<KernelLogSpec>,
     /// GPU health rules file; `None`: the built-in table.
     pub xid_rules: Option<PathBuf>,
+    /// GPUs this node must have; `None`: whatever is found.
+    pub expected_gpus: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +352,13 @@ impl Config {
             )));
         }
 
+        let expected_gpus = cli.expected_gpus.or(file.expected_gpus);
+        if expected_gpus == Some(0) {
+            return Err(ConfigError::Invalid(
+                "expected_gpus must be at least 1 (leave it unset to accept any count)".into(),
+            ));
+        }
+
         let state_dir = cli
             .state_dir
             .or(file.state_dir)
@@ -373,6 +388,7 @@ impl Config {
                 || file.leave_ranks_on_exit.unwrap_or(false),
             kernel_log: cli.kernel_log.or(file.kernel_log),
             xid_rules: cli.xid_rules.or(file.xid_rules),
+            expected_gpus,
         })
     }
 }
@@ -611,6 +627,7 @@ mod tests {
                         .to_vec()
                 )),
                 xid_rules: Some(PathBuf::from("/etc/sup/xid-rules.toml")),
+                expected_gpus: None,
             }
         );
     }

@@ -93,6 +93,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         started = start => started?,
     };
     info!(gpus = gpus.len(), "GPU inventory taken");
+    let gpus = probe::with_expected_count(gpus, config.expected_gpus);
     let inventory = gpus.clone();
     let (health_samples, sample_trigger) = (sampler.subscribe_health(), sampler.trigger());
 

@@ -151,6 +151,7 @@ fn config(addr: SocketAddr, telemetry_interval: Duration) -> Config {
         leave_ranks_on_exit: false,
         kernel_log: None,
         xid_rules: None,
+        expected_gpus: None,
     }
 }
 

@@ -297,6 +297,46 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_missing_at_boot_is_failed_when_the_count_is_expected() {
+        let found: Vec<GpuInfo> = (0..7)
+            .map(|index| GpuInfo {
+                index,
+                uuid: format!("GPU-{index}"),
+                ..GpuInfo::default()
+            })
+            .collect();
+        let padded = crate::probe::with_expected_count(found.clone(), Some(8));
+        assert_eq!(padded.len(), 8);
+        assert_eq!(padded[7].name, crate::probe::MISSING_GPU_NAME);
+        let mut s = HealthState::new(Rules::defaults(), padded);
+        s.observe_sample(HealthSample {
+            gpus: Vec::new(),
+            visible_gpus: Some(7),
+        });
+        let v = s.verdicts(NOW);
+        assert_eq!(v[7].health, GpuHealth::Failed as i32);
+        assert!(
+            v[7].reason.contains("NVML sees 7 of the 8 GPUs"),
+            "{}",
+            v[7].reason
+        );
+        assert!(v[..7].iter().all(|v| v.health == GpuHealth::Ok as i32));
+        // Without the setting, or with as many as expected, nothing changes.
+        assert_eq!(
+            crate::probe::with_expected_count(found.clone(), None),
+            found
+        );
+        assert_eq!(
+            crate::probe::with_expected_count(found.clone(), Some(7)),
+            found
+        );
+        assert_eq!(
+            crate::probe::with_expected_count(found.clone(), Some(4)),
+            found
+        );
+    }
+
+    #[test]
     fn repeats_age_out_after_pruning() {
         let mut s = state(1);
         for i in 0..3 {

@@ -73,6 +73,39 @@ pub enum ProbeError {
     ThreadGone(String),
 }
 
+/// The inventory padded to `expected` GPUs. A node that boots with a GPU
+/// already gone (off the bus before the driver loaded) would otherwise
+/// register as a healthy smaller node; padded, its missing GPUs are judged
+/// missing from the count like GPUs lost at run time, and the node is
+/// failed and cordoned. Placeholders have no UUID and are named "missing".
+pub fn with_expected_count(mut gpus: Vec<GpuInfo>, expected: Option<u32>) -> Vec<GpuInfo> {
+    let Some(expected) = expected else {
+        return gpus;
+    };
+    let found = u32::try_from(gpus.len()).unwrap_or(u32::MAX);
+    if found > expected {
+        tracing::warn!(
+            found,
+            expected,
+            "more GPUs than expected_gpus; is the setting out of date?"
+        );
+    } else if found < expected {
+        tracing::error!(
+            found,
+            expected,
+            "fewer GPUs than expected_gpus at startup: the missing ones are reported failed"
+        );
+        gpus.extend((found..expected).map(|index| GpuInfo {
+            index,
+            name: MISSING_GPU_NAME.to_owned(),
+            ..GpuInfo::default()
+        }));
+    }
+    gpus
+}
+
+pub const MISSING_GPU_NAME: &str = "missing";
+
 /// Opens the probe `backend` names. `node_id` seeds the simulator so that
 /// simulated GPU UUIDs are stable for a node across restarts.
 pub fn open(

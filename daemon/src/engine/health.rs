@@ -35,6 +35,15 @@ fn health_of(value: i32) -> GpuHealth {
     }
 }
 
+/// "GPU 3 (GPU-1f2e...)"; a GPU missing since boot has no UUID.
+fn gpu_name(index: u32, uuid: &str) -> String {
+    if uuid.is_empty() {
+        format!("GPU {index}")
+    } else {
+        format!("GPU {index} ({uuid})")
+    }
+}
+
 fn health_name(h: GpuHealth) -> &'static str {
     match h {
         GpuHealth::Ok => "ok",
@@ -100,9 +109,8 @@ impl Engine {
                 let drill = if verdict.drill { " [drill]" } else { "" };
                 if before != health {
                     let mut text = format!(
-                        "GPU {} ({}) {} → {}",
-                        gpu.index,
-                        gpu.uuid,
+                        "{} {} → {}",
+                        gpu_name(gpu.index, &gpu.uuid),
                         health_name(before),
                         health_name(health)
                     );
@@ -113,7 +121,7 @@ impl Engine {
                     changes.push(text);
                 }
                 if health == GpuHealth::Failed && before != GpuHealth::Failed {
-                    let mut why = format!("GPU {} ({}) failed: {reason}", gpu.index, gpu.uuid);
+                    let mut why = format!("{} failed: {reason}", gpu_name(gpu.index, &gpu.uuid));
                     if !verdict.evidence.is_empty() {
                         why.push_str(&format!(" (evidence: {})", verdict.evidence.join("; ")));
                     }

@@ -224,6 +224,47 @@ fn recovery_action_node_reboot_cordons_the_node() -> Result<()> {
 }
 
 #[test]
+fn a_node_that_boots_with_a_gpu_missing_is_cordoned_when_the_count_is_expected() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let mut supd = Supd::new(work.path(), CONFIG)?;
+    supd.start()?;
+    let url = supd.url();
+    println!("inject: node-a boots with 7 of its 8 GPUs visible (--expected-gpus 8)");
+    let seven = FakeGpus::new(work.path(), "node-a", &json!({ "gpu_count": 7 }))?;
+    let _a = start_fake_nvml_agent(
+        work.path(),
+        &url,
+        "node-a",
+        &seven,
+        &["--expected-gpus", "8"],
+    )?;
+    let eight = FakeGpus::new(work.path(), "node-b", &healthy())?;
+    let _b = start_fake_nvml_agent(
+        work.path(),
+        &url,
+        "node-b",
+        &eight,
+        &["--expected-gpus", "8"],
+    )?;
+    let n = wait_for("node-a cordoned", FAULT_TIMEOUT, || {
+        let status = supctl_json(&url, &["status"])?;
+        let n = node(&status, "node-a")?.clone();
+        Ok(cordoned(&n).then_some(n))
+    })?;
+    assert_eq!(n["gpus"].as_array().map(Vec::len), Some(8), "{n:#}");
+    assert_eq!(gpu(&n, 7)["health"], "failed", "{n:#}");
+    let reason = cordon_reason(&n);
+    assert!(reason.contains("NVML sees 7 of the 8 GPUs"), "{reason}");
+    assert_eq!(n["cordon"]["by"], "sup", "{n:#}");
+    wait_for("node-b ready", STARTUP_TIMEOUT, || {
+        let status = supctl_json(&url, &["status"])?;
+        Ok((node(&status, "node-b")?["state"] == "ready").then_some(()))
+    })?;
+    println!("check: node-a cordoned by sup ({reason}); node-b with all 8 stays ready");
+    Ok(())
+}
+
+#[test]
 fn a_lost_gpu_cordons_the_node() -> Result<()> {
     let cluster = Cluster::start(&["node-a", "node-b"])?;
     cluster.set("node-a", &with_gpu(6, json!({ "lost": true }), json!({})))?;
