@@ -25,9 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use sup_proto::time::to_unix_ms;
 use sup_proto::v1::GpuInfo;
 use tracing::{debug, info, warn};
 
@@ -243,7 +242,7 @@ impl LineHandler {
         self.sink.send(XidObservation {
             gpu_index,
             xid: parsed.xid,
-            at_unix_ms: to_unix_ms(SystemTime::now()),
+            at_unix_ms: sup_proto::time::now_unix_ms(),
             source: XidSource::KernelLog,
             detail: parsed.detail,
         })

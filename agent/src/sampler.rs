@@ -8,7 +8,7 @@
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sup_proto::v1::{GpuInfo, Telemetry};
 use tokio::sync::{oneshot, watch};
@@ -249,15 +249,9 @@ fn sample_once(
 fn take_sample(probe: &mut dyn GpuProbe) -> Result<Telemetry, ProbeError> {
     let gpus = probe.sample()?;
     Ok(Telemetry {
-        sampled_at_unix_ms: unix_ms(SystemTime::now()),
+        sampled_at_unix_ms: sup_proto::time::now_unix_ms(),
         gpus,
     })
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

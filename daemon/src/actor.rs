@@ -10,9 +10,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use sup_proto::time::to_unix_ms;
 use sup_proto::v1;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -474,7 +473,7 @@ impl Watchdog {
 const MAX_BATCH: usize = 1024;
 
 pub fn now_ms() -> Millis {
-    to_unix_ms(SystemTime::now())
+    sup_proto::time::now_unix_ms()
 }
 
 impl<S: Store> Actor<S> {

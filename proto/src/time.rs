@@ -1,6 +1,26 @@
-//! Wall-clock timestamps as they cross the wire: Unix milliseconds.
+//! Wall-clock timestamps as they cross the wire: Unix milliseconds, and the
+//! clock supd and the agent decide by.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Now, in Unix milliseconds, read from the wall clock once per process and
+/// advanced by the monotonic clock after that.
+///
+/// Liveness, grace periods and repetition windows are differences of these
+/// times. Read from the wall clock each time, a clock step (NTP correcting
+/// a drifted host, an operator's `date -s`) would shift every one of them
+/// at once: a step forward marks every node unreachable together (and trips
+/// the partition guard), a step back makes silent nodes look fresh for as
+/// long as the step. Anchored, time inside one process never jumps; the
+/// price is that timestamps stay off by any step taken while the process
+/// runs, until it restarts.
+pub fn now_unix_ms() -> i64 {
+    static ANCHOR: OnceLock<(i64, Instant)> = OnceLock::new();
+    let (wall, mono) = ANCHOR.get_or_init(|| (to_unix_ms(SystemTime::now()), Instant::now()));
+    let elapsed = i64::try_from(mono.elapsed().as_millis()).unwrap_or(i64::MAX);
+    wall.saturating_add(elapsed)
+}
 
 /// Milliseconds since the Unix epoch of `t` (0 for times before the epoch).
 pub fn to_unix_ms(t: SystemTime) -> i64 {
@@ -22,6 +42,17 @@ pub fn rfc3339_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_process_clock_never_goes_back_and_starts_at_the_wall_clock() {
+        let wall = to_unix_ms(SystemTime::now());
+        let a = now_unix_ms();
+        let b = now_unix_ms();
+        assert!(b >= a);
+        // The anchor is taken on first use, within this test or an earlier
+        // one of this process: close to the wall clock either way.
+        assert!((a - wall).abs() < 60_000, "{a} vs {wall}");
+    }
 
     #[test]
     fn round_trips_and_formats() {

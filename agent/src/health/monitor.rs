@@ -7,9 +7,8 @@
 //! re-sends the latest after every registration) and the Xids accepted
 //! since the previous report (edge-triggered: each Xid is sent once).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use sup_proto::time::to_unix_ms;
 use sup_proto::v1::agent_message::Body as AgentBody;
 use sup_proto::v1::drill::Fault;
 use sup_proto::v1::{Drill, GpuHealth, GpuVerdict, HealthReport, RecoveryAction};
@@ -81,7 +80,7 @@ pub async fn run(mut state: HealthState, allow_drills: bool, outbox: Outbox, mut
 }
 
 fn now_ms() -> i64 {
-    to_unix_ms(SystemTime::now())
+    sup_proto::time::now_unix_ms()
 }
 
 fn on_xid(state: &mut HealthState, obs: XidObservation) {

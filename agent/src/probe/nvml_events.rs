@@ -10,13 +10,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, EventSet, Nvml};
-use sup_proto::time::to_unix_ms;
 use tracing::{debug, info, warn};
 
 use super::nvml::{classify, ErrorClass};
@@ -161,7 +160,7 @@ fn wait_loop(watched: &Watched<'_>, sink: &XidSink, stop: &AtomicBool) -> Result
         let delivered = sink.send(XidObservation {
             gpu_index,
             xid,
-            at_unix_ms: to_unix_ms(SystemTime::now()),
+            at_unix_ms: sup_proto::time::now_unix_ms(),
             source: XidSource::Nvml,
             detail: String::new(),
         });
