@@ -264,6 +264,23 @@ impl Intake {
         self.addr
     }
 
+    /// Counts a report that came from elsewhere than a connection: a rank's
+    /// log line matched by the job's `progress_regex` (see
+    /// [`crate::launcher::follow`]), about `generation`.
+    pub fn record(&self, running: Option<&Running>, generation: u64, line: &ProgressLine) {
+        lock(&self.tally).record(running, Some(generation), line);
+    }
+
+    /// Counts a line that could not be read as a report.
+    pub fn count_malformed(&self) {
+        lock(&self.tally).malformed += 1;
+    }
+
+    /// Counts a line over [`MAX_LINE_BYTES`].
+    pub fn count_oversized(&self) {
+        lock(&self.tally).oversized += 1;
+    }
+
     /// (malformed, oversized, stale) lines so far.
     pub fn rejected(&self) -> (u64, u64, u64) {
         let tally = lock(&self.tally);

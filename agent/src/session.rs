@@ -413,6 +413,7 @@ mod tests {
                 job: job.to_owned(),
                 ..Default::default()
             }),
+            postmortem_generation: 0,
         }
     }
 

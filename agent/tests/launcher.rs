@@ -123,9 +123,11 @@ impl Harness {
     }
 
     fn assign(&self, generation: u64, job: Option<JobAssignment>) {
-        self.ports
-            .assignment
-            .send_replace(Some(DesiredAssignment { generation, job }));
+        self.ports.assignment.send_replace(Some(DesiredAssignment {
+            generation,
+            job,
+            ..Default::default()
+        }));
     }
 
     /// Waits for the first message (after those already seen) that `pick`

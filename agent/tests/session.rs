@@ -87,6 +87,7 @@ impl AgentService for FakeSupd {
                 job: "demo".into(),
                 ..Default::default()
             }),
+            postmortem_generation: 0,
         };
         for body in [
             SupervisorBody::Registered(registered),

@@ -659,13 +659,21 @@ pub fn job_text(j: &v1::Job, now_ms: i64) -> String {
         let mut table = if j.node_stats.is_empty() {
             new_table(&["NODE RANK", "NODE"])
         } else {
-            new_table(&["NODE RANK", "NODE", "STEP TIME", "SLOWDOWN", "STRAGGLER"])
+            new_table(&[
+                "NODE RANK",
+                "NODE",
+                "TOKENS/S",
+                "STEP TIME",
+                "SLOWDOWN",
+                "STRAGGLER",
+            ])
         };
         for (rank, node) in j.nodes.iter().enumerate() {
             let mut row = vec![rank.to_string(), or_none(node)];
             if !j.node_stats.is_empty() {
                 let stats = j.node_stats.iter().find(|s| &s.node == node);
                 row.extend([
+                    opt(stats.and_then(|s| s.tokens_per_s), si),
                     opt(stats.and_then(|s| s.step_time_s), |t| format!("{t:.3}s")),
                     opt(stats.and_then(|s| s.slowdown), |f| format!("{f:.2}x")),
                     if stats.is_some_and(|s| s.straggler) {
@@ -1633,12 +1641,14 @@ mod tests {
                 step_time_s: Some(0.4),
                 slowdown: Some(1.0),
                 straggler: false,
+                tokens_per_s: Some(6_172.5),
             },
             v1::JobNodeStats {
                 node: "gpu-node-005".into(),
                 step_time_s: Some(0.6),
                 slowdown: Some(1.5),
                 straggler: true,
+                tokens_per_s: None,
             },
         ];
         let text = job_text(&j, NOW);
@@ -1646,13 +1656,19 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         assert_eq!(
+            row(&text, "0"),
+            ["0", "gpu-node-001", "6.2k", "0.400s", "1.00x", "-"],
+            "{text}"
+        );
+        assert_eq!(
             row(&text, "1"),
-            ["1", "gpu-node-005", "0.600s", "1.50x", "yes"],
+            ["1", "gpu-node-005", "-", "0.600s", "1.50x", "yes"],
             "{text}"
         );
         let json: serde_json::Value =
             serde_json::from_str(&job_json(&j).expect("json")).expect("valid");
         assert_eq!(json["tokens_per_s"], 12_345.0);
+        assert_eq!(json["node_stats"][0]["tokens_per_s"], 6_172.5);
         assert_eq!(json["node_stats"][1]["straggler"], true);
     }
 

@@ -88,6 +88,11 @@ pub struct JobSpec {
     /// by this.
     #[serde(default)]
     pub rollback_lr_scale: Option<f64>,
+    /// Progress from the ranks' log lines: a regular expression with named
+    /// groups `step`, `tokens`, `loss` (and optionally `step_time`,
+    /// `phase`), see `sup_proto::progress_regex`.
+    #[serde(default)]
+    pub progress_regex: Option<String>,
 }
 
 fn default_gpus_per_node() -> u32 {
@@ -227,6 +232,9 @@ impl JobSpec {
         {
             return Err("loss_spike_factor: must be a number above 1".to_owned());
         }
+        if let Some(pattern) = &self.progress_regex {
+            sup_proto::progress_regex::ProgressPattern::new(pattern)?;
+        }
         if self.loss_spike_steps == Some(0) {
             return Err("loss_spike_steps: must be at least 1".to_owned());
         }
@@ -326,6 +334,26 @@ NCCL_DEBUG = "WARN"
         assert!(err(&with("loss_spike_steps = 0")).starts_with("loss_spike_steps"));
         assert!(err(&with("straggler_policy = \"evict\"")).contains("straggler_policy"));
         assert!(err(&GOOD.replace("NCCL_DEBUG", "SUP_SEED")).contains("SUP_SEED"));
+        for bad in [
+            r#"progress_regex = 'step (?P<step>\d+'"#,
+            r#"progress_regex = 'step (\d+)'"#,
+            r#"progress_regex = ''"#,
+        ] {
+            let why = err(&with(bad));
+            assert!(why.starts_with("progress_regex: "), "{bad}: {why}");
+        }
+    }
+
+    #[test]
+    fn a_progress_regex_parses_and_travels_as_written() {
+        let pattern = r"^step (?P<step>\d+)/\d+ loss (?P<loss>\S+) tokens (?P<tokens>\d+)";
+        let spec = JobSpec::parse(&GOOD.replace(
+            "nodes = 4",
+            &format!("nodes = 4\nprogress_regex = '{pattern}'"),
+        ))
+        .expect("valid");
+        assert_eq!(spec.progress_regex.as_deref(), Some(pattern));
+        assert_eq!(JobSpec::parse(GOOD).expect("valid").progress_regex, None);
     }
 
     #[test]

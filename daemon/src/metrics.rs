@@ -9,13 +9,17 @@
 //! get it); everything else (promtool, older scrapers, curl) gets the classic
 //! text format 0.0.4, converted by [`to_text_format`].
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use sup_proto::json::{gpu_health_name, node_state_name};
 use sup_proto::v1;
@@ -55,48 +59,25 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
     for health in ["ok", "degraded", "failed"] {
         gpus.get_or_create(&labels(&[("health", health)])).set(0);
     }
-    let temperature = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    let power = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    let utilization = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    let sm_clock = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    let memory_used = Family::<Labels, Gauge>::default();
 
+    // Counted first, one label set per state or health afterwards: a
+    // lookup per node and per GPU built an owned label set each time.
+    let mut by_state: BTreeMap<&'static str, i64> = BTreeMap::new();
+    let mut by_health: BTreeMap<&'static str, i64> = BTreeMap::new();
     for node in &status.nodes {
-        nodes
-            .get_or_create(&labels(&[("state", node_state_name(node.state))]))
-            .inc();
+        *by_state.entry(node_state_name(node.state)).or_default() += 1;
         if node.connected {
             connected.inc();
         }
         for gpu in &node.gpus {
-            gpus.get_or_create(&labels(&[("health", gpu_health_name(gpu.health))]))
-                .inc();
-            let Some(r) = &gpu.reading else { continue };
-            let index = gpu.index.to_string();
-            let l = labels(&[
-                ("gpu", &index),
-                ("UUID", &gpu.uuid),
-                ("Hostname", &node.hostname),
-                ("node", &node.id),
-            ]);
-            if let Some(v) = r.temperature_c {
-                temperature.get_or_create(&l).set(v);
-            }
-            if let Some(v) = r.power_w {
-                power.get_or_create(&l).set(v);
-            }
-            if let Some(v) = r.utilization_gpu_pct {
-                utilization.get_or_create(&l).set(f64::from(v) / 100.0);
-            }
-            if let Some(v) = r.sm_clock_mhz {
-                sm_clock.get_or_create(&l).set(f64::from(v) * 1e6);
-            }
-            if let Some(v) = r.memory_used_bytes {
-                memory_used
-                    .get_or_create(&l)
-                    .set(i64::try_from(v).unwrap_or(i64::MAX));
-            }
+            *by_health.entry(gpu_health_name(gpu.health)).or_default() += 1;
         }
+    }
+    for (state, n) in by_state {
+        nodes.get_or_create(&labels(&[("state", state)])).inc_by(n);
+    }
+    for (health, n) in by_health {
+        gpus.get_or_create(&labels(&[("health", health)])).inc_by(n);
     }
 
     registry.register("nodes", "Nodes by state", nodes);
@@ -109,36 +90,7 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
         connected,
     );
     registry.register("gpus", "GPUs by health", gpus);
-    registry.register_with_unit(
-        "gpu_temperature",
-        "GPU temperature",
-        Unit::Celsius,
-        temperature,
-    );
-    registry.register_with_unit(
-        "gpu_power",
-        "GPU power draw",
-        Unit::Other("watts".to_owned()),
-        power,
-    );
-    registry.register_with_unit(
-        "gpu_utilization",
-        "Fraction of time the GPU was busy",
-        Unit::Other("ratio".to_owned()),
-        utilization,
-    );
-    registry.register_with_unit(
-        "gpu_sm_clock",
-        "GPU SM clock",
-        Unit::Other("hertz".to_owned()),
-        sm_clock,
-    );
-    registry.register_with_unit(
-        "gpu_memory_used",
-        "GPU framebuffer memory in use",
-        Unit::Bytes,
-        memory_used,
-    );
+    registry.register_collector(Box::new(GpuGauges::from_status(status)));
 
     registry.register(
         "agent_reports",
@@ -298,6 +250,7 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
     let node_step = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let node_slowdown = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let node_straggler = Family::<Labels, Gauge>::default();
+    let node_tps = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     for job in &status.jobs {
         let l = labels(&[("job", &job.name)]);
         if let Some(v) = job.tokens_per_s {
@@ -318,6 +271,9 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
                 node_slowdown.get_or_create(&l).set(v);
             }
             node_straggler.get_or_create(&l).set(i64::from(n.straggler));
+            if let Some(v) = n.tokens_per_s {
+                node_tps.get_or_create(&l).set(v);
+            }
         }
     }
     registry.register(
@@ -352,10 +308,149 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
         "1 when the node is flagged as a straggler of the job",
         node_straggler,
     );
+    registry.register(
+        "job_node_tokens_per_second",
+        "Tokens per second processed on the node: its ranks' share of the job's tokens/s",
+        node_tps,
+    );
 
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
+}
+
+/// The per-GPU gauges (temperature, power, utilization, SM clock, memory
+/// used), encoded straight from the GPUs' readings at encode time.
+///
+/// At cluster scale this is 16,384 GPUs × 5 series. As `Family`s, every
+/// scrape built, hashed and stored an owned four-label set per series
+/// (hundreds of thousands of small allocations, tens of MiB held until the
+/// text was written). Here each GPU is one row and each label set is
+/// borrowed from it while it is written; the text is the same, produced by
+/// the same encoder. A collector is `'static`, hence the rows copy the few
+/// strings they need.
+#[derive(Debug)]
+struct GpuGauges {
+    /// (node id, hostname), indexed by [`GpuRow::node`].
+    nodes: Vec<(String, String)>,
+    rows: Vec<GpuRow>,
+}
+
+#[derive(Debug)]
+struct GpuRow {
+    node: usize,
+    index: String,
+    uuid: String,
+    reading: v1::GpuReading,
+}
+
+/// (name, help, unit, value of a reading) of each per-GPU gauge, in the
+/// order they are written. The help ends with the period that
+/// `Registry::register` appends to the others.
+type GpuGauge = (
+    &'static str,
+    &'static str,
+    Unit,
+    fn(&v1::GpuReading) -> Option<GpuValue>,
+);
+
+#[derive(Debug, Clone, Copy)]
+enum GpuValue {
+    F64(f64),
+    I64(i64),
+}
+
+fn gpu_gauges() -> [GpuGauge; 5] {
+    [
+        ("gpu_temperature", "GPU temperature.", Unit::Celsius, |r| {
+            r.temperature_c.map(GpuValue::F64)
+        }),
+        (
+            "gpu_power",
+            "GPU power draw.",
+            Unit::Other("watts".to_owned()),
+            |r| r.power_w.map(GpuValue::F64),
+        ),
+        (
+            "gpu_utilization",
+            "Fraction of time the GPU was busy.",
+            Unit::Other("ratio".to_owned()),
+            |r| {
+                r.utilization_gpu_pct
+                    .map(|v| GpuValue::F64(f64::from(v) / 100.0))
+            },
+        ),
+        (
+            "gpu_sm_clock",
+            "GPU SM clock.",
+            Unit::Other("hertz".to_owned()),
+            |r| r.sm_clock_mhz.map(|v| GpuValue::F64(f64::from(v) * 1e6)),
+        ),
+        (
+            "gpu_memory_used",
+            "GPU framebuffer memory in use.",
+            Unit::Bytes,
+            |r| {
+                r.memory_used_bytes
+                    .map(|v| GpuValue::I64(i64::try_from(v).unwrap_or(i64::MAX)))
+            },
+        ),
+    ]
+}
+
+impl GpuGauges {
+    fn from_status(status: &v1::ClusterStatus) -> GpuGauges {
+        let mut nodes = Vec::with_capacity(status.nodes.len());
+        let mut rows = Vec::new();
+        for node in &status.nodes {
+            let mut at = None;
+            for gpu in &node.gpus {
+                let Some(reading) = gpu.reading else { continue };
+                let i = *at.get_or_insert_with(|| {
+                    nodes.push((node.id.clone(), node.hostname.clone()));
+                    nodes.len() - 1
+                });
+                rows.push(GpuRow {
+                    node: i,
+                    index: gpu.index.to_string(),
+                    uuid: gpu.uuid.clone(),
+                    reading,
+                });
+            }
+        }
+        GpuGauges { nodes, rows }
+    }
+}
+
+impl Collector for GpuGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, unit, value) in gpu_gauges() {
+            // A family with no series is left out, as the registry does.
+            if !self.rows.iter().any(|row| value(&row.reading).is_some()) {
+                continue;
+            }
+            let mut family =
+                encoder.encode_descriptor(name, help, Some(&unit), MetricType::Gauge)?;
+            for row in &self.rows {
+                let Some(v) = value(&row.reading) else {
+                    continue;
+                };
+                let (id, hostname) = &self.nodes[row.node];
+                let labels = [
+                    ("gpu", row.index.as_str()),
+                    ("UUID", row.uuid.as_str()),
+                    ("Hostname", hostname.as_str()),
+                    ("node", id.as_str()),
+                ];
+                let metric = family.encode_family(&labels)?;
+                match v {
+                    GpuValue::F64(v) => ConstGauge::new(v).encode(metric)?,
+                    GpuValue::I64(v) => ConstGauge::new(v).encode(metric)?,
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Content type of [`render`]'s output.

@@ -453,6 +453,7 @@ mod tests {
                 by: "b".into(),
                 at: 2,
             }),
+            suspect: None,
         }
     }
 

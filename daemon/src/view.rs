@@ -121,6 +121,7 @@ pub fn job(j: &Job) -> v1::Job {
                 step_time_s: j.detect.stragglers.median_step_s(n),
                 slowdown: j.detect.stragglers.slowdown(n),
                 straggler: j.detect.stragglers.is_flagged(n),
+                tokens_per_s: j.node_tokens_per_s(n),
             })
             .collect(),
         rollbacks: r.rollbacks,

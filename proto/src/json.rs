@@ -57,6 +57,7 @@ pub struct JobNodeStatsView {
     pub step_time_s: Option<f64>,
     pub slowdown: Option<f64>,
     pub straggler: bool,
+    pub tokens_per_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -220,6 +221,7 @@ impl From<&v1::Job> for JobView {
                     step_time_s: n.step_time_s,
                     slowdown: n.slowdown,
                     straggler: n.straggler,
+                    tokens_per_s: n.tokens_per_s,
                 })
                 .collect(),
             rollbacks: j.rollbacks,

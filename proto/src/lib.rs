@@ -9,6 +9,7 @@ pub mod v1 {
 
 pub mod identity;
 pub mod json;
+pub mod progress_regex;
 pub mod rank_env;
 pub mod time;
 pub mod transport;

@@ -16,7 +16,9 @@
 
 pub mod adopt;
 pub mod env;
+pub mod follow;
 pub mod logs;
+pub mod postmortem;
 pub mod process;
 pub mod scanner;
 
@@ -88,17 +90,17 @@ impl Launcher {
         let previous_port = adoptable.as_ref().and_then(|a| a.progress_port);
         // Without the intake ranks still run; they just cannot report
         // progress, which is better than a node that refuses all work.
-        let progress_addr = match Intake::start_on(fence.clone(), previous_port.unwrap_or(0)).await
-        {
+        let intake = match Intake::start_on(fence.clone(), previous_port.unwrap_or(0)).await {
             Ok(intake) => {
                 info!(addr = %intake.addr(), "progress intake listening");
-                Some(intake.addr())
+                Some(intake)
             }
             Err(e) => {
                 error!("cannot start the progress intake on 127.0.0.1: {e}; ranks will run without SUP_PROGRESS_ADDR");
                 None
             }
         };
+        let progress_addr = intake.as_ref().map(Intake::addr);
         let catalogs = Catalogs::new(fence.clone());
         let scanner = tokio::spawn(scanner::run(Arc::clone(&catalogs), assignment.clone()));
         let (stop, stop_rx) = oneshot::channel();
@@ -108,6 +110,10 @@ impl Launcher {
             fence,
             catalogs,
             progress_addr: progress_addr.map(|a| a.to_string()),
+            intake,
+            follower: None,
+            postmortem: None,
+            stack_dumps: None,
             desired: None,
             current: None,
             stopping: None,
@@ -193,6 +199,15 @@ struct Reconciler {
     fence: Fence,
     catalogs: Arc<Catalogs>,
     progress_addr: Option<String>,
+    intake: Option<Intake>,
+    /// Follows the current generation's rank logs when its job has a
+    /// `progress_regex`; stops when dropped.
+    follower: Option<follow::Follower>,
+    /// Stack dumps of a hung generation's ranks being taken before they
+    /// are stopped (see [`postmortem`]).
+    postmortem: Option<(u64, JoinHandle<BTreeMap<u32, String>>)>,
+    /// The dumps taken, by rank, for the generation's exit reports.
+    stack_dumps: Option<(u64, BTreeMap<u32, String>)>,
     desired: Option<DesiredAssignment>,
     current: Option<Generation>,
     stopping: Option<Stopping>,
@@ -239,6 +254,16 @@ impl Watchdog {
     }
 }
 
+/// The stack dumps being taken, once they are done (never, if none are).
+async fn wait_postmortem(
+    postmortem: &mut Option<(u64, JoinHandle<BTreeMap<u32, String>>)>,
+) -> (u64, BTreeMap<u32, String>) {
+    match postmortem {
+        Some((generation, task)) => (*generation, task.await.unwrap_or_default()),
+        None => std::future::pending().await,
+    }
+}
+
 fn desired_key(desired: &DesiredAssignment) -> (u64, &str) {
     (
         desired.generation,
@@ -277,6 +302,11 @@ impl Reconciler {
                     self.on_deadline();
                 }
                 () = sleep_until(ping.unwrap_or_else(Instant::now)), if ping.is_some() => {}
+                (generation, dumps) = wait_postmortem(&mut self.postmortem) => {
+                    self.postmortem = None;
+                    info!(generation, ranks = dumps.len(), "post-mortem stack dumps taken");
+                    self.stack_dumps = Some((generation, dumps));
+                }
                 // A dropped handle means the same as a shutdown request.
                 detach = &mut stop, if !self.shutting_down => {
                     if matches!(detach, Ok(true)) {
@@ -329,11 +359,50 @@ impl Reconciler {
             return true;
         }
         if live {
-            self.begin_stop();
+            let postmortem = desired.postmortem_generation;
+            if !self.take_postmortem(postmortem) {
+                self.begin_stop();
+            }
             return true;
         }
         let desired = desired.clone();
         self.launch(desired);
+        true
+    }
+
+    /// Before the ranks of a generation supd found hung are stopped: starts
+    /// their stack dumps if py-spy is installed. True while they are being
+    /// taken (the stop waits; each dump is bounded).
+    fn take_postmortem(&mut self, hung_generation: u64) -> bool {
+        if self.postmortem.is_some() {
+            return true;
+        }
+        // Already being stopped (for an earlier assignment): too late.
+        let Some(current) = self.current.as_ref().filter(|_| self.stopping.is_none()) else {
+            return false;
+        };
+        let done = self
+            .stack_dumps
+            .as_ref()
+            .is_some_and(|(g, _)| *g == current.generation);
+        if hung_generation == 0 || hung_generation != current.generation || done {
+            return false;
+        }
+        let Some(py_spy) = postmortem::find_py_spy(std::env::var_os("PATH").as_deref()) else {
+            debug!(
+                generation = current.generation,
+                "no py-spy on PATH: the post-mortem has the log lines only"
+            );
+            return false;
+        };
+        let generation = current.generation;
+        let ranks: Vec<(u32, nix::unistd::Pid)> =
+            current.ranks.values().map(|r| (r.rank, r.pid)).collect();
+        info!(generation, ranks = ranks.len(), py_spy = %py_spy.display(), "the generation hung: dumping the ranks' stacks before stopping them");
+        let task = tokio::spawn(async move {
+            postmortem::dump_stacks(&py_spy, &ranks, postmortem::DUMP_TIMEOUT).await
+        });
+        self.postmortem = Some((generation, task));
         true
     }
 
@@ -380,6 +449,7 @@ impl Reconciler {
                 launched: true,
                 launch_error: String::new(),
             });
+            self.follow_logs();
             self.publish_status();
         } else {
             warn!(
@@ -504,12 +574,50 @@ impl Reconciler {
         }
         let partial = !current.launch_error.is_empty() && !current.ranks.is_empty();
         self.current = Some(current);
+        self.follow_logs();
         if partial {
             // Part of a world can never make progress; supd decides what
             // comes next from the launch error.
             self.begin_stop();
         }
         self.publish_status();
+    }
+
+    /// Follows the current generation's rank logs if its job has a
+    /// `progress_regex` (and stops following the previous generation's).
+    fn follow_logs(&mut self) {
+        self.follower = None;
+        let (Some(current), Some(intake)) = (self.current.as_ref(), self.intake.as_ref()) else {
+            return;
+        };
+        let Some(job) = current
+            .job
+            .as_ref()
+            .filter(|j| !j.progress_regex.is_empty())
+        else {
+            return;
+        };
+        let pattern = match sup_proto::progress_regex::ProgressPattern::new(&job.progress_regex) {
+            Ok(pattern) => pattern,
+            Err(e) => {
+                // supd checks it at submission; a different version may not.
+                warn!(job = %job.job, "ignoring the job's {e}");
+                return;
+            }
+        };
+        let logs = current
+            .ranks
+            .values()
+            .map(|r| (r.rank, r.log_path.clone()))
+            .collect();
+        self.follower = Some(follow::Follower::start(
+            pattern,
+            &job.job,
+            current.generation,
+            logs,
+            intake.clone(),
+            self.fence.clone(),
+        ));
     }
 
     fn start_ranks(
@@ -604,6 +712,12 @@ impl Reconciler {
                 signal: exit.signal(),
                 log_tail,
                 stopped_by_agent: rank.stopping,
+                stack_dump: self
+                    .stack_dumps
+                    .as_mut()
+                    .filter(|(g, _)| *g == generation)
+                    .and_then(|(_, dumps)| dumps.remove(&rank.rank))
+                    .unwrap_or_default(),
             }),
         );
         self.publish_status();

@@ -285,6 +285,90 @@ impl Default for HangDetector {
     }
 }
 
+/// The node a hang is blamed on, if one can be, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HangAttribution {
+    pub node: Option<String>,
+    pub why: String,
+}
+
+/// Who hung the job. The node whose ranks stopped advancing first (the one
+/// node whose slowest rank is behind every other node's) is blamed; if the
+/// lag cannot single one out, the one node among the candidates with
+/// hardware evidence is. Otherwise nobody: a hang with every rank at the
+/// same step and no hardware evidence (a software bug, a data loader, a
+/// deadlock) says nothing about the machines.
+///
+/// `min_step`: each node's lowest latest rank step; `job_step`: the job's
+/// highest; `hardware`: evidence text per node (only nodes with some).
+pub fn attribute_hang(
+    nodes: &[String],
+    min_step: &BTreeMap<String, u64>,
+    job_step: Option<u64>,
+    hardware: &BTreeMap<String, String>,
+) -> HangAttribution {
+    let lowest = nodes.iter().filter_map(|n| min_step.get(n)).min().copied();
+    let behind: Vec<&String> = match (lowest, job_step) {
+        (Some(low), Some(max)) if low < max => nodes
+            .iter()
+            .filter(|n| min_step.get(*n) == Some(&low))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let evidence = |n: &str| {
+        hardware
+            .get(n)
+            .map(|h| format!("; hardware evidence: {h}"))
+            .unwrap_or_default()
+    };
+    if let ([node], Some(low), Some(max)) = (behind.as_slice(), lowest, job_step) {
+        return HangAttribution {
+            node: Some((*node).clone()),
+            why: format!(
+                "node {node} lagging: its ranks stopped advancing first (at step {low}, the job reached step {max}){}",
+                evidence(node)
+            ),
+        };
+    }
+    let pool: Vec<&String> = if behind.is_empty() {
+        nodes.iter().collect()
+    } else {
+        behind.clone()
+    };
+    let with_hardware: Vec<&String> = pool
+        .iter()
+        .copied()
+        .filter(|n| hardware.contains_key(*n))
+        .collect();
+    if let [node] = with_hardware.as_slice() {
+        return HangAttribution {
+            node: Some((*node).clone()),
+            why: format!(
+                "node {node} blamed on hardware evidence: {}",
+                hardware.get(*node).map_or("", String::as_str)
+            ),
+        };
+    }
+    let listed = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+    let why = if behind.len() > 1 {
+        format!(
+            "the ranks of nodes {} stopped at the same step {}: no single node to blame",
+            listed(&behind),
+            lowest.unwrap_or_default()
+        )
+    } else if with_hardware.len() > 1 {
+        format!(
+            "hardware evidence on several nodes ({}): no single node to blame",
+            listed(&with_hardware)
+        )
+    } else {
+        "every node's ranks stopped at the same step and no node shows hardware evidence: \
+         no node to blame"
+            .to_owned()
+    };
+    HangAttribution { node: None, why }
+}
+
 // -- stragglers --------------------------------------------------------------
 
 #[derive(Debug, Clone, Default)]
@@ -706,6 +790,67 @@ mod tests {
         let deadline = h.deadline(&cfg).expect("deadline");
         assert!(deadline - now <= (2.0 * median * 1000.0) as Millis + 1_000);
         assert!(h.check(deadline, &cfg).is_some());
+    }
+
+    #[test]
+    fn a_hang_is_blamed_on_one_node_or_on_nobody() {
+        let ids = nodes(3);
+        let steps = |v: [u64; 3]| -> BTreeMap<String, u64> { ids.iter().cloned().zip(v).collect() };
+        let hw = |n: &[&str]| -> BTreeMap<String, String> {
+            n.iter()
+                .map(|id| {
+                    (
+                        (*id).to_owned(),
+                        "GPU 1 degraded: PCIe x8 of x16".to_owned(),
+                    )
+                })
+                .collect()
+        };
+        // Every rank at the same step, no hardware evidence: nobody.
+        let a = attribute_hang(&ids, &steps([9, 9, 9]), Some(9), &hw(&[]));
+        assert_eq!(a.node, None);
+        assert!(a.why.contains("no node to blame"), "{}", a.why);
+        // One node's ranks stopped first: that node.
+        let a = attribute_hang(&ids, &steps([9, 7, 8]), Some(9), &hw(&[]));
+        assert_eq!(a.node.as_deref(), Some("node-1"));
+        assert!(
+            a.why.starts_with(
+                "node node-1 lagging: its ranks stopped advancing first (at step 7, the job reached step 9)"
+            ),
+            "{}",
+            a.why
+        );
+        // Two nodes equally behind: not one node's doing ...
+        let a = attribute_hang(&ids, &steps([7, 7, 9]), Some(9), &hw(&[]));
+        assert_eq!(a.node, None);
+        assert!(
+            a.why
+                .contains("the ranks of nodes node-0, node-1 stopped at the same step 7"),
+            "{}",
+            a.why
+        );
+        // ... unless one of them has hardware evidence.
+        let a = attribute_hang(&ids, &steps([7, 7, 9]), Some(9), &hw(&["node-0", "node-2"]));
+        assert_eq!(a.node.as_deref(), Some("node-0"));
+        assert!(
+            a.why
+                .contains("hardware evidence: GPU 1 degraded: PCIe x8 of x16"),
+            "{}",
+            a.why
+        );
+        // No lag: the one node with hardware evidence, or nobody if several.
+        let a = attribute_hang(&ids, &steps([9, 9, 9]), Some(9), &hw(&["node-2"]));
+        assert_eq!(a.node.as_deref(), Some("node-2"));
+        let a = attribute_hang(&ids, &steps([9, 9, 9]), Some(9), &hw(&["node-1", "node-2"]));
+        assert_eq!(a.node, None);
+        assert!(
+            a.why.contains("hardware evidence on several nodes"),
+            "{}",
+            a.why
+        );
+        // No reports at all: nobody.
+        let a = attribute_hang(&ids, &BTreeMap::new(), None, &hw(&[]));
+        assert_eq!(a.node, None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! count as the job's failure, loss spike → rollback with a new seed, MFU.
 
 use super::detect::DetectConfig;
+use super::test_support::*;
 use super::*;
 
 fn config() -> EngineConfig {
@@ -25,65 +26,7 @@ fn config() -> EngineConfig {
 }
 
 fn cluster(count: u32) -> Engine {
-    let mut e = Engine::new(config());
-    for i in 1..=count {
-        let id = format!("n{i}");
-        e.register(
-            0,
-            Registration {
-                session: SessionId::from(i),
-                node_id: id.clone(),
-                address: format!("addr-{id}"),
-                hostname: id.clone(),
-                agent_version: "0".to_owned(),
-                instance_id: format!("i-{id}"),
-                gpu_backend: "sim".to_owned(),
-                gpus: (0..2)
-                    .map(|g| GpuInventory {
-                        index: g,
-                        uuid: format!("GPU-{id}-{g}"),
-                        name: "NVIDIA H100 80GB HBM3".to_owned(),
-                        pci_bus_id: String::new(),
-                        memory_total_bytes: None,
-                    })
-                    .collect(),
-            },
-        )
-        .expect("register");
-        assert!(e.telemetry(0, &id, SessionId::from(i), vec![]));
-    }
-    drain(&mut e);
-    e
-}
-
-fn session_of(id: &str) -> SessionId {
-    id.trim_start_matches('n').parse().expect("node id n<k>")
-}
-
-fn drain(e: &mut Engine) -> Vec<Action> {
-    std::iter::from_fn(|| e.poll_action()).collect()
-}
-
-fn events(actions: &[Action]) -> Vec<(EventKind, String)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Persist(Change::AppendEvent(ev)) => Some((ev.kind, ev.reason.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
-fn event(actions: &[Action], kind: EventKind) -> String {
-    events(actions)
-        .into_iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, r)| r)
-        .unwrap_or_else(|| panic!("no {kind:?} event in {:#?}", events(actions)))
-}
-
-fn has(actions: &[Action], kind: EventKind) -> bool {
-    events(actions).iter().any(|(k, _)| *k == kind)
+    cluster_with(config(), count)
 }
 
 fn submit(e: &mut Engine, name: &str, nodes: u32, extra: &str) {
@@ -92,32 +35,6 @@ fn submit(e: &mut Engine, name: &str, nodes: u32, extra: &str) {
          checkpoint_dir = \"/ckpt/{name}\"\ncheckpoint_layout = \"marker:COMPLETE\"\n{extra}"
     );
     e.submit_job(0, &spec, "test").expect("submit");
-    drain(e);
-}
-
-fn job<'a>(e: &'a Engine, name: &str) -> &'a Job {
-    e.job(name).expect("job")
-}
-
-fn launch_all(e: &mut Engine, name: &str, now: Millis) {
-    let (generation, nodes) = {
-        let j = job(e, name);
-        (j.record.generation, j.record.nodes.clone())
-    };
-    for n in &nodes {
-        assert!(e.rank_status(
-            now,
-            n,
-            session_of(n),
-            v1::RankStatus {
-                job: name.to_owned(),
-                generation,
-                running_local_ranks: vec![0, 1],
-                launched: true,
-                launch_error: String::new(),
-            }
-        ));
-    }
     drain(e);
 }
 
@@ -145,25 +62,6 @@ fn train(step: u64, time: f64) -> v1::JobProgress {
         tokens: Some(step * 1000),
         ..Default::default()
     }
-}
-
-fn checkpoint(e: &mut Engine, name: &str, node: &str, steps: &[u64], now: Millis) -> Vec<Action> {
-    assert!(e.checkpoints(
-        now,
-        node,
-        session_of(node),
-        v1::CheckpointCatalog {
-            job: name.to_owned(),
-            checkpoints: steps
-                .iter()
-                .map(|s| v1::Checkpoint {
-                    step: *s,
-                    path: format!("/ckpt/{name}/step-{s}"),
-                })
-                .collect(),
-        }
-    ));
-    drain(e)
 }
 
 /// Steps `from..=to` every 500 ms on every node of the job; returns the
@@ -209,6 +107,8 @@ fn a_hang_restarts_from_the_newest_checkpoint_on_time_without_cordon() {
     let j = job(&e, "llm");
     assert_eq!(j.record.restarts, 1);
     assert_eq!(j.record.nodes.len(), 2, "same nodes, nothing cordoned");
+    // The agents are asked for stack dumps before they stop the hung ranks.
+    assert_eq!(e.desired_assignment("n1").postmortem_generation, hung_gen);
 
     // The stopped ranks of the hung generation bring the post-mortem.
     assert!(!e.rank_exited(
@@ -223,12 +123,18 @@ fn a_hang_restarts_from_the_newest_checkpoint_on_time_without_cordon() {
             signal: Some(15),
             log_tail: "step 20/100 loss 0.1\ntrainer: got signal 15, exiting\n".into(),
             stopped_by_agent: true,
+            stack_dump: "Thread 0x7f (idle): \"MainThread\"\n    recv_exact (train.py:212)\n"
+                .into(),
             ..Default::default()
         }
     ));
     let pm = event(&drain(&mut e), EventKind::JobHangPostmortem);
     assert!(
-        pm.contains("rank 1") && pm.contains("step 20/100 loss 0.1"),
+        pm.contains("rank 1")
+            && pm.contains("step 20/100 loss 0.1")
+            && pm.ends_with(
+                "; stacks: Thread 0x7f (idle): \"MainThread\" | recv_exact (train.py:212)"
+            ),
         "{pm}"
     );
 }
@@ -281,14 +187,31 @@ fn a_node_lagging_in_repeated_hangs_is_cordoned() {
         if round == 0 {
             assert!(
                 !has(&actions, EventKind::NodeCordoned),
-                "one hang: noted only"
+                "one hang: suspect only"
             );
+            assert!(why.contains("(1 of 2 hang(s) of this job blamed on it before a cordon: suspect, nothing cordoned yet)"), "{why}");
+            let n2 = e.node("n2").expect("n2");
+            assert_eq!(n2.state(), NodeState::Suspect);
+            assert_eq!(
+                n2.record.suspect.as_deref(),
+                Some("1 hang(s) of job 'llm' blamed on it (cordoned at 2)")
+            );
+            assert_eq!(e.node("n1").expect("n1").state(), NodeState::Ready);
         } else {
             let c = event(&actions, EventKind::NodeCordoned);
             assert!(c.contains("2 hangs"), "{c}");
             assert_eq!(job(&e, "llm").record.nodes, vec!["n1", "n3"]);
         }
     }
+    // An operator clearing the node clears its suspicion and its count.
+    e.uncordon(now, "n2", "op", "swapped the NIC")
+        .expect("uncordon");
+    let n2 = e.node("n2").expect("n2");
+    assert_eq!(
+        (n2.state(), n2.record.suspect.as_deref()),
+        (NodeState::Ready, None)
+    );
+    assert!(job(&e, "llm").record.hang_blame.is_empty());
 }
 
 #[test]
@@ -324,6 +247,70 @@ fn a_straggler_is_swapped_for_the_spare_without_counting_a_failure() {
     assert_eq!(j.record.restarts, 0, "the cluster's doing, not the job's");
     assert_eq!(j.record.nodes, vec!["n1", "n3"]);
     assert!(!has(&actions, EventKind::NodeCordoned));
+}
+
+/// The resume point of a generation's assignments.
+fn resume_of(e: &Engine, node: &str) -> Option<u64> {
+    e.desired_assignment(node)
+        .job
+        .and_then(|j| j.resume_from)
+        .map(|c| c.step)
+}
+
+#[test]
+fn a_checkpoint_found_while_a_generation_starts_does_not_split_its_resume_step() {
+    // Seen end to end: the straggler swap restarted from step 5 while the
+    // old ranks were writing step 10; the kept node's agent, still stopping
+    // them, launched after the catalog with 10 came in and got step 10, the
+    // spare had got 5, and the world could not meet.
+    let mut e = cluster(3);
+    submit(&mut e, "llm", 2, "straggler_policy = \"replace\"");
+    launch_all(&mut e, "llm", 0);
+    checkpoint(&mut e, "llm", "n1", &[5], 100);
+    let mut now = 0;
+    for step in 1..=40u64 {
+        now = step as Millis * 500;
+        report(&mut e, "llm", "n1", now, train(step, 0.40));
+        if has(
+            &report(&mut e, "llm", "n2", now, train(step, 0.60)),
+            EventKind::JobStraggler,
+        ) {
+            break;
+        }
+    }
+    assert_eq!(job(&e, "llm").record.nodes, vec!["n1", "n3"]);
+    assert_eq!(
+        (resume_of(&e, "n1"), resume_of(&e, "n3")),
+        (Some(5), Some(5))
+    );
+    let actions = checkpoint(&mut e, "llm", "n1", &[5, 10], now + 100);
+    assert!(event(&actions, EventKind::JobCheckpoint).contains("step 10"));
+    assert_eq!(
+        (resume_of(&e, "n1"), resume_of(&e, "n3")),
+        (Some(5), Some(5)),
+        "the generation keeps the resume step it started with"
+    );
+    // The next generation starts from the newest.
+    launch_all(&mut e, "llm", now + 200);
+    let generation = job(&e, "llm").record.generation;
+    assert!(e.rank_exited(
+        now + 300,
+        "n3",
+        session_of("n3"),
+        v1::RankExited {
+            job: "llm".into(),
+            generation,
+            rank: 2,
+            exit_code: Some(1),
+            ..Default::default()
+        }
+    ));
+    drain(&mut e);
+    assert!(job(&e, "llm").record.generation > generation);
+    assert_eq!(
+        (resume_of(&e, "n1"), resume_of(&e, "n3")),
+        (Some(10), Some(10))
+    );
 }
 
 #[test]
@@ -479,6 +466,23 @@ fn throughput_and_mfu_from_progress() {
         view.node_stats.first().and_then(|n| n.step_time_s),
         Some(0.4)
     );
+    // Per node: its 2 of the 4 ranks' share, from its own reports; n2 has
+    // reported nothing yet.
+    assert_eq!(
+        view.node_stats.first().and_then(|n| n.tokens_per_s),
+        Some(2_000.0)
+    );
+    assert_eq!(view.node_stats.get(1).and_then(|n| n.tokens_per_s), None);
+    for step in 1..=3u64 {
+        let p = v1::JobProgress {
+            tokens: Some(step * 4_000),
+            ..train(step, 0.4)
+        };
+        report(&mut e, "llm", "n2", 20_000 + step as Millis * 2_000, p);
+    }
+    let j = job(&e, "llm");
+    assert_eq!(j.node_tokens_per_s("n2"), Some(1_000.0));
+    assert_eq!(j.node_tokens_per_s("n3"), None, "not the job's");
 }
 
 #[test]
@@ -534,4 +538,173 @@ fn a_rollback_without_a_new_catalog_goes_ahead_after_the_wait() {
     e.handle_timeout(spiked + 5_000);
     let why = event(&drain(&mut e), EventKind::JobRolledBack);
     assert!(why.contains("rolling back to checkpoint step 10"), "{why}");
+}
+
+fn utilization(e: &mut Engine, node: &str, now: Millis, pct: [Option<u32>; 2]) {
+    let readings = pct
+        .iter()
+        .zip(0u32..)
+        .map(|(p, index)| GpuReading {
+            index,
+            utilization_gpu_pct: *p,
+            ..GpuReading::default()
+        })
+        .collect();
+    assert!(e.telemetry(now, node, session_of(node), readings));
+}
+
+#[test]
+fn gpus_idle_at_zero_utilization_for_the_bound_hang_a_job_without_progress() {
+    let mut e = cluster(3);
+    submit(&mut e, "llm", 2, "");
+    launch_all(&mut e, "llm", 0);
+    assert_eq!(job(&e, "llm").record.state, JobState::Running);
+    // No progress at all: the step detector never arms.
+    utilization(&mut e, "n1", 1_000, [Some(0), Some(0)]);
+    utilization(&mut e, "n2", 1_500, [Some(0), Some(0)]);
+    drain(&mut e);
+    // The idle GPUs schedule a check, which sets the exact time: the
+    // ceiling (still warming up), counted from the last GPU going idle.
+    let first = e.poll_timeout().expect("a check after GPUs went idle");
+    assert!(first <= 1_500 + 1_000, "{first}");
+    e.handle_timeout(first);
+    assert!(!has(&drain(&mut e), EventKind::JobHung));
+    assert_eq!(e.poll_timeout(), Some(1_500 + 60_000));
+    // Readings keep coming at 0%: idle since the first one.
+    utilization(&mut e, "n1", 30_000, [Some(0), Some(0)]);
+    e.handle_timeout(61_499);
+    assert!(!has(&drain(&mut e), EventKind::JobHung));
+    e.handle_timeout(61_500);
+    let actions = drain(&mut e);
+    let why = event(&actions, EventKind::JobHung);
+    assert!(
+        why.contains(
+            "hung: all 4 GPU(s) of the job at 0% utilization with no step advance for 60000 ms in phase train"
+        ) && why.contains("the ceiling: still warming up")
+            && why.contains("no node to blame, nothing cordoned"),
+        "{why}"
+    );
+    assert!(has(&actions, EventKind::JobRestarted));
+    assert!(!has(&actions, EventKind::NodeCordoned));
+}
+
+#[test]
+fn one_busy_or_unreported_gpu_is_no_zero_utilization_signal() {
+    for other in [Some(3), None] {
+        let mut e = cluster(2);
+        submit(&mut e, "llm", 2, "");
+        launch_all(&mut e, "llm", 0);
+        utilization(&mut e, "n1", 1_000, [Some(0), Some(0)]);
+        utilization(&mut e, "n2", 1_000, [Some(0), other]);
+        e.handle_timeout(1_000_000);
+        assert!(
+            !has(&drain(&mut e), EventKind::JobHung),
+            "other GPU at {other:?}"
+        );
+    }
+    // Steps advancing while the GPUs read 0% (a probe that lies, a CPU
+    // phase): the step detector's bound counts from the last advance.
+    let mut e = cluster(2);
+    submit(&mut e, "llm", 2, "");
+    launch_all(&mut e, "llm", 0);
+    utilization(&mut e, "n1", 0, [Some(0), Some(0)]);
+    utilization(&mut e, "n2", 0, [Some(0), Some(0)]);
+    let last = run_steps(&mut e, "llm", 1, 200, 0);
+    assert!(last > 60_000);
+    e.handle_timeout(last + 999);
+    assert!(!has(&drain(&mut e), EventKind::JobHung));
+}
+
+#[test]
+fn a_suspect_node_short_of_a_cordon_is_cleared_by_an_uncordon() {
+    let mut e = cluster_with(
+        EngineConfig {
+            detect: DetectConfig {
+                hang_cordon_after: 4,
+                ..config().detect
+            },
+            ..config()
+        },
+        3,
+    );
+    submit(&mut e, "llm", 2, "");
+    let mut now = 0;
+    for round in 1..=2u32 {
+        launch_all(&mut e, "llm", now);
+        for step in 1..=10 {
+            now += 500;
+            report(&mut e, "llm", "n1", now, train(step, 0.4));
+            let lag = v1::JobProgress {
+                min_step: Some(step.min(7)),
+                ..train(step, 0.4)
+            };
+            report(&mut e, "llm", "n2", now, lag);
+        }
+        now += 1_000;
+        e.handle_timeout(now);
+        let why = event(&drain(&mut e), EventKind::JobHung);
+        let n2 = e.node("n2").expect("n2");
+        if round == 1 {
+            assert!(why.contains("noted, nothing cordoned"), "{why}");
+            assert_eq!(n2.state(), NodeState::Ready);
+        } else {
+            assert!(why.contains("(2 of 4 hang(s) of this job blamed on it before a cordon: suspect, nothing cordoned yet)"), "{why}");
+            assert_eq!(n2.state(), NodeState::Suspect);
+        }
+    }
+    let outcome = e
+        .uncordon(now, "n2", "op", "checked the NIC")
+        .expect("uncordon");
+    assert!(outcome.changed, "{outcome:?}");
+    assert_eq!(outcome.message, "node 'n2' is no longer suspect");
+    let why = event(&drain(&mut e), EventKind::NodeUncordoned);
+    assert_eq!(
+        why,
+        "suspect cleared by op (was: 2 hang(s) of job 'llm' blamed on it (cordoned at 4)): checked the NIC"
+    );
+    assert_eq!(e.node("n2").expect("n2").state(), NodeState::Ready);
+    assert!(job(&e, "llm").record.hang_blame.is_empty());
+    let again = e.uncordon(now, "n2", "op", "").expect("uncordon");
+    assert!(!again.changed, "{again:?}");
+}
+
+#[test]
+fn with_hang_cordons_off_a_blamed_node_is_neither_suspect_nor_cordoned() {
+    let mut e = cluster_with(
+        EngineConfig {
+            detect: DetectConfig {
+                hang_cordon_after: 0,
+                ..config().detect
+            },
+            ..config()
+        },
+        3,
+    );
+    submit(&mut e, "llm", 2, "");
+    let mut now = 0;
+    for round in 1..=3u32 {
+        launch_all(&mut e, "llm", now);
+        for step in 1..=10 {
+            now += 500;
+            report(&mut e, "llm", "n1", now, train(step, 0.4));
+            let lag = v1::JobProgress {
+                min_step: Some(step.min(7)),
+                ..train(step, 0.4)
+            };
+            report(&mut e, "llm", "n2", now, lag);
+        }
+        now += 1_000;
+        e.handle_timeout(now);
+        let actions = drain(&mut e);
+        let why = event(&actions, EventKind::JobHung);
+        assert!(
+            why.contains(&format!(
+                "node n2 lagging: its ranks stopped advancing first (at step 7, the job reached step 10) \
+                 ({round} hang(s) of this job blamed on it; nothing cordoned: detect.hang_cordon_after = 0)"
+            )),
+            "{why}"
+        );
+        assert!(!has(&actions, EventKind::NodeCordoned));
+        assert_eq!(e.node("n2").expect("n2").state(), NodeState::Ready);
+    }
 }

@@ -97,6 +97,26 @@ pub struct JobRecord {
     /// Hangs attributed to each node (its ranks behind the others).
     #[serde(default)]
     pub hang_blame: BTreeMap<String, u32>,
+    /// The checkpoint the current generation resumes from (`Some(None)`:
+    /// from scratch), fixed when the generation starts. `checkpoint` moves
+    /// on as agents find newer ones, also while the agents of a new
+    /// generation are still stopping the old ranks; were assignments built
+    /// from it, a node launching later would resume from another step than
+    /// the others and the world could never meet. `None` only in records
+    /// written before this field: `checkpoint` is used then.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resume_from: Option<Option<CheckpointRef>>,
+}
+
+/// A field that is present deserializes to `Some`, even when it is null.
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<CheckpointRef>>, D::Error> {
+    Option::<CheckpointRef>::deserialize(d).map(Some)
 }
 
 /// The detectors' state for a job; in memory only (a supd restart
@@ -107,7 +127,10 @@ pub struct JobDetect {
     pub stragglers: StragglerDetector,
     pub loss: LossSpikeDetector,
     pub throughput: Throughput,
-    /// Latest phase and lowest rank step per node of the generation.
+    /// Latest phase of each node of the generation whose ranks are not in
+    /// `train` (a node back in `train` is removed), and lowest rank step per
+    /// node. Sparse, so the job's phase needs no scan of every node's entry
+    /// on every report.
     node_phase: BTreeMap<String, String>,
     node_min_step: BTreeMap<String, u64>,
     /// A straggler to swap out right after the next checkpoint.
@@ -119,6 +142,10 @@ pub struct JobDetect {
     /// The generation stopped as hung: its ranks' stop reports carry the
     /// post-mortem.
     hung_generation: Option<u64>,
+    /// When the current generation started running (every rank launched).
+    pub running_since: Option<Millis>,
+    /// The job's tokens as each node reports them, for per-node tokens/s.
+    node_throughput: BTreeMap<String, Throughput>,
 }
 
 /// A job as the engine sees it: the record plus what only holds for the
@@ -140,10 +167,15 @@ pub struct Job {
     /// The complete checkpoints last reported, oldest first.
     pub catalog: Vec<CheckpointRef>,
     pub detect: JobDetect,
+    /// `record.nodes` indexed: node id → node rank. Every report about a
+    /// job checks membership, and a scan of a 2,048-node list per report
+    /// is quadratic per restart. Kept in step by [`Job::set_nodes`].
+    members: HashMap<String, usize>,
 }
 
 impl Job {
     pub(super) fn restored(record: JobRecord) -> Job {
+        let members = index_nodes(&record.nodes);
         Job {
             record,
             launched: BTreeSet::new(),
@@ -155,7 +187,37 @@ impl Job {
             fault_at: None,
             catalog: Vec::new(),
             detect: JobDetect::default(),
+            members,
         }
+    }
+
+    /// Replaces the nodes of the current generation (in node-rank order)
+    /// and their index. Every change of `record.nodes` goes through here.
+    fn set_nodes(&mut self, nodes: Vec<String>) {
+        self.members = index_nodes(&nodes);
+        self.record.nodes = nodes;
+    }
+
+    /// The node's rank in the current generation, if the job holds it
+    /// (whatever the job's state). O(1).
+    pub fn node_rank(&self, node_id: &str) -> Option<usize> {
+        if self.members.len() == self.record.nodes.len() {
+            // Checked against the list, so a stale index can never claim a
+            // node the job does not hold.
+            return self
+                .members
+                .get(node_id)
+                .copied()
+                .filter(|&r| self.record.nodes.get(r).is_some_and(|n| n == node_id));
+        }
+        // `record.nodes` was changed without `set_nodes`: the list is the
+        // truth.
+        self.record.nodes.iter().position(|n| n == node_id)
+    }
+
+    /// Whether the current generation runs on `node_id`.
+    pub fn has_node(&self, node_id: &str) -> bool {
+        self.node_rank(node_id).is_some()
     }
 
     pub fn world_size(&self) -> u32 {
@@ -173,6 +235,31 @@ impl Job {
         }
         self.detect.throughput.tokens_per_s()
     }
+
+    /// Tokens per second processed on `node`: its ranks' share of the
+    /// global batch times the job's tokens/s, measured over the window from
+    /// the node's own reports (a node whose reports stall shows it first).
+    pub fn node_tokens_per_s(&self, node: &str) -> Option<f64> {
+        if !self.record.state.is_active() {
+            return None;
+        }
+        let world = self.world_size();
+        if world == 0 || !self.has_node(node) {
+            return None;
+        }
+        let share = f64::from(self.record.spec.gpus_per_node) / f64::from(world);
+        Some(self.detect.node_throughput.get(node)?.tokens_per_s()? * share)
+    }
+}
+
+/// Node id → first rank (a list has no duplicates; the first wins anyway,
+/// as a scan would find it).
+fn index_nodes(nodes: &[String]) -> HashMap<String, usize> {
+    let mut index = HashMap::with_capacity(nodes.len());
+    for (rank, n) in nodes.iter().enumerate() {
+        index.entry(n.clone()).or_insert(rank);
+    }
+    index
 }
 
 /// Chosen nodes in node-rank order, and the (preempted job, node) pairs
@@ -207,7 +294,7 @@ impl Engine {
     pub fn job_of(&self, node_id: &str) -> Option<&Job> {
         self.jobs
             .values()
-            .find(|j| j.record.state.is_active() && j.record.nodes.iter().any(|n| n == node_id))
+            .find(|j| j.record.state.is_active() && j.has_node(node_id))
     }
 
     /// The active job holding each node, with the node's rank in it (the
@@ -289,6 +376,7 @@ impl Engine {
             rollback_mark: None,
             avoid_nodes: Vec::new(),
             hang_blame: BTreeMap::new(),
+            resume_from: None,
         };
         self.jobs.insert(name.clone(), Job::restored(record));
         self.record_job_event(now, EventKind::JobSubmitted, None, Some(&name), summary);
@@ -337,9 +425,7 @@ impl Engine {
             .get(node_id)
             .is_some_and(|n| n.session == Some(session));
         live && self.jobs.get(job).is_some_and(|j| {
-            j.record.state.is_active()
-                && j.record.generation == generation
-                && j.record.nodes.iter().any(|n| n == node_id)
+            j.record.state.is_active() && j.record.generation == generation && j.has_node(node_id)
         })
     }
 
@@ -381,6 +467,7 @@ impl Engine {
             && job.record.nodes.iter().all(|n| job.launched.contains(n));
         if all && matches!(job.record.state, JobState::Starting | JobState::Recovering) {
             job.record.state = JobState::Running;
+            job.detect.running_since = Some(now);
             job.record.reason = String::new();
             let mut why = format!(
                 "generation {} running on {} node(s), world size {}",
@@ -490,26 +577,41 @@ impl Engine {
         } else {
             progress.phase.as_str()
         };
-        d.node_phase
-            .insert(node_id.to_owned(), node_phase.to_owned());
+        if node_phase == "train" {
+            d.node_phase.remove(node_id);
+        } else if d.node_phase.get(node_id).map(String::as_str) != Some(node_phase) {
+            d.node_phase
+                .insert(node_id.to_owned(), node_phase.to_owned());
+        }
         if let Some(min) = progress.min_step {
-            d.node_min_step.insert(node_id.to_owned(), min);
+            match d.node_min_step.get_mut(node_id) {
+                Some(m) => *m = min,
+                None => {
+                    d.node_min_step.insert(node_id.to_owned(), min);
+                }
+            }
         }
         // One node saving a checkpoint holds every rank in the collective
-        // that follows: the job is in the slowest phase any node is in.
-        let job_phase = d
-            .node_phase
-            .values()
-            .find(|p| p.as_str() != "train")
-            .cloned()
-            .unwrap_or_else(|| "train".to_owned());
+        // that follows: the job is in the slowest phase any node is in (the
+        // first one not in `train`, in node order).
+        let job_phase = d.node_phase.values().next().map_or("train", String::as_str);
         let deadline = d
             .hang
-            .observe(now, step, &job_phase)
+            .observe(now, step, job_phase)
             .then(|| d.hang.deadline(&cfg))
             .flatten();
         if let Some(tokens) = job.tokens {
             d.throughput.observe(now, tokens, cfg.throughput_window_ms);
+        }
+        if let Some(tokens) = progress.tokens {
+            match d.node_throughput.get_mut(node_id) {
+                Some(t) => t.observe(now, tokens, cfg.throughput_window_ms),
+                None => {
+                    let mut t = Throughput::default();
+                    t.observe(now, tokens, cfg.throughput_window_ms);
+                    d.node_throughput.insert(node_id.to_owned(), t);
+                }
+            }
         }
         let straggler = match progress.step_time_s {
             Some(t) if node_phase == "train" => {
@@ -776,11 +878,18 @@ impl Engine {
         if job.record.state != JobState::Running {
             return false;
         }
-        let Some(reason) = job.detect.hang.check(now, cfg) else {
-            if let Some(at) = job.detect.hang.deadline(cfg) {
-                self.schedule_job_check(at);
-            }
-            return false;
+        let reason = match job.detect.hang.check(now, cfg) {
+            Some(reason) => reason,
+            None => match self.idle_gpu_hang(now, job) {
+                Ok(reason) => reason,
+                Err(idle_deadline) => {
+                    let step_deadline = job.detect.hang.deadline(cfg);
+                    if let Some(at) = step_deadline.into_iter().chain(idle_deadline).min() {
+                        self.schedule_job_check(at);
+                    }
+                    return false;
+                }
+            },
         };
         // Silence from a node supd cannot hear is the lost-node logic's to
         // judge (with its grace and the partition guard): no progress may
@@ -795,41 +904,53 @@ impl Engine {
             self.schedule_job_check(retry);
             return false;
         }
-        let max = job.step.unwrap_or(0);
-        let lagging: Vec<String> = job
+        let hardware: BTreeMap<String, String> = job
             .record
             .nodes
             .iter()
-            .filter(|n| job.detect.node_min_step.get(*n).is_some_and(|m| *m < max))
-            .cloned()
+            .filter_map(|n| Some((n.clone(), self.hardware_evidence(n)?)))
             .collect();
+        let attribution = detect::attribute_hang(
+            &job.record.nodes,
+            &job.detect.node_min_step,
+            job.step,
+            &hardware,
+        );
         let limit = cfg.hang_cordon_after;
         let generation = job.record.generation;
         let mut cordon = Vec::new();
-        let blame = if lagging.is_empty() {
-            "every node's ranks stopped at the same step: no node to blame, nothing cordoned"
-                .to_owned()
-        } else {
-            let job = self.jobs.get_mut(name).expect("checked above");
-            let mut parts = Vec::new();
-            for n in &lagging {
+        let mut suspect = None;
+        let Some(job) = self.jobs.get_mut(name) else {
+            return false;
+        };
+        job.detect.hung_generation = Some(generation);
+        let blame = match &attribution.node {
+            None => format!("{}, nothing cordoned", attribution.why),
+            Some(n) => {
                 let count = job.record.hang_blame.entry(n.clone()).or_insert(0);
                 *count += 1;
-                let state = if limit > 0 && *count >= limit {
-                    cordon.push((n.clone(), *count));
-                    "cordoning it"
-                } else if *count * 2 >= limit {
-                    "suspect"
+                if limit == 0 {
+                    format!(
+                        "{} ({count} hang(s) of this job blamed on it; nothing cordoned: detect.hang_cordon_after = 0)",
+                        attribution.why
+                    )
                 } else {
-                    "noted"
-                };
-                parts.push(format!("node {n} lagging ({count} hang(s), {state})"));
+                    let state = if *count >= limit {
+                        cordon.push((n.clone(), *count));
+                        "cordoning it"
+                    } else if *count * 2 >= limit {
+                        suspect = Some((n.clone(), *count));
+                        "suspect, nothing cordoned yet"
+                    } else {
+                        "noted, nothing cordoned"
+                    };
+                    format!(
+                        "{} ({count} of {limit} hang(s) of this job blamed on it before a cordon: {state})",
+                        attribution.why
+                    )
+                }
             }
-            parts.join("; ")
         };
-        if let Some(job) = self.jobs.get_mut(name) {
-            job.detect.hung_generation = Some(generation);
-        }
         self.record_job_event(
             now,
             EventKind::JobHung,
@@ -839,17 +960,53 @@ impl Engine {
                 "generation {generation} {reason}; {blame}; restarting from the newest checkpoint"
             ),
         );
+        if let Some((node, count)) = suspect {
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.record.suspect = Some(format!(
+                    "{count} hang(s) of job '{name}' blamed on it (cordoned at {limit})"
+                ));
+                self.persist_node(&node);
+            }
+        }
         for (node, count) in cordon {
             self.auto_cordon(
                 now,
                 &node,
-                format!(
-                    "{count} hangs of job '{name}' with this node's ranks lagging (limit {limit})"
-                ),
+                format!("{count} hangs of job '{name}' blamed on this node (limit {limit})"),
             );
         }
         self.restart_job(now, name, reason, true);
         true
+    }
+
+    /// An operator cleared the node: hangs blamed on it start counting
+    /// again from zero.
+    pub(super) fn forget_hang_blame(&mut self, node_id: &str) {
+        let names: Vec<String> = self
+            .jobs
+            .iter_mut()
+            .filter_map(|(name, j)| j.record.hang_blame.remove(node_id).map(|_| name.clone()))
+            .collect();
+        for name in names {
+            self.persist_job(&name);
+        }
+    }
+
+    /// Hardware signals on a node (GPUs not healthy, with their reasons),
+    /// if any: what corroborates blaming it for a hang.
+    fn hardware_evidence(&self, node_id: &str) -> Option<String> {
+        let node = self.nodes.get(node_id)?;
+        let bad: Vec<String> = node
+            .record
+            .gpus
+            .iter()
+            .filter(|g| g.health != super::GpuHealth::Ok)
+            .map(|g| {
+                let health = format!("{:?}", g.health).to_lowercase();
+                format!("GPU {} {health}: {}", g.index, g.health_reason)
+            })
+            .collect();
+        (!bad.is_empty()).then(|| bad.join("; "))
     }
 
     /// The last log lines of each rank stopped because its generation hung.
@@ -877,6 +1034,26 @@ impl Engine {
             .filter(|l| !l.trim().is_empty())
             .collect();
         let tail = lines[lines.len().saturating_sub(POSTMORTEM_LINES)..].join(" | ");
+        let stacks = if exit.stack_dump.trim().is_empty() {
+            String::new()
+        } else {
+            let dump: Vec<&str> = exit
+                .stack_dump
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let mut dump = dump.join(" | ");
+            if dump.len() > POSTMORTEM_STACK_BYTES {
+                let mut end = POSTMORTEM_STACK_BYTES;
+                while !dump.is_char_boundary(end) {
+                    end -= 1;
+                }
+                dump.truncate(end);
+                dump.push_str(" …");
+            }
+            format!("; stacks: {dump}")
+        };
         self.record_job_event(
             now,
             EventKind::JobHangPostmortem,
@@ -892,7 +1069,7 @@ impl Engine {
                 } else {
                     &tail
                 }
-            ),
+            ) + &stacks,
         );
     }
 
@@ -912,7 +1089,7 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(&catalog.job) else {
             return false;
         };
-        if !live || !job.record.nodes.iter().any(|n| n == node_id) {
+        if !live || !job.has_node(node_id) {
             return false;
         }
         job.catalog = catalog
@@ -1139,7 +1316,7 @@ impl Engine {
             }
             if let Some(job) = self.jobs.get_mut(name) {
                 job.record.state = JobState::Pending;
-                job.record.nodes.clear();
+                job.set_nodes(Vec::new());
                 job.record.reason = why.clone();
             }
             if changed {
@@ -1156,7 +1333,8 @@ impl Engine {
         };
         let first = failure.is_none() && job.record.generation == 0;
         job.record.generation = generation;
-        job.record.nodes = nodes.clone();
+        job.set_nodes(nodes.clone());
+        job.record.resume_from = Some(job.record.checkpoint.clone());
         job.record.state = if first {
             JobState::Starting
         } else {
@@ -1170,6 +1348,7 @@ impl Engine {
         job.detect.hang.reset();
         job.detect.loss.reset();
         job.detect.throughput.reset();
+        job.detect.node_throughput.clear();
         job.detect.stragglers.retain(&nodes);
         job.detect.node_phase.clear();
         job.detect.node_min_step.clear();
@@ -1343,7 +1522,7 @@ impl Engine {
         job.record.state = state;
         job.record.reason = why.clone();
         if !job.record.nodes.is_empty() {
-            job.record.nodes.clear();
+            job.set_nodes(Vec::new());
             // Releasing nodes is a new generation too: their agents must
             // stop the old ranks.
             self.last_generation += 1;
@@ -1393,7 +1572,7 @@ impl Engine {
 
     pub fn desired_assignment(&self, node_id: &str) -> v1::DesiredAssignment {
         let holder = self.job_of(node_id).map(|job| {
-            let rank = job.record.nodes.iter().position(|n| n == node_id);
+            let rank = job.node_rank(node_id);
             (job, rank.unwrap_or(0))
         });
         self.desired_for(node_id, holder)
@@ -1405,16 +1584,20 @@ impl Engine {
             Some((job, node_rank)) => v1::DesiredAssignment {
                 generation: job.record.generation,
                 job: Some(self.job_assignment(job, node_id, node_rank)),
+                // The job's nodes stop the hung generation's ranks when
+                // they switch to this one: the post-mortem comes first.
+                postmortem_generation: job.detect.hung_generation.unwrap_or(0),
             },
             None => v1::DesiredAssignment {
                 generation: self.last_generation,
                 job: None,
+                postmortem_generation: 0,
             },
         }
     }
 
     /// The GPUs a node's ranks use, in local-rank order.
-    fn gpu_indices_for(&self, node_id: &str, per_node: u32) -> Vec<u32> {
+    pub(super) fn gpu_indices_for(&self, node_id: &str, per_node: u32) -> Vec<u32> {
         let mut gpu_indices: Vec<u32> = self
             .nodes
             .get(node_id)
@@ -1463,12 +1646,17 @@ impl Engine {
             max_restarts: spec.max_restarts,
             checkpoint_dir: spec.checkpoint_dir.clone(),
             checkpoint_layout: spec.checkpoint_layout.clone(),
-            resume_from: job.record.checkpoint.as_ref().map(|c| v1::Checkpoint {
+            resume_from: match &job.record.resume_from {
+                Some(fixed) => fixed.as_ref(),
+                None => job.record.checkpoint.as_ref(),
+            }
+            .map(|c| v1::Checkpoint {
                 step: c.step,
                 path: c.path.clone(),
             }),
             stop_grace_ms: self.config.stop_grace_ms,
             gpu_indices,
+            progress_regex: spec.progress_regex.clone().unwrap_or_default(),
         }
     }
 
@@ -1575,6 +1763,8 @@ const BEST_STEP_PERSIST_MS: Millis = 1_000;
 /// (agents rescan every 2 s).
 const ROLLBACK_CATALOG_WAIT_MS: Millis = 5_000;
 
+/// Bytes of a rank's stack dump kept in a hang post-mortem event.
+const POSTMORTEM_STACK_BYTES: usize = 4096;
 /// Log lines of each rank kept in a hang post-mortem event.
 const POSTMORTEM_LINES: usize = 8;
 

@@ -2,6 +2,7 @@
 //! back, crash loop, restart budget, preemption, fencing, lost nodes, and
 //! GPU-health cordons with the breaker. Time is explicit everywhere.
 
+use super::test_support::*;
 use super::*;
 
 const GRACE: Millis = 30_000;
@@ -15,131 +16,15 @@ fn config() -> EngineConfig {
     }
 }
 
-fn register(e: &mut Engine, id: &str, session: SessionId, gpus: u32, now: Millis) {
-    e.register(
-        now,
-        Registration {
-            session,
-            node_id: id.to_owned(),
-            address: format!("addr-{id}"),
-            hostname: id.to_owned(),
-            agent_version: "0".to_owned(),
-            instance_id: format!("i-{id}"),
-            gpu_backend: "sim".to_owned(),
-            gpus: (0..gpus)
-                .map(|i| GpuInventory {
-                    index: i,
-                    uuid: format!("GPU-{id}-{i}"),
-                    name: "H100".to_owned(),
-                    pci_bus_id: String::new(),
-                    memory_total_bytes: None,
-                })
-                .collect(),
-        },
-    )
-    .expect("register");
-    assert!(e.telemetry(now, id, session, vec![]));
-}
-
 /// Nodes n1..=n`count`, sessions 1..=count, 2 GPUs each.
 fn cluster(count: u32) -> Engine {
-    let mut e = Engine::new(config());
-    for i in 1..=count {
-        register(&mut e, &format!("n{i}"), SessionId::from(i), 2, 0);
-    }
-    drain(&mut e);
-    e
-}
-
-fn session_of(id: &str) -> SessionId {
-    id.trim_start_matches('n').parse().expect("node id n<k>")
-}
-
-fn drain(e: &mut Engine) -> Vec<Action> {
-    std::iter::from_fn(|| e.poll_action()).collect()
-}
-
-fn events(actions: &[Action]) -> Vec<(EventKind, String)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Persist(Change::AppendEvent(ev)) => Some((ev.kind, ev.reason.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
-fn event(actions: &[Action], kind: EventKind) -> String {
-    events(actions)
-        .into_iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, r)| r)
-        .unwrap_or_else(|| panic!("no {kind:?} event in {:#?}", events(actions)))
-}
-
-fn assignments(actions: &[Action]) -> BTreeMap<String, v1::DesiredAssignment> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::SendAssignment {
-                node_id,
-                assignment,
-            } => Some((node_id.clone(), assignment.clone())),
-            _ => None,
-        })
-        .collect()
+    cluster_with(config(), count)
 }
 
 fn spec(name: &str, nodes: u32, min: u32, extra: &str) -> String {
     format!(
         "name = \"{name}\"\ncommand = [\"python3\", \"train.py\"]\nnodes = {nodes}\nmin_nodes = {min}\ngpus_per_node = 2\ncheckpoint_dir = \"/ckpt/{name}\"\ncheckpoint_layout = \"marker:COMPLETE\"\n{extra}"
     )
-}
-
-fn job<'a>(e: &'a Engine, name: &str) -> &'a Job {
-    e.job(name).expect("job")
-}
-
-/// Every node of the job reports its ranks launched.
-fn launch_all(e: &mut Engine, name: &str, now: Millis) -> Vec<Action> {
-    let (generation, nodes) = {
-        let j = job(e, name);
-        (j.record.generation, j.record.nodes.clone())
-    };
-    for n in &nodes {
-        assert!(e.rank_status(
-            now,
-            n,
-            session_of(n),
-            v1::RankStatus {
-                job: name.to_owned(),
-                generation,
-                running_local_ranks: vec![0, 1],
-                launched: true,
-                launch_error: String::new(),
-            }
-        ));
-    }
-    drain(e)
-}
-
-fn checkpoint(e: &mut Engine, name: &str, node: &str, steps: &[u64], now: Millis) -> Vec<Action> {
-    assert!(e.checkpoints(
-        now,
-        node,
-        session_of(node),
-        v1::CheckpointCatalog {
-            job: name.to_owned(),
-            checkpoints: steps
-                .iter()
-                .map(|s| v1::Checkpoint {
-                    step: *s,
-                    path: format!("/ckpt/{name}/step-{s}"),
-                })
-                .collect(),
-        }
-    ));
-    drain(e)
 }
 
 fn progress(e: &mut Engine, name: &str, node: &str, step: u64, now: Millis) -> bool {
@@ -172,6 +57,7 @@ fn rank_fails(e: &mut Engine, name: &str, node: &str, code: i32, now: Millis) ->
             signal: None,
             log_tail: "Traceback\nRuntimeError: boom\n".to_owned(),
             stopped_by_agent: false,
+            stack_dump: String::new(),
         }
     ));
     drain(e)

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sup_proto::v1;
 
 pub mod detect;
+mod gpu_idle;
 mod health;
 mod jobs;
 
@@ -150,6 +151,10 @@ pub struct NodeRecord {
     /// registration; a node that never reported is still `joining`.
     pub joined: bool,
     pub cordon: Option<CordonRecord>,
+    /// Why the node is suspect though its GPUs look healthy (jobs hung
+    /// with it to blame, short of a cordon); cleared by an uncordon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -402,6 +407,9 @@ pub struct Node {
     /// When the node turned unreachable (lost-node decisions measure from it).
     pub unreachable_since: Option<Millis>,
     pub readings: BTreeMap<u32, GpuReading>,
+    /// Since when each GPU reports 0% utilization (absent: above 0% or not
+    /// reported), for the zero-utilization hang signal (see `gpu_idle`).
+    pub gpu_idle_since: BTreeMap<u32, Millis>,
     /// Most recent Xids per GPU index, newest last.
     pub recent_xids: BTreeMap<u32, VecDeque<v1::XidEvent>>,
     /// A GPU failed while the breaker was open: cordon when it is reset.
@@ -419,7 +427,9 @@ impl Node {
             NodeState::Cordoned
         } else if self.unreachable {
             NodeState::Unreachable
-        } else if self.record.gpus.iter().any(|g| g.health != GpuHealth::Ok) {
+        } else if self.record.gpus.iter().any(|g| g.health != GpuHealth::Ok)
+            || self.record.suspect.is_some()
+        {
             NodeState::Suspect
         } else if !self.record.joined {
             NodeState::Joining
@@ -440,6 +450,7 @@ impl Node {
             unreachable: false,
             unreachable_since: None,
             readings: BTreeMap::new(),
+            gpu_idle_since: BTreeMap::new(),
             recent_xids: BTreeMap::new(),
             deferred_cordon: None,
             sent_assignment: None,
@@ -627,6 +638,7 @@ impl Engine {
                         registered_at: now,
                         joined: false,
                         cordon: None,
+                        suspect: None,
                     },
                     Some(reg.session),
                     now,
@@ -745,7 +757,18 @@ impl Engine {
             return false;
         }
         node.last_seen = now;
+        let mut turned_idle = false;
         for r in readings {
+            if r.utilization_gpu_pct == Some(0) {
+                if let std::collections::btree_map::Entry::Vacant(e) =
+                    node.gpu_idle_since.entry(r.index)
+                {
+                    e.insert(now);
+                    turned_idle = true;
+                }
+            } else {
+                node.gpu_idle_since.remove(&r.index);
+            }
             node.readings.insert(r.index, r);
         }
         let mut persist = false;
@@ -778,6 +801,11 @@ impl Engine {
             // supd too busy to read reports and turned more nodes
             // unreachable.
             self.schedule_job_check(now);
+        }
+        if turned_idle {
+            // A job whose GPUs all went idle may hang on that alone: a job
+            // check, no sooner than any hang bound, sets the exact time.
+            self.schedule_job_check(now + self.config.detect.hang_floor_ms);
         }
         true
     }
@@ -860,12 +888,28 @@ impl Engine {
             .nodes
             .get_mut(node_id)
             .ok_or_else(|| EngineError::UnknownNode(node_id.to_owned()))?;
+        let suspect = node.record.suspect.take();
         let Some(previous) = node.record.cordon.take() else {
+            let Some(suspect) = suspect else {
+                return Ok(CordonOutcome {
+                    changed: false,
+                    message: format!("node '{node_id}' is not cordoned"),
+                });
+            };
+            let mut why = format!("suspect cleared by {by} (was: {suspect})");
+            if !note.is_empty() {
+                why.push_str(&format!(": {note}"));
+            }
+            self.forget_hang_blame(node_id);
+            self.record_event(now, EventKind::NodeUncordoned, Some(node_id), why);
+            self.persist_node(node_id);
+            self.reconcile(now);
             return Ok(CordonOutcome {
-                changed: false,
-                message: format!("node '{node_id}' is not cordoned"),
+                changed: true,
+                message: format!("node '{node_id}' is no longer suspect"),
             });
         };
+        self.forget_hang_blame(node_id);
         let mut why = format!(
             "uncordoned by {by} (was cordoned by {}: {})",
             previous.by, previous.reason
@@ -1141,5 +1185,7 @@ pub(crate) fn format_ms(ms: Millis) -> String {
 mod detect_tests;
 #[cfg(test)]
 mod jobs_tests;
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;

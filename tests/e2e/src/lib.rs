@@ -201,7 +201,9 @@ fn dechunk(mut body: &str) -> Result<String> {
 }
 
 /// One supd process with fixed ports, so it can be killed and restarted on
-/// the same data dir and the same addresses.
+/// the same data dir and the same addresses. Dropped, it also kills the
+/// training ranks of every job whose checkpoints are under its work dir
+/// (each test's jobs are), so no test leaves ranks running.
 pub struct Supd {
     pub grpc_port: u16,
     pub http_port: u16,
@@ -275,6 +277,14 @@ impl Supd {
 
     pub fn log_text(&self) -> String {
         self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
+    }
+}
+
+impl Drop for Supd {
+    fn drop(&mut self) {
+        // supd first, so no new generation is launched meanwhile.
+        let _ = self.kill();
+        kill_ranks_under(&self.log_dir);
     }
 }
 
@@ -433,13 +443,18 @@ pub fn events_of(supervisor: &str, kind: &str, job: Option<&str>) -> Result<Vec<
 /// Processes (other than zombies) whose environment has every `KEY=VALUE`
 /// in `env`: how tests find training ranks of a given job and generation.
 pub fn processes_with_env(env: &[(&str, &str)]) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let wanted: Vec<Vec<u8>> = env
         .iter()
         .map(|(k, v)| format!("{k}={v}").into_bytes())
         .collect();
+    processes_where(|vars| wanted.iter().all(|w| vars.contains(&w.as_slice())))
+}
+
+/// Live (not zombie) processes whose environment passes `keep`.
+fn processes_where(keep: impl Fn(&[&[u8]]) -> bool) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
@@ -453,9 +468,22 @@ pub fn processes_with_env(env: &[(&str, &str)]) -> Vec<u32> {
                 return false;
             };
             let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-            !zombie && wanted.iter().all(|w| vars.contains(&w.as_slice()))
+            !zombie && keep(&vars)
         })
         .collect()
+}
+
+/// SIGKILLs every training rank whose `SUP_CHECKPOINT_DIR` lies under
+/// `dir`. Ranks run in process groups of their own (so a restarted agent can
+/// re-adopt them), so killing an agent — as the chaos tests do on purpose —
+/// leaves them behind; this is how a test cleans up what its agents started.
+pub fn kill_ranks_under(dir: &Path) {
+    let prefix = format!("SUP_CHECKPOINT_DIR={}", dir.display()).into_bytes();
+    for pid in processes_where(|vars| vars.iter().any(|v| v.starts_with(&prefix))) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .output();
+    }
 }
 
 /// The fake NVML library (tests/fake-nvml), built next to the binaries.

@@ -266,21 +266,6 @@ const PAGE_STATE: &str = r#"JSON.stringify({
   marker: window.__supTestMarker || null
 })"#;
 
-/// Ranks are their agent's children in groups of their own: an agent that
-/// is killed (as the harness does) leaves them. Found by their checkpoint
-/// dir, unique to this test, and killed at the end, also on failure.
-struct KillRanks(String);
-
-impl Drop for KillRanks {
-    fn drop(&mut self) {
-        for pid in processes_with_env(&[("SUP_CHECKPOINT_DIR", self.0.as_str())]) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .output();
-        }
-    }
-}
-
 #[test]
 fn dashboard_shows_nodes_job_and_a_cordon_live() -> Result<()> {
     let work = tempfile::tempdir()?;
@@ -313,7 +298,6 @@ fn dashboard_shows_nodes_job_and_a_cordon_live() -> Result<()> {
 
     let ckpt = work.path().join("ckpt");
     std::fs::create_dir_all(&ckpt)?;
-    let _ranks = KillRanks(ckpt.display().to_string());
     let spec = format!(
         "name = \"llm-demo\"\ncommand = {}\nnodes = 2\ngpus_per_node = 1\ncheckpoint_dir = \"{}\"\ncheckpoint_layout = \"marker:COMPLETE\"\n",
         toml_list(&trainer_command(100_000, 10, "0.2", 64)),

@@ -1,0 +1,144 @@
+//! Helpers shared by the engine's test modules (`jobs_tests`,
+//! `detect_tests`): a cluster of registered nodes `n1..=nK` (session k, so
+//! [`session_of`] finds it from the id), draining and reading the actions,
+//! and the reports agents send about a job.
+
+use std::collections::BTreeMap;
+
+use sup_proto::v1;
+
+use super::jobs::Job;
+use super::*;
+
+pub(super) fn register(e: &mut Engine, id: &str, session: SessionId, gpus: u32, now: Millis) {
+    e.register(
+        now,
+        Registration {
+            session,
+            node_id: id.to_owned(),
+            address: format!("addr-{id}"),
+            hostname: id.to_owned(),
+            agent_version: "0".to_owned(),
+            instance_id: format!("i-{id}"),
+            gpu_backend: "sim".to_owned(),
+            gpus: (0..gpus)
+                .map(|i| GpuInventory {
+                    index: i,
+                    uuid: format!("GPU-{id}-{i}"),
+                    name: "NVIDIA H100 80GB HBM3".to_owned(),
+                    pci_bus_id: String::new(),
+                    memory_total_bytes: None,
+                })
+                .collect(),
+        },
+    )
+    .expect("register");
+    assert!(e.telemetry(now, id, session, vec![]));
+}
+
+/// Nodes n1..=n`count`, sessions 1..=count, 2 GPUs each, all ready.
+pub(super) fn cluster_with(config: EngineConfig, count: u32) -> Engine {
+    let mut e = Engine::new(config);
+    for i in 1..=count {
+        register(&mut e, &format!("n{i}"), SessionId::from(i), 2, 0);
+    }
+    drain(&mut e);
+    e
+}
+
+pub(super) fn session_of(id: &str) -> SessionId {
+    id.trim_start_matches('n').parse().expect("node id n<k>")
+}
+
+pub(super) fn drain(e: &mut Engine) -> Vec<Action> {
+    std::iter::from_fn(|| e.poll_action()).collect()
+}
+
+pub(super) fn events(actions: &[Action]) -> Vec<(EventKind, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Persist(Change::AppendEvent(ev)) => Some((ev.kind, ev.reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The reason of the first `kind` event; panics with every event if none.
+pub(super) fn event(actions: &[Action], kind: EventKind) -> String {
+    events(actions)
+        .into_iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("no {kind:?} event in {:#?}", events(actions)))
+}
+
+pub(super) fn has(actions: &[Action], kind: EventKind) -> bool {
+    events(actions).iter().any(|(k, _)| *k == kind)
+}
+
+pub(super) fn assignments(actions: &[Action]) -> BTreeMap<String, v1::DesiredAssignment> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendAssignment {
+                node_id,
+                assignment,
+            } => Some((node_id.clone(), assignment.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+pub(super) fn job<'a>(e: &'a Engine, name: &str) -> &'a Job {
+    e.job(name).expect("job")
+}
+
+/// Every node of the job reports its ranks launched.
+pub(super) fn launch_all(e: &mut Engine, name: &str, now: Millis) -> Vec<Action> {
+    let (generation, nodes) = {
+        let j = job(e, name);
+        (j.record.generation, j.record.nodes.clone())
+    };
+    for n in &nodes {
+        assert!(e.rank_status(
+            now,
+            n,
+            session_of(n),
+            v1::RankStatus {
+                job: name.to_owned(),
+                generation,
+                running_local_ranks: vec![0, 1],
+                launched: true,
+                launch_error: String::new(),
+            }
+        ));
+    }
+    drain(e)
+}
+
+/// `node` reports the complete checkpoints at `steps`.
+pub(super) fn checkpoint(
+    e: &mut Engine,
+    name: &str,
+    node: &str,
+    steps: &[u64],
+    now: Millis,
+) -> Vec<Action> {
+    assert!(e.checkpoints(
+        now,
+        node,
+        session_of(node),
+        v1::CheckpointCatalog {
+            job: name.to_owned(),
+            checkpoints: steps
+                .iter()
+                .map(|s| v1::Checkpoint {
+                    step: *s,
+                    path: format!("/ckpt/{name}/step-{s}"),
+                })
+                .collect(),
+        }
+    ));
+    drain(e)
+}
