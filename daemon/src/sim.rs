@@ -124,10 +124,21 @@ pub struct SimParams {
     pub launch_ms: Millis,
     /// Ranks launched → training again (NCCL init, checkpoint load, warm-up).
     pub reinit_ms: Millis,
-    /// Time training is blocked per checkpoint (δ).
+    /// Time to write one checkpoint. Synchronous checkpointing (the
+    /// default) blocks training for all of it: δ.
     pub checkpoint_write_ms: Millis,
+    /// Asynchronous checkpointing (PyTorch DCP `async_save`, NVRx, Megatron
+    /// async): training blocks only for this device-to-host snapshot, the
+    /// write runs in the background, one at a time, and a checkpoint can be
+    /// restored only once written. None: synchronous.
+    pub checkpoint_snapshot_ms: Option<Millis>,
     /// Compute between checkpoints (τ); None: Young/Daly from the trace.
     pub checkpoint_interval_ms: Option<Millis>,
+    /// The trainer's step time. sup's hang detector (the engine's rule with
+    /// its default settings: no step for clamp(hang_factor × step time,
+    /// floor, ceiling)) stops a hung job after that long, when sooner than
+    /// NCCL's watchdog (`hang_detect_ms`). None: the watchdog only.
+    pub step_time_ms: Option<Millis>,
     /// A cordoned or dead node returns after this long.
     pub repair_ms: Millis,
     pub seed: u64,
@@ -150,7 +161,9 @@ impl Default for SimParams {
             launch_ms: 2_000,
             reinit_ms: 60_000,
             checkpoint_write_ms: 1_000,
+            checkpoint_snapshot_ms: None,
             checkpoint_interval_ms: None,
+            step_time_ms: None,
             repair_ms: 24 * 3_600_000,
             seed: 1,
         }
@@ -160,6 +173,62 @@ impl Default for SimParams {
 /// Young/Daly first-order optimum: τ = √(2·δ·MTBF).
 pub fn young_daly_ms(checkpoint_write_ms: Millis, mtbf_ms: f64) -> Millis {
     (2.0 * checkpoint_write_ms as f64 * mtbf_ms).sqrt().round() as Millis
+}
+
+impl SimParams {
+    /// Training time blocked per checkpoint at interval τ: the whole write
+    /// (synchronous), or the snapshot plus any wait for the previous write
+    /// still in flight (asynchronous, one write at a time).
+    pub fn checkpoint_blocking_ms(&self, interval_ms: Millis) -> Millis {
+        match self.checkpoint_snapshot_ms {
+            None => self.checkpoint_write_ms,
+            Some(snapshot) => snapshot + (self.checkpoint_write_ms - interval_ms).max(0),
+        }
+    }
+
+    /// From the end of a checkpoint's blocking time until it can be
+    /// restored: 0 when synchronous, the background write when not.
+    pub fn checkpoint_lag_ms(&self) -> Millis {
+        match self.checkpoint_snapshot_ms {
+            None => 0,
+            Some(_) => self.checkpoint_write_ms,
+        }
+    }
+
+    /// The recommended interval: Young/Daly for the blocking time δ. With
+    /// asynchronous checkpoints the expected loss per failure is
+    /// (τ + δ)/2 + the write (the newest checkpoint may not be written yet),
+    /// whose optimum is the same √(2·δ·MTBF), but never shorter than a write:
+    /// below that a snapshot only waits for the previous write.
+    pub fn recommended_interval_ms(&self, mtbf_ms: f64) -> Millis {
+        let blocking = self
+            .checkpoint_snapshot_ms
+            .unwrap_or(self.checkpoint_write_ms);
+        let yd = young_daly_ms(blocking, mtbf_ms);
+        match self.checkpoint_snapshot_ms {
+            None => yd,
+            Some(_) => yd.max(self.checkpoint_write_ms),
+        }
+    }
+
+    /// A hang → the job's ranks are stopped: by sup's hang detector (the
+    /// engine's bound for this step time, with supd's default `[detect]`
+    /// settings) or by NCCL's watchdog, whichever comes first.
+    pub fn hang_detection_ms(&self) -> Millis {
+        let cfg = crate::engine::detect::DetectConfig::default();
+        match self.step_time_ms {
+            Some(step) if step > 0 && cfg.hang_enabled => {
+                let bound = (cfg.hang_factor * step as f64).round() as Millis;
+                bound
+                    .clamp(
+                        cfg.hang_floor_ms,
+                        cfg.hang_ceiling_ms.max(cfg.hang_floor_ms),
+                    )
+                    .min(self.hang_detect_ms)
+            }
+            _ => self.hang_detect_ms,
+        }
+    }
 }
 
 /// Where the hours of a run went.
@@ -508,21 +577,33 @@ impl Sim<'_> {
         match self.mode {
             Mode::Training(since, share) => {
                 let elapsed = (now - since) as f64;
-                let cycle = (self.interval + self.p.checkpoint_write_ms) as f64;
+                let blocking = self.p.checkpoint_blocking_ms(self.interval) as f64;
+                let cycle = self.interval as f64 + blocking;
+                // Checkpoint j's blocking time ends at j·cycle; it can be
+                // restored from a lag later (its background write, if any).
                 let k = (elapsed / cycle).floor();
-                let compute = k * self.interval as f64;
                 let tail = elapsed - k * cycle;
-                let useful = compute + if keep_tail { tail } else { 0.0 };
+                let lag = self.p.checkpoint_lag_ms() as f64;
+                let restorable = if keep_tail {
+                    k
+                } else {
+                    ((elapsed - lag) / cycle).floor().max(0.0)
+                };
+                let useful = restorable * self.interval as f64 + if keep_tail { tail } else { 0.0 };
                 self.productive += share * useful;
                 self.losses.shrunk_ms += (1.0 - share) * useful;
-                self.losses.checkpoint_ms += k * self.p.checkpoint_write_ms as f64;
+                self.losses.checkpoint_ms += k * blocking;
                 if !keep_tail {
-                    self.losses.recompute_ms += tail;
+                    // Everything since the newest restorable checkpoint
+                    // except the blocking time already counted: the tail,
+                    // plus (asynchronous) the cycles whose write was still
+                    // under way.
+                    self.losses.recompute_ms += elapsed - useful - k * blocking;
                 }
                 if k >= 1.0 {
                     // Tell the engine the newest checkpoint (resume point).
                     self.step += k as u64;
-                    self.report_checkpoint(now, true);
+                    self.report_checkpoint(now, restorable >= 1.0);
                 } else if elapsed > 0.0 {
                     // Training advanced steps, even without a checkpoint: the
                     // crash-loop guard must see progress, as it would from
@@ -651,7 +732,7 @@ impl Sim<'_> {
                 SimEvent::Detect(f.class, node, generation),
             ),
             FailureClass::Hang => self.push(
-                now + self.p.hang_detect_ms,
+                now + self.p.hang_detection_ms(),
                 SimEvent::Detect(f.class, node, generation),
             ),
         }
@@ -673,7 +754,7 @@ impl Sim<'_> {
                 let current = self.job().is_some_and(|j| {
                     j.record.generation == generation
                         && j.record.state.is_active()
-                        && j.record.nodes.contains(&id)
+                        && j.has_node(&id)
                 });
                 if current {
                     self.engine.rank_exited(
@@ -789,7 +870,7 @@ impl Sim<'_> {
             if share < 1.0 {
                 // Shrunk: report checkpoints as they land so the engine can
                 // grow the job back right after one.
-                let next = now + self.interval + self.p.checkpoint_write_ms;
+                let next = now + self.interval + self.p.checkpoint_blocking_ms(self.interval);
                 self.push(next, SimEvent::CheckpointTick(generation));
             }
         }
@@ -806,7 +887,7 @@ impl Sim<'_> {
         // reports it; the engine may grow the job now.
         self.settle(now, true);
         self.report_checkpoint(now, true);
-        let next = now + self.interval + self.p.checkpoint_write_ms;
+        let next = now + self.interval + self.p.checkpoint_blocking_ms(self.interval);
         self.push(next, SimEvent::CheckpointTick(generation));
     }
 
@@ -832,8 +913,7 @@ impl Sim<'_> {
         self.alive.iter().enumerate().any(|(i, alive)| {
             !alive && {
                 let id = node_name(i);
-                job.record.nodes.contains(&id)
-                    || self.engine.node(&id).is_ok_and(|n| !n.unreachable)
+                job.has_node(&id) || self.engine.node(&id).is_ok_and(|n| !n.unreachable)
             }
         })
     }
@@ -848,7 +928,7 @@ pub fn simulate(p: &SimParams, trace: &[Failure]) -> SimReport {
     };
     let interval = p
         .checkpoint_interval_ms
-        .unwrap_or_else(|| young_daly_ms(p.checkpoint_write_ms, mtbf))
+        .unwrap_or_else(|| p.recommended_interval_ms(mtbf))
         .max(1);
     let config = EngineConfig {
         unreachable_after_ms: p.unreachable_after_ms,
@@ -1024,9 +1104,16 @@ pub struct SimArgs {
     /// Failure trace file instead (`SECONDS CLASS [CAUSE]` per line).
     #[arg(long)]
     pub trace: Option<PathBuf>,
-    /// Blocking time of one checkpoint (δ).
+    /// Time to write one checkpoint; training blocks for all of it (δ)
+    /// unless --checkpoint-snapshot is given.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub checkpoint_write: Duration,
+    /// Asynchronous checkpointing (DCP async_save, NVRx): training blocks
+    /// only for this device-to-host snapshot (δ); the write runs in the
+    /// background and a checkpoint can be restored once it is written.
+    /// Default: synchronous.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub checkpoint_snapshot: Option<Duration>,
     /// Fixed checkpoint intervals to compare with Young/Daly.
     #[arg(long, value_delimiter = ',', default_value = "1h", value_parser = humantime::parse_duration)]
     pub fixed_intervals: Vec<Duration>,
@@ -1043,6 +1130,13 @@ pub struct SimArgs {
     /// Hang → a rank exits (NCCL's watchdog default is 10 minutes).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub hang_detect: Duration,
+    /// The trainer's step time, for sup's own hang detector: no step for
+    /// clamp(10 × step time, 30 s, 10 min) (supd's default [detect]) stops a
+    /// hung job, when sooner than --hang-detect. 0: NCCL's watchdog only.
+    /// Default: Llama 3 405B (table 4: 16M tokens per step at 400 TFLOP/s
+    /// per GPU on 16,384 GPUs ≈ 6.2 s).
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    pub step_time: Duration,
     /// supd's nodes.unreachable_after.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub unreachable_after: Duration,
@@ -1096,12 +1190,19 @@ pub fn run_cli(args: &SimArgs) -> Result<String, String> {
         launch_ms: ms_of(args.launch),
         reinit_ms: ms_of(args.reinit),
         checkpoint_write_ms: ms_of(args.checkpoint_write),
+        checkpoint_snapshot_ms: args.checkpoint_snapshot.map(ms_of),
         checkpoint_interval_ms: None,
+        step_time_ms: Some(ms_of(args.step_time)).filter(|&s| s > 0),
         repair_ms: ms_of(args.repair),
         seed: args.seed,
     };
     let mtbf = duration_ms as f64 / trace.len().max(1) as f64;
-    let yd = young_daly_ms(base.checkpoint_write_ms, mtbf);
+    let yd = base.recommended_interval_ms(mtbf);
+    let blocking = Duration::from_millis(
+        base.checkpoint_snapshot_ms
+            .unwrap_or(base.checkpoint_write_ms)
+            .max(0) as u64,
+    );
     let mut out = String::new();
     let mut by_class: Vec<(FailureClass, usize)> = Vec::new();
     for f in &trace {
@@ -1129,23 +1230,47 @@ pub fn run_cli(args: &SimArgs) -> Result<String, String> {
     );
     let _ = writeln!(
         out,
-        "job: {} nodes × {} GPUs (min {}); costs: reinit {}, launch {}, checkpoint write {}, repair {}; detection: gpu {}, software {}, hang {}, host {} + {}",
+        "job: {} nodes × {} GPUs (min {}); costs: reinit {}, launch {}, {}, repair {}; detection: gpu {}, software {}, hang {}, host {} + {}",
         args.nodes,
         args.gpus_per_node,
         base.min_nodes,
         humantime::format_duration(args.reinit),
         humantime::format_duration(args.launch),
-        humantime::format_duration(args.checkpoint_write),
+        match args.checkpoint_snapshot {
+            Some(snapshot) => format!(
+                "checkpoint async: snapshot {} blocks, write {} in the background",
+                humantime::format_duration(snapshot),
+                humantime::format_duration(args.checkpoint_write)
+            ),
+            None => format!(
+                "checkpoint write {} (blocking)",
+                humantime::format_duration(args.checkpoint_write)
+            ),
+        },
         humantime::format_duration(args.repair),
         humantime::format_duration(args.gpu_detect),
         humantime::format_duration(args.software_detect),
-        humantime::format_duration(args.hang_detect),
+        match base.step_time_ms {
+            Some(step) => format!(
+                "{} (sup's hang detector at step time {}; NCCL watchdog {})",
+                humantime::format_duration(Duration::from_millis(
+                    base.hang_detection_ms().max(0) as u64
+                )),
+                humantime::format_duration(Duration::from_millis(step.max(0) as u64)),
+                humantime::format_duration(args.hang_detect)
+            ),
+            None => format!(
+                "{} (NCCL watchdog)",
+                humantime::format_duration(args.hang_detect)
+            ),
+        },
         humantime::format_duration(args.unreachable_after),
         humantime::format_duration(args.stall_confirm),
     );
     let _ = writeln!(
         out,
-        "Young/Daly interval √(2·δ·MTBF) = {}\n",
+        "Young/Daly interval √(2·δ·MTBF) for δ = {} blocked per checkpoint: {}\n",
+        humantime::format_duration(blocking),
         humantime::format_duration(Duration::from_secs((yd / 1000).max(1) as u64))
     );
     let _ = writeln!(
@@ -1221,7 +1346,7 @@ pub fn run_cli(args: &SimArgs) -> Result<String, String> {
                 out,
                 "recommendation: checkpoint every {} (Young/Daly for δ = {}, MTBF {:.2} h) and keep {spares} spare node(s) ({:.2}% of the job): no stall or shrink for lack of spares on this trace, ETTR {:.2}%",
                 humantime::format_duration(Duration::from_secs((yd / 1000).max(1) as u64)),
-                humantime::format_duration(args.checkpoint_write),
+                humantime::format_duration(blocking),
                 hours(mtbf),
                 spares as f64 / args.nodes as f64 * 100.0,
                 ettr * 100.0

@@ -20,7 +20,9 @@ fn small(job_nodes: u32, spares: u32) -> SimParams {
         launch_ms: 2_000,
         reinit_ms: 60_000,
         checkpoint_write_ms: 10_000,
+        checkpoint_snapshot_ms: None,
         checkpoint_interval_ms: Some(H),
+        step_time_ms: None,
         repair_ms: 24 * H,
         seed: 7,
     }
@@ -127,6 +129,140 @@ fn poisson_software_failures_match_the_closed_form() {
         "ETTR {ettr:.4} vs closed form {expected:.4} ({} failures)",
         trace.len()
     );
+}
+
+/// Asynchronous checkpoints, one failure type, Poisson failures: the same
+/// renewal form with c = τ + snapshot, where a checkpoint counts only once
+/// its background write W is done: E[useful] = τ·e^(−λW)·e^(−λc)/(1 − e^(−λc)).
+#[test]
+fn poisson_failures_with_asynchronous_checkpoints_match_the_closed_form() {
+    let mut p = small(2, 0);
+    p.duration_ms = 20_000 * H;
+    p.checkpoint_interval_ms = Some(H / 2);
+    p.checkpoint_snapshot_ms = Some(2_000);
+    p.checkpoint_write_ms = 20 * 60_000;
+    let mtbf = 3.0 * H as f64;
+    let causes = vec![("bug".to_owned(), FailureClass::Software, 1.0)];
+    let trace = generate_trace(p.duration_ms, p.duration_ms as f64 / mtbf, &causes, 42);
+    let r = simulate(&p, &trace);
+    let lambda = 1.0 / mtbf;
+    let tau = (H / 2) as f64;
+    let c = tau + 2_000.0;
+    let w = p.checkpoint_write_ms as f64;
+    let useful = tau * (-lambda * w).exp() * (-lambda * c).exp() / (1.0 - (-lambda * c).exp());
+    let down = (p.software_detect_ms + p.launch_ms + p.reinit_ms) as f64;
+    let expected = useful / (mtbf + down);
+    let ettr = r.ettr();
+    assert!(
+        (ettr - expected).abs() < 0.005,
+        "ETTR {ettr:.4} vs closed form {expected:.4} ({} failures)",
+        trace.len()
+    );
+    // The same run, synchronous with the whole write blocking, is worse:
+    // 20 min of every 50 blocked.
+    let sync = simulate(
+        &SimParams {
+            checkpoint_snapshot_ms: None,
+            ..p.clone()
+        },
+        &trace,
+    );
+    assert!(sync.ettr() < ettr - 0.1, "{} vs {ettr}", sync.ettr());
+}
+
+#[test]
+fn an_asynchronous_checkpoint_still_being_written_cannot_be_restored() {
+    let mut p = small(4, 0);
+    p.checkpoint_snapshot_ms = Some(10_000);
+    p.checkpoint_write_ms = 10 * 60_000;
+    let start = (p.launch_ms + p.reinit_ms) as f64;
+    let c = (H + 10_000) as f64;
+    let down = (p.software_detect_ms + p.launch_ms + p.reinit_ms) as f64;
+    // 5 min into checkpoint 2's write: back to checkpoint 1, an hour and
+    // 5 min lost. Then, next segment, 20 min after checkpoint 1 was
+    // snapshotted (written 10 min ago): 20 min lost.
+    let t1 = start + 2.0 * c + 300_000.0;
+    let t2 = t1 + down + c + 1_200_000.0;
+    let trace: Vec<Failure> = [t1, t2]
+        .iter()
+        .map(|&t| Failure {
+            at_ms: t as Millis,
+            class: FailureClass::Software,
+            cause: "bug".to_owned(),
+        })
+        .collect();
+    let r = simulate(&p, &trace);
+    assert_eq!(r.restarts, 2, "{r:?}");
+    let expected = (H + 300_000 + 1_200_000) as f64;
+    assert!(
+        (r.losses.recompute_ms - expected).abs() < 1.0,
+        "{} vs {expected}",
+        r.losses.recompute_ms
+    );
+    // Only the snapshots block: 2 + 1 before the failures.
+    let snapshots = 3.0 * 10_000.0;
+    assert!(
+        r.losses.checkpoint_ms >= snapshots,
+        "{}",
+        r.losses.checkpoint_ms
+    );
+    let total = r.productive_ms
+        + r.losses.detection_ms
+        + r.losses.restart_ms
+        + r.losses.recompute_ms
+        + r.losses.waiting_ms
+        + r.losses.checkpoint_ms
+        + r.losses.shrunk_ms;
+    assert!(
+        (total - p.duration_ms as f64).abs() < 1.0,
+        "hours leak: {total}"
+    );
+}
+
+#[test]
+fn asynchronous_blocking_and_the_recommended_interval() {
+    let mut p = small(4, 0);
+    p.checkpoint_write_ms = 60_000;
+    assert_eq!(p.checkpoint_blocking_ms(H), 60_000, "synchronous");
+    assert_eq!(p.checkpoint_lag_ms(), 0);
+    assert_eq!(
+        p.recommended_interval_ms(10_000_000.0),
+        young_daly_ms(60_000, 10_000_000.0)
+    );
+    p.checkpoint_snapshot_ms = Some(500);
+    assert_eq!(p.checkpoint_blocking_ms(H), 500);
+    assert_eq!(p.checkpoint_lag_ms(), 60_000);
+    // A snapshot waits for the previous write when the interval is shorter.
+    assert_eq!(p.checkpoint_blocking_ms(20_000), 500 + 40_000);
+    // √(2 · 0.5 s · 10,000 s) = 100 s ≥ the write: Young/Daly for δ = 0.5 s.
+    assert_eq!(p.recommended_interval_ms(10_000_000.0), 100_000);
+    // √(2 · 0.5 s · 1,000 s) ≈ 32 s < the 60 s write: the write.
+    assert_eq!(p.recommended_interval_ms(1_000_000.0), 60_000);
+}
+
+/// A hang is stopped by sup's own detector (the engine's default rule:
+/// 10 × step time, within 30 s..10 min) or NCCL's watchdog, whichever first.
+#[test]
+fn hangs_are_caught_by_sups_detector_or_the_watchdog() {
+    let mut p = small(4, 0);
+    p.duration_ms = 20 * H;
+    assert_eq!(p.hang_detection_ms(), 600_000, "watchdog only");
+    for (step, expected) in [(6_000, 60_000), (100, 30_000), (120_000, 600_000)] {
+        p.step_time_ms = Some(step);
+        assert_eq!(p.hang_detection_ms(), expected, "step {step} ms");
+    }
+    p.hang_detect_ms = 45_000;
+    p.step_time_ms = Some(6_000);
+    assert_eq!(p.hang_detection_ms(), 45_000, "the watchdog first");
+    p.hang_detect_ms = 600_000;
+    let trace = vec![Failure {
+        at_ms: 5 * H,
+        class: FailureClass::Hang,
+        cause: "NCCL watchdog timeouts".to_owned(),
+    }];
+    let r = simulate(&p, &trace);
+    assert_eq!(r.restarts, 1, "{r:?}");
+    assert!((r.losses.detection_ms - 60_000.0).abs() < 1.0, "{r:?}");
 }
 
 #[test]
