@@ -667,25 +667,9 @@ impl Engine {
             .spec
             .straggler_policy
             .unwrap_or(self.config.detect.straggler_policy);
-        let hardware: Vec<String> = self
-            .nodes
-            .get(&s.node)
-            .map(|n| {
-                n.record
-                    .gpus
-                    .iter()
-                    .filter(|g| g.health != super::GpuHealth::Ok)
-                    .map(|g| {
-                        let health = format!("{:?}", g.health).to_lowercase();
-                        format!("GPU {} {health}: {}", g.index, g.health_reason)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let corroboration = if hardware.is_empty() {
-            "no hardware signal (throttling, PCIe) on the node".to_owned()
-        } else {
-            format!("corroborated by {}", hardware.join("; "))
+        let corroboration = match self.hardware_evidence(&s.node) {
+            Some(evidence) => format!("corroborated by {evidence}"),
+            None => "no hardware signal (throttling, PCIe) on the node".to_owned(),
         };
         let spare = self.has_spare_for(name);
         let action = match policy {
@@ -993,7 +977,8 @@ impl Engine {
     }
 
     /// Hardware signals on a node (GPUs not healthy, with their reasons),
-    /// if any: what corroborates blaming it for a hang.
+    /// if any: what corroborates calling it a straggler or blaming it for a
+    /// hang.
     fn hardware_evidence(&self, node_id: &str) -> Option<String> {
         let node = self.nodes.get(node_id)?;
         let bad: Vec<String> = node
