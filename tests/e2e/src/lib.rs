@@ -346,6 +346,34 @@ pub fn wait_ready_nodes(url: &str, count: usize) -> Result<()> {
     })
 }
 
+/// Validates a `/metrics` body with `promtool check metrics`, the reference
+/// validator (Debian package `prometheus`; the test command installs it).
+pub fn promtool_check(body: &str) -> Result<()> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow!("promtool not runnable ({e}); install the 'prometheus' package (scripts/test.sh does)")
+        })?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("promtool stdin"))?
+        .write_all(body.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "promtool check metrics failed:\n{}{}\n--- metrics ---\n{body}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Runs supctl to completion.
 pub fn supctl(supervisor: &str, args: &[&str]) -> Result<Output> {
     let out = Command::new(bin("supctl")?)

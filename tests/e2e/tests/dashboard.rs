@@ -214,7 +214,7 @@ fn base64_decode(text: &str) -> Result<Vec<u8>> {
 
 /// `promtool check metrics` (Debian package `prometheus`) on `/metrics` of
 /// this cluster while its job runs, so the job series are validated too.
-fn promtool_check(http_port: u16) -> Result<()> {
+fn check_job_metrics(http_port: u16) -> Result<()> {
     let body = wait_for("job series in /metrics", STARTUP_TIMEOUT, || {
         let (code, body) = http_get(http_port, "/metrics")?;
         Ok((code == 200
@@ -222,26 +222,7 @@ fn promtool_check(http_port: u16) -> Result<()> {
             && body.contains("sup_job_since_checkpoint_seconds{"))
         .then_some(body))
     })?;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| anyhow!("promtool not runnable ({e}); install the 'prometheus' package (scripts/test.sh does)"))?;
-    child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow!("promtool stdin"))?
-        .write_all(body.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "promtool check metrics failed:\n{}{}\n--- metrics ---\n{body}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    sup_e2e::promtool_check(&body)?;
     for series in [
         "sup_job_world_size{",
         "sup_job_generation{",
@@ -316,7 +297,7 @@ fn dashboard_shows_nodes_job_and_a_cordon_live() -> Result<()> {
         Ok((job_status(&url, "llm-demo")?["state"] == "running").then_some(()))
     })?;
 
-    promtool_check(supd.http_port)?;
+    check_job_metrics(supd.http_port)?;
 
     let page = format!("http://127.0.0.1:{}/", supd.http_port);
     let mut browser = Browser::launch(&page, work.path())?;

@@ -198,29 +198,7 @@ fn no_cordons(c: &Cluster) -> Result<()> {
 fn promtool_checked_metrics(c: &Cluster) -> Result<String> {
     let (code, body) = http_get(c.supd.http_port, "/metrics")?;
     assert_eq!(code, 200);
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| anyhow!("promtool not runnable ({e}); install the 'prometheus' package"))?;
-    {
-        use std::io::Write;
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("promtool stdin"))?;
-        stdin.write_all(body.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "promtool check metrics failed:\n{}{}\n--- metrics ---\n{body}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    promtool_check(&body)?;
     Ok(body)
 }
 
