@@ -58,6 +58,23 @@ pub struct LinkPorts {
     pub log_requests: mpsc::Sender<LogRequest>,
 }
 
+#[cfg(test)]
+impl LinkPorts {
+    /// The next progress report the parts send, skipping anything else;
+    /// fails the test after 30 s.
+    pub async fn next_progress(&mut self) -> sup_proto::v1::JobProgress {
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                if let Some(AgentBody::Progress(p)) = self.outbox.recv().await {
+                    return p;
+                }
+            }
+        })
+        .await
+        .expect("a progress report within 30 s")
+    }
+}
+
 pub fn bus() -> (Bus, LinkPorts) {
     let (out_tx, out_rx) = mpsc::channel(OUTBOX_CAPACITY);
     let (assign_tx, assign_rx) = watch::channel(None);

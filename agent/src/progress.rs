@@ -603,15 +603,7 @@ mod tests {
         text.extend_from_slice(b"\n{\"rank\":0,\"step\":42,\"loss\":1.5}\n");
         stream.write_all(&text).await.expect("write");
         stream.shutdown().await.expect("shutdown");
-        let report = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                if let Some(AgentBody::Progress(p)) = ports.outbox.recv().await {
-                    return p;
-                }
-            }
-        })
-        .await
-        .expect("a progress report within 30 s");
+        let report = ports.next_progress().await;
         assert_eq!(
             (report.job.as_str(), report.generation, report.step),
             ("llm", 3, 42)

@@ -237,7 +237,6 @@ async fn read_new(log: &mut RankLog, buf: &mut Vec<u8>) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::fence::Running;
-    use sup_proto::v1::agent_message::Body as AgentBody;
     use tokio::io::AsyncWriteExt;
 
     #[test]
@@ -282,15 +281,7 @@ mod tests {
         let pattern =
             ProgressPattern::new(r"^step (?P<step>\S+)/\d+ loss (?P<loss>\S+)").expect("valid");
         let _follower = Follower::start(pattern, "llm", 2, vec![(0, path)], intake.clone(), fence);
-        let report = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                if let Some(AgentBody::Progress(p)) = ports.outbox.recv().await {
-                    return p;
-                }
-            }
-        })
-        .await
-        .expect("a progress report within 30 s");
+        let report = ports.next_progress().await;
         assert_eq!(report.step, step);
         assert_eq!(intake.rejected(), (0, 0, 0), "the old lines were not read");
     }
@@ -325,15 +316,7 @@ mod tests {
         .await
         .expect("write");
         log.flush().await.expect("flush");
-        let report = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                if let Some(AgentBody::Progress(p)) = ports.outbox.recv().await {
-                    return p;
-                }
-            }
-        })
-        .await
-        .expect("a progress report within 30 s");
+        let report = ports.next_progress().await;
         assert_eq!(
             (report.job.as_str(), report.generation, report.step),
             ("llm", 4, 7)
@@ -343,15 +326,7 @@ mod tests {
         // The rest of a line written in two parts.
         log.write_all(b"ss 0.25 tokens 800\n").await.expect("write");
         log.flush().await.expect("flush");
-        let report = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                if let Some(AgentBody::Progress(p)) = ports.outbox.recv().await {
-                    return p;
-                }
-            }
-        })
-        .await
-        .expect("a second report within 30 s");
+        let report = ports.next_progress().await;
         assert_eq!((report.step, report.loss), (8, Some(0.25)));
     }
 }
