@@ -268,6 +268,7 @@ def _listen(port: int, deadline: float) -> socket.socket:
     # The previous generation's rank 0 may still be dying and hold the port: retry.
     # SO_REUSEADDR (set by create_server) lets us bind over its TIME_WAIT leftovers.
     dual = socket.has_dualstack_ipv6()
+    said = False
     while True:
         try:
             return socket.create_server(
@@ -280,6 +281,10 @@ def _listen(port: int, deadline: float) -> socket.socket:
         except OSError as e:
             if time.monotonic() > deadline:
                 raise Fatal(f"rendezvous: cannot listen on port {port}: {e}", EXIT_COLLECTIVE)
+            if not said:  # once: a port held by something else stalls the whole job
+                print(f"trainer: rendezvous: cannot listen on port {port} yet ({e}); retrying",
+                      file=sys.stderr, flush=True)
+                said = True
             time.sleep(0.2)
 
 

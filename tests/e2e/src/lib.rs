@@ -43,10 +43,49 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A loopback port that was free a moment ago.
+/// A port for a listener a test starts a moment later: free now, never
+/// handed out twice in this test process, and taken from below the kernel's
+/// ephemeral range. A port from `bind(:0)` would be free only until the next
+/// connection or `bind(:0)` anyone makes meanwhile (an agent's progress
+/// intake, a client socket) happens to draw it; below the ephemeral range
+/// the kernel never hands a port out by itself. Free means bindable on
+/// 127.0.0.1 and, where the host has IPv6, on `[::]`, where the example
+/// trainer's rank 0 listens (dual-stack) for its peers.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
-    Ok(listener.local_addr()?.port())
+    const LOWEST: u16 = 10_000;
+    static CURSOR: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low < LOWEST + 1_000 {
+        // A host with an unusually wide ephemeral range: no quiet range left.
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
+        return Ok(listener.local_addr()?.port());
+    }
+    let span = ephemeral_low - LOWEST;
+    let mut cursor = CURSOR.lock().unwrap_or_else(|p| p.into_inner());
+    // Each test binary starts elsewhere in the range, so one that runs after
+    // another does not walk over the ports its predecessor's leftovers hold.
+    let mut next = cursor.unwrap_or_else(|| {
+        let seed = std::process::id().wrapping_mul(7_919);
+        LOWEST + u16::try_from(seed % u32::from(span)).unwrap_or(0)
+    });
+    let ipv6 = TcpListener::bind("[::]:0").is_ok();
+    for _ in 0..span {
+        let port = next;
+        next = if next + 1 >= ephemeral_low {
+            LOWEST
+        } else {
+            next + 1
+        };
+        let v4 = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if v4 && (!ipv6 || TcpListener::bind(("::", port)).is_ok()) {
+            *cursor = Some(next);
+            return Ok(port);
+        }
+    }
+    bail!("no free TCP port between {LOWEST} and {ephemeral_low}")
 }
 
 /// A child process that is killed (SIGKILL) and reaped when dropped.
@@ -119,7 +158,10 @@ impl Drop for Proc {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if std::thread::panicking() {
+        // Always: libtest keeps a test's output to itself unless the test
+        // fails, and a test that fails by returning an error (most do, through
+        // `?`) is not panicking here, yet needs the logs just as much.
+        {
             eprintln!("----- {} log ({}) -----", self.name, self.log.display());
             let text = self.log_text();
             let tail: Vec<&str> = text.lines().rev().take(60).collect();

@@ -214,13 +214,20 @@ fn base64_decode(text: &str) -> Result<Vec<u8>> {
 
 /// `promtool check metrics` (Debian package `prometheus`) on `/metrics` of
 /// this cluster while its job runs, so the job series are validated too.
-fn check_job_metrics(http_port: u16) -> Result<()> {
+fn check_job_metrics(url: &str, http_port: u16) -> Result<()> {
     let body = wait_for("job series in /metrics", STARTUP_TIMEOUT, || {
         let (code, body) = http_get(http_port, "/metrics")?;
         Ok((code == 200
             && body.contains("sup_job_step{")
             && body.contains("sup_job_since_checkpoint_seconds{"))
         .then_some(body))
+    })
+    .with_context(|| {
+        // What the job did instead: its state, step and events.
+        let job = job_status(url, "llm-demo").map_or_else(|e| e.to_string(), |j| j.to_string());
+        let events = sup_e2e::supctl_json(url, &["events"])
+            .map_or_else(|e| e.to_string(), |e| e.to_string());
+        format!("the job: {job}\nevents: {events}")
     })?;
     sup_e2e::promtool_check(&body)?;
     for series in [
@@ -297,7 +304,7 @@ fn dashboard_shows_nodes_job_and_a_cordon_live() -> Result<()> {
         Ok((job_status(&url, "llm-demo")?["state"] == "running").then_some(()))
     })?;
 
-    check_job_metrics(supd.http_port)?;
+    check_job_metrics(&url, supd.http_port)?;
 
     let page = format!("http://127.0.0.1:{}/", supd.http_port);
     let mut browser = Browser::launch(&page, work.path())?;
