@@ -36,9 +36,11 @@ pub enum ActorError {
     Unavailable(String),
 }
 
-/// Counters the metrics endpoint reads; written only by the actor.
+/// Counters the metrics endpoint reads; written by the actor, except the
+/// TLS handshake failures (the gRPC accept loop's).
 #[derive(Debug, Default)]
 pub struct Counters {
+    pub tls_handshake_failures: crate::grpc_tls::HandshakeFailures,
     pub reports: AtomicU64,
     pub stale_reports: AtomicU64,
     pub store_commits: AtomicU64,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod dashboard;
 pub mod engine;
 pub mod grpc;
+pub mod grpc_tls;
 pub mod http;
 pub mod http_server;
 pub mod jobspec;
@@ -55,38 +56,41 @@ fn http_limits(config: &Config) -> http_server::Limits {
     }
 }
 
-/// The gRPC server with its limits and transport security. Mutual TLS
-/// unless plaintext was asked for explicitly (config validation refuses
-/// neither); plaintext is logged as a warning at every start.
-fn grpc_server(config: &Config) -> anyhow::Result<(tonic::transport::Server, auth::Transport)> {
+/// The gRPC server with its limits, and the TLS handshakes of its listener:
+/// mutual TLS unless plaintext was asked for explicitly (config validation
+/// refuses neither); plaintext is logged as a warning at every start.
+fn grpc_server(
+    config: &Config,
+) -> anyhow::Result<(
+    tonic::transport::Server,
+    auth::Transport,
+    Option<grpc_tls::Handshakes>,
+)> {
     use sup_proto::transport::read_pem;
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
     let g = &config.grpc;
-    let mut builder = tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(g.keepalive_interval))
         .http2_keepalive_timeout(Some(g.keepalive_timeout))
         .max_concurrent_streams(Some(g.max_concurrent_streams))
         .concurrency_limit_per_connection(g.concurrency_per_connection)
         .timeout(g.request_timeout)
         .tcp_nodelay(true);
-    let transport = match &g.tls {
+    match &g.tls {
         Some(tls) => {
             let ca = read_pem(&tls.ca, "cluster CA certificate", "CERTIFICATE")?;
             let cert = read_pem(&tls.cert, "supd certificate", "CERTIFICATE")?;
             let key = read_pem(&tls.key, "supd key", "PRIVATE KEY")?;
-            let tls_config = ServerTlsConfig::new()
-                .identity(Identity::from_pem(cert, key))
-                .client_ca_root(Certificate::from_pem(ca))
-                .timeout(tls.handshake_timeout);
-            builder = builder.tls_config(tls_config).with_context(|| {
-                format!(
-                    "cannot set up TLS with {} and {}",
-                    tls.cert.display(),
-                    tls.key.display()
-                )
-            })?;
+            let handshakes = grpc_tls::Handshakes::new(&ca, &cert, &key, tls.handshake_timeout)
+                .with_context(|| {
+                    format!(
+                        "cannot set up TLS with {}, {} and {}",
+                        tls.ca.display(),
+                        tls.cert.display(),
+                        tls.key.display()
+                    )
+                })?;
             tracing::info!(ca = %tls.ca.display(), cert = %tls.cert.display(), "gRPC uses mutual TLS");
-            auth::Transport::MutualTls
+            Ok((builder, auth::Transport::MutualTls, Some(handshakes)))
         }
         None => {
             tracing::warn!(
@@ -94,10 +98,32 @@ fn grpc_server(config: &Config) -> anyhow::Result<(tonic::transport::Server, aut
                 "gRPC is PLAINTEXT (grpc.plaintext = true): no authentication, anyone who reaches \
                  this port can register as any node and change anything; use [grpc.tls] in production"
             );
-            auth::Transport::Plaintext
+            Ok((builder, auth::Transport::Plaintext, None))
         }
+    }
+}
+
+/// Serves `router` on `listener` until `stop` changes: through supd's own
+/// TLS handshakes ([`grpc_tls`]) when configured, plaintext otherwise.
+fn spawn_grpc(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    tls: Option<grpc_tls::Handshakes>,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    let signal = async move {
+        let _ = stop.changed().await;
     };
-    Ok((builder, transport))
+    match tls {
+        Some(handshakes) => tokio::spawn(router.serve_with_incoming_shutdown(
+            grpc_tls::incoming(listener, handshakes, counters),
+            signal,
+        )),
+        None => tokio::spawn(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal),
+        ),
+    }
 }
 
 /// Runs supd until `shutdown` resolves (or the state store fails).
@@ -131,7 +157,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let http_addr = http_listener.local_addr()?;
     // TLS files are read before anything runs, so a bad path stops supd
     // at once with the file named.
-    let (mut grpc_builder, transport) = grpc_server(&config)?;
+    let (mut grpc_builder, transport, tls) = grpc_server(&config)?;
 
     let counters = Arc::new(Counters::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -164,15 +190,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .set_serving::<ControlServiceServer<grpc::ControlApi>>()
         .await;
 
-    let mut grpc_stop = stop_rx.clone();
-    let grpc_server = grpc_builder
+    let router = grpc_builder
         .add_service(health_service)
         .add_service(agent_service)
-        .add_service(control_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-            let _ = grpc_stop.changed().await;
-        });
-    let mut grpc_task = tokio::spawn(grpc_server);
+        .add_service(control_service);
+    let mut grpc_task = spawn_grpc(
+        router,
+        grpc_listener,
+        tls,
+        counters.clone(),
+        stop_rx.clone(),
+    );
 
     let http_app = http::router(http::HttpState {
         handle: handle.clone(),
@@ -258,14 +286,14 @@ async fn refuse_to_serve(
             .await;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut grpc_stop = stop_rx.clone();
-    let (mut grpc_builder, _) = grpc_server(config)?;
-    let grpc_server = grpc_builder
-        .add_service(health_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-            let _ = grpc_stop.changed().await;
-        });
-    let grpc_task = tokio::spawn(grpc_server);
+    let (mut grpc_builder, _, tls) = grpc_server(config)?;
+    let grpc_task = spawn_grpc(
+        grpc_builder.add_service(health_service),
+        grpc_listener,
+        tls,
+        Arc::new(Counters::default()),
+        stop_rx.clone(),
+    );
     let http_app = http::refusing_router(Arc::new(why.clone()));
     let http_task = tokio::spawn(http_server::serve(
         http_listener,

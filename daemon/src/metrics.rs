@@ -107,6 +107,17 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
         "Durable state commits (each flushed before acknowledging)",
         counter(counters.store_commits.load(Ordering::Relaxed)),
     );
+    let tls_failures = Family::<Labels, Counter>::default();
+    for (reason, n) in counters.tls_handshake_failures.snapshot() {
+        tls_failures
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc_by(n);
+    }
+    registry.register(
+        "grpc_tls_handshake_failures",
+        "gRPC connections refused during the TLS handshake, by reason (untrusted_certificate, no_client_certificate, not_tls, timeout, closed, ...)",
+        tls_failures,
+    );
     let events = Family::<Labels, Counter>::default();
     {
         let by_kind = counters

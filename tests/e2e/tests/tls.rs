@@ -5,14 +5,16 @@
 //! - A node certificate registers its own node; used with another node id
 //!   it is refused, and that node never appears.
 //! - A client with no certificate, with one from another CA, or speaking
-//!   plaintext, gets nothing.
+//!   plaintext, gets nothing; one that sends nothing is cut off at the
+//!   handshake timeout. supd logs each refusal with the peer and counts it
+//!   by reason in `/metrics`.
 //! - Viewers and nodes may read but not change; an operator's change is
 //!   recorded under the certificate's name, whatever `--by` says.
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use sup_e2e::*;
 use sup_proto::v1;
 use sup_proto::v1::control_service_client::ControlServiceClient;
@@ -138,6 +140,7 @@ fn mutual_tls_binds_node_ids_and_only_operators_change_things() -> Result<()> {
 ca = "{ca}"
 cert = "{cert}"
 key = "{key}"
+handshake_timeout = "2s"
 [nodes]
 telemetry_interval = "500ms"
 "#,
@@ -239,6 +242,55 @@ telemetry_interval = "500ms"
         foreign.err().unwrap_or_default(),
         plaintext.err().unwrap_or_default()
     );
+
+    // supd says whom it refused and why: counted by reason, logged with the
+    // peer's address (what an operator needs when a node will not connect).
+    // A client that connects and says nothing is cut off at the handshake
+    // timeout rather than holding a connection for ever.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", supd.grpc_port))?;
+    silent.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let opened = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = std::io::Read::read(&mut silent, &mut buf);
+    let held = opened.elapsed();
+    let cut_off = match &read {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(
+        cut_off,
+        "a silent client was not cut off: {read:?} after {held:?}"
+    );
+    println!(
+        "check: a client that sent nothing was closed after {held:.1?} (handshake_timeout = 2s)"
+    );
+    let reasons = [
+        "no_client_certificate",
+        "untrusted_certificate",
+        "not_tls",
+        "timeout",
+    ];
+    let metrics = wait_for("handshake failures in /metrics", STARTUP_TIMEOUT, || {
+        let (_, body) = http_get(supd.http_port, "/metrics")?;
+        Ok(reasons
+            .iter()
+            .all(|r| {
+                body.contains(&format!(
+                    "sup_grpc_tls_handshake_failures_total{{reason=\"{r}\"}}"
+                ))
+            })
+            .then_some(body))
+    })?;
+    sup_e2e::promtool_check(&metrics)?;
+    let log = supd.proc.as_ref().map(|p| p.log_text()).unwrap_or_default();
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("TLS handshake refused") && l.contains("untrusted_certificate"))
+        .ok_or_else(|| anyhow!("no refusal naming the untrusted certificate in supd's log"))?;
+    assert!(refusal.contains("\"peer\":\"127.0.0.1:"), "{refusal}");
+    assert!(refusal.contains("\"level\":\"WARN\""), "{refusal}");
+    println!("check: supd counted the refusals by reason ({}) and logged the untrusted one with its peer: {refusal}", reasons.join(", "));
 
     // Readers cannot change anything.
     for reader in ["viewer-grafana", "node-n1"] {
