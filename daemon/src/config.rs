@@ -45,6 +45,10 @@ pub struct DetectConfig {
     /// Allowance of the checkpoint_save, checkpoint_load and eval phases.
     #[serde(with = "humantime_serde")]
     pub checkpoint_allowance: Duration,
+    /// From every rank launched to the generation's first progress report,
+    /// for jobs that have reported progress before (or parse it from logs).
+    #[serde(with = "humantime_serde")]
+    pub startup_allowance: Duration,
     /// Step-time samples before the adaptive bound applies (the ceiling
     /// does until then).
     pub warmup_steps: usize,
@@ -74,6 +78,7 @@ impl Default for DetectConfig {
             hang_floor: dur(d.hang_floor_ms),
             hang_ceiling: dur(d.hang_ceiling_ms),
             checkpoint_allowance: dur(d.checkpoint_allowance_ms),
+            startup_allowance: dur(d.startup_allowance_ms),
             warmup_steps: d.warmup_steps,
             hang_cordon_after: d.hang_cordon_after,
             straggler_threshold: d.straggler_threshold,
@@ -423,6 +428,7 @@ impl Config {
                 hang_floor_ms: ms(self.detect.hang_floor),
                 hang_ceiling_ms: ms(self.detect.hang_ceiling),
                 checkpoint_allowance_ms: ms(self.detect.checkpoint_allowance),
+                startup_allowance_ms: ms(self.detect.startup_allowance),
                 warmup_steps: self.detect.warmup_steps,
                 hang_cordon_after: self.detect.hang_cordon_after,
                 straggler_threshold: self.detect.straggler_threshold,

@@ -52,6 +52,11 @@ pub struct DetectConfig {
     pub hang_ceiling_ms: Millis,
     /// Allowance for the checkpoint_save / checkpoint_load / eval phases.
     pub checkpoint_allowance_ms: Millis,
+    /// From a generation running (every rank launched) to its first
+    /// progress report, for jobs known to report progress: rendezvous,
+    /// communicator setup (NCCL init), checkpoint loading before the
+    /// trainer says so.
+    pub startup_allowance_ms: Millis,
     /// Step-time samples needed before the adaptive bound applies; before
     /// that the ceiling does.
     pub warmup_steps: usize,
@@ -80,6 +85,8 @@ impl Default for DetectConfig {
             hang_floor_ms: 30_000,
             hang_ceiling_ms: 600_000,
             checkpoint_allowance_ms: 900_000,
+            // torchrun's rendezvous join timeout.
+            startup_allowance_ms: 600_000,
             warmup_steps: 10,
             hang_cordon_after: 3,
             straggler_threshold: 0.07,
@@ -150,6 +157,9 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
 
 // -- hangs -------------------------------------------------------------------
 
+/// The phase of a generation whose ranks run but have not reported yet.
+pub const STARTUP: &str = "startup";
+
 /// Watches a job's step advances as supd receives them.
 #[derive(Debug, Clone)]
 pub struct HangDetector {
@@ -177,6 +187,15 @@ impl HangDetector {
         self.last_step = None;
         self.last_advance_at = None;
         self.phase.clear();
+    }
+
+    /// Every rank of a new generation was launched at `now`: from here the
+    /// first progress report must come within the startup allowance. Only
+    /// for jobs known to report progress: for the others, silence is normal.
+    pub fn arm_startup(&mut self, now: Millis) {
+        self.last_step = None;
+        self.last_advance_at = Some(now);
+        self.phase = STARTUP.to_owned();
     }
 
     /// The job's highest step and phase after a report received at `now`.
@@ -218,6 +237,12 @@ impl HangDetector {
 
     /// How long the job may go without progress, and why that long.
     pub fn bound(&self, cfg: &DetectConfig) -> (Millis, String) {
+        if self.phase == STARTUP {
+            return (
+                cfg.startup_allowance_ms,
+                "the startup allowance (no progress report from this generation yet)".to_owned(),
+            );
+        }
         if self.phase != "train" && !self.phase.is_empty() {
             return (
                 cfg.checkpoint_allowance_ms,
@@ -270,6 +295,12 @@ impl HangDetector {
         let (bound, why) = self.bound(cfg);
         let silent = now - at;
         (silent >= bound).then(|| {
+            if self.phase == STARTUP {
+                return format!(
+                    "hung at startup: no progress report for {silent} ms since every rank was launched \
+                     (stuck in rendezvous or communicator setup?; bound {bound} ms = {why})"
+                );
+            }
             format!(
                 "hung: no step advance for {silent} ms in phase {} (last step {}; bound {bound} ms = {why})",
                 if self.phase.is_empty() { "train" } else { &self.phase },
@@ -361,6 +392,9 @@ pub fn attribute_hang(
             "hardware evidence on several nodes ({}): no single node to blame",
             listed(&with_hardware)
         )
+    } else if job_step.is_none() {
+        "no rank has reported a step and no node shows hardware evidence: no node to blame"
+            .to_owned()
     } else {
         "every node's ranks stopped at the same step and no node shows hardware evidence: \
          no node to blame"

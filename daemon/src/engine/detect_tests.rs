@@ -708,3 +708,109 @@ fn with_hang_cordons_off_a_blamed_node_is_neither_suspect_nor_cordoned() {
         assert_eq!(e.node("n2").expect("n2").state(), NodeState::Ready);
     }
 }
+
+fn crash(e: &mut Engine, name: &str, node: &str, now: Millis) -> Vec<Action> {
+    let generation = job(e, name).record.generation;
+    assert!(e.rank_exited(
+        now,
+        node,
+        session_of(node),
+        v1::RankExited {
+            job: name.to_owned(),
+            generation,
+            exit_code: Some(1),
+            log_tail: "RuntimeError: boom\n".to_owned(),
+            ..Default::default()
+        }
+    ));
+    drain(e)
+}
+
+/// Nodes that stay reachable through long silences (no telemetry is sent).
+fn patient_cluster(startup_allowance_ms: Millis) -> Engine {
+    let base = config();
+    cluster_with(
+        EngineConfig {
+            unreachable_after_ms: 1_000 * 3_600_000,
+            detect: DetectConfig {
+                startup_allowance_ms,
+                ..base.detect.clone()
+            },
+            ..base
+        },
+        2,
+    )
+}
+
+#[test]
+fn a_generation_that_never_reports_is_hung_at_startup_once_the_job_has_reported_before() {
+    let allowance = 30_000;
+    let mut e = patient_cluster(allowance);
+    submit(&mut e, "llm", 2, "");
+    launch_all(&mut e, "llm", 0);
+    let last = run_steps(&mut e, "llm", 1, 20, 0);
+    checkpoint(&mut e, "llm", "n1", &[10, 20], last);
+    let restarted = crash(&mut e, "llm", "n1", last + 100);
+    assert!(has(&restarted, EventKind::JobRestarted));
+
+    // The new generation launches and then says nothing (stuck in its
+    // rendezvous): hung at the startup allowance, not before.
+    let launched_at = last + 5_000;
+    launch_all(&mut e, "llm", launched_at);
+    let deadline = launched_at + allowance;
+    assert!(e.poll_timeout().is_some_and(|t| t <= deadline));
+    e.handle_timeout(deadline - 1);
+    assert!(!has(&drain(&mut e), EventKind::JobHung));
+    e.handle_timeout(deadline);
+    let actions = drain(&mut e);
+    let why = event(&actions, EventKind::JobHung);
+    assert!(
+        why.contains("hung at startup")
+            && why.contains(&format!("no progress report for {allowance} ms"))
+            && why.contains("the startup allowance")
+            && why.contains("nothing cordoned"),
+        "{why}"
+    );
+    let restarted = event(&actions, EventKind::JobRestarted);
+    assert!(restarted.contains("resuming from step 20"), "{restarted}");
+    assert!(!has(&actions, EventKind::NodeCordoned));
+
+    // A first report (loading the checkpoint) disarms it: the phases'
+    // own bounds apply from there, and a job that trains on is not hung.
+    let relaunched_at = deadline + 5_000;
+    launch_all(&mut e, "llm", relaunched_at);
+    report(
+        &mut e,
+        "llm",
+        "n1",
+        relaunched_at + 1_000,
+        v1::JobProgress {
+            step: 20,
+            phase: "checkpoint_load".to_owned(),
+            ..Default::default()
+        },
+    );
+    let trained_until = run_steps(&mut e, "llm", 21, 100, relaunched_at + 1_000);
+    assert!(trained_until > relaunched_at + allowance);
+    e.handle_timeout(trained_until);
+    assert!(!has(&drain(&mut e), EventKind::JobHung));
+    assert_eq!(job(&e, "llm").record.restarts, 2);
+}
+
+#[test]
+fn a_job_that_never_reported_progress_is_never_hung_for_its_silence() {
+    let mut e = patient_cluster(30_000);
+    submit(&mut e, "quiet", 2, "");
+    launch_all(&mut e, "quiet", 0);
+    assert_eq!(job(&e, "quiet").record.state, JobState::Running);
+    for hours in [1, 10, 100] {
+        e.handle_timeout(hours * 3_600_000);
+        assert!(!has(&drain(&mut e), EventKind::JobHung));
+    }
+    // Once restarted, still nothing to expect from it.
+    crash(&mut e, "quiet", "n2", 400 * 3_600_000);
+    launch_all(&mut e, "quiet", 401 * 3_600_000);
+    e.handle_timeout(500 * 3_600_000);
+    assert!(!has(&drain(&mut e), EventKind::JobHung));
+    assert_eq!(job(&e, "quiet").record.state, JobState::Running);
+}

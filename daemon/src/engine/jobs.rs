@@ -468,6 +468,17 @@ impl Engine {
         if all && matches!(job.record.state, JobState::Starting | JobState::Recovering) {
             job.record.state = JobState::Running;
             job.detect.running_since = Some(now);
+            // A job that has shown it reports progress and now says nothing
+            // at all is stuck before its first step (a rendezvous that never
+            // completes, a communicator that never forms).
+            let reports_progress =
+                job.record.best_step.is_some() || job.record.spec.progress_regex.is_some();
+            let startup_deadline = (reports_progress && self.config.detect.hang_enabled)
+                .then(|| {
+                    job.detect.hang.arm_startup(now);
+                    job.detect.hang.deadline(&self.config.detect)
+                })
+                .flatten();
             job.record.reason = String::new();
             let mut why = format!(
                 "generation {} running on {} node(s), world size {}",
@@ -483,6 +494,9 @@ impl Engine {
             }
             self.record_job_event(now, EventKind::JobRunning, None, Some(&name), why);
             self.persist_job(&name);
+            if let Some(at) = startup_deadline {
+                self.schedule_job_check(at);
+            }
         }
         true
     }

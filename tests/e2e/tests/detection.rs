@@ -12,6 +12,9 @@
 //!   with a new SUP_SEED, and the job finishes.
 //! - A script that only prints: progress from its log lines through the
 //!   job's `progress_regex`.
+//! - A generation whose ranks never meet (something else holds the master
+//!   port): hung at startup after `startup_allowance`, restarted, and
+//!   training once the port is free.
 //!
 //! The tests run in parallel (and other test binaries run the same job
 //! name): a rank is only ever picked by its cluster's own checkpoint dir,
@@ -49,6 +52,8 @@ struct Cluster {
     _work: tempfile::TempDir,
     work: std::path::PathBuf,
     url: String,
+    /// `jobs.master_port`: where the job's rank 0 listens for its peers.
+    master_port: u16,
     supd: Supd,
     agents: Vec<Proc>,
     /// Set by [`Cluster::passed`] at the end of a test: a test that returns
@@ -106,7 +111,8 @@ impl Drop for Cluster {
 fn cluster(detect: &str) -> Result<Cluster> {
     let work = tempfile::tempdir()?;
     let path = work.path().to_owned();
-    let mut supd = Supd::new(&path, &supd_config(free_port()?, detect))?;
+    let master_port = free_port()?;
+    let mut supd = Supd::new(&path, &supd_config(master_port, detect))?;
     supd.start()?;
     let url = supd.url();
     let agents = start_sim_agents(&path, 3, |_| url.clone(), &[])?;
@@ -115,6 +121,7 @@ fn cluster(detect: &str) -> Result<Cluster> {
         _work: work,
         work: path,
         url,
+        master_port,
         supd,
         agents,
         passed: std::cell::Cell::new(false),
@@ -460,5 +467,39 @@ progress_regex = '{pattern}'
     eprintln!("job from log lines: {job}");
     let step = job["step"].as_u64().unwrap_or(0);
     assert!(step <= 600, "{job}");
+    c.passed()
+}
+
+#[test]
+fn a_generation_stuck_in_its_rendezvous_is_hung_at_startup_and_restarted() -> Result<()> {
+    let c = cluster(r#"startup_allowance = "5s""#)?;
+    // Something else holds the master port: rank 0 cannot listen, the ranks
+    // never meet and nothing is reported, like a communicator that never
+    // forms. The job's progress_regex says it reports progress, so its
+    // silence counts from the start.
+    let blocker = std::net::TcpListener::bind(("::", c.master_port))
+        .or_else(|_| std::net::TcpListener::bind(("0.0.0.0", c.master_port)))?;
+    submit(
+        &c,
+        200,
+        10,
+        "0.2",
+        r"progress_regex = '^step (?P<step>\d+)/\d+ loss (?P<loss>\S+) tokens (?P<tokens>\d+)'",
+    )?;
+    let hung = reason(&wait_event(&c, "job_hung")?);
+    drop(blocker);
+    eprintln!("job_hung: {hung}");
+    assert!(hung.contains("hung at startup"), "{hung}");
+    assert!(hung.contains("nothing cordoned"), "{hung}");
+    let silent_ms = number_after(&hung, "no progress report for ")?;
+    assert!(silent_ms >= 5_000.0, "{hung}");
+    let job = wait_job(&c, "the job training once the port is free", |j| {
+        j["state"] == "running" && j["step"].as_u64().unwrap_or(0) >= 5
+    })?;
+    assert!(job["restarts"].as_u64().unwrap_or(0) >= 1, "{job}");
+    let restarted = events_of(&c.url, "job_restarted", Some("llm"))?;
+    let why = restarted.first().map(reason).unwrap_or_default();
+    assert!(why.starts_with("hung at startup"), "{why}");
+    no_cordons(&c)?;
     c.passed()
 }
