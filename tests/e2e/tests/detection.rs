@@ -48,18 +48,17 @@ stop_grace = "2s"
     )
 }
 
+/// Dropped in field order: supd (and this cluster's ranks, see
+/// [`kill_ranks_under`]), the agents, whose logs are printed as they go,
+/// then the directory.
 struct Cluster {
-    _work: tempfile::TempDir,
     work: std::path::PathBuf,
     url: String,
     /// `jobs.master_port`: where the job's rank 0 listens for its peers.
     master_port: u16,
     supd: Supd,
     agents: Vec<Proc>,
-    /// Set by [`Cluster::passed`] at the end of a test: a test that returns
-    /// an error early (no panic, so [`Proc`] prints nothing) gets the log
-    /// tails of supd and the agents printed.
-    passed: std::cell::Cell<bool>,
+    _work: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -79,33 +78,6 @@ impl Cluster {
         all.extend_from_slice(env);
         processes_with_env(&all)
     }
-
-    fn passed(&self) -> Result<()> {
-        self.passed.set(true);
-        Ok(())
-    }
-
-    fn print_logs(&self) {
-        let logs = std::iter::once(("supd".to_owned(), self.supd.log_text()))
-            .chain(self.agents.iter().map(|a| (a.name.clone(), a.log_text())));
-        for (name, text) in logs {
-            eprintln!("----- {name} log (tail) -----");
-            let tail: Vec<&str> = text.lines().rev().take(80).collect();
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-/// The harness's [`Supd`] kills this cluster's ranks when it is dropped
-/// (after this), see [`kill_ranks_under`].
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if !self.passed.get() && !std::thread::panicking() {
-            self.print_logs();
-        }
-    }
 }
 
 fn cluster(detect: &str) -> Result<Cluster> {
@@ -118,13 +90,12 @@ fn cluster(detect: &str) -> Result<Cluster> {
     let agents = start_sim_agents(&path, 3, |_| url.clone(), &[])?;
     wait_ready_nodes(&url, 3)?;
     Ok(Cluster {
-        _work: work,
         work: path,
         url,
         master_port,
         supd,
         agents,
-        passed: std::cell::Cell::new(false),
+        _work: work,
     })
 }
 
@@ -292,7 +263,7 @@ checkpoint_allowance = "20s""#,
     let pm = reason(&wait_event(&c, "job_hang_postmortem")?);
     assert!(pm.contains("step "), "{pm}");
     no_cordons(&c)?;
-    c.passed()
+    Ok(())
 }
 
 #[test]
@@ -354,7 +325,7 @@ SUP_EXAMPLE_SLOWDOWN = "1.5""#,
     );
     assert_eq!(events_of(&c.url, "job_straggler", Some("llm"))?.len(), 1);
     no_cordons(&c)?;
-    c.passed()
+    Ok(())
 }
 
 #[test]
@@ -416,7 +387,7 @@ SUP_EXAMPLE_LOSS_SPIKE_AT_STEP = "22""#,
         "{metrics}"
     );
     no_cordons(&c)?;
-    c.passed()
+    Ok(())
 }
 
 #[test]
@@ -467,7 +438,7 @@ progress_regex = '{pattern}'
     eprintln!("job from log lines: {job}");
     let step = job["step"].as_u64().unwrap_or(0);
     assert!(step <= 600, "{job}");
-    c.passed()
+    Ok(())
 }
 
 #[test]
@@ -501,5 +472,5 @@ fn a_generation_stuck_in_its_rendezvous_is_hung_at_startup_and_restarted() -> Re
     let why = restarted.first().map(reason).unwrap_or_default();
     assert!(why.starts_with("hung at startup"), "{why}");
     no_cordons(&c)?;
-    c.passed()
+    Ok(())
 }
