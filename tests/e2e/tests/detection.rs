@@ -57,7 +57,7 @@ struct Cluster {
     /// `jobs.master_port`: where the job's rank 0 listens for its peers.
     master_port: u16,
     supd: Supd,
-    agents: Vec<Proc>,
+    _agents: Vec<Proc>,
     _work: tempfile::TempDir,
 }
 
@@ -94,7 +94,7 @@ fn cluster(detect: &str) -> Result<Cluster> {
         url,
         master_port,
         supd,
-        agents,
+        _agents: agents,
         _work: work,
     })
 }
