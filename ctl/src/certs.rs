@@ -13,8 +13,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType,
+    SerialNumber,
 };
 use sup_proto::identity::{Identity, Role};
 
@@ -108,14 +109,166 @@ pub fn init(
         cert: cert_path,
         key: key_path,
     }];
+    // An empty list from day one, so supd's grpc.tls.crl can name it before
+    // anything is revoked.
+    let crl = write_crl(dir, &load_issuer(dir)?, Vec::new(), 1)?;
+    issued.push(Issued {
+        what: "certificate revocation list (empty)".to_owned(),
+        cert: crl,
+        key: dir.join(CA_KEY),
+    });
     for subject in subjects {
         issued.push(issue(dir, leaf_days, subject)?);
     }
     Ok(issued)
 }
 
-/// Issues one certificate from the CA in `dir`.
-pub fn issue(dir: &Path, days: u32, subject: &Subject) -> Result<Issued, CtlError> {
+/// A certificate added to the revocation list.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Revoked {
+    pub what: String,
+    /// The certificate's serial number, hex.
+    pub serial: String,
+    /// False when the list already held it (nothing changed).
+    pub added: bool,
+    /// The list, and how many certificates it revokes now.
+    pub crl: PathBuf,
+    pub revoked_total: usize,
+}
+
+/// Adds the certificate of `subject` (its file in `dir`) to the CA's
+/// revocation list `dir/crl.pem`, signed anew by the CA. supd re-reads the
+/// list when it changes: the certificate is refused from then on and its
+/// live connections are cut.
+pub fn revoke(dir: &Path, subject: &Subject) -> Result<Revoked, CtlError> {
+    if let Subject::Supd { .. } = subject {
+        return Err(err(
+            "supd's own certificate is not checked against the list; issue supd a new one instead",
+        ));
+    }
+    let issuer = load_issuer(dir)?;
+    let stem = subject.file_stem();
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let pem = std::fs::read(&cert_path)
+        .map_err(|e| err(format!("cannot read {}: {e}", cert_path.display())))?;
+    let (_, block) = x509_parser::pem::parse_x509_pem(&pem).map_err(|e| {
+        err(format!(
+            "{} is not a PEM certificate: {e}",
+            cert_path.display()
+        ))
+    })?;
+    let cert = block
+        .parse_x509()
+        .map_err(|e| err(format!("{} does not parse: {e}", cert_path.display())))?;
+    let serial = cert.raw_serial().to_vec();
+    let serial_hex = cert.raw_serial_as_string();
+    let what = match subject {
+        Subject::Supd { .. } => "supd".to_owned(),
+        Subject::Client(id) => format!("{} {}", id.role, id.name),
+    };
+
+    let (mut entries, number) = read_crl(dir)?;
+    let added = !entries.iter().any(|e| e.serial_number.to_bytes() == serial);
+    if added {
+        entries.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&serial),
+            revocation_time: time::OffsetDateTime::now_utc(),
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let revoked_total = entries.len();
+    let crl = if added {
+        write_crl(dir, &issuer, entries, number + 1)?
+    } else {
+        dir.join(CRL)
+    };
+    Ok(Revoked {
+        what,
+        serial: serial_hex,
+        added,
+        crl,
+        revoked_total,
+    })
+}
+
+pub const CRL: &str = "crl.pem";
+
+/// The entries and number of `dir/crl.pem`; none and 0 when there is no
+/// list yet.
+fn read_crl(dir: &Path) -> Result<(Vec<RevokedCertParams>, u64), CtlError> {
+    let path = dir.join(CRL);
+    let pem = match std::fs::read(&path) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(err(format!("cannot read {}: {e}", path.display()))),
+    };
+    let (_, block) = x509_parser::pem::parse_x509_pem(&pem).map_err(|e| {
+        err(format!(
+            "{} is not a PEM revocation list: {e}",
+            path.display()
+        ))
+    })?;
+    let (_, crl) = x509_parser::parse_x509_crl(&block.contents)
+        .map_err(|e| err(format!("{} does not parse: {e}", path.display())))?;
+    let number = crl
+        .crl_number()
+        .map(|n| {
+            n.to_bytes_be()
+                .iter()
+                .fold(0u64, |acc, b| acc.wrapping_shl(8) | u64::from(*b))
+        })
+        .unwrap_or(0);
+    let entries = crl
+        .iter_revoked_certificates()
+        .map(|r| RevokedCertParams {
+            serial_number: SerialNumber::from_slice(r.raw_serial()),
+            revocation_time: r.revocation_date.to_datetime(),
+            reason_code: None,
+            invalidity_date: None,
+        })
+        .collect();
+    Ok((entries, number))
+}
+
+/// Signs and writes `dir/crl.pem` (replacing it whole: written aside, then
+/// renamed, so supd never reads half a list).
+fn write_crl(
+    dir: &Path,
+    issuer: &Issuer<'_, KeyPair>,
+    revoked_certs: Vec<RevokedCertParams>,
+    number: u64,
+) -> Result<PathBuf, CtlError> {
+    let now = time::OffsetDateTime::now_utc();
+    let params = CertificateRevocationListParams {
+        this_update: now,
+        // supd does not enforce it; a far date keeps other readers happy.
+        next_update: now + time::Duration::days(3650),
+        crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params
+        .signed_by(issuer)
+        .and_then(|c| c.pem())
+        .map_err(|e| err(format!("cannot sign the revocation list: {e}")))?;
+    let path = dir.join(CRL);
+    let aside = dir.join(format!(".{CRL}.new"));
+    let _ = std::fs::remove_file(&aside);
+    write_new(&aside, crl.as_bytes(), false)?;
+    std::fs::rename(&aside, &path).map_err(|e| {
+        err(format!(
+            "cannot replace {} with {}: {e}",
+            path.display(),
+            aside.display()
+        ))
+    })?;
+    Ok(path)
+}
+
+/// The CA in `dir`, ready to sign.
+fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CtlError> {
     let ca_cert_path = dir.join(CA_CERT);
     let ca_key_path = dir.join(CA_KEY);
     let read = |p: &Path| {
@@ -133,12 +286,17 @@ pub fn issue(dir: &Path, days: u32, subject: &Subject) -> Result<Issued, CtlErro
             ca_key_path.display()
         ))
     })?;
-    let issuer = Issuer::from_ca_cert_pem(&read(&ca_cert_path)?, ca_key).map_err(|e| {
+    Issuer::from_ca_cert_pem(&read(&ca_cert_path)?, ca_key).map_err(|e| {
         err(format!(
             "{} is not a usable CA certificate: {e}",
             ca_cert_path.display()
         ))
-    })?;
+    })
+}
+
+/// Issues one certificate from the CA in `dir`.
+pub fn issue(dir: &Path, days: u32, subject: &Subject) -> Result<Issued, CtlError> {
+    let issuer = load_issuer(dir)?;
 
     let stem = subject.file_stem();
     let cert_path = dir.join(format!("{stem}.pem"));
@@ -263,7 +421,13 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["ca.pem", "supd.pem", "node-n1.pem", "operator-alice.pem"]
+            [
+                "ca.pem",
+                "crl.pem",
+                "supd.pem",
+                "node-n1.pem",
+                "operator-alice.pem"
+            ]
         );
         #[cfg(unix)]
         {
@@ -281,6 +445,47 @@ mod tests {
         issue(&dir, 365, &operator("bob")).expect("a new operator");
         let pem = std::fs::read_to_string(dir.join("node-n1.pem")).expect("cert");
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    }
+
+    #[test]
+    fn revoking_adds_each_certificate_once_to_a_list_signed_anew() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("pki");
+        let n1 = Subject::Client(Identity::node("n1").expect("valid"));
+        let n2 = Subject::Client(Identity::node("n2").expect("valid"));
+        init(&dir, 3650, 365, &[n1.clone(), n2.clone()]).expect("init");
+        assert_eq!(read_crl(&dir).expect("empty list").0.len(), 0);
+
+        let first = revoke(&dir, &n1).expect("revoke n1");
+        assert!(first.added && first.revoked_total == 1, "{first:?}");
+        let again = revoke(&dir, &n1).expect("revoke n1 again");
+        assert!(!again.added && again.revoked_total == 1, "{again:?}");
+        let second = revoke(&dir, &n2).expect("revoke n2");
+        assert_eq!(second.revoked_total, 2);
+
+        let (entries, number) = read_crl(&dir).expect("list");
+        assert_eq!(number, 3, "init, n1, n2: one signature each");
+        let serial_of = |stem: &str| {
+            let pem = std::fs::read(dir.join(format!("{stem}.pem"))).expect("cert");
+            let (_, block) = x509_parser::pem::parse_x509_pem(&pem).expect("pem");
+            block.parse_x509().expect("cert").raw_serial().to_vec()
+        };
+        let listed: Vec<Vec<u8>> = entries.iter().map(|e| e.serial_number.to_bytes()).collect();
+        assert_eq!(listed, [serial_of("node-n1"), serial_of("node-n2")]);
+
+        let missing = revoke(&dir, &operator("nobody")).expect_err("no such certificate");
+        assert!(
+            missing.to_string().contains("operator-nobody.pem"),
+            "{missing}"
+        );
+        let supd = revoke(
+            &dir,
+            &Subject::Supd {
+                names: vec!["localhost".into()],
+            },
+        )
+        .expect_err("supd is not a client");
+        assert!(supd.to_string().contains("issue supd a new one"), "{supd}");
     }
 
     #[test]

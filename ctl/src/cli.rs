@@ -241,16 +241,33 @@ pub enum CertsCommand {
         #[arg(long, value_name = "DAYS", default_value_t = 365)]
         days: u32,
     },
+    /// Revoke a certificate issued from the CA in DIR: adds it to DIR/crl.pem,
+    /// which supd (grpc.tls.crl) re-reads within seconds, refusing the
+    /// certificate and cutting its live connections
+    #[command(after_help = CERTS_HELP)]
+    Revoke {
+        /// Directory holding ca.pem, ca-key.pem and the certificate
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// node, operator or viewer
+        #[arg(value_name = "ROLE")]
+        role: String,
+        /// The node id, operator or viewer name
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 const CERTS_HELP: &str = "\
-Files (in DIR): ca.pem, ca-key.pem (keep it off the nodes), supd.pem,
-supd-key.pem, node-ID.pem, node-ID-key.pem, operator-NAME.pem, ...
-Keys are written mode 0600; existing files are never replaced.
+Files (in DIR): ca.pem, ca-key.pem (keep it off the nodes), crl.pem (the
+revocation list, for supd), supd.pem, supd-key.pem, node-ID.pem,
+node-ID-key.pem, operator-NAME.pem, ...
+Keys are written mode 0600; existing certificates and keys are never replaced.
 
 Examples:
   supctl certs init --dir /etc/sup/pki --supd-name supd.cluster.example --node gpu-001 --operator alice
   supctl certs issue --dir /etc/sup/pki node gpu-002
+  supctl certs revoke --dir /etc/sup/pki node gpu-002    # then copy crl.pem to supd
   supctl --supervisor https://supd.cluster.example:7070 --ca ca.pem --cert operator-alice.pem --key operator-alice-key.pem status";
 
 #[derive(Debug, Subcommand)]

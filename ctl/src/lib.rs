@@ -66,6 +66,24 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         out.flush()?;
         return Ok(());
     }
+    if let Command::Certs(CertsCommand::Revoke { dir, role, name }) = &cli.command {
+        let revoked = certs::revoke(dir, &certs::subject(role, std::slice::from_ref(name))?)?;
+        let text = if json {
+            serde_json::to_string_pretty(&revoked).map_err(json_error)? + "\n"
+        } else {
+            format!(
+                "{} {} (serial {}); {} now revokes {} certificate(s): install it where supd's grpc.tls.crl points\n",
+                revoked.what,
+                if revoked.added { "revoked" } else { "was already revoked" },
+                revoked.serial,
+                revoked.crl.display(),
+                revoked.revoked_total
+            )
+        };
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        return Ok(());
+    }
     if let Command::Certs(certs) = &cli.command {
         let issued = run_certs(certs)?;
         let text = if json {
@@ -530,6 +548,9 @@ fn run_certs(command: &CertsCommand) -> Result<Vec<certs::Issued>, CtlError> {
             *days,
             &certs::subject(role, names)?,
         )?]),
+        CertsCommand::Revoke { .. } => Err(CtlError::Other(
+            "revoke writes a revocation list, not certificates".to_owned(),
+        )),
     }
 }
 

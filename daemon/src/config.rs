@@ -212,6 +212,11 @@ pub struct TlsFiles {
     /// A client must finish the TLS handshake within this time.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// The cluster CA's certificate revocation list (PEM, from `supctl
+    /// certs revoke`). Re-read when it changes: a revoked certificate is
+    /// refused at the next handshake and its live connections are cut.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
 }
 
 fn default_handshake_timeout() -> Duration {

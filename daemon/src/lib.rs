@@ -80,16 +80,28 @@ fn grpc_server(
             let ca = read_pem(&tls.ca, "cluster CA certificate", "CERTIFICATE")?;
             let cert = read_pem(&tls.cert, "supd certificate", "CERTIFICATE")?;
             let key = read_pem(&tls.key, "supd key", "PRIVATE KEY")?;
-            let handshakes = grpc_tls::Handshakes::new(&ca, &cert, &key, tls.handshake_timeout)
-                .with_context(|| {
-                    format!(
-                        "cannot set up TLS with {}, {} and {}",
-                        tls.ca.display(),
-                        tls.cert.display(),
-                        tls.key.display()
-                    )
-                })?;
-            tracing::info!(ca = %tls.ca.display(), cert = %tls.cert.display(), "gRPC uses mutual TLS");
+            let handshakes = grpc_tls::Handshakes::new(
+                &ca,
+                &cert,
+                &key,
+                tls.crl.as_deref(),
+                tls.handshake_timeout,
+            )
+            .with_context(|| {
+                format!(
+                    "cannot set up TLS with {}, {} and {}",
+                    tls.ca.display(),
+                    tls.cert.display(),
+                    tls.key.display()
+                )
+            })?;
+            tracing::info!(
+                ca = %tls.ca.display(),
+                cert = %tls.cert.display(),
+                crl = %tls.crl.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
+                revoked = handshakes.revoked_count(),
+                "gRPC uses mutual TLS"
+            );
             Ok((builder, auth::Transport::MutualTls, Some(handshakes)))
         }
         None => {
