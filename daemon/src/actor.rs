@@ -37,10 +37,13 @@ pub enum ActorError {
 }
 
 /// Counters the metrics endpoint reads; written by the actor, except the
-/// TLS handshake failures (the gRPC accept loop's).
+/// TLS parts (the gRPC accept loop's).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub tls_handshake_failures: crate::grpc_tls::HandshakeFailures,
+    /// The gRPC port's TLS handshakes (for certificate expiry), when TLS
+    /// is on.
+    pub tls: std::sync::OnceLock<crate::grpc_tls::Handshakes>,
     pub reports: AtomicU64,
     pub stale_reports: AtomicU64,
     pub store_commits: AtomicU64,

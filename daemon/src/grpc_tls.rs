@@ -80,6 +80,8 @@ pub struct Handshakes {
 }
 
 struct Shared {
+    /// When supd's own certificate expires, unix seconds.
+    own_not_after: Option<i64>,
     ca: Vec<CertificateDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -103,6 +105,10 @@ struct Current {
 /// the switch that cuts it.
 struct Live {
     serial: Vec<u8>,
+    /// `node:n1`, `operator:alice`; empty when the certificate has none.
+    identity: String,
+    /// When the client certificate expires, unix seconds.
+    not_after: Option<i64>,
     cut: Arc<Cut>,
 }
 
@@ -148,8 +154,13 @@ impl Handshakes {
             None => (Vec::new(), HashSet::new(), None),
         };
         let acceptor = acceptor(&ca, &chain, &key, crls)?;
+        let own_not_after = chain.first().and_then(|c| not_after(c.as_ref()));
+        if let Some(at) = own_not_after {
+            warn_if_expiring("supd", at);
+        }
         Ok(Handshakes {
             shared: Arc::new(Shared {
+                own_not_after,
                 ca,
                 chain,
                 key,
@@ -164,6 +175,25 @@ impl Handshakes {
                 next_id: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// When certificates expire, unix seconds: supd's own (`supd`) and,
+    /// per identity, the soonest-expiring client certificate among the
+    /// connections open now.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let mut by_identity: BTreeMap<String, i64> = BTreeMap::new();
+        for conn in self.shared.live().values() {
+            if let (false, Some(at)) = (conn.identity.is_empty(), conn.not_after) {
+                let soonest = by_identity.entry(conn.identity.clone()).or_insert(at);
+                *soonest = (*soonest).min(at);
+            }
+        }
+        self.shared
+            .own_not_after
+            .map(|at| ("supd".to_owned(), at))
+            .into_iter()
+            .chain(by_identity)
+            .collect()
     }
 
     /// Certificates revoked by the list in force.
@@ -263,13 +293,18 @@ impl Handshakes {
 
     /// Wraps a finished handshake for tonic, registered for cutting.
     fn admit(&self, tls: TlsStream<TcpStream>) -> Connection {
-        let serial = tls
+        let leaf = tls
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|certs| certs.first())
-            .and_then(|leaf| x509_parser::parse_x509_certificate(leaf.as_ref()).ok())
+            .map(|leaf| leaf.as_ref().to_vec())
+            .unwrap_or_default();
+        let serial = x509_parser::parse_x509_certificate(&leaf)
             .map(|(_, cert)| cert.raw_serial().to_vec())
+            .unwrap_or_default();
+        let identity = crate::auth::identity_from_der(&leaf)
+            .map(|id| id.to_string())
             .unwrap_or_default();
         let cut = Arc::new(Cut::default());
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -277,6 +312,8 @@ impl Handshakes {
             id,
             Live {
                 serial,
+                identity,
+                not_after: not_after(&leaf),
                 cut: cut.clone(),
             },
         );
@@ -286,6 +323,15 @@ impl Handshakes {
             id,
             handshakes: self.clone(),
         }
+    }
+}
+
+impl std::fmt::Debug for Handshakes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshakes")
+            .field("crl", &self.shared.crl_path)
+            .field("timeout", &self.shared.timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -337,6 +383,29 @@ fn acceptor(
     // gRPC clients (tonic's included) insist on HTTP/2 by ALPN.
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// When the certificate `der` expires, unix seconds.
+fn not_after(der: &[u8]) -> Option<i64> {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .map(|(_, cert)| cert.validity().not_after.timestamp())
+}
+
+/// Certificates are issued for a year by default, all at once by `certs
+/// init`: a month's notice in the log, besides the metric to alert on.
+fn warn_if_expiring(whose: &str, not_after: i64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let days_left = (not_after - now) / 86_400;
+    if days_left < 30 {
+        tracing::warn!(
+            certificate = whose,
+            days_left,
+            "TLS certificate expires soon: issue a new one (supctl certs issue) before it does"
+        );
+    }
 }
 
 /// A version of a file: `supctl certs revoke` replaces the list by rename,

@@ -127,6 +127,9 @@ fn spawn_grpc(
     let signal = async move {
         let _ = stop.changed().await;
     };
+    if let Some(handshakes) = &tls {
+        let _ = counters.tls.set(handshakes.clone());
+    }
     match tls {
         Some(handshakes) => tokio::spawn(router.serve_with_incoming_shutdown(
             grpc_tls::incoming(listener, handshakes, counters),

@@ -118,6 +118,19 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
         "gRPC connections refused during the TLS handshake, by reason (untrusted_certificate, no_client_certificate, not_tls, timeout, closed, ...)",
         tls_failures,
     );
+    if let Some(tls) = counters.tls.get() {
+        let expiry = Family::<Labels, Gauge>::default();
+        for (identity, at) in tls.expiries() {
+            expiry
+                .get_or_create(&labels(&[("identity", &identity)]))
+                .set(at);
+        }
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When TLS certificates expire (unix time): supd's own and, per identity, the soonest among the client connections open now",
+            expiry,
+        );
+    }
     let events = Family::<Labels, Counter>::default();
     {
         let by_kind = counters

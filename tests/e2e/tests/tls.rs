@@ -286,6 +286,25 @@ telemetry_interval = "500ms"
             .then_some(body))
     })?;
     sup_e2e::promtool_check(&metrics)?;
+    // Certificate expiry, to alert on before a year-old cluster locks
+    // itself out: supd's own and the connected node's (issued for 365 days).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    for identity in ["supd", "node:n1"] {
+        let series =
+            format!("sup_tls_certificate_expiry_timestamp_seconds{{identity=\"{identity}\"}} ");
+        let at: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no {series}in /metrics"))?;
+        let days = (at - now) / 86_400.0;
+        assert!(
+            (364.0..366.0).contains(&days),
+            "{identity}: expires in {days} days"
+        );
+    }
     let log = supd.proc.as_ref().map(|p| p.log_text()).unwrap_or_default();
     let refusal = log
         .lines()
