@@ -194,6 +194,82 @@ pub fn revoke(dir: &Path, subject: &Subject) -> Result<Revoked, CtlError> {
 
 pub const CRL: &str = "crl.pem";
 
+/// One certificate in a CA directory, for `supctl certs list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    pub file: String,
+    /// `ca`, `supd`, or the sup identity (`node:n1`, `operator:alice`).
+    pub identity: String,
+    pub serial: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// Whole days until it expires (negative: expired).
+    pub days_left: i64,
+    pub revoked: bool,
+}
+
+/// Every certificate in `dir` (keys and the revocation list skipped), by
+/// file name, with its expiry and whether the list revokes it.
+pub fn list(dir: &Path, now: time::OffsetDateTime) -> Result<Vec<Listed>, CtlError> {
+    let (revoked, _) = read_crl(dir)?;
+    let revoked: Vec<Vec<u8>> = revoked.iter().map(|r| r.serial_number.to_bytes()).collect();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| err(format!("cannot list {}: {e}", dir.display())))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".pem") && !n.ends_with("-key.pem") && n != CRL)
+        })
+        .collect();
+    files.sort();
+    let mut listed = Vec::new();
+    for path in files {
+        let pem = std::fs::read(&path)
+            .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+        let Ok((_, block)) = x509_parser::pem::parse_x509_pem(&pem) else {
+            continue; // not a certificate: not ours to judge
+        };
+        let Ok(cert) = block.parse_x509() else {
+            continue;
+        };
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let identity = if file == CA_CERT {
+            "ca".to_owned()
+        } else {
+            cert.subject_alternative_name()
+                .ok()
+                .flatten()
+                .into_iter()
+                .flat_map(|san| san.value.general_names.iter())
+                .find_map(|name| match name {
+                    x509_parser::extensions::GeneralName::URI(uri) => {
+                        Identity::from_uri(uri).ok().map(|id| id.to_string())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| "supd".to_owned())
+        };
+        let not_after = cert.validity().not_after.to_datetime();
+        listed.push(Listed {
+            file,
+            identity,
+            serial: cert.raw_serial_as_string(),
+            not_after: not_after
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            days_left: (not_after - now).whole_days(),
+            revoked: revoked.iter().any(|r| r.as_slice() == cert.raw_serial()),
+        });
+    }
+    Ok(listed)
+}
+
 /// The entries and number of `dir/crl.pem`; none and 0 when there is no
 /// list yet.
 fn read_crl(dir: &Path) -> Result<(Vec<RevokedCertParams>, u64), CtlError> {
@@ -486,6 +562,37 @@ mod tests {
         )
         .expect_err("supd is not a client");
         assert!(supd.to_string().contains("issue supd a new one"), "{supd}");
+    }
+
+    #[test]
+    fn list_shows_identities_expiry_and_revocation() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("pki");
+        let n1 = Subject::Client(Identity::node("n1").expect("valid"));
+        let supd = Subject::Supd {
+            names: vec!["localhost".into()],
+        };
+        init(&dir, 3650, 365, &[supd, n1.clone(), operator("alice")]).expect("init");
+        revoke(&dir, &n1).expect("revoke");
+        let now = time::OffsetDateTime::now_utc();
+        let listed = list(&dir, now).expect("list");
+        let rows: Vec<(&str, &str, bool)> = listed
+            .iter()
+            .map(|l| (l.file.as_str(), l.identity.as_str(), l.revoked))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("ca.pem", "ca", false),
+                ("node-n1.pem", "node:n1", true),
+                ("operator-alice.pem", "operator:alice", false),
+                ("supd.pem", "supd", false),
+            ]
+        );
+        let days: Vec<i64> = listed.iter().map(|l| l.days_left).collect();
+        assert_eq!(days, [3649, 364, 364, 364], "whole days, rounded down");
+        let later = list(&dir, now + time::Duration::days(400)).expect("list");
+        assert!(later[1].days_left < 0, "{later:?}");
     }
 
     #[test]

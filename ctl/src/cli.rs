@@ -241,6 +241,13 @@ pub enum CertsCommand {
         #[arg(long, value_name = "DAYS", default_value_t = 365)]
         days: u32,
     },
+    /// List the certificates in DIR: identity, expiry, revoked or not
+    /// (soonest expiry first)
+    List {
+        /// Directory holding the CA and certificates
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Revoke a certificate issued from the CA in DIR: adds it to DIR/crl.pem,
     /// which supd (grpc.tls.crl) re-reads within seconds, refusing the
     /// certificate and cutting its live connections
@@ -268,6 +275,7 @@ Examples:
   supctl certs init --dir /etc/sup/pki --supd-name supd.cluster.example --node gpu-001 --operator alice
   supctl certs issue --dir /etc/sup/pki node gpu-002
   supctl certs revoke --dir /etc/sup/pki node gpu-002    # then copy crl.pem to supd
+  supctl certs list --dir /etc/sup/pki                   # what expires when, what is revoked
   supctl --supervisor https://supd.cluster.example:7070 --ca ca.pem --cert operator-alice.pem --key operator-alice-key.pem status";
 
 #[derive(Debug, Subcommand)]

@@ -66,6 +66,17 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         out.flush()?;
         return Ok(());
     }
+    if let Command::Certs(CertsCommand::List { dir }) = &cli.command {
+        let listed = certs::list(dir, time::OffsetDateTime::now_utc())?;
+        let text = if json {
+            serde_json::to_string_pretty(&listed).map_err(json_error)? + "\n"
+        } else {
+            render::certs_table(&listed)
+        };
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        return Ok(());
+    }
     if let Command::Certs(CertsCommand::Revoke { dir, role, name }) = &cli.command {
         let revoked = certs::revoke(dir, &certs::subject(role, std::slice::from_ref(name))?)?;
         let text = if json {
@@ -548,8 +559,8 @@ fn run_certs(command: &CertsCommand) -> Result<Vec<certs::Issued>, CtlError> {
             *days,
             &certs::subject(role, names)?,
         )?]),
-        CertsCommand::Revoke { .. } => Err(CtlError::Other(
-            "revoke writes a revocation list, not certificates".to_owned(),
+        CertsCommand::Revoke { .. } | CertsCommand::List { .. } => Err(CtlError::Other(
+            "revoke and list issue no certificates".to_owned(),
         )),
     }
 }

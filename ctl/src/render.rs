@@ -847,6 +847,35 @@ pub fn events_text(events: &[v1::Event]) -> String {
 // tables
 // ---------------------------------------------------------------------------
 
+/// `supctl certs list`: soonest expiry first, so what needs renewing leads.
+pub fn certs_table(listed: &[crate::certs::Listed]) -> String {
+    let mut rows: Vec<&crate::certs::Listed> = listed.iter().collect();
+    rows.sort_by_key(|l| (l.days_left, l.file.clone()));
+    let mut table = new_table(&[
+        "FILE",
+        "IDENTITY",
+        "EXPIRES",
+        "DAYS LEFT",
+        "REVOKED",
+        "SERIAL",
+    ]);
+    for l in rows {
+        table.add_row(vec![
+            l.file.clone(),
+            l.identity.clone(),
+            l.not_after.clone(),
+            if l.days_left < 0 {
+                "EXPIRED".to_owned()
+            } else {
+                l.days_left.to_string()
+            },
+            if l.revoked { "yes" } else { "no" }.to_owned(),
+            l.serial.clone(),
+        ]);
+    }
+    finish(table)
+}
+
 /// Borderless, left-aligned columns in the style of kubectl and sinfo: easy
 /// to read, and easy to grep or cut. No wrapping and no terminal probing, so
 /// a pipe gets exactly what a terminal gets.
