@@ -709,23 +709,6 @@ fn with_hang_cordons_off_a_blamed_node_is_neither_suspect_nor_cordoned() {
     }
 }
 
-fn crash(e: &mut Engine, name: &str, node: &str, now: Millis) -> Vec<Action> {
-    let generation = job(e, name).record.generation;
-    assert!(e.rank_exited(
-        now,
-        node,
-        session_of(node),
-        v1::RankExited {
-            job: name.to_owned(),
-            generation,
-            exit_code: Some(1),
-            log_tail: "RuntimeError: boom\n".to_owned(),
-            ..Default::default()
-        }
-    ));
-    drain(e)
-}
-
 /// Nodes that stay reachable through long silences (no telemetry is sent).
 fn patient_cluster(startup_allowance_ms: Millis) -> Engine {
     let base = config();
@@ -750,7 +733,7 @@ fn a_generation_that_never_reports_is_hung_at_startup_once_the_job_has_reported_
     launch_all(&mut e, "llm", 0);
     let last = run_steps(&mut e, "llm", 1, 20, 0);
     checkpoint(&mut e, "llm", "n1", &[10, 20], last);
-    let restarted = crash(&mut e, "llm", "n1", last + 100);
+    let restarted = rank_fails(&mut e, "llm", "n1", 1, last + 100);
     assert!(has(&restarted, EventKind::JobRestarted));
 
     // The new generation launches and then says nothing (stuck in its
@@ -808,7 +791,7 @@ fn a_job_that_never_reported_progress_is_never_hung_for_its_silence() {
         assert!(!has(&drain(&mut e), EventKind::JobHung));
     }
     // Once restarted, still nothing to expect from it.
-    crash(&mut e, "quiet", "n2", 400 * 3_600_000);
+    rank_fails(&mut e, "quiet", "n2", 1, 400 * 3_600_000);
     launch_all(&mut e, "quiet", 401 * 3_600_000);
     e.handle_timeout(500 * 3_600_000);
     assert!(!has(&drain(&mut e), EventKind::JobHung));

@@ -42,27 +42,6 @@ fn progress(e: &mut Engine, name: &str, node: &str, step: u64, now: Millis) -> b
     )
 }
 
-fn rank_fails(e: &mut Engine, name: &str, node: &str, code: i32, now: Millis) -> Vec<Action> {
-    let generation = job(e, name).record.generation;
-    assert!(e.rank_exited(
-        now,
-        node,
-        session_of(node),
-        v1::RankExited {
-            job: name.to_owned(),
-            generation,
-            rank: 0,
-            local_rank: 0,
-            exit_code: Some(code),
-            signal: None,
-            log_tail: "Traceback\nRuntimeError: boom\n".to_owned(),
-            stopped_by_agent: false,
-            stack_dump: String::new(),
-        }
-    ));
-    drain(e)
-}
-
 #[test]
 fn a_job_starts_on_nodes_in_stable_order_with_the_torchrun_contract() {
     let mut e = cluster(5);

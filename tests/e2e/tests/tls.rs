@@ -48,6 +48,36 @@ fn tls_flags(pki: &Path, stem: &str) -> Vec<String> {
     ]
 }
 
+/// sup-agent's TLS flags for the node certificate `stem` (`node-n1`).
+fn agent_tls_flags(pki: &Path, stem: &str) -> Vec<String> {
+    vec![
+        "--tls-ca".into(),
+        pki.join("ca.pem").display().to_string(),
+        "--tls-cert".into(),
+        pki.join(format!("{stem}.pem")).display().to_string(),
+        "--tls-key".into(),
+        pki.join(format!("{stem}-key.pem")).display().to_string(),
+    ]
+}
+
+/// supd over mutual TLS with the CA and certificates in `pki`; `tls_extra`
+/// are more lines of its `[grpc.tls]` table.
+fn start_tls_supd(work: &Path, pki: &Path, tls_extra: &str) -> Result<Supd> {
+    let config = format!(
+        "[grpc.tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n{tls_extra}\n\
+         [nodes]\ntelemetry_interval = \"500ms\"\n",
+        ca = pki.join("ca.pem").display().to_string(),
+        cert = pki.join("supd.pem").display().to_string(),
+        key = pki.join("supd-key.pem").display().to_string(),
+    );
+    let mut supd = Supd::new(work, &config)?;
+    supd.plaintext = false;
+    supd.start()?;
+    let url = supd.url();
+    assert!(url.starts_with("https://"), "{url}");
+    Ok(supd)
+}
+
 fn ctl_as(url: &str, pki: &Path, stem: &str, args: &[&str]) -> Result<std::process::Output> {
     let flags = tls_flags(pki, stem);
     let mut all: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -137,37 +167,10 @@ fn mutual_tls_binds_node_ids_and_only_operators_change_things() -> Result<()> {
         "setup: CA + supd/n1/n2/alice/grafana certificates, and a second CA with its own 'alice'"
     );
 
-    let config = format!(
-        r#"
-[grpc.tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-handshake_timeout = "2s"
-[nodes]
-telemetry_interval = "500ms"
-"#,
-        ca = pki.join("ca.pem").display(),
-        cert = pki.join("supd.pem").display(),
-        key = pki.join("supd-key.pem").display(),
-    );
-    let mut supd = Supd::new(work.path(), &config)?;
-    supd.plaintext = false;
-    supd.start()?;
+    let supd = start_tls_supd(work.path(), &pki, "handshake_timeout = \"2s\"")?;
     let url = supd.url();
-    assert!(url.starts_with("https://"), "{url}");
 
-    let agent_tls = |stem: &str| -> Vec<String> {
-        vec![
-            "--tls-ca".into(),
-            pki.join("ca.pem").display().to_string(),
-            "--tls-cert".into(),
-            pki.join(format!("{stem}.pem")).display().to_string(),
-            "--tls-key".into(),
-            pki.join(format!("{stem}-key.pem")).display().to_string(),
-        ]
-    };
-    let n1_flags = agent_tls("node-n1");
+    let n1_flags = agent_tls_flags(&pki, "node-n1");
     let n1_args: Vec<&str> = n1_flags.iter().map(String::as_str).collect();
     let _n1 = start_agent(work.path(), &url, "n1", "127.0.0.1", "sim:2", &n1_args)?;
     // Node n1's certificate, claiming to be n3.
@@ -305,7 +308,7 @@ telemetry_interval = "500ms"
             "{identity}: expires in {days} days"
         );
     }
-    let log = supd.proc.as_ref().map(|p| p.log_text()).unwrap_or_default();
+    let log = supd.log_text();
     let refusal = log
         .lines()
         .find(|l| l.contains("TLS handshake refused") && l.contains("untrusted_certificate"))
@@ -383,35 +386,12 @@ fn a_revoked_certificate_is_cut_off_and_refused_from_then_on() -> Result<()> {
         "--operator",
         "mallory",
     ])?;
-    let config = format!(
-        r#"
-[grpc.tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-crl = "{crl}"
-[nodes]
-telemetry_interval = "500ms"
-"#,
-        ca = pki.join("ca.pem").display(),
-        cert = pki.join("supd.pem").display(),
-        key = pki.join("supd-key.pem").display(),
-        crl = pki.join("crl.pem").display(),
-    );
-    let mut supd = Supd::new(work.path(), &config)?;
-    supd.plaintext = false;
-    supd.start()?;
+    let crl = format!("crl = {:?}", pki.join("crl.pem").display().to_string());
+    let supd = start_tls_supd(work.path(), &pki, &crl)?;
     let url = supd.url();
     let mut agents = Vec::new();
     for id in ["n1", "n2"] {
-        let flags = tls_flags(&pki, &format!("node-{id}"))
-            .into_iter()
-            .map(|f| {
-                f.replace("--ca", "--tls-ca")
-                    .replace("--cert", "--tls-cert")
-                    .replace("--key", "--tls-key")
-            })
-            .collect::<Vec<_>>();
+        let flags = agent_tls_flags(&pki, &format!("node-{id}"));
         let args: Vec<&str> = flags.iter().map(String::as_str).collect();
         agents.push(start_agent(
             work.path(),
@@ -457,7 +437,7 @@ telemetry_interval = "500ms"
     sup_e2e::promtool_check(&metrics)?;
     let out = ctl_as(&url, &pki, "operator-mallory", &["status"])?;
     assert!(!out.status.success(), "a revoked operator was served");
-    let log = supd.proc.as_ref().map(|p| p.log_text()).unwrap_or_default();
+    let log = supd.log_text();
     let loaded = log
         .lines()
         .find(|l| l.contains("certificate revocation list loaded") && l.contains("\"revoked\":2"))
