@@ -36,28 +36,32 @@ fn certs(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// supctl's TLS flags for the client `stem` (e.g. `operator-alice`).
-fn tls_flags(pki: &Path, stem: &str) -> Vec<String> {
-    vec![
-        "--ca".into(),
-        pki.join("ca.pem").display().to_string(),
-        "--cert".into(),
-        pki.join(format!("{stem}.pem")).display().to_string(),
-        "--key".into(),
-        pki.join(format!("{stem}-key.pem")).display().to_string(),
+/// `--{prefix}ca`, `--{prefix}cert` and `--{prefix}key` with the CA and the
+/// certificate `stem` (`operator-alice`, `node-n1`) in `pki`.
+fn flags(pki: &Path, stem: &str, prefix: &str) -> Vec<String> {
+    [
+        ("ca", "ca.pem".to_owned()),
+        ("cert", format!("{stem}.pem")),
+        ("key", format!("{stem}-key.pem")),
     ]
+    .into_iter()
+    .flat_map(|(flag, file)| {
+        [
+            format!("--{prefix}{flag}"),
+            pki.join(file).display().to_string(),
+        ]
+    })
+    .collect()
 }
 
-/// sup-agent's TLS flags for the node certificate `stem` (`node-n1`).
+/// supctl's TLS flags.
+fn tls_flags(pki: &Path, stem: &str) -> Vec<String> {
+    flags(pki, stem, "")
+}
+
+/// sup-agent's TLS flags.
 fn agent_tls_flags(pki: &Path, stem: &str) -> Vec<String> {
-    vec![
-        "--tls-ca".into(),
-        pki.join("ca.pem").display().to_string(),
-        "--tls-cert".into(),
-        pki.join(format!("{stem}.pem")).display().to_string(),
-        "--tls-key".into(),
-        pki.join(format!("{stem}-key.pem")).display().to_string(),
-    ]
+    flags(pki, stem, "tls-")
 }
 
 /// supd over mutual TLS with the CA and certificates in `pki`; `tls_extra`
