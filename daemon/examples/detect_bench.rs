@@ -1,5 +1,5 @@
 //! Detection delay and false alarms of the job-level detectors over long
-//! simulated runs (the same code supd runs: `supd::engine::detect`).
+//! simulated runs (the same code supd runs: `sup_core::detect`).
 //!
 //!     cargo run --release -p supd --example detect_bench [-- --seed N]
 //!
@@ -7,8 +7,8 @@
 //! of a 3× hiccup: a GC pause, a slow write), all nodes of a job stepping
 //! together. Numbers, not assertions: the unit tests assert the bounds.
 
-use supd::engine::detect::{DetectConfig, HangDetector, LossSpikeDetector, StragglerDetector};
-use supd::engine::Millis;
+use sup_core::detect::{DetectConfig, HangDetector, LossSpikeDetector, StragglerDetector};
+use sup_core::Millis;
 
 struct Rng(u64);
 

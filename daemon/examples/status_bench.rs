@@ -17,9 +17,8 @@
 
 use std::time::{Duration, Instant};
 
-use sup_proto::v1;
+use sup_core::{Engine, EngineConfig, GpuInventory, GpuReading, Registration};
 use supd::actor::Counters;
-use supd::engine::{Engine, EngineConfig, GpuInventory, GpuReading, Registration};
 
 /// A field of /proc/self/status in bytes (Linux), 0 elsewhere.
 fn proc_status_bytes(field: &str) -> usize {
@@ -136,7 +135,8 @@ fn main() {
         "name = \"llm\"\ncommand = [\"python3\", \"train.py\"]\nnodes = {job_nodes}\n\
          gpus_per_node = {gpus}\ncheckpoint_dir = \"/ckpt/llm\"\ncheckpoint_layout = \"marker:COMPLETE\"\n"
     );
-    e.submit_job(now, &spec, "bench").expect("submit");
+    let parsed = supd::jobspec::parse(&spec).expect("spec");
+    e.submit_job(now, parsed, &spec, "bench").expect("submit");
     while e.poll_action().is_some() {}
     let (generation, members) = {
         let j = e.job("llm").expect("job");
@@ -197,7 +197,7 @@ fn main() {
                     now + 1,
                     n,
                     session_of(n),
-                    v1::JobProgress {
+                    sup_core::JobProgress {
                         job: "llm".to_owned(),
                         generation,
                         step,

@@ -15,15 +15,15 @@ use std::time::Duration;
 use sup_proto::v1;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use sup_proto::v1::agent_message::Body as AgentBody;
 use sup_proto::v1::supervisor_message::Body as SupervisorBody;
 
-use crate::engine::{
+use crate::convert::{self, AgentReport};
+use crate::store::{Store, StoreError};
+use crate::view;
+use sup_core::{
     Action, CordonOutcome, Engine, EngineError, GpuReading, Millis, NodeState, Registration,
     RequestRecord, SessionId,
 };
-use crate::store::{Store, StoreError};
-use crate::view;
 
 /// Where the actor sends a connected agent's messages.
 pub type AgentOutbound = mpsc::Sender<Result<v1::SupervisorMessage, tonic::Status>>;
@@ -133,7 +133,7 @@ enum Request {
     AgentReport {
         node_id: String,
         session: SessionId,
-        body: AgentBody,
+        body: AgentReport,
     },
     SubmitJob {
         spec_toml: String,
@@ -160,7 +160,7 @@ enum Request {
     },
     Drill {
         node_id: String,
-        drill: v1::Drill,
+        drill: sup_core::Drill,
         by: String,
         request_id: String,
         reply: oneshot::Sender<Result<String, ActorError>>,
@@ -278,7 +278,7 @@ impl SupervisorHandle {
         &self,
         node_id: String,
         session: SessionId,
-        body: AgentBody,
+        body: AgentReport,
     ) -> Result<(), ActorError> {
         self.tx
             .send(Request::AgentReport {
@@ -345,7 +345,7 @@ impl SupervisorHandle {
     pub async fn drill(
         &self,
         node_id: String,
-        drill: v1::Drill,
+        drill: sup_core::Drill,
         by: String,
         request_id: String,
     ) -> Result<String, ActorError> {
@@ -421,7 +421,7 @@ pub struct Actor<S: Store> {
     requests: RequestLog,
     /// Changes of the actor's own (remembered requests), committed with
     /// the engine's in the next `apply_actions`.
-    pending_changes: Vec<crate::engine::Change>,
+    pending_changes: Vec<sup_core::Change>,
 }
 
 /// Remembered client request ids, oldest first, bounded in count and age:
@@ -705,20 +705,17 @@ impl<S: Store> Actor<S> {
                 request_id,
                 reply,
             } => {
-                let target = crate::jobspec::JobSpec::parse(&spec_toml)
-                    .map(|s| s.name)
-                    .unwrap_or_default();
+                let parsed = crate::jobspec::parse(&spec_toml);
+                let target = parsed.as_ref().map(|s| s.name.clone()).unwrap_or_default();
                 if let Some(replay) = self.replayed(&request_id, "submit_job", &target) {
                     deferred.push(defer(reply, self.replay_job(replay, &target)));
                     return;
                 }
-                let result = self
-                    .engine
-                    .submit_job(now, &spec_toml, &by)
-                    .and_then(|message| {
-                        let name = crate::jobspec::JobSpec::parse(&spec_toml)
-                            .map(|s| s.name)
-                            .unwrap_or_default();
+                let result = parsed
+                    .map_err(EngineError::InvalidJobSpec)
+                    .and_then(|spec| {
+                        let name = spec.name.clone();
+                        let message = self.engine.submit_job(now, spec, &spec_toml, &by)?;
                         Ok((true, message, view::job(self.engine.job(&name)?)))
                     });
                 if let Ok((_, message, _)) = &result {
@@ -798,9 +795,15 @@ impl<S: Store> Actor<S> {
         }
     }
 
-    fn agent_report(&mut self, now: Millis, node_id: String, session: SessionId, body: AgentBody) {
+    fn agent_report(
+        &mut self,
+        now: Millis,
+        node_id: String,
+        session: SessionId,
+        body: AgentReport,
+    ) {
         let accepted = match body {
-            AgentBody::Health(report) => {
+            AgentReport::Health(report) => {
                 if let Ok(mut xids) = self.counters.xids.lock() {
                     for x in &report.xids {
                         *xids
@@ -810,19 +813,20 @@ impl<S: Store> Actor<S> {
                 }
                 self.engine.health(now, &node_id, session, report)
             }
-            AgentBody::Ranks(status) => self.engine.rank_status(now, &node_id, session, status),
-            AgentBody::RankExited(exit) => self.engine.rank_exited(now, &node_id, session, exit),
-            AgentBody::Checkpoints(catalog) => {
+            AgentReport::Ranks(status) => self.engine.rank_status(now, &node_id, session, status),
+            AgentReport::RankExited(exit) => self.engine.rank_exited(now, &node_id, session, exit),
+            AgentReport::Checkpoints(catalog) => {
                 self.engine.checkpoints(now, &node_id, session, catalog)
             }
-            AgentBody::Progress(progress) => self.engine.progress(now, &node_id, session, progress),
-            AgentBody::LogResponse(response) => {
+            AgentReport::Progress(progress) => {
+                self.engine.progress(now, &node_id, session, progress)
+            }
+            AgentReport::LogResponse(response) => {
                 if let Some(reply) = self.pending_logs.remove(&response.request_id) {
                     let _ = reply.send(Ok(response));
                 }
                 true
             }
-            AgentBody::Register(_) | AgentBody::Telemetry(_) => true,
         };
         if !accepted {
             self.counters.stale_reports.fetch_add(1, Ordering::Relaxed);
@@ -964,7 +968,7 @@ impl<S: Store> Actor<S> {
         if request_id.is_empty() {
             return;
         }
-        use crate::engine::Change;
+        use sup_core::Change;
         while let Some(oldest) = self.requests.order.front() {
             let expired = self
                 .requests
@@ -1001,10 +1005,14 @@ impl<S: Store> Actor<S> {
                 Action::SendAssignment {
                     node_id,
                     assignment,
-                } => outgoing.push((node_id, SupervisorBody::Assignment(assignment))),
-                Action::SendDrill { node_id, drill } => {
-                    outgoing.push((node_id, SupervisorBody::Drill(drill)))
-                }
+                } => outgoing.push((
+                    node_id,
+                    SupervisorBody::Assignment(convert::assignment_to_wire(assignment)),
+                )),
+                Action::SendDrill { node_id, drill } => outgoing.push((
+                    node_id,
+                    SupervisorBody::Drill(convert::drill_to_wire(drill)),
+                )),
                 Action::Persist(change) => changes.push(change),
                 Action::CloseSession {
                     node_id,
@@ -1033,7 +1041,7 @@ impl<S: Store> Actor<S> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for change in &changes {
-            if let crate::engine::Change::AppendEvent(e) = change {
+            if let sup_core::Change::AppendEvent(e) = change {
                 *by_kind.entry(e.kind.as_str()).or_default() += 1;
                 self.observe(e);
                 tracing::info!(
@@ -1050,7 +1058,7 @@ impl<S: Store> Actor<S> {
 
 impl<S: Store> Actor<S> {
     /// Metrics that come from events: checkpoint times, recovery latency.
-    fn observe(&self, e: &crate::engine::Event) {
+    fn observe(&self, e: &sup_core::Event) {
         match (e.kind.as_str(), e.job.as_ref()) {
             ("job_checkpoint", Some(job)) => {
                 self.counters
@@ -1084,8 +1092,8 @@ async fn sleep_until(wake: Option<Millis>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{EngineConfig, GpuInventory};
     use crate::store::MemoryStore;
+    use sup_core::{EngineConfig, GpuInventory};
 
     fn registration(session: SessionId) -> Registration {
         Registration {
@@ -1196,9 +1204,9 @@ mod tests {
             .register(registration(1), tx)
             .await
             .expect("register");
-        let drill = v1::Drill {
+        let drill = sup_core::Drill {
             gpu_index: 0,
-            fault: Some(v1::drill::Fault::Xid(79)),
+            fault: Some(sup_core::DrillFault::Xid(79)),
             by: "alice".into(),
         };
         let first = handle

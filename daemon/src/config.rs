@@ -62,7 +62,7 @@ pub struct DetectConfig {
     /// ... for this many new samples in a row is a straggler.
     pub straggler_sustain: u32,
     /// report | replace | replace_at_checkpoint (a job spec may override).
-    pub straggler_policy: crate::engine::detect::StragglerPolicy,
+    pub straggler_policy: sup_core::detect::StragglerPolicy,
     /// Window over which tokens/s is measured.
     #[serde(with = "humantime_serde")]
     pub throughput_window: Duration,
@@ -70,7 +70,7 @@ pub struct DetectConfig {
 
 impl Default for DetectConfig {
     fn default() -> Self {
-        let d = crate::engine::detect::DetectConfig::default();
+        let d = sup_core::detect::DetectConfig::default();
         let dur = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
         DetectConfig {
             hang_detection: d.hang_enabled,
@@ -407,9 +407,9 @@ impl Config {
     }
 
     /// The policy engine's settings.
-    pub fn engine(&self) -> crate::engine::EngineConfig {
+    pub fn engine(&self) -> sup_core::EngineConfig {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        crate::engine::EngineConfig {
+        sup_core::EngineConfig {
             unreachable_after_ms: ms(self.nodes.unreachable_after),
             event_log_capacity: self.events.capacity,
             master_port: u32::from(self.jobs.master_port),
@@ -427,7 +427,7 @@ impl Config {
             partition_window_ms: ms(self.nodes.partition_window),
             partition_share: self.nodes.partition_share,
             partition_min_nodes: self.nodes.partition_min_nodes,
-            detect: crate::engine::detect::DetectConfig {
+            detect: sup_core::detect::DetectConfig {
                 hang_enabled: self.detect.hang_detection,
                 hang_factor: self.detect.hang_factor,
                 hang_floor_ms: ms(self.detect.hang_floor),
@@ -670,7 +670,7 @@ mod tests {
         assert_eq!((d.hang_factor, d.hang_floor_ms), (2.0, 1_000));
         assert_eq!(
             d.straggler_policy,
-            crate::engine::detect::StragglerPolicy::ReplaceAtCheckpoint
+            sup_core::detect::StragglerPolicy::ReplaceAtCheckpoint
         );
         assert_eq!(d.hang_ceiling_ms, 600_000, "the rest keeps its defaults");
         for (bad, key) in [

@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::actor::{ActorError, SupervisorHandle};
 use crate::auth::{self, Transport};
-use crate::engine::{EngineError, GpuInventory, GpuReading, Registration};
+use crate::convert;
+use sup_core::EngineError;
 
 pub fn status_of(e: ActorError) -> Status {
     match e {
@@ -54,45 +55,6 @@ impl AgentApi {
 
 type OutboundStream =
     Pin<Box<dyn Stream<Item = Result<v1::SupervisorMessage, Status>> + Send + 'static>>;
-
-fn registration(session: u64, r: v1::Register) -> Registration {
-    Registration {
-        session,
-        node_id: r.node_id,
-        address: r.address,
-        hostname: r.hostname,
-        agent_version: r.agent_version,
-        instance_id: r.instance_id,
-        gpu_backend: r.gpu_backend,
-        gpus: r
-            .gpus
-            .into_iter()
-            .map(|g| GpuInventory {
-                index: g.index,
-                uuid: g.uuid,
-                name: g.name,
-                pci_bus_id: g.pci_bus_id,
-                memory_total_bytes: g.memory_total_bytes,
-            })
-            .collect(),
-    }
-}
-
-fn readings(t: v1::Telemetry) -> Vec<GpuReading> {
-    t.gpus
-        .into_iter()
-        .map(|g| GpuReading {
-            index: g.index,
-            temperature_c: g.temperature_c,
-            power_w: g.power_w,
-            utilization_gpu_pct: g.utilization_gpu_pct,
-            utilization_memory_pct: g.utilization_memory_pct,
-            sm_clock_mhz: g.sm_clock_mhz,
-            memory_clock_mhz: g.memory_clock_mhz,
-            memory_used_bytes: g.memory_used_bytes,
-        })
-        .collect()
-}
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
@@ -134,7 +96,7 @@ impl AgentService for AgentApi {
         let (tx, rx) = mpsc::channel(64);
         match self
             .handle
-            .register(registration(session, register), tx)
+            .register(convert::registration(session, register), tx)
             .await
         {
             Ok(state) => {
@@ -157,8 +119,11 @@ impl AgentService for AgentApi {
                             break;
                         }
                         Some(other) => {
+                            let Some(report) = convert::agent_report(other) else {
+                                continue;
+                            };
                             if handle
-                                .agent_report(node_id.clone(), session, other)
+                                .agent_report(node_id.clone(), session, report)
                                 .await
                                 .is_err()
                             {
@@ -175,7 +140,7 @@ impl AgentService for AgentApi {
                     }
                 };
                 if handle
-                    .telemetry(node_id.clone(), session, readings(telemetry))
+                    .telemetry(node_id.clone(), session, convert::readings(telemetry))
                     .await
                     .is_err()
                 {
@@ -223,7 +188,7 @@ fn job_response(
 }
 
 fn cordon_response(
-    result: Result<(crate::engine::CordonOutcome, v1::Node), ActorError>,
+    result: Result<(sup_core::CordonOutcome, v1::Node), ActorError>,
 ) -> Result<Response<v1::CordonResponse>, Status> {
     let (outcome, node) = result.map_err(status_of)?;
     Ok(Response::new(v1::CordonResponse {
@@ -361,7 +326,7 @@ impl ControlService for ControlApi {
         drill.by = by.clone();
         let message = self
             .handle
-            .drill(r.node_id, drill, by, r.request_id)
+            .drill(r.node_id, convert::drill(drill), by, r.request_id)
             .await
             .map_err(status_of)?;
         Ok(Response::new(v1::DrillResponse { message }))

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use sup_proto::json::{EventView, NodeView, StatusView};
 
 use crate::actor::{ActorError, Counters, SupervisorHandle};
-use crate::engine::EngineError;
+use sup_core::EngineError;
 
 #[derive(Clone)]
 pub struct HttpState {

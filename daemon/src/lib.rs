@@ -8,8 +8,8 @@
 pub mod actor;
 pub mod auth;
 pub mod config;
+pub mod convert;
 pub mod dashboard;
-pub mod engine;
 pub mod grpc;
 pub mod grpc_tls;
 pub mod http;
@@ -33,8 +33,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::actor::{Actor, Counters};
 use crate::config::{Config, LogFormat};
-use crate::engine::Engine;
 use crate::store::{SledStore, Store};
+use sup_core::Engine;
 
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

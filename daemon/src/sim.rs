@@ -23,10 +23,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sup_proto::v1;
-
-use crate::engine::{
-    Action, Engine, EngineConfig, EventKind, GpuInventory, JobState, Millis, Registration,
+use sup_core::{
+    Action, Engine, EngineConfig, EventKind, GpuHealth, GpuInventory, JobState, Millis,
+    Registration,
 };
 
 /// How a failure reaches sup, which decides how it is detected and handled.
@@ -215,7 +214,7 @@ impl SimParams {
     /// engine's bound for this step time, with supd's default `[detect]`
     /// settings) or by NCCL's watchdog, whichever comes first.
     pub fn hang_detection_ms(&self) -> Millis {
-        let cfg = crate::engine::detect::DetectConfig::default();
+        let cfg = sup_core::detect::DetectConfig::default();
         match self.step_time_ms {
             Some(step) if step > 0 && cfg.hang_enabled => {
                 let bound = (cfg.hang_factor * step as f64).round() as Millis;
@@ -489,7 +488,7 @@ impl Sim<'_> {
         }
     }
 
-    fn job(&self) -> Option<&crate::engine::Job> {
+    fn job(&self) -> Option<&sup_core::Job> {
         self.engine.job(JOB).ok()
     }
 
@@ -646,7 +645,7 @@ impl Sim<'_> {
             now,
             &node,
             session,
-            v1::JobProgress {
+            sup_core::JobProgress {
                 job: JOB.to_owned(),
                 generation,
                 step: self.step,
@@ -660,9 +659,9 @@ impl Sim<'_> {
             now,
             &node,
             session,
-            v1::CheckpointCatalog {
+            sup_core::CheckpointCatalog {
                 job: JOB.to_owned(),
-                checkpoints: vec![v1::Checkpoint {
+                checkpoints: vec![sup_core::Checkpoint {
                     step: self.step,
                     path: format!("/ckpt/step-{}", self.step),
                 }],
@@ -761,7 +760,7 @@ impl Sim<'_> {
                         now,
                         &id,
                         session,
-                        v1::RankExited {
+                        sup_core::RankExited {
                             job: JOB.to_owned(),
                             generation,
                             rank: 0,
@@ -776,16 +775,16 @@ impl Sim<'_> {
         }
     }
 
-    fn verdicts(&self, node: usize, failed: bool) -> v1::HealthReport {
-        v1::HealthReport {
+    fn verdicts(&self, node: usize, failed: bool) -> sup_core::HealthReport {
+        sup_core::HealthReport {
             verdicts: (0..self.p.gpus_per_node)
-                .map(|g| v1::GpuVerdict {
+                .map(|g| sup_core::GpuVerdict {
                     index: g,
                     uuid: format!("GPU-{node}-{g}"),
                     health: if failed && g == 0 {
-                        v1::GpuHealth::Failed as i32
+                        GpuHealth::Failed
                     } else {
-                        v1::GpuHealth::Ok as i32
+                        GpuHealth::Ok
                     },
                     reason: if failed && g == 0 {
                         "simulated GPU failure".to_owned()
@@ -845,7 +844,7 @@ impl Sim<'_> {
                 now,
                 &id,
                 self.sessions[i],
-                v1::RankStatus {
+                sup_core::RankStatus {
                     job: JOB.to_owned(),
                     generation,
                     running_local_ranks: (0..ranks).collect(),
@@ -939,7 +938,7 @@ pub fn simulate(p: &SimParams, trace: &[Failure]) -> SimReport {
         event_log_capacity: 1_000,
         // Progress arrives only at checkpoints here, and hangs are modelled by
         // `hang_detect_ms`: the engine's own hang detector would misfire.
-        detect: crate::engine::detect::DetectConfig {
+        detect: sup_core::detect::DetectConfig {
             hang_enabled: false,
             ..Default::default()
         },
@@ -991,7 +990,10 @@ pub fn simulate(p: &SimParams, trace: &[Failure]) -> SimReport {
         p.min_nodes.clamp(1, p.job_nodes),
         p.gpus_per_node
     );
-    if let Err(e) = sim.engine.submit_job(0, &spec, "sim") {
+    let submitted = crate::jobspec::parse(&spec)
+        .map_err(sup_core::EngineError::InvalidJobSpec)
+        .and_then(|parsed| sim.engine.submit_job(0, parsed, &spec, "sim"));
+    if let Err(e) = submitted {
         sim.report.gave_up = Some(format!("job spec rejected: {e}"));
         return sim.report;
     }

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::engine::{Breaker, Change, Event, JobRecord, NodeRecord, Persisted, RequestRecord};
+use sup_core::{Breaker, Change, Event, JobRecord, NodeRecord, Persisted, RequestRecord};
 
 const SCHEMA_VERSION: u32 = 1;
 
@@ -435,7 +435,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{CordonRecord, EventKind};
+    use sup_core::{CordonRecord, EventKind};
 
     fn record(id: &str) -> NodeRecord {
         NodeRecord {

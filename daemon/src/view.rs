@@ -2,7 +2,8 @@
 
 use sup_proto::v1;
 
-use crate::engine::{Engine, Event, GpuHealth, Job, Node, NodeState};
+use crate::convert;
+use sup_core::{Engine, Event, GpuHealth, Job, Node, NodeState};
 
 pub fn node_state(state: NodeState) -> v1::NodeState {
     match state {
@@ -57,7 +58,7 @@ pub fn node(engine: &Engine, node: &Node) -> v1::Node {
                 recent_xids: node
                     .recent_xids
                     .get(&g.index)
-                    .map(|x| x.iter().cloned().collect())
+                    .map(|x| x.iter().map(convert::xid_event_to_wire).collect())
                     .unwrap_or_default(),
                 recovery_action: g.recovery_action,
             })
@@ -113,15 +114,15 @@ pub fn job(j: &Job) -> v1::Job {
         submitted_at_unix_ms: r.submitted_at,
         tokens_per_s: j.tokens_per_s(),
         mfu: None,
-        node_stats: r
-            .nodes
-            .iter()
+        node_stats: j
+            .node_stats()
+            .into_iter()
             .map(|n| v1::JobNodeStats {
-                node: n.clone(),
-                step_time_s: j.detect.stragglers.median_step_s(n),
-                slowdown: j.detect.stragglers.slowdown(n),
-                straggler: j.detect.stragglers.is_flagged(n),
-                tokens_per_s: j.node_tokens_per_s(n),
+                node: n.node,
+                step_time_s: n.step_time_s,
+                slowdown: n.slowdown,
+                straggler: n.straggler,
+                tokens_per_s: n.tokens_per_s,
             })
             .collect(),
         rollbacks: r.rollbacks,

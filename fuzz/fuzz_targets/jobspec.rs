@@ -7,7 +7,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(spec) = supd::jobspec::JobSpec::parse(text) {
+    if let Ok(spec) = supd::jobspec::parse(text) {
         assert!(!spec.name.is_empty(), "accepted a spec without a name");
         assert!(spec.min_nodes() <= spec.nodes, "min_nodes above nodes");
         let _ = spec.best_node_count(spec.nodes);

@@ -33,7 +33,7 @@ fn progress(e: &mut Engine, name: &str, node: &str, step: u64, now: Millis) -> b
         now,
         node,
         session_of(node),
-        v1::JobProgress {
+        JobProgress {
             job: name.to_owned(),
             generation,
             step,
@@ -45,8 +45,7 @@ fn progress(e: &mut Engine, name: &str, node: &str, step: u64, now: Millis) -> b
 #[test]
 fn a_job_starts_on_nodes_in_stable_order_with_the_torchrun_contract() {
     let mut e = cluster(5);
-    e.submit_job(1_000, &spec("llm", 4, 2, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 1_000, &spec("llm", 4, 2, ""), "alice").expect("submit");
     let actions = drain(&mut e);
     let j = job(&e, "llm");
     assert_eq!(j.record.state, JobState::Starting);
@@ -82,8 +81,7 @@ fn a_job_starts_on_nodes_in_stable_order_with_the_torchrun_contract() {
 fn a_failed_node_is_swapped_for_a_spare_then_the_job_shrinks_and_resumes_from_the_newest_checkpoint(
 ) {
     let mut e = cluster(5);
-    e.submit_job(0, &spec("llm", 4, 2, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 0, &spec("llm", 4, 2, ""), "alice").expect("submit");
     drain(&mut e);
     launch_all(&mut e, "llm", 10);
     checkpoint(&mut e, "llm", "n1", &[10, 20], 20);
@@ -135,8 +133,13 @@ fn a_failed_node_is_swapped_for_a_spare_then_the_job_shrinks_and_resumes_from_th
 fn with_no_valid_world_size_the_job_waits_pending_with_a_reason() {
     let mut e = cluster(3);
     // 2 GPUs per node, multiple of 8: needs 4 nodes; only 3 exist.
-    e.submit_job(0, &spec("big", 4, 4, "world_size_multiple = 8\n"), "alice")
-        .expect("submit");
+    submit(
+        &mut e,
+        0,
+        &spec("big", 4, 4, "world_size_multiple = 8\n"),
+        "alice",
+    )
+    .expect("submit");
     let actions = drain(&mut e);
     let j = job(&e, "big");
     assert_eq!(j.record.state, JobState::Pending);
@@ -158,8 +161,7 @@ fn with_no_valid_world_size_the_job_waits_pending_with_a_reason() {
 #[test]
 fn a_shrunk_job_grows_back_right_after_its_next_checkpoint() {
     let mut e = cluster(3);
-    e.submit_job(0, &spec("llm", 3, 2, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 0, &spec("llm", 3, 2, ""), "alice").expect("submit");
     drain(&mut e);
     launch_all(&mut e, "llm", 1);
     e.cordon(2, "n3", "bad", "op").expect("cordon");
@@ -189,8 +191,7 @@ fn a_shrunk_job_grows_back_right_after_its_next_checkpoint() {
 #[test]
 fn restarts_without_progress_fail_the_job_as_a_crash_loop_and_keep_the_spares() {
     let mut e = cluster(3);
-    e.submit_job(0, &spec("flaky", 2, 2, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 0, &spec("flaky", 2, 2, ""), "alice").expect("submit");
     drain(&mut e);
     for i in 0..2 {
         launch_all(&mut e, "flaky", 10 * i);
@@ -214,8 +215,13 @@ fn restarts_without_progress_fail_the_job_as_a_crash_loop_and_keep_the_spares() 
 #[test]
 fn progress_between_failures_is_not_a_crash_loop_but_the_restart_budget_still_ends_it() {
     let mut e = cluster(2);
-    e.submit_job(0, &spec("long", 2, 2, "max_restarts = 2\n"), "alice")
-        .expect("submit");
+    submit(
+        &mut e,
+        0,
+        &spec("long", 2, 2, "max_restarts = 2\n"),
+        "alice",
+    )
+    .expect("submit");
     drain(&mut e);
     for i in 0..2u64 {
         launch_all(&mut e, "long", i as i64 * 100);
@@ -244,10 +250,14 @@ fn progress_between_failures_is_not_a_crash_loop_but_the_restart_budget_still_en
 #[test]
 fn a_normal_job_preempts_a_low_priority_job_on_the_spares() {
     let mut e = cluster(4);
-    e.submit_job(0, &spec("prod", 2, 2, ""), "alice")
-        .expect("submit");
-    e.submit_job(1, &spec("batch", 2, 1, "priority = \"low\"\n"), "bob")
-        .expect("submit");
+    submit(&mut e, 0, &spec("prod", 2, 2, ""), "alice").expect("submit");
+    submit(
+        &mut e,
+        1,
+        &spec("batch", 2, 1, "priority = \"low\"\n"),
+        "bob",
+    )
+    .expect("submit");
     drain(&mut e);
     assert_eq!(job(&e, "prod").record.nodes, ["n1", "n2"]);
     assert_eq!(job(&e, "batch").record.nodes, ["n3", "n4"]);
@@ -283,8 +293,7 @@ fn a_normal_job_preempts_a_low_priority_job_on_the_spares() {
 #[test]
 fn reports_from_an_old_generation_are_ignored() {
     let mut e = cluster(3);
-    e.submit_job(0, &spec("llm", 2, 2, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 0, &spec("llm", 2, 2, ""), "alice").expect("submit");
     drain(&mut e);
     launch_all(&mut e, "llm", 1);
     e.cordon(2, "n2", "bad", "op").expect("cordon");
@@ -296,7 +305,7 @@ fn reports_from_an_old_generation_are_ignored() {
         3,
         "n1",
         1,
-        v1::RankExited {
+        RankExited {
             job: "llm".into(),
             generation: 1,
             exit_code: Some(1),
@@ -307,7 +316,7 @@ fn reports_from_an_old_generation_are_ignored() {
         3,
         "n1",
         1,
-        v1::JobProgress {
+        JobProgress {
             job: "llm".into(),
             generation: 1,
             step: 999,
@@ -322,8 +331,7 @@ fn reports_from_an_old_generation_are_ignored() {
 #[test]
 fn an_unreachable_node_is_replaced_only_when_the_job_stalls_or_the_grace_passes() {
     let mut e = cluster(4);
-    e.submit_job(0, &spec("llm", 3, 2, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 0, &spec("llm", 3, 2, ""), "alice").expect("submit");
     drain(&mut e);
     launch_all(&mut e, "llm", 0);
     // Everyone but n2 keeps reporting.
@@ -356,8 +364,7 @@ fn an_unreachable_node_is_replaced_only_when_the_job_stalls_or_the_grace_passes(
 #[test]
 fn an_unreachable_node_of_a_stalled_job_is_replaced_after_the_short_confirmation() {
     let mut e = cluster(3);
-    e.submit_job(0, &spec("llm", 2, 2, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 0, &spec("llm", 2, 2, ""), "alice").expect("submit");
     drain(&mut e);
     launch_all(&mut e, "llm", 0);
     assert!(e.telemetry(20_000, "n1", 1, vec![]));
@@ -382,8 +389,7 @@ fn an_unreachable_node_of_a_stalled_job_is_replaced_after_the_short_confirmation
 #[test]
 fn every_rank_exiting_zero_is_success_and_frees_the_nodes() {
     let mut e = cluster(2);
-    e.submit_job(0, &spec("done", 2, 2, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 0, &spec("done", 2, 2, ""), "alice").expect("submit");
     drain(&mut e);
     launch_all(&mut e, "done", 0);
     let generation = job(&e, "done").record.generation;
@@ -393,7 +399,7 @@ fn every_rank_exiting_zero_is_success_and_frees_the_nodes() {
                 5,
                 n,
                 session_of(n),
-                v1::RankExited {
+                RankExited {
                     job: "done".into(),
                     generation,
                     local_rank: local,
@@ -415,15 +421,12 @@ fn every_rank_exiting_zero_is_success_and_frees_the_nodes() {
 #[test]
 fn bad_specs_and_duplicates_are_rejected_and_change_nothing() {
     let mut e = cluster(2);
-    let err = e
-        .submit_job(0, &spec("x", 2, 3, ""), "alice")
-        .expect_err("min_nodes > nodes");
+    let err = submit(&mut e, 0, &spec("x", 2, 3, ""), "alice").expect_err("min_nodes > nodes");
     assert!(err.to_string().contains("min_nodes"), "{err}");
-    e.submit_job(0, &spec("x", 2, 2, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 0, &spec("x", 2, 2, ""), "alice").expect("submit");
     drain(&mut e);
     assert_eq!(
-        e.submit_job(1, &spec("x", 2, 2, ""), "alice"),
+        submit(&mut e, 1, &spec("x", 2, 2, ""), "alice"),
         Err(EngineError::DuplicateJob("x".into()))
     );
     assert!(drain(&mut e).is_empty());
@@ -439,8 +442,7 @@ fn bad_specs_and_duplicates_are_rejected_and_change_nothing() {
 #[test]
 fn restore_keeps_jobs_and_generations_only_grow() {
     let mut e = cluster(3);
-    e.submit_job(0, &spec("llm", 2, 2, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 0, &spec("llm", 2, 2, ""), "alice").expect("submit");
     drain(&mut e);
     e.cordon(1, "n1", "bad", "op").expect("cordon");
     drain(&mut e);
@@ -473,20 +475,20 @@ fn restore_keeps_jobs_and_generations_only_grow() {
 
 // -- GPU health ---------------------------------------------------------------
 
-fn verdict(index: u32, health: v1::GpuHealth, reason: &str) -> v1::GpuVerdict {
-    v1::GpuVerdict {
+fn verdict(index: u32, health: GpuHealth, reason: &str) -> GpuVerdict {
+    GpuVerdict {
         index,
         uuid: String::new(),
-        health: health as i32,
+        health,
         reason: reason.to_owned(),
         evidence: vec!["nvml: xid event".to_owned()],
-        recovery_action: 0,
+        recovery_action: RecoveryAction::Unspecified,
         drill: false,
     }
 }
 
-fn xid(index: u32, code: u32, application: bool, at: Millis) -> v1::XidEvent {
-    v1::XidEvent {
+fn xid(index: u32, code: u32, application: bool, at: Millis) -> XidEvent {
+    XidEvent {
         gpu_index: index,
         uuid: String::new(),
         xid: code,
@@ -501,14 +503,14 @@ fn report(
     e: &mut Engine,
     node: &str,
     now: Millis,
-    verdicts: Vec<v1::GpuVerdict>,
-    xids: Vec<v1::XidEvent>,
+    verdicts: Vec<GpuVerdict>,
+    xids: Vec<XidEvent>,
 ) -> Vec<Action> {
     assert!(e.health(
         now,
         node,
         session_of(node),
-        v1::HealthReport {
+        HealthReport {
             verdicts,
             xids,
             visible_gpus: None
@@ -525,10 +527,10 @@ fn a_failed_gpu_cordons_its_whole_node_naming_the_gpu_and_the_xid() {
         "n2",
         5,
         vec![
-            verdict(0, v1::GpuHealth::Ok, ""),
+            verdict(0, GpuHealth::Ok, ""),
             verdict(
                 1,
-                v1::GpuHealth::Failed,
+                GpuHealth::Failed,
                 "Xid 79 (GPU has fallen off the bus): power-cycle the node",
             ),
         ],
@@ -555,7 +557,7 @@ fn a_degraded_gpu_makes_the_node_suspect_without_a_cordon() {
         &mut e,
         "n1",
         5,
-        vec![verdict(0, v1::GpuHealth::Degraded, "PCIe x8 of x16")],
+        vec![verdict(0, GpuHealth::Degraded, "PCIe x8 of x16")],
         vec![],
     );
     let n1 = e.node("n1").expect("n1");
@@ -600,7 +602,7 @@ fn the_breaker_stops_automatic_cordons_and_an_operator_reset_applies_the_held_on
             e,
             n,
             t,
-            vec![verdict(0, v1::GpuHealth::Failed, "Xid 48")],
+            vec![verdict(0, GpuHealth::Failed, "Xid 48")],
             vec![],
         )
     };
@@ -629,9 +631,9 @@ fn the_breaker_stops_automatic_cordons_and_an_operator_reset_applies_the_held_on
 #[test]
 fn drills_need_a_connected_node_and_a_real_gpu() {
     let mut e = cluster(2);
-    let drill = |gpu, code| v1::Drill {
+    let drill = |gpu, code| Drill {
         gpu_index: gpu,
-        fault: Some(v1::drill::Fault::Xid(code)),
+        fault: Some(DrillFault::Xid(code)),
         by: String::new(),
     };
     let msg = e.drill(1, "n1", drill(0, 79), "alice").expect("drill");
@@ -663,8 +665,7 @@ fn drills_need_a_connected_node_and_a_real_gpu() {
 fn most_nodes_unreachable_at_once_holds_restarts_and_raises_an_alert() {
     // 6 nodes, threshold max(3, ceil(0.5 × 6)) = 3.
     let mut e = cluster(6);
-    e.submit_job(0, &spec("llm", 4, 2, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 0, &spec("llm", 4, 2, ""), "alice").expect("submit");
     drain(&mut e);
     launch_all(&mut e, "llm", 0);
     assert_eq!(job(&e, "llm").record.nodes, ["n1", "n2", "n3", "n4"]);
@@ -739,8 +740,7 @@ fn most_nodes_unreachable_at_once_holds_restarts_and_raises_an_alert() {
 #[test]
 fn a_few_nodes_unreachable_is_not_a_partition() {
     let mut e = cluster(6);
-    e.submit_job(0, &spec("llm", 4, 2, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 0, &spec("llm", 4, 2, ""), "alice").expect("submit");
     drain(&mut e);
     launch_all(&mut e, "llm", 0);
     // Two of six go silent: below the threshold of 3.
@@ -791,8 +791,7 @@ fn nodes_lost_one_by_one_over_a_long_time_are_not_a_partition() {
 #[test]
 fn during_a_partition_hold_an_operator_cordon_still_replaces_the_node() {
     let mut e = cluster(6);
-    e.submit_job(0, &spec("llm", 2, 1, ""), "alice")
-        .expect("submit");
+    submit(&mut e, 0, &spec("llm", 2, 1, ""), "alice").expect("submit");
     drain(&mut e);
     launch_all(&mut e, "llm", 0);
     assert!(e.telemetry(20_000, "n6", 6, vec![]));

@@ -13,16 +13,17 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::{Deserialize, Serialize};
-use sup_proto::v1;
-
 pub mod detect;
 mod gpu_idle;
 mod health;
 mod jobs;
+pub mod jobspec;
+pub mod messages;
+pub mod records;
 
-pub use health::{Breaker, HealthInput, XidInput};
-pub use jobs::{CheckpointRef, Job, JobRecord, JobState};
+pub use jobs::{Job, NodeStats};
+pub use messages::*;
+pub use records::*;
 
 /// Wall-clock time, Unix milliseconds.
 pub type Millis = i64;
@@ -100,235 +101,8 @@ impl Default for EngineConfig {
 }
 
 // ---------------------------------------------------------------------------
-// Durable records (what the store keeps)
+// Outputs
 // ---------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GpuHealth {
-    Ok,
-    Degraded,
-    Failed,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GpuRecord {
-    pub index: u32,
-    pub uuid: String,
-    pub name: String,
-    pub pci_bus_id: String,
-    pub memory_total_bytes: Option<u64>,
-    pub health: GpuHealth,
-    /// Why the GPU has its health (empty when ok).
-    #[serde(default)]
-    pub health_reason: String,
-    #[serde(default)]
-    pub evidence: Vec<String>,
-    /// NVML's recovery action as proto enum value (0: unknown).
-    #[serde(default)]
-    pub recovery_action: i32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CordonRecord {
-    pub reason: String,
-    pub by: String,
-    pub at: Millis,
-}
-
-/// The durable part of a node: what must survive a supervisor restart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub id: String,
-    pub address: String,
-    pub hostname: String,
-    pub agent_version: String,
-    pub gpu_backend: String,
-    pub instance_id: String,
-    pub gpus: Vec<GpuRecord>,
-    pub registered_at: Millis,
-    /// Set once the node has sent its first report after its first
-    /// registration; a node that never reported is still `joining`.
-    pub joined: bool,
-    pub cordon: Option<CordonRecord>,
-    /// Why the node is suspect though its GPUs look healthy (jobs hung
-    /// with it to blame, short of a cordon); cleared by an uncordon.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub suspect: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub seq: u64,
-    pub at: Millis,
-    pub kind: EventKind,
-    pub node: Option<String>,
-    pub job: Option<String>,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    GpuXid,
-    GpuHealthChanged,
-    CorrelatedFault,
-    BreakerOpened,
-    BreakerReset,
-    Drill,
-    JobSubmitted,
-    JobStarted,
-    JobRunning,
-    JobRestarted,
-    JobPending,
-    JobSucceeded,
-    JobFailed,
-    JobStopped,
-    JobCheckpoint,
-    JobPreempted,
-    RankExited,
-    SparesLow,
-    NodeRegistered,
-    NodeReconnected,
-    NodeTakeover,
-    NodeRejected,
-    NodeDisconnected,
-    NodeUnreachable,
-    NodeReachable,
-    NodeInventoryChanged,
-    NodeCordoned,
-    NodeUncordoned,
-    PartitionSuspected,
-    PartitionCleared,
-    JobHung,
-    JobHangPostmortem,
-    JobStraggler,
-    JobLossSpike,
-    JobRolledBack,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::GpuXid => "gpu_xid",
-            EventKind::GpuHealthChanged => "gpu_health_changed",
-            EventKind::CorrelatedFault => "correlated_fault",
-            EventKind::BreakerOpened => "breaker_opened",
-            EventKind::BreakerReset => "breaker_reset",
-            EventKind::Drill => "drill",
-            EventKind::JobSubmitted => "job_submitted",
-            EventKind::JobStarted => "job_started",
-            EventKind::JobRunning => "job_running",
-            EventKind::JobRestarted => "job_restarted",
-            EventKind::JobPending => "job_pending",
-            EventKind::JobSucceeded => "job_succeeded",
-            EventKind::JobFailed => "job_failed",
-            EventKind::JobStopped => "job_stopped",
-            EventKind::JobCheckpoint => "job_checkpoint",
-            EventKind::JobPreempted => "job_preempted",
-            EventKind::RankExited => "rank_exited",
-            EventKind::SparesLow => "spares_low",
-            EventKind::NodeRegistered => "node_registered",
-            EventKind::NodeReconnected => "node_reconnected",
-            EventKind::NodeTakeover => "node_takeover",
-            EventKind::NodeRejected => "node_rejected",
-            EventKind::NodeDisconnected => "node_disconnected",
-            EventKind::NodeUnreachable => "node_unreachable",
-            EventKind::NodeReachable => "node_reachable",
-            EventKind::NodeInventoryChanged => "node_inventory_changed",
-            EventKind::NodeCordoned => "node_cordoned",
-            EventKind::NodeUncordoned => "node_uncordoned",
-            EventKind::PartitionSuspected => "partition_suspected",
-            EventKind::PartitionCleared => "partition_cleared",
-            EventKind::JobHung => "job_hung",
-            EventKind::JobHangPostmortem => "job_hang_postmortem",
-            EventKind::JobStraggler => "job_straggler",
-            EventKind::JobLossSpike => "job_loss_spike",
-            EventKind::JobRolledBack => "job_rolled_back",
-        }
-    }
-}
-
-/// What the store holds; the engine is rebuilt from it at startup.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Persisted {
-    pub nodes: Vec<NodeRecord>,
-    /// Oldest first.
-    pub events: Vec<Event>,
-    pub jobs: Vec<JobRecord>,
-    pub breaker: Option<Breaker>,
-    /// Client request ids already applied (the actor's, not the engine's).
-    pub requests: Vec<RequestRecord>,
-}
-
-/// A mutating control request that was applied, remembered by its client
-/// request id so that a retry of it (after a timeout, across a supd
-/// restart) takes effect once. Kept by the actor, not the engine: it is
-/// about delivery, not about the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestRecord {
-    pub id: String,
-    pub at: Millis,
-    /// "cordon", "uncordon", "submit_job", "stop_job".
-    pub kind: String,
-    /// The node or job it was about.
-    pub target: String,
-    /// What supd answered the first time.
-    pub message: String,
-}
-
-// ---------------------------------------------------------------------------
-// Inputs and outputs
-// ---------------------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Registration {
-    pub session: SessionId,
-    pub node_id: String,
-    pub address: String,
-    pub hostname: String,
-    pub agent_version: String,
-    pub instance_id: String,
-    pub gpu_backend: String,
-    pub gpus: Vec<GpuInventory>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct GpuInventory {
-    pub index: u32,
-    pub uuid: String,
-    pub name: String,
-    pub pci_bus_id: String,
-    pub memory_total_bytes: Option<u64>,
-}
-
-/// Latest readings of one GPU; absent readings stay `None`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GpuReading {
-    pub index: u32,
-    pub temperature_c: Option<f64>,
-    pub power_w: Option<f64>,
-    pub utilization_gpu_pct: Option<u32>,
-    pub utilization_memory_pct: Option<u32>,
-    pub sm_clock_mhz: Option<u32>,
-    pub memory_clock_mhz: Option<u32>,
-    pub memory_used_bytes: Option<u64>,
-}
-
-/// A change of durable state. The caller applies a batch atomically and
-/// flushes it before it acknowledges anything that caused it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    PutNode(NodeRecord),
-    AppendEvent(Event),
-    /// Drop every event with a sequence number up to and including this one.
-    TrimEventsThrough(u64),
-    PutJob(Box<JobRecord>),
-    PutBreaker(Breaker),
-    /// Written by the actor in the same commit as the request's effects.
-    RememberRequest(RequestRecord),
-    ForgetRequest(String),
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -342,11 +116,11 @@ pub enum Action {
     /// Tell a connected agent what it should run now (level-triggered).
     SendAssignment {
         node_id: String,
-        assignment: v1::DesiredAssignment,
+        assignment: DesiredAssignment,
     },
     SendDrill {
         node_id: String,
-        drill: v1::Drill,
+        drill: Drill,
     },
 }
 
@@ -411,11 +185,11 @@ pub struct Node {
     /// reported), for the zero-utilization hang signal (see `gpu_idle`).
     pub gpu_idle_since: BTreeMap<u32, Millis>,
     /// Most recent Xids per GPU index, newest last.
-    pub recent_xids: BTreeMap<u32, VecDeque<v1::XidEvent>>,
+    pub recent_xids: BTreeMap<u32, VecDeque<XidEvent>>,
     /// A GPU failed while the breaker was open: cordon when it is reset.
     pub deferred_cordon: Option<String>,
     /// What was last sent to the agent; None forces a resend.
-    sent_assignment: Option<v1::DesiredAssignment>,
+    sent_assignment: Option<DesiredAssignment>,
     /// Instance id of the last agent rejected as a duplicate, so a retrying
     /// impostor records one event, not one per retry.
     last_rejected_instance: Option<String>,

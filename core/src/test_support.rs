@@ -5,8 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use sup_proto::v1;
-
 use super::jobs::Job;
 use super::*;
 
@@ -77,7 +75,7 @@ pub(super) fn has(actions: &[Action], kind: EventKind) -> bool {
     events(actions).iter().any(|(k, _)| *k == kind)
 }
 
-pub(super) fn assignments(actions: &[Action]) -> BTreeMap<String, v1::DesiredAssignment> {
+pub(super) fn assignments(actions: &[Action]) -> BTreeMap<String, DesiredAssignment> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -105,7 +103,7 @@ pub(super) fn launch_all(e: &mut Engine, name: &str, now: Millis) -> Vec<Action>
             now,
             n,
             session_of(n),
-            v1::RankStatus {
+            RankStatus {
                 job: name.to_owned(),
                 generation,
                 running_local_ranks: vec![0, 1],
@@ -129,11 +127,11 @@ pub(super) fn checkpoint(
         now,
         node,
         session_of(node),
-        v1::CheckpointCatalog {
+        CheckpointCatalog {
             job: name.to_owned(),
             checkpoints: steps
                 .iter()
-                .map(|s| v1::Checkpoint {
+                .map(|s| Checkpoint {
                     step: *s,
                     path: format!("/ckpt/{name}/step-{s}"),
                 })
@@ -156,7 +154,7 @@ pub(super) fn rank_fails(
         now,
         node,
         session_of(node),
-        v1::RankExited {
+        RankExited {
             job: name.to_owned(),
             generation,
             rank: 0,
@@ -169,4 +167,17 @@ pub(super) fn rank_fails(
         }
     ));
     drain(e)
+}
+
+/// Submits a job from its TOML text, as supd's edge does (without the
+/// wire-contract checks, which live in supd).
+pub(super) fn submit(
+    e: &mut Engine,
+    now: Millis,
+    text: &str,
+    by: &str,
+) -> Result<String, EngineError> {
+    let spec: crate::jobspec::JobSpec =
+        toml::from_str(text).map_err(|err| EngineError::InvalidJobSpec(err.to_string()))?;
+    e.submit_job(now, spec, text, by)
 }

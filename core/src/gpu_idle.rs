@@ -9,8 +9,9 @@
 //! with each telemetry report); the job's GPUs are idle since the latest of
 //! those. The bound and the phase allowance are the step detector's.
 
-use super::jobs::{Job, JobState};
-use super::{Engine, Millis};
+use crate::jobs::Job;
+use crate::records::JobState;
+use crate::{Engine, Millis};
 
 impl Engine {
     /// Since when every GPU the job's ranks use has reported 0%

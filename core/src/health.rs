@@ -5,35 +5,14 @@
 //! nodes turn bad at once (the likelier story then is a bug in sup, the
 //! driver or the fabric, and cordoning the cluster would be a disaster).
 
-use serde::{Deserialize, Serialize};
-use sup_proto::v1;
-
-use super::{CordonRecord, Engine, EngineError, EventKind, GpuHealth, Millis, SessionId};
-
-/// Durable: a supd restart must not quietly close an open breaker.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Breaker {
-    pub open: bool,
-    pub reason: String,
-    pub since: Millis,
-}
-
-/// Alias kept for readability at call sites.
-pub type HealthInput = v1::HealthReport;
-pub type XidInput = v1::XidEvent;
+use crate::messages::{Drill, DrillFault, HealthReport, RecoveryAction, XidEvent};
+use crate::records::Breaker;
+use crate::{CordonRecord, Engine, EngineError, EventKind, GpuHealth, Millis, SessionId};
 
 /// Xids kept per GPU for `supctl node`.
 const RECENT_XIDS: usize = 10;
 /// The same Xid on the same GPU within this window is one event.
 const XID_EVENT_DEDUP_MS: Millis = 10_000;
-
-fn health_of(value: i32) -> GpuHealth {
-    match v1::GpuHealth::try_from(value) {
-        Ok(v1::GpuHealth::Failed) => GpuHealth::Failed,
-        Ok(v1::GpuHealth::Degraded) => GpuHealth::Degraded,
-        _ => GpuHealth::Ok,
-    }
-}
 
 /// "GPU 3 (GPU-1f2e...)"; a GPU missing since boot has no UUID.
 fn gpu_name(index: u32, uuid: &str) -> String {
@@ -64,7 +43,7 @@ impl Engine {
         now: Millis,
         node_id: &str,
         session: SessionId,
-        report: HealthInput,
+        report: HealthReport,
     ) -> bool {
         let live = self
             .nodes
@@ -88,7 +67,7 @@ impl Engine {
                 else {
                     continue;
                 };
-                let health = health_of(verdict.health);
+                let health = verdict.health;
                 let reason = if health == GpuHealth::Ok {
                     String::new()
                 } else {
@@ -97,7 +76,7 @@ impl Engine {
                 if gpu.health == health
                     && gpu.health_reason == reason
                     && gpu.evidence == verdict.evidence
-                    && gpu.recovery_action == verdict.recovery_action
+                    && gpu.recovery_action == verdict.recovery_action.code()
                 {
                     continue;
                 }
@@ -105,7 +84,7 @@ impl Engine {
                 gpu.health = health;
                 gpu.health_reason = reason.clone();
                 gpu.evidence = verdict.evidence.clone();
-                gpu.recovery_action = verdict.recovery_action;
+                gpu.recovery_action = verdict.recovery_action.code();
                 let drill = if verdict.drill { " [drill]" } else { "" };
                 if before != health {
                     let mut text = format!(
@@ -147,7 +126,7 @@ impl Engine {
         true
     }
 
-    fn observe_xid(&mut self, now: Millis, node_id: &str, xid: XidInput) {
+    fn observe_xid(&mut self, now: Millis, node_id: &str, xid: XidEvent) {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return;
         };
@@ -356,7 +335,7 @@ impl Engine {
         &mut self,
         now: Millis,
         node_id: &str,
-        drill: v1::Drill,
+        drill: Drill,
         by: &str,
     ) -> Result<String, EngineError> {
         let node = self
@@ -375,21 +354,19 @@ impl Engine {
             )));
         }
         let what = match &drill.fault {
-            Some(v1::drill::Fault::Xid(code)) if (1..=1000).contains(code) => format!("Xid {code}"),
-            Some(v1::drill::Fault::Xid(code)) => {
+            Some(DrillFault::Xid(code)) if (1..=1000).contains(code) => format!("Xid {code}"),
+            Some(DrillFault::Xid(code)) => {
                 return Err(EngineError::InvalidArgument(format!(
                     "Xid {code} is out of range (1-1000)"
                 )))
             }
-            Some(v1::drill::Fault::RecoveryAction(a)) => match v1::RecoveryAction::try_from(*a) {
-                Ok(action) if action != v1::RecoveryAction::Unspecified => {
-                    format!("recovery action {}", action.as_str_name())
-                }
-                _ => {
+            Some(DrillFault::RecoveryAction(action)) => match action {
+                RecoveryAction::Unspecified => {
                     return Err(EngineError::InvalidArgument(
                         "the drill's recovery action is not a known value".to_owned(),
                     ))
                 }
+                action => format!("recovery action {}", action.as_str()),
             },
             None => {
                 return Err(EngineError::InvalidArgument(

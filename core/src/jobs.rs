@@ -4,120 +4,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
-use sup_proto::v1;
-
-use super::detect::{
+use crate::detect::{
     self, HangDetector, LossSpike, LossSpikeDetector, Straggler, StragglerDetector,
     StragglerPolicy, Throughput,
 };
-use super::{Action, Change, Engine, EngineError, EventKind, Millis, NodeState, SessionId};
 use crate::jobspec::{JobSpec, Priority};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    /// Waiting for enough healthy nodes.
-    Pending,
-    /// First launch of its ranks under way.
-    Starting,
-    Running,
-    /// Restarted after a failure; the new generation is launching.
-    Recovering,
-    Succeeded,
-    Failed,
-    Stopped,
-}
-
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Pending => "pending",
-            JobState::Starting => "starting",
-            JobState::Running => "running",
-            JobState::Recovering => "recovering",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Stopped => "stopped",
-        }
-    }
-
-    /// Holds nodes and runs (or launches) ranks.
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            JobState::Starting | JobState::Running | JobState::Recovering
-        )
-    }
-
-    pub fn is_finished(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Failed | JobState::Stopped
-        )
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckpointRef {
-    pub step: u64,
-    pub path: String,
-}
-
-/// The durable part of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub spec: JobSpec,
-    pub spec_toml: String,
-    pub submitted_by: String,
-    pub submitted_at: Millis,
-    pub state: JobState,
-    pub reason: String,
-    pub generation: u64,
-    /// Assigned nodes in node-rank order (rank 0 gives MASTER_ADDR).
-    pub nodes: Vec<String>,
-    pub restarts: u32,
-    /// Newest checkpoint an agent found complete.
-    pub checkpoint: Option<CheckpointRef>,
-    /// Highest step any generation reached.
-    pub best_step: Option<u64>,
-    /// Progress when the job last restarted, for the crash-loop guard.
-    pub restart_mark: (Option<u64>, Option<u64>),
-    pub fruitless_restarts: u32,
-    /// Loss-spike rollbacks so far (each gives the ranks a new `SUP_SEED`).
-    #[serde(default)]
-    pub rollbacks: u32,
-    /// After a rollback to this step, newer catalog entries are from the
-    /// abandoned timeline until the job has stepped past them again.
-    #[serde(default)]
-    pub rollback_mark: Option<u64>,
-    /// Nodes swapped out as stragglers: not placed again for this job.
-    #[serde(default)]
-    pub avoid_nodes: Vec<String>,
-    /// Hangs attributed to each node (its ranks behind the others).
-    #[serde(default)]
-    pub hang_blame: BTreeMap<String, u32>,
-    /// The checkpoint the current generation resumes from (`Some(None)`:
-    /// from scratch), fixed when the generation starts. `checkpoint` moves
-    /// on as agents find newer ones, also while the agents of a new
-    /// generation are still stopping the old ranks; were assignments built
-    /// from it, a node launching later would resume from another step than
-    /// the others and the world could never meet. `None` only in records
-    /// written before this field: `checkpoint` is used then.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub resume_from: Option<Option<CheckpointRef>>,
-}
-
-/// A field that is present deserializes to `Some`, even when it is null.
-fn present<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<CheckpointRef>>, D::Error> {
-    Option::<CheckpointRef>::deserialize(d).map(Some)
-}
+use crate::messages::{
+    Checkpoint, CheckpointCatalog, DesiredAssignment, JobAssignment, JobProgress, RankExited,
+    RankStatus,
+};
+use crate::records::{CheckpointRef, JobRecord, JobState};
+use crate::{Action, Change, Engine, EngineError, EventKind, Millis, NodeState, SessionId};
 
 /// The detectors' state for a job; in memory only (a supd restart
 /// re-learns step times within a window).
@@ -250,6 +147,33 @@ impl Job {
         let share = f64::from(self.record.spec.gpus_per_node) / f64::from(world);
         Some(self.detect.node_throughput.get(node)?.tokens_per_s()? * share)
     }
+
+    /// What the detectors know of each node of the job, in node-rank order.
+    pub fn node_stats(&self) -> Vec<NodeStats> {
+        self.record
+            .nodes
+            .iter()
+            .map(|n| NodeStats {
+                node: n.clone(),
+                step_time_s: self.detect.stragglers.median_step_s(n),
+                slowdown: self.detect.stragglers.slowdown(n),
+                straggler: self.detect.stragglers.is_flagged(n),
+                tokens_per_s: self.node_tokens_per_s(n),
+            })
+            .collect()
+    }
+}
+
+/// One node of a job as the detectors see it (`supctl job describe`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeStats {
+    pub node: String,
+    /// Median of its recent step times.
+    pub step_time_s: Option<f64>,
+    /// Its step time over the job's median.
+    pub slowdown: Option<f64>,
+    pub straggler: bool,
+    pub tokens_per_s: Option<f64>,
 }
 
 /// Node id → first rank (a list has no duplicates; the first wins anyway,
@@ -331,13 +255,19 @@ impl Engine {
 
     // -- operator inputs ----------------------------------------------------
 
+    /// A job spec parsed at the edge; `spec_text` is what the client sent,
+    /// kept for `supctl job describe`.
     pub fn submit_job(
         &mut self,
         now: Millis,
-        spec_toml: &str,
+        spec: JobSpec,
+        spec_text: &str,
         by: &str,
     ) -> Result<String, EngineError> {
-        let spec = JobSpec::parse(spec_toml).map_err(EngineError::InvalidJobSpec)?;
+        // The edge checked it; an engine that holds a job it cannot place
+        // by its own rules would be wrong forever, so the rules are checked
+        // here too (cheap, and the engine trusts no caller).
+        spec.validate().map_err(EngineError::InvalidJobSpec)?;
         let by = if by.trim().is_empty() {
             "unknown"
         } else {
@@ -360,7 +290,7 @@ impl Engine {
         );
         let record = JobRecord {
             spec,
-            spec_toml: spec_toml.to_owned(),
+            spec_toml: spec_text.to_owned(),
             submitted_by: by.to_owned(),
             submitted_at: now,
             state: JobState::Pending,
@@ -435,7 +365,7 @@ impl Engine {
         now: Millis,
         node_id: &str,
         session: SessionId,
-        status: v1::RankStatus,
+        status: RankStatus,
     ) -> bool {
         if !self.current_report(node_id, session, &status.job, status.generation) {
             return false;
@@ -506,7 +436,7 @@ impl Engine {
         now: Millis,
         node_id: &str,
         session: SessionId,
-        exit: v1::RankExited,
+        exit: RankExited,
     ) -> bool {
         if exit.stopped_by_agent {
             self.hang_postmortem(now, node_id, session, &exit);
@@ -569,7 +499,7 @@ impl Engine {
         now: Millis,
         node_id: &str,
         session: SessionId,
-        progress: v1::JobProgress,
+        progress: JobProgress,
     ) -> bool {
         if !self.current_report(node_id, session, &progress.job, progress.generation) {
             return false;
@@ -1014,7 +944,7 @@ impl Engine {
         now: Millis,
         node_id: &str,
         session: SessionId,
-        exit: &v1::RankExited,
+        exit: &RankExited,
     ) {
         let live = self
             .nodes
@@ -1079,7 +1009,7 @@ impl Engine {
         now: Millis,
         node_id: &str,
         session: SessionId,
-        catalog: v1::CheckpointCatalog,
+        catalog: CheckpointCatalog,
     ) -> bool {
         let live = self
             .nodes
@@ -1569,7 +1499,7 @@ impl Engine {
         jobs.into_iter().map(|j| j.name().to_owned()).collect()
     }
 
-    pub fn desired_assignment(&self, node_id: &str) -> v1::DesiredAssignment {
+    pub fn desired_assignment(&self, node_id: &str) -> DesiredAssignment {
         let holder = self.job_of(node_id).map(|job| {
             let rank = job.node_rank(node_id);
             (job, rank.unwrap_or(0))
@@ -1578,16 +1508,16 @@ impl Engine {
     }
 
     /// The assignment for a node whose holder (job, node rank) is known.
-    fn desired_for(&self, node_id: &str, holder: Option<(&Job, usize)>) -> v1::DesiredAssignment {
+    fn desired_for(&self, node_id: &str, holder: Option<(&Job, usize)>) -> DesiredAssignment {
         match holder {
-            Some((job, node_rank)) => v1::DesiredAssignment {
+            Some((job, node_rank)) => DesiredAssignment {
                 generation: job.record.generation,
                 job: Some(self.job_assignment(job, node_id, node_rank)),
                 // The job's nodes stop the hung generation's ranks when
                 // they switch to this one: the post-mortem comes first.
                 postmortem_generation: job.detect.hung_generation.unwrap_or(0),
             },
-            None => v1::DesiredAssignment {
+            None => DesiredAssignment {
                 generation: self.last_generation,
                 job: None,
                 postmortem_generation: 0,
@@ -1607,7 +1537,7 @@ impl Engine {
         gpu_indices
     }
 
-    fn job_assignment(&self, job: &Job, node_id: &str, node_rank: usize) -> v1::JobAssignment {
+    fn job_assignment(&self, job: &Job, node_id: &str, node_rank: usize) -> JobAssignment {
         let spec = &job.record.spec;
         let master_addr = job
             .record
@@ -1617,13 +1547,12 @@ impl Engine {
             .map(|n| n.record.address.clone())
             .unwrap_or_default();
         let gpu_indices = self.gpu_indices_for(node_id, spec.gpus_per_node);
-        v1::JobAssignment {
+        JobAssignment {
             job: spec.name.clone(),
             command: spec.command.clone(),
             workdir: spec.workdir.clone().unwrap_or_default(),
             env: {
-                let mut env: std::collections::HashMap<String, String> =
-                    spec.env.clone().into_iter().collect();
+                let mut env = spec.env.clone();
                 if job.record.rollbacks > 0 {
                     // A new seed changes the data order past the spike; a
                     // smaller learning rate makes it less likely to recur.
@@ -1649,7 +1578,7 @@ impl Engine {
                 Some(fixed) => fixed.as_ref(),
                 None => job.record.checkpoint.as_ref(),
             }
-            .map(|c| v1::Checkpoint {
+            .map(|c| Checkpoint {
                 step: c.step,
                 path: c.path.clone(),
             }),
@@ -1667,7 +1596,7 @@ impl Engine {
         type Holder = Option<(String, u32, Vec<u32>)>;
         let (plan, templates) = {
             let holders = self.holders();
-            let mut templates: HashMap<String, v1::DesiredAssignment> = HashMap::new();
+            let mut templates: HashMap<String, DesiredAssignment> = HashMap::new();
             let plan: Vec<(String, Holder)> = self
                 .nodes
                 .values()
@@ -1772,8 +1701,8 @@ const POSTMORTEM_LINES: usize = 8;
 /// the full derived equality decides (new proto fields included) without
 /// cloning the assignment.
 fn matches_template(
-    sent: &mut v1::DesiredAssignment,
-    template: &v1::DesiredAssignment,
+    sent: &mut DesiredAssignment,
+    template: &DesiredAssignment,
     rank: u32,
     gpus: &[u32],
 ) -> bool {

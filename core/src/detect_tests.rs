@@ -34,17 +34,17 @@ fn submit(e: &mut Engine, name: &str, nodes: u32, extra: &str) {
         "name = \"{name}\"\ncommand = [\"python3\", \"train.py\"]\nnodes = {nodes}\ngpus_per_node = 2\n\
          checkpoint_dir = \"/ckpt/{name}\"\ncheckpoint_layout = \"marker:COMPLETE\"\n{extra}"
     );
-    e.submit_job(0, &spec, "test").expect("submit");
+    super::test_support::submit(e, 0, &spec, "test").expect("submit");
     drain(e);
 }
 
-fn report(e: &mut Engine, name: &str, node: &str, now: Millis, p: v1::JobProgress) -> Vec<Action> {
+fn report(e: &mut Engine, name: &str, node: &str, now: Millis, p: JobProgress) -> Vec<Action> {
     let generation = job(e, name).record.generation;
     assert!(e.progress(
         now,
         node,
         session_of(node),
-        v1::JobProgress {
+        JobProgress {
             job: name.to_owned(),
             generation,
             ..p
@@ -53,8 +53,8 @@ fn report(e: &mut Engine, name: &str, node: &str, now: Millis, p: v1::JobProgres
     drain(e)
 }
 
-fn train(step: u64, time: f64) -> v1::JobProgress {
-    v1::JobProgress {
+fn train(step: u64, time: f64) -> JobProgress {
+    JobProgress {
         step,
         min_step: Some(step),
         step_time_s: Some(time),
@@ -115,7 +115,7 @@ fn a_hang_restarts_from_the_newest_checkpoint_on_time_without_cordon() {
         deadline + 100,
         "n1",
         session_of("n1"),
-        v1::RankExited {
+        RankExited {
             job: "llm".into(),
             generation: hung_gen,
             rank: 1,
@@ -145,7 +145,7 @@ fn checkpoint_phases_get_their_allowance() {
     submit(&mut e, "llm", 2, "");
     launch_all(&mut e, "llm", 0);
     let last = run_steps(&mut e, "llm", 1, 20, 0);
-    let saving = v1::JobProgress {
+    let saving = JobProgress {
         phase: "checkpoint_save".into(),
         ..train(20, 0.4)
     };
@@ -173,7 +173,7 @@ fn a_node_lagging_in_repeated_hangs_is_cordoned() {
         for step in 1..=10 {
             now += 500;
             report(&mut e, "llm", "n1", now, train(step, 0.4));
-            let lag = v1::JobProgress {
+            let lag = JobProgress {
                 min_step: Some(step.min(7)),
                 ..train(step, 0.4)
             };
@@ -297,7 +297,7 @@ fn a_checkpoint_found_while_a_generation_starts_does_not_split_its_resume_step()
         now + 300,
         "n3",
         session_of("n3"),
-        v1::RankExited {
+        RankExited {
             job: "llm".into(),
             generation,
             rank: 2,
@@ -369,7 +369,7 @@ fn a_loss_spike_rolls_back_with_a_new_seed() {
         "loss_spike_rollback = true\nmax_rollbacks = 1",
     );
     launch_all(&mut e, "llm", 0);
-    let loss_at = |step: u64, loss: f64| v1::JobProgress {
+    let loss_at = |step: u64, loss: f64| JobProgress {
         loss: Some(loss),
         ..train(step, 0.4)
     };
@@ -448,7 +448,7 @@ fn throughput_and_mfu_from_progress() {
     submit(&mut e, "llm", 2, "model_params = 1e9");
     launch_all(&mut e, "llm", 0);
     for step in 1..=10u64 {
-        let p = v1::JobProgress {
+        let p = JobProgress {
             tokens: Some(step * 4_000),
             ..train(step, 0.4)
         };
@@ -459,22 +459,20 @@ fn throughput_and_mfu_from_progress() {
     let mfu = e.job_mfu(j).expect("mfu");
     let expected = 6.0 * 1e9 * 4_000.0 / (4.0 * 989e12);
     assert!((mfu - expected).abs() < 1e-12, "{mfu} vs {expected}");
-    let view = crate::view::job_in(&e, j);
-    assert_eq!(view.tokens_per_s, Some(4_000.0));
-    assert_eq!(view.node_stats.len(), 2);
-    assert_eq!(
-        view.node_stats.first().and_then(|n| n.step_time_s),
-        Some(0.4)
-    );
+    // What `supctl job describe` shows (supd's view copies these).
+    let node_stats = j.node_stats();
+    assert_eq!(j.tokens_per_s(), Some(4_000.0));
+    assert_eq!(node_stats.len(), 2);
+    assert_eq!(node_stats.first().and_then(|n| n.step_time_s), Some(0.4));
     // Per node: its 2 of the 4 ranks' share, from its own reports; n2 has
     // reported nothing yet.
     assert_eq!(
-        view.node_stats.first().and_then(|n| n.tokens_per_s),
+        node_stats.first().and_then(|n| n.tokens_per_s),
         Some(2_000.0)
     );
-    assert_eq!(view.node_stats.get(1).and_then(|n| n.tokens_per_s), None);
+    assert_eq!(node_stats.get(1).and_then(|n| n.tokens_per_s), None);
     for step in 1..=3u64 {
-        let p = v1::JobProgress {
+        let p = JobProgress {
             tokens: Some(step * 4_000),
             ..train(step, 0.4)
         };
@@ -509,7 +507,7 @@ fn a_rollback_without_a_new_catalog_goes_ahead_after_the_wait() {
     let mut e = cluster(2);
     submit(&mut e, "llm", 2, "loss_spike_rollback = true");
     launch_all(&mut e, "llm", 0);
-    let loss_at = |step: u64, loss: f64| v1::JobProgress {
+    let loss_at = |step: u64, loss: f64| JobProgress {
         loss: Some(loss),
         ..train(step, 0.4)
     };
@@ -634,7 +632,7 @@ fn a_suspect_node_short_of_a_cordon_is_cleared_by_an_uncordon() {
         for step in 1..=10 {
             now += 500;
             report(&mut e, "llm", "n1", now, train(step, 0.4));
-            let lag = v1::JobProgress {
+            let lag = JobProgress {
                 min_step: Some(step.min(7)),
                 ..train(step, 0.4)
             };
@@ -687,7 +685,7 @@ fn with_hang_cordons_off_a_blamed_node_is_neither_suspect_nor_cordoned() {
         for step in 1..=10 {
             now += 500;
             report(&mut e, "llm", "n1", now, train(step, 0.4));
-            let lag = v1::JobProgress {
+            let lag = JobProgress {
                 min_step: Some(step.min(7)),
                 ..train(step, 0.4)
             };
@@ -767,7 +765,7 @@ fn a_generation_that_never_reports_is_hung_at_startup_once_the_job_has_reported_
         "llm",
         "n1",
         relaunched_at + 1_000,
-        v1::JobProgress {
+        JobProgress {
             step: 20,
             phase: "checkpoint_load".to_owned(),
             ..Default::default()

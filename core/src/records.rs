@@ -1,0 +1,314 @@
+//! The durable records: everything the store keeps, in one place. A field
+//! added here must deserialize from records written before it (serde
+//! defaults); the stored-state compatibility test
+//! (`daemon/tests/stored_state_compat.rs`) loads records an earlier supd
+//! wrote and fails on anything lost.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::jobspec::JobSpec;
+use crate::Millis;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuHealth {
+    Ok,
+    Degraded,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuRecord {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub pci_bus_id: String,
+    pub memory_total_bytes: Option<u64>,
+    pub health: GpuHealth,
+    /// Why the GPU has its health (empty when ok).
+    #[serde(default)]
+    pub health_reason: String,
+    #[serde(default)]
+    pub evidence: Vec<String>,
+    /// NVML's recovery action as proto enum value (0: unknown).
+    #[serde(default)]
+    pub recovery_action: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CordonRecord {
+    pub reason: String,
+    pub by: String,
+    pub at: Millis,
+}
+
+/// The durable part of a node: what must survive a supervisor restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub address: String,
+    pub hostname: String,
+    pub agent_version: String,
+    pub gpu_backend: String,
+    pub instance_id: String,
+    pub gpus: Vec<GpuRecord>,
+    pub registered_at: Millis,
+    /// Set once the node has sent its first report after its first
+    /// registration; a node that never reported is still `joining`.
+    pub joined: bool,
+    pub cordon: Option<CordonRecord>,
+    /// Why the node is suspect though its GPUs look healthy (jobs hung
+    /// with it to blame, short of a cordon); cleared by an uncordon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub at: Millis,
+    pub kind: EventKind,
+    pub node: Option<String>,
+    pub job: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    GpuXid,
+    GpuHealthChanged,
+    CorrelatedFault,
+    BreakerOpened,
+    BreakerReset,
+    Drill,
+    JobSubmitted,
+    JobStarted,
+    JobRunning,
+    JobRestarted,
+    JobPending,
+    JobSucceeded,
+    JobFailed,
+    JobStopped,
+    JobCheckpoint,
+    JobPreempted,
+    RankExited,
+    SparesLow,
+    NodeRegistered,
+    NodeReconnected,
+    NodeTakeover,
+    NodeRejected,
+    NodeDisconnected,
+    NodeUnreachable,
+    NodeReachable,
+    NodeInventoryChanged,
+    NodeCordoned,
+    NodeUncordoned,
+    PartitionSuspected,
+    PartitionCleared,
+    JobHung,
+    JobHangPostmortem,
+    JobStraggler,
+    JobLossSpike,
+    JobRolledBack,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::GpuXid => "gpu_xid",
+            EventKind::GpuHealthChanged => "gpu_health_changed",
+            EventKind::CorrelatedFault => "correlated_fault",
+            EventKind::BreakerOpened => "breaker_opened",
+            EventKind::BreakerReset => "breaker_reset",
+            EventKind::Drill => "drill",
+            EventKind::JobSubmitted => "job_submitted",
+            EventKind::JobStarted => "job_started",
+            EventKind::JobRunning => "job_running",
+            EventKind::JobRestarted => "job_restarted",
+            EventKind::JobPending => "job_pending",
+            EventKind::JobSucceeded => "job_succeeded",
+            EventKind::JobFailed => "job_failed",
+            EventKind::JobStopped => "job_stopped",
+            EventKind::JobCheckpoint => "job_checkpoint",
+            EventKind::JobPreempted => "job_preempted",
+            EventKind::RankExited => "rank_exited",
+            EventKind::SparesLow => "spares_low",
+            EventKind::NodeRegistered => "node_registered",
+            EventKind::NodeReconnected => "node_reconnected",
+            EventKind::NodeTakeover => "node_takeover",
+            EventKind::NodeRejected => "node_rejected",
+            EventKind::NodeDisconnected => "node_disconnected",
+            EventKind::NodeUnreachable => "node_unreachable",
+            EventKind::NodeReachable => "node_reachable",
+            EventKind::NodeInventoryChanged => "node_inventory_changed",
+            EventKind::NodeCordoned => "node_cordoned",
+            EventKind::NodeUncordoned => "node_uncordoned",
+            EventKind::PartitionSuspected => "partition_suspected",
+            EventKind::PartitionCleared => "partition_cleared",
+            EventKind::JobHung => "job_hung",
+            EventKind::JobHangPostmortem => "job_hang_postmortem",
+            EventKind::JobStraggler => "job_straggler",
+            EventKind::JobLossSpike => "job_loss_spike",
+            EventKind::JobRolledBack => "job_rolled_back",
+        }
+    }
+}
+
+/// Durable: a supd restart must not quietly close an open breaker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Breaker {
+    pub open: bool,
+    pub reason: String,
+    pub since: Millis,
+}
+
+/// What the store holds; the engine is rebuilt from it at startup.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Persisted {
+    pub nodes: Vec<NodeRecord>,
+    /// Oldest first.
+    pub events: Vec<Event>,
+    pub jobs: Vec<JobRecord>,
+    pub breaker: Option<Breaker>,
+    /// Client request ids already applied (the actor's, not the engine's).
+    pub requests: Vec<RequestRecord>,
+}
+
+/// A mutating control request that was applied, remembered by its client
+/// request id so that a retry of it (after a timeout, across a supd
+/// restart) takes effect once. Kept by the actor, not the engine: it is
+/// about delivery, not about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub id: String,
+    pub at: Millis,
+    /// "cordon", "uncordon", "submit_job", "stop_job".
+    pub kind: String,
+    /// The node or job it was about.
+    pub target: String,
+    /// What supd answered the first time.
+    pub message: String,
+}
+
+/// A change of durable state. The caller applies a batch atomically and
+/// flushes it before it acknowledges anything that caused it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    PutNode(NodeRecord),
+    AppendEvent(Event),
+    /// Drop every event with a sequence number up to and including this one.
+    TrimEventsThrough(u64),
+    PutJob(Box<JobRecord>),
+    PutBreaker(Breaker),
+    /// Written by the actor in the same commit as the request's effects.
+    RememberRequest(RequestRecord),
+    ForgetRequest(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for enough healthy nodes.
+    Pending,
+    /// First launch of its ranks under way.
+    Starting,
+    Running,
+    /// Restarted after a failure; the new generation is launching.
+    Recovering,
+    Succeeded,
+    Failed,
+    Stopped,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Starting => "starting",
+            JobState::Running => "running",
+            JobState::Recovering => "recovering",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Stopped => "stopped",
+        }
+    }
+
+    /// Holds nodes and runs (or launches) ranks.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            JobState::Starting | JobState::Running | JobState::Recovering
+        )
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Stopped
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    pub step: u64,
+    pub path: String,
+}
+
+/// The durable part of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub spec: JobSpec,
+    pub spec_toml: String,
+    pub submitted_by: String,
+    pub submitted_at: Millis,
+    pub state: JobState,
+    pub reason: String,
+    pub generation: u64,
+    /// Assigned nodes in node-rank order (rank 0 gives MASTER_ADDR).
+    pub nodes: Vec<String>,
+    pub restarts: u32,
+    /// Newest checkpoint an agent found complete.
+    pub checkpoint: Option<CheckpointRef>,
+    /// Highest step any generation reached.
+    pub best_step: Option<u64>,
+    /// Progress when the job last restarted, for the crash-loop guard.
+    pub restart_mark: (Option<u64>, Option<u64>),
+    pub fruitless_restarts: u32,
+    /// Loss-spike rollbacks so far (each gives the ranks a new `SUP_SEED`).
+    #[serde(default)]
+    pub rollbacks: u32,
+    /// After a rollback to this step, newer catalog entries are from the
+    /// abandoned timeline until the job has stepped past them again.
+    #[serde(default)]
+    pub rollback_mark: Option<u64>,
+    /// Nodes swapped out as stragglers: not placed again for this job.
+    #[serde(default)]
+    pub avoid_nodes: Vec<String>,
+    /// Hangs attributed to each node (its ranks behind the others).
+    #[serde(default)]
+    pub hang_blame: BTreeMap<String, u32>,
+    /// The checkpoint the current generation resumes from (`Some(None)`:
+    /// from scratch), fixed when the generation starts. `checkpoint` moves
+    /// on as agents find newer ones, also while the agents of a new
+    /// generation are still stopping the old ranks; were assignments built
+    /// from it, a node launching later would resume from another step than
+    /// the others and the world could never meet. `None` only in records
+    /// written before this field: `checkpoint` is used then.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resume_from: Option<Option<CheckpointRef>>,
+}
+
+/// A field that is present deserializes to `Some`, even when it is null.
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<CheckpointRef>>, D::Error> {
+    Option::<CheckpointRef>::deserialize(d).map(Some)
+}
