@@ -1,6 +1,6 @@
 //! Decisions and their reasons, driven with explicit time.
 
-use super::*;
+use crate::*;
 
 const GRACE: Millis = 30_000;
 

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use super::jobs::Job;
-use super::*;
+use crate::jobs::Job;
+use crate::*;
 
 pub(super) fn register(e: &mut Engine, id: &str, session: SessionId, gpus: u32, now: Millis) {
     e.register(
@@ -32,6 +32,24 @@ pub(super) fn register(e: &mut Engine, id: &str, session: SessionId, gpus: u32, 
     )
     .expect("register");
     assert!(e.telemetry(now, id, session, vec![]));
+}
+
+/// How long a silent node stays reachable in the jobs and health tests.
+pub(super) const GRACE: Millis = 30_000;
+
+/// The jobs and health tests' engine: one spare wanted.
+pub(super) fn config() -> EngineConfig {
+    EngineConfig {
+        unreachable_after_ms: GRACE,
+        event_log_capacity: 10_000,
+        spares_target: 1,
+        ..Default::default()
+    }
+}
+
+/// Nodes n1..=n`count`, sessions 1..=count, 2 GPUs each, with [`config`].
+pub(super) fn cluster(count: u32) -> Engine {
+    cluster_with(config(), count)
 }
 
 /// Nodes n1..=n`count`, sessions 1..=count, 2 GPUs each, all ready.

@@ -3,9 +3,9 @@
 //! cordon, straggler → event and (by policy) a spare swap that does not
 //! count as the job's failure, loss spike → rollback with a new seed, MFU.
 
-use super::detect::DetectConfig;
-use super::test_support::*;
-use super::*;
+use super::support::*;
+use crate::detect::DetectConfig;
+use crate::*;
 
 fn config() -> EngineConfig {
     EngineConfig {
@@ -34,7 +34,7 @@ fn submit(e: &mut Engine, name: &str, nodes: u32, extra: &str) {
         "name = \"{name}\"\ncommand = [\"python3\", \"train.py\"]\nnodes = {nodes}\ngpus_per_node = 2\n\
          checkpoint_dir = \"/ckpt/{name}\"\ncheckpoint_layout = \"marker:COMPLETE\"\n{extra}"
     );
-    super::test_support::submit(e, 0, &spec, "test").expect("submit");
+    super::support::submit(e, 0, &spec, "test").expect("submit");
     drain(e);
 }
 

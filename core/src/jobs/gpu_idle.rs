@@ -16,7 +16,7 @@ use crate::{Engine, Millis};
 impl Engine {
     /// Since when every GPU the job's ranks use has reported 0%
     /// utilization, if every one of them does.
-    fn job_gpus_idle_since(&self, job: &Job) -> Option<Millis> {
+    pub(crate) fn job_gpus_idle_since(&self, job: &Job) -> Option<Millis> {
         let mut since: Option<Millis> = None;
         let mut gpus = 0usize;
         for node_id in &job.record.nodes {
@@ -33,7 +33,7 @@ impl Engine {
     /// For a running job: a hung reason when its GPUs have been idle with
     /// no step advance for the hang bound, else when that would be (if
     /// they are idle now).
-    pub(super) fn idle_gpu_hang(&self, now: Millis, job: &Job) -> Result<String, Option<Millis>> {
+    pub(crate) fn idle_gpu_hang(&self, now: Millis, job: &Job) -> Result<String, Option<Millis>> {
         let cfg = &self.config.detect;
         if !cfg.hang_enabled || job.record.state != JobState::Running {
             return Err(None);

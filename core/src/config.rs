@@ -1,0 +1,73 @@
+//! The engine's settings: thresholds and windows, all in engine time
+//! (milliseconds). supd fills them from its TOML file.
+
+use crate::detect;
+use crate::Millis;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// A node that has sent nothing for this long is unreachable.
+    pub unreachable_after_ms: Millis,
+    /// How many events the log keeps; older ones are dropped.
+    pub event_log_capacity: usize,
+    /// MASTER_PORT given to every job's ranks.
+    pub master_port: u32,
+    /// How long ranks get between SIGTERM and SIGKILL.
+    pub stop_grace_ms: u32,
+    /// A warning event when fewer healthy nodes than this are free.
+    pub spares_target: u32,
+    /// An assigned node unreachable this long is lost, job progress or not.
+    pub lost_node_grace_ms: Millis,
+    /// An assigned node unreachable this long while its job has made no
+    /// progress since it went silent is lost (corroborated).
+    pub stall_confirm_ms: Millis,
+    /// Restarts in a row with no new checkpoint and no step advance after
+    /// which a job fails as a crash loop.
+    pub crash_loop_limit: u32,
+    /// Restart a shrunk job onto returned capacity right after its next
+    /// checkpoint (instead of waiting for the next failure).
+    pub grow_after_checkpoint: bool,
+    /// Circuit breaker: automatic cordons allowed within `breaker_window_ms`
+    /// are max(breaker_min_cordons, ceil(breaker_max_share × nodes)).
+    pub breaker_window_ms: Millis,
+    pub breaker_max_share: f64,
+    pub breaker_min_cordons: u32,
+    /// The same application Xid on at least this share of nodes (and at
+    /// least 2) within the window is a correlated, likely-software fault.
+    pub correlation_window_ms: Millis,
+    pub correlation_share: f64,
+    /// Partition guard: when at least max(partition_min_nodes,
+    /// ceil(partition_share × nodes)) nodes turn unreachable within
+    /// `partition_window_ms`, the likelier cause is supd's own network, so
+    /// lost-node restarts are held (with an alert) until nodes re-confirm.
+    pub partition_window_ms: Millis,
+    pub partition_share: f64,
+    pub partition_min_nodes: u32,
+    /// Hang, straggler and loss-spike detectors.
+    pub detect: detect::DetectConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            unreachable_after_ms: 30_000,
+            event_log_capacity: 10_000,
+            master_port: 29_500,
+            stop_grace_ms: 10_000,
+            spares_target: 0,
+            lost_node_grace_ms: 60_000,
+            stall_confirm_ms: 5_000,
+            crash_loop_limit: 3,
+            grow_after_checkpoint: true,
+            breaker_window_ms: 600_000,
+            breaker_max_share: 0.1,
+            breaker_min_cordons: 3,
+            correlation_window_ms: 60_000,
+            correlation_share: 0.5,
+            partition_window_ms: 60_000,
+            partition_share: 0.5,
+            partition_min_nodes: 3,
+            detect: detect::DetectConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The engine: the state it owns, how callers drive it (inputs with the
+//! time, then `poll_action` and `poll_timeout`), and the event log every
+//! decision is recorded in.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::config::EngineConfig;
+use crate::messages::{DesiredAssignment, Drill};
+use crate::records::JobState;
+use crate::records::{Breaker, Change, Event, EventKind, Persisted};
+use crate::{format_ms, jobs, Millis, Node, SessionId};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Persist(Change),
+    /// End an agent stream, with the reason to log (a newer stream took over).
+    CloseSession {
+        node_id: String,
+        session: SessionId,
+        reason: String,
+    },
+    /// Tell a connected agent what it should run now (level-triggered).
+    SendAssignment {
+        node_id: String,
+        assignment: DesiredAssignment,
+    },
+    SendDrill {
+        node_id: String,
+        drill: Drill,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown node '{0}'")]
+    UnknownNode(String),
+    #[error("unknown job '{0}'")]
+    UnknownJob(String),
+    #[error("invalid job spec: {0}")]
+    InvalidJobSpec(String),
+    #[error("job '{0}' already exists and is not finished; stop it first or pick another name")]
+    DuplicateJob(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("node id '{node_id}' is already connected from {connected_from}; stop that agent or give this one another --node-id")]
+    DuplicateNodeId {
+        node_id: String,
+        connected_from: String,
+    },
+    #[error("invalid registration: {0}")]
+    InvalidRegistration(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CordonOutcome {
+    pub changed: bool,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    pub(crate) config: EngineConfig,
+    pub(crate) nodes: BTreeMap<String, Node>,
+    pub(crate) jobs: BTreeMap<String, jobs::Job>,
+    pub(crate) events: VecDeque<Event>,
+    pub(crate) next_event_seq: u64,
+    pub(crate) actions: VecDeque<Action>,
+    /// Earliest time a node may turn unreachable. May be early (then the
+    /// check finds nothing and computes the next one), never late.
+    pub(crate) next_liveness_check: Option<Millis>,
+    /// Other time-driven work (lost nodes, breaker window).
+    pub(crate) next_job_check: Option<Millis>,
+    /// Every job generation comes from this one counter, so generations
+    /// only grow, across jobs too: an agent can fence any older assignment.
+    pub(crate) last_generation: u64,
+    pub(crate) breaker: Breaker,
+    /// Automatic cordons within the breaker window.
+    pub(crate) recent_auto_cordons: VecDeque<Millis>,
+    /// Recent application Xids: (at, xid, node).
+    pub(crate) recent_app_xids: VecDeque<(Millis, u32, String)>,
+    /// Application Xid codes already reported as correlated, with when.
+    pub(crate) correlated_reported: BTreeMap<u32, Millis>,
+    pub(crate) spares_were_low: bool,
+    /// Since when supd suspects its own network (see
+    /// `EngineConfig::partition_window_ms`); lost-node restarts wait.
+    pub(crate) partition_since: Option<Millis>,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Self {
+        Engine::restore(config, Persisted::default(), 0)
+    }
+
+    /// Rebuilds the engine from the store. Every restored node counts as seen
+    /// at `now`: a supervisor restart must not turn healthy nodes unreachable.
+    pub fn restore(config: EngineConfig, persisted: Persisted, now: Millis) -> Self {
+        let next_event_seq = persisted.events.last().map_or(1, |e| e.seq + 1);
+        let nodes: BTreeMap<String, Node> = persisted
+            .nodes
+            .into_iter()
+            .map(|record| (record.id.clone(), Node::new(record, None, now)))
+            .collect();
+        let next_liveness_check = (!nodes.is_empty()).then_some(now + config.unreachable_after_ms);
+        let last_generation = persisted
+            .jobs
+            .iter()
+            .map(|j| j.generation)
+            .max()
+            .unwrap_or(0);
+        let jobs = persisted
+            .jobs
+            .into_iter()
+            .map(|record| (record.spec.name.clone(), jobs::Job::restored(record)))
+            .collect();
+        Engine {
+            config,
+            nodes,
+            jobs,
+            events: persisted.events.into(),
+            next_event_seq,
+            actions: VecDeque::new(),
+            next_liveness_check,
+            next_job_check: None,
+            last_generation,
+            breaker: persisted.breaker.unwrap_or_default(),
+            recent_auto_cordons: VecDeque::new(),
+            recent_app_xids: VecDeque::new(),
+            correlated_reported: BTreeMap::new(),
+            spares_were_low: false,
+            partition_since: None,
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Events oldest first.
+    pub fn events(&self) -> impl DoubleEndedIterator<Item = &Event> + ExactSizeIterator {
+        self.events.iter()
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        match (self.next_liveness_check, self.next_job_check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Time-driven decisions: nodes that have been silent too long become
+    /// unreachable. Silence alone does not cordon: a link flap must not take a
+    /// node (and its job) out of service.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        let limit = self.config.unreachable_after_ms;
+        let mut newly_unreachable = Vec::new();
+        let mut next: Option<Millis> = None;
+        for node in self.nodes.values_mut() {
+            if node.unreachable {
+                continue;
+            }
+            let deadline = node.last_seen + limit;
+            if deadline <= now {
+                node.unreachable = true;
+                node.unreachable_since = Some(now);
+                newly_unreachable.push((node.record.id.clone(), now - node.last_seen));
+            } else {
+                next = Some(next.map_or(deadline, |n: Millis| n.min(deadline)));
+            }
+        }
+        self.next_liveness_check = next;
+        for (id, silent_for) in newly_unreachable {
+            self.record_event(
+                now,
+                EventKind::NodeUnreachable,
+                Some(&id),
+                format!(
+                    "no report for {} (limit {})",
+                    format_ms(silent_for),
+                    format_ms(limit)
+                ),
+            );
+        }
+        self.check_partition_suspected(now);
+        self.reconcile(now);
+    }
+
+    pub(crate) fn schedule_liveness_check(&mut self, at: Millis) {
+        self.next_liveness_check = Some(self.next_liveness_check.map_or(at, |n| n.min(at)));
+    }
+
+    pub(crate) fn schedule_job_check(&mut self, at: Millis) {
+        self.next_job_check = Some(self.next_job_check.map_or(at, |n| n.min(at)));
+    }
+
+    pub(crate) fn record_event(
+        &mut self,
+        now: Millis,
+        kind: EventKind,
+        node: Option<&str>,
+        reason: String,
+    ) {
+        self.record_job_event(now, kind, node, None, reason);
+    }
+
+    pub(crate) fn record_job_event(
+        &mut self,
+        now: Millis,
+        kind: EventKind,
+        node: Option<&str>,
+        job: Option<&str>,
+        reason: String,
+    ) {
+        let event = Event {
+            seq: self.next_event_seq,
+            at: now,
+            kind,
+            node: node.map(str::to_owned),
+            job: job.map(str::to_owned),
+            reason,
+        };
+        self.next_event_seq += 1;
+        self.events.push_back(event.clone());
+        self.actions
+            .push_back(Action::Persist(Change::AppendEvent(event)));
+        let mut trimmed = None;
+        while self.events.len() > self.config.event_log_capacity.max(1) {
+            trimmed = self.events.pop_front().map(|e| e.seq);
+        }
+        if let Some(seq) = trimmed {
+            self.actions
+                .push_back(Action::Persist(Change::TrimEventsThrough(seq)));
+        }
+    }
+
+    /// Level-triggered scheduling: fail over broken jobs, start pending
+    /// ones, then tell every connected agent what it should run.
+    pub(crate) fn reconcile(&mut self, now: Millis) {
+        self.next_job_check = None;
+        self.expire_breaker_window(now);
+        let names = self.jobs_by_priority();
+        for name in &names {
+            if let Some(reason) = self.job_failure(now, name) {
+                self.restart_job(now, name, reason, true);
+            } else if !self.check_pending_rollback(now, name, false) {
+                self.check_hang(now, name);
+            }
+        }
+        for name in &names {
+            if self
+                .jobs
+                .get(name)
+                .is_some_and(|j| j.record.state == JobState::Pending)
+            {
+                self.launch(now, name, None);
+            }
+        }
+        self.sync_assignments();
+        self.check_spares(now);
+    }
+}

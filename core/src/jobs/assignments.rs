@@ -1,0 +1,203 @@
+//! Desired assignments: what each node should run now, sent only when it
+//! changes (level-triggered; the agent reconciles and fences older
+//! generations).
+use std::collections::HashMap;
+
+use super::*;
+use crate::messages::*;
+use crate::{Action, Engine};
+
+impl Engine {
+    pub fn desired_assignment(&self, node_id: &str) -> DesiredAssignment {
+        let holder = self.job_of(node_id).map(|job| {
+            let rank = job.node_rank(node_id);
+            (job, rank.unwrap_or(0))
+        });
+        self.desired_for(node_id, holder)
+    }
+
+    /// The assignment for a node whose holder (job, node rank) is known.
+    pub(crate) fn desired_for(
+        &self,
+        node_id: &str,
+        holder: Option<(&Job, usize)>,
+    ) -> DesiredAssignment {
+        match holder {
+            Some((job, node_rank)) => DesiredAssignment {
+                generation: job.record.generation,
+                job: Some(self.job_assignment(job, node_id, node_rank)),
+                // The job's nodes stop the hung generation's ranks when
+                // they switch to this one: the post-mortem comes first.
+                postmortem_generation: job.detect.hung_generation.unwrap_or(0),
+            },
+            None => DesiredAssignment {
+                generation: self.last_generation,
+                job: None,
+                postmortem_generation: 0,
+            },
+        }
+    }
+
+    /// The GPUs a node's ranks use, in local-rank order.
+    pub(crate) fn gpu_indices_for(&self, node_id: &str, per_node: u32) -> Vec<u32> {
+        let mut gpu_indices: Vec<u32> = self
+            .nodes
+            .get(node_id)
+            .map(|n| n.record.gpus.iter().map(|g| g.index).collect())
+            .unwrap_or_default();
+        gpu_indices.sort_unstable();
+        gpu_indices.truncate(per_node as usize);
+        gpu_indices
+    }
+
+    pub(crate) fn job_assignment(
+        &self,
+        job: &Job,
+        node_id: &str,
+        node_rank: usize,
+    ) -> JobAssignment {
+        let spec = &job.record.spec;
+        let master_addr = job
+            .record
+            .nodes
+            .first()
+            .and_then(|id| self.nodes.get(id))
+            .map(|n| n.record.address.clone())
+            .unwrap_or_default();
+        let gpu_indices = self.gpu_indices_for(node_id, spec.gpus_per_node);
+        JobAssignment {
+            job: spec.name.clone(),
+            command: spec.command.clone(),
+            workdir: spec.workdir.clone().unwrap_or_default(),
+            env: {
+                let mut env = spec.env.clone();
+                if job.record.rollbacks > 0 {
+                    // A new seed changes the data order past the spike; a
+                    // smaller learning rate makes it less likely to recur.
+                    env.insert("SUP_SEED".to_owned(), job.record.rollbacks.to_string());
+                    env.insert(
+                        "SUP_LR_SCALE".to_owned(),
+                        spec.lr_scale_after(job.record.rollbacks).to_string(),
+                    );
+                }
+                env
+            },
+            node_rank: u32::try_from(node_rank).unwrap_or(u32::MAX),
+            nnodes: u32::try_from(job.record.nodes.len()).unwrap_or(u32::MAX),
+            ranks_per_node: spec.gpus_per_node,
+            world_size: job.world_size(),
+            master_addr,
+            master_port: self.config.master_port,
+            restart_count: job.record.restarts,
+            max_restarts: spec.max_restarts,
+            checkpoint_dir: spec.checkpoint_dir.clone(),
+            checkpoint_layout: spec.checkpoint_layout.clone(),
+            resume_from: match &job.record.resume_from {
+                Some(fixed) => fixed.as_ref(),
+                None => job.record.checkpoint.as_ref(),
+            }
+            .map(|c| Checkpoint {
+                step: c.step,
+                path: c.path.clone(),
+            }),
+            stop_grace_ms: self.config.stop_grace_ms,
+            gpu_indices,
+            progress_regex: spec.progress_regex.clone().unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn sync_assignments(&mut self) {
+        // Reconcile runs on every returning node, so this must stay cheap at
+        // 2,048 nodes: one template per job (all but the node's rank and
+        // GPUs), compared in place with what each node was last sent; a full
+        // assignment (strings, env map) is built only for nodes that need one.
+        type Holder = Option<(String, u32, Vec<u32>)>;
+        let (plan, templates) = {
+            let holders = self.holders();
+            let mut templates: HashMap<String, DesiredAssignment> = HashMap::new();
+            let plan: Vec<(String, Holder)> = self
+                .nodes
+                .values()
+                .filter(|n| n.connected())
+                .map(|n| {
+                    let id = n.record.id.as_str();
+                    let holder = holders.get(id).map(|&(job, rank)| {
+                        templates
+                            .entry(job.name().to_owned())
+                            .or_insert_with(|| self.desired_for("", Some((job, 0))));
+                        let gpus = self.gpu_indices_for(id, job.record.spec.gpus_per_node);
+                        (
+                            job.name().to_owned(),
+                            u32::try_from(rank).unwrap_or(u32::MAX),
+                            gpus,
+                        )
+                    });
+                    (id.to_owned(), holder)
+                })
+                .collect();
+            (plan, templates)
+        };
+        let last_generation = self.last_generation;
+        let mut stale: Vec<(String, Option<(String, usize)>)> = Vec::new();
+        for (id, holder) in plan {
+            let Some(node) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            let up_to_date = match (&holder, node.sent_assignment.as_mut()) {
+                (Some((job, rank, gpus)), Some(sent)) => templates
+                    .get(job)
+                    .is_some_and(|t| matches_template(sent, t, *rank, gpus)),
+                (None, Some(sent)) => sent.job.is_none() && sent.generation == last_generation,
+                (_, None) => false,
+            };
+            if !up_to_date {
+                stale.push((id, holder.map(|(job, rank, _)| (job, rank as usize))));
+            }
+        }
+        for (id, holder) in stale {
+            let desired = {
+                let holder = holder
+                    .as_ref()
+                    .and_then(|(job, rank)| self.jobs.get(job).map(|j| (j, *rank)));
+                self.desired_for(&id, holder)
+            };
+            let Some(node) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            if node.sent_assignment.as_ref() != Some(&desired) {
+                node.sent_assignment = Some(desired.clone());
+                self.actions.push_back(Action::SendAssignment {
+                    node_id: id,
+                    assignment: desired,
+                });
+            }
+        }
+    }
+}
+
+/// Whether `sent` is the job's `template` for a node at `rank` with `gpus`.
+/// The per-node fields are swapped out for the comparison and put back, so
+/// the full derived equality decides (new proto fields included) without
+/// cloning the assignment.
+fn matches_template(
+    sent: &mut DesiredAssignment,
+    template: &DesiredAssignment,
+    rank: u32,
+    gpus: &[u32],
+) -> bool {
+    let Some(job) = sent.job.as_mut() else {
+        return false;
+    };
+    if sent.generation != template.generation || job.node_rank != rank || job.gpu_indices != gpus {
+        return false;
+    }
+    let template_rank = template.job.as_ref().map_or(0, |t| t.node_rank);
+    let saved_gpus = std::mem::take(&mut job.gpu_indices);
+    job.node_rank = template_rank;
+    let same = *sent == *template;
+    if let Some(job) = sent.job.as_mut() {
+        job.node_rank = rank;
+        job.gpu_indices = saved_gpus;
+    }
+    same
+}

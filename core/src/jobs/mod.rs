@@ -1,0 +1,370 @@
+//! Jobs: a job's in-memory state beside its record, submit and stop, and
+//! the lookups the rest of the engine and supd's views use. The decisions
+//! about a running job live in the files beside this one.
+
+mod assignments;
+mod gpu_idle;
+mod placement;
+mod remedies;
+mod reports;
+mod restart;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::detect::{
+    self, HangDetector, LossSpike, LossSpikeDetector, StragglerDetector, Throughput,
+};
+use crate::jobspec::JobSpec;
+use crate::records::{CheckpointRef, JobRecord, JobState};
+use crate::{Action, Change, Engine, EngineError, EventKind, Millis};
+
+/// The detectors' state for a job; in memory only (a supd restart
+/// re-learns step times within a window).
+#[derive(Debug, Clone, Default)]
+pub struct JobDetect {
+    pub hang: HangDetector,
+    pub stragglers: StragglerDetector,
+    pub loss: LossSpikeDetector,
+    pub throughput: Throughput,
+    /// Latest phase of each node of the generation whose ranks are not in
+    /// `train` (a node back in `train` is removed), and lowest rank step per
+    /// node. Sparse, so the job's phase needs no scan of every node's entry
+    /// on every report.
+    node_phase: BTreeMap<String, String>,
+    node_min_step: BTreeMap<String, u64>,
+    /// A straggler to swap out right after the next checkpoint.
+    pending_replace: Option<String>,
+    /// A loss spike waiting for a current checkpoint catalog, and until when.
+    pending_rollback: Option<(LossSpike, Millis)>,
+    /// When a best-step advance was last persisted.
+    best_step_persisted_at: Option<Millis>,
+    /// The generation stopped as hung: its ranks' stop reports carry the
+    /// post-mortem.
+    hung_generation: Option<u64>,
+    /// When the current generation started running (every rank launched).
+    pub running_since: Option<Millis>,
+    /// The job's tokens as each node reports them, for per-node tokens/s.
+    node_throughput: BTreeMap<String, Throughput>,
+}
+
+/// A job as the engine sees it: the record plus what only holds for the
+/// current generation while this supervisor runs.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub record: JobRecord,
+    /// Nodes that reported every rank of the current generation launched.
+    launched: BTreeSet<String>,
+    /// (node, local rank) of ranks that exited 0 in the current generation.
+    exited_ok: BTreeSet<(String, u32)>,
+    /// Step of the current generation.
+    pub step: Option<u64>,
+    pub tokens: Option<u64>,
+    pub loss: Option<f64>,
+    last_progress_at: Option<Millis>,
+    /// When the fault behind the current generation was reported.
+    fault_at: Option<Millis>,
+    /// The complete checkpoints last reported, oldest first.
+    pub catalog: Vec<CheckpointRef>,
+    pub detect: JobDetect,
+    /// `record.nodes` indexed: node id → node rank. Every report about a
+    /// job checks membership, and a scan of a 2,048-node list per report
+    /// is quadratic per restart. Kept in step by [`Job::set_nodes`].
+    members: HashMap<String, usize>,
+}
+
+impl Job {
+    pub(crate) fn restored(record: JobRecord) -> Job {
+        let members = index_nodes(&record.nodes);
+        Job {
+            record,
+            launched: BTreeSet::new(),
+            exited_ok: BTreeSet::new(),
+            step: None,
+            tokens: None,
+            loss: None,
+            last_progress_at: None,
+            fault_at: None,
+            catalog: Vec::new(),
+            detect: JobDetect::default(),
+            members,
+        }
+    }
+
+    /// Replaces the nodes of the current generation (in node-rank order)
+    /// and their index. Every change of `record.nodes` goes through here.
+    pub(crate) fn set_nodes(&mut self, nodes: Vec<String>) {
+        self.members = index_nodes(&nodes);
+        self.record.nodes = nodes;
+    }
+
+    /// The node's rank in the current generation, if the job holds it
+    /// (whatever the job's state). O(1).
+    pub fn node_rank(&self, node_id: &str) -> Option<usize> {
+        if self.members.len() == self.record.nodes.len() {
+            // Checked against the list, so a stale index can never claim a
+            // node the job does not hold.
+            return self
+                .members
+                .get(node_id)
+                .copied()
+                .filter(|&r| self.record.nodes.get(r).is_some_and(|n| n == node_id));
+        }
+        // `record.nodes` was changed without `set_nodes`: the list is the
+        // truth.
+        self.record.nodes.iter().position(|n| n == node_id)
+    }
+
+    /// Whether the current generation runs on `node_id`.
+    pub fn has_node(&self, node_id: &str) -> bool {
+        self.node_rank(node_id).is_some()
+    }
+
+    pub fn world_size(&self) -> u32 {
+        u32::try_from(self.record.nodes.len()).unwrap_or(u32::MAX) * self.record.spec.gpus_per_node
+    }
+
+    pub fn name(&self) -> &str {
+        &self.record.spec.name
+    }
+
+    /// Tokens per second of the running generation, when measurable.
+    pub fn tokens_per_s(&self) -> Option<f64> {
+        if !self.record.state.is_active() {
+            return None;
+        }
+        self.detect.throughput.tokens_per_s()
+    }
+
+    /// Tokens per second processed on `node`: its ranks' share of the
+    /// global batch times the job's tokens/s, measured over the window from
+    /// the node's own reports (a node whose reports stall shows it first).
+    pub fn node_tokens_per_s(&self, node: &str) -> Option<f64> {
+        if !self.record.state.is_active() {
+            return None;
+        }
+        let world = self.world_size();
+        if world == 0 || !self.has_node(node) {
+            return None;
+        }
+        let share = f64::from(self.record.spec.gpus_per_node) / f64::from(world);
+        Some(self.detect.node_throughput.get(node)?.tokens_per_s()? * share)
+    }
+
+    /// What the detectors know of each node of the job, in node-rank order.
+    pub fn node_stats(&self) -> Vec<NodeStats> {
+        self.record
+            .nodes
+            .iter()
+            .map(|n| NodeStats {
+                node: n.clone(),
+                step_time_s: self.detect.stragglers.median_step_s(n),
+                slowdown: self.detect.stragglers.slowdown(n),
+                straggler: self.detect.stragglers.is_flagged(n),
+                tokens_per_s: self.node_tokens_per_s(n),
+            })
+            .collect()
+    }
+}
+
+/// One node of a job as the detectors see it (`supctl job describe`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeStats {
+    pub node: String,
+    /// Median of its recent step times.
+    pub step_time_s: Option<f64>,
+    /// Its step time over the job's median.
+    pub slowdown: Option<f64>,
+    pub straggler: bool,
+    pub tokens_per_s: Option<f64>,
+}
+
+/// Node id → first rank (a list has no duplicates; the first wins anyway,
+/// as a scan would find it).
+fn index_nodes(nodes: &[String]) -> HashMap<String, usize> {
+    let mut index = HashMap::with_capacity(nodes.len());
+    for (rank, n) in nodes.iter().enumerate() {
+        index.entry(n.clone()).or_insert(rank);
+    }
+    index
+}
+
+impl Engine {
+    /// MFU = 6·N·tokens/s ÷ (GPUs × peak FLOP/s): N from the spec's
+    /// `model_params`, peak from `gpu_peak_flops` or the first node's GPU
+    /// model; None when either is unknown.
+    pub fn job_mfu(&self, job: &Job) -> Option<f64> {
+        let params = job.record.spec.model_params?;
+        let tps = job.tokens_per_s()?;
+        let peak = job.record.spec.gpu_peak_flops.or_else(|| {
+            let node = self.nodes.get(job.record.nodes.first()?)?;
+            detect::peak_flops_for(&node.record.gpus.first()?.name)
+        })?;
+        detect::mfu(params, tps, job.world_size(), peak)
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    pub fn job(&self, name: &str) -> Result<&Job, EngineError> {
+        self.jobs
+            .get(name)
+            .ok_or_else(|| EngineError::UnknownJob(name.to_owned()))
+    }
+
+    /// The active job holding `node_id`, if any.
+    pub fn job_of(&self, node_id: &str) -> Option<&Job> {
+        self.jobs
+            .values()
+            .find(|j| j.record.state.is_active() && j.has_node(node_id))
+    }
+
+    /// The active job holding each node, with the node's rank in it (the
+    /// first job in name order, as [`Engine::job_of`] finds it). Built once
+    /// per pass: calling `job_of` per node scans every job's node list,
+    /// which is quadratic at cluster scale.
+    pub(crate) fn holders(&self) -> HashMap<&str, (&Job, usize)> {
+        let mut map = HashMap::new();
+        for j in self.jobs.values().filter(|j| j.record.state.is_active()) {
+            for (rank, n) in j.record.nodes.iter().enumerate() {
+                map.entry(n.as_str()).or_insert((j, rank));
+            }
+        }
+        map
+    }
+
+    /// Which node runs global rank `rank` of a job, and its local rank.
+    pub fn rank_location(&self, job: &str, rank: u32) -> Result<(String, u32), EngineError> {
+        let job = self.job(job)?;
+        let per_node = job.record.spec.gpus_per_node;
+        let node = job
+            .record
+            .nodes
+            .get((rank / per_node) as usize)
+            .ok_or_else(|| {
+                EngineError::InvalidArgument(format!(
+                    "job '{}' has no rank {rank} (world size {})",
+                    job.name(),
+                    job.world_size()
+                ))
+            })?;
+        Ok((node.clone(), rank % per_node))
+    }
+
+    // -- operator inputs ----------------------------------------------------
+
+    /// A job spec parsed at the edge; `spec_text` is what the client sent,
+    /// kept for `supctl job describe`.
+    pub fn submit_job(
+        &mut self,
+        now: Millis,
+        spec: JobSpec,
+        spec_text: &str,
+        by: &str,
+    ) -> Result<String, EngineError> {
+        // The edge checked it; an engine that holds a job it cannot place
+        // by its own rules would be wrong forever, so the rules are checked
+        // here too (cheap, and the engine trusts no caller).
+        spec.validate().map_err(EngineError::InvalidJobSpec)?;
+        let by = if by.trim().is_empty() {
+            "unknown"
+        } else {
+            by.trim()
+        };
+        if let Some(existing) = self.jobs.get(&spec.name) {
+            if !existing.record.state.is_finished() {
+                return Err(EngineError::DuplicateJob(spec.name));
+            }
+        }
+        let name = spec.name.clone();
+        let summary = format!(
+            "submitted by {by}: {} node(s) (min {}) × {} GPU(s), {} priority, checkpoints in {} ({})",
+            spec.nodes,
+            spec.min_nodes(),
+            spec.gpus_per_node,
+            spec.priority.as_str(),
+            spec.checkpoint_dir,
+            spec.checkpoint_layout
+        );
+        let record = JobRecord {
+            spec,
+            spec_toml: spec_text.to_owned(),
+            submitted_by: by.to_owned(),
+            submitted_at: now,
+            state: JobState::Pending,
+            reason: "waiting to be placed".to_owned(),
+            generation: 0,
+            nodes: Vec::new(),
+            restarts: 0,
+            checkpoint: None,
+            best_step: None,
+            restart_mark: (None, None),
+            fruitless_restarts: 0,
+            rollbacks: 0,
+            rollback_mark: None,
+            avoid_nodes: Vec::new(),
+            hang_blame: BTreeMap::new(),
+            resume_from: None,
+        };
+        self.jobs.insert(name.clone(), Job::restored(record));
+        self.record_job_event(now, EventKind::JobSubmitted, None, Some(&name), summary);
+        self.persist_job(&name);
+        self.reconcile(now);
+        Ok(format!("job '{name}' submitted"))
+    }
+
+    pub fn stop_job(
+        &mut self,
+        now: Millis,
+        name: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<(bool, String), EngineError> {
+        let job = self.job(name)?;
+        if job.record.state.is_finished() {
+            return Ok((
+                false,
+                format!("job '{name}' is already {}", job.record.state.as_str()),
+            ));
+        }
+        let mut why = format!("stopped by {}", if by.is_empty() { "unknown" } else { by });
+        if !reason.trim().is_empty() {
+            why.push_str(&format!(": {}", reason.trim()));
+        }
+        self.finish_job(now, name, JobState::Stopped, why, EventKind::JobStopped);
+        self.reconcile(now);
+        Ok((true, format!("job '{name}' stopped")))
+    }
+
+    // -- agent reports ------------------------------------------------------
+
+    // -- decisions ----------------------------------------------------------
+
+    pub(crate) fn persist_job(&mut self, name: &str) {
+        if let Some(job) = self.jobs.get(name) {
+            self.actions
+                .push_back(Action::Persist(Change::PutJob(Box::new(
+                    job.record.clone(),
+                ))));
+        }
+    }
+}
+
+/// Best-step advances are persisted at most this often.
+const BEST_STEP_PERSIST_MS: Millis = 1_000;
+
+/// How long a loss-spike rollback waits for a current checkpoint catalog
+/// (agents rescan every 2 s).
+const ROLLBACK_CATALOG_WAIT_MS: Millis = 5_000;
+
+/// Bytes of a rank's stack dump kept in a hang post-mortem event.
+const POSTMORTEM_STACK_BYTES: usize = 4096;
+/// Log lines of each rank kept in a hang post-mortem event.
+const POSTMORTEM_LINES: usize = 8;
+
+fn join(ids: &[&String]) -> String {
+    ids.iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,282 @@
+//! Placement: which nodes a job runs on. Normal jobs before low-priority
+//! ones; a failed node is swapped for a spare, else the job shrinks to the
+//! largest valid world size; low-priority work on spares is preempted.
+use std::collections::{HashMap, HashSet};
+
+use super::*;
+use crate::jobspec::Priority;
+use crate::records::JobState;
+use crate::{Engine, EventKind, Millis, Node, NodeState};
+
+impl Engine {
+    /// Healthy, reachable, uncordoned nodes that hold no job, or only a
+    /// preemptible one.
+    pub fn spares(&self) -> impl Iterator<Item = &Node> {
+        // One holder map, not a scan of every job per node (quadratic at
+        // 2,048 nodes, and /metrics and every reconcile ask).
+        let holders = self.holders();
+        self.nodes.values().filter(move |n| {
+            n.state() == NodeState::Ready
+                && !holders.get(n.record.id.as_str()).is_some_and(|(j, _)| {
+                    j.record.spec.priority == crate::jobspec::Priority::Normal
+                })
+        })
+    }
+
+    /// Places the job and sends its new generation, or parks it as pending.
+    /// `failure`: the reason for a restart; None for a first start.
+    pub(crate) fn launch(&mut self, now: Millis, name: &str, failure: Option<String>) {
+        let placement = self.place(name);
+        let Some(job) = self.jobs.get(name) else {
+            return;
+        };
+        let spec = job.record.spec.clone();
+        let previous = job.record.nodes.clone();
+        let Some((nodes, preempted)) = placement else {
+            let available = self.placeable_count(name);
+            let why = format!(
+                "waiting for capacity: needs at least {} node(s) with {} GPU(s) each{}, {} available{}",
+                spec.min_nodes(),
+                spec.gpus_per_node,
+                if spec.world_size_multiple > 1 {
+                    format!(" and a world size that is a multiple of {}", spec.world_size_multiple)
+                } else {
+                    String::new()
+                },
+                available,
+                failure.as_deref().map(|f| format!("; after: {f}")).unwrap_or_default()
+            );
+            let had_nodes = !previous.is_empty();
+            let changed = job.record.state != JobState::Pending || job.record.reason != why;
+            if had_nodes {
+                self.last_generation += 1;
+            }
+            if let Some(job) = self.jobs.get_mut(name) {
+                job.record.state = JobState::Pending;
+                job.set_nodes(Vec::new());
+                job.record.reason = why.clone();
+            }
+            if changed {
+                self.record_job_event(now, EventKind::JobPending, None, Some(name), why);
+                self.persist_job(name);
+            }
+            return;
+        };
+
+        self.last_generation += 1;
+        let generation = self.last_generation;
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        let first = failure.is_none() && job.record.generation == 0;
+        job.record.generation = generation;
+        job.set_nodes(nodes.clone());
+        job.record.resume_from = Some(job.record.checkpoint.clone());
+        job.record.state = if first {
+            JobState::Starting
+        } else {
+            JobState::Recovering
+        };
+        job.launched.clear();
+        job.exited_ok.clear();
+        job.step = None;
+        job.last_progress_at = None;
+        job.fault_at = Some(now);
+        job.detect.hang.reset();
+        job.detect.loss.reset();
+        job.detect.throughput.reset();
+        job.detect.node_throughput.clear();
+        job.detect.stragglers.retain(&nodes);
+        job.detect.node_phase.clear();
+        job.detect.node_min_step.clear();
+        let mut why = match &failure {
+            Some(f) => f.clone(),
+            None if job.record.restarts == 0 && previous.is_empty() => "first start".to_owned(),
+            None => "capacity available".to_owned(),
+        };
+        why.push_str(&format!(
+            "; generation {generation} on {} node(s), world size {}",
+            nodes.len(),
+            job.world_size()
+        ));
+        let gone: Vec<&String> = previous.iter().filter(|n| !nodes.contains(n)).collect();
+        let added: Vec<&String> = nodes.iter().filter(|n| !previous.contains(n)).collect();
+        match (gone.is_empty(), added.is_empty()) {
+            (false, false) => {
+                why.push_str(&format!("; replaced {} with {}", join(&gone), join(&added)))
+            }
+            (false, true) => why.push_str(&format!("; without {}", join(&gone))),
+            (true, false) if !previous.is_empty() => {
+                why.push_str(&format!("; adding {}", join(&added)))
+            }
+            _ => {}
+        }
+        if nodes.len() < previous.len() {
+            why.push_str(&format!(
+                "; shrunk from {} to {} node(s)",
+                previous.len(),
+                nodes.len()
+            ));
+        } else if !previous.is_empty() && nodes.len() > previous.len() {
+            why.push_str(&format!(
+                "; grown from {} to {} node(s)",
+                previous.len(),
+                nodes.len()
+            ));
+        }
+        match &job.record.checkpoint {
+            Some(c) => why.push_str(&format!("; resuming from step {} ({})", c.step, c.path)),
+            None => why.push_str("; no checkpoint yet, starting from scratch"),
+        }
+        job.record.reason = if first { String::new() } else { why.clone() };
+        let kind = if first {
+            EventKind::JobStarted
+        } else {
+            EventKind::JobRestarted
+        };
+        self.record_job_event(now, kind, None, Some(name), why);
+        self.persist_job(name);
+
+        // The preempted jobs restart after this job holds its nodes, so
+        // their placement cannot pick those nodes again.
+        for (victim, node) in &preempted {
+            self.record_job_event(
+                now,
+                EventKind::JobPreempted,
+                Some(node),
+                Some(victim),
+                format!(
+                    "node {node} taken by job '{name}' ({} priority)",
+                    spec.priority.as_str()
+                ),
+            );
+            self.restart_job(
+                now,
+                victim,
+                format!("preempted: node {node} is needed by job '{name}'"),
+                false,
+            );
+        }
+    }
+
+    /// Nodes this job could run on: its current healthy nodes first (stable
+    /// ranks), then free healthy nodes, then nodes of preemptible jobs (for
+    /// normal-priority jobs only). Returns the chosen nodes and the
+    /// (job, node) pairs it would preempt, or None when no valid world size
+    /// fits.
+    pub(crate) fn place(&self, name: &str) -> Option<Placement> {
+        let job = self.jobs.get(name)?;
+        let spec = &job.record.spec;
+        let fits = |id: &String, allow_suspect: bool| {
+            !job.record.avoid_nodes.contains(id)
+                && self.nodes.get(id).is_some_and(|n| {
+                    let state = n.state();
+                    let healthy =
+                        state == NodeState::Ready || (allow_suspect && state == NodeState::Suspect);
+                    healthy && n.connected() && n.record.gpus.len() >= spec.gpus_per_node as usize
+                })
+        };
+        // How many active jobs hold each node, and the first of them
+        // (what `job_of` returns), counted once instead of per node.
+        let mut holding: HashMap<&str, (usize, &Job)> = HashMap::new();
+        for j in self.jobs.values().filter(|j| j.record.state.is_active()) {
+            for n in &j.record.nodes {
+                let e = holding.entry(n.as_str()).or_insert((0, j));
+                if e.0 == 0 || e.1.name() != j.name() {
+                    e.0 += 1;
+                }
+            }
+        }
+        let held_by_other = |id: &String| {
+            holding
+                .get(id.as_str())
+                .is_some_and(|(count, first)| *count > 1 || first.name() != name)
+        };
+        let mut candidates: Vec<String> = job
+            .record
+            .nodes
+            .iter()
+            .filter(|id| fits(id, true) && !held_by_other(id))
+            .cloned()
+            .collect();
+        let mut preemptible = Vec::new();
+        let current: HashSet<String> = candidates.iter().cloned().collect();
+        for id in self.nodes.keys() {
+            if current.contains(id) || !fits(id, false) {
+                continue;
+            }
+            let held = holding.get(id.as_str());
+            if held.is_some_and(|(count, _)| *count > 1) {
+                // Being handed over between two jobs right now.
+                continue;
+            }
+            match held.map(|(_, j)| *j) {
+                None => candidates.push(id.clone()),
+                Some(other)
+                    if other.name() != name
+                        && spec.priority == Priority::Normal
+                        && other.record.spec.priority == Priority::Low =>
+                {
+                    preemptible.push((other.name().to_owned(), id.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        let free = candidates.len();
+        let total = free + preemptible.len();
+        let count = spec.best_node_count(u32::try_from(total).unwrap_or(u32::MAX))? as usize;
+        candidates.truncate(count);
+        let mut taken = Vec::new();
+        for (victim, node) in preemptible.into_iter().take(count.saturating_sub(free)) {
+            candidates.push(node.clone());
+            taken.push((victim, node));
+        }
+        Some((candidates, taken))
+    }
+
+    pub(crate) fn placeable_count(&self, name: &str) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| {
+                n.state() == NodeState::Ready
+                    && n.connected()
+                    && self.job_of(&n.record.id).is_none_or(|j| j.name() == name)
+            })
+            .count()
+    }
+
+    /// Normal before low priority, then oldest submission first.
+    pub(crate) fn jobs_by_priority(&self) -> Vec<String> {
+        let mut jobs: Vec<&Job> = self.jobs.values().collect();
+        jobs.sort_by_key(|j| {
+            (
+                j.record.spec.priority == Priority::Low,
+                j.record.submitted_at,
+                j.name().to_owned(),
+            )
+        });
+        jobs.into_iter().map(|j| j.name().to_owned()).collect()
+    }
+
+    pub(crate) fn check_spares(&mut self, now: Millis) {
+        let target = self.config.spares_target;
+        if target == 0 {
+            return;
+        }
+        let spares = self.spares().count() as u32;
+        let low = spares < target;
+        if low && !self.spares_were_low {
+            self.record_event(
+                now,
+                EventKind::SparesLow,
+                None,
+                format!("spare pool at {spares} node(s), below its target of {target}"),
+            );
+        }
+        self.spares_were_low = low;
+    }
+}
+
+/// Chosen nodes in node-rank order, and the (preempted job, node) pairs
+/// that placement takes from preemptible jobs.
+type Placement = (Vec<String>, Vec<(String, String)>);

@@ -1,0 +1,354 @@
+//! Remedies short of a crash: a straggler swapped for a spare, a loss
+//! spike rolled back to an earlier checkpoint, a hung generation restarted
+//! (and the node it hangs on blamed, then cordoned).
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::detect::{self, LossSpike, Straggler, StragglerPolicy};
+use crate::records::JobState;
+use crate::{Engine, EventKind, Millis, NodeState};
+
+impl Engine {
+    /// A node flagged slow: an event naming it, the factor and the
+    /// evidence (hardware signals when the node has any), then the policy.
+    pub(crate) fn on_straggler(&mut self, now: Millis, name: &str, s: Straggler) {
+        let Some(job) = self.jobs.get(name) else {
+            return;
+        };
+        let policy = job
+            .record
+            .spec
+            .straggler_policy
+            .unwrap_or(self.config.detect.straggler_policy);
+        let corroboration = match self.hardware_evidence(&s.node) {
+            Some(evidence) => format!("corroborated by {evidence}"),
+            None => "no hardware signal (throttling, PCIe) on the node".to_owned(),
+        };
+        let spare = self.has_spare_for(name);
+        let action = match policy {
+            StragglerPolicy::Report => "reported only (policy report)".to_owned(),
+            StragglerPolicy::Replace if spare => "replacing it with a spare now".to_owned(),
+            StragglerPolicy::ReplaceAtCheckpoint if spare => {
+                "replacing it with a spare right after the next checkpoint".to_owned()
+            }
+            _ => format!(
+                "kept: no spare to replace it with (policy {})",
+                policy.as_str()
+            ),
+        };
+        self.record_job_event(
+            now,
+            EventKind::JobStraggler,
+            Some(&s.node),
+            Some(name),
+            format!(
+                "node {} is a straggler: {:.2}× slower than the job's other nodes; {}; {corroboration}; {action}",
+                s.node, s.slowdown, s.evidence
+            ),
+        );
+        if !spare {
+            return;
+        }
+        match policy {
+            StragglerPolicy::Report => {}
+            StragglerPolicy::Replace => self.replace_straggler(now, name, &s.node),
+            StragglerPolicy::ReplaceAtCheckpoint => {
+                if let Some(job) = self.jobs.get_mut(name) {
+                    job.detect.pending_replace = Some(s.node.clone());
+                }
+            }
+        }
+    }
+
+    /// Swaps a slow node for a spare through the restart path; the
+    /// cluster's doing, so it does not count against the job's budget.
+    pub(crate) fn replace_straggler(&mut self, now: Millis, name: &str, node: &str) {
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        if !job.record.avoid_nodes.iter().any(|n| n == node) {
+            job.record.avoid_nodes.push(node.to_owned());
+        }
+        job.detect.pending_replace = None;
+        self.restart_job(
+            now,
+            name,
+            format!("replacing straggler node {node} with a spare"),
+            false,
+        );
+        self.reconcile(now);
+    }
+
+    /// Whether a healthy free node could take a straggler's place.
+    pub(crate) fn has_spare_for(&self, name: &str) -> bool {
+        let Some(job) = self.jobs.get(name) else {
+            return false;
+        };
+        let gpus = job.record.spec.gpus_per_node as usize;
+        self.nodes.values().any(|n| {
+            n.state() == NodeState::Ready
+                && n.connected()
+                && n.record.gpus.len() >= gpus
+                && !job.record.avoid_nodes.contains(&n.record.id)
+                && self.job_of(&n.record.id).is_none()
+        })
+    }
+
+    /// Loss above k × its moving average for m steps: back to the newest
+    /// checkpoint from before the spike, with a new seed and a scaled
+    /// learning rate, within the job's rollback budget.
+    ///
+    /// The agents' checkpoint catalog lags by up to a scan interval, and
+    /// the checkpoint saved just before the spike is the one worth rolling
+    /// back to: with rollbacks left, the decision waits for the next catalog
+    /// report (at most `ROLLBACK_CATALOG_WAIT_MS`) while training goes on.
+    pub(crate) fn on_loss_spike(&mut self, now: Millis, name: &str, spike: LossSpike) {
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        if job.detect.pending_rollback.is_some() {
+            // The same spike, still going: the first one's rollback is due.
+            return;
+        }
+        if job.record.rollbacks < job.record.spec.max_rollbacks() {
+            let at = now + ROLLBACK_CATALOG_WAIT_MS;
+            job.detect.pending_rollback = Some((spike, at));
+            self.schedule_job_check(at);
+            return;
+        }
+        self.roll_back(now, name, spike);
+    }
+
+    /// Runs a pending rollback once the catalog is current or the wait is over.
+    pub(crate) fn check_pending_rollback(
+        &mut self,
+        now: Millis,
+        name: &str,
+        catalog_fresh: bool,
+    ) -> bool {
+        let Some(job) = self.jobs.get_mut(name) else {
+            return false;
+        };
+        match job.detect.pending_rollback {
+            Some((_, at)) if catalog_fresh || now >= at => {}
+            Some((_, at)) => {
+                self.schedule_job_check(at);
+                return false;
+            }
+            None => return false,
+        }
+        let Some((spike, _)) = job.detect.pending_rollback.take() else {
+            return false;
+        };
+        if !job.record.state.is_active() {
+            return false;
+        }
+        self.roll_back(now, name, spike);
+        true
+    }
+
+    pub(crate) fn roll_back(&mut self, now: Millis, name: &str, spike: LossSpike) {
+        let Some(job) = self.jobs.get(name) else {
+            return;
+        };
+        let spec = &job.record.spec;
+        let what = format!(
+            "loss spike from step {}: {:.4} > {} × moving average {:.4} for {} steps",
+            spike.step,
+            spike.loss,
+            spec.loss_spike_factor(),
+            spike.average,
+            spec.loss_spike_steps()
+        );
+        let target = job
+            .catalog
+            .iter()
+            .chain(job.record.checkpoint.iter())
+            .filter(|c| c.step < spike.step)
+            .max_by_key(|c| c.step)
+            .cloned();
+        let budget = spec.max_rollbacks();
+        let (event, target) = match target {
+            _ if job.record.rollbacks >= budget => (
+                format!("{what}; not rolled back: rollback budget of {budget} used up"),
+                None,
+            ),
+            None => (
+                format!("{what}; not rolled back: no complete checkpoint from before the spike"),
+                None,
+            ),
+            Some(t) => (
+                format!(
+                    "{what}; rolling back to checkpoint step {} ({}) with SUP_SEED={} and SUP_LR_SCALE={} (rollback {} of {budget})",
+                    t.step,
+                    t.path,
+                    job.record.rollbacks + 1,
+                    spec.lr_scale_after(job.record.rollbacks + 1),
+                    job.record.rollbacks + 1
+                ),
+                Some(t),
+            ),
+        };
+        let kind = if target.is_some() {
+            EventKind::JobRolledBack
+        } else {
+            EventKind::JobLossSpike
+        };
+        self.record_job_event(now, kind, None, Some(name), event.clone());
+        let Some(target) = target else {
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        job.record.rollbacks += 1;
+        job.record.rollback_mark = Some(target.step);
+        job.record.checkpoint = Some(target);
+        // Counted: a diverging job that keeps rolling back must still end.
+        self.restart_job(now, name, event, true);
+        self.reconcile(now);
+    }
+
+    /// Hung: no step advance within the adaptive bound. Records the hang
+    /// (blaming nodes whose ranks lag behind, if any), cordons a node that
+    /// hangs jobs again and again, and restarts from the newest checkpoint.
+    pub(crate) fn check_hang(&mut self, now: Millis, name: &str) -> bool {
+        let cfg = &self.config.detect;
+        let Some(job) = self.jobs.get(name) else {
+            return false;
+        };
+        if job.record.state != JobState::Running {
+            return false;
+        }
+        let reason = match job.detect.hang.check(now, cfg) {
+            Some(reason) => reason,
+            None => match self.idle_gpu_hang(now, job) {
+                Ok(reason) => reason,
+                Err(idle_deadline) => {
+                    let step_deadline = job.detect.hang.deadline(cfg);
+                    if let Some(at) = step_deadline.into_iter().chain(idle_deadline).min() {
+                        self.schedule_job_check(at);
+                    }
+                    return false;
+                }
+            },
+        };
+        // Silence from a node supd cannot hear is the lost-node logic's to
+        // judge (with its grace and the partition guard): no progress may
+        // simply not have reached us. Look again later.
+        let unheard = job.record.nodes.iter().find(|id| {
+            self.nodes
+                .get(*id)
+                .is_none_or(|n| n.unreachable || !n.connected())
+        });
+        if unheard.is_some() {
+            let retry = now + cfg.hang_floor_ms.max(1_000);
+            self.schedule_job_check(retry);
+            return false;
+        }
+        let hardware: BTreeMap<String, String> = job
+            .record
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.clone(), self.hardware_evidence(n)?)))
+            .collect();
+        let attribution = detect::attribute_hang(
+            &job.record.nodes,
+            &job.detect.node_min_step,
+            job.step,
+            &hardware,
+        );
+        let limit = cfg.hang_cordon_after;
+        let generation = job.record.generation;
+        let mut cordon = Vec::new();
+        let mut suspect = None;
+        let Some(job) = self.jobs.get_mut(name) else {
+            return false;
+        };
+        job.detect.hung_generation = Some(generation);
+        let blame = match &attribution.node {
+            None => format!("{}, nothing cordoned", attribution.why),
+            Some(n) => {
+                let count = job.record.hang_blame.entry(n.clone()).or_insert(0);
+                *count += 1;
+                if limit == 0 {
+                    format!(
+                        "{} ({count} hang(s) of this job blamed on it; nothing cordoned: detect.hang_cordon_after = 0)",
+                        attribution.why
+                    )
+                } else {
+                    let state = if *count >= limit {
+                        cordon.push((n.clone(), *count));
+                        "cordoning it"
+                    } else if *count * 2 >= limit {
+                        suspect = Some((n.clone(), *count));
+                        "suspect, nothing cordoned yet"
+                    } else {
+                        "noted, nothing cordoned"
+                    };
+                    format!(
+                        "{} ({count} of {limit} hang(s) of this job blamed on it before a cordon: {state})",
+                        attribution.why
+                    )
+                }
+            }
+        };
+        self.record_job_event(
+            now,
+            EventKind::JobHung,
+            None,
+            Some(name),
+            format!(
+                "generation {generation} {reason}; {blame}; restarting from the newest checkpoint"
+            ),
+        );
+        if let Some((node, count)) = suspect {
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.record.suspect = Some(format!(
+                    "{count} hang(s) of job '{name}' blamed on it (cordoned at {limit})"
+                ));
+                self.persist_node(&node);
+            }
+        }
+        for (node, count) in cordon {
+            self.auto_cordon(
+                now,
+                &node,
+                format!("{count} hangs of job '{name}' blamed on this node (limit {limit})"),
+            );
+        }
+        self.restart_job(now, name, reason, true);
+        true
+    }
+
+    /// An operator cleared the node: hangs blamed on it start counting
+    /// again from zero.
+    pub(crate) fn forget_hang_blame(&mut self, node_id: &str) {
+        let names: Vec<String> = self
+            .jobs
+            .iter_mut()
+            .filter_map(|(name, j)| j.record.hang_blame.remove(node_id).map(|_| name.clone()))
+            .collect();
+        for name in names {
+            self.persist_job(&name);
+        }
+    }
+
+    /// Hardware signals on a node (GPUs not healthy, with their reasons),
+    /// if any: what corroborates calling it a straggler or blaming it for a
+    /// hang.
+    pub(crate) fn hardware_evidence(&self, node_id: &str) -> Option<String> {
+        let node = self.nodes.get(node_id)?;
+        let bad: Vec<String> = node
+            .record
+            .gpus
+            .iter()
+            .filter(|g| g.health != crate::GpuHealth::Ok)
+            .map(|g| {
+                let health = format!("{:?}", g.health).to_lowercase();
+                format!("GPU {} {health}: {}", g.index, g.health_reason)
+            })
+            .collect();
+        (!bad.is_empty()).then(|| bad.join("; "))
+    }
+}

@@ -1,0 +1,418 @@
+//! What agents report about a job's ranks: their status (launched, alive),
+//! exits, progress and the checkpoints found complete. Only reports of the
+//! job's current generation from a node's live stream count.
+
+use super::*;
+use crate::messages::*;
+use crate::records::{CheckpointRef, JobState};
+use crate::{Engine, EventKind, Millis, SessionId};
+
+impl Engine {
+    /// Whether a report about `job` at `generation` from `node_id` on
+    /// `session` belongs to the job's current generation. Anything else is
+    /// from before a restart (or a replaced agent) and must be ignored.
+    pub(crate) fn current_report(
+        &self,
+        node_id: &str,
+        session: SessionId,
+        job: &str,
+        generation: u64,
+    ) -> bool {
+        let live = self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.session == Some(session));
+        live && self.jobs.get(job).is_some_and(|j| {
+            j.record.state.is_active() && j.record.generation == generation && j.has_node(node_id)
+        })
+    }
+
+    /// Returns false when the report was stale and ignored.
+    pub fn rank_status(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: SessionId,
+        status: RankStatus,
+    ) -> bool {
+        if !self.current_report(node_id, session, &status.job, status.generation) {
+            return false;
+        }
+        let name = status.job.clone();
+        if !status.launch_error.is_empty() {
+            self.restart_job(
+                now,
+                &name,
+                format!(
+                    "node {node_id} could not launch its ranks: {}",
+                    status.launch_error
+                ),
+                true,
+            );
+            self.reconcile(now);
+            return true;
+        }
+        if !status.launched {
+            return true;
+        }
+        let Some(job) = self.jobs.get_mut(&name) else {
+            return true;
+        };
+        job.launched.insert(node_id.to_owned());
+        // `launched` only holds nodes of this generation: compare sizes
+        // first so 2,048 reports do not each walk the whole node list.
+        let all = job.launched.len() >= job.record.nodes.len()
+            && job.record.nodes.iter().all(|n| job.launched.contains(n));
+        if all && matches!(job.record.state, JobState::Starting | JobState::Recovering) {
+            job.record.state = JobState::Running;
+            job.detect.running_since = Some(now);
+            // A job that has shown it reports progress and now says nothing
+            // at all is stuck before its first step (a rendezvous that never
+            // completes, a communicator that never forms).
+            let reports_progress =
+                job.record.best_step.is_some() || job.record.spec.progress_regex.is_some();
+            let startup_deadline = (reports_progress && self.config.detect.hang_enabled)
+                .then(|| {
+                    job.detect.hang.arm_startup(now);
+                    job.detect.hang.deadline(&self.config.detect)
+                })
+                .flatten();
+            job.record.reason = String::new();
+            let mut why = format!(
+                "generation {} running on {} node(s), world size {}",
+                job.record.generation,
+                job.record.nodes.len(),
+                job.world_size()
+            );
+            if let Some(at) = job.fault_at.take() {
+                why.push_str(&format!(
+                    "; every rank launched {} ms after the fault was reported",
+                    now - at
+                ));
+            }
+            self.record_job_event(now, EventKind::JobRunning, None, Some(&name), why);
+            self.persist_job(&name);
+            if let Some(at) = startup_deadline {
+                self.schedule_job_check(at);
+            }
+        }
+        true
+    }
+
+    pub fn rank_exited(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: SessionId,
+        exit: RankExited,
+    ) -> bool {
+        if exit.stopped_by_agent {
+            self.hang_postmortem(now, node_id, session, &exit);
+            return false;
+        }
+        if !self.current_report(node_id, session, &exit.job, exit.generation) {
+            return false;
+        }
+        let name = exit.job.clone();
+        let how = match (exit.exit_code, exit.signal) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            (None, None) => "ended".to_owned(),
+        };
+        let last_line = exit
+            .log_tail
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| format!(": {}", l.trim()))
+            .unwrap_or_default();
+        let what = format!(
+            "rank {} (node {node_id}, local rank {}) {how}{last_line}",
+            exit.rank, exit.local_rank
+        );
+        self.record_job_event(
+            now,
+            EventKind::RankExited,
+            Some(node_id),
+            Some(&name),
+            what.clone(),
+        );
+        if exit.exit_code == Some(0) {
+            let Some(job) = self.jobs.get_mut(&name) else {
+                return true;
+            };
+            job.exited_ok.insert((node_id.to_owned(), exit.local_rank));
+            if job.exited_ok.len() as u64 >= u64::from(job.world_size()) {
+                let why = format!(
+                    "every rank of generation {} exited 0",
+                    job.record.generation
+                );
+                self.finish_job(
+                    now,
+                    &name,
+                    JobState::Succeeded,
+                    why,
+                    EventKind::JobSucceeded,
+                );
+            }
+        } else {
+            self.restart_job(now, &name, what, true);
+        }
+        self.reconcile(now);
+        true
+    }
+
+    pub fn progress(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: SessionId,
+        progress: JobProgress,
+    ) -> bool {
+        if !self.current_report(node_id, session, &progress.job, progress.generation) {
+            return false;
+        }
+        let cfg = self.config.detect.clone();
+        let Some(job) = self.jobs.get_mut(&progress.job) else {
+            return false;
+        };
+        let before = job.step;
+        job.step = Some(job.step.map_or(progress.step, |s| s.max(progress.step)));
+        job.tokens = progress.tokens.or(job.tokens);
+        job.loss = progress.loss.or(job.loss);
+        job.last_progress_at = Some(now);
+        let step = job.step.unwrap_or(progress.step);
+
+        let d = &mut job.detect;
+        let node_phase = if progress.phase.is_empty() {
+            "train"
+        } else {
+            progress.phase.as_str()
+        };
+        if node_phase == "train" {
+            d.node_phase.remove(node_id);
+        } else if d.node_phase.get(node_id).map(String::as_str) != Some(node_phase) {
+            d.node_phase
+                .insert(node_id.to_owned(), node_phase.to_owned());
+        }
+        if let Some(min) = progress.min_step {
+            match d.node_min_step.get_mut(node_id) {
+                Some(m) => *m = min,
+                None => {
+                    d.node_min_step.insert(node_id.to_owned(), min);
+                }
+            }
+        }
+        // One node saving a checkpoint holds every rank in the collective
+        // that follows: the job is in the slowest phase any node is in (the
+        // first one not in `train`, in node order).
+        let job_phase = d.node_phase.values().next().map_or("train", String::as_str);
+        let deadline = d
+            .hang
+            .observe(now, step, job_phase)
+            .then(|| d.hang.deadline(&cfg))
+            .flatten();
+        if let Some(tokens) = job.tokens {
+            d.throughput.observe(now, tokens, cfg.throughput_window_ms);
+        }
+        if let Some(tokens) = progress.tokens {
+            match d.node_throughput.get_mut(node_id) {
+                Some(t) => t.observe(now, tokens, cfg.throughput_window_ms),
+                None => {
+                    let mut t = Throughput::default();
+                    t.observe(now, tokens, cfg.throughput_window_ms);
+                    d.node_throughput.insert(node_id.to_owned(), t);
+                }
+            }
+        }
+        let straggler = match progress.step_time_s {
+            Some(t) if node_phase == "train" => {
+                d.stragglers.observe(&cfg, node_id, progress.step, t)
+            }
+            _ => None,
+        };
+        let spec = &job.record.spec;
+        let spike = match (progress.loss, spec.loss_spike_rollback) {
+            (Some(loss), true) if before.is_none_or(|b| step > b) => d.loss.observe(
+                step,
+                loss,
+                spec.loss_spike_factor(),
+                spec.loss_spike_steps(),
+            ),
+            _ => None,
+        };
+        let name = progress.job.clone();
+        if job.record.best_step.is_none_or(|b| progress.step > b) {
+            job.record.best_step = Some(progress.step);
+            // Agents report up to 10× a second; the store needs the best
+            // step only for the crash-loop guard, so once a second is plenty
+            // (any other change of the job persists it too).
+            if job
+                .detect
+                .best_step_persisted_at
+                .is_none_or(|at| now - at >= BEST_STEP_PERSIST_MS)
+            {
+                job.detect.best_step_persisted_at = Some(now);
+                self.persist_job(&name);
+            }
+        }
+        if let Some(at) = deadline {
+            self.schedule_job_check(at);
+        }
+        if let Some(s) = straggler {
+            self.on_straggler(now, &name, s);
+        }
+        if let Some(s) = spike {
+            self.on_loss_spike(now, &name, s);
+        }
+        true
+    }
+
+    /// A catalog of complete checkpoints from any node of the job (the
+    /// directory is shared, any of them sees the truth).
+    pub fn checkpoints(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: SessionId,
+        catalog: CheckpointCatalog,
+    ) -> bool {
+        let live = self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.session == Some(session));
+        let Some(job) = self.jobs.get_mut(&catalog.job) else {
+            return false;
+        };
+        if !live || !job.has_node(node_id) {
+            return false;
+        }
+        job.catalog = catalog
+            .checkpoints
+            .iter()
+            .map(|c| CheckpointRef {
+                step: c.step,
+                path: c.path.clone(),
+            })
+            .collect();
+        job.catalog.sort_by_key(|c| c.step);
+        let name = catalog.job.clone();
+        if self.check_pending_rollback(now, &name, true) {
+            return true;
+        }
+        let Some(job) = self.jobs.get_mut(&catalog.job) else {
+            return false;
+        };
+        // After a rollback the directory still holds the abandoned
+        // timeline's newer checkpoints under the same names: one counts
+        // again only once this generation stepped past it (and so rewrote it).
+        let mark = job.record.rollback_mark;
+        let current = job.step;
+        let Some(newest) = job
+            .catalog
+            .iter()
+            .rev()
+            .find(|c| mark.is_none_or(|m| c.step <= m || current.is_some_and(|s| s > c.step)))
+            .cloned()
+        else {
+            return true;
+        };
+        if job
+            .record
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.step >= newest.step)
+        {
+            return true;
+        }
+        job.record.checkpoint = Some(newest.clone());
+        if job.record.rollback_mark.is_some_and(|m| newest.step > m) {
+            job.record.rollback_mark = None;
+        }
+        let pending_replace = job.detect.pending_replace.take();
+        self.record_job_event(
+            now,
+            EventKind::JobCheckpoint,
+            None,
+            Some(&name),
+            format!(
+                "newest complete checkpoint: step {} ({})",
+                newest.step, newest.path
+            ),
+        );
+        self.persist_job(&name);
+        if let Some(node) = pending_replace {
+            if self.has_spare_for(&name) {
+                self.replace_straggler(now, &name, &node);
+                return true;
+            }
+        }
+        self.maybe_grow(now, &name, newest.step);
+        self.reconcile(now);
+        true
+    }
+
+    /// The last log lines of each rank stopped because its generation hung.
+    pub(crate) fn hang_postmortem(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: SessionId,
+        exit: &RankExited,
+    ) {
+        let live = self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.session == Some(session));
+        let hung = self
+            .jobs
+            .get(&exit.job)
+            .is_some_and(|j| j.detect.hung_generation == Some(exit.generation));
+        if !live || !hung {
+            return;
+        }
+        let lines: Vec<&str> = exit
+            .log_tail
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        let tail = lines[lines.len().saturating_sub(POSTMORTEM_LINES)..].join(" | ");
+        let stacks = if exit.stack_dump.trim().is_empty() {
+            String::new()
+        } else {
+            let dump: Vec<&str> = exit
+                .stack_dump
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let mut dump = dump.join(" | ");
+            if dump.len() > POSTMORTEM_STACK_BYTES {
+                let mut end = POSTMORTEM_STACK_BYTES;
+                while !dump.is_char_boundary(end) {
+                    end -= 1;
+                }
+                dump.truncate(end);
+                dump.push_str(" …");
+            }
+            format!("; stacks: {dump}")
+        };
+        self.record_job_event(
+            now,
+            EventKind::JobHangPostmortem,
+            Some(node_id),
+            Some(&exit.job),
+            format!(
+                "generation {} rank {} (local rank {}) before it was stopped: {}",
+                exit.generation,
+                exit.rank,
+                exit.local_rank,
+                if tail.is_empty() {
+                    "(empty log)"
+                } else {
+                    &tail
+                }
+            ) + &stacks,
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! When a job must restart, and how its restarts are budgeted: lost or
+//! failed nodes, rank failures, the restart budget and the crash-loop
+//! guard, growing back onto returned capacity, and finishing a job.
+
+use crate::records::JobState;
+use crate::{Engine, EventKind, Millis};
+
+impl Engine {
+    /// Right after a checkpoint little work is lost by a restart: a shrunk
+    /// job takes back capacity that returned.
+    pub(crate) fn maybe_grow(&mut self, now: Millis, name: &str, step: u64) {
+        if !self.config.grow_after_checkpoint {
+            return;
+        }
+        let Some(job) = self.jobs.get(name) else {
+            return;
+        };
+        let current = job.record.nodes.len() as u32;
+        if job.record.state != JobState::Running || current >= job.record.spec.nodes {
+            return;
+        }
+        let Some((placed, _)) = self.place(name) else {
+            return;
+        };
+        if placed.len() as u32 > current {
+            self.restart_job(
+                now,
+                name,
+                format!(
+                    "growing back from {current} to {} node(s) right after checkpoint step {step}",
+                    placed.len()
+                ),
+                false,
+            );
+        }
+    }
+
+    /// Why an active job's current node set can no longer run, if it can't.
+    pub(crate) fn job_failure(&mut self, now: Millis, name: &str) -> Option<String> {
+        let job = self.jobs.get(name)?;
+        if !job.record.state.is_active() {
+            return None;
+        }
+        let mut wake: Option<Millis> = None;
+        let mut failure = None;
+        for id in &job.record.nodes {
+            let Some(node) = self.nodes.get(id) else {
+                failure = Some(format!("node {id} is gone from the registry"));
+                break;
+            };
+            if let Some(c) = &node.record.cordon {
+                failure = Some(format!("node {id} cordoned by {}: {}", c.by, c.reason));
+                break;
+            }
+            let Some(since) = node.unreachable_since else {
+                continue;
+            };
+            if self.partition_since.is_some() {
+                // Held: the silence is probably ours. Re-evaluated when the
+                // hold ends (a node reporting again reconciles).
+                continue;
+            }
+            let silent = now - since;
+            let stalled = job.last_progress_at.is_none_or(|p| p <= since);
+            if silent >= self.config.lost_node_grace_ms {
+                failure = Some(format!(
+                    "node {id} lost: unreachable for {}",
+                    crate::format_ms(silent + self.config.unreachable_after_ms)
+                ));
+                break;
+            }
+            if stalled && silent >= self.config.stall_confirm_ms {
+                failure = Some(format!(
+                    "node {id} lost: unreachable and the job has made no progress since"
+                ));
+                break;
+            }
+            let next = if stalled {
+                since + self.config.stall_confirm_ms
+            } else {
+                since + self.config.lost_node_grace_ms
+            };
+            wake = Some(wake.map_or(next, |w: Millis| w.min(next)));
+        }
+        if failure.is_none() {
+            if let Some(at) = wake {
+                self.schedule_job_check(at);
+            }
+        }
+        failure
+    }
+
+    /// Stops every rank (generation bump) and starts the job again on the
+    /// nodes that can run it, from the newest verified checkpoint.
+    /// `counts`: whether this restart is the job's failure (budget, crash
+    /// loop) or the cluster's doing (preemption, growing back).
+    pub(crate) fn restart_job(&mut self, now: Millis, name: &str, reason: String, counts: bool) {
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        if counts {
+            job.record.restarts += 1;
+            let mark = (
+                job.record.checkpoint.as_ref().map(|c| c.step),
+                job.record.best_step,
+            );
+            let progressed =
+                mark.0 > job.record.restart_mark.0 || mark.1 > job.record.restart_mark.1;
+            job.record.restart_mark = mark;
+            if progressed {
+                job.record.fruitless_restarts = 0;
+            } else {
+                job.record.fruitless_restarts += 1;
+            }
+            let spec = &job.record.spec;
+            if job.record.restarts > spec.max_restarts {
+                let why = format!(
+                    "restart budget exhausted: {} restarts (max_restarts {}); last failure: {reason}",
+                    job.record.restarts, spec.max_restarts
+                );
+                self.finish_job(now, name, JobState::Failed, why, EventKind::JobFailed);
+                return;
+            }
+            if job.record.fruitless_restarts >= self.config.crash_loop_limit {
+                let why = format!(
+                    "crash loop: {} restarts in a row without a new checkpoint or step advance; last failure: {reason}",
+                    job.record.fruitless_restarts
+                );
+                self.finish_job(now, name, JobState::Failed, why, EventKind::JobFailed);
+                return;
+            }
+        }
+        self.launch(now, name, Some(reason));
+    }
+
+    pub(crate) fn finish_job(
+        &mut self,
+        now: Millis,
+        name: &str,
+        state: JobState,
+        why: String,
+        kind: EventKind,
+    ) {
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
+        };
+        job.record.state = state;
+        job.record.reason = why.clone();
+        if !job.record.nodes.is_empty() {
+            job.set_nodes(Vec::new());
+            // Releasing nodes is a new generation too: their agents must
+            // stop the old ranks.
+            self.last_generation += 1;
+        }
+        self.record_job_event(now, kind, None, Some(name), why);
+        self.persist_job(name);
+    }
+}

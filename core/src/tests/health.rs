@@ -1,0 +1,189 @@
+//! GPU health decisions: a failed GPU cordons its whole node, a degraded
+//! one makes it suspect, a correlated application Xid cordons nothing, the
+//! breaker holds automatic cordons until an operator resets it, and drills.
+
+use super::support::*;
+use crate::*;
+fn verdict(index: u32, health: GpuHealth, reason: &str) -> GpuVerdict {
+    GpuVerdict {
+        index,
+        uuid: String::new(),
+        health,
+        reason: reason.to_owned(),
+        evidence: vec!["nvml: xid event".to_owned()],
+        recovery_action: RecoveryAction::Unspecified,
+        drill: false,
+    }
+}
+
+fn xid(index: u32, code: u32, application: bool, at: Millis) -> XidEvent {
+    XidEvent {
+        gpu_index: index,
+        uuid: String::new(),
+        xid: code,
+        at_unix_ms: at,
+        source: "nvml".to_owned(),
+        detail: String::new(),
+        application,
+    }
+}
+
+fn report(
+    e: &mut Engine,
+    node: &str,
+    now: Millis,
+    verdicts: Vec<GpuVerdict>,
+    xids: Vec<XidEvent>,
+) -> Vec<Action> {
+    assert!(e.health(
+        now,
+        node,
+        session_of(node),
+        HealthReport {
+            verdicts,
+            xids,
+            visible_gpus: None
+        }
+    ));
+    drain(e)
+}
+
+#[test]
+fn a_failed_gpu_cordons_its_whole_node_naming_the_gpu_and_the_xid() {
+    let mut e = cluster(3);
+    let actions = report(
+        &mut e,
+        "n2",
+        5,
+        vec![
+            verdict(0, GpuHealth::Ok, ""),
+            verdict(
+                1,
+                GpuHealth::Failed,
+                "Xid 79 (GPU has fallen off the bus): power-cycle the node",
+            ),
+        ],
+        vec![xid(1, 79, false, 5)],
+    );
+    let n2 = e.node("n2").expect("n2");
+    assert_eq!(n2.state(), NodeState::Cordoned);
+    let cordon = n2.record.cordon.as_ref().expect("cordoned");
+    assert_eq!(cordon.by, "sup");
+    assert_eq!(
+        cordon.reason,
+        "GPU 1 (GPU-n2-1) failed: Xid 79 (GPU has fallen off the bus): power-cycle the node (evidence: nvml: xid event)"
+    );
+    assert!(event(&actions, EventKind::GpuXid).starts_with("Xid 79 on GPU 1 from nvml"));
+    assert!(
+        event(&actions, EventKind::GpuHealthChanged).starts_with("GPU 1 (GPU-n2-1) ok → failed")
+    );
+}
+
+#[test]
+fn a_degraded_gpu_makes_the_node_suspect_without_a_cordon() {
+    let mut e = cluster(2);
+    report(
+        &mut e,
+        "n1",
+        5,
+        vec![verdict(0, GpuHealth::Degraded, "PCIe x8 of x16")],
+        vec![],
+    );
+    let n1 = e.node("n1").expect("n1");
+    assert_eq!(n1.state(), NodeState::Suspect);
+    assert!(n1.record.cordon.is_none());
+    assert_eq!(e.spares().count(), 1, "a suspect node is no spare");
+}
+
+#[test]
+fn the_same_application_xid_on_many_nodes_is_a_software_fault_and_cordons_nothing() {
+    let mut e = cluster(4);
+    let one = report(&mut e, "n1", 1, vec![], vec![xid(0, 13, true, 1)]);
+    assert!(events(&one)
+        .iter()
+        .all(|(k, _)| *k != EventKind::CorrelatedFault));
+    // Half of the nodes (the default share) within the window.
+    let actions = report(&mut e, "n2", 2, vec![], vec![xid(0, 13, true, 2)]);
+    let why = event(&actions, EventKind::CorrelatedFault);
+    assert!(why.starts_with("Xid 13 on 2 of 4 nodes within 1m"), "{why}");
+    // Reported once per window, not once per node.
+    let more = report(&mut e, "n3", 3, vec![], vec![xid(1, 13, true, 3)]);
+    assert!(events(&more)
+        .iter()
+        .all(|(k, _)| *k != EventKind::CorrelatedFault));
+    assert!(why.contains("no node cordoned"), "{why}");
+    assert!(e.nodes().all(|n| n.record.cordon.is_none()));
+}
+
+#[test]
+fn the_breaker_stops_automatic_cordons_and_an_operator_reset_applies_the_held_ones() {
+    let mut e = Engine::new(EngineConfig {
+        breaker_min_cordons: 2,
+        breaker_max_share: 0.0,
+        ..config()
+    });
+    for i in 1..=5 {
+        register(&mut e, &format!("n{i}"), i, 2, 0);
+    }
+    drain(&mut e);
+    let fail = |e: &mut Engine, n: &str, t| {
+        report(
+            e,
+            n,
+            t,
+            vec![verdict(0, GpuHealth::Failed, "Xid 48")],
+            vec![],
+        )
+    };
+    fail(&mut e, "n1", 1);
+    fail(&mut e, "n2", 2);
+    let actions = fail(&mut e, "n3", 3);
+    assert!(e.breaker().open);
+    assert!(event(&actions, EventKind::BreakerOpened)
+        .starts_with("3 automatic cordons within 10m would exceed the limit of 2"));
+    assert!(
+        e.node("n3").expect("n3").record.cordon.is_none(),
+        "held back"
+    );
+    assert_eq!(e.node("n3").expect("n3").state(), NodeState::Suspect);
+
+    // Operators can still cordon by hand.
+    e.cordon(4, "n4", "manual", "op").expect("cordon");
+    let (changed, _) = e.reset_breaker(5, "op", "driver fixed").expect("reset");
+    assert!(changed);
+    let actions = drain(&mut e);
+    assert!(!e.breaker().open);
+    assert!(event(&actions, EventKind::BreakerReset).starts_with("breaker reset by op"));
+    assert_eq!(e.node("n3").expect("n3").state(), NodeState::Cordoned);
+}
+
+#[test]
+fn drills_need_a_connected_node_and_a_real_gpu() {
+    let mut e = cluster(2);
+    let drill = |gpu, code| Drill {
+        gpu_index: gpu,
+        fault: Some(DrillFault::Xid(code)),
+        by: String::new(),
+    };
+    let msg = e.drill(1, "n1", drill(0, 79), "alice").expect("drill");
+    assert!(msg.contains("Xid 79 on GPU 0"), "{msg}");
+    let actions = drain(&mut e);
+    assert!(actions.iter().any(|a| matches!(a, Action::SendDrill { node_id, drill } if node_id == "n1" && drill.by == "alice")));
+    assert_eq!(
+        event(&actions, EventKind::Drill),
+        "drill by alice: Xid 79 on GPU 0 injected"
+    );
+    assert!(matches!(
+        e.drill(1, "n1", drill(7, 79), "a"),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        e.drill(1, "zz", drill(0, 79), "a"),
+        Err(EngineError::UnknownNode(_))
+    ));
+    e.disconnected(2, "n2", 2);
+    assert!(matches!(
+        e.drill(3, "n2", drill(0, 79), "a"),
+        Err(EngineError::FailedPrecondition(_))
+    ));
+}

@@ -1,0 +1,8 @@
+//! The engine's tests, one file per concept, driven with explicit time and
+//! asserting decisions and their reasons.
+
+mod detect;
+mod health;
+mod jobs;
+mod nodes;
+mod support;
