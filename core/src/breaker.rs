@@ -126,7 +126,7 @@ impl Engine {
         for (id, reason) in deferred {
             self.auto_cordon(now, &id, reason);
         }
-        self.reconcile(now);
+        self.request_reconcile(now);
         Ok((true, "breaker reset: automatic cordons resume".to_owned()))
     }
 }

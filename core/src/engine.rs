@@ -8,7 +8,7 @@ use crate::config::EngineConfig;
 use crate::messages::{DesiredAssignment, Drill};
 use crate::records::JobState;
 use crate::records::{Breaker, Change, Event, EventKind, Persisted};
-use crate::{format_ms, jobs, Millis, Node, SessionId};
+use crate::{jobs, Millis, Node, SessionId};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -75,6 +75,10 @@ pub struct Engine {
     /// Every job generation comes from this one counter, so generations
     /// only grow, across jobs too: an agent can fence any older assignment.
     pub(crate) last_generation: u64,
+    /// An input asked for a reconcile, to run at this time (the newest
+    /// input's) before the next action is handed out.
+    pub(crate) reconcile_requested: Option<Millis>,
+
     pub(crate) breaker: Breaker,
     /// Automatic cordons within the breaker window.
     pub(crate) recent_auto_cordons: VecDeque<Millis>,
@@ -124,6 +128,7 @@ impl Engine {
             next_liveness_check,
             next_job_check: None,
             last_generation,
+            reconcile_requested: None,
             breaker: persisted.breaker.unwrap_or_default(),
             recent_auto_cordons: VecDeque::new(),
             recent_app_xids: VecDeque::new(),
@@ -142,8 +147,58 @@ impl Engine {
         self.events.iter()
     }
 
+    /// What the engine decided, oldest first. The first call after inputs
+    /// judges and acts on them (one reconcile for the whole batch), so a caller that feeds a batch of inputs
+    /// and then drains the actions gets every consequence of the batch.
     pub fn poll_action(&mut self) -> Option<Action> {
+        if let Some(at) = self.reconcile_requested {
+            self.reconcile(at);
+        }
         self.actions.pop_front()
+    }
+
+    /// Time-driven decisions: nodes silent too long become unreachable
+    /// (silence alone does not cordon: a link flap must not take a node and
+    /// its job out of service), then reconcile.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        self.check_liveness(now);
+        self.reconcile(now);
+    }
+
+    /// Inputs call this instead of reconciling themselves: the work is done
+    /// once per batch, by [`Engine::poll_action`] or [`Engine::handle_timeout`],
+    /// at the newest time an input asked at.
+    pub(crate) fn request_reconcile(&mut self, now: Millis) {
+        self.reconcile_requested = Some(self.reconcile_requested.map_or(now, |at| at.max(now)));
+    }
+
+    /// Level-triggered: judge every job and act on each judgement (fail
+    /// over, roll back, restart a hang), start pending jobs, then tell every
+    /// connected agent what it should run. Runs once per batch of inputs;
+    /// what it does itself asks for no second run.
+    pub fn reconcile(&mut self, now: Millis) {
+        self.next_job_check = None;
+        self.expire_breaker_window(now);
+        let names = self.jobs_by_priority();
+        for name in &names {
+            let Some(job) = self.jobs.get(name) else {
+                continue;
+            };
+            let judgement = self.judge_job(now, job);
+            self.act_on(now, name, judgement);
+        }
+        for name in &names {
+            if self
+                .jobs
+                .get(name)
+                .is_some_and(|j| j.record.state == JobState::Pending)
+            {
+                self.launch(now, name, None);
+            }
+        }
+        self.sync_assignments();
+        self.check_spares(now);
+        self.reconcile_requested = None;
     }
 
     pub fn poll_timeout(&self) -> Option<Millis> {
@@ -151,43 +206,6 @@ impl Engine {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    /// Time-driven decisions: nodes that have been silent too long become
-    /// unreachable. Silence alone does not cordon: a link flap must not take a
-    /// node (and its job) out of service.
-    pub fn handle_timeout(&mut self, now: Millis) {
-        let limit = self.config.unreachable_after_ms;
-        let mut newly_unreachable = Vec::new();
-        let mut next: Option<Millis> = None;
-        for node in self.nodes.values_mut() {
-            if node.unreachable {
-                continue;
-            }
-            let deadline = node.last_seen + limit;
-            if deadline <= now {
-                node.unreachable = true;
-                node.unreachable_since = Some(now);
-                newly_unreachable.push((node.record.id.clone(), now - node.last_seen));
-            } else {
-                next = Some(next.map_or(deadline, |n: Millis| n.min(deadline)));
-            }
-        }
-        self.next_liveness_check = next;
-        for (id, silent_for) in newly_unreachable {
-            self.record_event(
-                now,
-                EventKind::NodeUnreachable,
-                Some(&id),
-                format!(
-                    "no report for {} (limit {})",
-                    format_ms(silent_for),
-                    format_ms(limit)
-                ),
-            );
-        }
-        self.check_partition_suspected(now);
-        self.reconcile(now);
     }
 
     pub(crate) fn schedule_liveness_check(&mut self, at: Millis) {
@@ -216,14 +234,20 @@ impl Engine {
         job: Option<&str>,
         reason: String,
     ) {
-        let event = Event {
+        self.push_event(Event {
             seq: self.next_event_seq,
             at: now,
             kind,
             node: node.map(str::to_owned),
             job: job.map(str::to_owned),
             reason,
-        };
+            recovery_ms: None,
+        });
+    }
+
+    /// Appends an event (its `seq` is assigned here) and trims the log.
+    pub(crate) fn push_event(&mut self, mut event: Event) {
+        event.seq = self.next_event_seq;
         self.next_event_seq += 1;
         self.events.push_back(event.clone());
         self.actions
@@ -237,30 +261,37 @@ impl Engine {
                 .push_back(Action::Persist(Change::TrimEventsThrough(seq)));
         }
     }
+}
 
-    /// Level-triggered scheduling: fail over broken jobs, start pending
-    /// ones, then tell every connected agent what it should run.
-    pub(crate) fn reconcile(&mut self, now: Millis) {
-        self.next_job_check = None;
-        self.expire_breaker_window(now);
-        let names = self.jobs_by_priority();
-        for name in &names {
-            if let Some(reason) = self.job_failure(now, name) {
-                self.restart_job(now, name, reason, true);
-            } else if !self.check_pending_rollback(now, name, false) {
-                self.check_hang(now, name);
-            }
+/// What became of an agent's report: applied, or why it was ignored (each
+/// reason is counted apart, so an operator can tell a replaced stream from
+/// an agent still talking about an old generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    Applied,
+    /// From an agent stream that has since been replaced, or a node that
+    /// is not registered.
+    StaleStream,
+    /// About a job generation the node no longer runs: an older
+    /// generation, a finished job, or a job the node is not part of.
+    StaleGeneration,
+    /// A rank the agent stopped itself (a newer generation, or no
+    /// assignment): expected, and used only for a hang's post-mortem.
+    StoppedByAgent,
+}
+
+impl ReportOutcome {
+    pub fn is_applied(self) -> bool {
+        self == ReportOutcome::Applied
+    }
+
+    /// The `reason` label of `sup_agent_stale_reports_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportOutcome::Applied => "applied",
+            ReportOutcome::StaleStream => "stale_stream",
+            ReportOutcome::StaleGeneration => "stale_generation",
+            ReportOutcome::StoppedByAgent => "stopped_by_agent",
         }
-        for name in &names {
-            if self
-                .jobs
-                .get(name)
-                .is_some_and(|j| j.record.state == JobState::Pending)
-            {
-                self.launch(now, name, None);
-            }
-        }
-        self.sync_assignments();
-        self.check_spares(now);
     }
 }

@@ -6,7 +6,7 @@
 //! driver or the fabric, and cordoning the cluster would be a disaster).
 
 use crate::messages::{Drill, DrillFault, HealthReport, RecoveryAction, XidEvent};
-use crate::{Engine, EngineError, EventKind, GpuHealth, Millis, SessionId};
+use crate::{Engine, EngineError, EventKind, GpuHealth, Millis, ReportOutcome, SessionId};
 
 /// Xids kept per GPU for `supctl node`.
 const RECENT_XIDS: usize = 10;
@@ -33,19 +33,19 @@ fn health_name(h: GpuHealth) -> &'static str {
 impl Engine {
     /// A health report from an agent. Returns false when it came from a
     /// replaced stream and was ignored.
-    pub fn health(
+    pub fn on_health_report(
         &mut self,
         now: Millis,
         node_id: &str,
         session: SessionId,
         report: HealthReport,
-    ) -> bool {
+    ) -> ReportOutcome {
         let live = self
             .nodes
             .get(node_id)
             .is_some_and(|n| n.session == Some(session));
         if !live {
-            return false;
+            return ReportOutcome::StaleStream;
         }
         for xid in report.xids {
             self.observe_xid(now, node_id, xid);
@@ -116,9 +116,9 @@ impl Engine {
             self.auto_cordon(now, node_id, reason);
         }
         if changed {
-            self.reconcile(now);
+            self.request_reconcile(now);
         }
-        true
+        ReportOutcome::Applied
     }
 
     pub(crate) fn observe_xid(&mut self, now: Millis, node_id: &str, xid: XidEvent) {

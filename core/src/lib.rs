@@ -39,7 +39,7 @@ mod nodes;
 pub mod records;
 
 pub use config::EngineConfig;
-pub use engine::{Action, CordonOutcome, Engine, EngineError};
+pub use engine::{Action, CordonOutcome, Engine, EngineError, ReportOutcome};
 pub use jobs::{Job, NodeStats};
 pub use messages::*;
 pub use nodes::{Node, NodeState};

@@ -8,7 +8,7 @@ use crate::messages::{GpuReading, Registration, XidEvent};
 use crate::records::{CordonRecord, GpuHealth, GpuRecord, NodeRecord};
 use crate::{
     bounded_text, format_ms, required_text, Action, Change, CordonOutcome, DesiredAssignment,
-    Engine, EngineError, EventKind, Millis, SessionId, MAX_TEXT_LEN,
+    Engine, EngineError, EventKind, Millis, ReportOutcome, SessionId, MAX_TEXT_LEN,
 };
 
 /// Node state as operators see it; derived, never stored.
@@ -111,7 +111,11 @@ impl Engine {
     /// an agent that restarted or reconnected before its old stream was
     /// noticed as dead, and waiting for the old stream to time out would only
     /// delay it.
-    pub fn register(&mut self, now: Millis, reg: Registration) -> Result<NodeState, EngineError> {
+    pub fn on_register(
+        &mut self,
+        now: Millis,
+        reg: Registration,
+    ) -> Result<NodeState, EngineError> {
         validate_registration(&reg)?;
         let node_id = reg.node_id.clone();
         let gpus: Vec<GpuRecord> = reg
@@ -252,25 +256,25 @@ impl Engine {
         self.persist_node(&node_id);
         self.schedule_liveness_check(now + self.config.unreachable_after_ms);
         self.check_partition_cleared(now);
-        self.reconcile(now);
+        self.request_reconcile(now);
         self.node(&node_id).map(Node::state)
     }
 
     /// A telemetry report. Reports from a stream that is no longer the node's
     /// current one are ignored (returns false): they come from an agent that
     /// has been replaced.
-    pub fn telemetry(
+    pub fn on_telemetry(
         &mut self,
         now: Millis,
         node_id: &str,
         session: SessionId,
         readings: Vec<GpuReading>,
-    ) -> bool {
+    ) -> ReportOutcome {
         let Some(node) = self.nodes.get_mut(node_id) else {
-            return false;
+            return ReportOutcome::StaleStream;
         };
         if node.session != Some(session) {
-            return false;
+            return ReportOutcome::StaleStream;
         }
         node.last_seen = now;
         let mut turned_idle = false;
@@ -309,7 +313,7 @@ impl Engine {
         }
         if persist {
             // New capacity.
-            self.reconcile(now);
+            self.request_reconcile(now);
         } else if came_back {
             // Returning capacity: reconcile at a timeout due now, so the
             // caller does it once per batch. Reconciling per report made a
@@ -323,11 +327,11 @@ impl Engine {
             // check, no sooner than any hang bound, sets the exact time.
             self.schedule_job_check(now + self.config.detect.hang_floor_ms);
         }
-        true
+        ReportOutcome::Applied
     }
 
     /// An agent stream ended (closed by the agent, or broken).
-    pub fn disconnected(&mut self, now: Millis, node_id: &str, session: SessionId) {
+    pub fn on_disconnected(&mut self, now: Millis, node_id: &str, session: SessionId) {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return;
         };
@@ -384,7 +388,7 @@ impl Engine {
             format!("cordoned by {by}: {reason}"),
         );
         self.persist_node(node_id);
-        self.reconcile(now);
+        self.request_reconcile(now);
         Ok(CordonOutcome {
             changed: true,
             message: format!("node '{node_id}' cordoned: {reason}"),
@@ -419,7 +423,7 @@ impl Engine {
             self.forget_hang_blame(node_id);
             self.record_event(now, EventKind::NodeUncordoned, Some(node_id), why);
             self.persist_node(node_id);
-            self.reconcile(now);
+            self.request_reconcile(now);
             return Ok(CordonOutcome {
                 changed: true,
                 message: format!("node '{node_id}' is no longer suspect"),
@@ -435,7 +439,7 @@ impl Engine {
         }
         self.record_event(now, EventKind::NodeUncordoned, Some(node_id), why);
         self.persist_node(node_id);
-        self.reconcile(now);
+        self.request_reconcile(now);
         Ok(CordonOutcome {
             changed: true,
             message: format!("node '{node_id}' uncordoned"),
@@ -444,6 +448,41 @@ impl Engine {
 
     /// How many nodes must go silent together before supd blames its own
     /// network rather than the nodes.
+    /// Nodes silent past `unreachable_after_ms` turn unreachable, and many
+    /// at once raise the partition guard.
+    pub(crate) fn check_liveness(&mut self, now: Millis) {
+        let limit = self.config.unreachable_after_ms;
+        let mut newly_unreachable = Vec::new();
+        let mut next: Option<Millis> = None;
+        for node in self.nodes.values_mut() {
+            if node.unreachable {
+                continue;
+            }
+            let deadline = node.last_seen + limit;
+            if deadline <= now {
+                node.unreachable = true;
+                node.unreachable_since = Some(now);
+                newly_unreachable.push((node.record.id.clone(), now - node.last_seen));
+            } else {
+                next = Some(next.map_or(deadline, |n: Millis| n.min(deadline)));
+            }
+        }
+        self.next_liveness_check = next;
+        for (id, silent_for) in newly_unreachable {
+            self.record_event(
+                now,
+                EventKind::NodeUnreachable,
+                Some(&id),
+                format!(
+                    "no report for {} (limit {})",
+                    format_ms(silent_for),
+                    format_ms(limit)
+                ),
+            );
+        }
+        self.check_partition_suspected(now);
+    }
+
     pub(crate) fn partition_threshold(&self) -> usize {
         let total = self.nodes.len() as f64;
         let share = (self.config.partition_share * total).ceil() as usize;

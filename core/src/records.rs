@@ -73,6 +73,11 @@ pub struct Event {
     pub node: Option<String>,
     pub job: Option<String>,
     pub reason: String,
+    /// On `job_running` after a recovery: milliseconds from the fault being
+    /// reported to every rank of the replacement generation launched (the
+    /// reason says it too, for people; metrics read this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_ms: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use sup_core::{Engine, EngineConfig, GpuInventory, GpuReading, Registration};
-use supd::actor::Counters;
+use supd::metrics::Counters;
 
 /// A field of /proc/self/status in bytes (Linux), 0 elsewhere.
 fn proc_status_bytes(field: &str) -> usize {
@@ -94,7 +94,7 @@ fn main() {
     for i in 0..nodes {
         let id = format!("node-{i:04}");
         let session = i as u64 + 1;
-        e.register(
+        e.on_register(
             now,
             Registration {
                 session,
@@ -128,7 +128,7 @@ fn main() {
                 memory_used_bytes: Some(60_000_000_000),
             })
             .collect();
-        assert!(e.telemetry(now, &id, session, readings));
+        assert!(e.on_telemetry(now, &id, session, readings).is_applied());
     }
     let job_nodes = nodes - spares;
     let spec = format!(
@@ -193,7 +193,7 @@ fn main() {
             step += 1;
             let mut accepted = 0;
             for n in &members {
-                if e.progress(
+                if e.on_progress(
                     now + 1,
                     n,
                     session_of(n),
@@ -203,7 +203,9 @@ fn main() {
                         step,
                         ..Default::default()
                     },
-                ) {
+                )
+                .is_applied()
+                {
                     accepted += 1;
                 }
             }

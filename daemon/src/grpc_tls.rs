@@ -38,8 +38,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use crate::actor::Counters;
-
 /// Handshakes in flight at once; past this, accepting waits (the kernel's
 /// backlog holds the rest), so a flood of silent connections costs bounded
 /// memory until each hits the handshake timeout.
@@ -557,18 +555,18 @@ impl Connected for Connection {
 pub fn incoming(
     listener: TcpListener,
     handshakes: Handshakes,
-    counters: Arc<Counters>,
+    failures: Arc<HandshakeFailures>,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(handshakes.clone().watch_crl(tx.clone()));
-    tokio::spawn(accept_loop(listener, handshakes, counters, tx));
+    tokio::spawn(accept_loop(listener, handshakes, failures, tx));
     ReceiverStream::new(rx)
 }
 
 async fn accept_loop(
     listener: TcpListener,
     handshakes: Handshakes,
-    counters: Arc<Counters>,
+    failures: Arc<HandshakeFailures>,
     tx: mpsc::Sender<io::Result<Connection>>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
@@ -595,9 +593,9 @@ async fn accept_loop(
             () = tx.closed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let (handshakes, counters, log, tx) = (
+        let (handshakes, failures, log, tx) = (
             handshakes.clone(),
-            counters.clone(),
+            failures.clone(),
             log.clone(),
             tx.clone(),
         );
@@ -610,15 +608,9 @@ async fn accept_loop(
                 Ok(Ok(tls)) => {
                     let _ = tx.send(Ok(handshakes.admit(tls))).await;
                 }
-                Ok(Err(e)) => refused(
-                    &counters.tls_handshake_failures,
-                    &log,
-                    peer,
-                    classify(&e),
-                    &e.to_string(),
-                ),
+                Ok(Err(e)) => refused(&failures, &log, peer, classify(&e), &e.to_string()),
                 Err(_) => refused(
-                    &counters.tls_handshake_failures,
+                    &failures,
                     &log,
                     peer,
                     "timeout",

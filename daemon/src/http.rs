@@ -12,7 +12,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use sup_proto::json::{EventView, NodeView, StatusView};
 
-use crate::actor::{ActorError, Counters, SupervisorHandle};
+use crate::actor::{ActorError, SupervisorHandle};
+use crate::metrics::Counters;
 use sup_core::EngineError;
 
 #[derive(Clone)]

@@ -31,8 +31,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::actor::{Actor, Counters};
+use crate::actor::Actor;
 use crate::config::{Config, LogFormat};
+use crate::metrics::Counters;
 use crate::store::{SledStore, Store};
 use sup_core::Engine;
 
@@ -132,7 +133,11 @@ fn spawn_grpc(
     }
     match tls {
         Some(handshakes) => tokio::spawn(router.serve_with_incoming_shutdown(
-            grpc_tls::incoming(listener, handshakes, counters),
+            grpc_tls::incoming(
+                listener,
+                handshakes,
+                counters.tls_handshake_failures.clone(),
+            ),
             signal,
         )),
         None => tokio::spawn(

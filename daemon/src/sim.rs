@@ -483,7 +483,7 @@ impl Sim<'_> {
         for i in 0..self.alive.len() {
             if self.alive[i] {
                 self.engine
-                    .telemetry(now, &node_name(i), self.sessions[i], Vec::new());
+                    .on_telemetry(now, &node_name(i), self.sessions[i], Vec::new());
             }
         }
     }
@@ -641,7 +641,7 @@ impl Sim<'_> {
             return;
         }
         let session = self.sessions[i];
-        self.engine.progress(
+        self.engine.on_progress(
             now,
             &node,
             session,
@@ -655,7 +655,7 @@ impl Sim<'_> {
         if !checkpoint {
             return;
         }
-        self.engine.checkpoints(
+        self.engine.on_checkpoint_catalog(
             now,
             &node,
             session,
@@ -746,7 +746,7 @@ impl Sim<'_> {
         match class {
             FailureClass::Gpu => {
                 self.engine
-                    .health(now, &id, session, self.verdicts(node, true));
+                    .on_health_report(now, &id, session, self.verdicts(node, true));
             }
             FailureClass::Software | FailureClass::Hang => {
                 // A crash of a generation that was already replaced is moot.
@@ -756,7 +756,7 @@ impl Sim<'_> {
                         && j.has_node(&id)
                 });
                 if current {
-                    self.engine.rank_exited(
+                    self.engine.on_rank_exited(
                         now,
                         &id,
                         session,
@@ -806,16 +806,16 @@ impl Sim<'_> {
                 let session = self.sessions[node];
                 if self.alive[node] {
                     self.engine
-                        .health(now, &id, session, self.verdicts(node, false));
+                        .on_health_report(now, &id, session, self.verdicts(node, false));
                 }
                 let _ = self.engine.uncordon(now, &id, "sim", "board replaced");
             }
             FailureClass::Host => {
                 self.alive[node] = true;
                 let reg = self.registration(node);
-                let _ = self.engine.register(now, reg);
+                let _ = self.engine.on_register(now, reg);
                 let session = self.sessions[node];
-                self.engine.telemetry(now, &id, session, Vec::new());
+                self.engine.on_telemetry(now, &id, session, Vec::new());
             }
             FailureClass::Software | FailureClass::Hang => {}
         }
@@ -840,7 +840,7 @@ impl Sim<'_> {
             if !self.alive[i] {
                 continue;
             }
-            self.engine.rank_status(
+            self.engine.on_rank_status(
                 now,
                 &id,
                 self.sessions[i],
@@ -981,7 +981,7 @@ pub fn simulate(p: &SimParams, trace: &[Failure]) -> SimReport {
     };
     for i in 0..total {
         let reg = sim.registration(i);
-        let _ = sim.engine.register(0, reg);
+        let _ = sim.engine.on_register(0, reg);
     }
     sim.sweep(0);
     let spec = format!(

@@ -465,6 +465,7 @@ mod tests {
             node: Some("n1".into()),
             job: None,
             reason: "r".into(),
+            recovery_ms: None,
         }
     }
 

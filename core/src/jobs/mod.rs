@@ -4,6 +4,7 @@
 
 mod assignments;
 mod gpu_idle;
+mod judgement;
 mod placement;
 mod remedies;
 mod reports;
@@ -36,6 +37,9 @@ pub struct JobDetect {
     pending_replace: Option<String>,
     /// A loss spike waiting for a current checkpoint catalog, and until when.
     pending_rollback: Option<(LossSpike, Millis)>,
+    /// A checkpoint catalog arrived while a rollback was pending: the
+    /// rollback can pick its target now.
+    rollback_catalog_fresh: bool,
     /// When a best-step advance was last persisted.
     best_step_persisted_at: Option<Millis>,
     /// The generation stopped as hung: its ranks' stop reports carry the
@@ -309,7 +313,7 @@ impl Engine {
         self.jobs.insert(name.clone(), Job::restored(record));
         self.record_job_event(now, EventKind::JobSubmitted, None, Some(&name), summary);
         self.persist_job(&name);
-        self.reconcile(now);
+        self.request_reconcile(now);
         Ok(format!("job '{name}' submitted"))
     }
 
@@ -332,7 +336,7 @@ impl Engine {
             why.push_str(&format!(": {}", reason.trim()));
         }
         self.finish_job(now, name, JobState::Stopped, why, EventKind::JobStopped);
-        self.reconcile(now);
+        self.request_reconcile(now);
         Ok((true, format!("job '{name}' stopped")))
     }
 

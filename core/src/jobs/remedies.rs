@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::detect::{self, LossSpike, Straggler, StragglerPolicy};
+use crate::records::CheckpointRef;
 use crate::records::JobState;
 use crate::{Engine, EventKind, Millis, NodeState};
 
@@ -76,7 +77,7 @@ impl Engine {
             format!("replacing straggler node {node} with a spare"),
             false,
         );
-        self.reconcile(now);
+        self.request_reconcile(now);
     }
 
     /// Whether a healthy free node could take a straggler's place.
@@ -119,38 +120,21 @@ impl Engine {
         self.roll_back(now, name, spike);
     }
 
-    /// Runs a pending rollback once the catalog is current or the wait is over.
-    pub(crate) fn check_pending_rollback(
-        &mut self,
-        now: Millis,
-        name: &str,
-        catalog_fresh: bool,
-    ) -> bool {
-        let Some(job) = self.jobs.get_mut(name) else {
-            return false;
-        };
-        match job.detect.pending_rollback {
-            Some((_, at)) if catalog_fresh || now >= at => {}
-            Some((_, at)) => {
-                self.schedule_job_check(at);
-                return false;
+    /// Whether a pending loss-spike rollback is due: once the catalog is
+    /// current (a report arrived after the spike) or the wait is over.
+    pub(crate) fn judge_rollback(&self, now: Millis, job: &Job) -> RollbackCheck {
+        match &job.detect.pending_rollback {
+            None => RollbackCheck::NotPending,
+            Some((spike, at)) if job.detect.rollback_catalog_fresh || now >= *at => {
+                RollbackCheck::Due(spike.clone())
             }
-            None => return false,
+            Some((_, at)) => RollbackCheck::WaitUntil(*at),
         }
-        let Some((spike, _)) = job.detect.pending_rollback.take() else {
-            return false;
-        };
-        if !job.record.state.is_active() {
-            return false;
-        }
-        self.roll_back(now, name, spike);
-        true
     }
 
-    pub(crate) fn roll_back(&mut self, now: Millis, name: &str, spike: LossSpike) {
-        let Some(job) = self.jobs.get(name) else {
-            return;
-        };
+    /// Where a loss spike takes the job: the newest complete checkpoint
+    /// from before it, within the rollback budget; or why nowhere.
+    pub(crate) fn judge_spike(&self, job: &Job, spike: &LossSpike) -> Rollback {
         let spec = &job.record.spec;
         let what = format!(
             "loss spike from step {}: {:.4} > {} × moving average {:.4} for {} steps",
@@ -168,17 +152,19 @@ impl Engine {
             .max_by_key(|c| c.step)
             .cloned();
         let budget = spec.max_rollbacks();
-        let (event, target) = match target {
-            _ if job.record.rollbacks >= budget => (
-                format!("{what}; not rolled back: rollback budget of {budget} used up"),
-                None,
-            ),
-            None => (
-                format!("{what}; not rolled back: no complete checkpoint from before the spike"),
-                None,
-            ),
-            Some(t) => (
-                format!(
+        match target {
+            _ if job.record.rollbacks >= budget => Rollback {
+                reason: format!("{what}; not rolled back: rollback budget of {budget} used up"),
+                target: None,
+            },
+            None => Rollback {
+                reason: format!(
+                    "{what}; not rolled back: no complete checkpoint from before the spike"
+                ),
+                target: None,
+            },
+            Some(t) => Rollback {
+                reason: format!(
                     "{what}; rolling back to checkpoint step {} ({}) with SUP_SEED={} and SUP_LR_SCALE={} (rollback {} of {budget})",
                     t.step,
                     t.path,
@@ -186,15 +172,30 @@ impl Engine {
                     spec.lr_scale_after(job.record.rollbacks + 1),
                     job.record.rollbacks + 1
                 ),
-                Some(t),
-            ),
+                target: Some(t),
+            },
+        }
+    }
+
+    /// Acts on a loss spike: an event either way, and with a target a
+    /// counted restart from it (a diverging job that keeps rolling back
+    /// must still end).
+    pub(crate) fn roll_back(&mut self, now: Millis, name: &str, spike: LossSpike) {
+        let Some(job) = self.jobs.get_mut(name) else {
+            return;
         };
+        job.detect.pending_rollback = None;
+        job.detect.rollback_catalog_fresh = false;
+        let Some(job) = self.jobs.get(name) else {
+            return;
+        };
+        let Rollback { reason, target } = self.judge_spike(job, &spike);
         let kind = if target.is_some() {
             EventKind::JobRolledBack
         } else {
             EventKind::JobLossSpike
         };
-        self.record_job_event(now, kind, None, Some(name), event.clone());
+        self.record_job_event(now, kind, None, Some(name), reason.clone());
         let Some(target) = target else {
             return;
         };
@@ -204,21 +205,15 @@ impl Engine {
         job.record.rollbacks += 1;
         job.record.rollback_mark = Some(target.step);
         job.record.checkpoint = Some(target);
-        // Counted: a diverging job that keeps rolling back must still end.
-        self.restart_job(now, name, event, true);
-        self.reconcile(now);
+        self.restart_job(now, name, reason, true);
     }
 
-    /// Hung: no step advance within the adaptive bound. Records the hang
-    /// (blaming nodes whose ranks lag behind, if any), cordons a node that
-    /// hangs jobs again and again, and restarts from the newest checkpoint.
-    pub(crate) fn check_hang(&mut self, now: Millis, name: &str) -> bool {
+    /// Hung: no step advance within the adaptive bound (or every GPU of the
+    /// job idle), with the node to blame if its ranks lag behind.
+    pub(crate) fn judge_hang(&self, now: Millis, job: &Job) -> HangCheck {
         let cfg = &self.config.detect;
-        let Some(job) = self.jobs.get(name) else {
-            return false;
-        };
         if job.record.state != JobState::Running {
-            return false;
+            return HangCheck::NotHung { recheck_at: None };
         }
         let reason = match job.detect.hang.check(now, cfg) {
             Some(reason) => reason,
@@ -226,10 +221,9 @@ impl Engine {
                 Ok(reason) => reason,
                 Err(idle_deadline) => {
                     let step_deadline = job.detect.hang.deadline(cfg);
-                    if let Some(at) = step_deadline.into_iter().chain(idle_deadline).min() {
-                        self.schedule_job_check(at);
-                    }
-                    return false;
+                    return HangCheck::NotHung {
+                        recheck_at: step_deadline.into_iter().chain(idle_deadline).min(),
+                    };
                 }
             },
         };
@@ -242,9 +236,9 @@ impl Engine {
                 .is_none_or(|n| n.unreachable || !n.connected())
         });
         if unheard.is_some() {
-            let retry = now + cfg.hang_floor_ms.max(1_000);
-            self.schedule_job_check(retry);
-            return false;
+            return HangCheck::NotHung {
+                recheck_at: Some(now + cfg.hang_floor_ms.max(1_000)),
+            };
         }
         let hardware: BTreeMap<String, String> = job
             .record
@@ -259,36 +253,58 @@ impl Engine {
             &hardware,
         );
         let limit = cfg.hang_cordon_after;
-        let generation = job.record.generation;
-        let mut cordon = Vec::new();
-        let mut suspect = None;
+        let blamed = attribution.node.map(|node| {
+            let count = job.record.hang_blame.get(&node).copied().unwrap_or(0) + 1;
+            let consequence = if limit == 0 {
+                BlameConsequence::Noted
+            } else if count >= limit {
+                BlameConsequence::Cordon
+            } else if count * 2 >= limit {
+                BlameConsequence::Suspect
+            } else {
+                BlameConsequence::Noted
+            };
+            Blame {
+                node,
+                count,
+                consequence,
+            }
+        });
+        HangCheck::Hung(Hang {
+            generation: job.record.generation,
+            reason,
+            attribution: attribution.why,
+            blamed,
+        })
+    }
+
+    /// Acts on a hang: records it (and the blame), makes the blamed node
+    /// suspect or cordons it at the limit, and restarts from the newest
+    /// checkpoint (counted).
+    pub(crate) fn act_on_hang(&mut self, now: Millis, name: &str, hang: Hang) {
+        let limit = self.config.detect.hang_cordon_after;
         let Some(job) = self.jobs.get_mut(name) else {
-            return false;
+            return;
         };
-        job.detect.hung_generation = Some(generation);
-        let blame = match &attribution.node {
-            None => format!("{}, nothing cordoned", attribution.why),
-            Some(n) => {
-                let count = job.record.hang_blame.entry(n.clone()).or_insert(0);
-                *count += 1;
+        job.detect.hung_generation = Some(hang.generation);
+        let why = &hang.attribution;
+        let blame = match &hang.blamed {
+            None => format!("{why}, nothing cordoned"),
+            Some(b) => {
+                job.record.hang_blame.insert(b.node.clone(), b.count);
+                let count = b.count;
                 if limit == 0 {
                     format!(
-                        "{} ({count} hang(s) of this job blamed on it; nothing cordoned: detect.hang_cordon_after = 0)",
-                        attribution.why
+                        "{why} ({count} hang(s) of this job blamed on it; nothing cordoned: detect.hang_cordon_after = 0)"
                     )
                 } else {
-                    let state = if *count >= limit {
-                        cordon.push((n.clone(), *count));
-                        "cordoning it"
-                    } else if *count * 2 >= limit {
-                        suspect = Some((n.clone(), *count));
-                        "suspect, nothing cordoned yet"
-                    } else {
-                        "noted, nothing cordoned"
+                    let state = match b.consequence {
+                        BlameConsequence::Cordon => "cordoning it",
+                        BlameConsequence::Suspect => "suspect, nothing cordoned yet",
+                        BlameConsequence::Noted => "noted, nothing cordoned",
                     };
                     format!(
-                        "{} ({count} of {limit} hang(s) of this job blamed on it before a cordon: {state})",
-                        attribution.why
+                        "{why} ({count} of {limit} hang(s) of this job blamed on it before a cordon: {state})"
                     )
                 }
             }
@@ -299,26 +315,35 @@ impl Engine {
             None,
             Some(name),
             format!(
-                "generation {generation} {reason}; {blame}; restarting from the newest checkpoint"
+                "generation {} {}; {blame}; restarting from the newest checkpoint",
+                hang.generation, hang.reason
             ),
         );
-        if let Some((node, count)) = suspect {
-            if let Some(n) = self.nodes.get_mut(&node) {
-                n.record.suspect = Some(format!(
-                    "{count} hang(s) of job '{name}' blamed on it (cordoned at {limit})"
-                ));
-                self.persist_node(&node);
+        match hang.blamed {
+            Some(Blame {
+                node,
+                count,
+                consequence: BlameConsequence::Suspect,
+            }) => {
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    n.record.suspect = Some(format!(
+                        "{count} hang(s) of job '{name}' blamed on it (cordoned at {limit})"
+                    ));
+                    self.persist_node(&node);
+                }
             }
-        }
-        for (node, count) in cordon {
-            self.auto_cordon(
+            Some(Blame {
+                node,
+                count,
+                consequence: BlameConsequence::Cordon,
+            }) => self.auto_cordon(
                 now,
                 &node,
                 format!("{count} hangs of job '{name}' blamed on this node (limit {limit})"),
-            );
+            ),
+            _ => {}
         }
-        self.restart_job(now, name, reason, true);
-        true
+        self.restart_job(now, name, hang.reason, true);
     }
 
     /// An operator cleared the node: hangs blamed on it start counting
@@ -351,4 +376,52 @@ impl Engine {
             .collect();
         (!bad.is_empty()).then(|| bad.join("; "))
     }
+}
+
+/// Whether a loss-spike rollback waits, is due, or there is none.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RollbackCheck {
+    NotPending,
+    WaitUntil(Millis),
+    Due(LossSpike),
+}
+
+/// A loss spike's consequence: where to roll back to (none: only recorded),
+/// and why.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Rollback {
+    pub reason: String,
+    pub target: Option<CheckpointRef>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum HangCheck {
+    NotHung { recheck_at: Option<Millis> },
+    Hung(Hang),
+}
+
+/// A hung generation, judged: what the detector saw, and whom to blame.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Hang {
+    pub generation: u64,
+    /// "no step advance for ..." (or all GPUs idle), with the bound.
+    pub reason: String,
+    /// Why a node is (or none is) to blame.
+    pub attribution: String,
+    pub blamed: Option<Blame>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Blame {
+    pub node: String,
+    /// Hangs of this job blamed on the node, this one included.
+    pub count: u32,
+    pub consequence: BlameConsequence,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlameConsequence {
+    Noted,
+    Suspect,
+    Cordon,
 }

@@ -4,8 +4,8 @@
 
 use super::*;
 use crate::messages::*;
-use crate::records::{CheckpointRef, JobState};
-use crate::{Engine, EventKind, Millis, SessionId};
+use crate::records::{CheckpointRef, Event, JobState};
+use crate::{Engine, EventKind, Millis, ReportOutcome, SessionId};
 
 impl Engine {
     /// Whether a report about `job` at `generation` from `node_id` on
@@ -17,26 +17,35 @@ impl Engine {
         session: SessionId,
         job: &str,
         generation: u64,
-    ) -> bool {
+    ) -> ReportOutcome {
         let live = self
             .nodes
             .get(node_id)
             .is_some_and(|n| n.session == Some(session));
-        live && self.jobs.get(job).is_some_and(|j| {
+        if !live {
+            return ReportOutcome::StaleStream;
+        }
+        let current = self.jobs.get(job).is_some_and(|j| {
             j.record.state.is_active() && j.record.generation == generation && j.has_node(node_id)
-        })
+        });
+        if current {
+            ReportOutcome::Applied
+        } else {
+            ReportOutcome::StaleGeneration
+        }
     }
 
     /// Returns false when the report was stale and ignored.
-    pub fn rank_status(
+    pub fn on_rank_status(
         &mut self,
         now: Millis,
         node_id: &str,
         session: SessionId,
         status: RankStatus,
-    ) -> bool {
-        if !self.current_report(node_id, session, &status.job, status.generation) {
-            return false;
+    ) -> ReportOutcome {
+        let outcome = self.current_report(node_id, session, &status.job, status.generation);
+        if !outcome.is_applied() {
+            return outcome;
         }
         let name = status.job.clone();
         if !status.launch_error.is_empty() {
@@ -49,14 +58,14 @@ impl Engine {
                 ),
                 true,
             );
-            self.reconcile(now);
-            return true;
+            self.request_reconcile(now);
+            return ReportOutcome::Applied;
         }
         if !status.launched {
-            return true;
+            return ReportOutcome::Applied;
         }
         let Some(job) = self.jobs.get_mut(&name) else {
-            return true;
+            return ReportOutcome::Applied;
         };
         job.launched.insert(node_id.to_owned());
         // `launched` only holds nodes of this generation: compare sizes
@@ -84,34 +93,43 @@ impl Engine {
                 job.record.nodes.len(),
                 job.world_size()
             );
-            if let Some(at) = job.fault_at.take() {
+            let recovery_ms = job.fault_at.take().map(|at| now - at);
+            if let Some(ms) = recovery_ms {
                 why.push_str(&format!(
-                    "; every rank launched {} ms after the fault was reported",
-                    now - at
+                    "; every rank launched {ms} ms after the fault was reported"
                 ));
             }
-            self.record_job_event(now, EventKind::JobRunning, None, Some(&name), why);
+            self.push_event(Event {
+                seq: 0,
+                at: now,
+                kind: EventKind::JobRunning,
+                node: None,
+                job: Some(name.clone()),
+                reason: why,
+                recovery_ms,
+            });
             self.persist_job(&name);
             if let Some(at) = startup_deadline {
                 self.schedule_job_check(at);
             }
         }
-        true
+        ReportOutcome::Applied
     }
 
-    pub fn rank_exited(
+    pub fn on_rank_exited(
         &mut self,
         now: Millis,
         node_id: &str,
         session: SessionId,
         exit: RankExited,
-    ) -> bool {
+    ) -> ReportOutcome {
         if exit.stopped_by_agent {
             self.hang_postmortem(now, node_id, session, &exit);
-            return false;
+            return ReportOutcome::StoppedByAgent;
         }
-        if !self.current_report(node_id, session, &exit.job, exit.generation) {
-            return false;
+        let outcome = self.current_report(node_id, session, &exit.job, exit.generation);
+        if !outcome.is_applied() {
+            return outcome;
         }
         let name = exit.job.clone();
         let how = match (exit.exit_code, exit.signal) {
@@ -139,7 +157,7 @@ impl Engine {
         );
         if exit.exit_code == Some(0) {
             let Some(job) = self.jobs.get_mut(&name) else {
-                return true;
+                return ReportOutcome::Applied;
             };
             job.exited_ok.insert((node_id.to_owned(), exit.local_rank));
             if job.exited_ok.len() as u64 >= u64::from(job.world_size()) {
@@ -158,23 +176,24 @@ impl Engine {
         } else {
             self.restart_job(now, &name, what, true);
         }
-        self.reconcile(now);
-        true
+        self.request_reconcile(now);
+        ReportOutcome::Applied
     }
 
-    pub fn progress(
+    pub fn on_progress(
         &mut self,
         now: Millis,
         node_id: &str,
         session: SessionId,
         progress: JobProgress,
-    ) -> bool {
-        if !self.current_report(node_id, session, &progress.job, progress.generation) {
-            return false;
+    ) -> ReportOutcome {
+        let outcome = self.current_report(node_id, session, &progress.job, progress.generation);
+        if !outcome.is_applied() {
+            return outcome;
         }
         let cfg = self.config.detect.clone();
         let Some(job) = self.jobs.get_mut(&progress.job) else {
-            return false;
+            return ReportOutcome::StaleGeneration;
         };
         let before = job.step;
         job.step = Some(job.step.map_or(progress.step, |s| s.max(progress.step)));
@@ -265,27 +284,30 @@ impl Engine {
         if let Some(s) = spike {
             self.on_loss_spike(now, &name, s);
         }
-        true
+        ReportOutcome::Applied
     }
 
     /// A catalog of complete checkpoints from any node of the job (the
     /// directory is shared, any of them sees the truth).
-    pub fn checkpoints(
+    pub fn on_checkpoint_catalog(
         &mut self,
         now: Millis,
         node_id: &str,
         session: SessionId,
         catalog: CheckpointCatalog,
-    ) -> bool {
+    ) -> ReportOutcome {
         let live = self
             .nodes
             .get(node_id)
             .is_some_and(|n| n.session == Some(session));
+        if !live {
+            return ReportOutcome::StaleStream;
+        }
         let Some(job) = self.jobs.get_mut(&catalog.job) else {
-            return false;
+            return ReportOutcome::StaleGeneration;
         };
-        if !live || !job.has_node(node_id) {
-            return false;
+        if !job.has_node(node_id) {
+            return ReportOutcome::StaleGeneration;
         }
         job.catalog = catalog
             .checkpoints
@@ -297,12 +319,17 @@ impl Engine {
             .collect();
         job.catalog.sort_by_key(|c| c.step);
         let name = catalog.job.clone();
-        if self.check_pending_rollback(now, &name, true) {
-            return true;
+        if job.detect.pending_rollback.is_some() {
+            if job.record.state.is_active() {
+                // The catalog the pending rollback waited for: it picks its
+                // target from it, in this batch's reconcile; the newest
+                // checkpoint may be past the spike, so it is not taken.
+                job.detect.rollback_catalog_fresh = true;
+                self.request_reconcile(now);
+                return ReportOutcome::Applied;
+            }
+            job.detect.pending_rollback = None;
         }
-        let Some(job) = self.jobs.get_mut(&catalog.job) else {
-            return false;
-        };
         // After a rollback the directory still holds the abandoned
         // timeline's newer checkpoints under the same names: one counts
         // again only once this generation stepped past it (and so rewrote it).
@@ -315,7 +342,7 @@ impl Engine {
             .find(|c| mark.is_none_or(|m| c.step <= m || current.is_some_and(|s| s > c.step)))
             .cloned()
         else {
-            return true;
+            return ReportOutcome::Applied;
         };
         if job
             .record
@@ -323,7 +350,7 @@ impl Engine {
             .as_ref()
             .is_some_and(|c| c.step >= newest.step)
         {
-            return true;
+            return ReportOutcome::Applied;
         }
         job.record.checkpoint = Some(newest.clone());
         if job.record.rollback_mark.is_some_and(|m| newest.step > m) {
@@ -344,12 +371,12 @@ impl Engine {
         if let Some(node) = pending_replace {
             if self.has_spare_for(&name) {
                 self.replace_straggler(now, &name, &node);
-                return true;
+                return ReportOutcome::Applied;
             }
         }
         self.maybe_grow(now, &name, newest.step);
-        self.reconcile(now);
-        true
+        self.request_reconcile(now);
+        ReportOutcome::Applied
     }
 
     /// The last log lines of each rank stopped because its generation hung.

@@ -2,6 +2,7 @@
 //! failed nodes, rank failures, the restart budget and the crash-loop
 //! guard, growing back onto returned capacity, and finishing a job.
 
+use super::Job;
 use crate::records::JobState;
 use crate::{Engine, EventKind, Millis};
 
@@ -35,22 +36,20 @@ impl Engine {
         }
     }
 
-    /// Why an active job's current node set can no longer run, if it can't.
-    pub(crate) fn job_failure(&mut self, now: Millis, name: &str) -> Option<String> {
-        let job = self.jobs.get(name)?;
+    /// Whether an active job's current nodes can still run it: a node gone,
+    /// cordoned, or lost (unreachable past its grace, or while the job
+    /// stopped progressing) fails it; otherwise when to look again.
+    pub(crate) fn judge_nodes(&self, now: Millis, job: &Job) -> NodesCheck {
         if !job.record.state.is_active() {
-            return None;
+            return NodesCheck::Fine { recheck_at: None };
         }
         let mut wake: Option<Millis> = None;
-        let mut failure = None;
         for id in &job.record.nodes {
             let Some(node) = self.nodes.get(id) else {
-                failure = Some(format!("node {id} is gone from the registry"));
-                break;
+                return NodesCheck::Failed(format!("node {id} is gone from the registry"));
             };
             if let Some(c) = &node.record.cordon {
-                failure = Some(format!("node {id} cordoned by {}: {}", c.by, c.reason));
-                break;
+                return NodesCheck::Failed(format!("node {id} cordoned by {}: {}", c.by, c.reason));
             }
             let Some(since) = node.unreachable_since else {
                 continue;
@@ -63,17 +62,15 @@ impl Engine {
             let silent = now - since;
             let stalled = job.last_progress_at.is_none_or(|p| p <= since);
             if silent >= self.config.lost_node_grace_ms {
-                failure = Some(format!(
+                return NodesCheck::Failed(format!(
                     "node {id} lost: unreachable for {}",
                     crate::format_ms(silent + self.config.unreachable_after_ms)
                 ));
-                break;
             }
             if stalled && silent >= self.config.stall_confirm_ms {
-                failure = Some(format!(
+                return NodesCheck::Failed(format!(
                     "node {id} lost: unreachable and the job has made no progress since"
                 ));
-                break;
             }
             let next = if stalled {
                 since + self.config.stall_confirm_ms
@@ -82,12 +79,7 @@ impl Engine {
             };
             wake = Some(wake.map_or(next, |w: Millis| w.min(next)));
         }
-        if failure.is_none() {
-            if let Some(at) = wake {
-                self.schedule_job_check(at);
-            }
-        }
-        failure
+        NodesCheck::Fine { recheck_at: wake }
     }
 
     /// Stops every rank (generation bump) and starts the job again on the
@@ -155,4 +147,11 @@ impl Engine {
         self.record_job_event(now, kind, None, Some(name), why);
         self.persist_job(name);
     }
+}
+
+/// Whether a job's nodes can still run it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum NodesCheck {
+    Fine { recheck_at: Option<Millis> },
+    Failed(String),
 }

@@ -40,16 +40,18 @@ fn submit(e: &mut Engine, name: &str, nodes: u32, extra: &str) {
 
 fn report(e: &mut Engine, name: &str, node: &str, now: Millis, p: JobProgress) -> Vec<Action> {
     let generation = job(e, name).record.generation;
-    assert!(e.progress(
-        now,
-        node,
-        session_of(node),
-        JobProgress {
-            job: name.to_owned(),
-            generation,
-            ..p
-        }
-    ));
+    assert!(e
+        .on_progress(
+            now,
+            node,
+            session_of(node),
+            JobProgress {
+                job: name.to_owned(),
+                generation,
+                ..p
+            }
+        )
+        .is_applied());
     drain(e)
 }
 
@@ -111,23 +113,25 @@ fn a_hang_restarts_from_the_newest_checkpoint_on_time_without_cordon() {
     assert_eq!(e.desired_assignment("n1").postmortem_generation, hung_gen);
 
     // The stopped ranks of the hung generation bring the post-mortem.
-    assert!(!e.rank_exited(
-        deadline + 100,
-        "n1",
-        session_of("n1"),
-        RankExited {
-            job: "llm".into(),
-            generation: hung_gen,
-            rank: 1,
-            local_rank: 1,
-            signal: Some(15),
-            log_tail: "step 20/100 loss 0.1\ntrainer: got signal 15, exiting\n".into(),
-            stopped_by_agent: true,
-            stack_dump: "Thread 0x7f (idle): \"MainThread\"\n    recv_exact (train.py:212)\n"
-                .into(),
-            ..Default::default()
-        }
-    ));
+    assert!(!e
+        .on_rank_exited(
+            deadline + 100,
+            "n1",
+            session_of("n1"),
+            RankExited {
+                job: "llm".into(),
+                generation: hung_gen,
+                rank: 1,
+                local_rank: 1,
+                signal: Some(15),
+                log_tail: "step 20/100 loss 0.1\ntrainer: got signal 15, exiting\n".into(),
+                stopped_by_agent: true,
+                stack_dump: "Thread 0x7f (idle): \"MainThread\"\n    recv_exact (train.py:212)\n"
+                    .into(),
+                ..Default::default()
+            }
+        )
+        .is_applied());
     let pm = event(&drain(&mut e), EventKind::JobHangPostmortem);
     assert!(
         pm.contains("rank 1")
@@ -293,18 +297,20 @@ fn a_checkpoint_found_while_a_generation_starts_does_not_split_its_resume_step()
     // The next generation starts from the newest.
     launch_all(&mut e, "llm", now + 200);
     let generation = job(&e, "llm").record.generation;
-    assert!(e.rank_exited(
-        now + 300,
-        "n3",
-        session_of("n3"),
-        RankExited {
-            job: "llm".into(),
-            generation,
-            rank: 2,
-            exit_code: Some(1),
-            ..Default::default()
-        }
-    ));
+    assert!(e
+        .on_rank_exited(
+            now + 300,
+            "n3",
+            session_of("n3"),
+            RankExited {
+                job: "llm".into(),
+                generation,
+                rank: 2,
+                exit_code: Some(1),
+                ..Default::default()
+            }
+        )
+        .is_applied());
     drain(&mut e);
     assert!(job(&e, "llm").record.generation > generation);
     assert_eq!(
@@ -490,7 +496,7 @@ fn silence_from_an_unreachable_node_is_not_a_hang() {
     launch_all(&mut e, "llm", 0);
     let last = run_steps(&mut e, "llm", 1, 20, 0);
     // n2's agent drops its stream: its progress cannot reach supd.
-    e.disconnected(last + 10, "n2", session_of("n2"));
+    e.on_disconnected(last + 10, "n2", session_of("n2"));
     drain(&mut e);
     e.handle_timeout(last + 5_000);
     let actions = drain(&mut e);
@@ -548,7 +554,9 @@ fn utilization(e: &mut Engine, node: &str, now: Millis, pct: [Option<u32>; 2]) {
             ..GpuReading::default()
         })
         .collect();
-    assert!(e.telemetry(now, node, session_of(node), readings));
+    assert!(e
+        .on_telemetry(now, node, session_of(node), readings)
+        .is_applied());
 }
 
 #[test]

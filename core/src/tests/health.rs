@@ -35,16 +35,18 @@ fn report(
     verdicts: Vec<GpuVerdict>,
     xids: Vec<XidEvent>,
 ) -> Vec<Action> {
-    assert!(e.health(
-        now,
-        node,
-        session_of(node),
-        HealthReport {
-            verdicts,
-            xids,
-            visible_gpus: None
-        }
-    ));
+    assert!(e
+        .on_health_report(
+            now,
+            node,
+            session_of(node),
+            HealthReport {
+                verdicts,
+                xids,
+                visible_gpus: None
+            }
+        )
+        .is_applied());
     drain(e)
 }
 
@@ -181,7 +183,7 @@ fn drills_need_a_connected_node_and_a_real_gpu() {
         e.drill(1, "zz", drill(0, 79), "a"),
         Err(EngineError::UnknownNode(_))
     ));
-    e.disconnected(2, "n2", 2);
+    e.on_disconnected(2, "n2", 2);
     assert!(matches!(
         e.drill(3, "n2", drill(0, 79), "a"),
         Err(EngineError::FailedPrecondition(_))

@@ -13,7 +13,7 @@ fn spec(name: &str, nodes: u32, min: u32, extra: &str) -> String {
 
 fn progress(e: &mut Engine, name: &str, node: &str, step: u64, now: Millis) -> bool {
     let generation = job(e, name).record.generation;
-    e.progress(
+    e.on_progress(
         now,
         node,
         session_of(node),
@@ -24,6 +24,7 @@ fn progress(e: &mut Engine, name: &str, node: &str, step: u64, now: Millis) -> b
             ..Default::default()
         },
     )
+    .is_applied()
 }
 
 #[test]
@@ -285,28 +286,32 @@ fn reports_from_an_old_generation_are_ignored() {
     let generation = job(&e, "llm").record.generation;
     assert_eq!(generation, 2);
     // A rank of generation 1 on n1 dies late: nothing happens.
-    assert!(!e.rank_exited(
-        3,
-        "n1",
-        1,
-        RankExited {
-            job: "llm".into(),
-            generation: 1,
-            exit_code: Some(1),
-            ..Default::default()
-        }
-    ));
-    assert!(!e.progress(
-        3,
-        "n1",
-        1,
-        JobProgress {
-            job: "llm".into(),
-            generation: 1,
-            step: 999,
-            ..Default::default()
-        }
-    ));
+    assert!(!e
+        .on_rank_exited(
+            3,
+            "n1",
+            1,
+            RankExited {
+                job: "llm".into(),
+                generation: 1,
+                exit_code: Some(1),
+                ..Default::default()
+            }
+        )
+        .is_applied());
+    assert!(!e
+        .on_progress(
+            3,
+            "n1",
+            1,
+            JobProgress {
+                job: "llm".into(),
+                generation: 1,
+                step: 999,
+                ..Default::default()
+            }
+        )
+        .is_applied());
     assert!(drain(&mut e).is_empty());
     assert_eq!(job(&e, "llm").record.restarts, 1);
     assert_eq!(job(&e, "llm").record.best_step, None);
@@ -321,7 +326,7 @@ fn an_unreachable_node_is_replaced_only_when_the_job_stalls_or_the_grace_passes(
     // Everyone but n2 keeps reporting.
     for t in [10_000, 20_000, 30_000] {
         for n in ["n1", "n3", "n4"] {
-            assert!(e.telemetry(t, n, session_of(n), vec![]));
+            assert!(e.on_telemetry(t, n, session_of(n), vec![]).is_applied());
         }
     }
     e.handle_timeout(GRACE);
@@ -336,7 +341,9 @@ fn an_unreachable_node_is_replaced_only_when_the_job_stalls_or_the_grace_passes(
     assert_eq!(job(&e, "llm").record.generation, 1);
     // Past the lost-node grace it is replaced regardless.
     for n in ["n1", "n3", "n4"] {
-        assert!(e.telemetry(GRACE + 55_000, n, session_of(n), vec![]));
+        assert!(e
+            .on_telemetry(GRACE + 55_000, n, session_of(n), vec![])
+            .is_applied());
     }
     e.handle_timeout(GRACE + 60_000);
     let actions = drain(&mut e);
@@ -351,8 +358,8 @@ fn an_unreachable_node_of_a_stalled_job_is_replaced_after_the_short_confirmation
     submit(&mut e, 0, &spec("llm", 2, 2, ""), "alice").expect("submit");
     drain(&mut e);
     launch_all(&mut e, "llm", 0);
-    assert!(e.telemetry(20_000, "n1", 1, vec![]));
-    assert!(e.telemetry(20_000, "n3", 3, vec![]));
+    assert!(e.on_telemetry(20_000, "n1", 1, vec![]).is_applied());
+    assert!(e.on_telemetry(20_000, "n3", 3, vec![]).is_applied());
     e.handle_timeout(GRACE);
     drain(&mut e);
     assert_eq!(
@@ -379,7 +386,7 @@ fn every_rank_exiting_zero_is_success_and_frees_the_nodes() {
     let generation = job(&e, "done").record.generation;
     for n in ["n1", "n2"] {
         for local in 0..2 {
-            e.rank_exited(
+            e.on_rank_exited(
                 5,
                 n,
                 session_of(n),
@@ -468,7 +475,7 @@ fn most_nodes_unreachable_at_once_holds_restarts_and_raises_an_alert() {
     launch_all(&mut e, "llm", 0);
     assert_eq!(job(&e, "llm").record.nodes, ["n1", "n2", "n3", "n4"]);
     // Only n6 still reaches supd: five nodes go silent together.
-    assert!(e.telemetry(20_000, "n6", 6, vec![]));
+    assert!(e.on_telemetry(20_000, "n6", 6, vec![]).is_applied());
     e.handle_timeout(GRACE);
     let actions = drain(&mut e);
     let why = event(&actions, EventKind::PartitionSuspected);
@@ -481,7 +488,7 @@ fn most_nodes_unreachable_at_once_holds_restarts_and_raises_an_alert() {
     // silent agents), and the lost-node grace passes too: still no restart,
     // no cordon, no assignment change.
     for t in [GRACE + 5_000, GRACE + 70_000, GRACE + 600_000] {
-        assert!(e.telemetry(t, "n6", 6, vec![]));
+        assert!(e.on_telemetry(t, "n6", 6, vec![]).is_applied());
         e.handle_timeout(t);
         let actions = drain(&mut e);
         let kinds: Vec<EventKind> = events(&actions).into_iter().map(|(k, _)| k).collect();
@@ -500,13 +507,13 @@ fn most_nodes_unreachable_at_once_holds_restarts_and_raises_an_alert() {
     // Nodes re-confirm: the hold ends once fewer than 3 are unreachable.
     let back = GRACE + 601_000;
     for n in ["n1", "n2"] {
-        assert!(e.telemetry(back, n, session_of(n), vec![]));
+        assert!(e.on_telemetry(back, n, session_of(n), vec![]).is_applied());
     }
     assert!(
         e.partition_suspected_since().is_some(),
         "3 still unreachable: still held"
     );
-    assert!(e.telemetry(back, "n3", 3, vec![]));
+    assert!(e.on_telemetry(back, "n3", 3, vec![]).is_applied());
     let actions = drain(&mut e);
     let why = event(&actions, EventKind::PartitionCleared);
     assert!(
@@ -523,7 +530,9 @@ fn most_nodes_unreachable_at_once_holds_restarts_and_raises_an_alert() {
     // Normal lost-node handling resumes: the job stalls, n4 is replaced
     // after the short confirmation.
     for n in ["n1", "n2", "n3", "n6"] {
-        assert!(e.telemetry(back + 4_000, n, session_of(n), vec![]));
+        assert!(e
+            .on_telemetry(back + 4_000, n, session_of(n), vec![])
+            .is_applied());
     }
     e.handle_timeout(back + 5_000);
     let actions = drain(&mut e);
@@ -543,7 +552,9 @@ fn a_few_nodes_unreachable_is_not_a_partition() {
     launch_all(&mut e, "llm", 0);
     // Two of six go silent: below the threshold of 3.
     for n in ["n1", "n3", "n4", "n6"] {
-        assert!(e.telemetry(20_000, n, session_of(n), vec![]));
+        assert!(e
+            .on_telemetry(20_000, n, session_of(n), vec![])
+            .is_applied());
     }
     e.handle_timeout(GRACE);
     let actions = drain(&mut e);
@@ -573,7 +584,7 @@ fn nodes_lost_one_by_one_over_a_long_time_are_not_a_partition() {
             if (n == "n2" && t > 20_000) || (n == "n3" && t > 40_000) {
                 continue;
             }
-            assert!(e.telemetry(t, n, session_of(n), vec![]));
+            assert!(e.on_telemetry(t, n, session_of(n), vec![]).is_applied());
         }
         e.handle_timeout(t + GRACE - 10_000);
     }
@@ -592,8 +603,8 @@ fn during_a_partition_hold_an_operator_cordon_still_replaces_the_node() {
     submit(&mut e, 0, &spec("llm", 2, 1, ""), "alice").expect("submit");
     drain(&mut e);
     launch_all(&mut e, "llm", 0);
-    assert!(e.telemetry(20_000, "n6", 6, vec![]));
-    assert!(e.telemetry(20_000, "n5", 5, vec![]));
+    assert!(e.on_telemetry(20_000, "n6", 6, vec![]).is_applied());
+    assert!(e.on_telemetry(20_000, "n5", 5, vec![]).is_applied());
     e.handle_timeout(GRACE);
     let actions = drain(&mut e);
     event(&actions, EventKind::PartitionSuspected);
@@ -609,5 +620,45 @@ fn during_a_partition_hold_an_operator_cordon_still_replaces_the_node() {
     assert!(
         e.partition_suspected_since().is_some(),
         "the hold stays for the others"
+    );
+}
+
+#[test]
+fn the_recovery_time_is_a_field_of_the_job_running_event_and_said_in_its_reason() {
+    let mut e = cluster(3);
+    submit(&mut e, 0, &spec("llm", 2, 2, ""), "alice").expect("submit");
+    drain(&mut e);
+    let first = launch_all(&mut e, "llm", 1_000);
+    let running = first
+        .iter()
+        .find_map(|a| match a {
+            Action::Persist(Change::AppendEvent(ev)) if ev.kind == EventKind::JobRunning => {
+                Some(ev.clone())
+            }
+            _ => None,
+        })
+        .expect("first generation running");
+    // A first start is timed from the submission, as it always was.
+    assert_eq!(running.recovery_ms, Some(1_000));
+    let node = job(&e, "llm").record.nodes[0].clone();
+    e.cordon(10_000, &node, "Xid 79", "sup").expect("cordon");
+    drain(&mut e);
+    let actions = launch_all(&mut e, "llm", 10_061);
+    let running = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Persist(Change::AppendEvent(ev)) if ev.kind == EventKind::JobRunning => {
+                Some(ev.clone())
+            }
+            _ => None,
+        })
+        .expect("replacement generation running");
+    assert_eq!(running.recovery_ms, Some(61));
+    assert!(
+        running
+            .reason
+            .contains("every rank launched 61 ms after the fault was reported"),
+        "{}",
+        running.reason
     );
 }

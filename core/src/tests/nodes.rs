@@ -56,7 +56,7 @@ fn persisted_node(actions: &[Action], id: &str) -> Option<NodeRecord> {
 
 fn joined(engine: &mut Engine, node: &str, session: SessionId, now: Millis) {
     engine
-        .register(
+        .on_register(
             now,
             reg(
                 node,
@@ -67,7 +67,7 @@ fn joined(engine: &mut Engine, node: &str, session: SessionId, now: Millis) {
             ),
         )
         .expect("register");
-    assert!(engine.telemetry(now, node, session, vec![]));
+    assert!(engine.on_telemetry(now, node, session, vec![]).is_applied());
     drain(engine);
 }
 
@@ -75,7 +75,7 @@ fn joined(engine: &mut Engine, node: &str, session: SessionId, now: Millis) {
 fn first_registration_joins_then_first_report_makes_it_ready() {
     let mut e = engine();
     let state = e
-        .register(1_000, reg("n1", 1, "10.0.0.1", "a", 8))
+        .on_register(1_000, reg("n1", 1, "10.0.0.1", "a", 8))
         .expect("register");
     assert_eq!(state, NodeState::Joining);
     let actions = drain(&mut e);
@@ -90,7 +90,7 @@ fn first_registration_joins_then_first_report_makes_it_ready() {
     assert_eq!(record.gpus.len(), 8);
     assert!(!record.joined);
 
-    assert!(e.telemetry(2_000, "n1", 1, vec![]));
+    assert!(e.on_telemetry(2_000, "n1", 1, vec![]).is_applied());
     assert_eq!(e.node("n1").expect("node").state(), NodeState::Ready);
     let actions = drain(&mut e);
     assert!(
@@ -101,7 +101,7 @@ fn first_registration_joins_then_first_report_makes_it_ready() {
     assert_eq!(e.spares().count(), 1);
 
     // Later reports change nothing durable: no store write per report.
-    assert!(e.telemetry(3_000, "n1", 1, vec![]));
+    assert!(e.on_telemetry(3_000, "n1", 1, vec![]).is_applied());
     assert!(drain(&mut e).is_empty());
 }
 
@@ -112,7 +112,7 @@ fn duplicate_id_from_another_address_is_rejected_and_registry_unchanged() {
     let before = e.node("n1").expect("node").record.clone();
 
     let err = e
-        .register(2_000, reg("n1", 2, "10.9.9.9", "impostor", 4))
+        .on_register(2_000, reg("n1", 2, "10.9.9.9", "impostor", 4))
         .expect_err("duplicate must be rejected");
     assert_eq!(
         err,
@@ -132,7 +132,7 @@ fn duplicate_id_from_another_address_is_rejected_and_registry_unchanged() {
 
     // The impostor retrying is still rejected but does not flood the log.
     assert!(e
-        .register(3_000, reg("n1", 3, "10.9.9.9", "impostor", 4))
+        .on_register(3_000, reg("n1", 3, "10.9.9.9", "impostor", 4))
         .is_err());
     assert!(events_of(&drain(&mut e)).is_empty());
 }
@@ -142,7 +142,7 @@ fn restarted_agent_on_same_address_takes_over_and_old_stream_is_fenced() {
     let mut e = engine();
     joined(&mut e, "n1", 1, 1_000);
     let state = e
-        .register(2_000, reg("n1", 2, "10.0.0.1", "new-instance", 8))
+        .on_register(2_000, reg("n1", 2, "10.0.0.1", "new-instance", 8))
         .expect("takeover");
     assert_eq!(state, NodeState::Ready, "a reconnect does not re-join");
     let actions = drain(&mut e);
@@ -153,8 +153,8 @@ fn restarted_agent_on_same_address_takes_over_and_old_stream_is_fenced() {
     assert_eq!(events_of(&actions)[0].0, EventKind::NodeTakeover);
 
     // Reports and the disconnect of the replaced stream are ignored.
-    assert!(!e.telemetry(3_000, "n1", 1, vec![]));
-    e.disconnected(3_000, "n1", 1);
+    assert!(!e.on_telemetry(3_000, "n1", 1, vec![]).is_applied());
+    e.on_disconnected(3_000, "n1", 1);
     assert!(e.node("n1").expect("node").connected());
     assert!(drain(&mut e).is_empty());
 }
@@ -167,7 +167,7 @@ fn silence_past_the_grace_period_marks_unreachable_with_reason_never_cordons() {
     assert_eq!(e.poll_timeout(), Some(GRACE));
 
     // n2 keeps reporting; n1 goes silent.
-    assert!(e.telemetry(20_000, "n2", 2, vec![]));
+    assert!(e.on_telemetry(20_000, "n2", 2, vec![]).is_applied());
     e.handle_timeout(GRACE);
     assert_eq!(e.node("n1").expect("n1").state(), NodeState::Unreachable);
     assert_eq!(e.node("n2").expect("n2").state(), NodeState::Ready);
@@ -187,7 +187,7 @@ fn silence_past_the_grace_period_marks_unreachable_with_reason_never_cordons() {
     );
 
     // A report from the same stream brings it back.
-    assert!(e.telemetry(40_000, "n1", 1, vec![]));
+    assert!(e.on_telemetry(40_000, "n1", 1, vec![]).is_applied());
     assert_eq!(e.node("n1").expect("n1").state(), NodeState::Ready);
     assert_eq!(
         events_of(&drain(&mut e)),
@@ -308,20 +308,20 @@ fn invalid_registrations_are_rejected_with_the_reason() {
     let mut bad = reg("n1", 1, "10.0.0.1", "a", 2);
     bad.node_id = "no/slashes".into();
     assert!(matches!(
-        e.register(0, bad),
+        e.on_register(0, bad),
         Err(EngineError::InvalidRegistration(m)) if m.contains("'/'")
     ));
     let mut dup = reg("n1", 1, "10.0.0.1", "a", 2);
     dup.gpus[1].index = 0;
     assert_eq!(
-        e.register(0, dup),
+        e.on_register(0, dup),
         Err(EngineError::InvalidRegistration(
             "GPU index 0 appears twice".into()
         ))
     );
     let mut empty = reg("n1", 1, "", "a", 2);
     empty.address = " ".into();
-    assert!(e.register(0, empty).is_err());
+    assert!(e.on_register(0, empty).is_err());
     assert_eq!(e.nodes().count(), 0);
     assert!(drain(&mut e).is_empty());
 }
@@ -356,7 +356,7 @@ fn restore_keeps_cordons_and_grants_a_full_grace_period() {
 
     // Event numbering continues after the restored log.
     let last = r.events().last().map(|e| e.seq).expect("events restored");
-    r.register(restart_at + 1, reg("n2", 9, "10.0.0.2", "i2", 8))
+    r.on_register(restart_at + 1, reg("n2", 9, "10.0.0.2", "i2", 8))
         .expect("reconnect");
     let events: Vec<Event> = drain(&mut r)
         .into_iter()
@@ -373,9 +373,9 @@ fn restore_keeps_cordons_and_grants_a_full_grace_period() {
 fn inventory_change_is_reported_and_health_follows_the_gpu_uuid() {
     let mut e = engine();
     joined(&mut e, "n1", 1, 0);
-    e.disconnected(1, "n1", 1);
+    e.on_disconnected(1, "n1", 1);
     drain(&mut e);
-    e.register(2, reg("n1", 2, "10.0.0.1", "i1", 7))
+    e.on_register(2, reg("n1", 2, "10.0.0.1", "i1", 7))
         .expect("reconnect");
     let events = events_of(&drain(&mut e));
     assert_eq!(events[0].0, EventKind::NodeReconnected);

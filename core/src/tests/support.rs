@@ -9,7 +9,7 @@ use crate::jobs::Job;
 use crate::*;
 
 pub(super) fn register(e: &mut Engine, id: &str, session: SessionId, gpus: u32, now: Millis) {
-    e.register(
+    e.on_register(
         now,
         Registration {
             session,
@@ -31,7 +31,7 @@ pub(super) fn register(e: &mut Engine, id: &str, session: SessionId, gpus: u32, 
         },
     )
     .expect("register");
-    assert!(e.telemetry(now, id, session, vec![]));
+    assert!(e.on_telemetry(now, id, session, vec![]).is_applied());
 }
 
 /// How long a silent node stays reachable in the jobs and health tests.
@@ -117,18 +117,20 @@ pub(super) fn launch_all(e: &mut Engine, name: &str, now: Millis) -> Vec<Action>
         (j.record.generation, j.record.nodes.clone())
     };
     for n in &nodes {
-        assert!(e.rank_status(
-            now,
-            n,
-            session_of(n),
-            RankStatus {
-                job: name.to_owned(),
-                generation,
-                running_local_ranks: vec![0, 1],
-                launched: true,
-                launch_error: String::new(),
-            }
-        ));
+        assert!(e
+            .on_rank_status(
+                now,
+                n,
+                session_of(n),
+                RankStatus {
+                    job: name.to_owned(),
+                    generation,
+                    running_local_ranks: vec![0, 1],
+                    launched: true,
+                    launch_error: String::new(),
+                }
+            )
+            .is_applied());
     }
     drain(e)
 }
@@ -141,21 +143,23 @@ pub(super) fn checkpoint(
     steps: &[u64],
     now: Millis,
 ) -> Vec<Action> {
-    assert!(e.checkpoints(
-        now,
-        node,
-        session_of(node),
-        CheckpointCatalog {
-            job: name.to_owned(),
-            checkpoints: steps
-                .iter()
-                .map(|s| Checkpoint {
-                    step: *s,
-                    path: format!("/ckpt/{name}/step-{s}"),
-                })
-                .collect(),
-        }
-    ));
+    assert!(e
+        .on_checkpoint_catalog(
+            now,
+            node,
+            session_of(node),
+            CheckpointCatalog {
+                job: name.to_owned(),
+                checkpoints: steps
+                    .iter()
+                    .map(|s| Checkpoint {
+                        step: *s,
+                        path: format!("/ckpt/{name}/step-{s}"),
+                    })
+                    .collect(),
+            }
+        )
+        .is_applied());
     drain(e)
 }
 
@@ -168,22 +172,24 @@ pub(super) fn rank_fails(
     now: Millis,
 ) -> Vec<Action> {
     let generation = job(e, name).record.generation;
-    assert!(e.rank_exited(
-        now,
-        node,
-        session_of(node),
-        RankExited {
-            job: name.to_owned(),
-            generation,
-            rank: 0,
-            local_rank: 0,
-            exit_code: Some(code),
-            signal: None,
-            log_tail: "Traceback\nRuntimeError: boom\n".to_owned(),
-            stopped_by_agent: false,
-            stack_dump: String::new(),
-        }
-    ));
+    assert!(e
+        .on_rank_exited(
+            now,
+            node,
+            session_of(node),
+            RankExited {
+                job: name.to_owned(),
+                generation,
+                rank: 0,
+                local_rank: 0,
+                exit_code: Some(code),
+                signal: None,
+                log_tail: "Traceback\nRuntimeError: boom\n".to_owned(),
+                stopped_by_agent: false,
+                stack_dump: String::new(),
+            }
+        )
+        .is_applied());
     drain(e)
 }
 

@@ -24,7 +24,9 @@ use prometheus_client::registry::{Registry, Unit};
 use sup_proto::json::{gpu_health_name, node_state_name};
 use sup_proto::v1;
 
-use crate::actor::Counters;
+mod counters;
+
+pub use counters::{Counters, IgnoredReports, RecoveryLatency};
 
 type Labels = Vec<(String, String)>;
 
@@ -97,10 +99,16 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
         "Telemetry reports accepted from agents",
         counter(counters.reports.load(Ordering::Relaxed)),
     );
+    let ignored = Family::<Labels, Counter>::default();
+    for (reason, n) in counters.ignored_reports.by_reason() {
+        ignored
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc_by(n);
+    }
     registry.register(
         "agent_stale_reports",
-        "Reports ignored because they came from a replaced agent stream",
-        counter(counters.stale_reports.load(Ordering::Relaxed)),
+        "Agent reports ignored, by reason: stale_stream (a replaced agent stream), stale_generation (about a generation the node no longer runs), stopped_by_agent (a rank the agent stopped itself)",
+        ignored,
     );
     registry.register(
         "store_commits",
@@ -220,7 +228,7 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
             .last_checkpoint_at
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = crate::actor::now_ms();
+        let now = sup_proto::time::now_unix_ms();
         for job in &status.jobs {
             if let Some(at) = seen.get(&job.name) {
                 // Milliseconds to seconds; precision loss is irrelevant.

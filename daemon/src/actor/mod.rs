@@ -1,0 +1,401 @@
+//! The one task that owns the policy engine and the store.
+//!
+//! Requests arrive on a channel and are handled in batches: the engine
+//! decides, the batch's state changes are committed (and flushed) in one
+//! store write, and only then are replies sent and agents told. A reply
+//! therefore never acknowledges something that a crash could lose. If the
+//! store cannot be written, the actor stops and supd stops serving (fail
+//! closed) rather than run on state it could not persist.
+
+mod agents;
+mod commands;
+mod idempotent;
+mod request;
+#[cfg(test)]
+mod tests;
+mod watchdog;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sup_proto::v1;
+use sup_proto::v1::supervisor_message::Body as SupervisorBody;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use sup_core::{Action, Engine, EngineError, Millis, SessionId};
+
+use crate::convert;
+use crate::metrics::Counters;
+use crate::store::{Store, StoreError};
+use crate::view;
+use idempotent::RequestLog;
+use request::Request;
+pub use request::{AgentOutbound, JobReply, SupervisorHandle};
+use watchdog::Watchdog;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActorError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("the supervisor is not serving: {0}")]
+    Unavailable(String),
+}
+
+/// A reply, sent once the batch it belongs to has been reconciled and made
+/// durable: it gets the engine as it is then (`None`: the commit failed and
+/// the reply must say so), so what it shows includes every consequence of
+/// the batch.
+type Deferred = Box<dyn FnOnce(Option<&Engine>) + Send>;
+
+/// A reply whose value is known now.
+fn defer<T: Send + 'static>(
+    reply: oneshot::Sender<Result<T, ActorError>>,
+    value: Result<T, ActorError>,
+) -> Deferred {
+    defer_with(reply, move |_| value)
+}
+
+/// A reply built from the engine after the batch.
+fn defer_with<T: Send + 'static>(
+    reply: oneshot::Sender<Result<T, ActorError>>,
+    build: impl FnOnce(&Engine) -> Result<T, ActorError> + Send + 'static,
+) -> Deferred {
+    Box::new(move |engine| {
+        let value = match engine {
+            Some(engine) => build(engine),
+            None => Err(ActorError::Unavailable(
+                "the change could not be persisted".to_owned(),
+            )),
+        };
+        let _ = reply.send(value);
+    })
+}
+
+pub struct Actor<S: Store> {
+    engine: Engine,
+    store: S,
+    rx: mpsc::Receiver<Request>,
+    sessions: HashMap<String, (SessionId, AgentOutbound)>,
+    telemetry_interval: Duration,
+    counters: Arc<Counters>,
+    ready: Arc<AtomicBool>,
+    /// Log requests waiting for an agent's answer, by request id.
+    pending_logs: HashMap<u64, oneshot::Sender<Result<v1::LogResponse, ActorError>>>,
+    next_log_request: u64,
+    /// systemd's watchdog, pinged from this loop.
+    watchdog: Watchdog,
+    /// Client request ids already applied (see `idempotent.rs`).
+    requests: RequestLog,
+    /// Changes of the actor's own (remembered requests), committed with
+    /// the engine's in the next `apply_actions`.
+    pending_changes: Vec<sup_core::Change>,
+}
+
+/// Requests handled per batch before the batch is committed.
+const MAX_BATCH: usize = 1024;
+
+pub fn now_ms() -> Millis {
+    sup_proto::time::now_unix_ms()
+}
+
+impl<S: Store> Actor<S> {
+    pub fn new(
+        engine: Engine,
+        store: S,
+        telemetry_interval: Duration,
+        counters: Arc<Counters>,
+        ready: Arc<AtomicBool>,
+    ) -> (Self, SupervisorHandle) {
+        let (tx, rx) = mpsc::channel(8192);
+        let actor = Actor {
+            engine,
+            store,
+            rx,
+            sessions: HashMap::new(),
+            telemetry_interval,
+            counters,
+            ready,
+            pending_logs: HashMap::new(),
+            next_log_request: 1,
+            watchdog: Watchdog::from_env(),
+            requests: RequestLog::default(),
+            pending_changes: Vec::new(),
+        };
+        (actor, SupervisorHandle { tx })
+    }
+
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
+        loop {
+            let wake = self.engine.poll_timeout();
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(m) => Some(m),
+                    None => break,
+                },
+                _ = sleep_until(wake) => None,
+                () = self.watchdog.due() => None,
+            };
+            self.watchdog.ping_if_due();
+            let now = now_ms();
+            let mut deferred: Vec<Deferred> = Vec::new();
+            if let Some(request) = first {
+                self.handle(now, request, &mut deferred);
+                for _ in 1..MAX_BATCH {
+                    match self.rx.try_recv() {
+                        Ok(request) => self.handle(now, request, &mut deferred),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
+            }
+            let outgoing = match self.apply_actions() {
+                Ok(outgoing) => outgoing,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot persist state; supd stops serving");
+                    self.ready.store(false, Ordering::SeqCst);
+                    for d in deferred {
+                        d(None);
+                    }
+                    return Err(e);
+                }
+            };
+            // Replies first (an agent's Registered must precede its
+            // assignment), then what the decisions tell agents: all of it
+            // only after the decisions are durable.
+            for d in deferred {
+                d(Some(&self.engine));
+            }
+            for (node_id, body) in outgoing {
+                self.send_to_agent(&node_id, body);
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes one request; agents' in `agents.rs`, operators' in
+    /// `commands.rs`. Replies wait in `deferred` for the batch's commit.
+    fn handle(&mut self, now: Millis, request: Request, deferred: &mut Vec<Deferred>) {
+        use commands::By;
+        match request {
+            Request::Register {
+                registration,
+                outbound,
+                reply,
+            } => self.register(now, registration, outbound, reply, deferred),
+            Request::Telemetry {
+                node_id,
+                session,
+                readings,
+            } => self.telemetry(now, &node_id, session, readings),
+            Request::Disconnected { node_id, session } => self.disconnected(now, &node_id, session),
+            Request::AgentReport {
+                node_id,
+                session,
+                body,
+            } => self.agent_report(now, &node_id, session, body),
+            Request::GetLogs {
+                job,
+                rank,
+                lines,
+                reply,
+            } => self.request_logs(job, rank, lines, reply),
+            Request::Cordon {
+                node_id,
+                reason,
+                by,
+                request_id,
+                reply,
+            } => {
+                let who = By {
+                    by,
+                    reason,
+                    request_id,
+                };
+                deferred.push(self.cordon(now, node_id, who, reply));
+            }
+            Request::Uncordon {
+                node_id,
+                reason,
+                by,
+                request_id,
+                reply,
+            } => {
+                let who = By {
+                    by,
+                    reason,
+                    request_id,
+                };
+                deferred.push(self.uncordon(now, node_id, who, reply));
+            }
+            Request::SubmitJob {
+                spec_toml,
+                by,
+                request_id,
+                reply,
+            } => deferred.push(self.submit_job(now, spec_toml, by, request_id, reply)),
+            Request::StopJob {
+                name,
+                by,
+                reason,
+                request_id,
+                reply,
+            } => {
+                let who = By {
+                    by,
+                    reason,
+                    request_id,
+                };
+                deferred.push(self.stop_job(now, name, who, reply));
+            }
+            Request::Drill {
+                node_id,
+                drill,
+                by,
+                request_id,
+                reply,
+            } => deferred.push(self.drill(now, node_id, drill, by, request_id, reply)),
+            Request::ResetBreaker {
+                by,
+                reason,
+                request_id,
+                reply,
+            } => {
+                let who = By {
+                    by,
+                    reason,
+                    request_id,
+                };
+                deferred.push(self.reset_breaker(now, who, reply));
+            }
+            Request::Status { reply } => {
+                let status = view::status(&self.engine);
+                deferred.push(Box::new(move |_| {
+                    let _ = reply.send(status);
+                }));
+            }
+            Request::Node { node_id, reply } => deferred.push(self.get_node(&node_id, reply)),
+            Request::Events {
+                after_seq,
+                limit,
+                reply,
+            } => {
+                let events = view::events(&self.engine, after_seq, limit);
+                deferred.push(Box::new(move |_| {
+                    let _ = reply.send(events);
+                }));
+            }
+            Request::GetJob { name, reply } => deferred.push(self.get_job(&name, reply)),
+        }
+    }
+
+    /// Sends to a connected agent. A stream that cannot take the message is
+    /// closed: the agent reconnects and gets the whole desired state again,
+    /// which is better than a silently lost assignment.
+    fn send_to_agent(&mut self, node_id: &str, body: SupervisorBody) {
+        let Some((_, outbound)) = self.sessions.get(node_id) else {
+            return;
+        };
+        let message = v1::SupervisorMessage { body: Some(body) };
+        if outbound.try_send(Ok(message)).is_err() {
+            tracing::warn!(node = %node_id, "agent stream is not draining; closing it so the agent resyncs");
+            self.sessions.remove(node_id);
+        }
+    }
+
+    fn apply_actions(&mut self) -> Result<Vec<(String, SupervisorBody)>, StoreError> {
+        let mut changes = std::mem::take(&mut self.pending_changes);
+        let mut outgoing = Vec::new();
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::SendAssignment {
+                    node_id,
+                    assignment,
+                } => outgoing.push((
+                    node_id,
+                    SupervisorBody::Assignment(convert::assignment_to_wire(assignment)),
+                )),
+                Action::SendDrill { node_id, drill } => outgoing.push((
+                    node_id,
+                    SupervisorBody::Drill(convert::drill_to_wire(drill)),
+                )),
+                Action::Persist(change) => changes.push(change),
+                Action::CloseSession {
+                    node_id,
+                    session,
+                    reason,
+                } => {
+                    tracing::info!(node = %node_id, session, %reason, "closing agent stream");
+                    if self
+                        .sessions
+                        .get(&node_id)
+                        .is_some_and(|(s, _)| *s == session)
+                    {
+                        self.sessions.remove(&node_id);
+                    }
+                }
+            }
+        }
+        if changes.is_empty() {
+            return Ok(outgoing);
+        }
+        self.store.commit(&changes)?;
+        self.counters.store_commits.fetch_add(1, Ordering::Relaxed);
+        let mut by_kind = self
+            .counters
+            .events_by_kind
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for change in &changes {
+            if let sup_core::Change::AppendEvent(e) = change {
+                *by_kind.entry(e.kind.as_str()).or_default() += 1;
+                self.observe(e);
+                tracing::info!(
+                    kind = e.kind.as_str(),
+                    node = e.node.as_deref().unwrap_or(""),
+                    reason = %e.reason,
+                    "event"
+                );
+            }
+        }
+        Ok(outgoing)
+    }
+}
+
+impl<S: Store> Actor<S> {
+    /// Metrics that come from events: checkpoint times, recovery latency.
+    fn observe(&self, e: &sup_core::Event) {
+        match (e.kind.as_str(), e.job.as_ref()) {
+            ("job_checkpoint", Some(job)) => {
+                self.counters
+                    .last_checkpoint_at
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(job.clone(), e.at);
+            }
+            ("job_running", Some(_)) => {
+                if let Some(ms) = e.recovery_ms {
+                    // Milliseconds to seconds; precision loss is irrelevant.
+                    #[allow(clippy::cast_precision_loss)]
+                    self.counters.recovery_latency.0.observe(ms as f64 / 1000.0);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn sleep_until(wake: Option<Millis>) {
+    match wake {
+        Some(at) => {
+            let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,311 @@
+//! How the rest of supd talks to the actor: the request types and a cheap,
+//! cloneable handle whose methods send one and wait for its answer.
+
+use tokio::sync::{mpsc, oneshot};
+
+use sup_core::{CordonOutcome, GpuReading, NodeState, Registration, SessionId};
+use sup_proto::v1;
+
+use super::ActorError;
+use crate::convert::AgentReport;
+
+/// Where the actor sends a connected agent's messages.
+pub type AgentOutbound = mpsc::Sender<Result<v1::SupervisorMessage, tonic::Status>>;
+
+pub type JobReply = oneshot::Sender<Result<(bool, String, v1::Job), ActorError>>;
+
+pub(super) enum Request {
+    Register {
+        registration: Registration,
+        outbound: AgentOutbound,
+        reply: oneshot::Sender<Result<NodeState, ActorError>>,
+    },
+    Telemetry {
+        node_id: String,
+        session: SessionId,
+        readings: Vec<GpuReading>,
+    },
+    Disconnected {
+        node_id: String,
+        session: SessionId,
+    },
+    Cordon {
+        node_id: String,
+        reason: String,
+        by: String,
+        request_id: String,
+        reply: oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>,
+    },
+    Uncordon {
+        node_id: String,
+        reason: String,
+        by: String,
+        request_id: String,
+        reply: oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>,
+    },
+    Status {
+        reply: oneshot::Sender<v1::ClusterStatus>,
+    },
+    Node {
+        node_id: String,
+        reply: oneshot::Sender<Result<v1::Node, ActorError>>,
+    },
+    Events {
+        after_seq: u64,
+        limit: usize,
+        reply: oneshot::Sender<Vec<v1::Event>>,
+    },
+    /// Any other agent message (health, ranks, checkpoints, progress, logs).
+    AgentReport {
+        node_id: String,
+        session: SessionId,
+        body: AgentReport,
+    },
+    SubmitJob {
+        spec_toml: String,
+        by: String,
+        request_id: String,
+        reply: JobReply,
+    },
+    StopJob {
+        name: String,
+        by: String,
+        reason: String,
+        request_id: String,
+        reply: JobReply,
+    },
+    GetJob {
+        name: String,
+        reply: oneshot::Sender<Result<(v1::Job, Vec<v1::Checkpoint>), ActorError>>,
+    },
+    GetLogs {
+        job: String,
+        rank: u32,
+        lines: u32,
+        reply: oneshot::Sender<Result<v1::LogResponse, ActorError>>,
+    },
+    Drill {
+        node_id: String,
+        drill: sup_core::Drill,
+        by: String,
+        request_id: String,
+        reply: oneshot::Sender<Result<String, ActorError>>,
+    },
+    ResetBreaker {
+        by: String,
+        reason: String,
+        request_id: String,
+        reply: oneshot::Sender<Result<(bool, String), ActorError>>,
+    },
+}
+
+/// A cheap, cloneable way to talk to the actor.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    pub(super) tx: mpsc::Sender<Request>,
+}
+
+fn gone() -> ActorError {
+    ActorError::Unavailable("the state actor has stopped".to_owned())
+}
+
+impl SupervisorHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, ActorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    pub async fn register(
+        &self,
+        registration: Registration,
+        outbound: AgentOutbound,
+    ) -> Result<NodeState, ActorError> {
+        self.ask(|reply| Request::Register {
+            registration,
+            outbound,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn telemetry(
+        &self,
+        node_id: String,
+        session: SessionId,
+        readings: Vec<GpuReading>,
+    ) -> Result<(), ActorError> {
+        self.tx
+            .send(Request::Telemetry {
+                node_id,
+                session,
+                readings,
+            })
+            .await
+            .map_err(|_| gone())
+    }
+
+    pub async fn disconnected(&self, node_id: String, session: SessionId) {
+        // Nothing to do if the actor is gone: supd is stopping.
+        let _ = self
+            .tx
+            .send(Request::Disconnected { node_id, session })
+            .await;
+    }
+
+    /// `request_id`: the client's id for this command ("" for none); a
+    /// retry with the same id is answered, not applied again.
+    pub async fn cordon(
+        &self,
+        node_id: String,
+        reason: String,
+        by: String,
+        request_id: String,
+    ) -> Result<(CordonOutcome, v1::Node), ActorError> {
+        self.ask(|reply| Request::Cordon {
+            node_id,
+            reason,
+            by,
+            request_id,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn uncordon(
+        &self,
+        node_id: String,
+        reason: String,
+        by: String,
+        request_id: String,
+    ) -> Result<(CordonOutcome, v1::Node), ActorError> {
+        self.ask(|reply| Request::Uncordon {
+            node_id,
+            reason,
+            by,
+            request_id,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn status(&self) -> Result<v1::ClusterStatus, ActorError> {
+        self.ask(|reply| Request::Status { reply }).await
+    }
+
+    pub async fn node(&self, node_id: String) -> Result<v1::Node, ActorError> {
+        self.ask(|reply| Request::Node { node_id, reply }).await?
+    }
+
+    pub async fn agent_report(
+        &self,
+        node_id: String,
+        session: SessionId,
+        body: AgentReport,
+    ) -> Result<(), ActorError> {
+        self.tx
+            .send(Request::AgentReport {
+                node_id,
+                session,
+                body,
+            })
+            .await
+            .map_err(|_| gone())
+    }
+
+    pub async fn submit_job(
+        &self,
+        spec_toml: String,
+        by: String,
+        request_id: String,
+    ) -> Result<(bool, String, v1::Job), ActorError> {
+        self.ask(|reply| Request::SubmitJob {
+            spec_toml,
+            by,
+            request_id,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn stop_job(
+        &self,
+        name: String,
+        by: String,
+        reason: String,
+        request_id: String,
+    ) -> Result<(bool, String, v1::Job), ActorError> {
+        self.ask(|reply| Request::StopJob {
+            name,
+            by,
+            reason,
+            request_id,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn job(&self, name: String) -> Result<(v1::Job, Vec<v1::Checkpoint>), ActorError> {
+        self.ask(|reply| Request::GetJob { name, reply }).await?
+    }
+
+    /// Asks the agent that runs the rank; the answer comes over its stream.
+    pub async fn logs(
+        &self,
+        job: String,
+        rank: u32,
+        lines: u32,
+    ) -> Result<v1::LogResponse, ActorError> {
+        self.ask(|reply| Request::GetLogs {
+            job,
+            rank,
+            lines,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn drill(
+        &self,
+        node_id: String,
+        drill: sup_core::Drill,
+        by: String,
+        request_id: String,
+    ) -> Result<String, ActorError> {
+        self.ask(|reply| Request::Drill {
+            node_id,
+            drill,
+            by,
+            request_id,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn reset_breaker(
+        &self,
+        by: String,
+        reason: String,
+        request_id: String,
+    ) -> Result<(bool, String), ActorError> {
+        self.ask(|reply| Request::ResetBreaker {
+            by,
+            reason,
+            request_id,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn events(&self, after_seq: u64, limit: usize) -> Result<Vec<v1::Event>, ActorError> {
+        self.ask(|reply| Request::Events {
+            after_seq,
+            limit,
+            reply,
+        })
+        .await
+    }
+}
