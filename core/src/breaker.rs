@@ -2,13 +2,125 @@
 //! too many nodes turn bad at once they stop until an operator resets the
 //! breaker (the likelier story then is a bug in sup, the driver or the
 //! fabric, and cordoning the cluster would be a disaster).
+//!
+//! [`Breaker`] owns everything about it — the durable open/closed record,
+//! the window of recent automatic cordons and the cordons held back while
+//! open — and answers one question: may this node be cordoned now, or why
+//! not.
 
-use crate::records::{Breaker, CordonRecord};
-use crate::{Engine, EngineError, EventKind, Millis};
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::records::{BreakerRecord, CordonRecord};
+use crate::{Action, Change, Engine, EngineError, EventKind, Millis};
+
+#[derive(Debug, Clone, Default)]
+pub struct Breaker {
+    record: BreakerRecord,
+    /// When each automatic cordon within the window was made.
+    recent: VecDeque<Millis>,
+    /// Cordons held back while open, by node, with their reasons: made
+    /// when an operator resets the breaker.
+    held_back: BTreeMap<String, String>,
+}
+
+/// The breaker's answer to an automatic cordon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowance {
+    /// Go ahead; it is counted in the window.
+    Allowed,
+    /// Held back until a reset. `opened` carries the breaker's reason when
+    /// this very cordon opened it.
+    HeldBack { opened: Option<String> },
+}
+
+/// How many automatic cordons a window allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    pub window_ms: Millis,
+    pub max_share: f64,
+    pub min_cordons: u32,
+    /// Nodes in the cluster (the share's denominator).
+    pub nodes: usize,
+}
+
+impl Limit {
+    /// max(min_cordons, ceil(max_share × nodes)).
+    pub fn allowance(&self) -> usize {
+        let share = (self.max_share * self.nodes as f64).ceil() as usize;
+        share.max(self.min_cordons as usize)
+    }
+}
+
+impl Breaker {
+    pub fn restored(record: BreakerRecord) -> Breaker {
+        Breaker {
+            record,
+            ..Breaker::default()
+        }
+    }
+
+    pub fn record(&self) -> &BreakerRecord {
+        &self.record
+    }
+
+    /// Forgets automatic cordons older than the window.
+    pub fn expire(&mut self, now: Millis, window_ms: Millis) {
+        while self.recent.front().is_some_and(|at| now - at > window_ms) {
+            self.recent.pop_front();
+        }
+    }
+
+    /// May `node` be cordoned automatically now? An allowed cordon is
+    /// counted; one past the limit opens the breaker and is held back, as
+    /// is every one while it is open.
+    pub fn ask(&mut self, now: Millis, node: &str, reason: &str, limit: Limit) -> Allowance {
+        self.expire(now, limit.window_ms);
+        let allowed = limit.allowance();
+        if !self.record.open && self.recent.len() < allowed {
+            self.held_back.remove(node);
+            self.recent.push_back(now);
+            return Allowance::Allowed;
+        }
+        let opened = (!self.record.open).then(|| {
+            self.record = BreakerRecord {
+                open: true,
+                reason: format!(
+                    "{} automatic cordons within {} would exceed the limit of {allowed} ({:.0}% of {} nodes, at least {}); automatic cordons stopped until an operator resets the breaker (supctl breaker reset)",
+                    self.recent.len() + 1,
+                    crate::format_ms(limit.window_ms),
+                    limit.max_share * 100.0,
+                    limit.nodes,
+                    limit.min_cordons
+                ),
+                since: now,
+            };
+            self.record.reason.clone()
+        });
+        self.held_back.insert(node.to_owned(), reason.to_owned());
+        Allowance::HeldBack { opened }
+    }
+
+    /// Closes the breaker and empties its window; returns the cordons held
+    /// back (node, reason), to be asked for again.
+    pub fn reset(&mut self) -> Vec<(String, String)> {
+        self.record = BreakerRecord::default();
+        self.recent.clear();
+        std::mem::take(&mut self.held_back).into_iter().collect()
+    }
+}
 
 impl Engine {
-    pub fn breaker(&self) -> &Breaker {
-        &self.breaker
+    pub fn breaker(&self) -> &BreakerRecord {
+        self.breaker.record()
+    }
+
+    fn breaker_limit(&self) -> Limit {
+        Limit {
+            window_ms: self.config.breaker_window_ms,
+            max_share: self.config.breaker_max_share,
+            min_cordons: self.config.breaker_min_cordons,
+            nodes: self.nodes.len(),
+        }
     }
 
     /// Cordons a node on the engine's own authority, unless the breaker
@@ -20,72 +132,43 @@ impl Engine {
         if node.record.cordon.is_some() {
             return;
         }
-        self.expire_breaker_window(now);
-        let allowed = self.cordon_allowance();
-        if self.breaker.open || self.recent_auto_cordons.len() >= allowed {
-            if !self.breaker.open {
-                let total = self.nodes.len();
-                self.breaker = Breaker {
-                    open: true,
-                    reason: format!(
-                        "{} automatic cordons within {} would exceed the limit of {allowed} ({:.0}% of {total} nodes, at least {}); automatic cordons stopped until an operator resets the breaker (supctl breaker reset)",
-                        self.recent_auto_cordons.len() + 1,
-                        super::format_ms(self.config.breaker_window_ms),
-                        self.config.breaker_max_share * 100.0,
-                        self.config.breaker_min_cordons
-                    ),
-                    since: now,
-                };
-                let text = self.breaker.reason.clone();
-                self.record_event(now, EventKind::BreakerOpened, Some(node_id), text);
-                self.actions
-                    .push_back(super::Action::Persist(super::Change::PutBreaker(
-                        self.breaker.clone(),
+        let limit = self.breaker_limit();
+        match self.breaker.ask(now, node_id, &reason, limit) {
+            Allowance::HeldBack { opened } => {
+                if let Some(text) = opened {
+                    self.record_event(now, EventKind::BreakerOpened, Some(node_id), text);
+                    self.actions.push_back(Action::Persist(Change::PutBreaker(
+                        self.breaker.record().clone(),
                     )));
+                }
+                self.record_event(
+                    now,
+                    EventKind::NodeCordoned,
+                    Some(node_id),
+                    format!("automatic cordon held back (breaker open): {reason}"),
+                );
             }
-            self.record_event(
-                now,
-                EventKind::NodeCordoned,
-                Some(node_id),
-                format!("automatic cordon held back (breaker open): {reason}"),
-            );
-            if let Some(node) = self.nodes.get_mut(node_id) {
-                node.deferred_cordon = Some(reason);
+            Allowance::Allowed => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.record.cordon = Some(CordonRecord {
+                        reason: reason.clone(),
+                        by: "sup".to_owned(),
+                        at: now,
+                    });
+                }
+                self.record_event(
+                    now,
+                    EventKind::NodeCordoned,
+                    Some(node_id),
+                    format!("cordoned by sup: {reason}"),
+                );
+                self.persist_node(node_id);
             }
-            return;
         }
-        if let Some(node) = self.nodes.get_mut(node_id) {
-            node.deferred_cordon = None;
-            node.record.cordon = Some(CordonRecord {
-                reason: reason.clone(),
-                by: "sup".to_owned(),
-                at: now,
-            });
-        }
-        self.recent_auto_cordons.push_back(now);
-        self.record_event(
-            now,
-            EventKind::NodeCordoned,
-            Some(node_id),
-            format!("cordoned by sup: {reason}"),
-        );
-        self.persist_node(node_id);
-    }
-
-    pub(crate) fn cordon_allowance(&self) -> usize {
-        let share = (self.config.breaker_max_share * self.nodes.len() as f64).ceil() as usize;
-        share.max(self.config.breaker_min_cordons as usize)
     }
 
     pub(crate) fn expire_breaker_window(&mut self, now: Millis) {
-        let window = self.config.breaker_window_ms;
-        while self
-            .recent_auto_cordons
-            .front()
-            .is_some_and(|at| now - at > window)
-        {
-            self.recent_auto_cordons.pop_front();
-        }
+        self.breaker.expire(now, self.config.breaker_window_ms);
     }
 
     /// Operator: close the breaker. Cordons held back while it was open are
@@ -96,7 +179,7 @@ impl Engine {
         by: &str,
         reason: &str,
     ) -> Result<(bool, String), EngineError> {
-        if !self.breaker.open {
+        if !self.breaker.record().open {
             return Ok((false, "the breaker is closed".to_owned()));
         }
         let by = if by.trim().is_empty() {
@@ -106,27 +189,83 @@ impl Engine {
         };
         let mut text = format!(
             "breaker reset by {by} (was open since it said: {})",
-            self.breaker.reason
+            self.breaker.record().reason
         );
         if !reason.trim().is_empty() {
             text.push_str(&format!("; {}", reason.trim()));
         }
-        self.breaker = Breaker::default();
-        self.recent_auto_cordons.clear();
-        self.actions
-            .push_back(super::Action::Persist(super::Change::PutBreaker(
-                self.breaker.clone(),
-            )));
+        let held_back = self.breaker.reset();
+        self.actions.push_back(Action::Persist(Change::PutBreaker(
+            self.breaker.record().clone(),
+        )));
         self.record_event(now, EventKind::BreakerReset, None, text);
-        let deferred: Vec<(String, String)> = self
-            .nodes
-            .values()
-            .filter_map(|n| n.deferred_cordon.clone().map(|r| (n.record.id.clone(), r)))
-            .collect();
-        for (id, reason) in deferred {
+        for (id, reason) in held_back {
             self.auto_cordon(now, &id, reason);
         }
         self.request_reconcile(now);
         Ok((true, "breaker reset: automatic cordons resume".to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(nodes: usize) -> Limit {
+        Limit {
+            window_ms: 600_000,
+            max_share: 0.1,
+            min_cordons: 3,
+            nodes,
+        }
+    }
+
+    #[test]
+    fn the_allowance_is_a_share_of_the_cluster_with_a_floor() {
+        assert_eq!(limit(10).allowance(), 3);
+        assert_eq!(limit(2_000).allowance(), 200);
+    }
+
+    #[test]
+    fn past_the_allowance_it_opens_once_and_holds_every_cordon_back() {
+        let mut b = Breaker::default();
+        for (i, node) in ["a", "b", "c"].into_iter().enumerate() {
+            assert_eq!(
+                b.ask(i as Millis, node, "Xid 79", limit(10)),
+                Allowance::Allowed
+            );
+        }
+        let Allowance::HeldBack { opened: Some(why) } = b.ask(3, "d", "Xid 79", limit(10)) else {
+            panic!("the fourth cordon must open the breaker");
+        };
+        assert!(
+            why.starts_with("4 automatic cordons within 10m would exceed the limit of 3"),
+            "{why}"
+        );
+        assert_eq!(
+            b.ask(4, "e", "Xid 48", limit(10)),
+            Allowance::HeldBack { opened: None },
+            "already open: held back, not opened again"
+        );
+        assert!(b.record().open);
+        let held = b.reset();
+        assert_eq!(
+            held,
+            vec![
+                ("d".to_owned(), "Xid 79".to_owned()),
+                ("e".to_owned(), "Xid 48".to_owned())
+            ]
+        );
+        assert!(!b.record().open);
+        assert_eq!(b.ask(5, "d", "Xid 79", limit(10)), Allowance::Allowed);
+    }
+
+    #[test]
+    fn cordons_older_than_the_window_no_longer_count() {
+        let mut b = Breaker::default();
+        for i in 0..3 {
+            assert_eq!(b.ask(i, "n", "r", limit(10)), Allowance::Allowed);
+        }
+        assert_eq!(b.ask(600_003, "n", "r", limit(10)), Allowance::Allowed);
     }
 }

@@ -4,10 +4,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::breaker::Breaker;
 use crate::config::EngineConfig;
 use crate::messages::{DesiredAssignment, Drill};
 use crate::records::JobState;
-use crate::records::{Breaker, Change, Event, EventKind, Persisted};
+use crate::records::{Change, Event, EventKind, Persisted};
 use crate::{jobs, Millis, Node, SessionId};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,8 +81,6 @@ pub struct Engine {
     pub(crate) reconcile_requested: Option<Millis>,
 
     pub(crate) breaker: Breaker,
-    /// Automatic cordons within the breaker window.
-    pub(crate) recent_auto_cordons: VecDeque<Millis>,
     /// Recent application Xids: (at, xid, node).
     pub(crate) recent_app_xids: VecDeque<(Millis, u32, String)>,
     /// Application Xid codes already reported as correlated, with when.
@@ -129,8 +128,7 @@ impl Engine {
             next_job_check: None,
             last_generation,
             reconcile_requested: None,
-            breaker: persisted.breaker.unwrap_or_default(),
-            recent_auto_cordons: VecDeque::new(),
+            breaker: Breaker::restored(persisted.breaker.unwrap_or_default()),
             recent_app_xids: VecDeque::new(),
             correlated_reported: BTreeMap::new(),
             spares_were_low: false,

@@ -40,8 +40,6 @@ pub struct Node {
     pub gpu_idle_since: BTreeMap<u32, Millis>,
     /// Most recent Xids per GPU index, newest last.
     pub recent_xids: BTreeMap<u32, VecDeque<XidEvent>>,
-    /// A GPU failed while the breaker was open: cordon when it is reset.
-    pub deferred_cordon: Option<String>,
     /// What was last sent to the agent; None forces a resend.
     pub(crate) sent_assignment: Option<DesiredAssignment>,
     /// Instance id of the last agent rejected as a duplicate, so a retrying
@@ -80,7 +78,6 @@ impl Node {
             readings: BTreeMap::new(),
             gpu_idle_since: BTreeMap::new(),
             recent_xids: BTreeMap::new(),
-            deferred_cordon: None,
             sent_assignment: None,
             last_rejected_instance: None,
         }

@@ -164,7 +164,7 @@ impl EventKind {
 
 /// Durable: a supd restart must not quietly close an open breaker.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Breaker {
+pub struct BreakerRecord {
     pub open: bool,
     pub reason: String,
     pub since: Millis,
@@ -177,7 +177,7 @@ pub struct Persisted {
     /// Oldest first.
     pub events: Vec<Event>,
     pub jobs: Vec<JobRecord>,
-    pub breaker: Option<Breaker>,
+    pub breaker: Option<BreakerRecord>,
     /// Client request ids already applied (the actor's, not the engine's).
     pub requests: Vec<RequestRecord>,
 }
@@ -207,7 +207,7 @@ pub enum Change {
     /// Drop every event with a sequence number up to and including this one.
     TrimEventsThrough(u64),
     PutJob(Box<JobRecord>),
-    PutBreaker(Breaker),
+    PutBreaker(BreakerRecord),
     /// Written by the actor in the same commit as the request's effects.
     RememberRequest(RequestRecord),
     ForgetRequest(String),

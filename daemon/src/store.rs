@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sup_core::{Breaker, Change, Event, JobRecord, NodeRecord, Persisted, RequestRecord};
+use sup_core::{BreakerRecord, Change, Event, JobRecord, NodeRecord, Persisted, RequestRecord};
 
 const SCHEMA_VERSION: u32 = 1;
 
@@ -289,7 +289,7 @@ impl Store for SledStore {
             .get("breaker")
             .map_err(|e| self.corrupt(e.to_string()))?
         {
-            let breaker: Breaker = serde_json::from_slice(&value)
+            let breaker: BreakerRecord = serde_json::from_slice(&value)
                 .map_err(|e| self.corrupt(format!("breaker record: {e}")))?;
             persisted.breaker = Some(breaker);
         }
