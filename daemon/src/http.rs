@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +21,14 @@ pub struct HttpState {
     pub handle: SupervisorHandle,
     pub ready: Arc<AtomicBool>,
     pub counters: Arc<Counters>,
+}
+
+/// The dashboard's handlers need only the handle, so they depend on the
+/// actor, not on this module.
+impl FromRef<HttpState> for SupervisorHandle {
+    fn from_ref(state: &HttpState) -> SupervisorHandle {
+        state.handle.clone()
+    }
 }
 
 pub fn router(state: HttpState) -> Router {

@@ -38,13 +38,13 @@ enum Sub {
     /// Goodput simulator: run the policy engine over a failure trace (Llama 3
     /// rates by default) and compare spare counts and checkpoint intervals.
     /// Offline: touches no state and no network.
-    Simulate(supd::sim::SimArgs),
+    Simulate(supd::sim::cli::SimArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Sub::Simulate(sim)) = &args.command {
-        return match supd::sim::run_cli(sim) {
+        return match supd::sim::cli::run_cli(sim) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS

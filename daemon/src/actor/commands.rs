@@ -5,19 +5,13 @@ use sup_core::{CordonOutcome, Drill, EngineError, Millis};
 use sup_proto::v1;
 use tokio::sync::oneshot;
 
-use super::idempotent::Command;
+use super::idempotent::{Applied, Command};
+use super::request::By;
 use super::{defer, defer_with, Actor, ActorError, Deferred, JobReply};
 use crate::store::Store;
 use crate::view;
 
 type NodeReply = oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>;
-
-/// Fields every mutating command carries besides its target.
-pub(super) struct By {
-    pub by: String,
-    pub reason: String,
-    pub request_id: String,
-}
 
 impl<S: Store> Actor<S> {
     pub(super) fn cordon(
@@ -32,7 +26,7 @@ impl<S: Store> Actor<S> {
             kind: "cordon",
             target: &node_id,
         };
-        let applied = self.once(now, command, |engine| {
+        let applied = self.requests.once(now, command, &mut self.engine, &mut self.pending_changes, |engine| {
             let outcome = engine.cordon(now, &node_id, &who.reason, &who.by)?;
             if outcome.changed {
                 tracing::warn!(node = %node_id, by = %who.by, reason = %who.reason, "node cordoned");
@@ -54,13 +48,19 @@ impl<S: Store> Actor<S> {
             kind: "uncordon",
             target: &node_id,
         };
-        let applied = self.once(now, command, |engine| {
-            let outcome = engine.uncordon(now, &node_id, &who.by, &who.reason)?;
-            if outcome.changed {
-                tracing::info!(node = %node_id, by = %who.by, "node uncordoned");
-            }
-            Ok((outcome.changed, outcome.message))
-        });
+        let applied = self.requests.once(
+            now,
+            command,
+            &mut self.engine,
+            &mut self.pending_changes,
+            |engine| {
+                let outcome = engine.uncordon(now, &node_id, &who.by, &who.reason)?;
+                if outcome.changed {
+                    tracing::info!(node = %node_id, by = %who.by, "node uncordoned");
+                }
+                Ok((outcome.changed, outcome.message))
+            },
+        );
         node_reply(reply, node_id, applied)
     }
 
@@ -82,10 +82,16 @@ impl<S: Store> Actor<S> {
             kind: "submit_job",
             target: &name,
         };
-        let applied = self.once(now, command, |engine| {
-            let spec = parsed.map_err(EngineError::InvalidJobSpec)?;
-            Ok((true, engine.submit_job(now, spec, &spec_text, &by)?))
-        });
+        let applied = self.requests.once(
+            now,
+            command,
+            &mut self.engine,
+            &mut self.pending_changes,
+            |engine| {
+                let spec = parsed.map_err(EngineError::InvalidJobSpec)?;
+                Ok((true, engine.submit_job(now, spec, &spec_text, &by)?))
+            },
+        );
         job_reply(reply, name, applied)
     }
 
@@ -101,9 +107,13 @@ impl<S: Store> Actor<S> {
             kind: "stop_job",
             target: &name,
         };
-        let applied = self.once(now, command, |engine| {
-            engine.stop_job(now, &name, &who.by, &who.reason)
-        });
+        let applied = self.requests.once(
+            now,
+            command,
+            &mut self.engine,
+            &mut self.pending_changes,
+            |engine| engine.stop_job(now, &name, &who.by, &who.reason),
+        );
         job_reply(reply, name, applied)
     }
 
@@ -121,9 +131,13 @@ impl<S: Store> Actor<S> {
             kind: "drill",
             target: &node_id,
         };
-        let applied = self.once(now, command, |engine| {
-            Ok((true, engine.drill(now, &node_id, drill, &by)?))
-        });
+        let applied = self.requests.once(
+            now,
+            command,
+            &mut self.engine,
+            &mut self.pending_changes,
+            |engine| Ok((true, engine.drill(now, &node_id, drill, &by)?)),
+        );
         defer(reply, applied.map(|(_, message)| message))
     }
 
@@ -138,9 +152,13 @@ impl<S: Store> Actor<S> {
             kind: "reset_breaker",
             target: "breaker",
         };
-        let applied = self.once(now, command, |engine| {
-            engine.reset_breaker(now, &who.by, &who.reason)
-        });
+        let applied = self.requests.once(
+            now,
+            command,
+            &mut self.engine,
+            &mut self.pending_changes,
+            |engine| engine.reset_breaker(now, &who.by, &who.reason),
+        );
         defer(reply, applied)
     }
 
@@ -170,7 +188,7 @@ impl<S: Store> Actor<S> {
 }
 
 /// A cordon's answer: the outcome and the node as it is after the batch.
-fn node_reply(reply: NodeReply, node_id: String, applied: super::idempotent::Applied) -> Deferred {
+fn node_reply(reply: NodeReply, node_id: String, applied: Applied) -> Deferred {
     defer_with(reply, move |engine| {
         let (changed, message) = applied?;
         let node = view::node(engine, engine.node(&node_id)?);
@@ -179,7 +197,7 @@ fn node_reply(reply: NodeReply, node_id: String, applied: super::idempotent::App
 }
 
 /// A job command's answer: the outcome and the job as it is after the batch.
-fn job_reply(reply: JobReply, name: String, applied: super::idempotent::Applied) -> Deferred {
+fn job_reply(reply: JobReply, name: String, applied: Applied) -> Deferred {
     defer_with(reply, move |engine| {
         let (changed, message) = applied?;
         Ok((changed, message, view::job(engine.job(&name)?)))

@@ -8,8 +8,7 @@ use std::collections::{HashMap, VecDeque};
 
 use sup_core::{Change, Engine, EngineError, Millis, RequestRecord};
 
-use super::{Actor, ActorError};
-use crate::store::Store;
+use super::request::ActorError;
 
 /// Remembered client request ids, oldest first, bounded in count and age:
 /// a retry comes within seconds or minutes, not days.
@@ -37,31 +36,36 @@ pub(super) struct Command<'a> {
 /// client. A replayed command changed nothing this time.
 pub(super) type Applied = Result<(bool, String), ActorError>;
 
-impl<S: Store> Actor<S> {
-    /// Client request ids remembered by the store (at startup).
-    pub fn with_requests(mut self, mut records: Vec<RequestRecord>) -> Self {
+impl RequestLog {
+    /// The ids the store remembered (at startup).
+    pub(super) fn restored(mut records: Vec<RequestRecord>) -> RequestLog {
         records.sort_by_key(|r| r.at);
+        let mut log = RequestLog::default();
         for r in records {
-            self.requests.order.push_back(r.id.clone());
-            self.requests.by_id.insert(r.id.clone(), r);
+            log.order.push_back(r.id.clone());
+            log.by_id.insert(r.id.clone(), r);
         }
-        self
+        log
     }
 
     /// Applies `command` through `apply` unless its id was applied before:
     /// then it answers with the first answer's message (or refuses an id
     /// reused for another command) and `apply` never runs.
+    /// `changes` receives the log's own durable changes, committed with
+    /// the engine's.
     pub(super) fn once(
         &mut self,
         now: Millis,
         command: Command<'_>,
+        engine: &mut Engine,
+        changes: &mut Vec<Change>,
         apply: impl FnOnce(&mut Engine) -> Result<(bool, String), EngineError>,
     ) -> Applied {
         if let Some(replay) = self.replayed(&command) {
             return replay.map(|message| (false, message));
         }
-        let (changed, message) = apply(&mut self.engine)?;
-        self.remember(now, &command, &message);
+        let (changed, message) = apply(engine)?;
+        self.remember(now, &command, &message, changes);
         Ok((changed, message))
     }
 
@@ -77,7 +81,7 @@ impl<S: Store> Actor<S> {
                 format!("request id longer than {REQUEST_ID_MAX_LEN} bytes"),
             ))));
         }
-        let r = self.requests.by_id.get(id)?;
+        let r = self.by_id.get(id)?;
         if r.kind != kind || r.target != target {
             return Some(Err(ActorError::Engine(EngineError::FailedPrecondition(
                 format!(
@@ -97,22 +101,27 @@ impl<S: Store> Actor<S> {
 
     /// Remembers an applied request, durably in the same commit as its
     /// effects.
-    fn remember(&mut self, now: Millis, command: &Command<'_>, message: &str) {
+    fn remember(
+        &mut self,
+        now: Millis,
+        command: &Command<'_>,
+        message: &str,
+        changes: &mut Vec<Change>,
+    ) {
         if command.id.is_empty() {
             return;
         }
-        while let Some(oldest) = self.requests.order.front() {
+        while let Some(oldest) = self.order.front() {
             let expired = self
-                .requests
                 .by_id
                 .get(oldest)
                 .is_none_or(|r| now - r.at > REQUEST_LOG_MAX_AGE_MS);
-            if !expired && self.requests.order.len() < REQUEST_LOG_MAX {
+            if !expired && self.order.len() < REQUEST_LOG_MAX {
                 break;
             }
-            if let Some(id) = self.requests.order.pop_front() {
-                self.requests.by_id.remove(&id);
-                self.pending_changes.push(Change::ForgetRequest(id));
+            if let Some(id) = self.order.pop_front() {
+                self.by_id.remove(&id);
+                changes.push(Change::ForgetRequest(id));
             }
         }
         let record = RequestRecord {
@@ -122,10 +131,8 @@ impl<S: Store> Actor<S> {
             target: command.target.to_owned(),
             message: message.to_owned(),
         };
-        self.requests.order.push_back(record.id.clone());
-        self.requests
-            .by_id
-            .insert(record.id.clone(), record.clone());
-        self.pending_changes.push(Change::RememberRequest(record));
+        self.order.push_back(record.id.clone());
+        self.by_id.insert(record.id.clone(), record.clone());
+        changes.push(Change::RememberRequest(record));
     }
 }

@@ -24,24 +24,16 @@ use sup_proto::v1;
 use sup_proto::v1::supervisor_message::Body as SupervisorBody;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use sup_core::{Action, Engine, EngineError, Millis, SessionId};
+use sup_core::{Action, Engine, Millis, SessionId};
 
 use crate::convert;
 use crate::metrics::Counters;
 use crate::store::{Store, StoreError};
 use crate::view;
 use idempotent::RequestLog;
-use request::Request;
-pub use request::{AgentOutbound, JobReply, SupervisorHandle};
+pub use request::{ActorError, AgentOutbound, JobReply, SupervisorHandle};
+use request::{By, Request};
 use watchdog::Watchdog;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ActorError {
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error("the supervisor is not serving: {0}")]
-    Unavailable(String),
-}
 
 /// A reply, sent once the batch it belongs to has been reconciled and made
 /// durable: it gets the engine as it is then (`None`: the commit failed and
@@ -181,7 +173,6 @@ impl<S: Store> Actor<S> {
     /// Routes one request; agents' in `agents.rs`, operators' in
     /// `commands.rs`. Replies wait in `deferred` for the batch's commit.
     fn handle(&mut self, now: Millis, request: Request, deferred: &mut Vec<Deferred>) {
-        use commands::By;
         match request {
             Request::Register {
                 registration,
@@ -292,6 +283,12 @@ impl<S: Store> Actor<S> {
             }
             Request::GetJob { name, reply } => deferred.push(self.get_job(&name, reply)),
         }
+    }
+
+    /// Client request ids remembered by the store (at startup).
+    pub fn with_requests(mut self, records: Vec<sup_core::RequestRecord>) -> Self {
+        self.requests = RequestLog::restored(records);
+        self
     }
 
     /// Sends to a connected agent. A stream that cannot take the message is

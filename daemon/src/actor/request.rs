@@ -3,13 +3,27 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use sup_core::{CordonOutcome, GpuReading, NodeState, Registration, SessionId};
+use sup_core::{CordonOutcome, EngineError, GpuReading, NodeState, Registration, SessionId};
 use sup_proto::v1;
 
-use super::ActorError;
 use crate::convert::AgentReport;
 
 /// Where the actor sends a connected agent's messages.
+#[derive(Debug, thiserror::Error)]
+pub enum ActorError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("the supervisor is not serving: {0}")]
+    Unavailable(String),
+}
+
+/// Fields every mutating command carries besides its target.
+pub(super) struct By {
+    pub by: String,
+    pub reason: String,
+    pub request_id: String,
+}
+
 pub type AgentOutbound = mpsc::Sender<Result<v1::SupervisorMessage, tonic::Status>>;
 
 pub type JobReply = oneshot::Sender<Result<(bool, String, v1::Job), ActorError>>;

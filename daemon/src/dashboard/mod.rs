@@ -22,7 +22,7 @@ use sup_proto::v1;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::http::HttpState;
+use crate::actor::SupervisorHandle;
 
 const INDEX_HTML: &str = include_str!("index.html");
 const APP_CSS: &str = include_str!("app.css");
@@ -214,7 +214,7 @@ impl StreamState {
 /// `/api/v1/stream`: server-sent events `nodes`, `jobs`, `summary` and
 /// `events` (see [`StreamState::diff`]); one task per connection, ended
 /// when the page goes away.
-pub async fn stream(State(s): State<HttpState>) -> impl IntoResponse {
+pub async fn stream(State(handle): State<SupervisorHandle>) -> impl IntoResponse {
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(16);
     tokio::spawn(async move {
         let mut state = StreamState::default();
@@ -225,7 +225,7 @@ pub async fn stream(State(s): State<HttpState>) -> impl IntoResponse {
             if tx.is_closed() {
                 break;
             }
-            let Ok(status) = s.handle.status().await else {
+            let Ok(status) = handle.status().await else {
                 // The actor stopped: supd is shutting down or failed.
                 break;
             };
@@ -234,7 +234,7 @@ pub async fn stream(State(s): State<HttpState>) -> impl IntoResponse {
                 Some(seq) => (seq, 0),
                 None => (0, INITIAL_EVENTS),
             };
-            if let Ok(events) = s.handle.events(after, limit).await {
+            if let Ok(events) = handle.events(after, limit).await {
                 if let Some(last) = events.last() {
                     state.last_seq = Some(last.seq);
                 } else if state.last_seq.is_none() {

@@ -25,11 +25,10 @@ use sup_core::{
     Registration,
 };
 
-mod cli;
+pub mod cli;
 mod params;
 mod trace;
 
-pub use cli::{run_cli, SimArgs};
 pub use params::*;
 pub use trace::*;
 

@@ -3,7 +3,7 @@
 
 use sup_core::Millis;
 
-use super::FailureClass;
+use super::trace::FailureClass;
 
 /// Modelled costs and the cluster; every duration in milliseconds.
 #[derive(Debug, Clone, PartialEq)]
