@@ -4,7 +4,6 @@
 //! Precedence, highest first: flag, environment (only where a flag names
 //! one), file, built-in default.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,7 +13,10 @@ use serde::{Deserialize, Deserializer};
 
 use sup_proto::transport::ClientTlsFiles;
 
-use crate::kmsg::KernelLogSpec;
+use crate::error_text::error_chain;
+use crate::health::Rules;
+use crate::probe::kernel_log::KernelLogSpec;
+use crate::probe::GpuBackend;
 
 pub const DEFAULT_SUPERVISOR: &str = "http://127.0.0.1:7070";
 pub const DEFAULT_TELEMETRY_INTERVAL: Duration = Duration::from_secs(5);
@@ -181,56 +183,6 @@ pub struct Config {
     pub expected_gpus: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GpuBackend {
-    Nvml,
-    Sim { gpus: u32 },
-}
-
-impl GpuBackend {
-    /// The name sent to supd in `Register.gpu_backend`.
-    pub fn wire_name(&self) -> &'static str {
-        match self {
-            GpuBackend::Nvml => "nvml",
-            GpuBackend::Sim { .. } => "sim",
-        }
-    }
-}
-
-impl fmt::Display for GpuBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GpuBackend::Nvml => f.write_str("nvml"),
-            GpuBackend::Sim { gpus } => write!(f, "sim:{gpus}"),
-        }
-    }
-}
-
-impl FromStr for GpuBackend {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s == "nvml" {
-            return Ok(GpuBackend::Nvml);
-        }
-        let Some(count) = s.strip_prefix("sim:") else {
-            return Err(format!(
-                "invalid GPU backend {s:?}: expected `nvml` or `sim:N` (N simulated GPUs, e.g. sim:8)"
-            ));
-        };
-        match count.parse::<u32>() {
-            Ok(0) => Err(format!(
-                "invalid GPU backend {s:?}: a simulated node needs at least one GPU"
-            )),
-            Ok(gpus) => Ok(GpuBackend::Sim { gpus }),
-            Err(_) => Err(format!(
-                "invalid GPU backend {s:?}: {count:?} is not a GPU count (expected e.g. sim:8)"
-            )),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -264,8 +216,7 @@ impl Config {
         // Checked here so that a bad rule table stops the agent at startup
         // with a configuration error, like any other bad setting.
         if let Some(path) = &config.xid_rules {
-            crate::health::Rules::load(Some(path))
-                .map_err(|e| ConfigError::Invalid(crate::error_chain(&e)))?;
+            Rules::load(Some(path)).map_err(|e| ConfigError::Invalid(error_chain(&e)))?;
         }
         Ok(config)
     }
@@ -706,28 +657,6 @@ mod tests {
             text.contains("rules.toml") && text.contains("gpu_lots"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn sim_backend_parsing() {
-        assert_eq!("nvml".parse::<GpuBackend>(), Ok(GpuBackend::Nvml));
-        assert_eq!(
-            "sim:8".parse::<GpuBackend>(),
-            Ok(GpuBackend::Sim { gpus: 8 })
-        );
-        assert_eq!(
-            "sim:1".parse::<GpuBackend>(),
-            Ok(GpuBackend::Sim { gpus: 1 })
-        );
-        let zero = "sim:0".parse::<GpuBackend>().expect_err("zero GPUs");
-        assert!(zero.contains("at least one GPU"), "{zero}");
-        for bad in ["sim", "sim:", "sim:-1", "sim:eight", "cuda", "", "sim:8x"] {
-            let err = bad.parse::<GpuBackend>().expect_err(bad);
-            assert!(err.contains("invalid GPU backend"), "{bad}: {err}");
-        }
-        assert_eq!(GpuBackend::Sim { gpus: 8 }.to_string(), "sim:8");
-        assert_eq!(GpuBackend::Sim { gpus: 8 }.wire_name(), "sim");
-        assert_eq!(GpuBackend::Nvml.wire_name(), "nvml");
     }
 
     #[test]

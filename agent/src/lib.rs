@@ -9,9 +9,9 @@ pub mod backoff;
 pub mod bus;
 pub mod checkpoint;
 pub mod config;
+pub mod error_text;
 pub mod fence;
 pub mod health;
-pub mod kmsg;
 pub mod launcher;
 pub mod probe;
 pub mod progress;
@@ -24,7 +24,9 @@ use std::future::Future;
 use sup_proto::v1::Register;
 use tracing::{info, warn};
 
-pub use crate::config::{Cli, Config, GpuBackend, LogFormat};
+pub use crate::config::{Cli, Config, LogFormat};
+pub use crate::error_text::{append_causes, error_chain};
+pub use crate::probe::GpuBackend;
 use crate::probe::{ProbeError, XidSink};
 use crate::sampler::Sampler;
 use crate::session::{Link, SessionError};
@@ -120,7 +122,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     } = bus;
     // GPU health monitor: Xids, verdicts, drills. [health wiring]
     if let Some(spec) = config.kernel_log.clone() {
-        if let Err(err) = kmsg::spawn(spec, &inventory, xid_sink.clone()) {
+        if let Err(err) = probe::kernel_log::spawn(spec, &inventory, xid_sink.clone()) {
             warn!(error = %err, "cannot start the kernel log reader; Xids come from NVML only");
         }
     }
@@ -183,89 +185,4 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         launcher.shutdown().await;
     }
     outcome
-}
-
-/// An error and its causes on one line. Transport errors in particular say
-/// only "transport error" at the top; the cause that helps an operator
-/// (connection refused, no such host) is further down the chain.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    append_causes(&mut text, err.source());
-    text
-}
-
-/// Appends `first` and its sources to `text`, leaving out what is already
-/// said: many errors repeat their source's message in their own, or start
-/// their message with the text that wraps them.
-pub fn append_causes(text: &mut String, first: Option<&(dyn std::error::Error + 'static)>) {
-    let mut source = first;
-    while let Some(cause) = source {
-        append_cause(text, &cause.to_string());
-        source = cause.source();
-    }
-}
-
-fn append_cause(text: &mut String, cause: &str) {
-    if cause.is_empty() || text.contains(cause) {
-        return;
-    }
-    let overlap = text
-        .char_indices()
-        .map(|(at, _)| at)
-        .filter(|&at| at == 0 || text[..at].ends_with(": "))
-        .find(|&at| cause.starts_with(&text[at..]));
-    match overlap {
-        Some(at) => {
-            let rest = cause[text.len() - at..].to_owned();
-            text.push_str(&rest);
-        }
-        None => {
-            text.push_str(": ");
-            text.push_str(cause);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("{message}")]
-    struct E {
-        message: &'static str,
-        #[source]
-        source: Option<Box<E>>,
-    }
-
-    fn e(message: &'static str, source: Option<E>) -> E {
-        E {
-            message,
-            source: source.map(Box::new),
-        }
-    }
-
-    #[test]
-    fn error_chain_keeps_every_cause_once() {
-        let refused = e(
-            "transport error",
-            Some(e("tcp connect error", Some(e("Connection refused", None)))),
-        );
-        assert_eq!(
-            error_chain(&refused),
-            "transport error: tcp connect error: Connection refused"
-        );
-        // A message that already quotes its source, and a source that
-        // elaborates the tail of the message.
-        let repeated = e("h2 error: broken pipe", Some(e("broken pipe", None)));
-        assert_eq!(error_chain(&repeated), "h2 error: broken pipe");
-        let elaborated = e(
-            "h2 protocol error: error reading a body",
-            Some(e("error reading a body: stream closed", None)),
-        );
-        assert_eq!(
-            error_chain(&elaborated),
-            "h2 protocol error: error reading a body: stream closed"
-        );
-    }
 }

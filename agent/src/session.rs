@@ -25,7 +25,7 @@ use tracing::{debug, error, info, warn};
 use crate::backoff::Backoff;
 use crate::bus::{LevelState, LinkPorts};
 use crate::config::Config;
-use crate::error_chain as chain;
+use crate::error_text::{append_causes, error_chain as chain};
 use crate::probe::ProbeError;
 use crate::sampler::Sampler;
 
@@ -394,7 +394,7 @@ fn describe_status(status: &tonic::Status) -> String {
         text.push_str(": ");
         text.push_str(status.message());
     }
-    crate::append_causes(&mut text, status.source());
+    append_causes(&mut text, status.source());
     text
 }
 

@@ -216,7 +216,7 @@ fn log_changes(before: Option<&[GpuVerdict]>, after: &[GpuVerdict]) {
 mod tests {
     use super::*;
     use crate::bus;
-    use crate::health::Rules;
+    use crate::health::rules::Rules;
     use sup_proto::v1::GpuInfo;
 
     fn inventory(n: u32) -> Vec<GpuInfo> {

@@ -9,20 +9,12 @@ use std::collections::BTreeMap;
 use sup_proto::v1::{GpuInfo, GpuVerdict, RecoveryAction, XidEvent};
 
 use super::rules::Rules;
-use super::verdict::{judge, GpuFacts};
+use super::verdict::{judge, GpuFacts, XidRecord};
 use crate::probe::{HealthSample, XidObservation, XidSource};
 
 /// Recent Xids kept per GPU at most, whatever the windows say: an Xid storm
 /// must not grow memory without bound.
 const MAX_RECENT_PER_GPU: usize = 512;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct XidRecord {
-    pub xid: u32,
-    pub at_unix_ms: i64,
-    pub source: XidSource,
-    pub detail: String,
-}
 
 #[derive(Debug, Default)]
 struct GpuHistory {

@@ -13,8 +13,21 @@ use sup_proto::time::rfc3339_ms;
 use sup_proto::v1::{GpuHealth, GpuVerdict, RecoveryAction};
 
 use super::rules::{Action, Rules, Severity};
-use super::state::XidRecord;
 use crate::probe::{GpuSignals, XidSource};
+
+/// One Xid as remembered for judging: an [`XidObservation`] without the
+/// GPU index (it is kept per GPU). Defined here, with the facts the verdict
+/// reads, so that the state that collects these depends on the verdict and
+/// not the other way round.
+///
+/// [`XidObservation`]: crate::probe::XidObservation
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XidRecord {
+    pub xid: u32,
+    pub at_unix_ms: i64,
+    pub source: XidSource,
+    pub detail: String,
+}
 
 /// Everything known about one GPU.
 #[derive(Debug, Clone, Copy)]

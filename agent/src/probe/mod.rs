@@ -1,77 +1,42 @@
 //! Where GPU facts come from: the [`GpuProbe`] trait and its two
-//! implementations, real NVML and a simulator for demos and scale tests.
+//! implementations, real NVML and a simulator for demos and scale tests,
+//! plus the Xid event readers that feed the health monitor.
 //!
 //! Probes speak the wire types (`GpuInfo`, `GpuReading`) directly: they hold
 //! exactly what is sent, with every reading optional, so there is no second
 //! model to keep in step with the proto.
+//!
+//! - [`backend`]: which source to open (`--gpu-backend nvml|sim:N`).
+//! - [`gpu_probe`]: the [`GpuProbe`] trait and [`ProbeError`].
+//! - [`nvml`], [`sim`]: the two implementations; `nvml_events` is NVML's
+//!   Xid event thread, `nvml_errors` how both treat an NVML error.
+//! - [`signals`]: polled health facts; [`xid`]: Xid events and the queue
+//!   every Xid source delivers to.
+//! - [`kernel_log`]: the second Xid source, the driver's kernel log lines.
+//!
+//! Dependencies point one way: the files above use one another (never this
+//! one), and this one only re-exports them and picks a probe ([`open`]).
 
+pub mod backend;
+pub mod gpu_probe;
+pub mod kernel_log;
 pub mod nvml;
+mod nvml_errors;
 mod nvml_events;
 pub mod signals;
 pub mod sim;
+pub mod xid;
 
 use std::path::PathBuf;
 
-use sup_proto::v1::{GpuInfo, GpuReading};
+use sup_proto::v1::GpuInfo;
 
-use crate::config::GpuBackend;
-
+pub use self::backend::GpuBackend;
+pub use self::gpu_probe::{GpuProbe, ProbeError};
 pub use self::nvml::NvmlProbe;
-pub use self::signals::{GpuSignals, HealthSample, XidObservation, XidSink, XidSource};
+pub use self::signals::{GpuSignals, HealthSample};
 pub use self::sim::SimProbe;
-
-/// One source of GPU inventory and telemetry for this node.
-///
-/// Implementations may block (NVML calls can take a while on a sick GPU), so
-/// the agent only calls them from its dedicated probe thread.
-pub trait GpuProbe {
-    /// The GPUs present, ordered by index. Taken once at startup; it is what
-    /// the agent registers with.
-    fn inventory(&self) -> Result<Vec<GpuInfo>, ProbeError>;
-
-    /// One reading per inventoried GPU. A reading that could not be taken is
-    /// `None` in its field (never zero); an error here means the probe as a
-    /// whole could not sample.
-    fn sample(&mut self) -> Result<Vec<GpuReading>, ProbeError>;
-
-    /// Health signals for every inventoried GPU (ECC, row remapping, PCIe,
-    /// NVLink, throttling, recovery action, lost GPUs). Polled on the same
-    /// schedule as [`GpuProbe::sample`]. The default knows nothing: every
-    /// signal absent, which judges as healthy-by-lack-of-evidence.
-    fn health(&mut self) -> Result<HealthSample, ProbeError> {
-        Ok(HealthSample::default())
-    }
-
-    /// Starts delivering Xid events to `sink` as they happen (NVML's event
-    /// set, on a thread of the probe's own). Returns false when this
-    /// backend has no event source of its own.
-    fn watch_xids(&mut self, sink: XidSink) -> Result<bool, ProbeError> {
-        let _ = sink;
-        Ok(false)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    #[error(
-        "cannot initialize NVML from {library}: {source} (is the NVIDIA driver installed? \
-         use --nvml-lib PATH to name the library, or --gpu-backend sim:N to simulate GPUs)"
-    )]
-    Init {
-        /// The path given with `--nvml-lib`, or the default library name.
-        library: String,
-        #[source]
-        source: ::nvml_wrapper::error::NvmlError,
-    },
-    #[error("NVML {operation} failed: {source}")]
-    Nvml {
-        operation: &'static str,
-        #[source]
-        source: ::nvml_wrapper::error::NvmlError,
-    },
-    #[error("GPU probe thread stopped: {0}")]
-    ThreadGone(String),
-}
+pub use self::xid::{XidObservation, XidSink, XidSource};
 
 /// The inventory padded to `expected` GPUs. A node that boots with a GPU
 /// already gone (off the bus before the driver loaded) would otherwise

@@ -22,8 +22,10 @@ use nvml_wrapper::{Device, Nvml};
 use sup_proto::v1::{GpuInfo, GpuReading, RecoveryAction};
 use tracing::{debug, error, info, warn};
 
-use super::signals::{GpuSignals, HealthSample, XidSink};
-use super::{GpuProbe, ProbeError};
+use super::gpu_probe::{GpuProbe, ProbeError};
+use super::nvml_errors::{classify, ErrorClass};
+use super::signals::{GpuSignals, HealthSample};
+use super::xid::XidSink;
 
 /// NVML's own ceiling on NVLink links per GPU (NVML_NVLINK_MAX_LINKS).
 const NVLINK_MAX_LINKS: u32 = 18;
@@ -47,43 +49,6 @@ const HEALTH_FIELDS: [FieldId; 11] = [
 /// What nvml-wrapper loads when no `--nvml-lib` is given (its own default is
 /// private, so this only names it in messages).
 const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
-
-/// How an NVML error on one reading should be treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorClass {
-    /// This GPU or driver cannot give the reading (not supported, no
-    /// permission, symbol missing in an older driver). The field is absent
-    /// and will stay so: not worth a warning on every sample.
-    Unsupported,
-    /// May well succeed on the next sample.
-    Transient,
-    /// The GPU is gone or needs a reset. Stop querying it for this sample:
-    /// calls on a lost GPU can be slow and they cannot succeed.
-    FatalForGpu,
-    /// NVML itself is unusable (driver unloaded, library/kernel mismatch).
-    FatalForNvml,
-}
-
-pub fn classify(err: &NvmlError) -> ErrorClass {
-    match err {
-        NvmlError::NotSupported
-        | NvmlError::NoPermission
-        | NvmlError::FunctionNotFound
-        | NvmlError::FailedToLoadSymbol(_)
-        | NvmlError::NotFound
-        | NvmlError::NoData
-        | NvmlError::VgpuEccNotSupported => ErrorClass::Unsupported,
-        NvmlError::GpuLost | NvmlError::ResetRequired => ErrorClass::FatalForGpu,
-        NvmlError::Uninitialized
-        | NvmlError::DriverNotLoaded
-        | NvmlError::LibRmVersionMismatch
-        | NvmlError::LibraryNotFound
-        | NvmlError::LibloadingError(_) => ErrorClass::FatalForNvml,
-        // Unknown, Timeout, IrqIssue, InUse and the wrapper's own decoding
-        // errors: nothing says the next try will fail too.
-        _ => ErrorClass::Transient,
-    }
-}
 
 pub struct NvmlProbe {
     nvml: Arc<Nvml>,
@@ -605,38 +570,5 @@ mod tests {
             assert!(r.memory_used_bytes.is_some(), "{r:?}");
         }
         println!("{gpus:#?}\n{readings:#?}");
-    }
-
-    #[test]
-    fn classification() {
-        assert_eq!(classify(&NvmlError::GpuLost), ErrorClass::FatalForGpu);
-        assert_eq!(classify(&NvmlError::ResetRequired), ErrorClass::FatalForGpu);
-        assert_eq!(classify(&NvmlError::NotSupported), ErrorClass::Unsupported);
-        assert_eq!(classify(&NvmlError::NoPermission), ErrorClass::Unsupported);
-        assert_eq!(
-            classify(&NvmlError::FunctionNotFound),
-            ErrorClass::Unsupported
-        );
-        assert_eq!(
-            classify(&NvmlError::FailedToLoadSymbol(
-                "nvmlDeviceGetPowerUsage".into()
-            )),
-            ErrorClass::Unsupported
-        );
-        assert_eq!(classify(&NvmlError::Unknown), ErrorClass::Transient);
-        assert_eq!(classify(&NvmlError::Timeout), ErrorClass::Transient);
-        assert_eq!(classify(&NvmlError::InUse), ErrorClass::Transient);
-        assert_eq!(
-            classify(&NvmlError::DriverNotLoaded),
-            ErrorClass::FatalForNvml
-        );
-        assert_eq!(
-            classify(&NvmlError::Uninitialized),
-            ErrorClass::FatalForNvml
-        );
-        assert_eq!(
-            classify(&NvmlError::LibRmVersionMismatch),
-            ErrorClass::FatalForNvml
-        );
     }
 }

@@ -18,8 +18,8 @@ use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, EventSet, Nvml};
 use tracing::{debug, info, warn};
 
-use super::nvml::{classify, ErrorClass};
-use super::signals::{XidObservation, XidSink, XidSource};
+use super::nvml_errors::{classify, ErrorClass};
+use super::xid::{XidObservation, XidSink, XidSource};
 
 /// How long one wait blocks: also how quickly the thread notices a stop.
 const WAIT_MS: u32 = 500;

@@ -8,8 +8,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sup_proto::v1::{GpuInfo, GpuReading, RecoveryAction};
 
+use super::gpu_probe::{GpuProbe, ProbeError};
 use super::signals::{GpuSignals, HealthSample};
-use super::{GpuProbe, ProbeError};
 
 pub const SIM_GPU_NAME: &str = "Simulated H100 80GB HBM3";
 pub const SIM_MEMORY_BYTES: u64 = 80 * 1024 * 1024 * 1024;

@@ -30,7 +30,7 @@ use std::time::Duration;
 use sup_proto::v1::GpuInfo;
 use tracing::{debug, info, warn};
 
-use crate::probe::{XidObservation, XidSink, XidSource};
+use super::xid::{XidObservation, XidSink, XidSource};
 
 const MARKER: &str = "NVRM: Xid (";
 /// Longest detail text kept from one line.
