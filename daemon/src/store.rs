@@ -13,6 +13,11 @@ use sup_core::{BreakerRecord, Change, Event, JobRecord, NodeRecord, Persisted, R
 
 const SCHEMA_VERSION: u32 = 1;
 
+/// The sled directory inside supd's data dir. Public, with
+/// [`INITIALIZED_MARKER`], for tools and tests that must lay out or read a
+/// data dir as supd does (the stored-state compatibility fixture).
+pub const STATE_DIR: &str = "state";
+
 /// Written (and synced) next to the sled directory once a store has been
 /// initialised. sled recovers a damaged log by dropping what does not
 /// verify, so a wrecked store can open as an *empty* one; without this
@@ -23,7 +28,7 @@ const SCHEMA_VERSION: u32 = 1;
 /// committed (8 bytes, little endian), rewritten in place after each commit
 /// that appends events. A store whose newest event is older than that lost
 /// acknowledged changes (a truncated log that sled "recovered").
-const INITIALIZED_MARKER: &str = "state.initialized";
+pub const INITIALIZED_MARKER: &str = "state.initialized";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,7 +89,7 @@ fn verify_on_a_copy(dir: &Path) -> Result<(), StoreError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let scratch = std::env::temp_dir().join(format!("supd-verify-{}-{nanos}", std::process::id()));
-    let copied = copy_tree(&dir.join("state"), &scratch.join("state")).and_then(|()| {
+    let copied = copy_tree(&dir.join(STATE_DIR), &scratch.join(STATE_DIR)).and_then(|()| {
         std::fs::copy(
             dir.join(INITIALIZED_MARKER),
             scratch.join(INITIALIZED_MARKER),
@@ -93,7 +98,7 @@ fn verify_on_a_copy(dir: &Path) -> Result<(), StoreError> {
     });
     let outcome = match copied {
         Err(e) => Err(StoreError::Corrupt {
-            path: dir.join("state"),
+            path: dir.join(STATE_DIR),
             detail: format!("cannot copy it to {} to verify it: {e}", scratch.display()),
         }),
         Ok(()) => SledStore::open_in_place(&scratch).and_then(|store| store.load().map(|_| ())),
@@ -137,7 +142,7 @@ impl SledStore {
     /// torn tail after SIGKILL, may then run). The store is small (nodes,
     /// jobs, a bounded event log), so the copy is cheap.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let path = dir.join("state");
+        let path = dir.join(STATE_DIR);
         let marker = dir.join(INITIALIZED_MARKER);
         if marker.exists() && path.exists() {
             verify_on_a_copy(dir).map_err(|e| e.at(&path))?;
@@ -146,7 +151,7 @@ impl SledStore {
     }
 
     fn open_in_place(dir: &Path) -> Result<Self, StoreError> {
-        let path = dir.join("state");
+        let path = dir.join(STATE_DIR);
         let marker = dir.join(INITIALIZED_MARKER);
         let was_initialized = marker.exists();
         let open_err = |source| StoreError::Open {
