@@ -7,8 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::breaker::Breaker;
 use crate::config::EngineConfig;
 use crate::messages::{DesiredAssignment, Drill};
-use crate::records::JobState;
-use crate::records::{Change, Event, EventKind, Persisted};
+use crate::records::{Change, Event, EventKind, JobState, Persisted};
 use crate::{jobs, Millis, Node, SessionId};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +133,12 @@ impl Engine {
             spares_were_low: false,
             partition_since: None,
         }
+    }
+
+    /// The newest generation handed out: the fencing counter behind every
+    /// assignment, which only grows.
+    pub fn last_generation(&self) -> u64 {
+        self.last_generation
     }
 
     pub fn config(&self) -> &EngineConfig {

@@ -1,12 +1,12 @@
 //! Remedies short of a crash: a straggler swapped for a spare, a loss
 //! spike rolled back to an earlier checkpoint, a hung generation restarted
 //! (and the node it hangs on blamed, then cordoned).
+
 use std::collections::BTreeMap;
 
 use super::*;
 use crate::detect::{self, LossSpike, Straggler, StragglerPolicy};
-use crate::records::CheckpointRef;
-use crate::records::JobState;
+use crate::records::{CheckpointRef, JobState};
 use crate::{Engine, EventKind, Millis, NodeState};
 
 impl Engine {
