@@ -1,6 +1,11 @@
 //! One file per subcommand: what it asks supd, and what it prints (a table
 //! for people, JSON for scripts), with its tests. This module routes a
 //! parsed command to its file and holds what they share.
+//!
+//! Rendering is pure functions from proto data (and the current time) to
+//! text, so it is tested without a server. JSON goes through
+//! `sup_proto::json` views only, so `supctl -o json` and supd's HTTP API
+//! cannot drift apart.
 
 mod breaker;
 mod certs;
