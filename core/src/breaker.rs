@@ -8,19 +8,14 @@
 //! open — and answers one question: may this node be cordoned now, or why
 //! not.
 
-use std::collections::{BTreeMap, VecDeque};
-
 use crate::records::{BreakerRecord, CordonRecord};
 use crate::{Action, Change, Engine, EngineError, EventKind, Millis};
 
 #[derive(Debug, Clone, Default)]
 pub struct Breaker {
+    /// All of its state, durable: open or not, the window's recent
+    /// automatic cordons, the cordons held back.
     record: BreakerRecord,
-    /// When each automatic cordon within the window was made.
-    recent: VecDeque<Millis>,
-    /// Cordons held back while open, by node, with their reasons: made
-    /// when an operator resets the breaker.
-    held_back: BTreeMap<String, String>,
 }
 
 /// The breaker's answer to an automatic cordon.
@@ -52,11 +47,9 @@ impl Limit {
 }
 
 impl Breaker {
-    pub fn restored(record: BreakerRecord) -> Breaker {
-        Breaker {
-            record,
-            ..Breaker::default()
-        }
+    pub fn restored(mut record: BreakerRecord) -> Breaker {
+        record.recent_cordons.sort_unstable();
+        Breaker { record }
     }
 
     pub fn record(&self) -> &BreakerRecord {
@@ -65,9 +58,12 @@ impl Breaker {
 
     /// Forgets automatic cordons older than the window.
     pub fn expire(&mut self, now: Millis, window_ms: Millis) {
-        while self.recent.front().is_some_and(|at| now - at > window_ms) {
-            self.recent.pop_front();
-        }
+        let recent = &mut self.record.recent_cordons;
+        let expired = recent
+            .iter()
+            .take_while(|at| now - **at > window_ms)
+            .count();
+        recent.drain(..expired);
     }
 
     /// May `node` be cordoned automatically now? An allowed cordon is
@@ -76,36 +72,37 @@ impl Breaker {
     pub fn ask(&mut self, now: Millis, node: &str, reason: &str, limit: Limit) -> Allowance {
         self.expire(now, limit.window_ms);
         let allowed = limit.allowance();
-        if !self.record.open && self.recent.len() < allowed {
-            self.held_back.remove(node);
-            self.recent.push_back(now);
+        if !self.record.open && self.record.recent_cordons.len() < allowed {
+            self.record.held_back.remove(node);
+            self.record.recent_cordons.push(now);
             return Allowance::Allowed;
         }
         let opened = (!self.record.open).then(|| {
-            self.record = BreakerRecord {
-                open: true,
-                reason: format!(
+            self.record.open = true;
+            self.record.reason = format!(
                     "{} automatic cordons within {} would exceed the limit of {allowed} ({:.0}% of {} nodes, at least {}); automatic cordons stopped until an operator resets the breaker (supctl breaker reset)",
-                    self.recent.len() + 1,
+                    self.record.recent_cordons.len() + 1,
                     crate::format_ms(limit.window_ms),
                     limit.max_share * 100.0,
                     limit.nodes,
                     limit.min_cordons
-                ),
-                since: now,
-            };
+                );
+            self.record.since = now;
             self.record.reason.clone()
         });
-        self.held_back.insert(node.to_owned(), reason.to_owned());
+        self.record
+            .held_back
+            .insert(node.to_owned(), reason.to_owned());
         Allowance::HeldBack { opened }
     }
 
     /// Closes the breaker and empties its window; returns the cordons held
     /// back (node, reason), to be asked for again.
     pub fn reset(&mut self) -> Vec<(String, String)> {
-        self.record = BreakerRecord::default();
-        self.recent.clear();
-        std::mem::take(&mut self.held_back).into_iter().collect()
+        std::mem::take(&mut self.record)
+            .held_back
+            .into_iter()
+            .collect()
     }
 }
 
@@ -133,13 +130,16 @@ impl Engine {
             return;
         }
         let limit = self.breaker_limit();
-        match self.breaker.ask(now, node_id, &reason, limit) {
+        let allowance = self.breaker.ask(now, node_id, &reason, limit);
+        // The window and the held-back cordons are durable too: a restart
+        // must neither give back the allowance nor drop a held cordon.
+        self.actions.push_back(Action::Persist(Change::PutBreaker(
+            self.breaker.record().clone(),
+        )));
+        match allowance {
             Allowance::HeldBack { opened } => {
                 if let Some(text) = opened {
                     self.record_event(now, EventKind::BreakerOpened, Some(node_id), text);
-                    self.actions.push_back(Action::Persist(Change::PutBreaker(
-                        self.breaker.record().clone(),
-                    )));
                 }
                 self.record_event(
                     now,

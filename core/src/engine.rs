@@ -105,10 +105,15 @@ impl Engine {
             .map(|record| (record.id.clone(), Node::new(record, None, now)))
             .collect();
         let next_liveness_check = (!nodes.is_empty()).then_some(now + config.unreachable_after_ms);
+        // Releasing nodes (a job finishing, or waiting for nodes) takes
+        // generations no job record keeps, and a job submitted again under
+        // its name starts its record at 0: the stored counter is the truth,
+        // the records only a floor for stores written before it was kept.
         let last_generation = persisted
             .jobs
             .iter()
             .map(|j| j.generation)
+            .chain(persisted.last_generation)
             .max()
             .unwrap_or(0);
         let jobs = persisted
@@ -138,6 +143,18 @@ impl Engine {
     /// The newest generation handed out: the fencing counter behind every
     /// assignment, which only grows.
     pub fn last_generation(&self) -> u64 {
+        self.last_generation
+    }
+
+    /// Takes the next generation, durably: agents drop any assignment whose
+    /// generation is not newer than one they hold, so after a restart the
+    /// counter must continue, not start again from the jobs' records.
+    pub(crate) fn next_generation(&mut self) -> u64 {
+        self.last_generation += 1;
+        self.actions
+            .push_back(Action::Persist(Change::PutLastGeneration(
+                self.last_generation,
+            )));
         self.last_generation
     }
 

@@ -162,12 +162,21 @@ impl EventKind {
     }
 }
 
-/// Durable: a supd restart must not quietly close an open breaker.
+/// Durable: a supd restart must not quietly close an open breaker, give
+/// back the window's allowance, or forget the cordons it held back.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BreakerRecord {
     pub open: bool,
     pub reason: String,
     pub since: Millis,
+    /// When each automatic cordon within the window was made (added after
+    /// v1 of the stored schema: absent in older records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_cordons: Vec<Millis>,
+    /// Cordons held back while open, by node, with their reasons: made when
+    /// an operator resets the breaker (added after v1).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub held_back: BTreeMap<String, String>,
 }
 
 /// What the store holds; the engine is rebuilt from it at startup.
@@ -180,6 +189,10 @@ pub struct Persisted {
     pub breaker: Option<BreakerRecord>,
     /// Client request ids already applied (the actor's, not the engine's).
     pub requests: Vec<RequestRecord>,
+    /// The generation counter (the fencing token of every assignment).
+    /// `None` in stores written before it was kept: the newest job
+    /// generation is the best estimate then.
+    pub last_generation: Option<u64>,
 }
 
 /// A mutating control request that was applied, remembered by its client
@@ -208,6 +221,9 @@ pub enum Change {
     TrimEventsThrough(u64),
     PutJob(Box<JobRecord>),
     PutBreaker(BreakerRecord),
+    /// The generation counter moved: agents fence by it, so it must never
+    /// go back, also across a restart.
+    PutLastGeneration(u64),
     /// Written by the actor in the same commit as the request's effects.
     RememberRequest(RequestRecord),
     ForgetRequest(String),

@@ -86,29 +86,18 @@ const HOSTILE_CHECKPOINTS: bool = false;
 
 /// supd restarts: the engine rebuilt with `Engine::restore` from what its
 /// `Persist` actions wrote (the driver keeps that store, keyed as supd's
-/// is), every agent reconnecting with a new stream. Off because the fencing
-/// counter does not survive a restart: `restore` starts it at the highest
-/// generation among the job records, but releasing nodes (a job finishing or
-/// going back to pending) draws generations no record keeps, and a finished
-/// job submitted again under its name overwrites its record with generation
-/// 0. After a restart the counter can be far behind what agents hold, and a
-/// job launched then gets a generation its nodes' agents drop as stale
-/// (invariant 3: with this on, every seed fails; seed 1 at step 748, where
-/// the only record is a job submitted again and still pending, restarts the
-/// counter at 0 after 44). The breaker's recent automatic cordons are not
-/// persisted either, so a restart reopens the full allowance within the
-/// window (invariant 6: seed 2 at step 1713 once invariant 3 is set aside).
-/// Turn it on once both survive a restart.
-const SUPD_RESTARTS: bool = false;
+/// is), every agent reconnecting with a new stream. This found that the
+/// generation counter did not survive a restart (it restarted at the
+/// newest job record's generation, behind what agents held, so a job
+/// launched then was dropped by its nodes' agents as stale) and that the
+/// breaker's window and held-back cordons were lost; both are stored now.
+const SUPD_RESTARTS: bool = true;
 
 /// Agents that come back with fewer GPUs than the job they run needs per
-/// node (a GPU fell off the bus, the agent restarted). Off because the
-/// engine keeps such a node in its job: registration does not check the new
-/// inventory against the jobs on the node, so the node is told to run
-/// `gpus_per_node` ranks on fewer GPUs (invariant 5; with this on, 57 of
-/// seeds 1-200 fail, the first seed 5 at step 72). With it off,
-/// inventories still change, only never below what the node's job needs. Turn it on once registration fails such a job over.
-const SHRINK_UNDER_JOBS: bool = false;
+/// node (a GPU fell off the bus, the agent restarted). This found that the
+/// engine kept such a node in its job, telling it to run `gpus_per_node`
+/// ranks on fewer GPUs; the job now fails over (invariant 5).
+const SHRINK_UNDER_JOBS: bool = true;
 
 /// Seeds of a plain `cargo test`.
 const DEFAULT_SEEDS: &[u64] = &[1, 2, 3, 4, 5, 6, 7, 8];
@@ -322,6 +311,7 @@ struct Store {
     events: Vec<Event>,
     jobs: BTreeMap<String, JobRecord>,
     breaker: Option<BreakerRecord>,
+    last_generation: Option<u64>,
 }
 
 /// A job's state before an engine call.
@@ -662,6 +652,7 @@ impl Driver {
                 self.store.jobs.insert(record.spec.name.clone(), *record);
             }
             Change::PutBreaker(breaker) => self.store.breaker = Some(breaker),
+            Change::PutLastGeneration(g) => self.store.last_generation = Some(g),
             Change::RememberRequest(_) | Change::ForgetRequest(_) => {}
         }
         Ok(())
@@ -2129,6 +2120,7 @@ impl Driver {
             jobs: self.store.jobs.values().cloned().collect(),
             breaker: self.store.breaker.clone(),
             requests: Vec::new(),
+            last_generation: self.store.last_generation,
         };
         self.engine = Engine::restore(self.config.clone(), persisted, self.now);
         for agent in self.agents.values_mut() {

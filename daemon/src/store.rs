@@ -2,7 +2,7 @@
 //!
 //! Layout (sled 0.34): tree `nodes` (node id -> JSON `NodeRecord`), tree
 //! `events` (big-endian seq -> JSON `Event`), tree `jobs` (job name -> JSON
-//! `JobRecord`), tree `meta` (`schema_version`, `breaker`), tree `requests`
+//! `JobRecord`), tree `meta` (`schema_version`, `breaker`, `last_generation`), tree `requests`
 //! (client request id -> JSON `RequestRecord`).
 //! Every record is decoded at open: a store that does not decode is reported
 //! as corrupt and never served or overwritten (fail closed).
@@ -298,6 +298,15 @@ impl Store for SledStore {
                 .map_err(|e| self.corrupt(format!("breaker record: {e}")))?;
             persisted.breaker = Some(breaker);
         }
+        if let Some(value) = self
+            .meta
+            .get("last_generation")
+            .map_err(|e| self.corrupt(e.to_string()))?
+        {
+            let generation: u64 = serde_json::from_slice(&value)
+                .map_err(|e| self.corrupt(format!("generation counter: {e}")))?;
+            persisted.last_generation = Some(generation);
+        }
         for item in self.requests.iter() {
             let (key, value) = item.map_err(|e| self.corrupt(e.to_string()))?;
             let key = String::from_utf8_lossy(&key).into_owned();
@@ -346,6 +355,12 @@ impl Store for SledStore {
                     let value = serde_json::to_vec(breaker)
                         .map_err(|e| StoreError::Write(format!("encoding breaker: {e}")))?;
                     meta_batch.insert("breaker", value);
+                }
+                Change::PutLastGeneration(generation) => {
+                    let value = serde_json::to_vec(generation).map_err(|e| {
+                        StoreError::Write(format!("encoding the generation counter: {e}"))
+                    })?;
+                    meta_batch.insert("last_generation", value);
                 }
                 Change::RememberRequest(record) => {
                     let value = serde_json::to_vec(record).map_err(|e| {
@@ -425,6 +440,7 @@ impl Store for MemoryStore {
                     self.state.jobs.push((**record).clone());
                 }
                 Change::PutBreaker(b) => self.state.breaker = Some(b.clone()),
+                Change::PutLastGeneration(g) => self.state.last_generation = Some(*g),
                 Change::RememberRequest(r) => {
                     self.state.requests.retain(|x| x.id != r.id);
                     self.state.requests.push(r.clone());
@@ -496,6 +512,35 @@ mod tests {
             loaded.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![2, 3]
         );
+    }
+
+    #[test]
+    fn the_generation_counter_and_the_breaker_window_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let breaker = sup_core::BreakerRecord {
+            open: true,
+            reason: "4 automatic cordons".into(),
+            since: 9,
+            recent_cordons: vec![5, 7],
+            held_back: [("n3".to_owned(), "Xid 79".to_owned())].into(),
+        };
+        {
+            let mut store = SledStore::open(dir.path()).expect("open");
+            store
+                .commit(&[
+                    Change::AppendEvent(event(1)),
+                    Change::PutLastGeneration(41),
+                    Change::PutLastGeneration(42),
+                    Change::PutBreaker(breaker.clone()),
+                ])
+                .expect("commit");
+        }
+        let loaded = SledStore::open(dir.path())
+            .expect("reopen")
+            .load()
+            .expect("load");
+        assert_eq!(loaded.last_generation, Some(42));
+        assert_eq!(loaded.breaker, Some(breaker));
     }
 
     #[test]

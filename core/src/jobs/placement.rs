@@ -49,7 +49,7 @@ impl Engine {
             let had_nodes = !previous.is_empty();
             let changed = job.record.state != JobState::Pending || job.record.reason != why;
             if had_nodes {
-                self.last_generation += 1;
+                self.next_generation();
             }
             if let Some(job) = self.jobs.get_mut(name) {
                 job.record.state = JobState::Pending;
@@ -63,8 +63,7 @@ impl Engine {
             return;
         };
 
-        self.last_generation += 1;
-        let generation = self.last_generation;
+        let generation = self.next_generation();
         let Some(job) = self.jobs.get_mut(name) else {
             return;
         };

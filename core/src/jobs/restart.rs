@@ -51,6 +51,15 @@ impl Engine {
             if let Some(c) = &node.record.cordon {
                 return NodesCheck::Failed(format!("node {id} cordoned by {}: {}", c.by, c.reason));
             }
+            // An agent that came back with fewer GPUs (one fell off the bus
+            // and the driver no longer lists it) cannot run its share.
+            let gpus = node.record.gpus.len();
+            let needed = job.record.spec.gpus_per_node as usize;
+            if gpus < needed {
+                return NodesCheck::Failed(format!(
+                    "node {id} has {gpus} GPU(s) now, the job needs {needed} per node"
+                ));
+            }
             let Some(since) = node.unreachable_since else {
                 continue;
             };
@@ -142,7 +151,7 @@ impl Engine {
             job.set_nodes(Vec::new());
             // Releasing nodes is a new generation too: their agents must
             // stop the old ranks.
-            self.last_generation += 1;
+            self.next_generation();
         }
         self.record_job_event(now, kind, None, Some(name), why);
         self.persist_job(name);

@@ -662,3 +662,80 @@ fn the_recovery_time_is_a_field_of_the_job_running_event_and_said_in_its_reason(
         running.reason
     );
 }
+
+/// What a store would hold after `actions`: enough of it to restore.
+fn stored(actions: &[Action], into: &mut Persisted) {
+    for a in actions {
+        match a {
+            Action::Persist(Change::PutNode(n)) => {
+                into.nodes.retain(|x| x.id != n.id);
+                into.nodes.push(n.clone());
+            }
+            Action::Persist(Change::PutJob(j)) => {
+                into.jobs.retain(|x| x.spec.name != j.spec.name);
+                into.jobs.push((**j).clone());
+            }
+            Action::Persist(Change::PutBreaker(b)) => into.breaker = Some(b.clone()),
+            Action::Persist(Change::PutLastGeneration(g)) => into.last_generation = Some(*g),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_restart_continues_the_generation_counter_agents_fence_by() {
+    let mut e = cluster(2);
+    let mut store = Persisted::default();
+    submit(&mut e, 0, &spec("llm", 2, 2, ""), "alice").expect("submit");
+    stored(&drain(&mut e), &mut store);
+    stored(&launch_all(&mut e, "llm", 1_000), &mut store);
+    e.stop_job(2_000, "llm", "alice", "done").expect("stop");
+    let actions = drain(&mut e);
+    stored(&actions, &mut store);
+    // Releasing the nodes took a generation no job record keeps: the
+    // agents were told "nothing" at it, and hold it.
+    let held = assignments(&actions)
+        .values()
+        .map(|a| a.generation)
+        .max()
+        .expect("the nodes are told to stop");
+    assert!(held > job(&e, "llm").record.generation);
+
+    let mut r = Engine::restore(config(), store, 4_000);
+    assert_eq!(r.last_generation(), held);
+    // The agents reconnect to the new supd; the job is submitted again.
+    register(&mut r, "n1", 11, 2, 4_500);
+    register(&mut r, "n2", 12, 2, 4_500);
+    drain(&mut r);
+    submit(&mut r, 6_000, &spec("llm", 2, 2, ""), "alice").expect("resubmit");
+    let actions = drain(&mut r);
+    let started = assignments(&actions)
+        .values()
+        .map(|a| a.generation)
+        .min()
+        .expect("the job starts");
+    assert!(
+        started > held,
+        "generation {started} after the restart would be dropped by agents that hold {held}"
+    );
+}
+
+#[test]
+fn a_node_back_with_fewer_gpus_than_its_job_needs_is_replaced() {
+    let mut e = cluster(3);
+    submit(&mut e, 0, &spec("llm", 2, 2, ""), "alice").expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 1_000);
+    let first = job(&e, "llm").record.nodes[0].clone();
+    // The agent restarts; the driver lists one GPU of two.
+    register(&mut e, &first, 99, 1, 2_000);
+    let actions = drain(&mut e);
+    let why = event(&actions, EventKind::JobRestarted);
+    assert!(
+        why.contains(&format!(
+            "node {first} has 1 GPU(s) now, the job needs 2 per node"
+        )),
+        "{why}"
+    );
+    assert!(!job(&e, "llm").record.nodes.contains(&first));
+}
