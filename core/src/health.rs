@@ -43,7 +43,7 @@ impl Engine {
         let live = self
             .nodes
             .get(node_id)
-            .is_some_and(|n| n.session == Some(session));
+            .is_some_and(|n| n.streams_on(session));
         if !live {
             return ReportOutcome::StaleStream;
         }

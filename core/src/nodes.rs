@@ -48,6 +48,12 @@ pub struct Node {
 }
 
 impl Node {
+    /// Whether `session` is this node's live agent stream: reports from any
+    /// other (a replaced stream) are stale.
+    pub fn streams_on(&self, session: SessionId) -> bool {
+        self.session == Some(session)
+    }
+
     pub fn state(&self) -> NodeState {
         if self.record.cordon.is_some() {
             NodeState::Cordoned

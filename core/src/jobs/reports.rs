@@ -21,7 +21,7 @@ impl Engine {
         let live = self
             .nodes
             .get(node_id)
-            .is_some_and(|n| n.session == Some(session));
+            .is_some_and(|n| n.streams_on(session));
         if !live {
             return ReportOutcome::StaleStream;
         }
@@ -299,7 +299,7 @@ impl Engine {
         let live = self
             .nodes
             .get(node_id)
-            .is_some_and(|n| n.session == Some(session));
+            .is_some_and(|n| n.streams_on(session));
         if !live {
             return ReportOutcome::StaleStream;
         }
@@ -390,7 +390,7 @@ impl Engine {
         let live = self
             .nodes
             .get(node_id)
-            .is_some_and(|n| n.session == Some(session));
+            .is_some_and(|n| n.streams_on(session));
         let hung = self
             .jobs
             .get(&exit.job)

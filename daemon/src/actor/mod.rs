@@ -31,8 +31,8 @@ use crate::metrics::Counters;
 use crate::store::{Store, StoreError};
 use crate::view;
 use idempotent::RequestLog;
+use request::Request;
 pub use request::{ActorError, AgentOutbound, JobReply, SupervisorHandle};
-use request::{By, Request};
 use watchdog::Watchdog;
 
 /// A reply, sent once the batch it belongs to has been reconciled and made
@@ -198,51 +198,22 @@ impl<S: Store> Actor<S> {
             } => self.request_logs(job, rank, lines, reply),
             Request::Cordon {
                 node_id,
-                reason,
-                by,
-                request_id,
+                who,
                 reply,
-            } => {
-                let who = By {
-                    by,
-                    reason,
-                    request_id,
-                };
-                deferred.push(self.cordon(now, node_id, who, reply));
-            }
+            } => deferred.push(self.cordon(now, node_id, who, reply)),
             Request::Uncordon {
                 node_id,
-                reason,
-                by,
-                request_id,
+                who,
                 reply,
-            } => {
-                let who = By {
-                    by,
-                    reason,
-                    request_id,
-                };
-                deferred.push(self.uncordon(now, node_id, who, reply));
-            }
+            } => deferred.push(self.uncordon(now, node_id, who, reply)),
             Request::SubmitJob {
                 spec_toml,
                 by,
                 request_id,
                 reply,
             } => deferred.push(self.submit_job(now, spec_toml, by, request_id, reply)),
-            Request::StopJob {
-                name,
-                by,
-                reason,
-                request_id,
-                reply,
-            } => {
-                let who = By {
-                    by,
-                    reason,
-                    request_id,
-                };
-                deferred.push(self.stop_job(now, name, who, reply));
+            Request::StopJob { name, who, reply } => {
+                deferred.push(self.stop_job(now, name, who, reply))
             }
             Request::Drill {
                 node_id,
@@ -251,18 +222,8 @@ impl<S: Store> Actor<S> {
                 request_id,
                 reply,
             } => deferred.push(self.drill(now, node_id, drill, by, request_id, reply)),
-            Request::ResetBreaker {
-                by,
-                reason,
-                request_id,
-                reply,
-            } => {
-                let who = By {
-                    by,
-                    reason,
-                    request_id,
-                };
-                deferred.push(self.reset_breaker(now, who, reply));
+            Request::ResetBreaker { who, reply } => {
+                deferred.push(self.reset_breaker(now, who, reply))
             }
             Request::Status { reply } => {
                 let status = view::status(&self.engine);

@@ -45,16 +45,12 @@ pub(super) enum Request {
     },
     Cordon {
         node_id: String,
-        reason: String,
-        by: String,
-        request_id: String,
+        who: By,
         reply: oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>,
     },
     Uncordon {
         node_id: String,
-        reason: String,
-        by: String,
-        request_id: String,
+        who: By,
         reply: oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>,
     },
     Status {
@@ -83,9 +79,7 @@ pub(super) enum Request {
     },
     StopJob {
         name: String,
-        by: String,
-        reason: String,
-        request_id: String,
+        who: By,
         reply: JobReply,
     },
     GetJob {
@@ -106,9 +100,7 @@ pub(super) enum Request {
         reply: oneshot::Sender<Result<String, ActorError>>,
     },
     ResetBreaker {
-        by: String,
-        reason: String,
-        request_id: String,
+        who: By,
         reply: oneshot::Sender<Result<(bool, String), ActorError>>,
     },
 }
@@ -181,9 +173,11 @@ impl SupervisorHandle {
     ) -> Result<(CordonOutcome, v1::Node), ActorError> {
         self.ask(|reply| Request::Cordon {
             node_id,
-            reason,
-            by,
-            request_id,
+            who: By {
+                by,
+                reason,
+                request_id,
+            },
             reply,
         })
         .await?
@@ -198,9 +192,11 @@ impl SupervisorHandle {
     ) -> Result<(CordonOutcome, v1::Node), ActorError> {
         self.ask(|reply| Request::Uncordon {
             node_id,
-            reason,
-            by,
-            request_id,
+            who: By {
+                by,
+                reason,
+                request_id,
+            },
             reply,
         })
         .await?
@@ -254,9 +250,11 @@ impl SupervisorHandle {
     ) -> Result<(bool, String, v1::Job), ActorError> {
         self.ask(|reply| Request::StopJob {
             name,
-            by,
-            reason,
-            request_id,
+            who: By {
+                by,
+                reason,
+                request_id,
+            },
             reply,
         })
         .await?
@@ -306,9 +304,11 @@ impl SupervisorHandle {
         request_id: String,
     ) -> Result<(bool, String), ActorError> {
         self.ask(|reply| Request::ResetBreaker {
-            by,
-            reason,
-            request_id,
+            who: By {
+                by,
+                reason,
+                request_id,
+            },
             reply,
         })
         .await?
