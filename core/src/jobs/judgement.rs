@@ -2,7 +2,9 @@
 //! anything, is wrong with it now — and the answer is a value with its
 //! reason, computed from `&self`. Only then does separate code act on it,
 //! so a judgement can be tested, logged or (later) shown before it runs,
-//! and no decision re-enters reconcile.
+//! and no decision re-enters reconcile. (A straggler is judged the same
+//! way, by `judge_straggler`, when the detector flags it on a progress
+//! report.)
 
 use super::remedies::{Hang, HangCheck, RollbackCheck};
 use super::restart::NodesCheck;

@@ -10,12 +10,10 @@ use crate::records::{CheckpointRef, JobState};
 use crate::{Engine, EventKind, Millis, NodeState};
 
 impl Engine {
-    /// A node flagged slow: an event naming it, the factor and the
-    /// evidence (hardware signals when the node has any), then the policy.
-    pub(crate) fn on_straggler(&mut self, now: Millis, name: &str, s: Straggler) {
-        let Some(job) = self.jobs.get(name) else {
-            return;
-        };
+    /// What to do about a node the detector flagged slow, and why: the
+    /// factor and the evidence (hardware signals when the node has any),
+    /// then the job's policy, which needs a spare to act.
+    pub(crate) fn judge_straggler(&self, job: &Job, s: &Straggler) -> StragglerRemedy {
         let policy = job
             .record
             .spec
@@ -25,35 +23,54 @@ impl Engine {
             Some(evidence) => format!("corroborated by {evidence}"),
             None => "no hardware signal (throttling, PCIe) on the node".to_owned(),
         };
-        let spare = self.has_spare_for(name);
-        let action = match policy {
-            StragglerPolicy::Report => "reported only (policy report)".to_owned(),
-            StragglerPolicy::Replace if spare => "replacing it with a spare now".to_owned(),
-            StragglerPolicy::ReplaceAtCheckpoint if spare => {
-                "replacing it with a spare right after the next checkpoint".to_owned()
-            }
-            _ => format!(
-                "kept: no spare to replace it with (policy {})",
-                policy.as_str()
+        let spare = self.has_spare_for(job.name());
+        let (action, text) = match policy {
+            StragglerPolicy::Report => (
+                StragglerAction::Keep,
+                "reported only (policy report)".to_owned(),
+            ),
+            StragglerPolicy::Replace if spare => (
+                StragglerAction::ReplaceNow,
+                "replacing it with a spare now".to_owned(),
+            ),
+            StragglerPolicy::ReplaceAtCheckpoint if spare => (
+                StragglerAction::ReplaceAtCheckpoint,
+                "replacing it with a spare right after the next checkpoint".to_owned(),
+            ),
+            _ => (
+                StragglerAction::Keep,
+                format!(
+                    "kept: no spare to replace it with (policy {})",
+                    policy.as_str()
+                ),
             ),
         };
+        StragglerRemedy {
+            action,
+            reason: format!(
+                "node {} is a straggler: {:.2}× slower than the job's other nodes; {}; {corroboration}; {text}",
+                s.node, s.slowdown, s.evidence
+            ),
+        }
+    }
+
+    /// A node flagged slow: judged, recorded, then acted on.
+    pub(crate) fn on_straggler(&mut self, now: Millis, name: &str, s: Straggler) {
+        let Some(job) = self.jobs.get(name) else {
+            return;
+        };
+        let StragglerRemedy { action, reason } = self.judge_straggler(job, &s);
         self.record_job_event(
             now,
             EventKind::JobStraggler,
             Some(&s.node),
             Some(name),
-            format!(
-                "node {} is a straggler: {:.2}× slower than the job's other nodes; {}; {corroboration}; {action}",
-                s.node, s.slowdown, s.evidence
-            ),
+            reason,
         );
-        if !spare {
-            return;
-        }
-        match policy {
-            StragglerPolicy::Report => {}
-            StragglerPolicy::Replace => self.replace_straggler(now, name, &s.node),
-            StragglerPolicy::ReplaceAtCheckpoint => {
+        match action {
+            StragglerAction::Keep => {}
+            StragglerAction::ReplaceNow => self.replace_straggler(now, name, &s.node),
+            StragglerAction::ReplaceAtCheckpoint => {
                 if let Some(job) = self.jobs.get_mut(name) {
                     job.detect.pending_replace = Some(s.node.clone());
                 }
@@ -424,4 +441,20 @@ pub(crate) enum BlameConsequence {
     Noted,
     Suspect,
     Cordon,
+}
+
+/// A straggler's remedy, judged: what to do, and the event's reason.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StragglerRemedy {
+    pub action: StragglerAction,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StragglerAction {
+    /// Report only (the policy, or no spare to swap in).
+    Keep,
+    ReplaceNow,
+    /// Swap right after the next checkpoint, when little work is lost.
+    ReplaceAtCheckpoint,
 }
