@@ -138,11 +138,24 @@ impl JobSpec {
                 == 0
     }
 
-    /// The largest valid node count not above `available`.
+    /// The largest valid node count not above `available`. Computed, not
+    /// searched: `n × gpus_per_node` is a multiple of `world_size_multiple`
+    /// exactly when `n` is a multiple of `world_size_multiple / gcd(...)`,
+    /// so the answer costs the same at 4 nodes and at 40 million.
     pub fn best_node_count(&self, available: u32) -> Option<u32> {
-        (self.min_nodes()..=self.nodes.min(available))
-            .rev()
-            .find(|&n| self.valid_node_count(n))
+        let step = self.node_step();
+        let hi = u64::from(self.nodes.min(available));
+        let best = hi - hi % step;
+        (best >= u64::from(self.min_nodes()) && best > 0)
+            .then(|| u32::try_from(best).ok())
+            .flatten()
+    }
+
+    /// Node counts must be multiples of this for the world size to be a
+    /// multiple of `world_size_multiple`.
+    fn node_step(&self) -> u64 {
+        let m = u64::from(self.world_size_multiple.max(1));
+        m / gcd(u64::from(self.gpus_per_node.max(1)), m)
     }
 
     /// The rules a spec must meet whatever the edge it came through; the
@@ -158,9 +171,17 @@ impl JobSpec {
         {
             return Err(format!(
                 "name: '{}' must be 1-63 characters of letters, digits, '-', '_' and '.'",
+                shown(&self.name)
+            ));
+        }
+        if self.name == "." || self.name == ".." {
+            // The agents keep each job's logs in a directory named after it.
+            return Err(format!(
+                "name: '{}' is not a usable name (it is a directory of its own)",
                 self.name
             ));
         }
+        self.check_sizes()?;
         match self.command.first() {
             None => return Err("command: must name a program to run".to_owned()),
             Some(p) if p.trim().is_empty() => {
@@ -170,6 +191,12 @@ impl JobSpec {
         }
         if self.nodes == 0 {
             return Err("nodes: must be at least 1".to_owned());
+        }
+        if self.nodes > MAX_NODES {
+            return Err(format!(
+                "nodes: {} is more than the {MAX_NODES} a job may ask for",
+                self.nodes
+            ));
         }
         if let Some(min) = self.min_nodes {
             if min == 0 {
@@ -189,15 +216,21 @@ impl JobSpec {
             return Err("world_size_multiple: must be at least 1".to_owned());
         }
         if self.best_node_count(self.nodes).is_none() {
-            let sizes: Vec<String> = (self.min_nodes()..=self.nodes)
-                .map(|n| (n * self.gpus_per_node).to_string())
+            // A few sizes say what went wrong; the message stays short
+            // whatever the range.
+            let (min, max) = (self.min_nodes(), self.nodes);
+            let mut sizes: Vec<String> = (min..=max)
+                .take(SIZES_SHOWN)
+                .map(|n| (u64::from(n) * u64::from(self.gpus_per_node)).to_string())
                 .collect();
+            let count = u64::from(max - min) + 1;
+            if count > SIZES_SHOWN as u64 {
+                sizes.push(format!("… {count} in all"));
+            }
             return Err(format!(
-                "world_size_multiple: {} divides none of the possible world sizes ({}) from min_nodes {} to nodes {} at gpus_per_node {}",
+                "world_size_multiple: {} divides none of the possible world sizes ({}) from min_nodes {min} to nodes {max} at gpus_per_node {}",
                 self.world_size_multiple,
                 sizes.join(", "),
-                self.min_nodes(),
-                self.nodes,
                 self.gpus_per_node
             ));
         }
@@ -222,18 +255,17 @@ impl JobSpec {
         if !self.checkpoint_dir.starts_with('/') {
             return Err(format!(
                 "checkpoint_dir: '{}' must be an absolute path (ranks and agents resolve it on every node)",
-                self.checkpoint_dir
+                shown(&self.checkpoint_dir)
             ));
         }
         match self.checkpoint_layout.as_str() {
             "dcp" | "megatron" | "orbax" => {}
             other => match other.strip_prefix("marker:") {
                 Some(file) if !file.is_empty() && !file.contains('/') => {}
-                _ => {
-                    return Err(format!(
-                        "checkpoint_layout: '{other}' is not one of dcp, megatron, orbax, marker:FILENAME"
-                    ))
-                }
+                _ => return Err(format!(
+                    "checkpoint_layout: '{}' is not one of dcp, megatron, orbax, marker:FILENAME",
+                    shown(other)
+                )),
             },
         }
         if let Some(dir) = &self.workdir {
@@ -247,5 +279,166 @@ impl JobSpec {
             }
         }
         Ok(())
+    }
+}
+
+/// The most nodes one job may ask for: beyond any cluster this is built for
+/// (16,384 nodes), and small enough that nothing sized by it is a risk.
+pub const MAX_NODES: u32 = 65_536;
+/// World sizes listed in an error before the rest is counted.
+const SIZES_SHOWN: usize = 8;
+const MAX_RESTARTS: u32 = 1_000_000;
+const MAX_ARGS: usize = 1_024;
+const MAX_ENV: usize = 1_024;
+/// Paths, arguments, variables, patterns: a generous page each.
+const MAX_FIELD_BYTES: usize = 4_096;
+
+impl JobSpec {
+    /// Bounds on what a spec may carry, so a spec costs supd and every
+    /// agent a bounded amount whatever an operator pastes.
+    fn check_sizes(&self) -> Result<(), String> {
+        if self.command.len() > MAX_ARGS {
+            return Err(format!(
+                "command: {} arguments, at most {MAX_ARGS}",
+                self.command.len()
+            ));
+        }
+        if let Some(i) = self.command.iter().position(|a| a.len() > MAX_FIELD_BYTES) {
+            return Err(format!(
+                "command: argument {i} is longer than {MAX_FIELD_BYTES} bytes"
+            ));
+        }
+        if self.env.len() > MAX_ENV {
+            return Err(format!(
+                "env: {} variables, at most {MAX_ENV}",
+                self.env.len()
+            ));
+        }
+        if let Some((k, _)) = self
+            .env
+            .iter()
+            .find(|(k, v)| k.len() > MAX_FIELD_BYTES || v.len() > MAX_FIELD_BYTES)
+        {
+            return Err(format!(
+                "env: {} (name or value) is longer than {MAX_FIELD_BYTES} bytes",
+                shown(k)
+            ));
+        }
+        for (field, value) in [
+            ("checkpoint_dir", Some(&self.checkpoint_dir)),
+            ("checkpoint_layout", Some(&self.checkpoint_layout)),
+            ("workdir", self.workdir.as_ref()),
+            ("progress_regex", self.progress_regex.as_ref()),
+        ] {
+            if value.is_some_and(|v| v.len() > MAX_FIELD_BYTES) {
+                return Err(format!("{field}: longer than {MAX_FIELD_BYTES} bytes"));
+            }
+        }
+        if self.max_restarts > MAX_RESTARTS {
+            return Err(format!(
+                "max_restarts: {} is more than {MAX_RESTARTS}",
+                self.max_restarts
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Operator text echoed in an error, cut so the error stays one short line.
+fn shown(s: &str) -> String {
+    const SHOWN: usize = 80;
+    if s.len() <= SHOWN {
+        return s.to_owned();
+    }
+    let mut end = SHOWN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(nodes: u32, min: u32, gpus: u32, multiple: u32) -> JobSpec {
+        let text = format!(
+            "name = \"x\"\ncommand = [\"t\"]\nnodes = {nodes}\nmin_nodes = {min}\ngpus_per_node = {gpus}\nworld_size_multiple = {multiple}\ncheckpoint_dir = \"/c\"\n"
+        );
+        toml::from_str(&text).expect("spec")
+    }
+
+    #[test]
+    fn the_best_node_count_is_computed_as_the_search_found_it() {
+        for nodes in 1..=24 {
+            for min in 1..=nodes {
+                for gpus in [1, 2, 3, 4, 8] {
+                    for multiple in [1, 2, 3, 4, 6, 8, 16, 24] {
+                        let s = spec(nodes, min, gpus, multiple);
+                        for available in 0..=26 {
+                            let searched = (min..=nodes.min(available))
+                                .rev()
+                                .find(|&n| s.valid_node_count(n));
+                            assert_eq!(
+                                s.best_node_count(available),
+                                searched,
+                                "nodes {nodes} min {min} gpus {gpus} multiple {multiple} available {available}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_spec_that_would_cost_gigabytes_is_refused_at_once_in_a_short_message() {
+        // The 177-byte spec of issue 16, and the same within the node cap.
+        let huge = spec(40_000_000, 1, 1, 4_294_967_291);
+        let e = huge.validate().expect_err("refused");
+        assert!(
+            e.starts_with("nodes: 40000000 is more than the 65536"),
+            "{e}"
+        );
+        let capped = spec(MAX_NODES, 1, 1, 4_294_967_291);
+        let e = capped.validate().expect_err("refused");
+        assert!(
+            e.starts_with("world_size_multiple: 4294967291 divides none"),
+            "{e}"
+        );
+        assert!(e.contains("… 65536 in all"), "{e}");
+        assert!(e.len() < 300, "{} bytes: {e}", e.len());
+    }
+
+    #[test]
+    fn dot_names_and_oversized_fields_are_refused_by_name() {
+        let mut s = spec(2, 1, 1, 1);
+        s.name = "..".into();
+        assert!(s.validate().expect_err("..").starts_with("name: '..'"));
+        s.name = "x".repeat(5_000);
+        let e = s.validate().expect_err("long name");
+        assert!(e.starts_with("name: ") && e.len() < 250, "{e}");
+        let mut s = spec(2, 1, 1, 1);
+        s.command = vec!["a".repeat(5_000)];
+        assert!(s
+            .validate()
+            .expect_err("arg")
+            .starts_with("command: argument 0"));
+        let mut s = spec(2, 1, 1, 1);
+        s.env.insert("K".into(), "v".repeat(5_000));
+        assert!(s.validate().expect_err("env").starts_with("env: K"));
+        let mut s = spec(2, 1, 1, 1);
+        s.max_restarts = u32::MAX;
+        assert!(s
+            .validate()
+            .expect_err("restarts")
+            .starts_with("max_restarts"));
     }
 }
