@@ -262,10 +262,12 @@ impl JobSpec {
             "dcp" | "megatron" | "orbax" => {}
             other => match other.strip_prefix("marker:") {
                 Some(file) if !file.is_empty() && !file.contains('/') => {}
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "checkpoint_layout: '{}' is not one of dcp, megatron, orbax, marker:FILENAME",
                     shown(other)
-                )),
+                ))
+                }
             },
         }
         if let Some(dir) = &self.workdir {

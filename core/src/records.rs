@@ -118,6 +118,9 @@ pub enum EventKind {
     JobStraggler,
     JobLossSpike,
     JobRolledBack,
+    /// An agent listed a checkpoint supd does not believe (outside the
+    /// job's checkpoint_dir, or a step the job cannot have reached).
+    CheckpointRefused,
 }
 
 impl EventKind {
@@ -158,6 +161,7 @@ impl EventKind {
             EventKind::JobStraggler => "job_straggler",
             EventKind::JobLossSpike => "job_loss_spike",
             EventKind::JobRolledBack => "job_rolled_back",
+            EventKind::CheckpointRefused => "checkpoint_refused",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! about a running job live in the files beside this one.
 
 mod assignments;
+mod catalog;
 mod gpu_idle;
 mod judgement;
 mod placement;
@@ -70,6 +71,9 @@ pub struct Job {
     /// The complete checkpoints last reported, oldest first.
     pub catalog: Vec<CheckpointRef>,
     pub detect: JobDetect,
+    /// Catalog entries already refused (node, path), so a node that keeps
+    /// listing one raises one event, not one per scan. Bounded.
+    refused_checkpoints: BTreeSet<(String, String)>,
     /// `record.nodes` indexed: node id → node rank. Every report about a
     /// job checks membership, and a scan of a 2,048-node list per report
     /// is quadratic per restart. Kept in step by [`Job::set_nodes`].
@@ -90,6 +94,7 @@ impl Job {
             fault_at: None,
             catalog: Vec::new(),
             detect: JobDetect::default(),
+            refused_checkpoints: BTreeSet::new(),
             members,
         }
     }

@@ -3,6 +3,7 @@
 //! job's current generation from a node's live stream count.
 
 use super::*;
+use crate::jobs::catalog;
 use crate::messages::*;
 use crate::records::{CheckpointRef, Event, JobState};
 use crate::{Engine, EventKind, Millis, ReportOutcome, SessionId};
@@ -309,6 +310,10 @@ impl Engine {
         if !job.has_node(node_id) {
             return ReportOutcome::StaleGeneration;
         }
+        // Only entries the job can have written count; each refused one is
+        // said once, naming the node.
+        let best = job.record.best_step.max(job.step);
+        let mut refused = Vec::new();
         job.catalog = catalog
             .checkpoints
             .iter()
@@ -316,8 +321,35 @@ impl Engine {
                 step: c.step,
                 path: c.path.clone(),
             })
+            .filter(
+                |c| match catalog::refusal(&job.record.spec.checkpoint_dir, best, c) {
+                    None => true,
+                    Some(why) => {
+                        let first = job.refused_checkpoints.len() < MAX_REFUSED_REMEMBERED
+                            && job
+                                .refused_checkpoints
+                                .insert((node_id.to_owned(), c.path.chars().take(256).collect()));
+                        if first {
+                            refused.push(why);
+                        }
+                        false
+                    }
+                },
+            )
             .collect();
         job.catalog.sort_by_key(|c| c.step);
+        for why in refused {
+            self.record_job_event(
+                now,
+                EventKind::CheckpointRefused,
+                Some(node_id),
+                Some(&catalog.job),
+                format!("node {node_id} listed a checkpoint that is not believed: {why}"),
+            );
+        }
+        let Some(job) = self.jobs.get_mut(&catalog.job) else {
+            return ReportOutcome::StaleGeneration;
+        };
         let name = catalog.job.clone();
         if job.detect.pending_rollback.is_some() {
             if job.record.state.is_active() {
@@ -443,3 +475,7 @@ impl Engine {
         );
     }
 }
+
+/// Refused catalog entries remembered per job (for one event each); past
+/// this, further refusals are still refused, silently.
+const MAX_REFUSED_REMEMBERED: usize = 256;

@@ -739,3 +739,66 @@ fn a_node_back_with_fewer_gpus_than_its_job_needs_is_replaced() {
     );
     assert!(!job(&e, "llm").record.nodes.contains(&first));
 }
+
+#[test]
+fn a_node_cannot_choose_the_resume_point_with_a_path_outside_the_dir_or_an_absurd_step() {
+    let mut e = cluster(3);
+    submit(&mut e, 0, &spec("llm", 2, 2, ""), "alice").expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 1_000);
+    progress(&mut e, "llm", "n1", 120, 2_000);
+    checkpoint(&mut e, "llm", "n1", &[100], 3_000);
+    // n2 lists two entries supd must not believe, and a true one.
+    let hostile = CheckpointCatalog {
+        job: "llm".to_owned(),
+        checkpoints: vec![
+            Checkpoint {
+                step: 110,
+                path: "/ckpt/llm/../other/step-110".to_owned(),
+            },
+            Checkpoint {
+                step: u64::MAX,
+                path: "/ckpt/llm/step-huge".to_owned(),
+            },
+            Checkpoint {
+                step: 100,
+                path: "/ckpt/llm/step-100".to_owned(),
+            },
+        ],
+    };
+    assert!(e
+        .on_checkpoint_catalog(4_000, "n2", session_of("n2"), hostile.clone())
+        .is_applied());
+    let actions = drain(&mut e);
+    let refused: Vec<String> = events(&actions)
+        .into_iter()
+        .filter(|(k, _)| *k == EventKind::CheckpointRefused)
+        .map(|(_, why)| why)
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].starts_with("node n2 listed a checkpoint that is not believed: '/ckpt/llm/../other/step-110' is not inside"), "{}", refused[0]);
+    assert!(
+        refused[1].contains(
+            "step 18446744073709551615 is beyond any the job reached (highest reported 120"
+        ),
+        "{}",
+        refused[1]
+    );
+    assert_eq!(
+        job(&e, "llm").record.checkpoint.as_ref().map(|c| c.step),
+        Some(100)
+    );
+    // Listed again: refused again, said once.
+    e.on_checkpoint_catalog(5_000, "n2", session_of("n2"), hostile);
+    assert!(!has(&drain(&mut e), EventKind::CheckpointRefused));
+    // The next generation resumes from the true newest checkpoint.
+    e.cordon(6_000, "n1", "maintenance", "op").expect("cordon");
+    let actions = drain(&mut e);
+    let resume: Vec<Option<u64>> = assignments(&actions)
+        .values()
+        .filter_map(|a| a.job.as_ref())
+        .map(|j| j.resume_from.as_ref().map(|c| c.step))
+        .collect();
+    assert!(!resume.is_empty());
+    assert!(resume.iter().all(|r| *r == Some(100)), "{resume:?}");
+}
