@@ -85,14 +85,16 @@ impl<S: Store> Actor<S> {
     ) {
         let outcome = match body {
             AgentReport::Health(report) => {
-                if let Ok(mut xids) = self.counters.xids.lock() {
-                    for x in &report.xids {
-                        *xids
-                            .entry((node_id.to_owned(), x.gpu_index, x.uuid.clone(), x.xid))
-                            .or_default() += 1;
-                    }
+                let xids: Vec<(u32, String, u32)> = report
+                    .xids
+                    .iter()
+                    .map(|x| (x.gpu_index, x.uuid.clone(), x.xid))
+                    .collect();
+                let outcome = self.engine.on_health_report(now, node_id, session, report);
+                if outcome.is_applied() {
+                    self.count_xids(node_id, &xids);
                 }
-                self.engine.on_health_report(now, node_id, session, report)
+                outcome
             }
             AgentReport::Ranks(status) => self.engine.on_rank_status(now, node_id, session, status),
             AgentReport::RankExited(exit) => {
@@ -112,6 +114,30 @@ impl<S: Store> Actor<S> {
             }
         };
         self.counters.ignored_reports.count(outcome);
+    }
+
+    /// Counts a report's Xids, after it was applied, only for GPUs the node
+    /// registered (a report naming another index or UUID counts nothing),
+    /// labelled with the UUID the node registered.
+    fn count_xids(&self, node_id: &str, xids: &[(u32, String, u32)]) {
+        let Ok(node) = self.engine.node(node_id) else {
+            return;
+        };
+        let mut counts = self
+            .counters
+            .xids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (index, uuid, code) in xids {
+            let registered = node
+                .record
+                .gpus
+                .iter()
+                .find(|g| g.index == *index && (uuid.is_empty() || g.uuid == *uuid));
+            if let Some(gpu) = registered {
+                counts.count(node_id, gpu.index, &gpu.uuid, *code);
+            }
+        }
     }
 
     pub(super) fn request_logs(

@@ -28,16 +28,18 @@ struct Running {
     handle: SupervisorHandle,
     task: tokio::task::JoinHandle<Result<(), StoreError>>,
     ready: Arc<AtomicBool>,
+    counters: Arc<Counters>,
     _stop: watch::Sender<bool>,
 }
 
 fn start(store: MemoryStore) -> Running {
     let ready = Arc::new(AtomicBool::new(true));
+    let counters = Arc::new(Counters::default());
     let (actor, handle) = Actor::new(
         Engine::new(EngineConfig::default()),
         store,
         Duration::from_secs(1),
-        Arc::new(Counters::default()),
+        counters.clone(),
         ready.clone(),
     );
     let (stop, stop_rx) = watch::channel(false);
@@ -46,6 +48,7 @@ fn start(store: MemoryStore) -> Running {
         handle,
         task,
         ready,
+        counters,
         _stop: stop,
     }
 }
@@ -81,6 +84,7 @@ async fn a_failed_commit_fails_the_request_and_stops_serving() {
         task,
         ready,
         _stop,
+        ..
     } = running;
     let (tx, _rx) = mpsc::channel(4);
     let err = handle
@@ -171,4 +175,56 @@ async fn takeover_ends_the_old_stream() {
     })
     .await;
     assert!(drained.is_ok(), "old stream must end");
+}
+
+#[tokio::test]
+async fn xids_are_counted_once_after_the_report_is_applied_and_only_for_registered_gpus() {
+    let running = start(MemoryStore::default());
+    let handle = &running.handle;
+    let (tx, _rx) = mpsc::channel(16);
+    handle
+        .register(registration(1), tx)
+        .await
+        .expect("register");
+    let xid = |gpu_index: u32, uuid: &str, xid: u32| sup_core::XidEvent {
+        gpu_index,
+        uuid: uuid.into(),
+        xid,
+        source: "nvml".into(),
+        ..Default::default()
+    };
+    let report = |xids| {
+        crate::convert::AgentReport::Health(sup_core::HealthReport {
+            xids,
+            ..Default::default()
+        })
+    };
+    // Registered GPU 0 (GPU-0), twice; a forged index; a forged UUID; and
+    // the same from a replaced stream.
+    handle
+        .agent_report(
+            "n1".into(),
+            1,
+            report(vec![
+                xid(0, "GPU-0", 79),
+                xid(0, "", 79),
+                xid(5, "GPU-5", 79),
+                xid(0, "GPU-forged", 48),
+            ]),
+        )
+        .await
+        .expect("report");
+    handle
+        .agent_report("n1".into(), 999, report(vec![xid(0, "GPU-0", 79)]))
+        .await
+        .expect("stale report");
+    // A read after the reports: the actor handles requests in order.
+    handle.status().await.expect("status");
+    let counts = running.counters.xids.lock().expect("xids");
+    let seen: Vec<_> = counts.iter().map(|(k, n)| (k.clone(), *n)).collect();
+    assert_eq!(
+        seen,
+        vec![(("n1".to_owned(), 0, "GPU-0".to_owned(), 79), 2)]
+    );
+    assert_eq!(counts.dropped(), 0);
 }

@@ -22,8 +22,8 @@ pub struct Counters {
     pub ignored_reports: IgnoredReports,
     pub store_commits: AtomicU64,
     pub events_by_kind: Mutex<std::collections::BTreeMap<&'static str, u64>>,
-    /// Xids by (node, GPU index, GPU UUID, Xid code).
-    pub xids: Mutex<std::collections::BTreeMap<(String, u32, String, u32), u64>>,
+    /// Xids by (node, GPU index, GPU UUID, Xid code), bounded.
+    pub xids: Mutex<XidCounts>,
     /// When each job's newest complete checkpoint was reported (its
     /// `job_checkpoint` event), unix ms; for seconds-since-checkpoint.
     pub last_checkpoint_at: Mutex<std::collections::BTreeMap<String, Millis>>,
@@ -75,5 +75,63 @@ impl IgnoredReports {
             (ReportOutcome::StoppedByAgent, &self.stopped_by_agent),
         ]
         .map(|(outcome, counter)| (outcome.as_str(), counter.load(Ordering::Relaxed)))
+    }
+}
+
+/// Xid counts for `sup_gpu_xids_total`: keyed by what the node registered
+/// (index and UUID), never by what a report claims, and capped in series,
+/// so one bad node cannot grow supd's memory or the scrape.
+#[derive(Debug, Default)]
+pub struct XidCounts {
+    counts: std::collections::BTreeMap<(String, u32, String, u32), u64>,
+    /// Xids not counted because the series cap was reached.
+    dropped: u64,
+}
+
+/// Series of `sup_gpu_xids_total` at most: 16,384 GPUs with a handful of
+/// distinct Xids each.
+pub const MAX_XID_SERIES: usize = 65_536;
+
+impl XidCounts {
+    /// Counts one Xid of `node`'s GPU `index` (UUID as registered).
+    pub fn count(&mut self, node: &str, index: u32, uuid: &str, xid: u32) {
+        let key = (node.to_owned(), index, uuid.to_owned(), xid);
+        if let Some(n) = self.counts.get_mut(&key) {
+            *n += 1;
+        } else if self.counts.len() < MAX_XID_SERIES {
+            self.counts.insert(key, 1);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// (node, GPU index, UUID, Xid) and count, for the exposition.
+    pub fn iter(&self) -> impl Iterator<Item = (&(String, u32, String, u32), &u64)> {
+        self.counts.iter()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xid_series_are_capped_and_what_is_left_out_is_counted() {
+        let mut x = XidCounts::default();
+        for i in 0..(MAX_XID_SERIES as u32 + 10) {
+            x.count("n1", i % 8, "GPU", i);
+        }
+        x.count("n1", 0, "GPU", 0);
+        assert_eq!(x.iter().count(), MAX_XID_SERIES);
+        assert_eq!(x.dropped(), 10);
+        assert_eq!(
+            x.iter().find(|(k, _)| k.3 == 0).map(|(_, n)| *n),
+            Some(2),
+            "an existing series still counts past the cap"
+        );
     }
 }

@@ -26,7 +26,7 @@ use sup_proto::v1;
 
 mod counters;
 
-pub use counters::{Counters, IgnoredReports, RecoveryLatency};
+pub use counters::{Counters, IgnoredReports, RecoveryLatency, XidCounts, MAX_XID_SERIES};
 
 type Labels = Vec<(String, String)>;
 
@@ -178,7 +178,17 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
             .inc_by(*n);
         }
     }
+    let dropped = counters
+        .xids
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .dropped();
     registry.register("gpu_xids", "Xid events reported, by GPU and code", xids);
+    registry.register(
+        "gpu_xids_dropped",
+        "Xid events not counted in sup_gpu_xids_total because its series cap was reached",
+        counter(dropped),
+    );
 
     let breaker = Gauge::<i64>::default();
     breaker.set(i64::from(status.breaker.as_ref().is_some_and(|b| b.open)));
