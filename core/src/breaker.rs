@@ -34,15 +34,19 @@ pub struct Limit {
     pub window_ms: Millis,
     pub max_share: f64,
     pub min_cordons: u32,
+    /// The cap whatever the share says (`usize::MAX`-like when unset).
+    pub max_cordons: u32,
     /// Nodes in the cluster (the share's denominator).
     pub nodes: usize,
 }
 
 impl Limit {
-    /// max(min_cordons, ceil(max_share × nodes)).
+    /// min(max_cordons, max(min_cordons, ceil(max_share × nodes))).
     pub fn allowance(&self) -> usize {
         let share = (self.max_share * self.nodes as f64).ceil() as usize;
-        share.max(self.min_cordons as usize)
+        share
+            .max(self.min_cordons as usize)
+            .min(self.max_cordons as usize)
     }
 }
 
@@ -80,12 +84,13 @@ impl Breaker {
         let opened = (!self.record.open).then(|| {
             self.record.open = true;
             self.record.reason = format!(
-                    "{} automatic cordons within {} would exceed the limit of {allowed} ({:.0}% of {} nodes, at least {}); automatic cordons stopped until an operator resets the breaker (supctl breaker reset)",
+                    "{} automatic cordons within {} would exceed the limit of {allowed} ({:.0}% of {} nodes, at least {}, at most {}); automatic cordons stopped until an operator resets the breaker (supctl breaker reset)",
                     self.record.recent_cordons.len() + 1,
                     crate::format_ms(limit.window_ms),
                     limit.max_share * 100.0,
                     limit.nodes,
-                    limit.min_cordons
+                    limit.min_cordons,
+                    limit.max_cordons
                 );
             self.record.since = now;
             self.record.reason.clone()
@@ -94,6 +99,18 @@ impl Breaker {
             .held_back
             .insert(node.to_owned(), reason.to_owned());
         Allowance::HeldBack { opened }
+    }
+
+    /// Opens the breaker for a reason of its own (a correlated hardware
+    /// fault); false if it was open already.
+    pub fn hold(&mut self, now: Millis, reason: String) -> bool {
+        if self.record.open {
+            return false;
+        }
+        self.record.open = true;
+        self.record.reason = reason;
+        self.record.since = now;
+        true
     }
 
     /// Closes the breaker and empties its window; returns the cordons held
@@ -116,6 +133,7 @@ impl Engine {
             window_ms: self.config.breaker_window_ms,
             max_share: self.config.breaker_max_share,
             min_cordons: self.config.breaker_min_cordons,
+            max_cordons: self.config.breaker_max_cordons,
             nodes: self.nodes.len(),
         }
     }
@@ -216,6 +234,7 @@ mod tests {
             window_ms: 600_000,
             max_share: 0.1,
             min_cordons: 3,
+            max_cordons: 10,
             nodes,
         }
     }
@@ -223,7 +242,10 @@ mod tests {
     #[test]
     fn the_allowance_is_a_share_of_the_cluster_with_a_floor() {
         assert_eq!(limit(10).allowance(), 3);
-        assert_eq!(limit(2_000).allowance(), 200);
+        assert_eq!(limit(50).allowance(), 5);
+        assert_eq!(limit(100).allowance(), 10);
+        // The cap: a storm on a big cluster stops after a handful.
+        assert_eq!(limit(2_000).allowance(), 10);
     }
 
     #[test]

@@ -32,10 +32,16 @@ pub struct EngineConfig {
     pub breaker_window_ms: Millis,
     pub breaker_max_share: f64,
     pub breaker_min_cordons: u32,
+    /// ... and never more than this many, however big the cluster.
+    pub breaker_max_cordons: u32,
     /// The same application Xid on at least this share of nodes (and at
     /// least 2) within the window is a correlated, likely-software fault.
     pub correlation_window_ms: Millis,
     pub correlation_share: f64,
+    /// The same hardware (non-application) Xid on at least this many nodes
+    /// within the correlation window is a correlated fault: automatic
+    /// cordons are held until an operator resets the breaker.
+    pub hardware_storm_nodes: u32,
     /// Partition guard: when at least max(partition_min_nodes,
     /// ceil(partition_share × nodes)) nodes turn unreachable within
     /// `partition_window_ms`, the likelier cause is supd's own network, so
@@ -62,8 +68,10 @@ impl Default for EngineConfig {
             breaker_window_ms: 600_000,
             breaker_max_share: 0.1,
             breaker_min_cordons: 3,
+            breaker_max_cordons: 10,
             correlation_window_ms: 60_000,
             correlation_share: 0.5,
+            hardware_storm_nodes: 5,
             partition_window_ms: 60_000,
             partition_share: 0.5,
             partition_min_nodes: 3,

@@ -84,6 +84,10 @@ pub struct Engine {
     pub(crate) recent_app_xids: VecDeque<(Millis, u32, String)>,
     /// Application Xid codes already reported as correlated, with when.
     pub(crate) correlated_reported: BTreeMap<u32, Millis>,
+    /// Recent hardware Xids: (at, xid, node), for the storm guard.
+    pub(crate) recent_hw_xids: VecDeque<(Millis, u32, String)>,
+    /// Hardware Xid codes already held as a correlated storm, with when.
+    pub(crate) storms_reported: BTreeMap<u32, Millis>,
     pub(crate) spares_were_low: bool,
     /// Since when supd suspects its own network (see
     /// `EngineConfig::partition_window_ms`); lost-node restarts wait.
@@ -135,6 +139,8 @@ impl Engine {
             breaker: Breaker::restored(persisted.breaker.unwrap_or_default()),
             recent_app_xids: VecDeque::new(),
             correlated_reported: BTreeMap::new(),
+            recent_hw_xids: VecDeque::new(),
+            storms_reported: BTreeMap::new(),
             spares_were_low: false,
             partition_since: None,
         }

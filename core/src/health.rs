@@ -10,6 +10,9 @@ use crate::{Engine, EngineError, EventKind, GpuHealth, Millis, ReportOutcome, Se
 
 /// Xids kept per GPU for `supctl node`.
 const RECENT_XIDS: usize = 10;
+/// Hardware Xids remembered for the storm guard at most (a flood from one
+/// node cannot grow it).
+const MAX_RECENT_HW_XIDS: usize = 16_384;
 /// The same Xid on the same GPU within this window is one event.
 const XID_EVENT_DEDUP_MS: Millis = 10_000;
 
@@ -159,7 +162,64 @@ impl Engine {
         }
         if xid.application {
             self.correlate_application_xid(now, node_id, xid.xid);
+        } else if !duplicate {
+            self.correlate_hardware_xid(now, node_id, xid.xid);
         }
+    }
+
+    /// The same hardware Xid on many nodes at once is a driver push or the
+    /// fabric more likely than that many boards failing together: the
+    /// breaker opens (cordons are held, the jobs keep their nodes), one
+    /// correlated_fault event says why, and an operator decides. Runs
+    /// before the report's verdicts, so the node that completes the storm
+    /// is held too.
+    pub(crate) fn correlate_hardware_xid(&mut self, now: Millis, node_id: &str, code: u32) {
+        let window = self.config.correlation_window_ms;
+        self.recent_hw_xids
+            .push_back((now, code, node_id.to_owned()));
+        while self
+            .recent_hw_xids
+            .front()
+            .is_some_and(|(at, _, _)| now - at > window)
+            || self.recent_hw_xids.len() > MAX_RECENT_HW_XIDS
+        {
+            self.recent_hw_xids.pop_front();
+        }
+        if self
+            .storms_reported
+            .get(&code)
+            .is_some_and(|at| now - at <= window)
+        {
+            return;
+        }
+        let mut nodes: Vec<&str> = self
+            .recent_hw_xids
+            .iter()
+            .filter(|(_, c, _)| *c == code)
+            .map(|(_, _, n)| n.as_str())
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let needed = self.config.hardware_storm_nodes.max(2) as usize;
+        if nodes.len() < needed {
+            return;
+        }
+        let shown: Vec<&str> = nodes.iter().take(10).copied().collect();
+        let text = format!(
+            "Xid {code} on {} nodes within {} (at least {needed} make a storm): likely a driver, firmware or fabric fault rather than that many boards; automatic cordons held until an operator resets the breaker (nodes: {}{})",
+            nodes.len(),
+            crate::format_ms(window),
+            shown.join(", "),
+            if nodes.len() > shown.len() { ", ..." } else { "" }
+        );
+        self.storms_reported.insert(code, now);
+        if self.breaker.hold(now, text.clone()) {
+            self.actions
+                .push_back(crate::Action::Persist(crate::Change::PutBreaker(
+                    self.breaker.record().clone(),
+                )));
+        }
+        self.record_event(now, EventKind::CorrelatedFault, None, text);
     }
 
     /// The same application Xid on many nodes within a short window is the

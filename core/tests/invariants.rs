@@ -708,7 +708,8 @@ impl Driver {
             self.auto_cordons.push_back(event.at);
             let nodes = self.engine.nodes().count();
             let allowed = ((self.config.breaker_max_share * nodes as f64).ceil() as usize)
-                .max(self.config.breaker_min_cordons as usize);
+                .max(self.config.breaker_min_cordons as usize)
+                .min(self.config.breaker_max_cordons as usize);
             let recent = self.auto_cordons.len();
             ensure(recent <= allowed, INV6, || {
                 format!(

@@ -125,6 +125,9 @@ pub struct BreakerConfig {
     pub max_share: f64,
     /// ... but never fewer than this many.
     pub min_cordons: u32,
+    /// ... and never more than this many, whatever the cluster's size: a
+    /// storm on a 2,000-node cluster stops after a handful, not 200.
+    pub max_cordons: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -136,6 +139,10 @@ pub struct CorrelationConfig {
     /// Share of nodes (at least 2) with the same application Xid that makes
     /// it a correlated, likely-software fault.
     pub share: f64,
+    /// Nodes reporting the same hardware Xid (79, 48, ...) within the
+    /// window that make it a correlated fault (a driver push, the fabric):
+    /// automatic cordons are held until an operator resets the breaker.
+    pub hardware_nodes: u32,
 }
 
 impl Default for JobsConfig {
@@ -158,6 +165,7 @@ impl Default for BreakerConfig {
             window: Duration::from_secs(600),
             max_share: 0.1,
             min_cordons: 3,
+            max_cordons: 10,
         }
     }
 }
@@ -167,6 +175,7 @@ impl Default for CorrelationConfig {
         CorrelationConfig {
             window: Duration::from_secs(60),
             share: 0.5,
+            hardware_nodes: 5,
         }
     }
 }
@@ -422,8 +431,10 @@ impl Config {
             breaker_window_ms: ms(self.breaker.window),
             breaker_max_share: self.breaker.max_share,
             breaker_min_cordons: self.breaker.min_cordons,
+            breaker_max_cordons: self.breaker.max_cordons,
             correlation_window_ms: ms(self.correlation.window),
             correlation_share: self.correlation.share,
+            hardware_storm_nodes: self.correlation.hardware_nodes,
             partition_window_ms: ms(self.nodes.partition_window),
             partition_share: self.nodes.partition_share,
             partition_min_nodes: self.nodes.partition_min_nodes,

@@ -215,6 +215,10 @@ crash_loop_limit = 100000
 [breaker]
 max_share = 1.0
 min_cordons = 100000
+max_cordons = 100000
+[correlation]
+# Every fault is an Xid 79 on another node, on purpose: not a storm here.
+hardware_nodes = 100000
 "#,
         data = dir.join("data").display(),
         unreachable = args.unreachable_after_ms,

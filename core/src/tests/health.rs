@@ -4,6 +4,7 @@
 
 use super::support::*;
 use crate::*;
+
 fn verdict(index: u32, health: GpuHealth, reason: &str) -> GpuVerdict {
     GpuVerdict {
         index,
@@ -188,4 +189,80 @@ fn drills_need_a_connected_node_and_a_real_gpu() {
         e.drill(3, "n2", drill(0, 79), "a"),
         Err(EngineError::FailedPrecondition(_))
     ));
+}
+
+/// Automatic cordons among `actions` ("cordoned by sup: ...").
+fn auto_cordons(actions: &[Action]) -> usize {
+    events(actions)
+        .iter()
+        .filter(|(k, why)| *k == EventKind::NodeCordoned && why.starts_with("cordoned by sup:"))
+        .count()
+}
+
+#[test]
+fn the_default_breaker_stops_a_storm_on_2000_nodes_after_at_most_10_cordons() {
+    let mut e = cluster_with(EngineConfig::default(), 2_000);
+    let mut cordoned = 0;
+    for i in 1..=200 {
+        // ECC failures, no Xid: only the breaker stands in the way.
+        let actions = report(
+            &mut e,
+            &format!("n{i}"),
+            i64::from(i) * 100,
+            vec![verdict(0, GpuHealth::Failed, "uncorrectable ECC errors")],
+            vec![],
+        );
+        cordoned += auto_cordons(&actions);
+    }
+    assert_eq!(cordoned, 10, "10 is the default cap");
+    assert!(e.breaker().open);
+    assert!(
+        e.breaker().reason.contains("would exceed the limit of 10"),
+        "{}",
+        e.breaker().reason
+    );
+}
+
+#[test]
+fn the_same_hardware_xid_on_50_nodes_within_a_minute_is_held_as_one_correlated_fault() {
+    let mut e = cluster_with(EngineConfig::default(), 100);
+    let mut actions = Vec::new();
+    for i in 1..=50 {
+        let at = i64::from(i) * 1_000;
+        actions.extend(report(
+            &mut e,
+            &format!("n{i}"),
+            at,
+            vec![verdict(
+                0,
+                GpuHealth::Failed,
+                "Xid 79 (GPU has fallen off the bus)",
+            )],
+            vec![xid(0, 79, false, at)],
+        ));
+    }
+    let correlated: Vec<(EventKind, String)> = events(&actions)
+        .into_iter()
+        .filter(|(k, _)| *k == EventKind::CorrelatedFault)
+        .collect();
+    assert_eq!(correlated.len(), 1, "{correlated:?}");
+    assert!(
+        correlated[0]
+            .1
+            .starts_with("Xid 79 on 5 nodes within 1m (at least 5 make a storm)"),
+        "{}",
+        correlated[0].1
+    );
+    // The four before the storm was seen were cordoned; the rest are held
+    // for an operator, and their jobs keep their nodes.
+    assert_eq!(auto_cordons(&actions), 4);
+    assert!(e.breaker().open);
+    assert!(e.breaker().reason.starts_with("Xid 79 on 5 nodes"));
+    let held = events(&actions)
+        .iter()
+        .filter(|(k, why)| {
+            *k == EventKind::NodeCordoned && why.starts_with("automatic cordon held back")
+        })
+        .count();
+    assert_eq!(held, 46);
 }
