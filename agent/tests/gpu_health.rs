@@ -180,6 +180,19 @@ impl Node {
         write_state(self.dir.path(), state);
     }
 
+    /// Waits until the agent's log says `text`.
+    async fn wait_log(&self, what: &str, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what} ({text:?} in the agent's log):\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits for a health report that satisfies `check`, remembering what
     /// else goes by.
     async fn report_where(
@@ -467,8 +480,12 @@ async fn kernel_log_xids_are_attributed_by_pci_address_and_merged_with_nvml() {
     )
     .await;
     node.report_where("all ok", all_ok).await;
-    // Give the follower a moment to open the file at its end.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The follower reads from the file's end once it has opened it.
+    node.wait_log(
+        "the kernel log follower open",
+        "following the kernel log file",
+    )
+    .await;
     // GPU 2 sits at 00000000:3A:00.0 (0x18 + 2 * 0x11): the kernel writes it
     // in lower case without the function.
     let line = "[ 99.1] NVRM: Xid (PCI:0000:3a:00): 48, pid=42, name=python, An uncorrectable double bit error (DBE) has been detected\n";
@@ -490,7 +507,11 @@ async fn kernel_log_xids_are_attributed_by_pci_address_and_merged_with_nvml() {
         json!([]),
         json!({ "xids": [{ "id": 1, "gpu": 2, "xid": 48 }] }),
     ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    node.wait_log(
+        "NVML's copy of Xid 48 merged",
+        "Xid already seen from the other source",
+    )
+    .await;
     append(
         &log,
         "NVRM: Xid (PCI:0000:29:00): 31, pid=43, name=python, Ch 00000008\n",

@@ -306,11 +306,11 @@ async fn retries_through_rejections_and_dropped_streams() {
 
 #[tokio::test]
 async fn waits_for_a_supervisor_that_starts_late() {
-    // Reserve a port, then free it so that nothing listens there yet.
-    let addr = {
-        let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        probe.local_addr().expect("addr")
-    };
+    // A port nothing listens on yet, and one no `bind(:0)` meanwhile can
+    // draw (it lies below the ephemeral range), so it is still free when
+    // the supervisor starts late.
+    let port = sup_e2e::free_port().expect("a free port");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let agent = start_agent(config(addr, Duration::from_secs(60)));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(

@@ -315,7 +315,20 @@ fn read_kmsg(path: &Path, handler: &mut LineHandler) -> std::io::Result<()> {
 /// path) and truncation.
 fn follow_file(path: &Path, handler: &mut LineHandler) -> std::io::Result<()> {
     let mut file = File::open(path)?;
-    let mut position = file.seek(SeekFrom::End(0))?;
+    let position = file.seek(SeekFrom::End(0))?;
+    // Lines written from here on are read: what an operator (and a test)
+    // can wait for before expecting an Xid to be seen.
+    info!(path = %path.display(), from_byte = position, "following the kernel log file");
+    follow_open_file(path, file, position, handler)
+}
+
+/// Follows `file`, opened at `path` and read up to `position`.
+fn follow_open_file(
+    path: &Path,
+    file: File,
+    mut position: u64,
+    handler: &mut LineHandler,
+) -> std::io::Result<()> {
     let mut identity = file_identity(&file.metadata()?);
     let mut reader = BufReader::new(file);
     let mut pending = Vec::new();
@@ -620,9 +633,17 @@ mod tests {
         )
         .expect("write");
         let (sink, mut rx) = XidSink::channel();
-        spawn(KernelLogSpec::File(path.clone()), &inventory(), sink).expect("spawn");
-        // Let the follower open the file and seek to its end.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Opened and at its end before anything is appended, as the
+        // follower's own thread does it; no waiting for that thread.
+        let mut opened = File::open(&path).expect("open");
+        let position = opened.seek(SeekFrom::End(0)).expect("seek");
+        let mut handler = LineHandler {
+            gpus: GpuAddresses::from_inventory(&inventory()),
+            sink,
+            unknown: HashSet::new(),
+        };
+        let followed = path.clone();
+        thread::spawn(move || follow_open_file(&followed, opened, position, &mut handler));
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -115,10 +115,12 @@ struct Shared {
     finished: AtomicBool,
 }
 
+/// The clock supd stamps its events with (the wall clock read once,
+/// advanced by the monotonic clock), so a fault's send time and supd's
+/// cordon event compare on the same clock rather than a wall clock that
+/// NTP may slew between them.
 fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    sup_proto::time::now_unix_ms()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -524,6 +526,14 @@ fn summary(name: &str, samples: &[f64]) -> String {
         percentile(samples, 100.0),
         samples.len()
     )
+}
+
+/// A summary that says how many of the attempts gave a sample.
+fn summary_of(name: &str, samples: &[f64], attempts: usize) -> String {
+    format!(
+        "{} of {attempts}",
+        summary(name, samples).trim_end_matches(')')
+    ) + ")"
 }
 
 async fn get_job(control: &mut ControlServiceClient<Channel>) -> anyhow::Result<v1::Job> {
@@ -937,7 +947,11 @@ max_restarts = 100000
     );
     println!(
         "{}",
-        summary("fault → cordon (supd event time)", &cordon_supd)
+        summary_of(
+            "fault → cordon (supd event time)",
+            &cordon_supd,
+            args.swap_faults + args.shrink_faults
+        )
     );
     println!(
         "{}",
