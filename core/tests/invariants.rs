@@ -81,9 +81,9 @@ fn parse_spec(text: &str) -> Result<JobSpec, String> {
 /// `..`, a sibling directory with the same prefix, relative) and with steps
 /// far beyond anything the job reached (#16). Before the engine vetted
 /// catalogs, invariant 4 failed on 196 of seeds 1-200 with this on. Steps
-/// are attacked only once the job has reported progress: until then the
-/// engine cannot tell a real step from an absurd one, and a node of the
-/// job can still pin the resume point with one (not covered yet).
+/// are attacked only once the job has reported progress: a job that runs
+/// past its startup allowance without ever reporting any gives the engine
+/// nothing to tell a real step from an absurd one by.
 const HOSTILE_CHECKPOINTS: bool = true;
 
 /// supd restarts: the engine rebuilt with `Engine::restore` from what its
@@ -1667,8 +1667,9 @@ impl Driver {
             .collect();
         if HOSTILE_CHECKPOINTS && self.rng.percent(30) {
             let s = high + 1;
-            // Absurd steps only once the job reported progress: before, the
-            // engine has nothing to bound a step by (a known gap, #16).
+            // Absurd steps only once the job reported progress: a job that
+            // runs past its startup allowance without any gives the engine
+            // nothing to bound a step by (documented).
             let kinds = if bounded { 6 } else { 4 };
             let hostile = match self.rng.below(kinds) {
                 0 => ("/etc/passwd".to_owned(), s),

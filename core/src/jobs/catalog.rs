@@ -3,7 +3,10 @@
 //! resume point of every rank of the next generation, so one compromised
 //! or confused node must not be able to choose it: an entry counts only if
 //! its path lies inside the job's `checkpoint_dir` and its step is one the
-//! job can have reached.
+//! job can have reached: within a margin of the highest step it reported
+//! progress for; before its first progress report, a small one; a job that
+//! runs past the startup allowance without ever reporting progress gives
+//! nothing to check steps against.
 
 use crate::records::CheckpointRef;
 
@@ -15,24 +18,63 @@ fn step_margin(best: u64) -> u64 {
     (best / 10).max(1_000)
 }
 
-/// Why `entry` is not believed, if it is not. `best_step` is the highest
-/// step the job reported progress for (`None`: it never did, so steps
-/// cannot be checked and only the path is).
-pub(crate) fn refusal(dir: &str, best_step: Option<u64>, entry: &CheckpointRef) -> Option<String> {
+/// What bounds the steps a job can have reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StepBound {
+    /// The highest step the job reported progress for.
+    Reported(u64),
+    /// No progress reported yet: a step beyond the first margin is not
+    /// believed yet (the next scan lists it again).
+    AwaitingProgress,
+    /// The job has run past the startup allowance without ever reporting
+    /// progress: it does not report any, and its steps cannot be checked.
+    Unchecked,
+}
+
+/// What becomes of one catalog entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Belief {
+    Believed,
+    /// Never: the reason names what is wrong.
+    Refused(String),
+    /// Not until the job reports progress that covers it.
+    NotYet(String),
+}
+
+/// What `entry` is believed for, given the job's `checkpoint_dir` and what
+/// bounds its steps.
+pub(crate) fn belief(dir: &str, bound: StepBound, entry: &CheckpointRef) -> Belief {
     if !inside(dir, &entry.path) {
-        return Some(format!(
+        return Belief::Refused(format!(
             "{} is not inside the job's checkpoint_dir {dir}",
             shown(&entry.path)
         ));
     }
-    let best = best_step?;
-    let limit = best.saturating_add(step_margin(best));
-    (entry.step > limit).then(|| {
-        format!(
-            "step {} is beyond any the job reached (highest reported {best}, at most {limit} believed)",
-            entry.step
-        )
-    })
+    match bound {
+        StepBound::Unchecked => Belief::Believed,
+        StepBound::Reported(best) => {
+            let limit = best.saturating_add(step_margin(best));
+            if entry.step > limit {
+                Belief::Refused(format!(
+                    "step {} is beyond any the job reached (highest reported {best}, at most {limit} believed)",
+                    entry.step
+                ))
+            } else {
+                Belief::Believed
+            }
+        }
+        StepBound::AwaitingProgress => {
+            let limit = step_margin(0);
+            if entry.step > limit {
+                Belief::NotYet(format!(
+                    "step {} is not believed before the job reports progress (at most {limit} until then)",
+                    entry.step
+                ))
+            } else {
+                Belief::Believed
+            }
+        }
+    }
 }
 
 /// Whether `path` names something below `dir` by whole components, with
@@ -73,6 +115,14 @@ mod tests {
         }
     }
 
+    fn refusal(dir: &str, best: Option<u64>, entry: &CheckpointRef) -> Option<String> {
+        let bound = best.map_or(StepBound::Unchecked, StepBound::Reported);
+        match belief(dir, bound, entry) {
+            Belief::Believed => None,
+            Belief::Refused(why) | Belief::NotYet(why) => Some(why),
+        }
+    }
+
     #[test]
     fn only_paths_below_the_checkpoint_dir_are_believed() {
         let dir = "/ckpt/llm/";
@@ -110,7 +160,23 @@ mod tests {
         assert!(refusal(dir, Some(50_000), &at(55_000, "/c/s")).is_none());
         assert!(refusal(dir, Some(u64::MAX - 1), &at(u64::MAX, "/c/s")).is_none());
         assert!(refusal(dir, Some(7), &at(u64::MAX, "/c/s")).is_some());
-        // A job that never reported progress: only the path is checked.
+        // A job that never reported progress past its startup allowance:
+        // only the path is checked.
         assert!(refusal(dir, None, &at(u64::MAX, "/c/s")).is_none());
+    }
+
+    #[test]
+    fn before_the_first_progress_report_only_small_steps_are_believed() {
+        let at_step = |step| belief("/c", StepBound::AwaitingProgress, &at(step, "/c/s"));
+        assert_eq!(at_step(1_000), Belief::Believed);
+        let Belief::NotYet(why) = at_step(u64::MAX) else {
+            panic!("not believed yet");
+        };
+        assert!(
+            why.starts_with(
+                "step 18446744073709551615 is not believed before the job reports progress"
+            ),
+            "{why}"
+        );
     }
 }

@@ -310,9 +310,23 @@ impl Engine {
         if !job.has_node(node_id) {
             return ReportOutcome::StaleGeneration;
         }
-        // Only entries the job can have written count; each refused one is
-        // said once, naming the node.
-        let best = job.record.best_step.max(job.step);
+        // Only entries the job can have written count; each one that does
+        // not is said once, naming the node.
+        let bound = match job.record.best_step.max(job.step) {
+            Some(best) => catalog::StepBound::Reported(best),
+            None => {
+                let allowance = self.config.detect.startup_allowance_ms;
+                let silent_long = job
+                    .detect
+                    .running_since
+                    .is_some_and(|since| now - since > allowance);
+                if silent_long {
+                    catalog::StepBound::Unchecked
+                } else {
+                    catalog::StepBound::AwaitingProgress
+                }
+            }
+        };
         let mut refused = Vec::new();
         job.catalog = catalog
             .checkpoints
@@ -321,21 +335,21 @@ impl Engine {
                 step: c.step,
                 path: c.path.clone(),
             })
-            .filter(
-                |c| match catalog::refusal(&job.record.spec.checkpoint_dir, best, c) {
-                    None => true,
-                    Some(why) => {
-                        let first = job.refused_checkpoints.len() < MAX_REFUSED_REMEMBERED
-                            && job
-                                .refused_checkpoints
-                                .insert((node_id.to_owned(), c.path.chars().take(256).collect()));
-                        if first {
-                            refused.push(why);
-                        }
-                        false
-                    }
-                },
-            )
+            .filter(|c| {
+                let why = match catalog::belief(&job.record.spec.checkpoint_dir, bound, c) {
+                    catalog::Belief::Believed => return true,
+                    catalog::Belief::Refused(why) => format!("not believed: {why}"),
+                    catalog::Belief::NotYet(why) => format!("not believed yet: {why}"),
+                };
+                let first = job.refused_checkpoints.len() < MAX_REFUSED_REMEMBERED
+                    && job
+                        .refused_checkpoints
+                        .insert((node_id.to_owned(), c.path.chars().take(256).collect()));
+                if first {
+                    refused.push(why);
+                }
+                false
+            })
             .collect();
         job.catalog.sort_by_key(|c| c.step);
         for why in refused {
@@ -344,7 +358,7 @@ impl Engine {
                 EventKind::CheckpointRefused,
                 Some(node_id),
                 Some(&catalog.job),
-                format!("node {node_id} listed a checkpoint that is not believed: {why}"),
+                format!("node {node_id} listed a checkpoint that is {why}"),
             );
         }
         let Some(job) = self.jobs.get_mut(&catalog.job) else {

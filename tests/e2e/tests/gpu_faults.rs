@@ -401,3 +401,101 @@ fn drill_xid_79_cordons_that_node() -> Result<()> {
     drop(agents);
     Ok(())
 }
+
+/// The value of `sup_gpu_xids_total` for one node, GPU and Xid (0 when the
+/// series is absent), from a promtool-valid `/metrics`.
+fn xid_count(http_port: u16, node_id: &str, gpu_index: u32, xid: u32) -> Result<f64> {
+    let (code, body) = http_get(http_port, "/metrics")?;
+    if code != 200 {
+        bail!("/metrics answered {code}: {body}");
+    }
+    promtool_check(&body)?;
+    let wanted = [
+        format!("gpu=\"{gpu_index}\""),
+        format!("node=\"{node_id}\""),
+        format!("xid=\"{xid}\""),
+    ];
+    let series: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("sup_gpu_xids_total{"))
+        .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
+        .collect();
+    match series.as_slice() {
+        [] => Ok(0.0),
+        [line] => {
+            // dcgm-exporter's labels are there too.
+            for label in ["UUID=\"", "Hostname=\""] {
+                if !line.contains(label) {
+                    bail!("{line} lacks {label}");
+                }
+            }
+            line.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| anyhow!("no value in {line}"))
+        }
+        more => bail!("several series for one GPU and Xid: {more:?}"),
+    }
+}
+
+#[test]
+fn each_drilled_xid_counts_exactly_once_in_sup_gpu_xids_total() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let mut supd = Supd::new(work.path(), CONFIG)?;
+    supd.start()?;
+    let url = supd.url();
+    let _agent = start_agent(
+        work.path(),
+        &url,
+        "node-x",
+        "127.0.0.1",
+        "sim:4",
+        &["--allow-drills"],
+    )?;
+    wait_ready_nodes(&url, 1)?;
+    let drill = |gpu: &str, xid: &str| -> Result<()> {
+        let out = supctl(
+            &url,
+            &[
+                "drill", "xid", "--node", "node-x", "--gpu", gpu, "--xid", xid,
+            ],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "supctl drill failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let port = supd.http_port;
+    let expect = |gpu: u32, xid: u32, n: f64| -> Result<()> {
+        wait_for(
+            &format!("sup_gpu_xids_total for GPU {gpu} Xid {xid} at {n}"),
+            FAULT_TIMEOUT,
+            || Ok((xid_count(port, "node-x", gpu, xid)? == n).then_some(())),
+        )
+    };
+    drill("0", "79")?;
+    expect(0, 79, 1.0)?;
+    drill("1", "48")?;
+    expect(1, 48, 1.0)?;
+    drill("0", "79")?;
+    expect(0, 79, 2.0)?;
+    // Nothing counted twice or elsewhere: read again after the last report.
+    wait_for(
+        "the last drill's Xid in node-x's recent Xids",
+        FAULT_TIMEOUT,
+        || {
+            let status = supctl_json(&url, &["node", "node-x"])?;
+            let recent = status["gpus"][0]["recent_xids"]
+                .as_array()
+                .map_or(0, |x| x.iter().filter(|x| x["xid"] == 79).count());
+            Ok((recent == 2).then_some(()))
+        },
+    )?;
+    assert_eq!(xid_count(port, "node-x", 0, 79)?, 2.0);
+    assert_eq!(xid_count(port, "node-x", 1, 48)?, 1.0);
+    assert_eq!(xid_count(port, "node-x", 2, 79)?, 0.0);
+    Ok(())
+}

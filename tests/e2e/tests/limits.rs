@@ -178,3 +178,59 @@ fn oversized_messages_garbage_and_a_connection_flood_cost_bounded_memory() -> Re
     );
     Ok(())
 }
+
+/// The 177-byte spec of issue 16: 40 million nodes of 1 GPU at a world
+/// size multiple of 4,294,967,291. It used to take 21 s and 3.1 GB inside
+/// the state actor while every other request waited.
+const COSTLY_SPEC: &str = "name = \"costly\"\ncommand = [\"python3\"]\nnodes = 40000000\nmin_nodes = 1\ngpus_per_node = 1\nworld_size_multiple = 4294967291\ncheckpoint_dir = \"/tmp/c\"\n";
+
+#[test]
+fn a_spec_that_would_cost_gigabytes_is_refused_at_once_and_status_still_answers() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let mut supd = Supd::new(work.path(), "")?;
+    supd.start()?;
+    let url = supd.url();
+    let pid = supd
+        .proc
+        .as_ref()
+        .and_then(Proc::pid)
+        .ok_or_else(|| anyhow!("supd pid"))?;
+    let spec = work.path().join("costly.toml");
+    std::fs::write(&spec, COSTLY_SPEC)?;
+    let before = rss_kib(pid)?;
+
+    // A status asked while the spec is being judged must be answered too.
+    let status_url = url.clone();
+    let status = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let out = supctl(&status_url, &["status"]);
+        (out, started.elapsed())
+    });
+    let started = std::time::Instant::now();
+    let out = supctl(&url, &["job", "submit", &spec.display().to_string()])?;
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "refused: {stderr}");
+    assert!(
+        stderr.contains("nodes: 40000000 is more than the 65536"),
+        "{stderr}"
+    );
+    let (status_out, status_took) = status
+        .join()
+        .map_err(|_| anyhow!("the status thread panicked"))?;
+    assert!(status_out?.status.success(), "supctl status answered");
+    let after = rss_kib(pid)?;
+    println!(
+        "costly spec refused in {} ms (supctl round trip); a concurrent supctl status took {} ms; supd RSS {before} -> {after} KiB",
+        took.as_millis(),
+        status_took.as_millis()
+    );
+    assert!(
+        after < before + 10 * 1024,
+        "supd's RSS grew by {} KiB",
+        after.saturating_sub(before)
+    );
+    let jobs = supctl_json(&url, &["jobs"])?;
+    assert_eq!(jobs, serde_json::json!([]), "nothing was submitted");
+    Ok(())
+}
