@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::breaker::Breaker;
 use crate::config::EngineConfig;
+use crate::health::XidSightings;
 use crate::messages::{DesiredAssignment, Drill};
 use crate::records::{Change, Event, EventKind, JobState, Persisted};
 use crate::{jobs, Millis, Node, SessionId};
@@ -80,14 +81,10 @@ pub struct Engine {
     pub(crate) reconcile_requested: Option<Millis>,
 
     pub(crate) breaker: Breaker,
-    /// Recent application Xids: (at, xid, node).
-    pub(crate) recent_app_xids: VecDeque<(Millis, u32, String)>,
-    /// Application Xid codes already reported as correlated, with when.
-    pub(crate) correlated_reported: BTreeMap<u32, Millis>,
-    /// Recent hardware Xids: (at, xid, node), for the storm guard.
-    pub(crate) recent_hw_xids: VecDeque<(Millis, u32, String)>,
-    /// Hardware Xid codes already held as a correlated storm, with when.
-    pub(crate) storms_reported: BTreeMap<u32, Millis>,
+    /// Application Xids across nodes (the job's software at fault).
+    pub(crate) app_xids: XidSightings,
+    /// Hardware Xids across nodes (a driver push or the fabric at fault).
+    pub(crate) hw_xids: XidSightings,
     pub(crate) spares_were_low: bool,
     /// Since when supd suspects its own network (see
     /// `EngineConfig::partition_window_ms`); lost-node restarts wait.
@@ -137,10 +134,8 @@ impl Engine {
             last_generation,
             reconcile_requested: None,
             breaker: Breaker::restored(persisted.breaker.unwrap_or_default()),
-            recent_app_xids: VecDeque::new(),
-            correlated_reported: BTreeMap::new(),
-            recent_hw_xids: VecDeque::new(),
-            storms_reported: BTreeMap::new(),
+            app_xids: XidSightings::default(),
+            hw_xids: XidSightings::default(),
             spares_were_low: false,
             partition_since: None,
         }

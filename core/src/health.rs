@@ -5,14 +5,62 @@
 //! nodes turn bad at once (the likelier story then is a bug in sup, the
 //! driver or the fabric, and cordoning the cluster would be a disaster).
 
+use std::collections::{BTreeMap, VecDeque};
+
 use crate::messages::{Drill, DrillFault, HealthReport, RecoveryAction, XidEvent};
 use crate::{Engine, EngineError, EventKind, GpuHealth, Millis, ReportOutcome, SessionId};
 
 /// Xids kept per GPU for `supctl node`.
 const RECENT_XIDS: usize = 10;
-/// Hardware Xids remembered for the storm guard at most (a flood from one
-/// node cannot grow it).
-const MAX_RECENT_HW_XIDS: usize = 16_384;
+/// Xid sightings remembered per guard at most (a flood from one node
+/// cannot grow them).
+const MAX_SIGHTINGS: usize = 16_384;
+
+/// Recent sightings of Xids by node, for the correlation guards (the same
+/// Xid on many nodes at once): bounded in age and in count.
+#[derive(Debug, Default)]
+pub(crate) struct XidSightings {
+    recent: VecDeque<(Millis, u32, String)>,
+    /// Codes already reported as correlated, with when.
+    reported: BTreeMap<u32, Millis>,
+}
+
+impl XidSightings {
+    /// Records that `node` saw `code`; the distinct nodes that saw it
+    /// within `window`, or `None` when it was reported within the window
+    /// already.
+    fn see(&mut self, now: Millis, window: Millis, code: u32, node: &str) -> Option<Vec<String>> {
+        self.recent.push_back((now, code, node.to_owned()));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _, _)| now - at > window)
+            || self.recent.len() > MAX_SIGHTINGS
+        {
+            self.recent.pop_front();
+        }
+        if self
+            .reported
+            .get(&code)
+            .is_some_and(|at| now - at <= window)
+        {
+            return None;
+        }
+        let mut nodes: Vec<String> = self
+            .recent
+            .iter()
+            .filter(|(_, c, _)| *c == code)
+            .map(|(_, _, n)| n.clone())
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        Some(nodes)
+    }
+
+    fn mark_reported(&mut self, code: u32, now: Millis) {
+        self.reported.insert(code, now);
+    }
+}
 /// The same Xid on the same GPU within this window is one event.
 const XID_EVENT_DEDUP_MS: Millis = 10_000;
 
@@ -175,36 +223,14 @@ impl Engine {
     /// is held too.
     pub(crate) fn correlate_hardware_xid(&mut self, now: Millis, node_id: &str, code: u32) {
         let window = self.config.correlation_window_ms;
-        self.recent_hw_xids
-            .push_back((now, code, node_id.to_owned()));
-        while self
-            .recent_hw_xids
-            .front()
-            .is_some_and(|(at, _, _)| now - at > window)
-            || self.recent_hw_xids.len() > MAX_RECENT_HW_XIDS
-        {
-            self.recent_hw_xids.pop_front();
-        }
-        if self
-            .storms_reported
-            .get(&code)
-            .is_some_and(|at| now - at <= window)
-        {
+        let Some(nodes) = self.hw_xids.see(now, window, code, node_id) else {
             return;
-        }
-        let mut nodes: Vec<&str> = self
-            .recent_hw_xids
-            .iter()
-            .filter(|(_, c, _)| *c == code)
-            .map(|(_, _, n)| n.as_str())
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
+        };
         let needed = self.config.hardware_storm_nodes.max(2) as usize;
         if nodes.len() < needed {
             return;
         }
-        let shown: Vec<&str> = nodes.iter().take(10).copied().collect();
+        let shown: Vec<&str> = nodes.iter().take(10).map(String::as_str).collect();
         let text = format!(
             "Xid {code} on {} nodes within {} (at least {needed} make a storm): likely a driver, firmware or fabric fault rather than that many boards; automatic cordons held until an operator resets the breaker (nodes: {}{})",
             nodes.len(),
@@ -212,7 +238,7 @@ impl Engine {
             shown.join(", "),
             if nodes.len() > shown.len() { ", ..." } else { "" }
         );
-        self.storms_reported.insert(code, now);
+        self.hw_xids.mark_reported(code, now);
         if self.breaker.hold(now, text.clone()) {
             self.actions
                 .push_back(crate::Action::Persist(crate::Change::PutBreaker(
@@ -226,30 +252,9 @@ impl Engine {
     /// job's code (or data), not the hardware.
     pub(crate) fn correlate_application_xid(&mut self, now: Millis, node_id: &str, code: u32) {
         let window = self.config.correlation_window_ms;
-        self.recent_app_xids
-            .push_back((now, code, node_id.to_owned()));
-        while self
-            .recent_app_xids
-            .front()
-            .is_some_and(|(at, _, _)| now - at > window)
-        {
-            self.recent_app_xids.pop_front();
-        }
-        if self
-            .correlated_reported
-            .get(&code)
-            .is_some_and(|at| now - at <= window)
-        {
+        let Some(nodes) = self.app_xids.see(now, window, code, node_id) else {
             return;
-        }
-        let mut nodes: Vec<&str> = self
-            .recent_app_xids
-            .iter()
-            .filter(|(_, c, _)| *c == code)
-            .map(|(_, _, n)| n.as_str())
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
+        };
         let total = self.nodes.len();
         let needed = ((self.config.correlation_share * total as f64).ceil() as usize).max(2);
         if nodes.len() < needed {
@@ -261,7 +266,7 @@ impl Engine {
             super::format_ms(window),
             nodes.join(", ")
         );
-        self.correlated_reported.insert(code, now);
+        self.app_xids.mark_reported(code, now);
         self.record_event(now, EventKind::CorrelatedFault, None, text);
     }
 

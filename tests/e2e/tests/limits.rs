@@ -19,6 +19,18 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// A started supd and its pid, for RSS readings.
+fn started_supd(work: &std::path::Path, config: &str) -> Result<(Supd, u32)> {
+    let mut supd = Supd::new(work, config)?;
+    supd.start()?;
+    let pid = supd
+        .proc
+        .as_ref()
+        .and_then(Proc::pid)
+        .ok_or_else(|| anyhow!("supd pid"))?;
+    Ok((supd, pid))
+}
+
 /// Sends one SubmitJob whose spec is `bytes` long; the gRPC status code.
 fn submit_huge(port: u16, bytes: usize) -> Result<String> {
     use sup_proto::v1;
@@ -46,14 +58,8 @@ fn submit_huge(port: u16, bytes: usize) -> Result<String> {
 #[test]
 fn oversized_messages_garbage_and_a_connection_flood_cost_bounded_memory() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let mut supd = Supd::new(work.path(), "[http]\nheader_read_timeout = \"2s\"\n")?;
-    supd.start()?;
+    let (mut supd, pid) = started_supd(work.path(), "[http]\nheader_read_timeout = \"2s\"\n")?;
     let url = supd.url();
-    let pid = supd
-        .proc
-        .as_ref()
-        .and_then(Proc::pid)
-        .ok_or_else(|| anyhow!("supd pid"))?;
     let before = rss_kib(pid)?;
     println!("supd RSS before: {} KiB", before);
 
@@ -187,14 +193,8 @@ const COSTLY_SPEC: &str = "name = \"costly\"\ncommand = [\"python3\"]\nnodes = 4
 #[test]
 fn a_spec_that_would_cost_gigabytes_is_refused_at_once_and_status_still_answers() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let mut supd = Supd::new(work.path(), "")?;
-    supd.start()?;
+    let (supd, pid) = started_supd(work.path(), "")?;
     let url = supd.url();
-    let pid = supd
-        .proc
-        .as_ref()
-        .and_then(Proc::pid)
-        .ok_or_else(|| anyhow!("supd pid"))?;
     let spec = work.path().join("costly.toml");
     std::fs::write(&spec, COSTLY_SPEC)?;
     let before = rss_kib(pid)?;
