@@ -91,10 +91,7 @@ impl Engine {
         session: SessionId,
         report: HealthReport,
     ) -> ReportOutcome {
-        let live = self
-            .nodes
-            .get(node_id)
-            .is_some_and(|n| n.streams_on(session));
+        let live = self.is_live_stream(node_id, session);
         if !live {
             return ReportOutcome::StaleStream;
         }

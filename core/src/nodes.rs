@@ -554,6 +554,13 @@ impl Engine {
         );
     }
 
+    /// Whether `session` is the live agent stream of `node_id`.
+    pub(crate) fn is_live_stream(&self, node_id: &str, session: SessionId) -> bool {
+        self.nodes
+            .get(node_id)
+            .is_some_and(|n| n.streams_on(session))
+    }
+
     pub(crate) fn persist_node(&mut self, node_id: &str) {
         if let Some(node) = self.nodes.get(node_id) {
             self.actions

@@ -19,10 +19,7 @@ impl Engine {
         job: &str,
         generation: u64,
     ) -> ReportOutcome {
-        let live = self
-            .nodes
-            .get(node_id)
-            .is_some_and(|n| n.streams_on(session));
+        let live = self.is_live_stream(node_id, session);
         if !live {
             return ReportOutcome::StaleStream;
         }
@@ -297,10 +294,7 @@ impl Engine {
         session: SessionId,
         catalog: CheckpointCatalog,
     ) -> ReportOutcome {
-        let live = self
-            .nodes
-            .get(node_id)
-            .is_some_and(|n| n.streams_on(session));
+        let live = self.is_live_stream(node_id, session);
         if !live {
             return ReportOutcome::StaleStream;
         }
@@ -433,10 +427,7 @@ impl Engine {
         session: SessionId,
         exit: &RankExited,
     ) {
-        let live = self
-            .nodes
-            .get(node_id)
-            .is_some_and(|n| n.streams_on(session));
+        let live = self.is_live_stream(node_id, session);
         let hung = self
             .jobs
             .get(&exit.job)
