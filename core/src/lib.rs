@@ -18,11 +18,14 @@
 //! - [`config`]: thresholds and windows;
 //! - [`engine`]: the state, the driving API, the event log, reconcile;
 //! - `nodes`: registration, liveness, the partition guard, cordons;
-//! - `health`: GPU verdicts, Xids, the correlated-fault guard, drills;
+//! - `health`: GPU verdicts, Xids, the correlated-fault guards (application
+//!   Xids, hardware Xid storms), drills;
 //! - `breaker`: rationing automatic cordons;
 //! - [`detect`]: hang, straggler and loss-spike detectors (pure statistics);
-//! - `jobs`: submit and stop, then `jobs/reports` (agent reports),
-//!   `jobs/remedies` (straggler, rollback, hang), `jobs/restart` (budget,
+//! - `jobs`: submit and stop, then `jobs/judgement` (judge, then act),
+//!   `jobs/reports` (agent reports), `jobs/catalog` (which listed
+//!   checkpoints are believed), `jobs/remedies` (straggler, rollback,
+//!   hang), `jobs/restart` (budget,
 //!   crash loop, grow back), `jobs/placement` (spares, preemption) and
 //!   `jobs/assignments` (what each node runs);
 //! - [`jobspec`]: the job spec.
