@@ -244,6 +244,9 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// When set, the JSON API (`/api/v1/...`) answers only requests with
+    /// `Authorization: Bearer <the token in this file>` (see `http_auth.rs`).
+    pub api_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -295,6 +298,7 @@ impl Default for HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 7080)),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            api_token_file: None,
         }
     }
 }

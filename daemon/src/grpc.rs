@@ -205,9 +205,8 @@ impl ControlService for ControlApi {
         request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
         self.reader(&request)?;
-        Ok(Response::new(
-            self.handle.status().await.map_err(status_of)?,
-        ))
+        let snapshot = self.handle.snapshot().await.map_err(status_of)?;
+        Ok(Response::new(snapshot.status.clone()))
     }
 
     async fn get_node(
@@ -215,12 +214,11 @@ impl ControlService for ControlApi {
         request: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
         self.reader(&request)?;
-        let node = self
-            .handle
-            .node(request.into_inner().node_id)
-            .await
-            .map_err(status_of)?;
-        Ok(Response::new(node))
+        let snapshot = self.handle.snapshot().await.map_err(status_of)?;
+        let node = snapshot
+            .node(&request.into_inner().node_id)
+            .map_err(|e| status_of(e.into()))?;
+        Ok(Response::new(node.clone()))
     }
 
     async fn cordon(
@@ -352,11 +350,8 @@ impl ControlService for ControlApi {
     ) -> Result<Response<v1::ListEventsResponse>, Status> {
         self.reader(&request)?;
         let r = request.into_inner();
-        let events = self
-            .handle
-            .events(r.after_seq, r.limit as usize)
-            .await
-            .map_err(status_of)?;
+        let snapshot = self.handle.snapshot().await.map_err(status_of)?;
+        let events = snapshot.events(r.after_seq, r.limit as usize).to_vec();
         Ok(Response::new(v1::ListEventsResponse { events }))
     }
 }

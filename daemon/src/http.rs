@@ -1,18 +1,22 @@
 //! The HTTP edge: health probes, Prometheus metrics and the read-only JSON
 //! API. Nothing here changes the cluster.
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use sup_proto::json::{EventView, NodeView, StatusView};
+use sup_proto::json::{EventView, NodeView};
 
 use crate::actor::{ActorError, SupervisorHandle};
+use crate::http_auth::ApiToken;
 use crate::metrics::Counters;
 use sup_core::EngineError;
 
@@ -21,6 +25,8 @@ pub struct HttpState {
     pub handle: SupervisorHandle,
     pub ready: Arc<AtomicBool>,
     pub counters: Arc<Counters>,
+    /// Required by the `/api/v1` routes when set.
+    pub api_token: Option<ApiToken>,
 }
 
 /// The dashboard's handlers need only the handle, so they depend on the
@@ -32,17 +38,23 @@ impl FromRef<HttpState> for SupervisorHandle {
 }
 
 pub fn router(state: HttpState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/stream", get(crate::dashboard::stream))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/nodes/{id}", get(node))
+        .route("/api/v1/events", get(events))
+        .route_layer(middleware::from_fn_with_state(
+            state.api_token.clone(),
+            crate::http_auth::require,
+        ));
     Router::new()
         .route("/", get(crate::dashboard::index))
         .route("/dashboard/app.css", get(crate::dashboard::css))
         .route("/dashboard/app.js", get(crate::dashboard::js))
-        .route("/api/v1/stream", get(crate::dashboard::stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/status", get(status))
-        .route("/api/v1/nodes/{id}", get(node))
-        .route("/api/v1/events", get(events))
+        .merge(api)
         .with_state(state)
 }
 
@@ -83,54 +95,77 @@ async fn healthz() -> &'static str {
 
 /// Readiness: the store is open and the state actor is running.
 async fn readyz(State(s): State<HttpState>) -> Response {
-    if s.ready.load(Ordering::SeqCst) && s.handle.status().await.is_ok() {
+    if s.ready.load(Ordering::SeqCst) && s.handle.ping().await.is_ok() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
 }
 
+/// The state's families come from the snapshot's shared rendering; the
+/// counters after them are read now.
 async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> Response {
-    let status = match s.handle.status().await {
-        Ok(status) => status,
+    let snapshot = match s.handle.snapshot().await {
+        Ok(snapshot) => snapshot,
         Err(e) => return error(e),
     };
-    let Ok(openmetrics) = crate::metrics::render(&status, &s.counters) else {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "encoding metrics failed\n",
-        )
-            .into_response();
+    let rendered = match snapshot.rendered().await {
+        Ok(rendered) => rendered,
+        Err(e) => return internal(&e),
+    };
+    let counters = match crate::metrics::render_counters(&snapshot.status, &s.counters) {
+        Ok(counters) => counters,
+        Err(e) => return internal(&e),
     };
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    if crate::metrics::wants_openmetrics(accept) {
+    let (content_type, state, counters) = if crate::metrics::wants_openmetrics(accept) {
         (
-            [(
-                header::CONTENT_TYPE,
-                crate::metrics::OPENMETRICS_CONTENT_TYPE,
-            )],
-            openmetrics,
+            crate::metrics::OPENMETRICS_CONTENT_TYPE,
+            rendered.metrics_openmetrics.clone(),
+            counters,
         )
-            .into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, crate::metrics::TEXT_CONTENT_TYPE)],
-            crate::metrics::to_text_format(&openmetrics),
+            crate::metrics::TEXT_CONTENT_TYPE,
+            rendered.metrics_text.clone(),
+            crate::metrics::to_text_format(&counters),
         )
-            .into_response()
-    }
+    };
+    // Two chunks: the shared rendering is sent as it is, not copied.
+    let chunks = [state, Bytes::from(counters)].map(Ok::<_, Infallible>);
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(tokio_stream::iter(chunks)),
+    )
+        .into_response()
+}
+
+fn internal(e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "cannot serve a read");
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
 }
 
 async fn status(State(s): State<HttpState>) -> Response {
-    match s.handle.status().await {
-        Ok(status) => Json(StatusView::from(&status)).into_response(),
-        Err(e) => error(e),
+    let snapshot = match s.handle.snapshot().await {
+        Ok(snapshot) => snapshot,
+        Err(e) => return error(e),
+    };
+    match snapshot.rendered().await {
+        Ok(rendered) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            rendered.status_json.clone(),
+        )
+            .into_response(),
+        Err(e) => internal(&e),
     }
 }
 
 async fn node(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
-    match s.handle.node(id).await {
-        Ok(node) => Json(NodeView::from(&node)).into_response(),
+    match s.handle.snapshot().await {
+        Ok(snapshot) => match snapshot.node(&id) {
+            Ok(node) => Json(NodeView::from(node)).into_response(),
+            Err(e) => error(e.into()),
+        },
         Err(e) => error(e),
     }
 }
@@ -144,8 +179,15 @@ struct EventsQuery {
 }
 
 async fn events(State(s): State<HttpState>, Query(q): Query<EventsQuery>) -> Response {
-    match s.handle.events(q.after, q.limit).await {
-        Ok(events) => Json(events.iter().map(EventView::from).collect::<Vec<_>>()).into_response(),
+    match s.handle.snapshot().await {
+        Ok(snapshot) => Json(
+            snapshot
+                .events(q.after, q.limit)
+                .iter()
+                .map(EventView::from)
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
         Err(e) => error(e),
     }
 }

@@ -13,10 +13,12 @@ pub mod dashboard;
 pub mod grpc;
 pub mod grpc_tls;
 pub mod http;
+pub mod http_auth;
 pub mod http_server;
 pub mod jobspec;
 pub mod metrics;
 pub mod sim;
+pub mod snapshot;
 pub mod store;
 pub mod view;
 
@@ -175,9 +177,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("cannot bind the HTTP address {}", config.http.addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
-    // TLS files are read before anything runs, so a bad path stops supd
-    // at once with the file named.
+    // TLS files and the API token are read before anything runs, so a bad
+    // path stops supd at once with the file named.
     let (mut grpc_builder, transport, tls) = grpc_server(&config)?;
+    let api_token = match &config.http.api_token_file {
+        Some(path) => Some(http_auth::ApiToken::read(path)?),
+        None => None,
+    };
 
     let counters = Arc::new(Counters::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -226,6 +232,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         handle: handle.clone(),
         ready: ready.clone(),
         counters,
+        api_token,
     });
     let mut http_task = tokio::spawn(http_server::serve(
         http_listener,

@@ -173,18 +173,6 @@ impl<S: Store> Actor<S> {
             .map(|j| (view::job_in(&self.engine, j), view::checkpoints(j)));
         defer(reply, result.map_err(ActorError::from))
     }
-
-    pub(super) fn get_node(
-        &self,
-        node_id: &str,
-        reply: oneshot::Sender<Result<v1::Node, ActorError>>,
-    ) -> Deferred {
-        let result = self
-            .engine
-            .node(node_id)
-            .map(|n| view::node(&self.engine, n));
-        defer(reply, result.map_err(ActorError::from))
-    }
 }
 
 /// A cordon's answer: the outcome and the node as it is after the batch.

@@ -28,8 +28,8 @@ use sup_core::{Action, Engine, Millis, SessionId};
 
 use crate::convert;
 use crate::metrics::Counters;
+use crate::snapshot::Snapshot;
 use crate::store::{Store, StoreError};
-use crate::view;
 use idempotent::RequestLog;
 use request::Request;
 pub use request::{ActorError, AgentOutbound, JobReply, SupervisorHandle};
@@ -83,6 +83,14 @@ pub struct Actor<S: Store> {
     /// Changes of the actor's own (remembered requests), committed with
     /// the engine's in the next `apply_actions`.
     pending_changes: Vec<sup_core::Change>,
+    /// What readers are served from (see `snapshot.rs`).
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    /// Something happened since the published snapshot was built.
+    changed_since_snapshot: bool,
+    /// This batch holds an operator's command: publish before answering it.
+    publish_now: bool,
+    /// Readers waiting for a newer snapshot than the published one.
+    snapshot_waiters: Vec<oneshot::Sender<Arc<Snapshot>>>,
 }
 
 /// Requests handled per batch before the batch is committed.
@@ -101,6 +109,8 @@ impl<S: Store> Actor<S> {
         ready: Arc<AtomicBool>,
     ) -> (Self, SupervisorHandle) {
         let (tx, rx) = mpsc::channel(8192);
+        let (snapshots, snapshot_rx) =
+            watch::channel(Arc::new(build_snapshot(&engine, None, &counters)));
         let actor = Actor {
             engine,
             store,
@@ -114,8 +124,18 @@ impl<S: Store> Actor<S> {
             watchdog: Watchdog::from_env(),
             requests: RequestLog::default(),
             pending_changes: Vec::new(),
+            snapshots,
+            changed_since_snapshot: false,
+            publish_now: false,
+            snapshot_waiters: Vec::new(),
         };
-        (actor, SupervisorHandle { tx })
+        (
+            actor,
+            SupervisorHandle {
+                tx,
+                snapshots: snapshot_rx,
+            },
+        )
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
@@ -145,6 +165,7 @@ impl<S: Store> Actor<S> {
             }
             if self.engine.poll_timeout().is_some_and(|t| t <= now) {
                 self.engine.handle_timeout(now);
+                self.changed_since_snapshot = true;
             }
             let outgoing = match self.apply_actions() {
                 Ok(outgoing) => outgoing,
@@ -157,6 +178,7 @@ impl<S: Store> Actor<S> {
                     return Err(e);
                 }
             };
+            self.publish_snapshot();
             // Replies first (an agent's Registered must precede its
             // assignment), then what the decisions tell agents: all of it
             // only after the decisions are durable.
@@ -173,6 +195,19 @@ impl<S: Store> Actor<S> {
     /// Routes one request; agents' in `agents.rs`, operators' in
     /// `commands.rs`. Replies wait in `deferred` for the batch's commit.
     fn handle(&mut self, now: Millis, request: Request, deferred: &mut Vec<Deferred>) {
+        match &request {
+            Request::Snapshot { .. } | Request::Ping { .. } | Request::GetJob { .. } => {}
+            Request::Cordon { .. }
+            | Request::Uncordon { .. }
+            | Request::SubmitJob { .. }
+            | Request::StopJob { .. }
+            | Request::Drill { .. }
+            | Request::ResetBreaker { .. } => {
+                self.changed_since_snapshot = true;
+                self.publish_now = true;
+            }
+            _ => self.changed_since_snapshot = true,
+        }
         match request {
             Request::Register {
                 registration,
@@ -225,24 +260,33 @@ impl<S: Store> Actor<S> {
             Request::ResetBreaker { who, reply } => {
                 deferred.push(self.reset_breaker(now, who, reply))
             }
-            Request::Status { reply } => {
-                let status = view::status(&self.engine);
-                deferred.push(Box::new(move |_| {
-                    let _ = reply.send(status);
-                }));
-            }
-            Request::Node { node_id, reply } => deferred.push(self.get_node(&node_id, reply)),
-            Request::Events {
-                after_seq,
-                limit,
-                reply,
-            } => {
-                let events = view::events(&self.engine, after_seq, limit);
-                deferred.push(Box::new(move |_| {
-                    let _ = reply.send(events);
-                }));
+            Request::Snapshot { reply } => self.snapshot_waiters.push(reply),
+            Request::Ping { reply } => {
+                let _ = reply.send(());
             }
             Request::GetJob { name, reply } => deferred.push(self.get_job(&name, reply)),
+        }
+    }
+
+    /// Publishes a new snapshot if a reader waits for one or an operator's
+    /// command must read its own change; one build per batch at most, and
+    /// none when nothing changed since the last.
+    fn publish_snapshot(&mut self) {
+        if !self.publish_now && self.snapshot_waiters.is_empty() {
+            return;
+        }
+        if self.changed_since_snapshot {
+            let fresh =
+                build_snapshot(&self.engine, Some(&self.snapshots.borrow()), &self.counters);
+            self.snapshots.send_replace(Arc::new(fresh));
+            self.changed_since_snapshot = false;
+        } else {
+            self.snapshots.borrow().confirm(now_ms());
+        }
+        self.publish_now = false;
+        let current = self.snapshots.borrow().clone();
+        for waiter in self.snapshot_waiters.drain(..) {
+            let _ = waiter.send(current.clone());
         }
     }
 
@@ -346,6 +390,19 @@ impl<S: Store> Actor<S> {
             _ => {}
         }
     }
+}
+
+/// A snapshot of the engine now, fresh for as long as its cost allows.
+fn build_snapshot(engine: &Engine, previous: Option<&Snapshot>, counters: &Counters) -> Snapshot {
+    let started = std::time::Instant::now();
+    let snapshot = Snapshot::build(engine, now_ms(), previous);
+    let took = started.elapsed();
+    counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
+    counters.snapshot_build_us.fetch_add(
+        u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    snapshot.costing(took)
 }
 
 async fn sleep_until(wake: Option<Millis>) {

@@ -1,12 +1,15 @@
 //! How the rest of supd talks to the actor: the request types and a cheap,
 //! cloneable handle whose methods send one and wait for its answer.
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
 
 use sup_core::{CordonOutcome, EngineError, GpuReading, NodeState, Registration, SessionId};
 use sup_proto::v1;
 
 use crate::convert::AgentReport;
+use crate::snapshot::Snapshot;
 
 /// Where the actor sends a connected agent's messages.
 #[derive(Debug, thiserror::Error)]
@@ -53,17 +56,13 @@ pub(super) enum Request {
         who: By,
         reply: oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>,
     },
-    Status {
-        reply: oneshot::Sender<v1::ClusterStatus>,
+    /// A snapshot newer than the one published (see `snapshot.rs`).
+    Snapshot {
+        reply: oneshot::Sender<Arc<Snapshot>>,
     },
-    Node {
-        node_id: String,
-        reply: oneshot::Sender<Result<v1::Node, ActorError>>,
-    },
-    Events {
-        after_seq: u64,
-        limit: usize,
-        reply: oneshot::Sender<Vec<v1::Event>>,
+    /// Answered at once: the actor is running.
+    Ping {
+        reply: oneshot::Sender<()>,
     },
     /// Any other agent message (health, ranks, checkpoints, progress, logs).
     AgentReport {
@@ -109,6 +108,8 @@ pub(super) enum Request {
 #[derive(Clone)]
 pub struct SupervisorHandle {
     pub(super) tx: mpsc::Sender<Request>,
+    /// The newest published snapshot: reads are served from it.
+    pub(super) snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
 fn gone() -> ActorError {
@@ -202,12 +203,20 @@ impl SupervisorHandle {
         .await?
     }
 
-    pub async fn status(&self) -> Result<v1::ClusterStatus, ActorError> {
-        self.ask(|reply| Request::Status { reply }).await
+    /// The cluster as readers see it: the published snapshot while it is
+    /// fresh, else a new one from the actor (shared with every reader that
+    /// asked in the same batch).
+    pub async fn snapshot(&self) -> Result<Arc<Snapshot>, ActorError> {
+        let current = self.snapshots.borrow().clone();
+        if current.is_fresh(super::now_ms()) {
+            return Ok(current);
+        }
+        self.ask(|reply| Request::Snapshot { reply }).await
     }
 
-    pub async fn node(&self, node_id: String) -> Result<v1::Node, ActorError> {
-        self.ask(|reply| Request::Node { node_id, reply }).await?
+    /// Whether the actor is running and answering.
+    pub async fn ping(&self) -> Result<(), ActorError> {
+        self.ask(|reply| Request::Ping { reply }).await
     }
 
     pub async fn agent_report(
@@ -312,14 +321,5 @@ impl SupervisorHandle {
             reply,
         })
         .await?
-    }
-
-    pub async fn events(&self, after_seq: u64, limit: usize) -> Result<Vec<v1::Event>, ActorError> {
-        self.ask(|reply| Request::Events {
-            after_seq,
-            limit,
-            reply,
-        })
-        .await
     }
 }

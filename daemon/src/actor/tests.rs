@@ -68,8 +68,8 @@ async fn registration_is_acknowledged_on_the_stream_after_commit() {
         msg.body,
         Some(v1::supervisor_message::Body::Registered(r)) if r.node_id == "n1" && r.telemetry_interval_ms == 1000
     ));
-    let status = handle.status().await.expect("status");
-    assert_eq!(status.nodes.len(), 1);
+    let snapshot = handle.snapshot().await.expect("status");
+    assert_eq!(snapshot.status.nodes.len(), 1);
 }
 
 #[tokio::test]
@@ -95,7 +95,7 @@ async fn a_failed_commit_fails_the_request_and_stops_serving() {
     assert!(task.await.expect("join").is_err());
     assert!(!ready.load(Ordering::SeqCst));
     assert!(matches!(
-        handle.status().await,
+        handle.ping().await,
         Err(ActorError::Unavailable(_))
     ));
 }
@@ -128,9 +128,10 @@ async fn a_retried_drill_or_breaker_reset_takes_effect_once() {
         "the retry is answered with what happened"
     );
     let drills = handle
-        .events(0, 1000)
+        .snapshot()
         .await
         .expect("events")
+        .events(0, 1000)
         .iter()
         .filter(|e| e.reason.starts_with("drill by alice"))
         .count();
@@ -219,7 +220,7 @@ async fn xids_are_counted_once_after_the_report_is_applied_and_only_for_register
         .await
         .expect("stale report");
     // A read after the reports: the actor handles requests in order.
-    handle.status().await.expect("status");
+    handle.ping().await.expect("ping");
     let counts = running.counters.xids.lock().expect("xids");
     let seen: Vec<_> = counts.iter().map(|(k, n)| (k.clone(), *n)).collect();
     assert_eq!(
@@ -227,4 +228,53 @@ async fn xids_are_counted_once_after_the_report_is_applied_and_only_for_register
         vec![(("n1".to_owned(), 0, "GPU-0".to_owned(), 79), 2)]
     );
     assert_eq!(counts.dropped(), 0);
+}
+
+#[tokio::test]
+async fn readers_share_one_snapshot_per_batch_and_none_when_nothing_changed() {
+    let running = start(MemoryStore::default());
+    let handle = &running.handle;
+    let built = || running.counters.snapshots_built.load(Ordering::Relaxed);
+    let (tx, _rx) = mpsc::channel(16);
+    handle
+        .register(registration(1), tx)
+        .await
+        .expect("register");
+    let before = built();
+    // On this single-threaded runtime the ten requests are all queued
+    // before the actor runs: one batch, one snapshot for all of them.
+    let reads = futures_util::future::join_all((0..10).map(|_| handle.snapshot())).await;
+    for read in reads {
+        assert_eq!(read.expect("read").status.nodes.len(), 1);
+    }
+    assert_eq!(built(), before + 1, "one build for ten readers");
+    // Nothing changed since: confirmed, not rebuilt.
+    handle.snapshot().await.expect("read");
+    handle.snapshot().await.expect("read");
+    assert_eq!(built(), before + 1, "no rebuild without a change");
+}
+
+#[tokio::test]
+async fn an_operator_reads_their_own_change_at_once() {
+    let running = start(MemoryStore::default());
+    let handle = &running.handle;
+    let (tx, _rx) = mpsc::channel(16);
+    handle
+        .register(registration(1), tx)
+        .await
+        .expect("register");
+    handle.snapshot().await.expect("read");
+    handle
+        .cordon("n1".into(), "bad fan".into(), "alice".into(), String::new())
+        .await
+        .expect("cordon");
+    // Published before the cordon was answered: the current snapshot shows
+    // it whether or not it is still fresh.
+    let published = handle.snapshots.borrow().clone();
+    let node = published.node("n1").expect("n1");
+    assert_eq!(node.state, v1::NodeState::Cordoned as i32);
+    assert!(published
+        .events(0, 0)
+        .iter()
+        .any(|e| e.kind == "node_cordoned"));
 }

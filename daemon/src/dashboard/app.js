@@ -226,8 +226,16 @@
   }
 
   // ---- the stream -----------------------------------------------------
+  // With http.api_token_file set, open the page as /#token=TOKEN: the
+  // fragment never reaches a server; the stream gets it in its query
+  // because EventSource cannot send an Authorization header.
+  function streamUrl() {
+    const token = new URLSearchParams(location.hash.slice(1)).get("token");
+    return token ? "/api/v1/stream?access_token=" + encodeURIComponent(token) : "/api/v1/stream";
+  }
+
   function connect() {
-    const es = new EventSource("/api/v1/stream");
+    const es = new EventSource(streamUrl());
     const conn = $("conn");
     es.onopen = () => { conn.className = "conn up"; conn.textContent = "live"; };
     es.onerror = () => { conn.className = "conn down"; conn.textContent = "reconnecting…"; };

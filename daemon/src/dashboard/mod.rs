@@ -225,16 +225,17 @@ pub async fn stream(State(handle): State<SupervisorHandle>) -> impl IntoResponse
             if tx.is_closed() {
                 break;
             }
-            let Ok(status) = handle.status().await else {
+            let Ok(snapshot) = handle.snapshot().await else {
                 // The actor stopped: supd is shutting down or failed.
                 break;
             };
-            let mut messages = state.diff(&status);
+            let mut messages = state.diff(&snapshot.status);
             let (after, limit) = match state.last_seq {
                 Some(seq) => (seq, 0),
                 None => (0, INITIAL_EVENTS),
             };
-            if let Ok(events) = handle.events(after, limit).await {
+            {
+                let events = snapshot.events(after, limit);
                 if let Some(last) = events.last() {
                     state.last_seq = Some(last.seq);
                 } else if state.last_seq.is_none() {

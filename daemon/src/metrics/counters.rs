@@ -30,6 +30,10 @@ pub struct Counters {
     /// Detection to action: from a fault being reported to every rank of
     /// the replacement generation launched.
     pub recovery_latency: RecoveryLatency,
+    /// Snapshots built for readers, and the actor's time spent on them
+    /// (microseconds): what reads cost the ingest path.
+    pub snapshots_built: AtomicU64,
+    pub snapshot_build_us: AtomicU64,
 }
 
 /// A histogram of recovery latencies in seconds (shared with each scrape's
@@ -84,7 +88,9 @@ impl IgnoredReports {
 #[derive(Debug, Default)]
 pub struct XidCounts {
     counts: std::collections::BTreeMap<(String, u32, String, u32), u64>,
-    /// Xids not counted because the series cap was reached.
+    /// Distinct Xid codes counted per (node, GPU index).
+    codes_per_gpu: std::collections::BTreeMap<(String, u32), usize>,
+    /// Xids not counted because a series cap was reached.
     dropped: u64,
 }
 
@@ -92,13 +98,25 @@ pub struct XidCounts {
 /// distinct Xids each.
 pub const MAX_XID_SERIES: usize = 65_536;
 
+/// Distinct Xid codes counted per GPU: a failing GPU shows a few; a node
+/// that reports hundreds (a compromised agent) must not use up the
+/// cluster's series.
+pub const MAX_XID_CODES_PER_GPU: usize = 32;
+
 impl XidCounts {
     /// Counts one Xid of `node`'s GPU `index` (UUID as registered).
     pub fn count(&mut self, node: &str, index: u32, uuid: &str, xid: u32) {
         let key = (node.to_owned(), index, uuid.to_owned(), xid);
         if let Some(n) = self.counts.get_mut(&key) {
             *n += 1;
-        } else if self.counts.len() < MAX_XID_SERIES {
+            return;
+        }
+        let codes = self
+            .codes_per_gpu
+            .entry((node.to_owned(), index))
+            .or_default();
+        if self.counts.len() < MAX_XID_SERIES && *codes < MAX_XID_CODES_PER_GPU {
+            *codes += 1;
             self.counts.insert(key, 1);
         } else {
             self.dropped += 1;
@@ -122,16 +140,31 @@ mod tests {
     #[test]
     fn xid_series_are_capped_and_what_is_left_out_is_counted() {
         let mut x = XidCounts::default();
-        for i in 0..(MAX_XID_SERIES as u32 + 10) {
-            x.count("n1", i % 8, "GPU", i);
+        let per_node = 8 * MAX_XID_CODES_PER_GPU as u32;
+        let nodes = MAX_XID_SERIES as u32 / per_node + 1;
+        for n in 0..nodes {
+            for i in 0..per_node {
+                x.count(&format!("n{n}"), i % 8, "GPU", i);
+            }
         }
-        x.count("n1", 0, "GPU", 0);
+        x.count("n0", 0, "GPU", 0);
         assert_eq!(x.iter().count(), MAX_XID_SERIES);
-        assert_eq!(x.dropped(), 10);
+        assert_eq!(x.dropped(), u64::from(per_node));
         assert_eq!(
             x.iter().find(|(k, _)| k.3 == 0).map(|(_, n)| *n),
             Some(2),
             "an existing series still counts past the cap"
         );
+    }
+
+    #[test]
+    fn one_gpu_counts_a_bounded_number_of_distinct_codes() {
+        let mut x = XidCounts::default();
+        for code in 0..1_000 {
+            x.count("n1", 0, "GPU-0", code);
+        }
+        x.count("n1", 1, "GPU-1", 79);
+        assert_eq!(x.iter().count(), MAX_XID_CODES_PER_GPU + 1);
+        assert_eq!(x.dropped(), 1_000 - MAX_XID_CODES_PER_GPU as u64);
     }
 }

@@ -1,7 +1,9 @@
 //! Prometheus exposition at `/metrics`, prefix `sup_`, base units.
 //!
-//! Gauges are rebuilt from a status snapshot at each scrape, so a node or GPU
-//! that disappears leaves no stale series behind. GPU series carry the labels
+//! The state's gauges are rendered once per status snapshot (see
+//! `snapshot.rs`) and shared by every scrape of it, so a node or GPU that
+//! disappears leaves no stale series behind; the counters after them are
+//! read at each scrape. GPU series carry the labels
 //! dcgm-exporter uses (`gpu`, `UUID`, `Hostname`) so existing dashboards join
 //! on them.
 //!
@@ -15,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::info::Info;
@@ -26,7 +28,9 @@ use sup_proto::v1;
 
 mod counters;
 
-pub use counters::{Counters, IgnoredReports, RecoveryLatency, XidCounts, MAX_XID_SERIES};
+pub use counters::{
+    Counters, IgnoredReports, RecoveryLatency, XidCounts, MAX_XID_CODES_PER_GPU, MAX_XID_SERIES,
+};
 
 type Labels = Vec<(String, String)>;
 
@@ -43,14 +47,19 @@ fn counter(value: u64) -> Counter {
     c
 }
 
+/// Everything `/metrics` shows: the state's families and the counters.
 pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String, std::fmt::Error> {
-    let mut registry = Registry::with_prefix("sup");
+    let mut out = render_state(status)?;
+    out.push_str(&render_counters(status, counters)?);
+    Ok(out)
+}
 
-    registry.register(
-        "build",
-        "Build information of this supd",
-        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-    );
+/// The families derived from the cluster's state (nodes, GPUs and their
+/// readings, jobs, the breaker), in OpenMetrics without the closing
+/// `# EOF`: rendered once per status snapshot and shared by every scrape of
+/// it, then followed by [`render_counters`].
+pub fn render_state(status: &v1::ClusterStatus) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("sup");
 
     let nodes = Family::<Labels, Gauge>::default();
     for state in ["joining", "ready", "suspect", "unreachable", "cordoned"] {
@@ -94,102 +103,6 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
     registry.register("gpus", "GPUs by health", gpus);
     registry.register_collector(Box::new(GpuGauges::from_status(status)));
 
-    registry.register(
-        "agent_reports",
-        "Telemetry reports accepted from agents",
-        counter(counters.reports.load(Ordering::Relaxed)),
-    );
-    let ignored = Family::<Labels, Counter>::default();
-    for (reason, n) in counters.ignored_reports.by_reason() {
-        ignored
-            .get_or_create(&labels(&[("reason", reason)]))
-            .inc_by(n);
-    }
-    registry.register(
-        "agent_stale_reports",
-        "Agent reports ignored, by reason: stale_stream (a replaced agent stream), stale_generation (about a generation the node no longer runs), stopped_by_agent (a rank the agent stopped itself)",
-        ignored,
-    );
-    registry.register(
-        "store_commits",
-        "Durable state commits (each flushed before acknowledging)",
-        counter(counters.store_commits.load(Ordering::Relaxed)),
-    );
-    let tls_failures = Family::<Labels, Counter>::default();
-    for (reason, n) in counters.tls_handshake_failures.snapshot() {
-        tls_failures
-            .get_or_create(&labels(&[("reason", reason)]))
-            .inc_by(n);
-    }
-    registry.register(
-        "grpc_tls_handshake_failures",
-        "gRPC connections refused during the TLS handshake, by reason (untrusted_certificate, no_client_certificate, not_tls, timeout, closed, ...)",
-        tls_failures,
-    );
-    if let Some(tls) = counters.tls.get() {
-        let expiry = Family::<Labels, Gauge>::default();
-        for (identity, at) in tls.expiries() {
-            expiry
-                .get_or_create(&labels(&[("identity", &identity)]))
-                .set(at);
-        }
-        registry.register(
-            "tls_certificate_expiry_timestamp_seconds",
-            "When TLS certificates expire (unix time): supd's own and, per identity, the soonest among the client connections open now",
-            expiry,
-        );
-    }
-    let events = Family::<Labels, Counter>::default();
-    {
-        let by_kind = counters
-            .events_by_kind
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (kind, n) in by_kind.iter() {
-            events.get_or_create(&labels(&[("kind", kind)])).inc_by(*n);
-        }
-    }
-    registry.register("events", "Events recorded, by kind", events);
-
-    let hostnames: std::collections::BTreeMap<&str, &str> = status
-        .nodes
-        .iter()
-        .map(|n| (n.id.as_str(), n.hostname.as_str()))
-        .collect();
-    let xids = Family::<Labels, Counter>::default();
-    {
-        let counts = counters
-            .xids
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for ((node, gpu, uuid, code), n) in counts.iter() {
-            let gpu = gpu.to_string();
-            let code = code.to_string();
-            xids.get_or_create(&labels(&[
-                ("gpu", &gpu),
-                ("UUID", uuid),
-                (
-                    "Hostname",
-                    hostnames.get(node.as_str()).copied().unwrap_or(""),
-                ),
-                ("node", node),
-                ("xid", &code),
-            ]))
-            .inc_by(*n);
-        }
-    }
-    let dropped = counters
-        .xids
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .dropped();
-    registry.register("gpu_xids", "Xid events reported, by GPU and code", xids);
-    registry.register(
-        "gpu_xids_dropped",
-        "Xid events not counted in sup_gpu_xids_total because its series cap was reached",
-        counter(dropped),
-    );
-
     let breaker = Gauge::<i64>::default();
     breaker.set(i64::from(status.breaker.as_ref().is_some_and(|b| b.open)));
     registry.register(
@@ -232,36 +145,6 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
                 .set(i64::try_from(c.step).unwrap_or(i64::MAX));
         }
     }
-    let since_checkpoint = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    {
-        let seen = counters
-            .last_checkpoint_at
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = sup_proto::time::now_unix_ms();
-        for job in &status.jobs {
-            if let Some(at) = seen.get(&job.name) {
-                // Milliseconds to seconds; precision loss is irrelevant.
-                #[allow(clippy::cast_precision_loss)]
-                let seconds = (now - at).max(0) as f64 / 1000.0;
-                since_checkpoint
-                    .get_or_create(&labels(&[("job", &job.name)]))
-                    .set(seconds);
-            }
-        }
-    }
-    registry.register_with_unit(
-        "job_since_checkpoint",
-        "Time since the job's newest complete checkpoint was reported (absent until one is, after a supd restart too)",
-        Unit::Seconds,
-        since_checkpoint,
-    );
-    registry.register_with_unit(
-        "recovery_latency",
-        "Detection to action: from a fault being reported to every rank of the job's replacement generation launched",
-        Unit::Seconds,
-        counters.recovery_latency.0.clone(),
-    );
     registry.register("job_state", "1 for the state each job is in", job_state);
     registry.register(
         "job_world_size",
@@ -358,9 +241,171 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
 
     let mut out = String::new();
     encode(&mut out, &registry)?;
+    if out.ends_with("# EOF\n") {
+        out.truncate(out.len() - "# EOF\n".len());
+    }
     Ok(out)
 }
 
+/// The counters (read live at each scrape) and the closing `# EOF`.
+/// `status` names the hosts and jobs they are labelled with.
+pub fn render_counters(
+    status: &v1::ClusterStatus,
+    counters: &Counters,
+) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("sup");
+
+    registry.register(
+        "build",
+        "Build information of this supd",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+
+    registry.register(
+        "agent_reports",
+        "Telemetry reports accepted from agents",
+        counter(counters.reports.load(Ordering::Relaxed)),
+    );
+    let ignored = Family::<Labels, Counter>::default();
+    for (reason, n) in counters.ignored_reports.by_reason() {
+        ignored
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc_by(n);
+    }
+    registry.register(
+        "agent_stale_reports",
+        "Agent reports ignored, by reason: stale_stream (a replaced agent stream), stale_generation (about a generation the node no longer runs), stopped_by_agent (a rank the agent stopped itself)",
+        ignored,
+    );
+    registry.register(
+        "status_snapshots",
+        "Snapshots of the cluster built by the state actor for readers (HTTP, supctl, dashboard): at most one per batch of reports, shared by every reader",
+        counter(counters.snapshots_built.load(Ordering::Relaxed)),
+    );
+    // Microseconds to seconds; precision loss is irrelevant.
+    #[allow(clippy::cast_precision_loss)]
+    let build_seconds = counters.snapshot_build_us.load(Ordering::Relaxed) as f64 / 1e6;
+    registry.register_with_unit(
+        "status_snapshot_build",
+        "Time the state actor spent building snapshots for readers",
+        Unit::Seconds,
+        ConstCounter::new(build_seconds),
+    );
+    registry.register(
+        "store_commits",
+        "Durable state commits (each flushed before acknowledging)",
+        counter(counters.store_commits.load(Ordering::Relaxed)),
+    );
+    let tls_failures = Family::<Labels, Counter>::default();
+    for (reason, n) in counters.tls_handshake_failures.snapshot() {
+        tls_failures
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc_by(n);
+    }
+    registry.register(
+        "grpc_tls_handshake_failures",
+        "gRPC connections refused during the TLS handshake, by reason (untrusted_certificate, no_client_certificate, not_tls, timeout, closed, ...)",
+        tls_failures,
+    );
+    if let Some(tls) = counters.tls.get() {
+        let expiry = Family::<Labels, Gauge>::default();
+        for (identity, at) in tls.expiries() {
+            expiry
+                .get_or_create(&labels(&[("identity", &identity)]))
+                .set(at);
+        }
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When TLS certificates expire (unix time): supd's own and, per identity, the soonest among the client connections open now",
+            expiry,
+        );
+    }
+    let events = Family::<Labels, Counter>::default();
+    {
+        let by_kind = counters
+            .events_by_kind
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (kind, n) in by_kind.iter() {
+            events.get_or_create(&labels(&[("kind", kind)])).inc_by(*n);
+        }
+    }
+    registry.register("events", "Events recorded, by kind", events);
+
+    let hostnames: std::collections::BTreeMap<&str, &str> = status
+        .nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.hostname.as_str()))
+        .collect();
+    let xids = Family::<Labels, Counter>::default();
+    {
+        let counts = counters
+            .xids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for ((node, gpu, uuid, code), n) in counts.iter() {
+            let gpu = gpu.to_string();
+            let code = code.to_string();
+            xids.get_or_create(&labels(&[
+                ("gpu", &gpu),
+                ("UUID", uuid),
+                (
+                    "Hostname",
+                    hostnames.get(node.as_str()).copied().unwrap_or(""),
+                ),
+                ("node", node),
+                ("xid", &code),
+            ]))
+            .inc_by(*n);
+        }
+    }
+    let dropped = counters
+        .xids
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .dropped();
+    registry.register("gpu_xids", "Xid events reported, by GPU and code", xids);
+    registry.register(
+        "gpu_xids_dropped",
+        "Xid events not counted in sup_gpu_xids_total because a series cap was reached (65,536 series, 32 distinct codes per GPU)",
+        counter(dropped),
+    );
+
+    let since_checkpoint = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    {
+        let seen = counters
+            .last_checkpoint_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = sup_proto::time::now_unix_ms();
+        for job in &status.jobs {
+            if let Some(at) = seen.get(&job.name) {
+                // Milliseconds to seconds; precision loss is irrelevant.
+                #[allow(clippy::cast_precision_loss)]
+                let seconds = (now - at).max(0) as f64 / 1000.0;
+                since_checkpoint
+                    .get_or_create(&labels(&[("job", &job.name)]))
+                    .set(seconds);
+            }
+        }
+    }
+    registry.register_with_unit(
+        "job_since_checkpoint",
+        "Time since the job's newest complete checkpoint was reported (absent until one is, after a supd restart too)",
+        Unit::Seconds,
+        since_checkpoint,
+    );
+    registry.register_with_unit(
+        "recovery_latency",
+        "Detection to action: from a fault being reported to every rank of the job's replacement generation launched",
+        Unit::Seconds,
+        counters.recovery_latency.0.clone(),
+    );
+
+    let mut out = String::new();
+    encode(&mut out, &registry)?;
+    Ok(out)
+}
 /// The per-GPU gauges (temperature, power, utilization, SM clock, memory
 /// used), encoded straight from the GPUs' readings at encode time.
 ///
