@@ -64,6 +64,58 @@ impl XidSightings {
 /// The same Xid on the same GPU within this window is one event.
 const XID_EVENT_DEDUP_MS: Millis = 10_000;
 
+/// Xid events one node may add to the event log per minute. A failing
+/// board logs a handful; a node that sends thousands (a driver bug, or a
+/// compromised agent) must not push every other node's history out of the
+/// bounded log. Past the budget its Xids still count (metrics, health,
+/// storm guard) and one event says they are no longer logged.
+const XID_EVENTS_PER_MINUTE: u32 = 60;
+const XID_BUDGET_WINDOW_MS: Millis = 60_000;
+
+/// A node's budget of Xid events in the current minute.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct XidEventBudget {
+    window_start: Millis,
+    logged: u32,
+    /// Xids not logged in this window (the first one raises the notice).
+    suppressed: u64,
+}
+
+/// What to do with one more Xid event.
+#[derive(Debug, PartialEq, Eq)]
+enum XidLog {
+    Log,
+    /// The first one over the budget: say so, once, until the window ends.
+    Notice {
+        until: Millis,
+    },
+    Suppress,
+}
+
+impl XidEventBudget {
+    fn take(&mut self, now: Millis) -> XidLog {
+        if now - self.window_start >= XID_BUDGET_WINDOW_MS || now < self.window_start {
+            *self = XidEventBudget {
+                window_start: now,
+                logged: 0,
+                suppressed: 0,
+            };
+        }
+        if self.logged < XID_EVENTS_PER_MINUTE {
+            self.logged += 1;
+            return XidLog::Log;
+        }
+        self.suppressed += 1;
+        if self.suppressed == 1 {
+            XidLog::Notice {
+                until: self.window_start + XID_BUDGET_WINDOW_MS,
+            }
+        } else {
+            XidLog::Suppress
+        }
+    }
+}
+
 /// "GPU 3 (GPU-1f2e...)"; a GPU missing since boot has no UUID.
 fn gpu_name(index: u32, uuid: &str) -> String {
     if uuid.is_empty() {
@@ -89,11 +141,14 @@ impl Engine {
         now: Millis,
         node_id: &str,
         session: SessionId,
-        report: HealthReport,
+        mut report: HealthReport,
     ) -> ReportOutcome {
         let live = self.is_live_stream(node_id, session);
         if !live {
             return ReportOutcome::StaleStream;
+        }
+        if let Some(node) = self.nodes.get(node_id) {
+            crate::agent_input::bound_health_report(&mut report, &node.record.gpus);
         }
         for xid in report.xids {
             self.observe_xid(now, node_id, xid);
@@ -181,7 +236,23 @@ impl Engine {
         while recent.len() > RECENT_XIDS {
             recent.pop_front();
         }
-        if !duplicate {
+        let log = if duplicate {
+            XidLog::Suppress
+        } else {
+            node.xid_events.take(now)
+        };
+        if let XidLog::Notice { until } = log {
+            self.record_event(
+                now,
+                EventKind::GpuXid,
+                Some(node_id),
+                format!(
+                    "more than {XID_EVENTS_PER_MINUTE} Xids from this node within a minute: further ones are not logged for {} (still counted in sup_gpu_xids_total and acted on)",
+                    crate::format_ms(until - now)
+                ),
+            );
+        }
+        if log == XidLog::Log {
             let mut text = format!("Xid {} on GPU {}", xid.xid, xid.gpu_index);
             if !xid.uuid.is_empty() {
                 text.push_str(&format!(" ({})", xid.uuid));

@@ -16,6 +16,8 @@
 //! - [`records`]: the durable records, the whole stored schema;
 //! - [`messages`]: what agents and operators send in, and assignments out;
 //! - [`config`]: thresholds and windows;
+//! - [`agent_input`]: bounds on what agents send (registered GPUs only,
+//!   clipped text, no impossible numbers), applied before anything else;
 //! - [`engine`]: the state, the driving API, the event log, reconcile;
 //! - `nodes`: registration, liveness, the partition guard, cordons;
 //! - `health`: GPU verdicts, Xids, the correlated-fault guards (application
@@ -30,6 +32,7 @@
 //!   `jobs/assignments` (what each node runs);
 //! - [`jobspec`]: the job spec.
 
+pub mod agent_input;
 mod breaker;
 pub mod config;
 pub mod detect;

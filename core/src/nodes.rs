@@ -45,6 +45,8 @@ pub struct Node {
     /// Instance id of the last agent rejected as a duplicate, so a retrying
     /// impostor records one event, not one per retry.
     pub(crate) last_rejected_instance: Option<String>,
+    /// How many Xid events the node may still add to the event log.
+    pub(crate) xid_events: crate::health::XidEventBudget,
 }
 
 impl Node {
@@ -86,6 +88,7 @@ impl Node {
             recent_xids: BTreeMap::new(),
             sent_assignment: None,
             last_rejected_instance: None,
+            xid_events: Default::default(),
         }
     }
 }
@@ -271,7 +274,7 @@ impl Engine {
         now: Millis,
         node_id: &str,
         session: SessionId,
-        readings: Vec<GpuReading>,
+        mut readings: Vec<GpuReading>,
     ) -> ReportOutcome {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return ReportOutcome::StaleStream;
@@ -279,6 +282,7 @@ impl Engine {
         if node.session != Some(session) {
             return ReportOutcome::StaleStream;
         }
+        crate::agent_input::bound_readings(&mut readings, &node.record.gpus);
         node.last_seen = now;
         let mut turned_idle = false;
         for r in readings {

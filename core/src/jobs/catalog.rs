@@ -56,7 +56,7 @@ pub(crate) fn belief(dir: &str, bound: StepBound, entry: &CheckpointRef) -> Beli
             let limit = best.saturating_add(step_margin(best));
             if entry.step > limit {
                 Belief::Refused(format!(
-                    "step {} is beyond any the job reached (highest reported {best}, at most {limit} believed)",
+                    "step {} is beyond any the job reached (its nodes agree on step {best}, at most {limit} believed)",
                     entry.step
                 ))
             } else {
@@ -153,7 +153,7 @@ mod tests {
         let why = refusal(dir, Some(500), &at(1_501, "/c/s")).expect("too far");
         assert!(
             why.starts_with(
-                "step 1501 is beyond any the job reached (highest reported 500, at most 1500"
+                "step 1501 is beyond any the job reached (its nodes agree on step 500, at most 1500"
             ),
             "{why}"
         );

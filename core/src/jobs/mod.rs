@@ -34,6 +34,9 @@ pub struct JobDetect {
     /// on every report.
     node_phase: BTreeMap<String, String>,
     node_min_step: BTreeMap<String, u64>,
+    /// Each node's latest (highest-rank) step in this generation, for the
+    /// job's agreed step (see [`Job::agreed_step`]).
+    node_step: BTreeMap<String, u64>,
     /// A straggler to swap out right after the next checkpoint.
     pending_replace: Option<String>,
     /// A loss spike waiting for a current checkpoint catalog, and until when.
@@ -41,8 +44,8 @@ pub struct JobDetect {
     /// A checkpoint catalog arrived while a rollback was pending: the
     /// rollback can pick its target now.
     rollback_catalog_fresh: bool,
-    /// When a best-step advance was last persisted.
-    best_step_persisted_at: Option<Millis>,
+    /// When the best step was last re-derived from the agreed step.
+    best_step_checked_at: Option<Millis>,
     /// The generation stopped as hung: its ranks' stop reports carry the
     /// post-mortem.
     hung_generation: Option<u64>,
@@ -121,6 +124,32 @@ impl Job {
         // `record.nodes` was changed without `set_nodes`: the list is the
         // truth.
         self.record.nodes.iter().position(|n| n == node_id)
+    }
+
+    /// The step the generation's reporting nodes agree it reached: the
+    /// lower median of their latest steps. The catalog bound and the best
+    /// step (the crash-loop guard) rest on it, so one node — a compromised
+    /// one — cannot vouch for a step the others never reached, unless it is
+    /// the only one that reports. (`step`, shown to people and watched for
+    /// hangs, is the highest any node reported.)
+    pub fn agreed_step(&self) -> Option<u64> {
+        let mut steps: Vec<u64> = self.detect.node_step.values().copied().collect();
+        if steps.is_empty() {
+            return None;
+        }
+        let middle = (steps.len() - 1) / 2;
+        Some(*steps.select_nth_unstable(middle).1)
+    }
+
+    /// Raises the best step to the agreed step; whether it rose.
+    pub(crate) fn refresh_best_step(&mut self) -> bool {
+        match self.agreed_step() {
+            Some(agreed) if self.record.best_step.is_none_or(|b| agreed > b) => {
+                self.record.best_step = Some(agreed);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether the current generation runs on `node_id`.
@@ -360,7 +389,7 @@ impl Engine {
 }
 
 /// Best-step advances are persisted at most this often.
-const BEST_STEP_PERSIST_MS: Millis = 1_000;
+const BEST_STEP_CHECK_MS: Millis = 1_000;
 
 /// How long a loss-spike rollback waits for a current checkpoint catalog
 /// (agents rescan every 2 s).

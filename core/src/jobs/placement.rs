@@ -88,6 +88,7 @@ impl Engine {
         job.detect.stragglers.retain(&nodes);
         job.detect.node_phase.clear();
         job.detect.node_min_step.clear();
+        job.detect.node_step.clear();
         let mut why = match &failure {
             Some(f) => f.clone(),
             None if job.record.restarts == 0 && previous.is_empty() => "first start".to_owned(),

@@ -183,12 +183,13 @@ impl Engine {
         now: Millis,
         node_id: &str,
         session: SessionId,
-        progress: JobProgress,
+        mut progress: JobProgress,
     ) -> ReportOutcome {
         let outcome = self.current_report(node_id, session, &progress.job, progress.generation);
         if !outcome.is_applied() {
             return outcome;
         }
+        crate::agent_input::bound_progress(&mut progress);
         let cfg = self.config.detect.clone();
         let Some(job) = self.jobs.get_mut(&progress.job) else {
             return ReportOutcome::StaleGeneration;
@@ -259,17 +260,25 @@ impl Engine {
             _ => None,
         };
         let name = progress.job.clone();
-        if job.record.best_step.is_none_or(|b| progress.step > b) {
-            job.record.best_step = Some(progress.step);
-            // Agents report up to 10× a second; the store needs the best
-            // step only for the crash-loop guard, so once a second is plenty
-            // (any other change of the job persists it too).
-            if job
+        match job.detect.node_step.get_mut(node_id) {
+            Some(s) => *s = progress.step,
+            None => {
+                job.detect
+                    .node_step
+                    .insert(node_id.to_owned(), progress.step);
+            }
+        }
+        // Agents report up to 10× a second and the median is a pass over
+        // the job's nodes: re-derived (and persisted, for the crash-loop
+        // guard) once a second at most; a restart re-derives it first.
+        if job.record.best_step.is_none_or(|b| progress.step > b)
+            && job
                 .detect
-                .best_step_persisted_at
-                .is_none_or(|at| now - at >= BEST_STEP_PERSIST_MS)
-            {
-                job.detect.best_step_persisted_at = Some(now);
+                .best_step_checked_at
+                .is_none_or(|at| now - at >= BEST_STEP_CHECK_MS)
+        {
+            job.detect.best_step_checked_at = Some(now);
+            if job.refresh_best_step() {
                 self.persist_job(&name);
             }
         }
@@ -306,7 +315,7 @@ impl Engine {
         }
         // Only entries the job can have written count; each one that does
         // not is said once, naming the node.
-        let bound = match job.record.best_step.max(job.step) {
+        let bound = match job.record.best_step.max(job.agreed_step()) {
             Some(best) => catalog::StepBound::Reported(best),
             None => {
                 let allowance = self.config.detect.startup_allowance_ms;

@@ -99,6 +99,7 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(name) else {
             return;
         };
+        job.refresh_best_step();
         if counts {
             job.record.restarts += 1;
             let mark = (

@@ -266,3 +266,59 @@ fn the_same_hardware_xid_on_50_nodes_within_a_minute_is_held_as_one_correlated_f
         .count();
     assert_eq!(held, 46);
 }
+
+#[test]
+fn a_node_flooding_xids_cannot_push_other_nodes_out_of_the_event_log() {
+    let mut config = config();
+    config.event_log_capacity = 500;
+    let mut e = cluster_with(config, 2);
+    e.cordon(1, "n1", "kept in the log", "alice")
+        .expect("cordon");
+    drain(&mut e);
+    // 100 reports of 100 distinct (GPU, code) Xids each, within a minute;
+    // application Xids so no cordon or storm guard gets in the way.
+    for r in 0..100u32 {
+        let xids = (0..100u32)
+            .map(|i| xid(i % 8, 1_000 + r * 100 + i, true, 10 + Millis::from(r)))
+            .collect();
+        report(&mut e, "n2", 10 + Millis::from(r), vec![], xids);
+    }
+    let from_n2: Vec<&Event> = e
+        .events()
+        .filter(|ev| ev.kind == EventKind::GpuXid && ev.node.as_deref() == Some("n2"))
+        .collect();
+    // The budget, plus the one notice.
+    assert_eq!(from_n2.len(), 61, "{:#?}", from_n2.last());
+    assert!(
+        from_n2[60].reason.contains("not logged for"),
+        "{}",
+        from_n2[60].reason
+    );
+    assert!(
+        e.events()
+            .any(|ev| ev.kind == EventKind::NodeCordoned && ev.reason.contains("kept in the log")),
+        "the operator's cordon is still in the log"
+    );
+    // A minute later the node's Xids are logged again.
+    report(&mut e, "n2", 60_010, vec![], vec![xid(0, 79, true, 60_010)]);
+    assert!(e
+        .events()
+        .last()
+        .is_some_and(|ev| ev.reason.starts_with("Xid 79 on GPU 0")));
+}
+
+#[test]
+fn xids_and_verdicts_for_gpus_the_node_never_registered_change_nothing() {
+    let mut e = cluster(2);
+    let actions = report(
+        &mut e,
+        "n2",
+        5,
+        vec![verdict(99, GpuHealth::Failed, "made up")],
+        (0..1000).map(|i| xid(100 + i, 79, false, 5)).collect(),
+    );
+    assert!(events(&actions).is_empty(), "{:?}", events(&actions));
+    let node = e.node("n2").expect("n2");
+    assert!(node.recent_xids.is_empty());
+    assert_eq!(node.state(), NodeState::Ready);
+}

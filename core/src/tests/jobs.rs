@@ -779,7 +779,7 @@ fn a_node_cannot_choose_the_resume_point_with_a_path_outside_the_dir_or_an_absur
     assert!(refused[0].starts_with("node n2 listed a checkpoint that is not believed: '/ckpt/llm/../other/step-110' is not inside"), "{}", refused[0]);
     assert!(
         refused[1].contains(
-            "step 18446744073709551615 is beyond any the job reached (highest reported 120"
+            "step 18446744073709551615 is beyond any the job reached (its nodes agree on step 120"
         ),
         "{}",
         refused[1]
@@ -801,4 +801,27 @@ fn a_node_cannot_choose_the_resume_point_with_a_path_outside_the_dir_or_an_absur
         .collect();
     assert!(!resume.is_empty());
     assert!(resume.iter().all(|r| *r == Some(100)), "{resume:?}");
+}
+
+#[test]
+fn one_node_reporting_an_absurd_step_cannot_vouch_for_its_own_checkpoint() {
+    let mut e = cluster(4);
+    submit(&mut e, 0, &spec("llm", 3, 2, ""), "alice").expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 1_000);
+    let nodes = job(&e, "llm").record.nodes.clone();
+    let (honest, evil) = (&nodes[..2], &nodes[2]);
+    for n in honest {
+        assert!(progress(&mut e, "llm", n, 120, 2_000));
+    }
+    assert!(progress(&mut e, "llm", evil, 1_000_000_000_000_000, 2_000));
+    assert_eq!(job(&e, "llm").agreed_step(), Some(120));
+    let actions = checkpoint(&mut e, "llm", evil, &[1_000_000_000_000_000], 3_000);
+    let why = event(&actions, EventKind::CheckpointRefused);
+    assert!(
+        why.contains("is beyond any the job reached (its nodes agree on step 120"),
+        "{why}"
+    );
+    assert_eq!(job(&e, "llm").record.checkpoint, None);
+    assert_eq!(job(&e, "llm").record.best_step, Some(120));
 }

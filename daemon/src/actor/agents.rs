@@ -84,7 +84,12 @@ impl<S: Store> Actor<S> {
         body: AgentReport,
     ) {
         let outcome = match body {
-            AgentReport::Health(report) => {
+            AgentReport::Health(mut report) => {
+                // The engine's own bounds, applied here first so that the
+                // metric counts exactly the Xids the engine takes.
+                if let Ok(node) = self.engine.node(node_id) {
+                    sup_core::agent_input::bound_health_report(&mut report, &node.record.gpus);
+                }
                 let xids: Vec<(u32, String, u32)> = report
                     .xids
                     .iter()

@@ -9,16 +9,6 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use sup_e2e::*;
 
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
-}
-
 /// A started supd and its pid, for RSS readings.
 fn started_supd(work: &std::path::Path, config: &str) -> Result<(Supd, u32)> {
     let mut supd = Supd::new(work, config)?;

@@ -221,3 +221,229 @@ fn a_compromised_member_cannot_choose_the_resume_point() -> Result<()> {
         .map_err(|_| anyhow!("the compromised agent's thread panicked"))??;
     Ok(())
 }
+
+const FLOODER: &str = "node-flood";
+const FLOOD_TRIPLES: u32 = 100_000;
+const FLOOD_PER_REPORT: u32 = 1_000;
+
+/// A forged node that registers 8 GPUs, then reports 100,000 distinct
+/// (GPU index, UUID, Xid) triples, 1,000 per health report: half name GPU
+/// indexes 8..15 it never registered (with made-up UUIDs), half its own
+/// GPUs with ever new Xid codes. Keeps the stream open until `stop`.
+fn flooding_agent(url: String, sent: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(url)?
+            .connect()
+            .await
+            .context("connecting to supd")?;
+        let mut client = v1::agent_service_client::AgentServiceClient::new(channel);
+        let (tx, rx) = tokio::sync::mpsc::channel::<v1::AgentMessage>(16);
+        let mut seq = 0;
+        let mut message = move |body: Body| {
+            seq += 1;
+            v1::AgentMessage {
+                seq,
+                body: Some(body),
+            }
+        };
+        tx.send(message(Body::Register(v1::Register {
+            node_id: FLOODER.to_owned(),
+            address: "127.0.0.1".to_owned(),
+            hostname: FLOODER.to_owned(),
+            agent_version: "flood-test".to_owned(),
+            instance_id: "flood-1".to_owned(),
+            gpu_backend: "sim".to_owned(),
+            gpus: (0..8)
+                .map(|i| v1::GpuInfo {
+                    index: i,
+                    uuid: format!("GPU-flood-{i}"),
+                    name: "Simulated".to_owned(),
+                    pci_bus_id: format!("00000000:{:02x}:00.0", 0x10 + i),
+                    memory_total_bytes: None,
+                })
+                .collect(),
+        })))
+        .await?;
+        let mut inbound = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let Some(first) = inbound.message().await? else {
+            bail!("supd closed the stream before registering the flooder")
+        };
+        if !matches!(first.body, Some(SupervisorBody::Registered(_))) {
+            bail!("expected Registered first, got {first:?}");
+        }
+        for report in 0..FLOOD_TRIPLES / FLOOD_PER_REPORT {
+            let xids = (report * FLOOD_PER_REPORT..(report + 1) * FLOOD_PER_REPORT)
+                .map(|i| {
+                    let gpu = i % 16;
+                    v1::XidEvent {
+                        gpu_index: gpu,
+                        uuid: if gpu < 8 {
+                            format!("GPU-flood-{gpu}")
+                        } else {
+                            format!("GPU-made-up-{i}")
+                        },
+                        xid: 1_000 + i / 16,
+                        at_unix_ms: sup_proto::time::now_unix_ms(),
+                        source: "nvml".to_owned(),
+                        detail: "x".repeat(64),
+                        application: false,
+                    }
+                })
+                .collect();
+            tx.send(message(Body::Health(v1::HealthReport {
+                verdicts: Vec::new(),
+                xids,
+                visible_gpus: Some(8),
+            })))
+            .await?;
+        }
+        sent.store(true, Ordering::Relaxed);
+        let mut tick = tokio::time::interval(Duration::from_millis(300));
+        while !stop.load(Ordering::Relaxed) {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let telemetry = v1::Telemetry {
+                        sampled_at_unix_ms: sup_proto::time::now_unix_ms(),
+                        gpus: Vec::new(),
+                    };
+                    tx.send(message(Body::Telemetry(telemetry))).await?;
+                }
+                next = inbound.message() => {
+                    if next?.is_none() {
+                        bail!("supd closed the stream");
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `sup_gpu_xids_total` series of `node` and `sup_gpu_xids_dropped_total`.
+fn xid_metrics(http_port: u16, node: &str) -> Result<(usize, u64)> {
+    let (code, text) = http_get(http_port, "/metrics")?;
+    if code != 200 {
+        bail!("/metrics answered {code}");
+    }
+    let label = format!("node=\"{node}\"");
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("sup_gpu_xids_total{") && l.contains(&label))
+        .count();
+    let dropped = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sup_gpu_xids_dropped_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| anyhow!("no sup_gpu_xids_dropped_total in /metrics"))?;
+    Ok((series, dropped as u64))
+}
+
+#[test]
+fn a_node_flooding_distinct_xids_leaves_series_events_and_memory_bounded() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let mut supd = Supd::new(work.path(), "")?;
+    supd.start()?;
+    let pid = supd
+        .proc
+        .as_ref()
+        .and_then(Proc::pid)
+        .ok_or_else(|| anyhow!("supd pid"))?;
+    let url = supd.url();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let (url, sent, stop) = (url.clone(), sent.clone(), stop.clone());
+        std::thread::spawn(move || flooding_agent(url, sent, stop))
+    };
+    let result = (|| -> Result<()> {
+        wait_for("the flooder registered", STARTUP_TIMEOUT, || {
+            let status = supctl_json(&url, &["status"])?;
+            Ok(status["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["id"] == FLOODER))
+                .then_some(()))
+        })?;
+        let rss_before = rss_kib(pid)?;
+        let started = std::time::Instant::now();
+        // Of each report's 1,000 triples, 500 name a registered GPU and
+        // UUID; 256 of them are taken (the per-report cap). Each is a new
+        // code, so 32 per GPU are counted (8 × 32 series) and the rest
+        // dropped.
+        let taken = u64::from(FLOOD_TRIPLES / FLOOD_PER_REPORT) * 256;
+        let expected_series = 8 * 32;
+        let (series, dropped) = wait_for(
+            "every Xid of the flood counted or dropped",
+            Duration::from_secs(120),
+            || {
+                let (series, dropped) = xid_metrics(supd.http_port, FLOODER)?;
+                Ok(
+                    (sent.load(Ordering::Relaxed) && dropped + series as u64 >= taken)
+                        .then_some((series, dropped)),
+                )
+            },
+        )?;
+        let took = started.elapsed();
+        let rss_after = rss_kib(pid)?;
+        println!(
+            "flood of {FLOOD_TRIPLES} distinct (gpu, uuid, xid) triples from one node: {series} series, {dropped} dropped, {:.1} s, supd RSS {:.1} -> {:.1} MiB",
+            took.as_secs_f64(),
+            rss_before as f64 / 1024.0,
+            rss_after as f64 / 1024.0
+        );
+        assert_eq!(series, expected_series);
+        assert_eq!(dropped + series as u64, taken);
+        assert!(
+            rss_after < rss_before + 64 * 1024,
+            "RSS grew from {rss_before} to {rss_after} KiB"
+        );
+
+        // The event log keeps its history: the flooder's Xids after its
+        // budget are counted, not logged.
+        let events = supctl_json(&url, &["events"])?;
+        let events = events
+            .as_array()
+            .ok_or_else(|| anyhow!("events is not a list"))?;
+        let logged = events
+            .iter()
+            .filter(|e| e["kind"] == "gpu_xid" && e["node"] == FLOODER)
+            .count();
+        assert!(logged <= 61, "{logged} Xid events from one node");
+        assert!(
+            events.iter().any(|e| e["kind"] == "gpu_xid"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("further ones are not logged"))),
+            "one event says the node's Xids are no longer logged"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e["kind"] == "node_registered" && e["node"] == FLOODER),
+            "the history before the flood is kept"
+        );
+        // Nothing made up appears: no GPU index the node never registered.
+        let node = supctl_json(&url, &["node", FLOODER])?;
+        let gpus = node["gpus"]
+            .as_array()
+            .ok_or_else(|| anyhow!("no gpus in {node}"))?;
+        assert_eq!(gpus.len(), 8);
+        Ok(())
+    })();
+    stop.store(true, Ordering::Relaxed);
+    let agent = flooder
+        .join()
+        .map_err(|_| anyhow!("the flooding agent panicked"))?;
+    result?;
+    if let Err(e) = agent {
+        if !format!("{e:#}").contains("closed") {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
