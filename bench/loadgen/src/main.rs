@@ -20,6 +20,13 @@
 //! 3. silences `--vanish` agents (stream kept open, nothing sent) and
 //!    measures silence → `node_unreachable` event;
 //! 4. checks that every report sent was accepted.
+//!
+//! With `--scrapers N`, N HTTP scrapers GET `--scrape-path` (default
+//! `/metrics`) from supd once a second each, staggered over the second and
+//! sending Prometheus's `Accept` header, from the start of the steady window
+//! to the end of the run; one more line then gives their scrapes, failures
+//! (connect error, non-200 status, 30 s timeout), latency (connect to last
+//! byte) and body size, to show what scraping costs the ingest path.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -38,7 +45,9 @@ use sup_proto::v1::agent_message::Body;
 use sup_proto::v1::agent_service_client::AgentServiceClient;
 use sup_proto::v1::control_service_client::ControlServiceClient;
 use sup_proto::v1::supervisor_message::Body as SupBody;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -82,6 +91,13 @@ struct Args {
     /// Keep supd's data dir and log here instead of a temporary dir.
     #[arg(long)]
     keep_dir: Option<PathBuf>,
+    /// Concurrent HTTP scrapers, each GETting --scrape-path once a second
+    /// (staggered) from the start of the steady window to the end of the run.
+    #[arg(long, default_value_t = 0)]
+    scrapers: usize,
+    /// The path the scrapers GET from supd's HTTP address.
+    #[arg(long, default_value = "/metrics")]
+    scrape_path: String,
 }
 
 /// What one simulated agent saw, read by the coordinator.
@@ -136,7 +152,15 @@ fn main() -> anyhow::Result<()> {
     if args.spares >= args.nodes {
         bail!("--spares must be less than --nodes");
     }
-    check_fd_limit(args.nodes)?;
+    if !args.scrape_path.starts_with('/')
+        || args
+            .scrape_path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!("--scrape-path must start with / and hold no spaces");
+    }
+    check_fd_limit(args.nodes, args.scrapers)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,7 +171,8 @@ fn main() -> anyhow::Result<()> {
 /// Each agent holds one socket here and supd holds one more: both processes
 /// need a descriptor limit above the node count. Raise it with `ulimit -n`
 /// (scripts/bench.sh does) rather than silently running fewer agents.
-fn check_fd_limit(nodes: usize) -> anyhow::Result<()> {
+/// Each scraper holds one more socket at a time, on both sides.
+fn check_fd_limit(nodes: usize, scrapers: usize) -> anyhow::Result<()> {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
     let soft = limits
         .lines()
@@ -155,10 +180,15 @@ fn check_fd_limit(nodes: usize) -> anyhow::Result<()> {
         .and_then(|l| l.split_whitespace().nth(3))
         .and_then(|v| v.parse::<usize>().ok());
     if let Some(soft) = soft {
-        if soft < nodes + 256 {
+        if soft < nodes + scrapers + 256 {
+            let scrapers_too = if scrapers > 0 {
+                format!(" and {scrapers} scrapers")
+            } else {
+                String::new()
+            };
             bail!(
-                "open-file limit {soft} is too low for {nodes} agents; run `ulimit -n {}` first",
-                nodes + 1024
+                "open-file limit {soft} is too low for {nodes} agents{scrapers_too}; run `ulimit -n {}` first",
+                nodes + scrapers + 1024
             );
         }
     }
@@ -289,6 +319,157 @@ async fn accepted_reports(http: SocketAddr) -> anyhow::Result<(u64, Duration)> {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| (v as u64, took))
         .context("sup_agent_reports_total not in /metrics")
+}
+
+/// The `Accept` header Prometheus sends: OpenMetrics preferred, the text
+/// format as a fallback.
+const SCRAPE_ACCEPT: &str =
+    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+/// A scrape still going after this counts as failed.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one scraper (or all of them, merged) saw.
+#[derive(Default)]
+struct ScrapeStats {
+    /// Connect to last byte, milliseconds, for each successful scrape.
+    latencies_ms: Vec<f64>,
+    /// Body bytes over all successful scrapes.
+    body_bytes: u64,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+impl ScrapeStats {
+    fn fail(&mut self, error: String) {
+        self.failed += 1;
+        self.first_error.get_or_insert(error);
+    }
+
+    fn merge(&mut self, other: ScrapeStats) {
+        self.latencies_ms.extend(other.latencies_ms);
+        self.body_bytes += other.body_bytes;
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// One scrape: an HTTP/1.0 GET (the server closes after the response), the
+/// status line checked for 200 and the body counted, not kept, up to EOF.
+/// Returns the body's length.
+async fn scrape_once(addr: SocketAddr, path: &str) -> anyhow::Result<u64> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .context("connect")?;
+    stream.set_nodelay(true)?;
+    let mut stream = tokio::io::BufReader::new(stream);
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: sup-loadgen\r\nAccept: {SCRAPE_ACCEPT}\r\n\r\n"
+    );
+    stream.get_mut().write_all(request.as_bytes()).await?;
+    let mut line = Vec::new();
+    stream.read_until(b'\n', &mut line).await?;
+    let status = String::from_utf8_lossy(&line);
+    if status.split_whitespace().nth(1) != Some("200") {
+        bail!("status line {:?}", status.trim_end());
+    }
+    let mut content_length = None;
+    loop {
+        line.clear();
+        if stream.read_until(b'\n', &mut line).await? == 0 {
+            bail!("connection closed in the headers");
+        }
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        let header = String::from_utf8_lossy(&line);
+        if let Some((name, value)) = header.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                content_length = value.trim().parse::<u64>().ok();
+            }
+        }
+    }
+    let body = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await?;
+    if let Some(len) = content_length {
+        if body != len {
+            bail!("body of {body} bytes, Content-Length {len}");
+        }
+    }
+    Ok(body)
+}
+
+/// Scraper `i` of `n`: starts `i`/`n` of a second late, then scrapes once a
+/// second (a tick missed by a slow scrape is skipped, as Prometheus does)
+/// until `stop`. A scrape cut short by `stop` is not counted.
+async fn scraper(
+    i: usize,
+    n: usize,
+    addr: SocketAddr,
+    path: Arc<str>,
+    mut stop: watch::Receiver<bool>,
+) -> ScrapeStats {
+    let mut stats = ScrapeStats::default();
+    let offset = Duration::from_millis((i * 1000 / n.max(1)) as u64);
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + offset, Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = ticker.tick() => {}
+        }
+        let t = Instant::now();
+        let result = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            r = tokio::time::timeout(SCRAPE_TIMEOUT, scrape_once(addr, &path)) => r,
+        };
+        let took = ms(t.elapsed());
+        if *stop.borrow() {
+            break;
+        }
+        match result {
+            Ok(Ok(bytes)) => {
+                stats.latencies_ms.push(took);
+                stats.body_bytes += bytes;
+            }
+            Ok(Err(e)) => stats.fail(format!("{e:#}")),
+            Err(_) => stats.fail(format!("timed out after {SCRAPE_TIMEOUT:?}")),
+        }
+    }
+    stats
+}
+
+/// The running scrapers and how to stop them.
+struct Scrapers {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<ScrapeStats>>,
+    started: Instant,
+}
+
+fn start_scrapers(n: usize, addr: SocketAddr, path: &str) -> Scrapers {
+    let (stop, rx) = watch::channel(false);
+    let path: Arc<str> = Arc::from(path);
+    let tasks = (0..n)
+        .map(|i| tokio::spawn(scraper(i, n, addr, path.clone(), rx.clone())))
+        .collect();
+    Scrapers {
+        stop,
+        tasks,
+        started: Instant::now(),
+    }
+}
+
+/// Stops the scrapers (before supd is) and merges what they saw; also
+/// returns how long they ran.
+async fn stop_scrapers(scrapers: Scrapers) -> anyhow::Result<(ScrapeStats, Duration)> {
+    let ran = scrapers.started.elapsed();
+    scrapers.stop.send_replace(true);
+    let mut all = ScrapeStats::default();
+    for task in scrapers.tasks {
+        all.merge(task.await.context("a scraper task panicked")?);
+    }
+    Ok((all, ran))
 }
 
 fn node_id(i: usize) -> String {
@@ -735,6 +916,7 @@ max_restarts = 100000
 
     // Steady state.
     println!("steady window: {} s ...", args.steady_secs);
+    let scrapers = start_scrapers(args.scrapers, supd.http, &args.scrape_path);
     let cpu0 = cpu_seconds(&pid)?;
     let (acc0, scrape0) = accepted_reports(supd.http).await?;
     let sent0 = shared.sent_reports.load(Ordering::Relaxed);
@@ -901,6 +1083,7 @@ max_restarts = 100000
         }
     };
     let peak_rss = status_kib(&pid, "VmHWM:").unwrap_or(0);
+    let (scraped, scrape_ran) = stop_scrapers(scrapers).await?;
 
     println!();
     println!("== steady state ({window:.0} s, {} Hz) ==", args.rate);
@@ -928,6 +1111,30 @@ max_restarts = 100000
         ms(scrape0),
         ms(scrape1)
     );
+    if args.scrapers > 0 {
+        let ok = scraped.latencies_ms.len();
+        println!(
+            "{:<45} {} scrapes in {:.0} s, {} failed, latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms, {:.2} MiB per scrape",
+            format!(
+                "scrapers ({} × 1 Hz on {}, whole run)",
+                args.scrapers, args.scrape_path
+            ),
+            ok as u64 + scraped.failed,
+            scrape_ran.as_secs_f64(),
+            scraped.failed,
+            percentile(&scraped.latencies_ms, 50.0),
+            percentile(&scraped.latencies_ms, 99.0),
+            percentile(&scraped.latencies_ms, 100.0),
+            if ok > 0 {
+                scraped.body_bytes as f64 / ok as f64 / (1024.0 * 1024.0)
+            } else {
+                f64::NAN
+            }
+        );
+        if let Some(e) = &scraped.first_error {
+            eprintln!("scrapers: {} failed; the first: {e}", scraped.failed);
+        }
+    }
     println!(
         "load generator CPU                            {:.3} core",
         (own1 - own0) / window
