@@ -27,6 +27,8 @@ pub struct EngineConfig {
     /// Restart a shrunk job onto returned capacity right after its next
     /// checkpoint (instead of waiting for the next failure).
     pub grow_after_checkpoint: bool,
+    /// The most nodes a job may ask for (at most [`crate::jobspec::MAX_NODES`]).
+    pub max_job_nodes: u32,
     /// Circuit breaker: automatic cordons allowed within `breaker_window_ms`
     /// are max(breaker_min_cordons, ceil(breaker_max_share × nodes)).
     pub breaker_window_ms: Millis,
@@ -65,6 +67,7 @@ impl Default for EngineConfig {
             stall_confirm_ms: 5_000,
             crash_loop_limit: 3,
             grow_after_checkpoint: true,
+            max_job_nodes: crate::jobspec::MAX_NODES,
             breaker_window_ms: 600_000,
             breaker_max_share: 0.1,
             breaker_min_cordons: 3,

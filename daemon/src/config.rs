@@ -113,6 +113,9 @@ pub struct JobsConfig {
     /// Grow a shrunk job back onto returned capacity right after its next
     /// checkpoint instead of at its next failure.
     pub grow_after_checkpoint: bool,
+    /// The most nodes a job may ask for: a typo'd `nodes = 40000000` is
+    /// refused naming this limit rather than waiting forever for capacity.
+    pub max_nodes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -155,6 +158,7 @@ impl Default for JobsConfig {
             stall_confirm: Duration::from_secs(5),
             crash_loop_limit: 3,
             grow_after_checkpoint: true,
+            max_nodes: sup_core::jobspec::MAX_NODES,
         }
     }
 }
@@ -432,6 +436,7 @@ impl Config {
             stall_confirm_ms: ms(self.jobs.stall_confirm),
             crash_loop_limit: self.jobs.crash_loop_limit,
             grow_after_checkpoint: self.jobs.grow_after_checkpoint,
+            max_job_nodes: self.jobs.max_nodes,
             breaker_window_ms: ms(self.breaker.window),
             breaker_max_share: self.breaker.max_share,
             breaker_min_cordons: self.breaker.min_cordons,
@@ -538,6 +543,12 @@ impl Config {
             return invalid(
                 "grpc.request_timeout and http.header_read_timeout must be greater than zero",
             );
+        }
+        if !(1..=sup_core::jobspec::MAX_NODES).contains(&self.jobs.max_nodes) {
+            return invalid(&format!(
+                "jobs.max_nodes must be between 1 and {}",
+                sup_core::jobspec::MAX_NODES
+            ));
         }
         if self.http.max_connections == 0 {
             return invalid("http.max_connections must be at least 1");

@@ -103,41 +103,77 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 }
 
 /// The state's families come from the snapshot's shared rendering; the
-/// counters after them are read now.
+/// counters after them are read now. Gzip when asked (Prometheus does):
+/// the shared part is compressed once, the counters as a second member.
 async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> Response {
     let snapshot = match s.handle.snapshot().await {
         Ok(snapshot) => snapshot,
         Err(e) => return error(e),
-    };
-    let rendered = match snapshot.rendered().await {
-        Ok(rendered) => rendered,
-        Err(e) => return internal(&e),
     };
     let counters = match crate::metrics::render_counters(&snapshot.status, &s.counters) {
         Ok(counters) => counters,
         Err(e) => return internal(&e),
     };
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let (content_type, state, counters) = if crate::metrics::wants_openmetrics(accept) {
-        (
-            crate::metrics::OPENMETRICS_CONTENT_TYPE,
-            rendered.metrics_openmetrics.clone(),
-            counters,
-        )
+    let openmetrics = crate::metrics::wants_openmetrics(accept);
+    let (content_type, counters) = if openmetrics {
+        (crate::metrics::OPENMETRICS_CONTENT_TYPE, counters)
     } else {
         (
             crate::metrics::TEXT_CONTENT_TYPE,
-            rendered.metrics_text.clone(),
             crate::metrics::to_text_format(&counters),
         )
     };
+    let gzip = accepts_gzip(&headers);
+    let state = match (gzip, openmetrics) {
+        (true, _) => snapshot.metrics_gzip(openmetrics).await,
+        (false, true) => snapshot.metrics_openmetrics().await,
+        (false, false) => snapshot.metrics_text().await,
+    };
+    let state = match state {
+        Ok(state) => state,
+        Err(e) => return internal(&e),
+    };
+    let counters = if gzip {
+        match crate::snapshot::gzip(counters.as_bytes()) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) => return internal(&e),
+        }
+    } else {
+        Bytes::from(counters)
+    };
     // Two chunks: the shared rendering is sent as it is, not copied.
-    let chunks = [state, Bytes::from(counters)].map(Ok::<_, Infallible>);
-    (
-        [(header::CONTENT_TYPE, content_type)],
-        Body::from_stream(tokio_stream::iter(chunks)),
-    )
-        .into_response()
+    let chunks = [state, counters].map(Ok::<_, Infallible>);
+    let body = Body::from_stream(tokio_stream::iter(chunks));
+    if gzip {
+        (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            body,
+        )
+            .into_response()
+    } else {
+        ([(header::CONTENT_TYPE, content_type)], body).into_response()
+    }
+}
+
+/// Whether the client takes a gzip body (`Accept-Encoding: gzip`, not
+/// refused with `q=0`).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused =
+                parts.any(|p| p.replace(' ', "") == "q=0" || p.replace(' ', "") == "q=0.0");
+            name.eq_ignore_ascii_case("gzip") && !refused
+        })
 }
 
 fn internal(e: &dyn std::fmt::Display) -> Response {
@@ -150,12 +186,8 @@ async fn status(State(s): State<HttpState>) -> Response {
         Ok(snapshot) => snapshot,
         Err(e) => return error(e),
     };
-    match snapshot.rendered().await {
-        Ok(rendered) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            rendered.status_json.clone(),
-        )
-            .into_response(),
+    match snapshot.status_json().await {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => internal(&e),
     }
 }
@@ -189,5 +221,28 @@ async fn events(State(s): State<HttpState>, Query(q): Query<EventsQuery>) -> Res
         )
         .into_response(),
         Err(e) => error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_accept_encoding(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            value.parse().expect("header value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn gzip_is_sent_only_to_clients_that_accept_it() {
+        assert!(accepts_gzip(&with_accept_encoding("gzip")));
+        assert!(accepts_gzip(&with_accept_encoding("deflate, GZIP;q=0.5")));
+        assert!(!accepts_gzip(&with_accept_encoding("gzip;q=0")));
+        assert!(!accepts_gzip(&with_accept_encoding("identity")));
+        assert!(!accepts_gzip(&HeaderMap::new()));
     }
 }

@@ -23,7 +23,7 @@
 //!
 //! With `--scrapers N`, N HTTP scrapers GET `--scrape-path` (default
 //! `/metrics`) from supd once a second each, staggered over the second and
-//! sending Prometheus's `Accept` header, from the start of the steady window
+//! sending Prometheus's `Accept` and `Accept-Encoding: gzip` headers, from the start of the steady window
 //! to the end of the run; one more line then gives their scrapes, failures
 //! (connect error, non-200 status, 30 s timeout), latency (connect to last
 //! byte) and body size, to show what scraping costs the ingest path.
@@ -321,6 +321,22 @@ async fn accepted_reports(http: SocketAddr) -> anyhow::Result<(u64, Duration)> {
         .context("sup_agent_reports_total not in /metrics")
 }
 
+/// What readers cost supd's state actor so far: snapshots built for them
+/// and the actor's seconds spent building them (from supd's /metrics).
+async fn snapshot_cost(http: SocketAddr) -> anyhow::Result<(f64, f64)> {
+    let text = tokio::task::spawn_blocking(move || http_get(http, "/metrics")).await??;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((
+        value("sup_status_snapshots_total "),
+        value("sup_status_snapshot_build_seconds_total "),
+    ))
+}
+
 /// The `Accept` header Prometheus sends: OpenMetrics preferred, the text
 /// format as a fallback.
 const SCRAPE_ACCEPT: &str =
@@ -365,7 +381,7 @@ async fn scrape_once(addr: SocketAddr, path: &str) -> anyhow::Result<u64> {
     stream.set_nodelay(true)?;
     let mut stream = tokio::io::BufReader::new(stream);
     let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: sup-loadgen\r\nAccept: {SCRAPE_ACCEPT}\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: sup-loadgen\r\nAccept: {SCRAPE_ACCEPT}\r\nAccept-Encoding: gzip\r\n\r\n"
     );
     stream.get_mut().write_all(request.as_bytes()).await?;
     let mut line = Vec::new();
@@ -408,6 +424,7 @@ async fn scraper(
     addr: SocketAddr,
     path: Arc<str>,
     mut stop: watch::Receiver<bool>,
+    paused: Arc<AtomicBool>,
 ) -> ScrapeStats {
     let mut stats = ScrapeStats::default();
     let offset = Duration::from_millis((i * 1000 / n.max(1)) as u64);
@@ -418,6 +435,9 @@ async fn scraper(
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             _ = ticker.tick() => {}
+        }
+        if paused.load(Ordering::Relaxed) {
+            continue;
         }
         let t = Instant::now();
         let result = tokio::select! {
@@ -445,18 +465,32 @@ struct Scrapers {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<ScrapeStats>>,
     started: Instant,
+    /// Set: the scrapers skip their ticks (the fault phase alternates, so
+    /// recovery with and without them is compared within one run).
+    paused: Arc<AtomicBool>,
 }
 
 fn start_scrapers(n: usize, addr: SocketAddr, path: &str) -> Scrapers {
     let (stop, rx) = watch::channel(false);
     let path: Arc<str> = Arc::from(path);
+    let paused = Arc::new(AtomicBool::new(false));
     let tasks = (0..n)
-        .map(|i| tokio::spawn(scraper(i, n, addr, path.clone(), rx.clone())))
+        .map(|i| {
+            tokio::spawn(scraper(
+                i,
+                n,
+                addr,
+                path.clone(),
+                rx.clone(),
+                paused.clone(),
+            ))
+        })
         .collect();
     Scrapers {
         stop,
         tasks,
         started: Instant::now(),
+        paused,
     }
 }
 
@@ -918,6 +952,7 @@ max_restarts = 100000
     println!("steady window: {} s ...", args.steady_secs);
     let scrapers = start_scrapers(args.scrapers, supd.http, &args.scrape_path);
     let cpu0 = cpu_seconds(&pid)?;
+    let snapshots0 = snapshot_cost(supd.http).await?;
     let (acc0, scrape0) = accepted_reports(supd.http).await?;
     let sent0 = shared.sent_reports.load(Ordering::Relaxed);
     let own0 = cpu_seconds("self")?;
@@ -925,6 +960,7 @@ max_restarts = 100000
     tokio::time::sleep(Duration::from_secs(args.steady_secs)).await;
     let window = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_seconds(&pid)?;
+    let snapshots1 = snapshot_cost(supd.http).await?;
     let own1 = cpu_seconds("self")?;
     let (acc1, scrape1) = accepted_reports(supd.http).await?;
     let sent1 = shared.sent_reports.load(Ordering::Relaxed);
@@ -939,6 +975,10 @@ max_restarts = 100000
     let mut swap_supd = Vec::new();
     let mut shrink_client = Vec::new();
     let mut shrink_supd = Vec::new();
+    // With scrapers, every other fault is injected while they are paused:
+    // recovery with and without them compared within one run, under the
+    // same conditions (samples of the paused faults, in the same order).
+    let mut quiet = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     let mut unexpected = Vec::new();
     let index: BTreeMap<String, usize> = (0..args.nodes).map(|i| (node_id(i), i)).collect();
     let mut job = get_job(&mut control).await?;
@@ -973,6 +1013,12 @@ max_restarts = 100000
             bail!("no node left to fault");
         };
         let vi = *index.get(&victim).context("victim not a simulated node")?;
+        let paused = args.scrapers > 0 && n % 2 == 0;
+        if args.scrapers > 0 {
+            scrapers.paused.store(paused, Ordering::Relaxed);
+            // A full round of scrapes (or none) before the fault.
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+        }
         let before = job.nodes.len();
         let prev_gen = job.generation;
         commands[vi]
@@ -1014,10 +1060,17 @@ max_restarts = 100000
                     .and_then(|v| v.parse::<f64>().ok())
             });
         let shrunk = job.nodes.len() < before;
-        let (c, s) = if shrunk {
-            (&mut shrink_client, &mut shrink_supd)
-        } else {
-            (&mut swap_client, &mut swap_supd)
+        let (c, s) = match (shrunk, paused) {
+            (true, false) => (&mut shrink_client, &mut shrink_supd),
+            (false, false) => (&mut swap_client, &mut swap_supd),
+            (true, true) => {
+                let [_, _, c, s] = &mut quiet;
+                (c, s)
+            }
+            (false, true) => {
+                let [c, s, _, _] = &mut quiet;
+                (c, s)
+            }
         };
         if let Some(v) = client {
             c.push(v);
@@ -1030,6 +1083,8 @@ max_restarts = 100000
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
+
+    scrapers.paused.store(false, Ordering::Relaxed);
 
     // Vanished agents: silent, stream left open.
     let mut vanished = Vec::new();
@@ -1111,10 +1166,17 @@ max_restarts = 100000
         ms(scrape0),
         ms(scrape1)
     );
+    let built = snapshots1.0 - snapshots0.0;
+    let building = snapshots1.1 - snapshots0.1;
+    println!(
+        "state actor on readers' snapshots             {built:.0} built, {:.0} ms of actor time ({:.2} % of the window)",
+        building * 1000.0,
+        building / window * 100.0
+    );
     if args.scrapers > 0 {
         let ok = scraped.latencies_ms.len();
         println!(
-            "{:<45} {} scrapes in {:.0} s, {} failed, latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms, {:.2} MiB per scrape",
+            "{:<45} {} scrapes in {:.0} s, {} failed, latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms, {:.2} MiB per scrape (as sent)",
             format!(
                 "scrapers ({} × 1 Hz on {}, whole run)",
                 args.scrapers, args.scrape_path
@@ -1167,22 +1229,26 @@ max_restarts = 100000
             &cordon_client
         )
     );
-    println!(
-        "{}",
-        summary("recovery, spare swap (agents launched)", &swap_client)
-    );
-    println!(
-        "{}",
-        summary("recovery, spare swap (supd job_running)", &swap_supd)
-    );
-    println!(
-        "{}",
-        summary("recovery, shrink (agents launched)", &shrink_client)
-    );
-    println!(
-        "{}",
-        summary("recovery, shrink (supd job_running)", &shrink_supd)
-    );
+    let with = if args.scrapers > 0 {
+        format!(", {} scrapers", args.scrapers)
+    } else {
+        String::new()
+    };
+    let recovery = [
+        ("spare swap (agents launched", &swap_client, &quiet[0]),
+        ("spare swap (supd job_running", &swap_supd, &quiet[1]),
+        ("shrink (agents launched", &shrink_client, &quiet[2]),
+        ("shrink (supd job_running", &shrink_supd, &quiet[3]),
+    ];
+    for (name, samples, paused) in recovery {
+        println!("{}", summary(&format!("recovery, {name}{with})"), samples));
+        if args.scrapers > 0 {
+            println!(
+                "{}",
+                summary(&format!("recovery, {name}, scrapers paused)"), paused)
+            );
+        }
+    }
     if !unexpected.is_empty() {
         println!("note: faults {unexpected:?} did not swap/shrink as planned");
     }

@@ -304,6 +304,12 @@ impl Engine {
         // by its own rules would be wrong forever, so the rules are checked
         // here too (cheap, and the engine trusts no caller).
         spec.validate().map_err(EngineError::InvalidJobSpec)?;
+        if spec.nodes > self.config.max_job_nodes {
+            return Err(EngineError::InvalidJobSpec(format!(
+                "nodes: {} is more than this cluster's jobs.max_nodes ({})",
+                spec.nodes, self.config.max_job_nodes
+            )));
+        }
         let by = if by.trim().is_empty() {
             "unknown"
         } else {

@@ -825,3 +825,17 @@ fn one_node_reporting_an_absurd_step_cannot_vouch_for_its_own_checkpoint() {
     assert_eq!(job(&e, "llm").record.checkpoint, None);
     assert_eq!(job(&e, "llm").record.best_step, Some(120));
 }
+
+#[test]
+fn a_job_larger_than_the_clusters_max_nodes_is_refused_naming_the_key() {
+    let mut config = config();
+    config.max_job_nodes = 4;
+    let mut e = cluster_with(config, 2);
+    let err = submit(&mut e, 0, &spec("big", 5, 1, ""), "alice").expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("nodes: 5 is more than this cluster's jobs.max_nodes (4)"),
+        "{err}"
+    );
+    submit(&mut e, 0, &spec("fits", 4, 1, ""), "alice").expect("4 nodes may be asked for");
+}

@@ -109,3 +109,77 @@ fn a_bad_token_file_stops_supd_naming_the_file() -> Result<()> {
     );
     Ok(())
 }
+
+/// The raw body of a GET (HTTP/1.0: no chunking) with extra headers.
+fn raw_get(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<(String, Vec<u8>)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{extra}\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("no header end in the response"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    Ok((head, raw[split + 4..].to_vec()))
+}
+
+fn gunzip(body: &[u8]) -> Result<String> {
+    let mut text = String::new();
+    flate2::read::MultiGzDecoder::new(body).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+#[test]
+fn metrics_are_gzipped_for_scrapers_that_ask_in_either_format() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let mut supd = Supd::new(work.path(), "")?;
+    supd.start()?;
+    let port = supd.http_port;
+    let openmetrics = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+
+    let (head, body) = raw_get(
+        port,
+        "/metrics",
+        &[("Accept", openmetrics), ("Accept-Encoding", "gzip")],
+    )?;
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    let text = gunzip(&body)?;
+    assert!(text.contains("sup_nodes{state=\"ready\"} 0"), "{text}");
+    assert!(text.contains("sup_agent_reports_total"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "one EOF, at the end: {text}");
+    assert_eq!(text.matches("# EOF").count(), 1);
+
+    let (head, body) = raw_get(port, "/metrics", &[("Accept-Encoding", "gzip")])?;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let text = gunzip(&body)?;
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?;
+    assert!(
+        parsed.samples.iter().any(|s| s.metric == "sup_nodes"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"));
+
+    // Without Accept-Encoding, plain text as before.
+    let (head, body) = raw_get(port, "/metrics", &[])?;
+    assert!(
+        !head.to_ascii_lowercase().contains("content-encoding"),
+        "{head}"
+    );
+    assert!(String::from_utf8(body)?.contains("sup_nodes{state=\"ready\"} 0"));
+    Ok(())
+}
