@@ -217,6 +217,7 @@ impl Engine {
                 self.launch(now, name, None);
             }
         }
+        self.finish_drains(now);
         self.sync_assignments();
         self.check_spares(now);
         self.reconcile_requested = None;

@@ -20,6 +20,8 @@
 //!   clipped text, no impossible numbers), applied before anything else;
 //! - [`engine`]: the state, the driving API, the event log, reconcile;
 //! - `nodes`: registration, liveness, the partition guard, cordons;
+//! - [`maintenance`]: draining a node at its job's next checkpoint,
+//!   removing a node;
 //! - `health`: GPU verdicts, Xids, the correlated-fault guards (application
 //!   Xids, hardware Xid storms), drills;
 //! - `breaker`: rationing automatic cordons;
@@ -40,6 +42,7 @@ pub mod engine;
 mod health;
 mod jobs;
 pub mod jobspec;
+pub mod maintenance;
 pub mod messages;
 mod nodes;
 pub mod records;

@@ -19,6 +19,8 @@ pub enum NodeState {
     Suspect,
     Unreachable,
     Cordoned,
+    /// Being drained: runs its job until the next checkpoint, takes no new work.
+    Draining,
 }
 
 /// A node as the engine sees it: the durable record plus what is only true
@@ -49,6 +51,19 @@ pub struct Node {
     pub(crate) xid_events: crate::health::XidEventBudget,
 }
 
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Ready => "ready",
+            NodeState::Suspect => "suspect",
+            NodeState::Unreachable => "unreachable",
+            NodeState::Cordoned => "cordoned",
+            NodeState::Draining => "draining",
+        }
+    }
+}
+
 impl Node {
     /// Whether `session` is this node's live agent stream: reports from any
     /// other (a replaced stream) are stale.
@@ -61,6 +76,8 @@ impl Node {
             NodeState::Cordoned
         } else if self.unreachable {
             NodeState::Unreachable
+        } else if self.record.drain.is_some() {
+            NodeState::Draining
         } else if self.record.gpus.iter().any(|g| g.health != GpuHealth::Ok)
             || self.record.suspect.is_some()
         {
@@ -165,6 +182,7 @@ impl Engine {
                         joined: false,
                         cordon: None,
                         suspect: None,
+                        drain: None,
                     },
                     Some(reg.session),
                     now,
@@ -415,6 +433,24 @@ impl Engine {
             .nodes
             .get_mut(node_id)
             .ok_or_else(|| EngineError::UnknownNode(node_id.to_owned()))?;
+        if node.record.cordon.is_none() {
+            if let Some(drain) = node.record.drain.take() {
+                let mut why = format!(
+                    "drain cancelled by {by} (was drained by {}: {})",
+                    drain.by, drain.reason
+                );
+                if !note.is_empty() {
+                    why.push_str(&format!(": {note}"));
+                }
+                self.record_event(now, EventKind::NodeUncordoned, Some(node_id), why);
+                self.persist_node(node_id);
+                self.request_reconcile(now);
+                return Ok(CordonOutcome {
+                    changed: true,
+                    message: format!("node '{node_id}' is no longer draining"),
+                });
+            }
+        }
         let suspect = node.record.suspect.take();
         let Some(previous) = node.record.cordon.take() else {
             let Some(suspect) = suspect else {

@@ -44,6 +44,19 @@ pub struct CordonRecord {
     pub at: Millis,
 }
 
+/// A planned move off a node (`supctl drain`): its job keeps training until
+/// its next complete checkpoint (newer than `after_step`) or `deadline`,
+/// then moves off, and the node is cordoned with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRecord {
+    pub reason: String,
+    pub by: String,
+    pub at: Millis,
+    pub deadline: Millis,
+    /// The job's newest complete checkpoint when the drain began.
+    pub after_step: Option<u64>,
+}
+
 /// The durable part of a node: what must survive a supervisor restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -63,6 +76,8 @@ pub struct NodeRecord {
     /// with it to blame, short of a cordon); cleared by an uncordon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Box<DrainRecord>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +126,10 @@ pub enum EventKind {
     NodeInventoryChanged,
     NodeCordoned,
     NodeUncordoned,
+    /// An operator asked for a node to be drained (planned maintenance).
+    NodeDraining,
+    /// An operator removed a node from the registry.
+    NodeRemoved,
     PartitionSuspected,
     PartitionCleared,
     JobHung,
@@ -154,6 +173,8 @@ impl EventKind {
             EventKind::NodeInventoryChanged => "node_inventory_changed",
             EventKind::NodeCordoned => "node_cordoned",
             EventKind::NodeUncordoned => "node_uncordoned",
+            EventKind::NodeDraining => "node_draining",
+            EventKind::NodeRemoved => "node_removed",
             EventKind::PartitionSuspected => "partition_suspected",
             EventKind::PartitionCleared => "partition_cleared",
             EventKind::JobHung => "job_hung",
@@ -220,6 +241,8 @@ pub struct RequestRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     PutNode(NodeRecord),
+    /// An operator removed the node from the registry.
+    DeleteNode(String),
     AppendEvent(Event),
     /// Drop every event with a sequence number up to and including this one.
     TrimEventsThrough(u64),
@@ -306,6 +329,10 @@ pub struct JobRecord {
     /// Loss-spike rollbacks so far (each gives the ranks a new `SUP_SEED`).
     #[serde(default)]
     pub rollbacks: u32,
+    /// Planned moves off drained nodes so far (not restarts: neither the
+    /// budget nor the crash-loop guard counts them).
+    #[serde(default)]
+    pub planned_moves: u32,
     /// After a rollback to this step, newer catalog entries are from the
     /// abandoned timeline until the job has stepped past them again.
     #[serde(default)]

@@ -508,6 +508,7 @@ impl Driver {
             (24, 1),  // supd cut off from every node
             (25, 2),  // reports on replaced streams
             (26, 1),  // supd restart
+            (27, 2),  // drain
         ];
         let total: u64 = WEIGHTS.iter().map(|(_, w)| w).sum();
         let mut roll = self.rng.below(total);
@@ -546,6 +547,7 @@ impl Driver {
             23 => self.time_jump(60_000, 900_000, true),
             24 => self.time_jump(self.config.unreachable_after_ms as u64 + 1, 120_000, false),
             25 => self.stale_streams(),
+            27 => self.drain_node(),
             _ if SUPD_RESTARTS => self.supd_restart(),
             _ => self.heartbeat("heartbeat"),
         }
@@ -646,6 +648,9 @@ impl Driver {
         match change {
             Change::PutNode(record) => {
                 self.store.nodes.insert(record.id.clone(), record);
+            }
+            Change::DeleteNode(id) => {
+                self.store.nodes.remove(&id);
             }
             Change::AppendEvent(event) => {
                 self.observe_event(&event)?;
@@ -1827,6 +1832,23 @@ impl Driver {
             },
             INV9,
             || format!("cordon of {id} answered {result:?}"),
+        )
+    }
+
+    fn drain_node(&mut self) -> Check {
+        let id = self.some_node();
+        let deadline = 1 + self.rng.below(120_000) as Millis;
+        self.note(format!("operator drains {id} (deadline {deadline} ms)"));
+        let result = self.call(|e, now| e.drain(now, &id, "maintenance", "op", deadline))?;
+        let known = self.agents.contains_key(&id);
+        ensure(
+            match &result {
+                Ok(_) => known,
+                Err(EngineError::UnknownNode(_)) => !known,
+                Err(_) => false,
+            },
+            INV9,
+            || format!("drain of {id} answered {result:?}"),
         )
     }
 

@@ -86,6 +86,32 @@ pub enum Output {
     Json,
 }
 
+/// `supctl node NODE` shows a node; `supctl node remove NODE` removes one.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    pub command: Option<NodeCommand>,
+    /// Node id
+    #[arg(value_parser = non_empty, required = true)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Remove a node from the registry (an RMA'd or renamed host): only one that is cordoned or
+    /// unreachable and holds no job (else exit status 5). If its agent comes back, it joins
+    /// afresh
+    Remove {
+        /// Node id
+        #[arg(value_parser = non_empty)]
+        id: String,
+        /// Who removes it [default: $SUP_USER, else $USER, else "operator"]
+        #[arg(long, value_name = "NAME", value_parser = non_empty)]
+        by: Option<String>,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Cluster overview: what needs attention, then jobs and nodes
@@ -98,13 +124,10 @@ pub enum Command {
         #[command(flatten)]
         watch: Watch,
     },
-    /// Show one node with its GPUs
-    Node {
-        /// Node id
-        #[arg(value_parser = non_empty)]
-        id: String,
-    },
-    /// Take a node out of service (no new work is placed on it)
+    /// Show one node with its GPUs (`node NODE`), or remove one (`node remove NODE`)
+    Node(NodeArgs),
+    /// Take a node out of service now: no new work is placed on it and its job restarts at once
+    /// from its last checkpoint, counted as a failure (for planned maintenance use `drain`)
     Cordon {
         /// Node id
         #[arg(value_parser = non_empty)]
@@ -116,7 +139,24 @@ pub enum Command {
         #[arg(long, value_name = "NAME", value_parser = non_empty)]
         by: Option<String>,
     },
-    /// Return a cordoned node to service
+    /// Planned maintenance: the node takes no new work, its job keeps training until its next
+    /// complete checkpoint, then moves off (spare or shrink, resuming from that checkpoint, not
+    /// counted as a failure); then the node is cordoned with the reason
+    Drain {
+        /// Node id
+        #[arg(value_parser = non_empty)]
+        id: String,
+        /// Why; recorded with the drain and the cordon that ends it
+        #[arg(long, value_parser = non_empty)]
+        reason: String,
+        /// Move the job off anyway if no new checkpoint appeared by then
+        #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_timeout)]
+        deadline: Duration,
+        /// Who drains [default: $SUP_USER, else $USER, else "operator"]
+        #[arg(long, value_name = "NAME", value_parser = non_empty)]
+        by: Option<String>,
+    },
+    /// Return a cordoned node to service, or cancel a drain
     Uncordon {
         /// Node id
         #[arg(value_parser = non_empty)]

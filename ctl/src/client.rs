@@ -174,6 +174,25 @@ impl Client {
         .await
     }
 
+    pub async fn drain(&mut self, req: v1::DrainRequest) -> Result<v1::CordonResponse, CtlError> {
+        self.mutate(|mut c| {
+            let req = req.clone();
+            async move { c.drain(req).await }
+        })
+        .await
+    }
+
+    pub async fn remove_node(
+        &mut self,
+        req: v1::RemoveNodeRequest,
+    ) -> Result<v1::CordonResponse, CtlError> {
+        self.mutate(|mut c| {
+            let req = req.clone();
+            async move { c.remove_node(req).await }
+        })
+        .await
+    }
+
     pub async fn reset_breaker(
         &mut self,
         req: v1::ResetBreakerRequest,

@@ -306,6 +306,38 @@ impl ControlService for FakeSupd {
         }))
     }
 
+    async fn drain(
+        &self,
+        req: Request<v1::DrainRequest>,
+    ) -> Result<Response<v1::CordonResponse>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(v1::CordonResponse {
+            node: None,
+            changed: true,
+            message: format!(
+                "node '{}' is draining: deadline {} ms",
+                r.node_id, r.deadline_ms
+            ),
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::CordonResponse>, Status> {
+        let r = req.into_inner();
+        if r.node_id == "busy" {
+            return Err(Status::invalid_argument(
+                "node 'busy' holds job 'llm': drain or cordon it and wait for the job to move off first",
+            ));
+        }
+        Ok(Response::new(v1::CordonResponse {
+            node: None,
+            changed: true,
+            message: format!("node '{}' removed", r.node_id),
+        }))
+    }
+
     async fn reset_breaker(
         &self,
         req: Request<v1::ResetBreakerRequest>,
@@ -474,6 +506,26 @@ async fn cordon_then_repeat_then_uncordon() {
     assert_eq!(out, "node n1 uncordoned: repaired\n");
     let out = supctl(addr, &["uncordon", "n1"]).await.unwrap();
     assert_eq!(out, "node n1 was not cordoned; nothing changed\n");
+}
+
+#[tokio::test]
+async fn drain_sends_its_deadline_and_node_remove_is_refused_with_exit_5() {
+    let addr = serve(Duration::ZERO).await;
+    let out = supctl(
+        addr,
+        &["drain", "n1", "--reason", "bios", "--deadline", "45m"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, "node 'n1' is draining: deadline 2700000 ms\n");
+    let err = supctl(addr, &["node", "remove", "busy"]).await.unwrap_err();
+    assert_eq!(err.exit_code(), exit::REJECTED);
+    assert!(err.to_string().contains("holds job 'llm'"), "{err}");
+    let out = supctl(addr, &["node", "remove", "n9"]).await.unwrap();
+    assert_eq!(out, "node n9 removed\n");
+    // `node NODE` still shows a node.
+    let node = supctl(addr, &["node", "n1"]).await.unwrap();
+    assert!(node.contains("Node:"), "{node}");
 }
 
 #[tokio::test]

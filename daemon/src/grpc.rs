@@ -247,6 +247,37 @@ impl ControlService for ControlApi {
         )
     }
 
+    async fn drain(
+        &self,
+        request: Request<v1::DrainRequest>,
+    ) -> Result<Response<v1::CordonResponse>, Status> {
+        let by = self.author(&request, &request.get_ref().by)?;
+        let r = request.into_inner();
+        cordon_response(
+            self.handle
+                .drain(r.node_id, r.reason, r.deadline_ms, by, r.request_id)
+                .await,
+        )
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::CordonResponse>, Status> {
+        let by = self.author(&request, &request.get_ref().by)?;
+        let r = request.into_inner();
+        let (changed, message) = self
+            .handle
+            .remove_node(r.node_id, by, r.request_id)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(v1::CordonResponse {
+            node: None,
+            changed,
+            message,
+        }))
+    }
+
     async fn submit_job(
         &self,
         request: Request<v1::SubmitJobRequest>,

@@ -337,6 +337,7 @@ impl Store for SledStore {
                     })?;
                     node_batch.insert(record.id.as_bytes(), value);
                 }
+                Change::DeleteNode(id) => node_batch.remove(id.as_bytes()),
                 Change::AppendEvent(event) => {
                     let value = serde_json::to_vec(event).map_err(|e| {
                         StoreError::Write(format!("encoding event {}: {e}", event.seq))
@@ -433,6 +434,7 @@ impl Store for MemoryStore {
                     self.state.nodes.push(record.clone());
                     self.state.nodes.sort_by(|a, b| a.id.cmp(&b.id));
                 }
+                Change::DeleteNode(id) => self.state.nodes.retain(|n| n.id != *id),
                 Change::AppendEvent(e) => self.state.events.push(e.clone()),
                 Change::TrimEventsThrough(seq) => self.state.events.retain(|e| e.seq > *seq),
                 Change::PutJob(record) => {
@@ -475,6 +477,7 @@ mod tests {
                 at: 2,
             }),
             suspect: None,
+            drain: None,
         }
     }
 

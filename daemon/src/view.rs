@@ -12,6 +12,7 @@ pub fn node_state(state: NodeState) -> v1::NodeState {
         NodeState::Suspect => v1::NodeState::Suspect,
         NodeState::Unreachable => v1::NodeState::Unreachable,
         NodeState::Cordoned => v1::NodeState::Cordoned,
+        NodeState::Draining => v1::NodeState::Draining,
     }
 }
 
@@ -74,6 +75,13 @@ pub fn node(engine: &Engine, node: &Node) -> v1::Node {
         last_seen_unix_ms: node.last_seen,
         connected: node.connected(),
         gpu_backend: r.gpu_backend.clone(),
+        drain: r.drain.as_ref().map(|d| v1::Drain {
+            reason: d.reason.clone(),
+            by: d.by.clone(),
+            at_unix_ms: d.at,
+            deadline_unix_ms: d.deadline,
+            after_step: d.after_step,
+        }),
     }
 }
 

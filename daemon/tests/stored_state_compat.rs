@@ -354,7 +354,10 @@ fn json<T: Serialize>(record: &T) -> Value {
 /// A v1 store does not hold them, so they come back from the type's
 /// `#[serde(default)]`; list one here once that default is right for every
 /// record written before it. Anything else that differs is lost state.
-const ADDED_SINCE_V1: &[&str] = &[];
+const ADDED_SINCE_V1: &[&str] = &[
+    // Planned moves off drained nodes (issue 17): none before drains existed.
+    "job record planned_moves",
+];
 
 /// How the record stored as `stored` came back (`None`: not at all).
 fn compare(what: &str, stored: &Entry, reencoded: Option<Value>) -> Vec<String> {

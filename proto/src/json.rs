@@ -79,11 +79,13 @@ pub struct XidView {
 pub struct NodeView {
     pub id: String,
     pub address: String,
-    /// joining | ready | suspect | unreachable | cordoned
+    /// joining | ready | suspect | unreachable | cordoned | draining
     pub state: &'static str,
     pub job: Option<String>,
     pub gpus: Vec<GpuView>,
     pub cordon: Option<CordonView>,
+    /// Set while the node is being drained.
+    pub drain: Option<DrainView>,
     pub hostname: String,
     pub connected: bool,
     pub agent_version: String,
@@ -123,6 +125,30 @@ pub struct CordonView {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct DrainView {
+    pub reason: String,
+    pub by: String,
+    /// RFC 3339, UTC.
+    pub at: Option<String>,
+    /// When the job moves off even without a new checkpoint; RFC 3339, UTC.
+    pub deadline: Option<String>,
+    /// The job's newest complete checkpoint when the drain began.
+    pub after_step: Option<u64>,
+}
+
+impl From<&v1::Drain> for DrainView {
+    fn from(d: &v1::Drain) -> Self {
+        DrainView {
+            reason: d.reason.clone(),
+            by: d.by.clone(),
+            at: timestamp(d.at_unix_ms),
+            deadline: timestamp(d.deadline_unix_ms),
+            after_step: d.after_step,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct EventView {
     pub seq: u64,
     /// RFC 3339, UTC.
@@ -140,6 +166,7 @@ pub fn node_state_name(state: i32) -> &'static str {
         Ok(v1::NodeState::Suspect) => "suspect",
         Ok(v1::NodeState::Unreachable) => "unreachable",
         Ok(v1::NodeState::Cordoned) => "cordoned",
+        Ok(v1::NodeState::Draining) => "draining",
         Ok(v1::NodeState::Unspecified) | Err(_) => "unknown",
     }
 }
@@ -259,6 +286,7 @@ impl From<&v1::Node> for NodeView {
             job: non_empty(&n.job),
             gpus: n.gpus.iter().map(GpuView::from).collect(),
             cordon: n.cordon.as_ref().map(CordonView::from),
+            drain: n.drain.as_ref().map(DrainView::from),
             hostname: n.hostname.clone(),
             connected: n.connected,
             agent_version: n.agent_version.clone(),

@@ -19,6 +19,8 @@ pub(crate) enum Judgement {
     Fine { recheck_at: Option<Millis> },
     /// Its nodes can no longer run it: a counted restart.
     NodesFailed(String),
+    /// A drained node's move is due: a restart that is not counted.
+    PlannedMove(String),
     /// A loss-spike rollback is due.
     RollBack(LossSpike),
     /// A rollback fell due while the job held no nodes: the spike was in
@@ -34,6 +36,7 @@ impl Engine {
     pub(crate) fn judge_job(&self, now: Millis, job: &Job) -> Judgement {
         let mut recheck_at = match self.judge_nodes(now, job) {
             NodesCheck::Failed(reason) => return Judgement::NodesFailed(reason),
+            NodesCheck::PlannedMove(reason) => return Judgement::PlannedMove(reason),
             NodesCheck::Fine { recheck_at } => recheck_at,
         };
         match self.judge_rollback(now, job) {
@@ -61,6 +64,12 @@ impl Engine {
                 }
             }
             Judgement::NodesFailed(reason) => self.restart_job(now, name, reason, true),
+            Judgement::PlannedMove(reason) => {
+                if let Some(job) = self.jobs.get_mut(name) {
+                    job.record.planned_moves += 1;
+                }
+                self.restart_job(now, name, reason, false);
+            }
             Judgement::RollBack(spike) => self.roll_back(now, name, spike),
             Judgement::DropRollback => {
                 if let Some(job) = self.jobs.get_mut(name) {

@@ -345,6 +345,7 @@ impl Engine {
             restart_mark: (None, None),
             fruitless_restarts: 0,
             rollbacks: 0,
+            planned_moves: 0,
             rollback_mark: None,
             avoid_nodes: Vec::new(),
             hang_blame: BTreeMap::new(),

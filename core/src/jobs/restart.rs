@@ -44,12 +44,22 @@ impl Engine {
             return NodesCheck::Fine { recheck_at: None };
         }
         let mut wake: Option<Millis> = None;
+        let mut planned = None;
+        let checkpoint = job.record.checkpoint.as_ref().map(|c| c.step);
         for id in &job.record.nodes {
             let Some(node) = self.nodes.get(id) else {
                 return NodesCheck::Failed(format!("node {id} is gone from the registry"));
             };
             if let Some(c) = &node.record.cordon {
                 return NodesCheck::Failed(format!("node {id} cordoned by {}: {}", c.by, c.reason));
+            }
+            if let Some(drain) = &node.record.drain {
+                match crate::maintenance::drain_due(drain, checkpoint, now) {
+                    Some(why) => {
+                        planned.get_or_insert(format!("off node {id}: {why}"));
+                    }
+                    None => wake = Some(wake.map_or(drain.deadline, |w| w.min(drain.deadline))),
+                }
             }
             // An agent that came back with fewer GPUs (one fell off the bus
             // and the driver no longer lists it) cannot run its share.
@@ -88,7 +98,11 @@ impl Engine {
             };
             wake = Some(wake.map_or(next, |w: Millis| w.min(next)));
         }
-        NodesCheck::Fine { recheck_at: wake }
+        // A failure above wins (it counts); a due move is planned.
+        match planned {
+            Some(why) => NodesCheck::PlannedMove(why),
+            None => NodesCheck::Fine { recheck_at: wake },
+        }
     }
 
     /// Stops every rank (generation bump) and starts the job again on the
@@ -162,6 +176,10 @@ impl Engine {
 /// Whether a job's nodes can still run it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum NodesCheck {
-    Fine { recheck_at: Option<Millis> },
+    Fine {
+        recheck_at: Option<Millis>,
+    },
     Failed(String),
+    /// A node is drained and the job's move off it is due: not a failure.
+    PlannedMove(String),
 }

@@ -4,5 +4,6 @@
 mod detect;
 mod health;
 mod jobs;
+mod maintenance;
 mod nodes;
 mod support;

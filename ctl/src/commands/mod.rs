@@ -12,6 +12,7 @@ mod certs;
 mod checkpoints;
 mod completions;
 mod cordon;
+mod drain;
 mod drill;
 mod events;
 mod job;
@@ -27,7 +28,9 @@ mod uncordon;
 use std::io::Write;
 use std::time::SystemTime;
 
-use crate::cli::{default_operator, Cli, Command, JobCommand, Output, Watch};
+use crate::cli::{
+    default_operator, Cli, Command, JobCommand, NodeArgs, NodeCommand, Output, Watch,
+};
 use crate::client::Client;
 use crate::error::CtlError;
 use crate::humanize;
@@ -91,8 +94,20 @@ async fn once(cli: &Cli, client: &mut Client, spec: Option<String>) -> Result<St
     match &cli.command {
         Command::Status { .. } => status::run(client, json).await,
         Command::Nodes { .. } => nodes::run(client, json).await,
-        Command::Node { id } => node::run(client, id, json).await,
+        Command::Node(NodeArgs {
+            command: Some(NodeCommand::Remove { id, by }),
+            ..
+        }) => node::remove(client, id, by, json).await,
+        Command::Node(NodeArgs { id, .. }) => {
+            node::run(client, id.as_deref().unwrap_or_default(), json).await
+        }
         Command::Cordon { id, reason, by } => cordon::run(client, id, reason, by, json).await,
+        Command::Drain {
+            id,
+            reason,
+            deadline,
+            by,
+        } => drain::run(client, id, reason, *deadline, by, json).await,
         Command::Uncordon { id, reason, by } => {
             uncordon::run(client, id, reason.as_deref(), by, json).await
         }

@@ -9,6 +9,28 @@ use crate::error::CtlError;
 use crate::humanize::{ago, one_line, opt, or_none, timestamp, NONE};
 use crate::table::*;
 
+/// `supctl node remove NODE`.
+pub(super) async fn remove(
+    client: &mut Client,
+    id: &str,
+    by: &Option<String>,
+    json: bool,
+) -> Result<String, CtlError> {
+    let req = v1::RemoveNodeRequest {
+        node_id: id.to_owned(),
+        by: super::operator(by),
+        request_id: crate::client::request_id(),
+    };
+    let r = client.remove_node(req).await?;
+    if json {
+        super::cordon::cordon_json(&r).map_err(json_error)
+    } else if r.changed {
+        Ok(format!("node {id} removed\n"))
+    } else {
+        Ok(format!("{}\n", one_line(&r.message)))
+    }
+}
+
 pub(super) async fn run(client: &mut Client, id: &str, json: bool) -> Result<String, CtlError> {
     let n = client.node(id).await?;
     if json {
@@ -53,6 +75,21 @@ pub fn node_text(n: &v1::Node, now_ms: i64) -> String {
             fields.push(("Cordon reason", or_none(&c.reason)));
         }
         None => fields.push(("Cordoned", "no".to_owned())),
+    }
+    if let Some(d) = &n.drain {
+        fields.push((
+            "Draining",
+            format!(
+                "by {} at {}; the job moves off at its next checkpoint{}, at the latest {}",
+                or_none(&d.by),
+                when(d.at_unix_ms),
+                d.after_step
+                    .map(|s| format!(" after step {s}"))
+                    .unwrap_or_default(),
+                timestamp(d.deadline_unix_ms)
+            ),
+        ));
+        fields.push(("Drain reason", or_none(&d.reason)));
     }
     let mut out = fields_text(&fields);
     out.push('\n');

@@ -64,6 +64,73 @@ impl<S: Store> Actor<S> {
         node_reply(reply, node_id, applied)
     }
 
+    pub(super) fn drain(
+        &mut self,
+        now: Millis,
+        node_id: String,
+        who: By,
+        deadline_ms: u64,
+        reply: NodeReply,
+    ) -> Deferred {
+        let command = Command {
+            id: &who.request_id,
+            kind: "drain",
+            target: &node_id,
+        };
+        let deadline = Millis::try_from(deadline_ms).unwrap_or(Millis::MAX);
+        let applied = self.requests.once(
+            now,
+            command,
+            &mut self.engine,
+            &mut self.pending_changes,
+            |engine| {
+                let outcome = engine.drain(now, &node_id, &who.reason, &who.by, deadline)?;
+                if outcome.changed {
+                    tracing::warn!(node = %node_id, by = %who.by, reason = %who.reason, "node draining");
+                }
+                Ok((outcome.changed, outcome.message))
+            },
+        );
+        node_reply(reply, node_id, applied)
+    }
+
+    /// Removes a node; its Xid series go with it.
+    pub(super) fn remove_node(
+        &mut self,
+        now: Millis,
+        node_id: String,
+        who: By,
+        reply: oneshot::Sender<Result<(bool, String), ActorError>>,
+    ) -> Deferred {
+        let command = Command {
+            id: &who.request_id,
+            kind: "remove_node",
+            target: &node_id,
+        };
+        let applied = self.requests.once(
+            now,
+            command,
+            &mut self.engine,
+            &mut self.pending_changes,
+            |engine| {
+                let outcome = engine.remove_node(now, &node_id, &who.by)?;
+                Ok((outcome.changed, outcome.message))
+            },
+        );
+        if applied.as_ref().is_ok_and(|(changed, _)| *changed) {
+            tracing::warn!(node = %node_id, by = %who.by, "node removed");
+            self.counters
+                .xids
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove_node(&node_id);
+            // Its agent, if connected, is told nothing more; a later
+            // registration is a fresh join.
+            self.sessions.remove(&node_id);
+        }
+        defer(reply, applied)
+    }
+
     /// The spec is parsed here, at the edge, into the engine's type; a spec
     /// that does not parse has no job name, so its request id is kept
     /// under an empty target.

@@ -199,6 +199,8 @@ impl<S: Store> Actor<S> {
             Request::Snapshot { .. } | Request::Ping { .. } | Request::GetJob { .. } => {}
             Request::Cordon { .. }
             | Request::Uncordon { .. }
+            | Request::Drain { .. }
+            | Request::RemoveNode { .. }
             | Request::SubmitJob { .. }
             | Request::StopJob { .. }
             | Request::Drill { .. }
@@ -241,6 +243,17 @@ impl<S: Store> Actor<S> {
                 who,
                 reply,
             } => deferred.push(self.uncordon(now, node_id, who, reply)),
+            Request::Drain {
+                node_id,
+                who,
+                deadline_ms,
+                reply,
+            } => deferred.push(self.drain(now, node_id, who, deadline_ms, reply)),
+            Request::RemoveNode {
+                node_id,
+                who,
+                reply,
+            } => deferred.push(self.remove_node(now, node_id, who, reply)),
             Request::SubmitJob {
                 spec_toml,
                 by,

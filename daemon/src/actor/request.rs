@@ -56,6 +56,17 @@ pub(super) enum Request {
         who: By,
         reply: oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>,
     },
+    Drain {
+        node_id: String,
+        who: By,
+        deadline_ms: u64,
+        reply: oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>,
+    },
+    RemoveNode {
+        node_id: String,
+        who: By,
+        reply: oneshot::Sender<Result<(bool, String), ActorError>>,
+    },
     /// A snapshot newer than the one published (see `snapshot.rs`).
     Snapshot {
         reply: oneshot::Sender<Arc<Snapshot>>,
@@ -196,6 +207,47 @@ impl SupervisorHandle {
             who: By {
                 by,
                 reason,
+                request_id,
+            },
+            reply,
+        })
+        .await?
+    }
+
+    /// Drains a node: its job moves off at its next checkpoint, or after
+    /// `deadline_ms`, then the node is cordoned.
+    pub async fn drain(
+        &self,
+        node_id: String,
+        reason: String,
+        deadline_ms: u64,
+        by: String,
+        request_id: String,
+    ) -> Result<(CordonOutcome, v1::Node), ActorError> {
+        self.ask(|reply| Request::Drain {
+            node_id,
+            who: By {
+                by,
+                reason,
+                request_id,
+            },
+            deadline_ms,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn remove_node(
+        &self,
+        node_id: String,
+        by: String,
+        request_id: String,
+    ) -> Result<(bool, String), ActorError> {
+        self.ask(|reply| Request::RemoveNode {
+            node_id,
+            who: By {
+                by,
+                reason: String::new(),
                 request_id,
             },
             reply,

@@ -105,7 +105,7 @@
     let spares = 0;
     for (const { data } of nodes.values()) { by[data.state] = (by[data.state] || 0) + 1; if (data.spare) spares++; }
     const parts = [nodes.size + " nodes"];
-    for (const s of ["ready", "suspect", "unreachable", "cordoned", "joining"]) if (by[s]) parts.push(by[s] + " " + s);
+    for (const s of ["ready", "suspect", "unreachable", "cordoned", "draining", "joining"]) if (by[s]) parts.push(by[s] + " " + s);
     parts.push(spares + " spare");
     $("node-counts").textContent = parts.join(" · ");
     attention(by);
@@ -126,6 +126,7 @@
     if (cordoned.length) add("bad", cordoned.length + " cordoned", cordoned.map((x) => x.data.id + ": " + x.data.cordon).join("\n"));
     if (by.suspect) add("warn", by.suspect + " suspect");
     if (by.unreachable) add("warn", by.unreachable + " unreachable");
+    if (by.draining) add("warn", by.draining + " draining");
     for (const j of jobs) if (j.state !== "running" && j.state !== "stopped" && j.state !== "completed") add(j.state === "failed" ? "bad" : "warn", "job " + j.name + " " + j.state, j.reason || "");
     if (summary) {
       const cls = summary.spares < summary.spares_target ? "warn" : "good";

@@ -123,6 +123,12 @@ impl XidCounts {
         }
     }
 
+    /// Forgets a removed node's series.
+    pub fn remove_node(&mut self, node: &str) {
+        self.counts.retain(|(n, _, _, _), _| n != node);
+        self.codes_per_gpu.retain(|(n, _), _| n != node);
+    }
+
     /// (node, GPU index, UUID, Xid) and count, for the exposition.
     pub fn iter(&self) -> impl Iterator<Item = (&(String, u32, String, u32), &u64)> {
         self.counts.iter()

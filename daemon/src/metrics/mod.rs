@@ -62,7 +62,14 @@ pub fn render_state(status: &v1::ClusterStatus) -> Result<String, std::fmt::Erro
     let mut registry = Registry::with_prefix("sup");
 
     let nodes = Family::<Labels, Gauge>::default();
-    for state in ["joining", "ready", "suspect", "unreachable", "cordoned"] {
+    for state in [
+        "joining",
+        "ready",
+        "suspect",
+        "unreachable",
+        "cordoned",
+        "draining",
+    ] {
         nodes.get_or_create(&labels(&[("state", state)])).set(0);
     }
     let connected = Gauge::<i64>::default();
