@@ -693,9 +693,11 @@ impl Reconciler {
         }
 
         // Scan first: supd, deciding what to do about this exit, should
-        // already know a checkpoint written just before it.
+        // already know a checkpoint written just before it. Not for a
+        // stop: supd decided that one already, and every node scanning at
+        // once is what one scanner per job avoids.
         let target = Target::of(self.current.as_ref().and_then(|c| c.job.as_ref()));
-        if let Some(target) = target {
+        if let (Some(target), false) = (target, rank.stopping) {
             self.catalogs.refresh_async(target).await;
         }
 

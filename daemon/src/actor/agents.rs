@@ -105,9 +105,21 @@ impl<S: Store> Actor<S> {
             AgentReport::RankExited(exit) => {
                 self.engine.on_rank_exited(now, node_id, session, exit)
             }
-            AgentReport::Checkpoints(catalog) => self
-                .engine
-                .on_checkpoint_catalog(now, node_id, session, catalog),
+            AgentReport::Checkpoints(catalog) => {
+                let outcome = self
+                    .engine
+                    .on_checkpoint_catalog(now, node_id, session, catalog);
+                if outcome.is_applied() {
+                    *self
+                        .counters
+                        .catalogs
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .entry(node_id.to_owned())
+                        .or_default() += 1;
+                }
+                outcome
+            }
             AgentReport::Progress(progress) => {
                 self.engine.on_progress(now, node_id, session, progress)
             }

@@ -124,6 +124,11 @@ impl<S: Store> Actor<S> {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .remove_node(&node_id);
+            self.counters
+                .catalogs
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&node_id);
             // Its agent, if connected, is told nothing more; a later
             // registration is a fresh join.
             self.sessions.remove(&node_id);

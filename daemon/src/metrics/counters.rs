@@ -34,6 +34,9 @@ pub struct Counters {
     /// (microseconds): what reads cost the ingest path.
     pub snapshots_built: AtomicU64,
     pub snapshot_build_us: AtomicU64,
+    /// Checkpoint catalogs applied, by node (one scanner per job: the node
+    /// of rank 0). Registered nodes only; forgotten with the node.
+    pub catalogs: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// A histogram of recovery latencies in seconds (shared with each scrape's

@@ -338,6 +338,23 @@ pub fn render_counters(
         }
     }
     registry.register("events", "Events recorded, by kind", events);
+    let catalogs = Family::<Labels, Counter>::default();
+    {
+        let by_node = counters
+            .catalogs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (node, n) in by_node.iter() {
+            catalogs
+                .get_or_create(&labels(&[("node", node)]))
+                .inc_by(*n);
+        }
+    }
+    registry.register(
+        "checkpoint_catalogs",
+        "Checkpoint catalogs received and applied, by node: the node of rank 0 scans each job's checkpoint directory",
+        catalogs,
+    );
 
     let hostnames: std::collections::BTreeMap<&str, &str> = status
         .nodes

@@ -228,3 +228,78 @@ fn a_drain_moves_the_job_at_its_next_checkpoint_and_removed_nodes_leave() -> Res
     assert_eq!(removed.len(), 2, "{removed:?}");
     Ok(())
 }
+
+/// `sup_checkpoint_catalogs_total` by node: which agents report catalogs.
+fn catalogs_by_node(http_port: u16) -> Result<Vec<(String, f64)>> {
+    let (code, text) = http_get(http_port, "/metrics")?;
+    if code != 200 {
+        bail!("/metrics answered {code}");
+    }
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("sup_checkpoint_catalogs_total{node=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .filter_map(|(node, v)| Some((node.to_owned(), v.trim().parse().ok()?)))
+        .collect())
+}
+
+#[test]
+fn one_agent_scans_a_jobs_checkpoints_and_the_scanner_moves_with_rank_0() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let mut supd = Supd::new(work.path(), &supd_config(free_port()?))?;
+    supd.start()?;
+    let url = supd.url();
+    let _agents = start_sim_agents(work.path(), 4, |_| url.clone(), &[])?;
+    wait_ready_nodes(&url, 4)?;
+    let ckpt = work.path().join("ckpt");
+    std::fs::create_dir_all(&ckpt)?;
+    let file = work.path().join("job.toml");
+    std::fs::write(&file, job_spec(&ckpt).replace("nodes = 2", "nodes = 3"))?;
+    let out = supctl(&url, &["job", "submit", &file.display().to_string()])?;
+    if !out.status.success() {
+        bail!("submit: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // A few checkpoints: each one a new catalog, from the scanner only.
+    let job = wait_for("three checkpoints", JOB_TIMEOUT, || {
+        let job = job_status(&url, "llm")?;
+        Ok((job["state"] == "running" && job["checkpoint"]["step"].as_u64() >= Some(30))
+            .then_some(job))
+    })?;
+    let nodes = nodes_of(&job);
+    assert_eq!(nodes.len(), 3, "{job}");
+    let reporting = catalogs_by_node(supd.http_port)?;
+    assert_eq!(
+        reporting.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        vec![nodes[0].as_str()],
+        "only the node of rank 0 reports catalogs: {reporting:?}"
+    );
+
+    // Cordon rank 0's node: the restart moves rank 0, and the scanner
+    // with it.
+    let generation = job["generation"].as_u64().unwrap_or(0);
+    let out = supctl(&url, &["cordon", &nodes[0], "--reason", "move rank 0"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = job["checkpoint"]["step"].as_u64().unwrap_or(0);
+    let job = wait_for("a checkpoint of the next generation", JOB_TIMEOUT, || {
+        let job = job_status(&url, "llm")?;
+        Ok((job["state"] == "running"
+            && job["generation"].as_u64() > Some(generation)
+            && job["checkpoint"]["step"].as_u64() > Some(before))
+        .then_some(job))
+    })?;
+    let new_rank0 = nodes_of(&job)
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("no nodes in {job}"))?;
+    assert_ne!(new_rank0, nodes[0]);
+    let reporting = catalogs_by_node(supd.http_port)?;
+    let names: Vec<&str> = reporting.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&new_rank0.as_str()), "{reporting:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| *n == nodes[0] || *n == new_rank0),
+        "only the old and the new rank 0 ever reported: {reporting:?}"
+    );
+    Ok(())
+}

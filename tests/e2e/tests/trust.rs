@@ -18,7 +18,10 @@ use sup_proto::v1::agent_message::Body;
 use sup_proto::v1::supervisor_message::Body as SupervisorBody;
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
-const EVIL: &str = "node-evil";
+// Sorts after node-good: the honest node holds rank 0 and so scans the
+// checkpoint directory (one scanner per job); the compromised one lists
+// its catalog unasked, as a compromised agent would.
+const EVIL: &str = "node-x-evil";
 
 /// The compromised node: registers with one GPU, says every assignment is
 /// launched, lists the hostile catalog for its job, and keeps reporting
