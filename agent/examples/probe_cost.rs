@@ -171,8 +171,8 @@ fn probe_mode(args: &Args) -> Result<(), String> {
     );
 
     let mut state = HealthState::new(Rules::defaults(), inventory);
-    state.observe_sample(health.clone());
     let now = sup_proto::time::to_unix_ms(SystemTime::now());
+    state.observe_sample(health.clone(), now);
     println!("health signals of GPU 0: {:?}", health.gpus.first());
     println!("verdicts (visible GPUs: {:?}):", health.visible_gpus);
     for v in state.verdicts(now) {

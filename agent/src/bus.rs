@@ -13,7 +13,7 @@
 //! `watch` (only the latest matters), drills and log requests as queues.
 
 use sup_proto::v1::agent_message::Body as AgentBody;
-use sup_proto::v1::{DesiredAssignment, Drill, LogRequest};
+use sup_proto::v1::{DesiredAssignment, Drill, LogRequest, Validate};
 use tokio::sync::{mpsc, watch};
 
 /// Messages waiting for a stream to supd.
@@ -48,6 +48,7 @@ pub struct Bus {
     pub assignment: watch::Receiver<Option<DesiredAssignment>>,
     pub drills: mpsc::Receiver<Drill>,
     pub log_requests: mpsc::Receiver<LogRequest>,
+    pub validations: mpsc::Receiver<Validate>,
 }
 
 /// The link's side of the bus.
@@ -56,6 +57,7 @@ pub struct LinkPorts {
     pub assignment: watch::Sender<Option<DesiredAssignment>>,
     pub drills: mpsc::Sender<Drill>,
     pub log_requests: mpsc::Sender<LogRequest>,
+    pub validations: mpsc::Sender<Validate>,
 }
 
 #[cfg(test)]
@@ -80,18 +82,21 @@ pub fn bus() -> (Bus, LinkPorts) {
     let (assign_tx, assign_rx) = watch::channel(None);
     let (drill_tx, drill_rx) = mpsc::channel(INBOX_CAPACITY);
     let (log_tx, log_rx) = mpsc::channel(INBOX_CAPACITY);
+    let (validate_tx, validate_rx) = mpsc::channel(INBOX_CAPACITY);
     (
         Bus {
             outbox: Outbox { tx: out_tx },
             assignment: assign_rx,
             drills: drill_rx,
             log_requests: log_rx,
+            validations: validate_rx,
         },
         LinkPorts {
             outbox: out_rx,
             assignment: assign_tx,
             drills: drill_tx,
             log_requests: log_tx,
+            validations: validate_tx,
         },
     )
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer};
 use sup_proto::transport::ClientTlsFiles;
 
 use crate::error_text::error_chain;
+use crate::health::state::DEFAULT_RESET_SETTLE;
 use crate::health::Rules;
 use crate::probe::kernel_log::KernelLogSpec;
 use crate::probe::GpuBackend;
@@ -23,6 +24,11 @@ pub const DEFAULT_TELEMETRY_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_RECONNECT_MIN_BACKOFF: Duration = Duration::from_millis(200);
 pub const DEFAULT_RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sup-agent";
+/// Permissive built in, so that an agent upgraded under an existing config
+/// (or started by hand for a trial) keeps running the jobs it ran; the
+/// shipped deploy/sup-agent.toml turns it off, and a root agent that allows
+/// it says so at startup.
+pub const DEFAULT_ALLOW_ROOT_RANKS: bool = true;
 
 /// Command-line flags. Every field is optional so that "not given" can be
 /// told apart from "given the default", which the file merge needs.
@@ -74,6 +80,16 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Rank log directories (generations) kept per job, the running one
+    /// included; older ones are deleted when a generation starts [default: 5]
+    #[arg(long, value_name = "N")]
+    pub log_generations: Option<u32>,
+
+    /// A running rank's log longer than this is moved to `rank-<R>.log.1`
+    /// and started afresh; 0: no cap [default: 268435456 (256 MiB)]
+    #[arg(long, value_name = "BYTES")]
+    pub rank_log_max_bytes: Option<u64>,
+
     /// Accept fault drills from supd (game days); without it they are refused
     #[arg(long)]
     pub allow_drills: bool,
@@ -82,6 +98,18 @@ pub struct Cli {
     /// re-adopt (with systemd's KillMode=process) instead of stopping them
     #[arg(long)]
     pub leave_ranks_on_exit: bool,
+
+    /// Start the ranks of jobs that set no `user` (or set root) as root;
+    /// `--allow-root-ranks=false` refuses them with a launch error
+    /// [default: true, deploy/sup-agent.toml sets false]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub allow_root_ranks: Option<bool>,
 
     /// Also read Xids from the kernel log: `kmsg`, `file:PATH` or
     /// `cmd:COMMAND ARGS...` [default: off]
@@ -96,6 +124,21 @@ pub struct Cli {
     /// (and so cordons the node) [default: whatever is found]
     #[arg(long, value_name = "N")]
     pub expected_gpus: Option<u32>,
+
+    /// How long a GPU whose failure latched (Xid 79, 48, ...) must answer
+    /// again with recovery action NONE, with no new such Xid, before it is
+    /// reported ok again after a reset [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub reset_settle: Option<Duration>,
+
+    /// Shell command run (with /bin/sh -c) before an uncordon returns this
+    /// node to service, e.g. "dcgmi diag -r 2"; exit 0 passes [default: none]
+    #[arg(long, value_name = "COMMAND")]
+    pub validation_command: Option<String>,
+
+    /// How long the validation command may run [default: 15m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub validation_timeout: Option<Duration>,
 
     /// Cluster CA certificate (PEM); with --tls-cert and --tls-key, for an
     /// https:// supervisor
@@ -138,12 +181,20 @@ pub struct FileConfig {
     pub reconnect_max_backoff: Option<Duration>,
     pub log_format: Option<LogFormat>,
     pub state_dir: Option<PathBuf>,
+    pub log_generations: Option<u32>,
+    pub rank_log_max_bytes: Option<u64>,
     pub allow_drills: Option<bool>,
     pub leave_ranks_on_exit: Option<bool>,
+    pub allow_root_ranks: Option<bool>,
     #[serde(default, deserialize_with = "de_from_str")]
     pub kernel_log: Option<KernelLogSpec>,
     pub xid_rules: Option<PathBuf>,
     pub expected_gpus: Option<u32>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub reset_settle: Option<Duration>,
+    pub validation_command: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub validation_timeout: Option<Duration>,
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -171,16 +222,26 @@ pub struct Config {
     /// Created when the first rank starts, not at startup: a node that
     /// never runs a job needs no writable state.
     pub state_dir: PathBuf,
+    /// How much rank output is kept under `state_dir`.
+    pub log_retention: crate::launcher::logs::Retention,
     /// Whether drills from supd are acted on.
     pub allow_drills: bool,
     /// Whether ranks outlive the agent (re-adopted by the next one).
     pub leave_ranks_on_exit: bool,
+    /// Whether a job's ranks may run as root (the job names no `user`, or
+    /// names root, on an agent running as root).
+    pub allow_root_ranks: bool,
     /// Second Xid source besides NVML; `None`: off.
     pub kernel_log: Option<KernelLogSpec>,
     /// GPU health rules file; `None`: the built-in table.
     pub xid_rules: Option<PathBuf>,
     /// GPUs this node must have; `None`: whatever is found.
     pub expected_gpus: Option<u32>,
+    /// How long a reset GPU must look healthy before its latched failure
+    /// clears.
+    pub reset_settle: Duration,
+    /// Run before an uncordon returns the node to service; `None`: none.
+    pub validation: Option<crate::validation::Validation>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -310,6 +371,22 @@ impl Config {
             ));
         }
 
+        let validation = validation_setting(
+            cli.validation_command.or(file.validation_command),
+            cli.validation_timeout.or(file.validation_timeout),
+        )?;
+        let reset_settle = cli
+            .reset_settle
+            .or(file.reset_settle)
+            .unwrap_or(DEFAULT_RESET_SETTLE);
+        // Zero would clear a failure on the first healthy-looking sample,
+        // before the driver has had a chance to report a relapse.
+        if reset_settle.is_zero() {
+            return Err(ConfigError::Invalid(
+                "reset_settle must be greater than zero".into(),
+            ));
+        }
+
         let state_dir = cli
             .state_dir
             .or(file.state_dir)
@@ -317,6 +394,10 @@ impl Config {
         if state_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("state_dir must not be empty".into()));
         }
+        let log_retention = log_retention(
+            cli.log_generations.or(file.log_generations),
+            cli.rank_log_max_bytes.or(file.rank_log_max_bytes),
+        )?;
 
         Ok(Config {
             supervisor,
@@ -334,15 +415,69 @@ impl Config {
             reconnect_max_backoff,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             state_dir,
+            log_retention,
             allow_drills: cli.allow_drills || file.allow_drills.unwrap_or(false),
             leave_ranks_on_exit: cli.leave_ranks_on_exit
                 || file.leave_ranks_on_exit.unwrap_or(false),
+            allow_root_ranks: cli
+                .allow_root_ranks
+                .or(file.allow_root_ranks)
+                .unwrap_or(DEFAULT_ALLOW_ROOT_RANKS),
             kernel_log: cli.kernel_log.or(file.kernel_log),
             xid_rules: cli.xid_rules.or(file.xid_rules),
             expected_gpus,
+            reset_settle,
+            validation,
         })
     }
 }
+
+/// The rank log limits, checked.
+fn log_retention(
+    generations: Option<u32>,
+    rank_log_max_bytes: Option<u64>,
+) -> Result<crate::launcher::logs::Retention, ConfigError> {
+    use crate::launcher::logs::{Retention, DEFAULT_LOG_GENERATIONS, DEFAULT_RANK_LOG_MAX_BYTES};
+    let generations = generations.unwrap_or(DEFAULT_LOG_GENERATIONS);
+    // 0 would delete the logs of the generation being started.
+    if generations == 0 {
+        return Err(ConfigError::Invalid(
+            "log_generations must be at least 1 (the running generation's logs are always kept)"
+                .into(),
+        ));
+    }
+    Ok(Retention {
+        generations,
+        rank_log_max_bytes: rank_log_max_bytes.unwrap_or(DEFAULT_RANK_LOG_MAX_BYTES),
+        ..Retention::default()
+    })
+}
+
+/// The validation command and its timeout, checked.
+fn validation_setting(
+    command: Option<String>,
+    timeout: Option<Duration>,
+) -> Result<Option<crate::validation::Validation>, ConfigError> {
+    let timeout = timeout.unwrap_or(DEFAULT_VALIDATION_TIMEOUT);
+    if timeout.is_zero() {
+        return Err(ConfigError::Invalid(
+            "validation_timeout must be greater than zero".into(),
+        ));
+    }
+    match command.map(|c| c.trim().to_owned()) {
+        None => Ok(None),
+        Some(c) if c.is_empty() => Err(ConfigError::Invalid(
+            "validation_command is empty; leave it out for no validation".into(),
+        )),
+        Some(c) => Ok(Some(crate::validation::Validation {
+            command: c.into(),
+            timeout,
+        })),
+    }
+}
+
+/// dcgmi diag -r 2 takes a few minutes on 8 GPUs; -r 3 up to half an hour.
+const DEFAULT_VALIDATION_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 impl FileConfig {
     pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -497,9 +632,16 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.nvml_lib, None);
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/sup-agent"));
+        assert_eq!(config.log_retention.generations, 5);
+        assert_eq!(config.log_retention.rank_log_max_bytes, 256 * 1024 * 1024);
         assert!(!config.allow_drills, "drills are off unless asked for");
+        assert!(
+            config.allow_root_ranks,
+            "built in: permissive, with a warning"
+        );
         assert_eq!(config.kernel_log, None);
         assert_eq!(config.xid_rules, None);
+        assert_eq!(config.reset_settle, Duration::from_secs(30));
     }
 
     #[test]
@@ -534,6 +676,27 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_reads_kmsg_and_bounds_rank_logs() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sup-agent.toml");
+        let text = std::fs::read_to_string(&shipped).expect("deploy/sup-agent.toml");
+        let file = FileConfig::parse(&text).expect("valid");
+        assert_eq!(
+            file.kernel_log,
+            Some(KernelLogSpec::Kmsg(PathBuf::from("/dev/kmsg")))
+        );
+        assert_eq!(file.log_generations, Some(5));
+        assert_eq!(file.rank_log_max_bytes, Some(256 << 20));
+        // Built in (no file), the kernel log stays off.
+        let config = Config::merge(
+            cli(&["--supervisor", "http://supd:7070"]),
+            FileConfig::default(),
+            host(),
+        )
+        .expect("valid");
+        assert_eq!(config.kernel_log, None);
+    }
+
+    #[test]
     fn every_documented_file_key_parses() {
         let file = FileConfig::parse(
             r#"
@@ -547,9 +710,13 @@ mod tests {
             reconnect_max_backoff = "30s"
             log_format = "json"
             state_dir = "/srv/sup-agent"
+            log_generations = 3
+            rank_log_max_bytes = 1048576
             allow_drills = true
+            allow_root_ranks = false
             kernel_log = "cmd:journalctl -k -f -n 0 -o cat"
             xid_rules = "/etc/sup/xid-rules.toml"
+            reset_settle = "2m"
             "#,
         )
         .expect("valid file");
@@ -570,8 +737,14 @@ mod tests {
                 reconnect_max_backoff: Duration::from_secs(30),
                 log_format: LogFormat::Json,
                 state_dir: PathBuf::from("/srv/sup-agent"),
+                log_retention: crate::launcher::logs::Retention {
+                    generations: 3,
+                    rank_log_max_bytes: 1 << 20,
+                    check_interval: crate::launcher::logs::SIZE_CHECK_INTERVAL,
+                },
                 allow_drills: true,
                 leave_ranks_on_exit: false,
+                allow_root_ranks: false,
                 kernel_log: Some(KernelLogSpec::Command(
                     ["journalctl", "-k", "-f", "-n", "0", "-o", "cat"]
                         .map(String::from)
@@ -579,7 +752,112 @@ mod tests {
                 )),
                 xid_rules: Some(PathBuf::from("/etc/sup/xid-rules.toml")),
                 expected_gpus: None,
+                reset_settle: Duration::from_secs(120),
+                validation: None,
             }
+        );
+    }
+
+    #[test]
+    fn log_limits_come_from_flag_or_file_and_keep_at_least_one_generation() {
+        let merged = |args: &[&str], file: &str| {
+            let mut all = vec!["--supervisor", "http://supd:7070"];
+            all.extend_from_slice(args);
+            Config::merge(cli(&all), FileConfig::parse(file).expect("file"), host())
+        };
+        let r = merged(&[], "log_generations = 2\nrank_log_max_bytes = 0\n")
+            .expect("valid")
+            .log_retention;
+        assert_eq!((r.generations, r.rank_log_max_bytes), (2, 0));
+        let r = merged(
+            &["--log-generations", "9", "--rank-log-max-bytes", "4096"],
+            "log_generations = 2\nrank_log_max_bytes = 0\n",
+        )
+        .expect("valid")
+        .log_retention;
+        assert_eq!((r.generations, r.rank_log_max_bytes), (9, 4096));
+        let err = merged(&[], "log_generations = 0\n").expect_err("zero");
+        assert!(
+            err.to_string()
+                .contains("log_generations must be at least 1"),
+            "{err}"
+        );
+        let err = merged(&["--log-generations", "0"], "").expect_err("zero");
+        assert!(
+            err.to_string()
+                .contains("log_generations must be at least 1"),
+            "{err}"
+        );
+        let err = FileConfig::parse("rank_log_max_bytes = \"256MiB\"\n").expect_err("a number");
+        assert!(err.contains("rank_log_max_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_validation_command_and_its_timeout_are_checked() {
+        let merged = |args: &[&str], file: &str| {
+            let mut all = vec!["--supervisor", "http://supd:7070"];
+            all.extend_from_slice(args);
+            Config::merge(cli(&all), FileConfig::parse(file).expect("file"), host())
+        };
+        assert_eq!(merged(&[], "").expect("valid").validation, None);
+        let v = merged(&[], "validation_command = \"dcgmi diag -r 2\"")
+            .expect("valid")
+            .validation
+            .expect("set");
+        assert_eq!(
+            (v.command.as_ref(), v.timeout),
+            ("dcgmi diag -r 2", DEFAULT_VALIDATION_TIMEOUT)
+        );
+        let v = merged(
+            &[
+                "--validation-command",
+                "nccl-test",
+                "--validation-timeout",
+                "2m",
+            ],
+            "",
+        )
+        .expect("valid")
+        .validation
+        .expect("set");
+        assert_eq!(v.timeout, Duration::from_secs(120));
+        let err = merged(&[], "validation_command = \"  \"").expect_err("empty");
+        assert!(
+            err.to_string().contains("validation_command is empty"),
+            "{err}"
+        );
+        let err = merged(&["--validation-timeout", "0s"], "").expect_err("zero");
+        assert!(
+            err.to_string()
+                .contains("validation_timeout must be greater than zero"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn allow_root_ranks_comes_from_the_flag_then_the_file() {
+        let merged = |args: &[&str], file: &str| {
+            let mut all = vec!["--supervisor", "http://supd:7070"];
+            all.extend_from_slice(args);
+            Config::merge(cli(&all), FileConfig::parse(file).expect("file"), host())
+                .expect("valid")
+                .allow_root_ranks
+        };
+        assert!(merged(&[], ""));
+        assert!(!merged(&[], "allow_root_ranks = false"));
+        assert!(merged(&["--allow-root-ranks"], "allow_root_ranks = false"));
+        assert!(!merged(&["--allow-root-ranks=false"], ""));
+        assert!(merged(
+            &["--allow-root-ranks=true"],
+            "allow_root_ranks = false"
+        ));
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sup-agent.toml");
+        let text = std::fs::read_to_string(&shipped).expect("deploy/sup-agent.toml");
+        let file = FileConfig::parse(&text).expect("valid");
+        assert_eq!(
+            file.allow_root_ranks,
+            Some(false),
+            "the shipped config refuses root ranks"
         );
     }
 
@@ -673,6 +951,25 @@ mod tests {
                 .expect_err("must fail");
             assert!(err.to_string().contains("node id"), "{id:?}: {err}");
         }
+    }
+
+    #[test]
+    fn reset_settle_comes_from_flag_or_file_and_must_be_positive() {
+        let file = FileConfig::parse("reset_settle = \"45s\"\n").expect("valid");
+        let config = Config::merge(cli(&[]), file, host()).expect("valid");
+        assert_eq!(config.reset_settle, Duration::from_secs(45));
+        let file = FileConfig::parse("reset_settle = \"45s\"\n").expect("valid");
+        let config = Config::merge(cli(&["--reset-settle", "500ms"]), file, host()).expect("valid");
+        assert_eq!(config.reset_settle, Duration::from_millis(500));
+        let err = Config::merge(
+            cli(&["--reset-settle", "0s"]),
+            FileConfig::default(),
+            host(),
+        )
+        .expect_err("zero refused");
+        assert!(err.to_string().contains("reset_settle"), "{err}");
+        let err = FileConfig::parse("reset_settle = \"soon\"\n").expect_err("bad duration");
+        assert!(err.contains("reset_settle"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod progress;
 pub mod sampler;
 pub mod session;
 pub mod shutdown;
+pub mod validation;
 
 use std::future::Future;
 
@@ -72,6 +73,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
              use https:// with tls_ca/tls_cert/tls_key in production"
         );
     }
+    if config.allow_root_ranks && nix::unistd::geteuid().is_root() {
+        warn!(
+            "jobs that set no `user` run their ranks as root on this node: set `user` in job specs \
+             and allow_root_ranks = false (as deploy/sup-agent.toml does) to refuse them"
+        );
+    }
     let rules = health::Rules::load(config.xid_rules.as_deref())?;
 
     let (backend, nvml_lib, node_id) = (
@@ -107,6 +114,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         instance_id,
         gpu_backend: config.gpu_backend.wire_name().to_owned(),
         gpus,
+        validates: config.validation.is_some(),
     };
     let (bus, ports) = bus::bus();
     let mut link =
@@ -119,7 +127,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         assignment,
         drills,
         log_requests,
+        validations,
     } = bus;
+    // Validation before an uncordon returns the node to service.
+    tokio::spawn(validation::run(
+        config.validation.clone(),
+        validations,
+        outbox.clone(),
+    ));
     // GPU health monitor: Xids, verdicts, drills. [health wiring]
     if let Some(spec) = config.kernel_log.clone() {
         if let Err(err) = probe::kernel_log::spawn(spec, &inventory, xid_sink.clone()) {
@@ -129,11 +144,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     drop(xid_sink);
     info!(
         allow_drills = config.allow_drills,
+        reset_settle = %humantime::format_duration(config.reset_settle),
         xid_rules = %config.xid_rules.as_deref().map_or_else(|| "built-in".to_owned(), |p| p.display().to_string()),
         "GPU health monitor starting"
     );
     tokio::spawn(health::monitor::run(
-        health::HealthState::new(rules, inventory),
+        health::HealthState::new(rules, inventory).with_reset_settle(config.reset_settle),
         config.allow_drills,
         outbox.clone(),
         health::Inputs {
@@ -149,6 +165,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             state_dir: config.state_dir.clone(),
             node_id: config.node_id.clone(),
             leave_ranks_on_exit: config.leave_ranks_on_exit,
+            allow_root_ranks: config.allow_root_ranks,
+            logs: config.log_retention,
         },
         outbox,
         assignment,

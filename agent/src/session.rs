@@ -270,6 +270,11 @@ impl Link {
                     warn!("log request dropped: the rank launcher is not answering");
                 }
             }
+            Some(SupervisorBody::Validate(request)) => {
+                if self.ports.validations.try_send(request).is_err() {
+                    warn!("validation request dropped: too many waiting");
+                }
+            }
             Some(SupervisorBody::Ack(_)) => {}
             Some(SupervisorBody::Registered(_)) => {
                 warn!("supervisor sent Registered again mid-session; ignoring it");
@@ -304,6 +309,7 @@ async fn register(
                 Some(SupervisorBody::Registered(_)) => "Registered",
                 Some(SupervisorBody::Drill(_)) => "Drill",
                 Some(SupervisorBody::LogRequest(_)) => "LogRequest",
+                Some(SupervisorBody::Validate(_)) => "Validate",
                 None => "a message of an unknown kind",
             }
         ))),

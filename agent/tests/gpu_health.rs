@@ -619,3 +619,94 @@ async fn nvlink_down_and_hardware_throttling_degrade() {
         "clocks throttled (hw_slowdown, hw_thermal_slowdown): check cooling and power"
     );
 }
+
+#[tokio::test]
+async fn a_gpu_failed_by_xid_79_is_ok_again_after_a_reset_without_an_agent_restart() {
+    let mut node = start_node(
+        state(json!([]), json!({})),
+        "nvml",
+        &["--reset-settle", "1s"],
+        Vec::new(),
+    )
+    .await;
+    node.report_where("all ok", all_ok).await;
+
+    // GPU 3 falls off the bus; GPU 5 takes a double-bit ECC error and the
+    // driver asks for a reset that never comes.
+    let xids =
+        json!({ "xids": [{ "id": 1, "gpu": 3, "xid": 79 }, { "id": 2, "gpu": 5, "xid": 48 }] });
+    node.set_state(&state(
+        json!([{}, {}, {}, { "lost": true }, {}, { "recovery_action": "gpu_reset" }]),
+        xids.clone(),
+    ));
+    // Lost in the evidence: the agent has seen the GPU down, not just its Xid.
+    let report = node
+        .report_where("GPU 3 failed and seen lost, GPU 5 failed", |r| {
+            gpu_is(r, 3, GpuHealth::Failed)
+                && r.verdicts[3]
+                    .evidence
+                    .iter()
+                    .any(|e| e.starts_with("NVML: "))
+                && gpu_is(r, 5, GpuHealth::Failed)
+        })
+        .await;
+    assert!(
+        report.verdicts[3].reason.starts_with("Xid 79"),
+        "{:?}",
+        report.verdicts[3]
+    );
+
+    // The reset: GPU 3 answers again and the driver asks for nothing. The
+    // Xid list stays as it was: each event is delivered once.
+    node.set_state(&state(
+        json!([{}, {}, {}, {}, {}, { "recovery_action": "gpu_reset" }]),
+        xids,
+    ));
+    let settling = node
+        .report_where("GPU 3 settling after its reset", |r| {
+            r.verdicts[3]
+                .evidence
+                .iter()
+                .any(|e| e.starts_with("GPU answering again with recovery action NONE"))
+        })
+        .await;
+    assert_eq!(
+        health(&settling.verdicts[3]),
+        GpuHealth::Failed,
+        "still failed while it settles: {:?}",
+        settling.verdicts[3]
+    );
+    let report = node
+        .report_where("GPU 3 ok again", |r| gpu_is(r, 3, GpuHealth::Ok))
+        .await;
+    let v = &report.verdicts[3];
+    assert_eq!(v.reason, "");
+    assert_eq!(v.evidence.len(), 1, "{v:?}");
+    assert!(
+        v.evidence[0].starts_with("GPU reset and recovered at ")
+            && v.evidence[0].contains("was lost (NVML: ")
+            && v.evidence[0].contains("no new Xid for 1s")
+            && v.evidence[0].contains("cleared Xid 79 from nvml at "),
+        "{v:?}"
+    );
+    assert_eq!(v.recovery_action, RecoveryAction::None as i32);
+    // No reset for GPU 5: its failure stands.
+    assert_eq!(health(&report.verdicts[5]), GpuHealth::Failed);
+    assert_eq!(
+        report.verdicts[5].recovery_action,
+        RecoveryAction::GpuReset as i32
+    );
+
+    // The same agent process did it all.
+    assert!(
+        node.agent.try_wait().expect("agent status").is_none(),
+        "the agent exited:\n{}",
+        node.log()
+    );
+    assert_eq!(node.log().matches("sup-agent starting").count(), 1);
+    node.wait_log(
+        "the recovery logged",
+        "GPU reset and recovered: its latched failure is cleared",
+    )
+    .await;
+}

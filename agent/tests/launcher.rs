@@ -77,6 +77,8 @@ impl Harness {
             state_dir: state_dir.unwrap_or_else(|| dir.path().join("state")),
             node_id: "node-b".into(),
             leave_ranks_on_exit: false,
+            allow_root_ranks: true,
+            logs: Default::default(),
         };
         let launcher =
             Launcher::start(settings, bus.outbox, bus.assignment, bus.log_requests).await;

@@ -43,6 +43,8 @@ async fn a_hung_generations_ranks_are_stack_dumped_before_they_are_stopped() {
         state_dir: dir.path().join("state"),
         node_id: "node-a".into(),
         leave_ranks_on_exit: false,
+        allow_root_ranks: true,
+        logs: Default::default(),
     };
     let mut launcher =
         Launcher::start(settings, bus.outbox, bus.assignment, bus.log_requests).await;

@@ -148,11 +148,15 @@ fn config(addr: SocketAddr, telemetry_interval: Duration) -> Config {
         log_format: LogFormat::Text,
         // No job is assigned in these tests, so nothing is written there.
         state_dir: std::env::temp_dir().join("sup-agent-session-tests"),
+        log_retention: Default::default(),
         allow_drills: false,
         leave_ranks_on_exit: false,
+        allow_root_ranks: true,
         kernel_log: None,
         xid_rules: None,
         expected_gpus: None,
+        reset_settle: Duration::from_secs(30),
+        validation: None,
     }
 }
 

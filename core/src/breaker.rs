@@ -169,6 +169,7 @@ impl Engine {
             Allowance::Allowed => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
                     node.record.cordon = Some(CordonRecord {
+                        validation: None,
                         reason: reason.clone(),
                         by: "sup".to_owned(),
                         at: now,

@@ -29,6 +29,12 @@ pub enum Action {
         node_id: String,
         drill: Drill,
     },
+    /// Ask a node's agent to run its validation command (an uncordon
+    /// waits for the answer).
+    SendValidation {
+        node_id: String,
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +82,9 @@ pub struct Engine {
     /// Every job generation comes from this one counter, so generations
     /// only grow, across jobs too: an agent can fence any older assignment.
     pub(crate) last_generation: u64,
+    /// Ids of validation requests (in memory: an answer after a supd
+    /// restart matches nothing and is ignored).
+    pub(crate) next_validation_id: u64,
     /// An input asked for a reconcile, to run at this time (the newest
     /// input's) before the next action is handed out.
     pub(crate) reconcile_requested: Option<Millis>,
@@ -133,6 +142,7 @@ impl Engine {
             next_job_check: None,
             last_generation,
             reconcile_requested: None,
+            next_validation_id: 0,
             breaker: Breaker::restored(persisted.breaker.unwrap_or_default()),
             app_xids: XidSightings::default(),
             hw_xids: XidSightings::default(),
@@ -218,6 +228,7 @@ impl Engine {
             }
         }
         self.finish_drains(now);
+        self.expire_validations(now);
         self.sync_assignments();
         self.check_spares(now);
         self.reconcile_requested = None;

@@ -87,6 +87,16 @@ pub struct JobSpec {
     /// `phase`), matched by the agents.
     #[serde(default)]
     pub progress_regex: Option<String>,
+    /// The account the ranks run as on every node (a name, or a numeric
+    /// uid), resolved by each agent. Absent: the agent's own user, which an
+    /// agent running as root refuses unless it allows root ranks.
+    /// Not stored when absent, so records stay as older supd wrote them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The ranks' group (name or numeric gid); default: the user's primary
+    /// group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 fn default_gpus_per_node() -> u32 {
@@ -280,8 +290,41 @@ impl JobSpec {
                 return Err(format!("env: '{key}' is not a valid variable name"));
             }
         }
+        for (field, value) in [("user", &self.user), ("group", &self.group)] {
+            if let Some(name) = value {
+                check_account_name(field, name)?;
+            }
+        }
+        if self.group.is_some() && self.user.is_none() {
+            return Err(
+                "group: needs user (a group alone would still run the ranks as the agent's user)"
+                    .to_owned(),
+            );
+        }
         Ok(())
     }
+}
+
+/// The longest user or group name accepted: useradd's and groupadd's limit.
+pub const MAX_ACCOUNT_NAME: usize = 32;
+
+/// A user or group name as POSIX's portable character set allows it (letters,
+/// digits, '.', '_', '-', not starting with '-'), or a numeric id. The
+/// agents resolve it on each node; this only keeps out what no node could.
+fn check_account_name(field: &str, name: &str) -> Result<(), String> {
+    let portable = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if name.is_empty() || name.len() > MAX_ACCOUNT_NAME || !portable || name.starts_with('-') {
+        return Err(format!(
+            "{field}: '{}' must be a name of 1-{MAX_ACCOUNT_NAME} letters, digits, '.', '_' and '-' (not starting with '-'), or a numeric id",
+            shown(name)
+        ));
+    }
+    if name.bytes().all(|b| b.is_ascii_digit()) && name.parse::<u32>().is_err() {
+        return Err(format!("{field}: {name} is not a valid numeric id"));
+    }
+    Ok(())
 }
 
 /// The most nodes one job may ask for: beyond any cluster this is built for
@@ -417,6 +460,52 @@ mod tests {
         );
         assert!(e.contains("… 65536 in all"), "{e}");
         assert!(e.len() < 300, "{} bytes: {e}", e.len());
+    }
+
+    #[test]
+    fn user_and_group_must_be_names_or_ids_and_group_needs_user() {
+        let with = |user: Option<&str>, group: Option<&str>| {
+            let mut s = spec(2, 1, 1, 1);
+            s.user = user.map(str::to_owned);
+            s.group = group.map(str::to_owned);
+            s.validate()
+        };
+        for ok in ["nobody", "svc-train_01", "a.b", "1000", "Alice"] {
+            with(Some(ok), None).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            with(Some("nobody"), Some(ok)).unwrap_or_else(|e| panic!("group {ok}: {e}"));
+        }
+        with(None, None).expect("no user: the agent decides");
+        for bad in [
+            "",
+            "-rf",
+            "a b",
+            "root:root",
+            "../x",
+            "n\u{0}",
+            "ünï",
+            "99999999999",
+            &"u".repeat(33),
+        ] {
+            let e = with(Some(bad), None).expect_err(bad);
+            assert!(e.starts_with("user: "), "{bad}: {e}");
+            let e = with(Some("nobody"), Some(bad)).expect_err(bad);
+            assert!(e.starts_with("group: "), "{bad}: {e}");
+        }
+        let e = with(None, Some("video")).expect_err("group alone");
+        assert!(e.starts_with("group: needs user"), "{e}");
+    }
+
+    #[test]
+    fn a_spec_without_user_serialises_as_before() {
+        // Stored job records must not change for jobs that set neither.
+        let plain = serde_json::to_value(spec(2, 1, 1, 1)).expect("json");
+        assert!(plain.get("user").is_none() && plain.get("group").is_none());
+        let mut s = spec(2, 1, 1, 1);
+        s.user = Some("nobody".into());
+        let back: JobSpec =
+            serde_json::from_value(serde_json::to_value(&s).expect("json")).expect("back");
+        assert_eq!(back.user.as_deref(), Some("nobody"));
+        assert_eq!(back.group, None);
     }
 
     #[test]

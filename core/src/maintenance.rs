@@ -1,5 +1,6 @@
-//! Planned maintenance: draining a node at its job's next checkpoint, and
-//! removing a node from the registry.
+//! Planned maintenance: draining a node at its job's next checkpoint,
+//! validating a repaired node before it returns to service, and removing a
+//! node from the registry.
 //!
 //! A cordon is immediate: the job restarts now, from its last checkpoint,
 //! and the restart counts against its budget. A drain is the planned
@@ -16,6 +17,23 @@ use crate::{
 
 /// The longest drain deadline accepted.
 pub const MAX_DRAIN_DEADLINE_MS: Millis = 7 * 24 * 3_600_000;
+
+/// A validation that has not answered in this long failed (the agent
+/// enforces its own, shorter, timeout on the command; this covers an agent
+/// that restarted or hung meanwhile).
+pub const VALIDATION_ANSWER_MS: Millis = 2 * 3_600_000;
+
+/// How much of a failed validation's output is kept as evidence.
+const VALIDATION_OUTPUT_BYTES: usize = 1024;
+
+/// An uncordon waiting for the node's agent to validate it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingValidation {
+    pub id: u64,
+    pub by: String,
+    pub note: String,
+    pub at: Millis,
+}
 
 /// Why a job must move off a draining node now, if it must.
 pub(crate) fn drain_due(
@@ -121,6 +139,164 @@ impl Engine {
         })
     }
 
+    /// Starts the validation an uncordon asks for, if the node is cordoned
+    /// and its agent has a validation command: `None` when there is
+    /// nothing to validate (the uncordon then applies at once).
+    pub(crate) fn start_validation(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        by: &str,
+        note: &str,
+    ) -> Result<Option<CordonOutcome>, EngineError> {
+        let node = self
+            .nodes
+            .get(node_id)
+            .ok_or_else(|| EngineError::UnknownNode(node_id.to_owned()))?;
+        if node.record.cordon.is_none() || !node.validates {
+            return Ok(None);
+        }
+        if let Some(p) = &node.validation {
+            return Ok(Some(CordonOutcome {
+                changed: false,
+                message: format!(
+                    "node '{node_id}' is already being validated (uncordon by {})",
+                    p.by
+                ),
+            }));
+        }
+        if !node.connected() || node.unreachable {
+            return Err(EngineError::FailedPrecondition(format!(
+                "node '{node_id}' validates before returning to service, but its agent is not connected; start it, or uncordon with --skip-validation"
+            )));
+        }
+        self.next_validation_id += 1;
+        let id = self.next_validation_id;
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.validation = Some(PendingValidation {
+                id,
+                by: by.to_owned(),
+                note: note.to_owned(),
+                at: now,
+            });
+            if let Some(c) = node.record.cordon.as_mut() {
+                c.validation = Some("running".to_owned());
+            }
+        }
+        self.actions.push_back(crate::Action::SendValidation {
+            node_id: node_id.to_owned(),
+            id,
+        });
+        self.record_event(
+            now,
+            EventKind::NodeValidating,
+            Some(node_id),
+            format!("uncordon by {by}: validating the node before it returns to service"),
+        );
+        self.persist_node(node_id);
+        self.schedule_job_check(now + VALIDATION_ANSWER_MS);
+        Ok(Some(CordonOutcome {
+            changed: true,
+            message: format!(
+                "node '{node_id}' is being validated; it returns to service if the validation passes (supctl node {node_id} shows the outcome)"
+            ),
+        }))
+    }
+
+    /// The agent's answer to a validation: the node returns to service if
+    /// it passed, else stays cordoned with the output as evidence.
+    pub fn on_validation_result(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        session: crate::SessionId,
+        id: u64,
+        passed: bool,
+        output: &str,
+    ) -> crate::ReportOutcome {
+        if !self.is_live_stream(node_id, session) {
+            return crate::ReportOutcome::StaleStream;
+        }
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return crate::ReportOutcome::StaleStream;
+        };
+        if node.validation.as_ref().is_none_or(|p| p.id != id) {
+            // An answer to a validation that was given up or replaced.
+            return crate::ReportOutcome::StaleGeneration;
+        }
+        let Some(pending) = node.validation.take() else {
+            return crate::ReportOutcome::StaleGeneration;
+        };
+        if passed {
+            let _ = self.return_to_service(
+                now,
+                node_id,
+                &pending.by,
+                &pending.note,
+                " after its validation passed",
+            );
+        } else {
+            self.fail_validation(now, node_id, output);
+        }
+        crate::ReportOutcome::Applied
+    }
+
+    /// Keeps the node cordoned with why its validation failed.
+    fn fail_validation(&mut self, now: Millis, node_id: &str, output: &str) {
+        let mut tail = output.trim().to_owned();
+        if tail.len() > VALIDATION_OUTPUT_BYTES {
+            let mut start = tail.len() - VALIDATION_OUTPUT_BYTES;
+            while !tail.is_char_boundary(start) {
+                start += 1;
+            }
+            tail = format!("…{}", &tail[start..]);
+        }
+        if tail.is_empty() {
+            tail = "(no output)".to_owned();
+        }
+        if let Some(c) = self
+            .nodes
+            .get_mut(node_id)
+            .and_then(|n| n.record.cordon.as_mut())
+        {
+            c.validation = Some(tail.clone());
+        }
+        self.record_event(
+            now,
+            EventKind::NodeValidationFailed,
+            Some(node_id),
+            format!("validation failed, the node stays cordoned: {tail}"),
+        );
+        self.persist_node(node_id);
+    }
+
+    /// Validations that went unanswered too long fail. Part of reconcile.
+    pub(crate) fn expire_validations(&mut self, now: Millis) {
+        let late: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| {
+                n.validation
+                    .as_ref()
+                    .is_some_and(|p| now - p.at >= VALIDATION_ANSWER_MS)
+            })
+            .map(|n| n.record.id.clone())
+            .collect();
+        for id in late {
+            if let Some(node) = self.nodes.get_mut(&id) {
+                node.validation = None;
+            }
+            self.fail_validation(
+                now,
+                &id,
+                &format!(
+                    "no answer from the agent within {}",
+                    crate::format_ms(VALIDATION_ANSWER_MS)
+                ),
+            );
+        }
+    }
+
     /// Cordons every draining node that no longer holds a job (its job moved
     /// off, finished or was stopped). Part of reconcile: level-triggered.
     pub(crate) fn finish_drains(&mut self, now: Millis) {
@@ -141,6 +317,7 @@ impl Engine {
             };
             let reason = format!("drained: {}", drain.reason);
             node.record.cordon = Some(CordonRecord {
+                validation: None,
                 reason: reason.clone(),
                 by: drain.by.clone(),
                 at: now,

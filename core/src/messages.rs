@@ -74,6 +74,8 @@ pub struct Registration {
     pub instance_id: String,
     pub gpu_backend: String,
     pub gpus: Vec<GpuInventory>,
+    /// The agent can validate the node before it returns to service.
+    pub validates: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -264,4 +266,8 @@ pub struct JobAssignment {
     pub gpu_indices: Vec<u32>,
     /// Empty: none.
     pub progress_regex: String,
+    /// The account the ranks run as (name or uid); empty: the agent's own.
+    pub user: String,
+    /// The ranks' group (name or gid); empty: the user's primary group.
+    pub group: String,
 }

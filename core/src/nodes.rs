@@ -49,6 +49,11 @@ pub struct Node {
     pub(crate) last_rejected_instance: Option<String>,
     /// How many Xid events the node may still add to the event log.
     pub(crate) xid_events: crate::health::XidEventBudget,
+    /// Its agent can validate the node (said at registration).
+    pub(crate) validates: bool,
+    /// An uncordon waiting for the agent's validation (lost with a supd
+    /// restart: the node then stays cordoned, as before the uncordon).
+    pub(crate) validation: Option<crate::maintenance::PendingValidation>,
 }
 
 impl NodeState {
@@ -106,6 +111,8 @@ impl Node {
             sent_assignment: None,
             last_rejected_instance: None,
             xid_events: Default::default(),
+            validates: false,
+            validation: None,
         }
     }
 }
@@ -274,6 +281,9 @@ impl Engine {
                 }
             }
         }
+        if let Some(node) = self.nodes.get_mut(&node_id) {
+            node.validates = reg.validates;
+        }
         for (kind, reason) in events {
             self.record_event(now, kind, Some(&node_id), reason);
         }
@@ -402,6 +412,7 @@ impl Engine {
             });
         }
         node.record.cordon = Some(CordonRecord {
+            validation: None,
             reason: reason.clone(),
             by: by.clone(),
             at: now,
@@ -427,8 +438,42 @@ impl Engine {
         by: &str,
         reason: &str,
     ) -> Result<CordonOutcome, EngineError> {
+        self.uncordon_validated(now, node_id, by, reason, true)
+    }
+
+    /// An uncordon. With `validate`, a cordoned node whose agent has a
+    /// validation command is validated first and returns to service only
+    /// if that passes (see `maintenance.rs`).
+    pub fn uncordon_validated(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        by: &str,
+        reason: &str,
+        validate: bool,
+    ) -> Result<CordonOutcome, EngineError> {
         let by = required_text("uncordon 'by'", by)?;
         let note = bounded_text("uncordon reason", reason)?;
+        if validate {
+            if let Some(outcome) = self.start_validation(now, node_id, &by, &note)? {
+                return Ok(outcome);
+            }
+        }
+        self.return_to_service(now, node_id, &by, &note, "")
+    }
+
+    /// Clears a cordon (or a drain, or suspicion) now. `how` is appended
+    /// to the event ("after validation passed: ...").
+    pub(crate) fn return_to_service(
+        &mut self,
+        now: Millis,
+        node_id: &str,
+        by: &str,
+        note: &str,
+        how: &str,
+    ) -> Result<CordonOutcome, EngineError> {
+        let by = by.to_owned();
+        let note = note.to_owned();
         let node = self
             .nodes
             .get_mut(node_id)
@@ -474,7 +519,7 @@ impl Engine {
         };
         self.forget_hang_blame(node_id);
         let mut why = format!(
-            "uncordoned by {by} (was cordoned by {}: {})",
+            "uncordoned by {by}{how} (was cordoned by {}: {})",
             previous.by, previous.reason
         );
         if !note.is_empty() {

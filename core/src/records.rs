@@ -42,6 +42,9 @@ pub struct CordonRecord {
     pub reason: String,
     pub by: String,
     pub at: Millis,
+    /// Why the last uncordon's validation failed (the tail of its output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<String>,
 }
 
 /// A planned move off a node (`supctl drain`): its job keeps training until
@@ -130,6 +133,10 @@ pub enum EventKind {
     NodeDraining,
     /// An operator removed a node from the registry.
     NodeRemoved,
+    /// An uncordon is waiting for the node's validation.
+    NodeValidating,
+    /// The node's validation failed: it stays cordoned.
+    NodeValidationFailed,
     PartitionSuspected,
     PartitionCleared,
     JobHung,
@@ -175,6 +182,8 @@ impl EventKind {
             EventKind::NodeUncordoned => "node_uncordoned",
             EventKind::NodeDraining => "node_draining",
             EventKind::NodeRemoved => "node_removed",
+            EventKind::NodeValidating => "node_validating",
+            EventKind::NodeValidationFailed => "node_validation_failed",
             EventKind::PartitionSuspected => "partition_suspected",
             EventKind::PartitionCleared => "partition_cleared",
             EventKind::JobHung => "job_hung",

@@ -639,6 +639,12 @@ impl Driver {
                     })?;
                     self.pending_drills.push_back((node_id, drill));
                 }
+                Action::SendValidation { node_id, .. } => {
+                    // The driver's agents never advertise a validation.
+                    ensure(false, INV9, || {
+                        format!("validation sent to {node_id}, whose agent has none")
+                    })?;
+                }
             }
         }
         Ok(())
@@ -1101,6 +1107,7 @@ impl Driver {
         gpus: u32,
     ) -> Registration {
         Registration {
+            validates: false,
             session,
             node_id: id.to_owned(),
             address: address.to_owned(),

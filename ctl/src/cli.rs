@@ -156,11 +156,15 @@ pub enum Command {
         #[arg(long, value_name = "NAME", value_parser = non_empty)]
         by: Option<String>,
     },
-    /// Return a cordoned node to service, or cancel a drain
+    /// Return a cordoned node to service (after its agent's validation, when it has one), or
+    /// cancel a drain
     Uncordon {
         /// Node id
         #[arg(value_parser = non_empty)]
         id: String,
+        /// Return it now, without running the agent's validation command
+        #[arg(long)]
+        skip_validation: bool,
         /// Why (recorded in the event log)
         #[arg(long, value_parser = non_empty)]
         reason: Option<String>,

@@ -143,6 +143,7 @@ impl ControlService for FakeSupd {
             let changed = c.is_none();
             if changed {
                 *c = Some(v1::Cordon {
+                    validation: String::new(),
                     reason: req.reason,
                     by: req.by,
                     at_unix_ms: 1_000,

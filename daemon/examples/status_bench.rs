@@ -97,6 +97,7 @@ fn main() {
         e.on_register(
             now,
             Registration {
+                validates: false,
                 session,
                 node_id: id.clone(),
                 address: format!("10.0.{}.{}:7070", i / 256, i % 256),

@@ -22,6 +22,7 @@ pub enum AgentReport {
     Checkpoints(CheckpointCatalog),
     Progress(JobProgress),
     LogResponse(v1::LogResponse),
+    ValidationResult(v1::ValidationResult),
 }
 
 /// The report a stream message carries; `None` for the messages that are
@@ -47,12 +48,14 @@ pub fn agent_report(body: v1::agent_message::Body) -> Option<AgentReport> {
             min_step: p.min_step,
         }),
         Body::LogResponse(r) => AgentReport::LogResponse(r),
+        Body::ValidationResult(r) => AgentReport::ValidationResult(r),
         Body::Register(_) | Body::Telemetry(_) => return None,
     })
 }
 
 pub fn registration(session: SessionId, r: v1::Register) -> Registration {
     Registration {
+        validates: r.validates,
         session,
         node_id: r.node_id,
         address: r.address,
@@ -248,6 +251,8 @@ fn job_assignment_to_wire(j: JobAssignment) -> v1::JobAssignment {
         stop_grace_ms: j.stop_grace_ms,
         gpu_indices: j.gpu_indices,
         progress_regex: j.progress_regex,
+        user: j.user,
+        group: j.group,
     }
 }
 

@@ -242,7 +242,7 @@ impl ControlService for ControlApi {
         let r = request.into_inner();
         cordon_response(
             self.handle
-                .uncordon(r.node_id, r.reason, by, r.request_id)
+                .uncordon(r.node_id, r.reason, by, r.request_id, r.skip_validation)
                 .await,
         )
     }

@@ -118,6 +118,27 @@ NCCL_DEBUG = "WARN"
     }
 
     #[test]
+    fn user_and_group_parse_and_bad_ones_are_named() {
+        let spec =
+            parse(&GOOD.replace("nodes = 4", "nodes = 4\nuser = \"trainer\"\ngroup = \"ml\""))
+                .expect("valid");
+        assert_eq!(
+            (spec.user.as_deref(), spec.group.as_deref()),
+            (Some("trainer"), Some("ml"))
+        );
+        let plain = parse(GOOD).expect("valid");
+        assert_eq!((plain.user, plain.group), (None, None));
+        let with = |extra: &str| GOOD.replace("nodes = 4", &format!("nodes = 4\n{extra}"));
+        assert!(err(&with("user = \"a b\"")).starts_with("user: 'a b'"));
+        assert!(err(&with("user = \"x\"\ngroup = \"-g\"")).starts_with("group: '-g'"));
+        assert!(err(&with("group = \"ml\"")).starts_with("group: needs user"));
+        assert!(
+            err(&with("user = 1000")).contains("user"),
+            "a string, not a number"
+        );
+    }
+
+    #[test]
     fn detection_fields_parse() {
         let spec = parse(&GOOD.replace(
             "nodes = 4",

@@ -472,6 +472,7 @@ mod tests {
             registered_at: 1,
             joined: true,
             cordon: Some(CordonRecord {
+                validation: None,
                 reason: "r".into(),
                 by: "b".into(),
                 at: 2,

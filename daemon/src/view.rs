@@ -68,6 +68,7 @@ pub fn node(engine: &Engine, node: &Node) -> v1::Node {
             reason: c.reason.clone(),
             by: c.by.clone(),
             at_unix_ms: c.at,
+            validation: c.validation.clone().unwrap_or_default(),
         }),
         hostname: r.hostname.clone(),
         agent_version: r.agent_version.clone(),

@@ -537,6 +537,7 @@ fn assert_v1_facts(loaded: &Persisted) {
     assert_eq!(
         n6.cordon,
         Some(CordonRecord {
+            validation: None,
             reason: "PSU fan alarm; waiting for DC ops ticket DC-4411".to_owned(),
             by: "alice@ops".to_owned(),
             at: T0 + 60_000,
@@ -1114,6 +1115,7 @@ impl Scenario {
             .on_register(
                 now,
                 Registration {
+                    validates: false,
                     session: k,
                     node_id: id.to_owned(),
                     address: format!("10.1.{rack}.{k}"),

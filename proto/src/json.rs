@@ -122,6 +122,9 @@ pub struct CordonView {
     pub by: String,
     /// RFC 3339, UTC.
     pub at: String,
+    /// An uncordon's validation: "running", or why the last one failed
+    /// (the tail of its output); null when none ran.
+    pub validation: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -325,6 +328,7 @@ impl From<&v1::Cordon> for CordonView {
             reason: c.reason.clone(),
             by: c.by.clone(),
             at: rfc3339_ms(c.at_unix_ms),
+            validation: non_empty(&c.validation),
         }
     }
 }
@@ -360,6 +364,7 @@ mod tests {
                 ..Default::default()
             }],
             cordon: Some(v1::Cordon {
+                validation: String::new(),
                 reason: "xid 79".into(),
                 by: "alice".into(),
                 at_unix_ms: 1000,

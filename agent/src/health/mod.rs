@@ -3,12 +3,15 @@
 //!
 //! - [`rules`]: the rule table (TOML, defaults in `deploy/xid-rules.toml`).
 //! - [`verdict`]: one GPU's verdict from its facts; pure.
+//! - [`reset`]: whether a GPU with a latched failure was reset and works
+//!   again; pure.
 //! - [`state`]: what is remembered between reports (Xid history, merging
-//!   of duplicate reports, drill overrides); pure.
+//!   of duplicate reports, drill overrides, resets); pure.
 //! - [`monitor`]: the task that wires probe, Xid sources, drills and the
 //!   outbox to supd together.
 
 pub mod monitor;
+pub mod reset;
 pub mod rules;
 pub mod state;
 pub mod verdict;

@@ -21,7 +21,7 @@ use crate::probe::{HealthSample, XidObservation, XidSource};
 use crate::sampler::SampleTrigger;
 
 /// How often verdicts are re-judged without new input, so that repetition
-/// windows and holds expire on time.
+/// windows, holds and reset settles expire on time.
 const REJUDGE_EVERY: Duration = Duration::from_secs(1);
 /// Xids carried by one report at most; the rest follow in the next one
 /// straight away.
@@ -39,7 +39,7 @@ pub struct Inputs {
 
 /// Runs until every input has closed (the agent is stopping).
 pub async fn run(mut state: HealthState, allow_drills: bool, outbox: Outbox, mut inputs: Inputs) {
-    state.observe_sample(inputs.samples.borrow_and_update().clone());
+    state.observe_sample(inputs.samples.borrow_and_update().clone(), now_ms());
     let mut reporter = Reporter { outbox, last: None };
     reporter.report(&mut state, now_ms());
 
@@ -49,7 +49,10 @@ pub async fn run(mut state: HealthState, allow_drills: bool, outbox: Outbox, mut
     while samples_open || xids_open || drills_open {
         tokio::select! {
             changed = inputs.samples.changed(), if samples_open => match changed {
-                Ok(()) => state.observe_sample(inputs.samples.borrow_and_update().clone()),
+                Ok(()) => {
+                    let sample = inputs.samples.borrow_and_update().clone();
+                    state.observe_sample(sample, now_ms());
+                }
                 Err(_) => samples_open = false,
             },
             xid = inputs.xids.recv(), if xids_open => match xid {
@@ -74,7 +77,11 @@ pub async fn run(mut state: HealthState, allow_drills: bool, outbox: Outbox, mut
             },
             _ = rejudge.tick() => state.prune(now_ms()),
         }
-        reporter.report(&mut state, now_ms());
+        let now = now_ms();
+        for (gpu, evidence) in state.apply_resets(now) {
+            info!(gpu, %evidence, "GPU reset and recovered: its latched failure is cleared");
+        }
+        reporter.report(&mut state, now);
     }
     debug!("GPU health monitor stopped: all inputs closed");
 }
@@ -217,6 +224,7 @@ mod tests {
     use super::*;
     use crate::bus;
     use crate::health::rules::Rules;
+    use crate::probe::GpuSignals;
     use sup_proto::v1::GpuInfo;
 
     fn inventory(n: u32) -> Vec<GpuInfo> {
@@ -238,11 +246,17 @@ mod tests {
     }
 
     fn start(allow_drills: bool) -> Harness {
+        start_with(
+            HealthState::new(Rules::defaults(), inventory(4)),
+            allow_drills,
+        )
+    }
+
+    fn start_with(state: HealthState, allow_drills: bool) -> Harness {
         let (bus, ports) = bus::bus();
         let (samples, samples_rx) = watch::channel(HealthSample::default());
         let (xids, xids_rx) = mpsc::channel(16);
         let (drills, drills_rx) = mpsc::channel(16);
-        let state = HealthState::new(Rules::defaults(), inventory(4));
         tokio::spawn(run(
             state,
             allow_drills,
@@ -367,5 +381,69 @@ mod tests {
         assert_eq!(v.health, GpuHealth::Degraded as i32);
         assert_eq!(v.recovery_action, RecoveryAction::DrainP2p as i32);
         assert!(v.drill);
+    }
+
+    fn sample(gpu2: GpuSignals) -> HealthSample {
+        let mut gpus: Vec<GpuSignals> = (0..4)
+            .map(|index| GpuSignals {
+                index,
+                recovery_action: Some(RecoveryAction::None),
+                ..GpuSignals::default()
+            })
+            .collect();
+        gpus[2] = gpu2;
+        HealthSample {
+            gpus,
+            visible_gpus: Some(4),
+        }
+    }
+
+    async fn report_where(h: &mut Harness, check: impl Fn(&GpuVerdict) -> bool) -> GpuVerdict {
+        loop {
+            let report = next_report(h).await;
+            if check(&report.verdicts[2]) {
+                return report.verdicts[2].clone();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_gpu_is_reported_ok_once_the_settle_has_passed() {
+        let state = HealthState::new(Rules::defaults(), inventory(4))
+            .with_reset_settle(Duration::from_millis(300));
+        let mut h = start_with(state, false);
+        next_report(&mut h).await;
+        h.xids
+            .send(XidObservation {
+                gpu_index: 2,
+                xid: 79,
+                at_unix_ms: now_ms(),
+                source: XidSource::Nvml,
+                detail: String::new(),
+            })
+            .await
+            .expect("monitor alive");
+        h.samples.send_replace(sample(GpuSignals {
+            index: 2,
+            lost: Some("GPU is lost".into()),
+            ..GpuSignals::default()
+        }));
+        report_where(&mut h, |v| {
+            v.evidence.iter().any(|e| e == "NVML: GPU is lost")
+        })
+        .await;
+        h.samples.send_replace(sample(GpuSignals {
+            index: 2,
+            recovery_action: Some(RecoveryAction::None),
+            ..GpuSignals::default()
+        }));
+        // Nothing else arrives: the monitor's own tick clears it.
+        let v = report_where(&mut h, |v| v.health == GpuHealth::Ok as i32).await;
+        assert_eq!(v.reason, "");
+        assert!(
+            v.evidence[0].starts_with("GPU reset and recovered at ")
+                && v.evidence[0].contains("was lost (NVML: GPU is lost)"),
+            "{v:?}"
+        );
     }
 }

@@ -1,13 +1,15 @@
 //! What the health monitor remembers between reports, per GPU: the latest
 //! polled signals, recent Xids (for repetition and for merging the kernel
-//! log's copy of an NVML event), the Xids whose single occurrence stands,
-//! and drill overrides. Pure: time is an argument; the monitor owns the
-//! clock and the channels.
+//! log's copy of an NVML event), the Xids whose single occurrence stands
+//! (until a reset is proven, see `reset`), and drill overrides. Pure: time
+//! is an argument; the monitor owns the clock and the channels.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use sup_proto::v1::{GpuInfo, GpuVerdict, RecoveryAction, XidEvent};
 
+use super::reset::{readiness, Decision, Readiness, ResetWatch};
 use super::rules::Rules;
 use super::verdict::{judge, GpuFacts, XidRecord};
 use crate::probe::{HealthSample, XidObservation, XidSource};
@@ -16,12 +18,21 @@ use crate::probe::{HealthSample, XidObservation, XidSource};
 /// must not grow memory without bound.
 const MAX_RECENT_PER_GPU: usize = 512;
 
+/// How long a reset GPU must answer with recovery action NONE, with no new
+/// latching Xid, before its latched failure clears (`reset_settle`).
+pub const DEFAULT_RESET_SETTLE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Default)]
 struct GpuHistory {
     /// Oldest first.
     recent: Vec<XidRecord>,
     latched: BTreeMap<u32, XidRecord>,
     drill_recovery: Option<RecoveryAction>,
+    /// What has been seen of the GPU while `latched` was not empty.
+    reset: ResetWatch,
+    /// The evidence line of the last reset that cleared `latched`, shown
+    /// until a new Xid latches.
+    recovered: Option<String>,
 }
 
 /// What became of an observed Xid.
@@ -43,6 +54,7 @@ pub struct HealthState {
     sample: HealthSample,
     /// Xids accepted since the last report.
     news: Vec<XidEvent>,
+    reset_settle: Duration,
 }
 
 impl HealthState {
@@ -54,15 +66,32 @@ impl HealthState {
             gpus,
             sample: HealthSample::default(),
             news: Vec::new(),
+            reset_settle: DEFAULT_RESET_SETTLE,
         }
+    }
+
+    pub fn with_reset_settle(mut self, settle: Duration) -> HealthState {
+        self.reset_settle = settle;
+        self
     }
 
     pub fn gpu_count(&self) -> usize {
         self.inventory.len()
     }
 
-    pub fn observe_sample(&mut self, sample: HealthSample) {
+    /// A new health sample, taken (or at least received) at `now_ms`.
+    pub fn observe_sample(&mut self, sample: HealthSample, now_ms: i64) {
         self.sample = sample;
+        for (gpu, history) in self.inventory.iter().zip(&mut self.gpus) {
+            if history.latched.is_empty() {
+                continue;
+            }
+            let signals = self.sample.gpus.iter().find(|s| s.index == gpu.index);
+            history.reset.observe(
+                readiness(gpu.index, signals, self.sample.visible_gpus),
+                now_ms,
+            );
+        }
     }
 
     pub fn visible_gpus(&self) -> Option<u32> {
@@ -98,6 +127,15 @@ impl HealthState {
             .map_or(self.rules.unknown_xid, |r| r.action);
         if action.severity().is_some() {
             history.latched.insert(obs.xid, record.clone());
+            history.recovered = None;
+            // The sample may already show the GPU down (lost before its Xid
+            // came in) and, unchanged, will not be observed again.
+            let signals = self.sample.gpus.iter().find(|s| s.index == obs.gpu_index);
+            if let down @ Readiness::Down(_) =
+                readiness(obs.gpu_index, signals, self.sample.visible_gpus)
+            {
+                history.reset.observe(down, obs.at_unix_ms);
+            }
         }
         if history.recent.len() >= MAX_RECENT_PER_GPU {
             history.recent.remove(0);
@@ -142,6 +180,25 @@ impl HealthState {
         }
     }
 
+    /// Clears the latched Xids of every GPU proven reset and recovered by
+    /// `now_ms`. Returns those GPUs with the evidence line, for the log.
+    pub fn apply_resets(&mut self, now_ms: i64) -> Vec<(u32, String)> {
+        let mut recovered = Vec::new();
+        for (gpu, history) in self.inventory.iter().zip(&mut self.gpus) {
+            if let Decision::Recovered { evidence } =
+                history
+                    .reset
+                    .decide(&history.latched, self.reset_settle, now_ms)
+            {
+                history.latched.clear();
+                history.reset = ResetWatch::default();
+                history.recovered = Some(evidence.clone());
+                recovered.push((gpu.index, evidence));
+            }
+        }
+        recovered
+    }
+
     /// Xids accepted since the last call, oldest first.
     pub fn take_news(&mut self) -> Vec<XidEvent> {
         std::mem::take(&mut self.news)
@@ -162,6 +219,14 @@ impl HealthState {
             .iter()
             .zip(&self.gpus)
             .map(|(gpu, history)| {
+                let reset_note =
+                    match history
+                        .reset
+                        .decide(&history.latched, self.reset_settle, now_ms)
+                    {
+                        Decision::Settling { evidence, .. } => Some(evidence),
+                        _ => history.recovered.clone(),
+                    };
                 judge(
                     &self.rules,
                     &GpuFacts {
@@ -173,6 +238,7 @@ impl HealthState {
                         recent: &history.recent,
                         latched: &history.latched,
                         drill_recovery: history.drill_recovery,
+                        reset_note: reset_note.as_deref(),
                     },
                     now_ms,
                 )
@@ -279,10 +345,13 @@ mod tests {
         let v = s.verdicts(NOW + 48 * 3600 * 1000);
         assert_eq!(v[3].health, GpuHealth::Failed as i32);
 
-        s.observe_sample(HealthSample {
-            gpus: Vec::new(),
-            visible_gpus: Some(7),
-        });
+        s.observe_sample(
+            HealthSample {
+                gpus: Vec::new(),
+                visible_gpus: Some(7),
+            },
+            NOW,
+        );
         let v = s.verdicts(NOW);
         assert_eq!(v[7].health, GpuHealth::Failed as i32);
         assert_eq!(s.visible_gpus(), Some(7));
@@ -301,10 +370,13 @@ mod tests {
         assert_eq!(padded.len(), 8);
         assert_eq!(padded[7].name, crate::probe::MISSING_GPU_NAME);
         let mut s = HealthState::new(Rules::defaults(), padded);
-        s.observe_sample(HealthSample {
-            gpus: Vec::new(),
-            visible_gpus: Some(7),
-        });
+        s.observe_sample(
+            HealthSample {
+                gpus: Vec::new(),
+                visible_gpus: Some(7),
+            },
+            NOW,
+        );
         let v = s.verdicts(NOW);
         assert_eq!(v[7].health, GpuHealth::Failed as i32);
         assert!(
@@ -363,5 +435,117 @@ mod tests {
         assert!(v[1].drill);
         assert!(s.drill_recovery_action(1, RecoveryAction::None));
         assert_eq!(s.verdicts(NOW)[1].health, GpuHealth::Ok as i32);
+    }
+
+    fn answering(index: u32, action: RecoveryAction) -> crate::probe::GpuSignals {
+        crate::probe::GpuSignals {
+            index,
+            recovery_action: Some(action),
+            ..crate::probe::GpuSignals::default()
+        }
+    }
+
+    /// Two GPUs; GPU 1 as given, GPU 0 healthy.
+    fn sample(gpu1: crate::probe::GpuSignals) -> HealthSample {
+        HealthSample {
+            gpus: vec![answering(0, RecoveryAction::None), gpu1],
+            visible_gpus: Some(2),
+        }
+    }
+
+    fn lost(index: u32) -> crate::probe::GpuSignals {
+        crate::probe::GpuSignals {
+            index,
+            lost: Some("GPU is lost".into()),
+            ..crate::probe::GpuSignals::default()
+        }
+    }
+
+    const S: i64 = 1000;
+
+    #[test]
+    fn a_reset_gpu_clears_after_the_settle_and_a_new_xid_latches_again() {
+        let mut s = state(2).with_reset_settle(std::time::Duration::from_secs(30));
+        s.observe_sample(sample(answering(1, RecoveryAction::None)), NOW);
+        s.observe_xid(obs(1, 48, NOW, XidSource::Nvml));
+        s.observe_sample(sample(answering(1, RecoveryAction::GpuReset)), NOW + S);
+        assert!(s.apply_resets(NOW + 3600 * S).is_empty());
+        assert_eq!(
+            s.verdicts(NOW + 3600 * S)[1].health,
+            GpuHealth::Failed as i32
+        );
+
+        // Reset at +1h: settling, still failed, the evidence says until when.
+        let up = NOW + 3600 * S;
+        s.observe_sample(sample(answering(1, RecoveryAction::None)), up);
+        assert!(s.apply_resets(up + 29 * S).is_empty());
+        let v = &s.verdicts(up + 29 * S)[1];
+        assert_eq!(v.health, GpuHealth::Failed as i32);
+        assert!(
+            v.evidence
+                .last()
+                .is_some_and(|e| e.starts_with("GPU answering again with recovery action NONE")),
+            "{v:?}"
+        );
+
+        let cleared = s.apply_resets(up + 30 * S);
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(cleared[0].0, 1);
+        assert!(
+            cleared[0].1.starts_with("GPU reset and recovered at ")
+                && cleared[0].1.contains("was recovery action GPU_RESET"),
+            "{cleared:?}"
+        );
+        let v = &s.verdicts(up + 31 * S)[1];
+        assert_eq!(v.health, GpuHealth::Ok as i32);
+        assert_eq!(v.reason, "");
+        assert_eq!(v.evidence, vec![cleared[0].1.clone()]);
+        assert!(s.apply_resets(up + 60 * S).is_empty(), "cleared once");
+        // GPU 0 had nothing latched and nothing to say.
+        assert!(s.verdicts(up + 31 * S)[0].evidence.is_empty());
+
+        // A new Xid after the recovery fails it again, without the old note.
+        s.observe_xid(obs(1, 79, up + 100 * S, XidSource::Nvml));
+        let v = &s.verdicts(up + 101 * S)[1];
+        assert_eq!(v.health, GpuHealth::Failed as i32);
+        assert_eq!(v.evidence.len(), 1, "{v:?}");
+        assert!(v.evidence[0].starts_with("Xid 79"), "{v:?}");
+    }
+
+    #[test]
+    fn a_gpu_lost_before_its_xid_arrived_counts_as_seen_down() {
+        let mut s = state(2).with_reset_settle(std::time::Duration::from_secs(30));
+        // The poll sees the GPU lost first; the sample does not change
+        // again when the Xid comes in.
+        s.observe_sample(sample(lost(1)), NOW);
+        s.observe_xid(obs(1, 79, NOW + S, XidSource::Nvml));
+        s.observe_sample(sample(answering(1, RecoveryAction::None)), NOW + 60 * S);
+        assert!(s.apply_resets(NOW + 89 * S).is_empty());
+        assert_eq!(s.apply_resets(NOW + 90 * S).len(), 1);
+        assert_eq!(s.verdicts(NOW + 90 * S)[1].health, GpuHealth::Ok as i32);
+    }
+
+    #[test]
+    fn a_latched_failure_without_a_reset_stands() {
+        let mut s = state(2).with_reset_settle(std::time::Duration::from_secs(30));
+        s.observe_sample(sample(answering(1, RecoveryAction::None)), NOW);
+        // A drill (or a driver that flags nothing): the GPU never looks down.
+        s.observe_xid(obs(1, 79, NOW, XidSource::Drill));
+        s.observe_sample(sample(answering(1, RecoveryAction::None)), NOW + S);
+        assert!(s.apply_resets(NOW + 3600 * S).is_empty());
+        assert_eq!(
+            s.verdicts(NOW + 3600 * S)[1].health,
+            GpuHealth::Failed as i32
+        );
+        // A driver without the recovery action field never proves a reset.
+        let mut s = state(2);
+        s.observe_xid(obs(1, 79, NOW, XidSource::Nvml));
+        s.observe_sample(sample(lost(1)), NOW + S);
+        s.observe_sample(sample(crate::probe::GpuSignals::unknown(1)), NOW + 2 * S);
+        assert!(s.apply_resets(NOW + 3600 * S).is_empty());
+        assert_eq!(
+            s.verdicts(NOW + 3600 * S)[1].health,
+            GpuHealth::Failed as i32
+        );
     }
 }

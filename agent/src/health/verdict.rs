@@ -46,6 +46,9 @@ pub struct GpuFacts<'a> {
     pub latched: &'a BTreeMap<u32, XidRecord>,
     /// A recovery action injected by a drill; overrides the driver's.
     pub drill_recovery: Option<RecoveryAction>,
+    /// Where a reset of this GPU stands (settling, or recovered), last in
+    /// the evidence: a reset clears causes, so it is never a cause itself.
+    pub reset_note: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +92,11 @@ pub fn judge(rules: &Rules, gpu: &GpuFacts<'_>, now_ms: i64) -> GpuVerdict {
         uuid: gpu.uuid.to_owned(),
         health: health as i32,
         reason,
-        evidence: causes.into_iter().map(|c| c.evidence).collect(),
+        evidence: causes
+            .into_iter()
+            .map(|c| c.evidence)
+            .chain(gpu.reset_note.map(str::to_owned))
+            .collect(),
         recovery_action: recovery.map_or(RecoveryAction::Unspecified, |(a, _)| a) as i32,
         drill,
     }
@@ -144,7 +151,7 @@ fn recovery_causes(
     Some((action, drill))
 }
 
-fn describe(record: &XidRecord) -> String {
+pub(super) fn describe(record: &XidRecord) -> String {
     let mut text = format!(
         "Xid {} from {} at {}",
         record.xid,
@@ -437,6 +444,7 @@ mod tests {
         recent: Vec<XidRecord>,
         latched: BTreeMap<u32, XidRecord>,
         drill_recovery: Option<RecoveryAction>,
+        reset_note: Option<&'static str>,
     }
 
     impl Case {
@@ -447,6 +455,7 @@ mod tests {
                 recent: Vec::new(),
                 latched: BTreeMap::new(),
                 drill_recovery: None,
+                reset_note: None,
             }
         }
 
@@ -482,6 +491,7 @@ mod tests {
                     recent: &self.recent,
                     latched: &self.latched,
                     drill_recovery: self.drill_recovery,
+                    reset_note: self.reset_note,
                 },
                 NOW,
             )
@@ -741,6 +751,23 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_note_is_the_last_evidence_and_never_a_cause() {
+        let mut case = Case::new();
+        case.reset_note = Some("GPU reset and recovered at T");
+        let v = case.judge();
+        assert_eq!(health(&v), GpuHealth::Ok);
+        assert_eq!(v.reason, "");
+        assert_eq!(v.evidence, vec!["GPU reset and recovered at T".to_owned()]);
+        let mut case = Case::new().xid(xid(79, NOW, XidSource::Nvml));
+        case.reset_note = Some("GPU answering again");
+        let v = case.judge();
+        assert_eq!(health(&v), GpuHealth::Failed);
+        assert!(v.reason.starts_with("Xid 79"), "{}", v.reason);
+        assert_eq!(v.evidence.len(), 2, "{:?}", v.evidence);
+        assert_eq!(v.evidence[1], "GPU answering again");
+    }
+
+    #[test]
     fn a_hold_expires_a_single_occurrence() {
         let mut rules = Rules::defaults();
         if let Some(rule) = rules.xids.get_mut(&48) {
@@ -756,6 +783,7 @@ mod tests {
             recent: &case.recent,
             latched: &case.latched,
             drill_recovery: None,
+            reset_note: None,
         };
         assert_eq!(judge(&rules, &facts, NOW).health, GpuHealth::Ok as i32);
         assert_eq!(

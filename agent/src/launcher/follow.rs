@@ -228,7 +228,22 @@ async fn read_new(log: &mut RankLog, buf: &mut Vec<u8>) -> std::io::Result<()> {
         log.file = Some(file);
     }
     if let Some(file) = log.file.as_mut() {
-        file.take(MAX_READ_PER_POLL).read_to_end(buf).await?;
+        let before = buf.len();
+        (&mut *file)
+            .take(MAX_READ_PER_POLL)
+            .read_to_end(buf)
+            .await?;
+        // Nothing new and the file is shorter than where this read is: it
+        // was truncated (the size cap, `logs::cap_size`). The rank writes on
+        // from offset 0, maybe mid-line, and what it wrote since the last
+        // read went with the rotated copy.
+        if buf.len() == before {
+            let position = file.stream_position().await?;
+            if file.metadata().await?.len() < position {
+                file.seek(std::io::SeekFrom::Start(0)).await?;
+                log.lines.resync();
+            }
+        }
     }
     Ok(())
 }
@@ -284,6 +299,45 @@ mod tests {
         let report = ports.next_progress().await;
         assert_eq!(report.step, step);
         assert_eq!(intake.rejected(), (0, 0, 0), "the old lines were not read");
+    }
+
+    #[tokio::test]
+    async fn a_log_truncated_by_the_size_cap_is_followed_from_its_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bus, mut ports) = crate::bus::bus();
+        let fence = Fence::new(bus.outbox);
+        fence.begin(Running {
+            job: Some("llm".into()),
+            generation: 3,
+        });
+        let intake = Intake::start(fence.clone()).await.expect("listen");
+        let path = dir.path().join("rank-0.log");
+        // Appending, as a rank's output is.
+        let mut log = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .expect("create");
+        let pattern = ProgressPattern::new(r"^step (?P<step>\d+) ").expect("valid");
+        let _follower = Follower::start(pattern, "llm", 3, vec![(0, path.clone())], intake, fence);
+        log.write_all(b"step 1 of a long run with a long line to make the file longer\n")
+            .await
+            .expect("write");
+        log.flush().await.expect("flush");
+        assert_eq!(ports.next_progress().await.step, 1);
+        let capped = crate::launcher::logs::cap_size(&path, 10).expect("cap");
+        assert!(
+            matches!(capped, crate::launcher::logs::Capped::Rotated { .. }),
+            "{capped:?}"
+        );
+        // The rank goes on mid-line (its line was cut by the rotation),
+        // then writes whole lines; those are followed.
+        log.write_all(b"rest of a line\nstep 2 after the rotation\n")
+            .await
+            .expect("write");
+        log.flush().await.expect("flush");
+        assert_eq!(ports.next_progress().await.step, 2);
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@
 pub mod adopt;
 pub mod env;
 pub mod follow;
+pub mod identity;
 pub mod logs;
 pub mod postmortem;
 pub mod process;
@@ -62,6 +63,11 @@ pub struct Settings {
     /// On agent shutdown leave the ranks running (for a restarted agent to
     /// re-adopt, see [`adopt`]) instead of stopping them.
     pub leave_ranks_on_exit: bool,
+    /// Start the ranks of a job that names no `user` (or names root) as
+    /// root; otherwise their launch fails (see [`identity`]).
+    pub allow_root_ranks: bool,
+    /// How much of the ranks' output is kept on disk (see [`logs`]).
+    pub logs: logs::Retention,
 }
 
 /// The running launcher, with its checkpoint scanner and progress intake.
@@ -72,6 +78,8 @@ pub struct Launcher {
     /// `None` once it has ended.
     task: Option<JoinHandle<()>>,
     scanner: JoinHandle<()>,
+    /// Keeps the running ranks' logs within their size cap; `None`: no cap.
+    log_cap: Option<JoinHandle<()>>,
     progress_addr: Option<SocketAddr>,
 }
 
@@ -103,6 +111,15 @@ impl Launcher {
         let progress_addr = intake.as_ref().map(Intake::addr);
         let catalogs = Catalogs::new(fence.clone());
         let scanner = tokio::spawn(scanner::run(Arc::clone(&catalogs), assignment.clone()));
+        let (log_paths, log_paths_rx) = watch::channel(Vec::new());
+        let retention = settings.logs;
+        let log_cap = (retention.rank_log_max_bytes > 0).then(|| {
+            tokio::spawn(logs::cap_sizes(
+                log_paths_rx,
+                retention.rank_log_max_bytes,
+                retention.check_interval,
+            ))
+        });
         let (stop, stop_rx) = oneshot::channel();
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let reconciler = Reconciler {
@@ -123,12 +140,14 @@ impl Launcher {
             last_status: None,
             adoptable,
             watchdog: Watchdog::from_env(),
+            log_paths,
         };
         let task = tokio::spawn(reconciler.run(assignment, log_requests, stop_rx));
         Launcher {
             stop: Some(stop),
             task: Some(task),
             scanner,
+            log_cap,
             progress_addr,
         }
     }
@@ -162,6 +181,9 @@ impl Launcher {
             self.task = None;
         }
         self.scanner.abort();
+        if let Some(log_cap) = &self.log_cap {
+            log_cap.abort();
+        }
     }
 }
 
@@ -219,6 +241,8 @@ struct Reconciler {
     /// decides whether it is adopted or stopped.
     adoptable: Option<adopt::StateFile>,
     watchdog: Watchdog,
+    /// The running ranks' log files, for the size cap (see [`logs::cap_sizes`]).
+    log_paths: watch::Sender<Vec<PathBuf>>,
 }
 
 /// systemd's watchdog (`WatchdogSec=`), pinged from the reconcile loop: the
@@ -627,9 +651,32 @@ impl Reconciler {
         ranks: &mut BTreeMap<u32, RankProcess>,
     ) -> Result<(), String> {
         env::check_job(job)?;
+        // Resolved on every launch: accounts change, and a node is judged
+        // by what it has now.
+        let user = identity::resolve(
+            job,
+            nix::unistd::geteuid().as_raw(),
+            self.settings.allow_root_ranks,
+        )?;
+        if let Some(u) = &user {
+            info!(job = %job.job, user = %u.name, uid = u.uid, gid = u.gid, groups = ?u.groups, "ranks run as the job's user");
+        }
         let overridden = env::overridden_keys(job);
         if !overridden.is_empty() {
             warn!(job = %job.job, keys = ?overridden, "the job's env sets names the agent owns; the agent's values are used");
+        }
+        // Before this generation's directory exists, so that a job never has
+        // more than the kept number on disk. Here on the loop rather than in
+        // a task: a task still listing when the next launch creates its
+        // directory could take that one for an old one.
+        let pruned = logs::prune_generations(
+            &self.settings.state_dir,
+            &job.job,
+            generation,
+            self.settings.logs.generations,
+        );
+        if !pruned.is_empty() {
+            info!(job = %job.job, generation, removed = ?pruned, keep = self.settings.logs.generations, "removed the rank logs of older generations");
         }
         let dir = logs::generation_dir(&self.settings.state_dir, &job.job, generation);
         std::fs::create_dir_all(&dir)
@@ -644,14 +691,19 @@ impl Reconciler {
             // check_job bounds it by the u32 world size.
             let rank = u32::try_from(global)
                 .map_err(|_| format!("rank {global} does not fit the wire format"))?;
+            let mut rank_env = env::rank_env(node, generation, job, local_rank);
+            if let Some(user) = &user {
+                identity::add_user_env(&mut rank_env, user, &job.env);
+            }
             let spec = RankSpec {
                 generation,
                 rank,
                 local_rank,
                 command: &job.command,
                 workdir: &job.workdir,
-                env: env::rank_env(node, generation, job, local_rank),
+                env: rank_env,
                 log_path: logs::rank_log(&self.settings.state_dir, &job.job, generation, rank),
+                user: user.as_ref(),
             };
             let started = process::spawn(spec, self.exits_tx.clone())?;
             debug!(rank, local_rank, pid = %started.pid, "rank started");
@@ -777,6 +829,8 @@ impl Reconciler {
         let Some(current) = &self.current else {
             return;
         };
+        self.log_paths
+            .send_replace(current.ranks.values().map(|r| r.log_path.clone()).collect());
         let status = RankStatus {
             job: current.name().to_owned(),
             generation: current.generation,

@@ -2,6 +2,7 @@
 //! log file, its end reported to the launcher loop.
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -9,11 +10,12 @@ use std::process::{ExitStatus, Stdio};
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::unistd::{chdir, setgid, setgroups, setuid, Gid, Pid, Uid};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
 use super::env::is_reserved;
+use super::identity::RankUser;
 
 /// Everything needed to start one rank.
 #[derive(Debug)]
@@ -26,6 +28,8 @@ pub struct RankSpec<'a> {
     pub workdir: &'a str,
     pub env: BTreeMap<String, String>,
     pub log_path: PathBuf,
+    /// The account to start it as; `None`: the agent's own.
+    pub user: Option<&'a RankUser>,
 }
 
 /// A started rank. Its process group id is its pid.
@@ -107,8 +111,18 @@ pub fn spawn(
         // Its own group, so that stopping it reaches every process it
         // started, and a signal to the agent's group does not reach it.
         .process_group(0);
-    if !spec.workdir.is_empty() {
-        command.current_dir(spec.workdir);
+    match spec.user.filter(|u| u.switch) {
+        Some(user) => {
+            let workdir = (!spec.workdir.is_empty())
+                .then(|| CString::new(spec.workdir))
+                .transpose()
+                .map_err(|_| format!("rank {}: the workdir contains a NUL byte", spec.rank))?;
+            switch_user(&mut command, user, workdir);
+        }
+        None if !spec.workdir.is_empty() => {
+            command.current_dir(spec.workdir);
+        }
+        None => {}
     }
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_some_and(is_reserved) {
@@ -123,7 +137,13 @@ pub fn spawn(
         } else {
             format!(" in {}", spec.workdir)
         };
-        format!("rank {}: cannot start {program:?}{place}: {e}", spec.rank)
+        let who = spec.user.map_or_else(String::new, |u| {
+            format!(" as user {} (uid {}, gid {})", u.name, u.uid, u.gid)
+        });
+        format!(
+            "rank {}: cannot start {program:?}{place}{who}: {e}",
+            spec.rank
+        )
     })?;
     let pid = child
         .id()
@@ -149,6 +169,38 @@ pub fn spawn(
         log_path: spec.log_path,
         stopping: false,
     })
+}
+
+/// Makes the child take `user`'s identity, supplementary groups included,
+/// before it executes the rank's program, then enter `workdir` as that user.
+///
+/// Not `CommandExt::uid`/`gid`: std sets those before any `pre_exec` hook
+/// and clears the supplementary groups when it does, and std's way to set
+/// them is unstable. So all three are set here, in the order that works
+/// (groups and gid while still root, uid last), and the working directory
+/// after them, so that a directory the user may not enter fails the launch
+/// instead of being entered with root's rights.
+#[allow(unsafe_code)]
+fn switch_user(command: &mut Command, user: &RankUser, workdir: Option<CString>) {
+    let groups: Vec<Gid> = user.groups.iter().copied().map(Gid::from_raw).collect();
+    let (uid, gid) = (Uid::from_raw(user.uid), Gid::from_raw(user.gid));
+    // SAFETY: the hook runs in the forked child of a multi-threaded
+    // process, where only async-signal-safe calls are allowed. It makes
+    // four system calls through nix's thin wrappers (setgroups, setgid,
+    // setuid, chdir on a C string prepared in the parent), reads only data
+    // moved into it before the fork, and allocates nothing: an error
+    // becomes an `io::Error` from its errno, which is stored inline.
+    unsafe {
+        command.pre_exec(move || {
+            setgroups(&groups)?;
+            setgid(gid)?;
+            setuid(uid)?;
+            if let Some(dir) = &workdir {
+                chdir(dir.as_c_str())?;
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Signals a rank's whole process group. A group that is already gone is

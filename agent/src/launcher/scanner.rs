@@ -190,7 +190,10 @@ mod tests {
     fn only_the_node_of_rank_0_scans_periodically() {
         assert!(Target::scanned_here(Some(&job(0))).is_some());
         assert!(Target::scanned_here(Some(&job(1))).is_none());
-        assert!(Target::of(Some(&job(1))).is_some(), "any node scans after a crash");
+        assert!(
+            Target::of(Some(&job(1))).is_some(),
+            "any node scans after a crash"
+        );
         assert!(Target::scanned_here(None).is_none());
     }
 

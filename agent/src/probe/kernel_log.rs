@@ -672,6 +672,52 @@ mod tests {
         );
     }
 
+    /// The reader `kernel_log = "kmsg"` uses (the shipped config's), on a
+    /// plain file of /dev/kmsg records: tests must not write to the host's
+    /// /dev/kmsg, where every agent on the machine would read it.
+    #[tokio::test]
+    async fn the_kmsg_reader_delivers_xids_from_kmsg_records() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kmsg");
+        std::fs::write(
+            &path,
+            "3,1840,8512000000,-;NVRM: Xid (PCI:0000:18:00): 79, pid=1, before the reader started\n",
+        )
+        .expect("write");
+        let (sink, mut rx) = XidSink::channel();
+        spawn(KernelLogSpec::Kmsg(path.clone()), &inventory(), sink).expect("spawn");
+        let mut kmsg = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        // The reader starts at the end of the log whenever its thread gets
+        // there: records are written until one is seen.
+        let mut seq = 1841;
+        let got = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                writeln!(kmsg, "6,{seq},8512345678,-;usb 1-1: not an Xid").expect("write");
+                writeln!(
+                    kmsg,
+                    "3,{},8512345679,-;NVRM: Xid (PCI:0000:3b:00): 48, pid=7, name=python, DBE\n SUBSYSTEM=pci\n DEVICE=+pci:0000:3b:00.0",
+                    seq + 1
+                )
+                .expect("write");
+                seq += 2;
+                if let Ok(Some(xid)) =
+                    tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+                {
+                    break xid;
+                }
+            }
+        })
+        .await
+        .expect("an Xid within 30s");
+        assert_eq!((got.gpu_index, got.xid), (1, 48));
+        assert_eq!(got.source, XidSource::KernelLog);
+        assert_eq!(got.detail, "pid=7, name=python, DBE");
+    }
+
     #[tokio::test]
     async fn a_command_source_delivers_its_xids() {
         let (sink, mut rx) = XidSink::channel();

@@ -103,6 +103,8 @@ impl Engine {
             stop_grace_ms: self.config.stop_grace_ms,
             gpu_indices,
             progress_regex: spec.progress_regex.clone().unwrap_or_default(),
+            user: spec.user.clone().unwrap_or_default(),
+            group: spec.group.clone().unwrap_or_default(),
         }
     }
 

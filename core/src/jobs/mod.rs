@@ -70,7 +70,9 @@ pub struct Job {
     pub loss: Option<f64>,
     last_progress_at: Option<Millis>,
     /// When the fault behind the current generation was reported.
-    fault_at: Option<Millis>,
+    /// When the current generation was placed, and whether a failure
+    /// caused it (only then is the launch time a recovery time).
+    fault_at: Option<(Millis, bool)>,
     /// The complete checkpoints last reported, oldest first.
     pub catalog: Vec<CheckpointRef>,
     pub detect: JobDetect,

@@ -80,7 +80,7 @@ impl Engine {
         job.exited_ok.clear();
         job.step = None;
         job.last_progress_at = None;
-        job.fault_at = Some(now);
+        job.fault_at = Some((now, failure.is_some()));
         job.detect.hang.reset();
         job.detect.loss.reset();
         job.detect.throughput.reset();

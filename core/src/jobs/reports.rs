@@ -91,11 +91,20 @@ impl Engine {
                 job.record.nodes.len(),
                 job.world_size()
             );
-            let recovery_ms = job.fault_at.take().map(|at| now - at);
-            if let Some(ms) = recovery_ms {
-                why.push_str(&format!(
-                    "; every rank launched {ms} ms after the fault was reported"
-                ));
+            let placed = job.fault_at.take();
+            let recovery_ms = placed.filter(|(_, fault)| *fault).map(|(at, _)| now - at);
+            match placed {
+                Some((at, true)) => why.push_str(&format!(
+                    "; every rank launched {} ms after the fault was reported",
+                    now - at
+                )),
+                // A first start, or one that waited for capacity: not a
+                // recovery (sup_recovery_latency leaves it out).
+                Some((at, false)) => why.push_str(&format!(
+                    "; every rank launched {} ms after it was placed",
+                    now - at
+                )),
+                None => {}
             }
             self.push_event(Event {
                 seq: 0,

@@ -59,7 +59,7 @@ fn a_job_starts_on_nodes_in_stable_order_with_the_torchrun_contract() {
     let actions = launch_all(&mut e, "llm", 1_250);
     assert_eq!(job(&e, "llm").record.state, JobState::Running);
     assert!(event(&actions, EventKind::JobRunning)
-        .contains("every rank launched 250 ms after the fault was reported"));
+        .contains("every rank launched 250 ms after it was placed"));
 }
 
 #[test]
@@ -638,8 +638,15 @@ fn the_recovery_time_is_a_field_of_the_job_running_event_and_said_in_its_reason(
             _ => None,
         })
         .expect("first generation running");
-    // A first start is timed from the submission, as it always was.
-    assert_eq!(running.recovery_ms, Some(1_000));
+    // A first start is no recovery: said, not counted as one.
+    assert_eq!(running.recovery_ms, None);
+    assert!(
+        running
+            .reason
+            .contains("every rank launched 1000 ms after it was placed"),
+        "{}",
+        running.reason
+    );
     let node = job(&e, "llm").record.nodes[0].clone();
     e.cordon(10_000, &node, "Xid 79", "sup").expect("cordon");
     drain(&mut e);
@@ -838,4 +845,36 @@ fn a_job_larger_than_the_clusters_max_nodes_is_refused_naming_the_key() {
         "{err}"
     );
     submit(&mut e, 0, &spec("fits", 4, 1, ""), "alice").expect("4 nodes may be asked for");
+}
+
+#[test]
+fn the_jobs_user_and_group_reach_every_node_it_runs_on() {
+    let mut e = cluster(2);
+    submit(
+        &mut e,
+        1_000,
+        &spec("as-user", 2, 2, "user = \"trainer\"\ngroup = \"ml\"\n"),
+        "alice",
+    )
+    .expect("submit");
+    let sent = assignments(&drain(&mut e));
+    for node in ["n1", "n2"] {
+        let a = sent[node].job.as_ref().expect("assigned");
+        assert_eq!(
+            (a.job.as_str(), a.user.as_str(), a.group.as_str()),
+            ("as-user", "trainer", "ml"),
+            "{node}"
+        );
+    }
+    let invalid = submit(
+        &mut e,
+        1_000,
+        &spec("bad", 1, 1, "group = \"ml\"\n"),
+        "alice",
+    )
+    .expect_err("a group alone is refused");
+    assert!(
+        invalid.to_string().contains("group: needs user"),
+        "{invalid}"
+    );
 }

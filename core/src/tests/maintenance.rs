@@ -184,3 +184,135 @@ fn only_an_idle_cordoned_or_unreachable_node_can_be_removed() {
         Err(EngineError::UnknownNode(_))
     ));
 }
+
+/// A cluster of three; n3's agent has a validation command.
+fn cluster_with_validation() -> Engine {
+    let mut e = cluster(2);
+    e.on_register(
+        0,
+        Registration {
+            validates: true,
+            session: session_of("n3"),
+            node_id: "n3".to_owned(),
+            address: "addr-n3".to_owned(),
+            hostname: "n3".to_owned(),
+            agent_version: "0".to_owned(),
+            instance_id: "i-n3".to_owned(),
+            gpu_backend: "sim".to_owned(),
+            gpus: vec![GpuInventory {
+                index: 0,
+                uuid: "GPU-n3-0".to_owned(),
+                name: "NVIDIA H100 80GB HBM3".to_owned(),
+                pci_bus_id: String::new(),
+                memory_total_bytes: None,
+            }],
+        },
+    )
+    .expect("register");
+    assert!(e
+        .on_telemetry(0, "n3", session_of("n3"), vec![])
+        .is_applied());
+    e.cordon(1_000, "n3", "HBM errors", "alice")
+        .expect("cordon");
+    drain(&mut e);
+    e
+}
+
+fn validation_id(actions: &[Action]) -> u64 {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::SendValidation { node_id, id } if node_id == "n3" => Some(*id),
+            _ => None,
+        })
+        .expect("a validation request")
+}
+
+#[test]
+fn an_uncordon_waits_for_the_validation_and_a_pass_returns_the_node() {
+    let mut e = cluster_with_validation();
+    let outcome = e
+        .uncordon(2_000, "n3", "bob", "board replaced")
+        .expect("uncordon");
+    assert!(
+        outcome.message.contains("is being validated"),
+        "{}",
+        outcome.message
+    );
+    let actions = drain(&mut e);
+    let id = validation_id(&actions);
+    assert!(has(&actions, EventKind::NodeValidating));
+    assert_eq!(
+        e.node("n3").expect("n3").state(),
+        NodeState::Cordoned,
+        "not yet"
+    );
+    // Asked again while it runs: nothing new.
+    let again = e.uncordon(2_500, "n3", "bob", "").expect("again");
+    assert!(!again.changed && again.message.contains("already being validated"));
+    // A stale answer (another id) changes nothing.
+    assert!(!e
+        .on_validation_result(3_000, "n3", session_of("n3"), id + 7, true, "")
+        .is_applied());
+    assert!(e
+        .on_validation_result(3_000, "n3", session_of("n3"), id, true, "all pass")
+        .is_applied());
+    let actions = drain(&mut e);
+    assert_eq!(
+        event(&actions, EventKind::NodeUncordoned),
+        "uncordoned by bob after its validation passed (was cordoned by alice: HBM errors): board replaced"
+    );
+    assert_eq!(e.node("n3").expect("n3").state(), NodeState::Ready);
+}
+
+#[test]
+fn a_failed_validation_keeps_the_node_cordoned_with_the_output_as_evidence() {
+    let mut e = cluster_with_validation();
+    e.uncordon(2_000, "n3", "bob", "").expect("uncordon");
+    let id = validation_id(&drain(&mut e));
+    let output = format!("{}GPU 0: HBM test FAILED", "noise\n".repeat(500));
+    assert!(e
+        .on_validation_result(3_000, "n3", session_of("n3"), id, false, &output)
+        .is_applied());
+    let actions = drain(&mut e);
+    let why = event(&actions, EventKind::NodeValidationFailed);
+    assert!(
+        why.starts_with("validation failed, the node stays cordoned: …"),
+        "{why}"
+    );
+    assert!(why.ends_with("GPU 0: HBM test FAILED"), "{why}");
+    let n = e.node("n3").expect("n3");
+    assert_eq!(n.state(), NodeState::Cordoned);
+    let evidence = n
+        .record
+        .cordon
+        .as_ref()
+        .and_then(|c| c.validation.clone())
+        .expect("kept");
+    assert!(evidence.len() <= 1024 + '…'.len_utf8() && evidence.ends_with("HBM test FAILED"));
+    // --skip-validation returns it anyway.
+    e.uncordon_validated(4_000, "n3", "bob", "known good", false)
+        .expect("skip");
+    drain(&mut e);
+    assert_eq!(e.node("n3").expect("n3").state(), NodeState::Ready);
+}
+
+#[test]
+fn an_unanswered_validation_fails_and_a_disconnected_agent_cannot_validate() {
+    let mut e = cluster_with_validation();
+    e.uncordon(2_000, "n3", "bob", "").expect("uncordon");
+    drain(&mut e);
+    let late = 2_000 + maintenance::VALIDATION_ANSWER_MS;
+    // The node must stay reachable for this test's purpose.
+    assert!(e
+        .on_telemetry(late - 1, "n3", session_of("n3"), vec![])
+        .is_applied());
+    e.handle_timeout(late);
+    let actions = drain(&mut e);
+    assert!(event(&actions, EventKind::NodeValidationFailed)
+        .contains("no answer from the agent within 2h"));
+    e.on_disconnected(late + 1, "n3", session_of("n3"));
+    drain(&mut e);
+    let err = e.uncordon(late + 2, "n3", "bob", "").expect_err("no agent");
+    assert!(err.to_string().contains("--skip-validation"), "{err}");
+}

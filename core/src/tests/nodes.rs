@@ -14,6 +14,7 @@ fn engine() -> Engine {
 
 fn reg(node: &str, session: SessionId, address: &str, instance: &str, gpus: u32) -> Registration {
     Registration {
+        validates: false,
         session,
         node_id: node.to_owned(),
         address: address.to_owned(),
@@ -217,6 +218,7 @@ fn cordon_records_reason_by_and_time_and_is_idempotent() {
     assert_eq!(
         record.cordon,
         Some(CordonRecord {
+            validation: None,
             reason: "bad HBM".into(),
             by: "alice".into(),
             at: 5_000

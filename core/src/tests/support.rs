@@ -12,6 +12,7 @@ pub(super) fn register(e: &mut Engine, id: &str, session: SessionId, gpus: u32, 
     e.on_register(
         now,
         Registration {
+            validates: false,
             session,
             node_id: id.to_owned(),
             address: format!("addr-{id}"),

@@ -108,9 +108,12 @@ async fn once(cli: &Cli, client: &mut Client, spec: Option<String>) -> Result<St
             deadline,
             by,
         } => drain::run(client, id, reason, *deadline, by, json).await,
-        Command::Uncordon { id, reason, by } => {
-            uncordon::run(client, id, reason.as_deref(), by, json).await
-        }
+        Command::Uncordon {
+            id,
+            reason,
+            by,
+            skip_validation,
+        } => uncordon::run(client, id, reason.as_deref(), by, *skip_validation, json).await,
         Command::Events { limit, after, .. } => events::run(client, *limit, *after, json).await,
         Command::Jobs { .. } => jobs::run(client, json).await,
         Command::Job(command) => job::run(client, command, spec, json).await,

@@ -73,6 +73,9 @@ pub fn node_text(n: &v1::Node, now_ms: i64) -> String {
                 format!("by {} at {}", or_none(&c.by), when(c.at_unix_ms)),
             ));
             fields.push(("Cordon reason", or_none(&c.reason)));
+            if !c.validation.is_empty() {
+                fields.push(("Validation", one_line(&c.validation)));
+            }
         }
         None => fields.push(("Cordoned", "no".to_owned())),
     }

@@ -32,6 +32,7 @@ pub(crate) fn node(id: &str, state: v1::NodeState) -> v1::Node {
 
 pub(crate) fn cordon(reason: &str) -> Option<v1::Cordon> {
     Some(v1::Cordon {
+        validation: String::new(),
         reason: reason.into(),
         by: "alice".into(),
         at_unix_ms: NOW - 300_000,

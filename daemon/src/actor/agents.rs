@@ -123,6 +123,9 @@ impl<S: Store> Actor<S> {
             AgentReport::Progress(progress) => {
                 self.engine.on_progress(now, node_id, session, progress)
             }
+            AgentReport::ValidationResult(r) => self
+                .engine
+                .on_validation_result(now, node_id, session, r.id, r.passed, &r.output),
             AgentReport::LogResponse(response) => {
                 if let Some(reply) = self.pending_logs.remove(&response.request_id) {
                     let _ = reply.send(Ok(response));

@@ -41,6 +41,7 @@ impl<S: Store> Actor<S> {
         now: Millis,
         node_id: String,
         who: By,
+        skip_validation: bool,
         reply: NodeReply,
     ) -> Deferred {
         let command = Command {
@@ -54,7 +55,13 @@ impl<S: Store> Actor<S> {
             &mut self.engine,
             &mut self.pending_changes,
             |engine| {
-                let outcome = engine.uncordon(now, &node_id, &who.by, &who.reason)?;
+                let outcome = engine.uncordon_validated(
+                    now,
+                    &node_id,
+                    &who.by,
+                    &who.reason,
+                    !skip_validation,
+                )?;
                 if outcome.changed {
                     tracing::info!(node = %node_id, by = %who.by, "node uncordoned");
                 }

@@ -241,8 +241,9 @@ impl<S: Store> Actor<S> {
             Request::Uncordon {
                 node_id,
                 who,
+                skip_validation,
                 reply,
-            } => deferred.push(self.uncordon(now, node_id, who, reply)),
+            } => deferred.push(self.uncordon(now, node_id, who, skip_validation, reply)),
             Request::Drain {
                 node_id,
                 who,
@@ -335,6 +336,9 @@ impl<S: Store> Actor<S> {
                     node_id,
                     SupervisorBody::Assignment(convert::assignment_to_wire(assignment)),
                 )),
+                Action::SendValidation { node_id, id } => {
+                    outgoing.push((node_id, SupervisorBody::Validate(v1::Validate { id })))
+                }
                 Action::SendDrill { node_id, drill } => outgoing.push((
                     node_id,
                     SupervisorBody::Drill(convert::drill_to_wire(drill)),

@@ -54,6 +54,8 @@ pub(super) enum Request {
     Uncordon {
         node_id: String,
         who: By,
+        /// Return the node to service without its agent's validation.
+        skip_validation: bool,
         reply: oneshot::Sender<Result<(CordonOutcome, v1::Node), ActorError>>,
     },
     Drain {
@@ -195,12 +197,15 @@ impl SupervisorHandle {
         .await?
     }
 
+    /// Validates the node first when its agent can (unless
+    /// `skip_validation`): the answer then says validation started.
     pub async fn uncordon(
         &self,
         node_id: String,
         reason: String,
         by: String,
         request_id: String,
+        skip_validation: bool,
     ) -> Result<(CordonOutcome, v1::Node), ActorError> {
         self.ask(|reply| Request::Uncordon {
             node_id,
@@ -209,6 +214,7 @@ impl SupervisorHandle {
                 reason,
                 request_id,
             },
+            skip_validation,
             reply,
         })
         .await?

@@ -7,6 +7,7 @@ use sup_core::{EngineConfig, GpuInventory, NodeState, Registration};
 
 fn registration(session: SessionId) -> Registration {
     Registration {
+        validates: false,
         session,
         node_id: "n1".into(),
         address: "10.0.0.1".into(),

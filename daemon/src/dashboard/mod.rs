@@ -300,6 +300,7 @@ mod tests {
 
         status.nodes[1].state = v1::NodeState::Cordoned as i32;
         status.nodes[1].cordon = Some(v1::Cordon {
+            validation: String::new(),
             reason: "HBM".into(),
             by: "ops".into(),
             ..Default::default()

@@ -94,6 +94,7 @@ impl Sim<'_> {
         self.next_session += 1;
         self.sessions[i] = self.next_session;
         Registration {
+            validates: false,
             session: self.next_session,
             node_id: node_name(i),
             address: format!("10.0.{}.{}", i / 256, i % 256),

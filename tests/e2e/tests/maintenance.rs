@@ -262,14 +262,19 @@ fn one_agent_scans_a_jobs_checkpoints_and_the_scanner_moves_with_rank_0() -> Res
     // A few checkpoints: each one a new catalog, from the scanner only.
     let job = wait_for("three checkpoints", JOB_TIMEOUT, || {
         let job = job_status(&url, "llm")?;
-        Ok((job["state"] == "running" && job["checkpoint"]["step"].as_u64() >= Some(30))
-            .then_some(job))
+        Ok(
+            (job["state"] == "running" && job["checkpoint"]["step"].as_u64() >= Some(30))
+                .then_some(job),
+        )
     })?;
     let nodes = nodes_of(&job);
     assert_eq!(nodes.len(), 3, "{job}");
     let reporting = catalogs_by_node(supd.http_port)?;
     assert_eq!(
-        reporting.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        reporting
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
         vec![nodes[0].as_str()],
         "only the node of rank 0 reports catalogs: {reporting:?}"
     );
@@ -278,7 +283,11 @@ fn one_agent_scans_a_jobs_checkpoints_and_the_scanner_moves_with_rank_0() -> Res
     // with it.
     let generation = job["generation"].as_u64().unwrap_or(0);
     let out = supctl(&url, &["cordon", &nodes[0], "--reason", "move rank 0"])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let before = job["checkpoint"]["step"].as_u64().unwrap_or(0);
     let job = wait_for("a checkpoint of the next generation", JOB_TIMEOUT, || {
         let job = job_status(&url, "llm")?;
@@ -296,10 +305,82 @@ fn one_agent_scans_a_jobs_checkpoints_and_the_scanner_moves_with_rank_0() -> Res
     let names: Vec<&str> = reporting.iter().map(|(n, _)| n.as_str()).collect();
     assert!(names.contains(&new_rank0.as_str()), "{reporting:?}");
     assert!(
-        names
-            .iter()
-            .all(|n| *n == nodes[0] || *n == new_rank0),
+        names.iter().all(|n| *n == nodes[0] || *n == new_rank0),
         "only the old and the new rank 0 ever reported: {reporting:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn an_uncordon_validates_the_node_first_and_a_failure_keeps_it_cordoned() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let mut supd = Supd::new(work.path(), &supd_config(free_port()?))?;
+    supd.start()?;
+    let url = supd.url();
+    let agent = |id: &str, command: &str| {
+        let state = work.path().join(id).display().to_string();
+        start_agent(
+            work.path(),
+            &url,
+            id,
+            "127.0.0.1",
+            "sim:2",
+            &["--state-dir", &state, "--validation-command", command],
+        )
+    };
+    let _bad = agent(
+        "node-bad",
+        "echo 'running diagnostics'; echo 'GPU 1: memory test FAILED' >&2; exit 3",
+    )?;
+    let _good = agent("node-good", "echo 'all GPUs pass'")?;
+    wait_ready_nodes(&url, 2)?;
+    for node in ["node-bad", "node-good"] {
+        let out = supctl(&url, &["cordon", node, "--reason", "board replaced"])?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = supctl(&url, &["uncordon", node, "--reason", "repaired"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("is being validated"), "{text}");
+    }
+    wait_for("node-good back in service", JOB_TIMEOUT, || {
+        Ok((node_json(&url, "node-good")?["state"] == "ready").then_some(()))
+    })?;
+    let failed = wait_for("node-bad's validation failed", JOB_TIMEOUT, || {
+        let events = events_of(&url, "node_validation_failed", None)?;
+        Ok(events.into_iter().find(|e| e["node"] == "node-bad"))
+    })?;
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("GPU 1: memory test FAILED"), "{reason}");
+    let node = node_json(&url, "node-bad")?;
+    assert_eq!(node["state"], "cordoned", "{node}");
+    let evidence = node["cordon"]["validation"].as_str().unwrap_or_default();
+    assert!(
+        evidence.contains("memory test FAILED") && evidence.contains("exit status: 3"),
+        "{node}"
+    );
+    let uncordoned = events_of(&url, "node_uncordoned", None)?;
+    assert!(
+        uncordoned.iter().any(|e| e["node"] == "node-good"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("after its validation passed"))),
+        "{uncordoned:?}"
+    );
+    // An operator can still return it without validation.
+    let out = supctl(&url, &["uncordon", "node-bad", "--skip-validation"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(node_json(&url, "node-bad")?["state"], "ready");
     Ok(())
 }

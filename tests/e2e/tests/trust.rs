@@ -46,6 +46,7 @@ fn compromised_agent(url: String, ckpt: String, stop: Arc<AtomicBool>) -> Result
             }
         };
         tx.send(message(Body::Register(v1::Register {
+            validates: false,
             node_id: EVIL.to_owned(),
             address: "127.0.0.1".to_owned(),
             hostname: EVIL.to_owned(),
@@ -253,6 +254,7 @@ fn flooding_agent(url: String, sent: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> 
             }
         };
         tx.send(message(Body::Register(v1::Register {
+            validates: false,
             node_id: FLOODER.to_owned(),
             address: "127.0.0.1".to_owned(),
             hostname: FLOODER.to_owned(),
