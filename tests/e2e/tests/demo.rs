@@ -3,6 +3,7 @@
 //! example trainer as a job, prints the dashboard URL, runs its Xid 79
 //! drill, and on Ctrl-C (SIGINT) stops every process it started.
 
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -24,6 +25,11 @@ fn the_demo_runs_drills_and_cleans_up_on_ctrl_c() -> Result<()> {
         .env("GRPC_PORT", grpc.to_string())
         .env("HTTP_PORT", http.to_string())
         .env("TMPDIR", work.path());
+    // Its own process group, so that the test's Ctrl-C reaches the whole
+    // foreground group as a terminal's does (bash acts on a SIGINT that
+    // arrives while a child runs only when that child got it too: a SIGINT
+    // to bash alone during the drill's supctl call was ignored).
+    cmd.process_group(0);
     let mut demo = Proc::spawn("demo", cmd, work.path())?;
     let url = format!("http://127.0.0.1:{grpc}");
 
@@ -58,7 +64,7 @@ fn the_demo_runs_drills_and_cleans_up_on_ctrl_c() -> Result<()> {
 
     let pid = demo.pid().ok_or_else(|| anyhow!("no pid"))?;
     Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args(["-INT", "--", &format!("-{pid}")])
         .status()?;
     demo.wait_exit(Duration::from_secs(40))?;
     assert!(
