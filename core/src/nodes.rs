@@ -474,6 +474,11 @@ impl Engine {
     ) -> Result<CordonOutcome, EngineError> {
         let by = by.to_owned();
         let note = note.to_owned();
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            // Returned now (e.g. --skip-validation): a validation still
+            // running has nothing left to decide.
+            node.validation = None;
+        }
         let node = self
             .nodes
             .get_mut(node_id)

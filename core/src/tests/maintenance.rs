@@ -316,3 +316,19 @@ fn an_unanswered_validation_fails_and_a_disconnected_agent_cannot_validate() {
     let err = e.uncordon(late + 2, "n3", "bob", "").expect_err("no agent");
     assert!(err.to_string().contains("--skip-validation"), "{err}");
 }
+
+#[test]
+fn skipping_a_running_validation_forgets_it() {
+    let mut e = cluster_with_validation();
+    e.uncordon(2_000, "n3", "bob", "").expect("uncordon");
+    let id = validation_id(&drain(&mut e));
+    e.uncordon_validated(2_500, "n3", "bob", "urgent", false)
+        .expect("skip");
+    drain(&mut e);
+    // The late answer of the validation that was skipped changes nothing.
+    assert!(!e
+        .on_validation_result(3_000, "n3", session_of("n3"), id, false, "HBM test FAILED")
+        .is_applied());
+    assert!(!has(&drain(&mut e), EventKind::NodeValidationFailed));
+    assert_eq!(e.node("n3").expect("n3").state(), NodeState::Ready);
+}
