@@ -14,8 +14,13 @@ use sup_e2e::*;
 fn the_demo_runs_drills_and_cleans_up_on_ctrl_c() -> Result<()> {
     let work = tempfile::tempdir()?;
     let (grpc, http) = (free_port()?, free_port()?);
-    let mut cmd = Command::new("bash");
-    cmd.arg(repo_root().join("scripts/demo.sh"))
+    // SIGINT back to its default first: a test run started in the
+    // background of a non-interactive shell (as CI runners and nohup do)
+    // inherits it ignored, and bash cannot trap a signal ignored on entry,
+    // so the demo could not see the Ctrl-C this test sends.
+    let mut cmd = Command::new("env");
+    cmd.args(["--default-signal=INT", "bash"])
+        .arg(repo_root().join("scripts/demo.sh"))
         .env("BIN", bin_dir()?)
         .env("NO_BUILD", "1")
         .env("AGENTS", "3")
