@@ -56,7 +56,8 @@ cleanup() {
   for env in /proc/[0-9]*/environ; do
     p=${env#/proc/}; p=${p%/environ}
     [ "$p" = "$$" ] && continue
-    if tr '\0' '\n' < "$env" 2>/dev/null | grep -qxF "SUP_DEMO_RUN=$WORK"; then
+    # 2>/dev/null first: a process gone meanwhile fails the < redirection itself.
+    if tr '\0' '\n' 2>/dev/null < "$env" | grep -qxF "SUP_DEMO_RUN=$WORK"; then
       kill -KILL "$p" 2>/dev/null || true
     fi
   done

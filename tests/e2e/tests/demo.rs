@@ -77,6 +77,13 @@ fn the_demo_runs_drills_and_cleans_up_on_ctrl_c() -> Result<()> {
         "{}",
         demo.log_text()
     );
+    // Cleaning up says nothing alarming (processes that end while the
+    // cleanup reads /proc used to print one error line each).
+    let log = demo.log_text();
+    assert!(
+        !log.contains("/environ"),
+        "the cleanup printed errors:\n{log}"
+    );
     let left = processes_with_env(&marker);
     assert!(left.is_empty(), "processes of the demo left: {left:?}");
     Ok(())
