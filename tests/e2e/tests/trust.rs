@@ -23,6 +23,48 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 // its catalog unasked, as a compromised agent would.
 const EVIL: &str = "node-x-evil";
 
+/// A node played by this test over the agent protocol (what a node with a
+/// node certificate can send): what it sends, numbered.
+struct ForgedAgent {
+    tx: tokio::sync::mpsc::Sender<v1::AgentMessage>,
+    seq: u64,
+}
+
+impl ForgedAgent {
+    /// Registers as `register` says; the stream of what supd sends back.
+    async fn connect(
+        url: String,
+        register: v1::Register,
+    ) -> Result<(ForgedAgent, tonic::Streaming<v1::SupervisorMessage>)> {
+        let channel = tonic::transport::Endpoint::from_shared(url)?
+            .connect()
+            .await
+            .context("connecting to supd")?;
+        let mut client = v1::agent_service_client::AgentServiceClient::new(channel);
+        let (tx, rx) = tokio::sync::mpsc::channel::<v1::AgentMessage>(16);
+        let mut agent = ForgedAgent { tx, seq: 0 };
+        // Queued before the call: supd answers the call once it has read
+        // the registration.
+        agent.send(Body::Register(register)).await?;
+        let inbound = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok((agent, inbound))
+    }
+
+    async fn send(&mut self, body: Body) -> Result<()> {
+        self.seq += 1;
+        self.tx
+            .send(v1::AgentMessage {
+                seq: self.seq,
+                body: Some(body),
+            })
+            .await
+            .map_err(|_| anyhow!("the stream to supd is closed"))
+    }
+}
+
 /// The compromised node: registers with one GPU, says every assignment is
 /// launched, lists the hostile catalog for its job, and keeps reporting
 /// until `stop`.
@@ -31,41 +73,26 @@ fn compromised_agent(url: String, ckpt: String, stop: Arc<AtomicBool>) -> Result
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let channel = tonic::transport::Endpoint::from_shared(url)?
-            .connect()
-            .await
-            .context("connecting to supd")?;
-        let mut client = v1::agent_service_client::AgentServiceClient::new(channel);
-        let (tx, rx) = tokio::sync::mpsc::channel::<v1::AgentMessage>(16);
-        let mut seq = 0;
-        let mut message = move |body: Body| {
-            seq += 1;
-            v1::AgentMessage {
-                seq,
-                body: Some(body),
-            }
-        };
-        tx.send(message(Body::Register(v1::Register {
-            validates: false,
-            node_id: EVIL.to_owned(),
-            address: "127.0.0.1".to_owned(),
-            hostname: EVIL.to_owned(),
-            agent_version: "trust-test".to_owned(),
-            instance_id: "evil-1".to_owned(),
-            gpu_backend: "sim".to_owned(),
-            gpus: vec![v1::GpuInfo {
-                index: 0,
-                uuid: "GPU-evil-0".to_owned(),
-                name: "Simulated".to_owned(),
-                pci_bus_id: "00000000:10:00.0".to_owned(),
-                memory_total_bytes: None,
-            }],
-        })))
+        let (mut agent, mut inbound) = ForgedAgent::connect(
+            url,
+            v1::Register {
+                validates: false,
+                node_id: EVIL.to_owned(),
+                address: "127.0.0.1".to_owned(),
+                hostname: EVIL.to_owned(),
+                agent_version: "trust-test".to_owned(),
+                instance_id: "evil-1".to_owned(),
+                gpu_backend: "sim".to_owned(),
+                gpus: vec![v1::GpuInfo {
+                    index: 0,
+                    uuid: "GPU-evil-0".to_owned(),
+                    name: "Simulated".to_owned(),
+                    pci_bus_id: "00000000:10:00.0".to_owned(),
+                    memory_total_bytes: None,
+                }],
+            },
+        )
         .await?;
-        let mut inbound = client
-            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
         let mut tick = tokio::time::interval(Duration::from_millis(300));
         while !stop.load(Ordering::Relaxed) {
             tokio::select! {
@@ -74,21 +101,21 @@ fn compromised_agent(url: String, ckpt: String, stop: Arc<AtomicBool>) -> Result
                         sampled_at_unix_ms: sup_proto::time::now_unix_ms(),
                         gpus: Vec::new(),
                     };
-                    tx.send(message(Body::Telemetry(telemetry))).await?;
+                    agent.send(Body::Telemetry(telemetry)).await?;
                 }
                 next = inbound.message() => {
                     let Some(msg) = next? else { bail!("supd closed the stream") };
                     let Some(SupervisorBody::Assignment(a)) = msg.body else { continue };
                     let Some(job) = a.job else { continue };
-                    tx.send(message(Body::Ranks(v1::RankStatus {
+                    agent.send(Body::Ranks(v1::RankStatus {
                         job: job.job.clone(),
                         generation: a.generation,
                         running_local_ranks: vec![0],
                         launched: true,
                         launch_error: String::new(),
-                    })))
+                    }))
                     .await?;
-                    tx.send(message(Body::Checkpoints(v1::CheckpointCatalog {
+                    agent.send(Body::Checkpoints(v1::CheckpointCatalog {
                         job: job.job,
                         checkpoints: vec![
                             v1::Checkpoint {
@@ -100,7 +127,7 @@ fn compromised_agent(url: String, ckpt: String, stop: Arc<AtomicBool>) -> Result
                                 path: format!("{ckpt}/step-huge"),
                             },
                         ],
-                    })))
+                    }))
                     .await?;
                 }
             }
@@ -239,43 +266,28 @@ fn flooding_agent(url: String, sent: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> 
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let channel = tonic::transport::Endpoint::from_shared(url)?
-            .connect()
-            .await
-            .context("connecting to supd")?;
-        let mut client = v1::agent_service_client::AgentServiceClient::new(channel);
-        let (tx, rx) = tokio::sync::mpsc::channel::<v1::AgentMessage>(16);
-        let mut seq = 0;
-        let mut message = move |body: Body| {
-            seq += 1;
-            v1::AgentMessage {
-                seq,
-                body: Some(body),
-            }
-        };
-        tx.send(message(Body::Register(v1::Register {
-            validates: false,
-            node_id: FLOODER.to_owned(),
-            address: "127.0.0.1".to_owned(),
-            hostname: FLOODER.to_owned(),
-            agent_version: "flood-test".to_owned(),
-            instance_id: "flood-1".to_owned(),
-            gpu_backend: "sim".to_owned(),
-            gpus: (0..8)
-                .map(|i| v1::GpuInfo {
-                    index: i,
-                    uuid: format!("GPU-flood-{i}"),
-                    name: "Simulated".to_owned(),
-                    pci_bus_id: format!("00000000:{:02x}:00.0", 0x10 + i),
-                    memory_total_bytes: None,
-                })
-                .collect(),
-        })))
+        let (mut agent, mut inbound) = ForgedAgent::connect(
+            url,
+            v1::Register {
+                validates: false,
+                node_id: FLOODER.to_owned(),
+                address: "127.0.0.1".to_owned(),
+                hostname: FLOODER.to_owned(),
+                agent_version: "flood-test".to_owned(),
+                instance_id: "flood-1".to_owned(),
+                gpu_backend: "sim".to_owned(),
+                gpus: (0..8)
+                    .map(|i| v1::GpuInfo {
+                        index: i,
+                        uuid: format!("GPU-flood-{i}"),
+                        name: "Simulated".to_owned(),
+                        pci_bus_id: format!("00000000:{:02x}:00.0", 0x10 + i),
+                        memory_total_bytes: None,
+                    })
+                    .collect(),
+            },
+        )
         .await?;
-        let mut inbound = client
-            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
         let Some(first) = inbound.message().await? else {
             bail!("supd closed the stream before registering the flooder")
         };
@@ -301,12 +313,13 @@ fn flooding_agent(url: String, sent: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> 
                     }
                 })
                 .collect();
-            tx.send(message(Body::Health(v1::HealthReport {
-                verdicts: Vec::new(),
-                xids,
-                visible_gpus: Some(8),
-            })))
-            .await?;
+            agent
+                .send(Body::Health(v1::HealthReport {
+                    verdicts: Vec::new(),
+                    xids,
+                    visible_gpus: Some(8),
+                }))
+                .await?;
         }
         sent.store(true, Ordering::Relaxed);
         let mut tick = tokio::time::interval(Duration::from_millis(300));
@@ -317,7 +330,7 @@ fn flooding_agent(url: String, sent: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> 
                         sampled_at_unix_ms: sup_proto::time::now_unix_ms(),
                         gpus: Vec::new(),
                     };
-                    tx.send(message(Body::Telemetry(telemetry))).await?;
+                    agent.send(Body::Telemetry(telemetry)).await?;
                 }
                 next = inbound.message() => {
                     if next?.is_none() {
