@@ -197,6 +197,21 @@ pub fn wait_for<T>(
     }
 }
 
+/// Writes `spec` to `<dir>/<name>.toml` and submits it with supctl; an error
+/// carries supctl's stderr.
+pub fn submit_job(supervisor: &str, dir: &Path, name: &str, spec: &str) -> Result<()> {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, spec)?;
+    let out = supctl(supervisor, &["job", "submit", &file.display().to_string()])?;
+    if !out.status.success() {
+        bail!(
+            "submitting {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// A process's resident memory from /proc, KiB.
 pub fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -48,16 +48,7 @@ fn submit(url: &str, work: &Path, name: &str, script: &str) -> Result<()> {
         toml_list(&command),
         ckpt.display()
     );
-    let file = work.join(format!("{name}.toml"));
-    std::fs::write(&file, spec)?;
-    let out = supctl(url, &["job", "submit", &file.display().to_string()])?;
-    if !out.status.success() {
-        bail!(
-            "submitting {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    submit_job(url, work, name, &spec)
 }
 
 /// The generations `dir` holds entries `<prefix><N>` of.

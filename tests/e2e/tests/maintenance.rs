@@ -82,12 +82,7 @@ fn a_drain_moves_the_job_at_its_next_checkpoint_and_removed_nodes_leave() -> Res
 
     let ckpt = work.path().join("ckpt");
     std::fs::create_dir_all(&ckpt)?;
-    let file = work.path().join("job.toml");
-    std::fs::write(&file, job_spec(&ckpt))?;
-    let out = supctl(&url, &["job", "submit", &file.display().to_string()])?;
-    if !out.status.success() {
-        bail!("submit: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    submit_job(&url, work.path(), "llm", &job_spec(&ckpt))?;
     let job = wait_for("the job running with a checkpoint", JOB_TIMEOUT, || {
         let job = job_status(&url, "llm")?;
         Ok(
@@ -253,12 +248,12 @@ fn one_agent_scans_a_jobs_checkpoints_and_the_scanner_moves_with_rank_0() -> Res
     wait_ready_nodes(&url, 4)?;
     let ckpt = work.path().join("ckpt");
     std::fs::create_dir_all(&ckpt)?;
-    let file = work.path().join("job.toml");
-    std::fs::write(&file, job_spec(&ckpt).replace("nodes = 2", "nodes = 3"))?;
-    let out = supctl(&url, &["job", "submit", &file.display().to_string()])?;
-    if !out.status.success() {
-        bail!("submit: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    submit_job(
+        &url,
+        work.path(),
+        "llm",
+        &job_spec(&ckpt).replace("nodes = 2", "nodes = 3"),
+    )?;
     // A few checkpoints: each one a new catalog, from the scanner only.
     let job = wait_for("three checkpoints", JOB_TIMEOUT, || {
         let job = job_status(&url, "llm")?;

@@ -63,16 +63,7 @@ fn submit(url: &str, work: &std::path::Path, name: &str, extra: &str) -> Result<
         toml_list(&command),
         ckpt.display()
     );
-    let file = work.join(format!("{name}.toml"));
-    std::fs::write(&file, spec)?;
-    let out = supctl(url, &["job", "submit", &file.display().to_string()])?;
-    if !out.status.success() {
-        bail!(
-            "submitting {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    submit_job(url, work, name, &spec)
 }
 
 /// Waits for `name` to fail and returns why.
