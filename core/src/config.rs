@@ -14,7 +14,8 @@ pub struct EngineConfig {
     pub master_port: u32,
     /// How long ranks get between SIGTERM and SIGKILL.
     pub stop_grace_ms: u32,
-    /// A warning event when fewer healthy nodes than this are free.
+    /// The spare reserve: healthy nodes placement keeps free of normal
+    /// work (`jobs/placement.rs`); a warning event when fewer remain.
     pub spares_target: u32,
     /// An assigned node unreachable this long is lost, job progress or not.
     pub lost_node_grace_ms: Millis,

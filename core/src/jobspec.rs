@@ -52,6 +52,11 @@ pub struct JobSpec {
     pub checkpoint_layout: String,
     #[serde(default = "default_priority")]
     pub priority: Priority,
+    /// A normal job that may take nodes from the spare reserve
+    /// (`jobs.spares_target`) for its first start or to grow. Not stored
+    /// when false, so records stay as older supd wrote them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub use_reserved_spares: bool,
     #[serde(default = "default_max_restarts")]
     pub max_restarts: u32,
     #[serde(default)]
@@ -107,6 +112,9 @@ fn one() -> u32 {
 }
 fn default_layout() -> String {
     "dcp".to_owned()
+}
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 fn default_priority() -> Priority {
     Priority::Normal

@@ -49,7 +49,7 @@ pub mod records;
 
 pub use config::EngineConfig;
 pub use engine::{Action, CordonOutcome, Engine, EngineError, ReportOutcome};
-pub use jobs::{Job, NodeStats};
+pub use jobs::{Job, NodeStats, SparePool};
 pub use messages::*;
 pub use nodes::{Node, NodeState};
 pub use records::*;

@@ -118,6 +118,7 @@ impl ControlService for FakeSupd {
             spares: vec!["n1".into()],
             breaker: Some(self.breaker.lock().unwrap().clone()),
             spares_target: 2,
+            spares_lent: Vec::new(),
         }))
     }
 

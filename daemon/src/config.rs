@@ -98,7 +98,8 @@ pub struct JobsConfig {
     /// SIGTERM → SIGKILL grace when stopping ranks.
     #[serde(with = "humantime_serde")]
     pub stop_grace: Duration,
-    /// Warn (event) when fewer free healthy nodes than this remain.
+    /// The spare reserve: healthy nodes kept free of normal work (lent to
+    /// low-priority jobs); an event when fewer remain.
     pub spares_target: u32,
     /// An assigned node unreachable this long is replaced, progress or not.
     #[serde(with = "humantime_serde")]

@@ -88,16 +88,23 @@ pub fn node(engine: &Engine, node: &Node) -> v1::Node {
 
 pub fn status(engine: &Engine) -> v1::ClusterStatus {
     let breaker = engine.breaker();
+    let pool = engine.spare_pool();
     v1::ClusterStatus {
         nodes: engine.nodes().map(|n| node(engine, n)).collect(),
         jobs: engine.jobs().map(|j| job_in(engine, j)).collect(),
-        spares: engine.spares().map(|n| n.record.id.clone()).collect(),
+        spares: pool
+            .free
+            .iter()
+            .chain(pool.lent.iter().map(|(node, _)| node))
+            .cloned()
+            .collect(),
         breaker: Some(v1::Breaker {
             open: breaker.open,
             reason: breaker.reason.clone(),
             since_unix_ms: breaker.since,
         }),
-        spares_target: engine.config().spares_target,
+        spares_target: pool.target,
+        spares_lent: pool.lent.into_iter().map(|(node, _)| node).collect(),
     }
 }
 

@@ -11,8 +11,12 @@ use crate::v1;
 pub struct StatusView {
     pub nodes: Vec<NodeView>,
     pub jobs: Vec<JobView>,
+    /// Healthy nodes no normal job holds (free or lent).
     pub spares: Vec<String>,
     pub spares_target: u32,
+    /// The spares running low-priority work, taken back when a normal job
+    /// needs a spare.
+    pub spares_lent: Vec<String>,
     pub breaker: BreakerView,
 }
 
@@ -209,6 +213,7 @@ impl From<&v1::ClusterStatus> for StatusView {
             jobs: s.jobs.iter().map(JobView::from).collect(),
             spares: s.spares.clone(),
             spares_target: s.spares_target,
+            spares_lent: s.spares_lent.clone(),
             breaker: match &s.breaker {
                 Some(b) if b.open => BreakerView {
                     state: "open",

@@ -7,6 +7,7 @@ mod catalog;
 mod gpu_idle;
 mod judgement;
 mod placement;
+pub use placement::SparePool;
 mod remedies;
 mod reports;
 mod restart;

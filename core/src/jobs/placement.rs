@@ -33,19 +33,7 @@ impl Engine {
         let spec = job.record.spec.clone();
         let previous = job.record.nodes.clone();
         let Some((nodes, preempted)) = placement else {
-            let available = self.placeable_count(name);
-            let why = format!(
-                "waiting for capacity: needs at least {} node(s) with {} GPU(s) each{}, {} available{}",
-                spec.min_nodes(),
-                spec.gpus_per_node,
-                if spec.world_size_multiple > 1 {
-                    format!(" and a world size that is a multiple of {}", spec.world_size_multiple)
-                } else {
-                    String::new()
-                },
-                available,
-                failure.as_deref().map(|f| format!("; after: {f}")).unwrap_or_default()
-            );
+            let why = self.waiting_reason(name, failure.as_deref());
             let had_nodes = !previous.is_empty();
             let changed = job.record.state != JobState::Pending || job.record.reason != why;
             if had_nodes {
@@ -161,11 +149,38 @@ impl Engine {
 
     /// Nodes this job could run on: its current healthy nodes first (stable
     /// ranks), then free healthy nodes, then nodes of preemptible jobs (for
-    /// normal-priority jobs only). Returns the chosen nodes and the
-    /// (job, node) pairs it would preempt, or None when no valid world size
-    /// fits.
+    /// normal-priority jobs only), leaving the spare reserve alone unless
+    /// the job may use it. Returns the chosen nodes and the (job, node)
+    /// pairs it would preempt, or None when no valid world size fits.
     pub(crate) fn place(&self, name: &str) -> Option<Placement> {
         let job = self.jobs.get(name)?;
+        let offer = self.offer(job);
+        let count = job
+            .record
+            .spec
+            .best_node_count(u32::try_from(offer.usable()).unwrap_or(u32::MAX))?
+            as usize;
+        let Offer {
+            mut own,
+            free,
+            lent,
+            ..
+        } = offer;
+        own.extend(free);
+        own.truncate(count);
+        let mut taken = Vec::new();
+        for (victim, node) in lent.into_iter().take(count.saturating_sub(own.len())) {
+            own.push(node.clone());
+            taken.push((victim, node));
+        }
+        Some((own, taken))
+    }
+
+    /// What placement can offer a job: its own nodes that can still run
+    /// it, free healthy nodes, nodes lent to preemptible work, and how many
+    /// of those the spare reserve keeps from it.
+    fn offer(&self, job: &Job) -> Offer {
+        let name = job.name();
         let spec = &job.record.spec;
         let fits = |id: &String, allow_suspect: bool| {
             !job.record.avoid_nodes.contains(id)
@@ -192,57 +207,131 @@ impl Engine {
                 .get(id.as_str())
                 .is_some_and(|(count, first)| *count > 1 || first.name() != name)
         };
-        let mut candidates: Vec<String> = job
+        let own: Vec<String> = job
             .record
             .nodes
             .iter()
             .filter(|id| fits(id, true) && !held_by_other(id))
             .cloned()
             .collect();
-        let mut preemptible = Vec::new();
-        let current: HashSet<String> = candidates.iter().cloned().collect();
-        for id in self.nodes.keys() {
+        let mut free = Vec::new();
+        let mut lent = Vec::new();
+        let current: HashSet<&String> = own.iter().collect();
+        // Nodes no normal job holds, whoever they fit: the spare pool the
+        // reserve is counted against.
+        let mut spares = 0usize;
+        for (id, node) in &self.nodes {
+            let held = holding.get(id.as_str());
+            if node.state() == NodeState::Ready
+                && held.is_none_or(|(_, j)| j.record.spec.priority == Priority::Low)
+            {
+                spares += 1;
+            }
             if current.contains(id) || !fits(id, false) {
                 continue;
             }
-            let held = holding.get(id.as_str());
             if held.is_some_and(|(count, _)| *count > 1) {
                 // Being handed over between two jobs right now.
                 continue;
             }
             match held.map(|(_, j)| *j) {
-                None => candidates.push(id.clone()),
+                None => free.push(id.clone()),
                 Some(other)
                     if other.name() != name
                         && spec.priority == Priority::Normal
                         && other.record.spec.priority == Priority::Low =>
                 {
-                    preemptible.push((other.name().to_owned(), id.clone()));
+                    lent.push((other.name().to_owned(), id.clone()));
                 }
                 Some(_) => {}
             }
         }
-        let free = candidates.len();
-        let total = free + preemptible.len();
-        let count = spec.best_node_count(u32::try_from(total).unwrap_or(u32::MAX))? as usize;
-        candidates.truncate(count);
-        let mut taken = Vec::new();
-        for (victim, node) in preemptible.into_iter().take(count.saturating_sub(free)) {
-            candidates.push(node.clone());
-            taken.push((victim, node));
+        let pool = free.len() + lent.len();
+        let reserved = self.reserve_kept_from(job, own.len(), spares).min(pool);
+        Offer {
+            own,
+            free,
+            lent,
+            reserved,
         }
-        Some((candidates, taken))
     }
 
-    pub(crate) fn placeable_count(&self, name: &str) -> usize {
-        self.nodes
+    /// How many spare nodes the reserve (`spares_target`) keeps from this
+    /// job. Low-priority work may always borrow them (it is preempted when
+    /// a spare is needed), and so may a job whose spec opts in. A job that
+    /// has run may take from the reserve what it lost (up to its previous
+    /// size, or `min_nodes` when it lost everything): replacing failed
+    /// nodes is what the reserve is for. A first start or growing a
+    /// shrunk job may not.
+    fn reserve_kept_from(&self, job: &Job, own: usize, spares: usize) -> usize {
+        let spec = &job.record.spec;
+        let target = self.config.spares_target as usize;
+        if target == 0 || spec.priority == Priority::Low || spec.use_reserved_spares {
+            return 0;
+        }
+        let lost = if job.record.generation > 0 {
+            (job.record.nodes.len().max(spec.min_nodes() as usize)).saturating_sub(own)
+        } else {
+            0
+        };
+        target.min(spares).saturating_sub(lost)
+    }
+
+    /// Why a job that placement cannot fit waits: what it needs, what it
+    /// could have, and the reserve when that is what stops it.
+    fn waiting_reason(&self, name: &str, failure: Option<&str>) -> String {
+        let Some(job) = self.jobs.get(name) else {
+            return String::new();
+        };
+        let spec = &job.record.spec;
+        let offer = self.offer(job);
+        let reserve = if offer.reserved > 0 {
+            format!(
+                "; {} more kept free as the spare reserve (jobs.spares_target = {}; a spec with use_reserved_spares = true may use it)",
+                offer.reserved, self.config.spares_target
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "waiting for capacity: needs at least {} node(s) with {} GPU(s) each{}, {} available{reserve}{}",
+            spec.min_nodes(),
+            spec.gpus_per_node,
+            if spec.world_size_multiple > 1 {
+                format!(
+                    " and a world size that is a multiple of {}",
+                    spec.world_size_multiple
+                )
+            } else {
+                String::new()
+            },
+            offer.usable(),
+            failure.map(|f| format!("; after: {f}")).unwrap_or_default()
+        )
+    }
+
+    /// The spare pool as operators see it: healthy nodes no normal job
+    /// holds, split into free ones and ones lent to low-priority work.
+    pub fn spare_pool(&self) -> SparePool {
+        let holders = self.holders();
+        let mut pool = SparePool {
+            target: self.config.spares_target,
+            ..SparePool::default()
+        };
+        for n in self
+            .nodes
             .values()
-            .filter(|n| {
-                n.state() == NodeState::Ready
-                    && n.connected()
-                    && self.job_of(&n.record.id).is_none_or(|j| j.name() == name)
-            })
-            .count()
+            .filter(|n| n.state() == NodeState::Ready)
+        {
+            match holders.get(n.record.id.as_str()) {
+                None => pool.free.push(n.record.id.clone()),
+                Some((j, _)) if j.record.spec.priority == Priority::Low => {
+                    pool.lent.push((n.record.id.clone(), j.name().to_owned()))
+                }
+                Some(_) => {}
+            }
+        }
+        pool
     }
 
     /// Normal before low priority, then oldest submission first.
@@ -280,3 +369,32 @@ impl Engine {
 /// Chosen nodes in node-rank order, and the (preempted job, node) pairs
 /// that placement takes from preemptible jobs.
 type Placement = (Vec<String>, Vec<(String, String)>);
+
+/// Nodes a job could be placed on, before choosing.
+struct Offer {
+    /// Its current nodes that can still run it (stable ranks).
+    own: Vec<String>,
+    /// Healthy nodes no job holds.
+    free: Vec<String>,
+    /// (low-priority job, node): nodes it could preempt.
+    lent: Vec<(String, String)>,
+    /// How many of `free` + `lent` the spare reserve keeps from it.
+    reserved: usize,
+}
+
+impl Offer {
+    fn usable(&self) -> usize {
+        self.own.len() + self.free.len() + self.lent.len() - self.reserved
+    }
+}
+
+/// The spare pool: `spares_target` healthy nodes kept free of normal work.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SparePool {
+    pub target: u32,
+    /// Spares holding nothing.
+    pub free: Vec<String>,
+    /// (node, job): spares lent to low-priority work, taken back when a
+    /// normal job needs one.
+    pub lent: Vec<(String, String)>,
+}

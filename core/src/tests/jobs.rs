@@ -65,7 +65,13 @@ fn a_job_starts_on_nodes_in_stable_order_with_the_torchrun_contract() {
 #[test]
 fn a_failed_node_is_swapped_for_a_spare_then_the_job_shrinks_and_resumes_from_the_newest_checkpoint(
 ) {
-    let mut e = cluster(5);
+    let mut e = cluster_with(
+        EngineConfig {
+            spares_target: 1,
+            ..config()
+        },
+        5,
+    );
     submit(&mut e, 0, &spec("llm", 4, 2, ""), "alice").expect("submit");
     drain(&mut e);
     launch_all(&mut e, "llm", 10);

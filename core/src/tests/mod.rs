@@ -6,4 +6,5 @@ mod health;
 mod jobs;
 mod maintenance;
 mod nodes;
+mod spares;
 mod support;

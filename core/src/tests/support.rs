@@ -38,12 +38,12 @@ pub(super) fn register(e: &mut Engine, id: &str, session: SessionId, gpus: u32, 
 /// How long a silent node stays reachable in the jobs and health tests.
 pub(super) const GRACE: Millis = 30_000;
 
-/// The jobs and health tests' engine: one spare wanted.
+/// The jobs and health tests' engine: no spare reserve (the reserve tests ask for one).
 pub(super) fn config() -> EngineConfig {
     EngineConfig {
         unreachable_after_ms: GRACE,
         event_log_capacity: 10_000,
-        spares_target: 1,
+        spares_target: 0,
         ..Default::default()
     }
 }

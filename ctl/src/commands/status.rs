@@ -109,8 +109,13 @@ pub fn summary(s: &v1::ClusterStatus) -> String {
         .map(|(state, c)| format!("{c} {state}"))
         .collect();
     let nodes = format!("{}: {}", plural(s.nodes.len(), "node"), by_state.join(", "));
+    let lent = if s.spares_lent.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} lent to low-priority work)", s.spares_lent.len())
+    };
     let rest = format!(
-        "spares {}/target {}; {}",
+        "spares {}/target {}{lent}; {}",
         s.spares.len(),
         s.spares_target,
         plural(s.jobs.len(), "job"),
@@ -424,6 +429,7 @@ mod tests {
             ],
             spares: vec!["a".into(), "b".into()],
             spares_target: 2,
+            spares_lent: Vec::new(),
             breaker: Some(v1::Breaker {
                 open: false,
                 reason: "reset by alice".into(),
@@ -437,6 +443,24 @@ mod tests {
         assert!(
             text.starts_with("2 nodes: 2 ready; spares 2/target 2; 1 job\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_summary_says_how_many_spares_are_lent_to_low_priority_work() {
+        let s = v1::ClusterStatus {
+            nodes: vec![
+                node("a", v1::NodeState::Ready),
+                node("b", v1::NodeState::Ready),
+            ],
+            spares: vec!["a".into(), "b".into()],
+            spares_target: 2,
+            spares_lent: vec!["b".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            summary(&s),
+            "2 nodes: 2 ready; spares 2/target 2 (1 lent to low-priority work); 0 jobs"
         );
     }
 

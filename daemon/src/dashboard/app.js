@@ -130,7 +130,10 @@
     for (const j of jobs) if (j.state !== "running" && j.state !== "stopped" && j.state !== "completed") add(j.state === "failed" ? "bad" : "warn", "job " + j.name + " " + j.state, j.reason || "");
     if (summary) {
       const cls = summary.spares < summary.spares_target ? "warn" : "good";
-      add(cls, "spares " + summary.spares + "/" + summary.spares_target);
+      const lent = summary.spares_lent ? " (" + summary.spares_lent + " lent)" : "";
+      add(cls, "spares " + summary.spares + "/" + summary.spares_target + lent,
+          "spare reserve: " + summary.spares + " healthy node(s) free of normal work, target " + summary.spares_target +
+          (summary.spares_lent ? "; " + summary.spares_lent + " running low-priority work, taken back when a normal job needs a spare" : ""));
       if (summary.breaker_open) add("bad", "breaker open", summary.breaker_reason || "");
     }
     if (!box.children.length) add("good", "all clear");

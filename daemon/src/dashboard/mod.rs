@@ -129,6 +129,8 @@ struct NodesDelta<'a> {
 struct Summary {
     spares: usize,
     spares_target: u32,
+    /// Spares lent to low-priority work (counted in `spares`).
+    spares_lent: usize,
     breaker_open: bool,
     breaker_reason: Option<String>,
     nodes: usize,
@@ -194,6 +196,7 @@ impl StreamState {
         let summary = Summary {
             spares: status.spares.len(),
             spares_target: status.spares_target,
+            spares_lent: status.spares_lent.len(),
             breaker_open: breaker.is_some_and(|b| b.open),
             breaker_reason: breaker
                 .filter(|b| b.open)

@@ -101,7 +101,18 @@ pub fn render_state(status: &v1::ClusterStatus) -> Result<String, std::fmt::Erro
     registry.register("nodes", "Nodes by state", nodes);
     let spares = Gauge::<i64>::default();
     spares.set(i64::try_from(status.spares.len()).unwrap_or(i64::MAX));
-    registry.register("spare_nodes", "Healthy nodes that hold no job", spares);
+    registry.register(
+        "spare_nodes",
+        "Healthy nodes that hold no normal job (free, or lent to low-priority work)",
+        spares,
+    );
+    let lent = Gauge::<i64>::default();
+    lent.set(i64::try_from(status.spares_lent.len()).unwrap_or(i64::MAX));
+    registry.register(
+        "spare_nodes_lent",
+        "Spare nodes running low-priority work, taken back when a normal job needs one",
+        lent,
+    );
     registry.register(
         "agents_connected",
         "Agents with a live stream to this supd",
