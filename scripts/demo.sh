@@ -6,8 +6,9 @@
 #   - the example trainer (examples/trainer/train.py) as a job on AGENTS-1 nodes,
 #     so one node is the warm spare,
 # prints the dashboard URL and supctl lines to try, and after DRILL_AFTER seconds
-# injects Xid 79 ("GPU fallen off the bus") on a node of the job: watch the
-# detection, the cordon, the spare swap and the resume from the newest checkpoint.
+# (once the job has a checkpoint) injects Xid 79 ("GPU fallen off the bus") on a
+# node of the job: watch the detection, the cordon, the spare swap and the resume
+# from the newest checkpoint.
 # Ctrl-C stops every process it started (the training ranks too).
 #
 #   AGENTS=4 GPUS=8 GRPC_PORT=7070 HTTP_PORT=7080 DRILL_AFTER=30 scripts/demo.sh
@@ -130,14 +131,23 @@ TXT
 
 # Sleep in short steps so that Ctrl-C is handled at once.
 for _ in $(seq 1 $(( DRILL_AFTER * 5 ))); do sleep 0.2; done
-victim=$(ctl status -o json | python3 -c 'import json,sys
+# The drill is there to show a resume from the newest checkpoint, so it waits
+# (a minute at most) for the job to be running with one: a slow machine may
+# need longer than DRILL_AFTER to get there.
+victim=
+for _ in $(seq 1 300); do
+  victim=$(ctl status -o json 2>/dev/null | python3 -c 'import json,sys
 jobs=[j for j in json.load(sys.stdin).get("jobs",[]) if j.get("name")=="demo-llm"]
-print(jobs[0]["nodes"][0] if jobs and jobs[0].get("nodes") else "")' 2>/dev/null || true)
+j=jobs[0] if jobs else {}
+print(j["nodes"][0] if j.get("state")=="running" and j.get("nodes") and j.get("checkpoint") else "")' 2>/dev/null || true)
+  [ -n "$victim" ] && break
+  sleep 0.2
+done
 if [ -n "$victim" ]; then
   echo
   echo "== drill: Xid 79 on $victim GPU 0 (watch the dashboard)"
   ctl drill xid --node "$victim" --gpu 0 --xid 79 || true
 else
-  echo "== the job holds no node yet; no drill"
+  echo "== the job is not running with a checkpoint yet; no drill"
 fi
 while :; do sleep 0.2; done

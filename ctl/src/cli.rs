@@ -72,8 +72,9 @@ pub struct GlobalArgs {
 /// `--watch`: redraw, like watch(1), until interrupted.
 #[derive(Debug, Clone, Args)]
 pub struct Watch {
-    /// Redraw every INTERVAL until interrupted (`-w` alone: every 2s; with
-    /// -o json: one JSON document per line each time)
+    /// Redraw every INTERVAL until interrupted (`-w` alone: every 2s; not on
+    /// a terminal: each frame after the last, plain text; with -o json: one
+    /// JSON document per line each time)
     #[arg(short, long, value_name = "INTERVAL", num_args = 0..=1, require_equals = false, default_missing_value = "2s", value_parser = parse_timeout)]
     pub watch: Option<Duration>,
 }

@@ -25,7 +25,7 @@ mod status;
 mod test_support;
 mod uncordon;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::SystemTime;
 
 use crate::cli::{
@@ -137,6 +137,8 @@ async fn watch(
     out: &mut dyn Write,
 ) -> Result<(), CtlError> {
     let json = cli.global.output == Output::Json;
+    // `out` is supctl's stdout: redraw in place only on a terminal.
+    let redraw = std::io::stdout().is_terminal();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -153,15 +155,27 @@ async fn watch(
                 .unwrap_or_else(|_| text.trim().to_owned());
             writeln!(out, "{compact}")?;
         } else {
-            let every = humantime::format_duration(every);
-            let at = humanize::timestamp(now_ms());
-            write!(
-                out,
-                "\x1b[H\x1b[2JEvery {every}: supctl {}    {at}\n\n{text}",
-                command_name(&cli.command)
-            )?;
+            let header = format!(
+                "Every {}: supctl {}    {}",
+                humantime::format_duration(every),
+                command_name(&cli.command),
+                humanize::timestamp(now_ms())
+            );
+            out.write_all(watch_frame(&header, &text, redraw).as_bytes())?;
         }
         out.flush()?;
+    }
+}
+
+/// One `--watch` frame of tables. On a terminal the screen is cleared
+/// first, like watch(1); on a pipe or in a file the frames follow one
+/// another as plain text, a blank line apart, since clear-screen codes
+/// would be garbage to a log, `grep` or `tee`.
+fn watch_frame(header: &str, text: &str, redraw: bool) -> String {
+    if redraw {
+        format!("\x1b[H\x1b[2J{header}\n\n{text}")
+    } else {
+        format!("{header}\n\n{text}\n")
     }
 }
 
@@ -185,4 +199,26 @@ fn now_ms() -> i64 {
 
 fn json_error(e: serde_json::Error) -> CtlError {
     CtlError::Other(format!("cannot encode JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watch_frame;
+
+    #[test]
+    fn watch_frames_clear_the_screen_only_on_a_terminal() {
+        let table = "JOB  STATE\nllm  running\n";
+        assert_eq!(
+            watch_frame("Every 2s: supctl jobs", table, true),
+            "\x1b[H\x1b[2JEvery 2s: supctl jobs\n\nJOB  STATE\nllm  running\n"
+        );
+        // On a pipe: plain text, each frame after the last, a blank line
+        // between them.
+        let frame = watch_frame("Every 2s: supctl jobs", table, false);
+        assert_eq!(
+            frame,
+            "Every 2s: supctl jobs\n\nJOB  STATE\nllm  running\n\n"
+        );
+        assert!(!frame.contains('\x1b'));
+    }
 }
