@@ -63,6 +63,15 @@ pub fn bound_health_report(report: &mut HealthReport, gpus: &[GpuRecord]) -> usi
         for e in &mut v.evidence {
             clip(e, MAX_AGENT_TEXT);
         }
+        // A set: the kinds are few, so a flood of repeats shrinks to them,
+        // and the order is fixed so an unchanged verdict compares equal.
+        v.causes.sort_unstable();
+        v.causes.dedup();
+        if v.health == crate::GpuHealth::Ok {
+            // Causes are what made a GPU unhealthy: an ok GPU has none,
+            // whatever the agent says, so none can corroborate anything.
+            v.causes.clear();
+        }
     }
     before - report.xids.len()
 }
@@ -112,6 +121,7 @@ mod tests {
                 health_reason: String::new(),
                 evidence: Vec::new(),
                 recovery_action: 0,
+                causes: Vec::new(),
             })
             .collect()
     }
@@ -174,6 +184,31 @@ mod tests {
         assert!(v.reason.len() <= MAX_AGENT_TEXT && v.reason.ends_with('…'));
         assert_eq!(v.evidence.len(), MAX_EVIDENCE);
         assert!(v.evidence.iter().all(|e| e.len() <= MAX_AGENT_TEXT));
+    }
+
+    #[test]
+    fn verdict_causes_become_a_set_and_an_ok_gpu_has_none() {
+        use crate::records::GpuCauseKind::{Nvlink, Throttle};
+        let mut report = HealthReport {
+            verdicts: vec![
+                GpuVerdict {
+                    index: 0,
+                    health: crate::GpuHealth::Degraded,
+                    causes: [Throttle, Nvlink].repeat(10_000),
+                    ..Default::default()
+                },
+                GpuVerdict {
+                    index: 1,
+                    health: crate::GpuHealth::Ok,
+                    causes: vec![Throttle],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        bound_health_report(&mut report, &gpus());
+        assert_eq!(report.verdicts[0].causes, vec![Nvlink, Throttle]);
+        assert!(report.verdicts[1].causes.is_empty());
     }
 
     #[test]

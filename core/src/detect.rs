@@ -69,8 +69,17 @@ pub struct DetectConfig {
     pub straggler_threshold: f64,
     /// Samples per node in the sliding window.
     pub straggler_window: usize,
-    /// Consecutive slow evaluations (one per new sample) before flagging.
+    /// Consecutive slow evaluations (one per new sample) before flagging a
+    /// node with no hardware signal of a slowdown: the uncorroborated
+    /// window, long because a node slow for no visible reason may be
+    /// noise (a noisy neighbour, data loading, the network).
     pub straggler_sustain: u32,
+    /// The same for a node whose GPUs show a hardware signal of a slowdown
+    /// (throttling, a PCIe link downgrade, NVLink trouble, ECC pressure)
+    /// when the sample is taken: the corroborated window, short because
+    /// the hardware already explains the slowness. At most
+    /// `straggler_sustain` (clamped to it, and to at least 1).
+    pub straggler_sustain_corroborated: u32,
     /// Policy for jobs whose spec names none.
     pub straggler_policy: StragglerPolicy,
     /// Window over which tokens/s is measured.
@@ -92,8 +101,22 @@ impl Default for DetectConfig {
             straggler_threshold: 0.07,
             straggler_window: 20,
             straggler_sustain: 10,
+            straggler_sustain_corroborated: 3,
             straggler_policy: StragglerPolicy::Report,
             throughput_window_ms: 30_000,
+        }
+    }
+}
+
+impl DetectConfig {
+    /// Consecutive slow samples that confirm a straggler, by whether the
+    /// node's hardware corroborates the slowness.
+    pub fn straggler_confirm_after(&self, corroborated: bool) -> u32 {
+        let uncorroborated = self.straggler_sustain.max(1);
+        if corroborated {
+            self.straggler_sustain_corroborated.clamp(1, uncorroborated)
+        } else {
+            uncorroborated
         }
     }
 }
@@ -420,7 +443,32 @@ pub struct Straggler {
     pub node: String,
     /// Node median ÷ median of the other nodes' medians.
     pub slowdown: f64,
+    /// The step-time statistics behind it.
     pub evidence: String,
+    /// The step of the sample that confirmed it.
+    pub step: u64,
+    /// Slow samples in a row when it was confirmed.
+    pub slow_samples: u32,
+    /// Whether the node's hardware corroborated the slowness at that
+    /// sample, so the short window applied.
+    pub corroborated: bool,
+}
+
+impl Straggler {
+    /// Which window confirmed the node, e.g. "confirmed after 3 slow
+    /// samples in a row at step 17 (corroborated window)".
+    pub fn confirmation(&self) -> String {
+        format!(
+            "confirmed after {} slow samples in a row at step {} ({} window)",
+            self.slow_samples,
+            self.step,
+            if self.corroborated {
+                "corroborated"
+            } else {
+                "uncorroborated"
+            }
+        )
+    }
 }
 
 /// Per node step times against the other nodes of the same job.
@@ -438,15 +486,24 @@ impl StragglerDetector {
         }
     }
 
-    /// One report of `node`'s step time at `step`. Returns the node when
-    /// this sample makes it a straggler (once; it stays flagged until it
-    /// leaves the job).
+    /// One report of `node`'s step time at `step`; `corroborated`: whether
+    /// the node's GPUs show a hardware signal of a slowdown right now.
+    /// Returns the node when this sample makes it a straggler (once; it
+    /// stays flagged until it leaves the job).
+    ///
+    /// The streak of slow samples counts whatever the hardware says (a slow
+    /// sample is slow either way); the window it must reach is the one for
+    /// this sample's corroboration. So evidence that appears mid-streak
+    /// confirms at once if the streak already covers the short window, and
+    /// a node whose evidence disappears mid-streak falls back to the long
+    /// window, counted from the streak's start.
     pub fn observe(
         &mut self,
         cfg: &DetectConfig,
         node: &str,
         step: u64,
         step_time_s: f64,
+        corroborated: bool,
     ) -> Option<Straggler> {
         let cap = cfg.straggler_window.max(2);
         let series = self
@@ -486,7 +543,7 @@ impl StragglerDetector {
         } else {
             series.streak = 0;
         }
-        if series.flagged || series.streak < cfg.straggler_sustain {
+        if series.flagged || series.streak < cfg.straggler_confirm_after(corroborated) {
             return None;
         }
         series.flagged = true;
@@ -496,11 +553,13 @@ impl StragglerDetector {
             slowdown,
             evidence: format!(
                 "median step time {mine:.3}s (MAD {mad:.3}s) over its last {} steps vs {reference:.3}s \
-                 on the other nodes, above the {:.0}% threshold for {} samples in a row",
+                 on the other nodes, above the {:.0}% threshold",
                 series.window.len(),
                 cfg.straggler_threshold * 100.0,
-                series.streak
             ),
+            step,
+            slow_samples: series.streak,
+            corroborated,
         })
     }
 
@@ -723,7 +782,7 @@ mod tests {
                 } else {
                     1.0
                 };
-                if let Some(s) = d.observe(&cfg, id, step, 0.5 * slow * rng.jitter(0.05)) {
+                if let Some(s) = d.observe(&cfg, id, step, 0.5 * slow * rng.jitter(0.05), false) {
                     assert_eq!(s.node, "node-2", "{s:?}");
                     assert!(s.slowdown > 1.05 && s.slowdown < 1.16, "{s:?}");
                     assert!(s.evidence.contains("median step time"), "{}", s.evidence);
@@ -740,6 +799,113 @@ mod tests {
         assert!(d.is_flagged("node-2") && !d.is_flagged("node-0"));
     }
 
+    /// Steps 1..=`steps` on nodes "a" (1.0 s) and "b" (1.5 s), "b"
+    /// corroborated at the steps `hw` says; the straggler, if flagged.
+    fn slow_b(cfg: &DetectConfig, steps: u64, hw: impl Fn(u64) -> bool) -> Option<Straggler> {
+        let mut d = StragglerDetector::default();
+        for step in 1..=steps {
+            assert_eq!(d.observe(cfg, "a", step, 1.0, false), None);
+            if let Some(s) = d.observe(cfg, "b", step, 1.5, hw(step)) {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn two_windows() -> DetectConfig {
+        // Window 10: a node's median counts from its 5th sample, so with
+        // both nodes slow from the start b's streak is step − 4.
+        DetectConfig {
+            straggler_window: 10,
+            straggler_sustain: 10,
+            straggler_sustain_corroborated: 3,
+            ..DetectConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_corroborated_node_is_confirmed_after_the_short_window_an_uncorroborated_one_after_the_long(
+    ) {
+        let cfg = two_windows();
+        let hw = slow_b(&cfg, 100, |_| true).expect("flagged");
+        assert_eq!(
+            (hw.step, hw.slow_samples, hw.corroborated),
+            (7, 3, true),
+            "{hw:?}"
+        );
+        assert_eq!(
+            hw.confirmation(),
+            "confirmed after 3 slow samples in a row at step 7 (corroborated window)"
+        );
+        let plain = slow_b(&cfg, 100, |_| false).expect("flagged");
+        assert_eq!(
+            (plain.step, plain.slow_samples, plain.corroborated),
+            (14, 10, false),
+            "{plain:?}"
+        );
+        assert!(
+            plain.confirmation().ends_with("(uncorroborated window)"),
+            "{}",
+            plain.confirmation()
+        );
+        // Same data either way: only the window differs.
+        assert_eq!(hw.slowdown, plain.slowdown);
+        assert!(
+            !hw.evidence.contains("in a row"),
+            "the confirmation says that: {}",
+            hw.evidence
+        );
+    }
+
+    #[test]
+    fn evidence_that_clears_mid_streak_falls_back_to_the_long_window() {
+        let cfg = two_windows();
+        // Corroborated for the first two slow samples (steps 5 and 6) only:
+        // the short window is never reached while it holds, and once it is
+        // gone the long one applies, counted from the streak's start.
+        let s = slow_b(&cfg, 100, |step| step <= 6).expect("flagged");
+        assert_eq!((s.step, s.slow_samples, s.corroborated), (14, 10, false));
+        // Evidence that appears mid-streak confirms at once: the streak
+        // (5 slow samples at step 9) already covers the short window.
+        let s = slow_b(&cfg, 100, |step| step >= 9).expect("flagged");
+        assert_eq!((s.step, s.slow_samples, s.corroborated), (9, 5, true));
+    }
+
+    #[test]
+    fn hardware_evidence_alone_makes_no_straggler() {
+        let cfg = DetectConfig::default();
+        let ids = nodes(4);
+        let mut rng = Rng::new(17);
+        let mut d = StragglerDetector::default();
+        for step in 1..=10_000u64 {
+            for id in &ids {
+                // node-1's GPUs throttle all along, but it keeps pace.
+                let s = d.observe(
+                    &cfg,
+                    id,
+                    step,
+                    0.5 * rng.jitter(0.05),
+                    id.as_str() == "node-1",
+                );
+                assert_eq!(s, None, "false alarm at step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_corroborated_window_is_clamped_to_the_uncorroborated_one() {
+        let cfg = |sustain, corroborated| DetectConfig {
+            straggler_sustain: sustain,
+            straggler_sustain_corroborated: corroborated,
+            ..DetectConfig::default()
+        };
+        assert_eq!(cfg(10, 3).straggler_confirm_after(true), 3);
+        assert_eq!(cfg(10, 3).straggler_confirm_after(false), 10);
+        assert_eq!(cfg(2, 5).straggler_confirm_after(true), 2);
+        assert_eq!(cfg(10, 0).straggler_confirm_after(true), 1);
+        assert_eq!(cfg(0, 0).straggler_confirm_after(false), 1);
+    }
+
     #[test]
     fn ten_thousand_clean_jittery_steps_raise_no_straggler() {
         let cfg = DetectConfig::default();
@@ -751,7 +917,7 @@ mod tests {
                 for id in &ids {
                     // ±5% jitter plus a rare 3× hiccup (a GC pause, a slow write).
                     let hiccup = if rng.next_f64() < 0.01 { 3.0 } else { 1.0 };
-                    let s = d.observe(&cfg, id, step, 0.5 * rng.jitter(0.05) * hiccup);
+                    let s = d.observe(&cfg, id, step, 0.5 * rng.jitter(0.05) * hiccup, false);
                     assert_eq!(s, None, "false alarm at step {step} with {n} nodes");
                 }
             }

@@ -175,6 +175,7 @@ impl Engine {
                     && gpu.health_reason == reason
                     && gpu.evidence == verdict.evidence
                     && gpu.recovery_action == verdict.recovery_action.code()
+                    && gpu.causes == verdict.causes
                 {
                     continue;
                 }
@@ -183,6 +184,7 @@ impl Engine {
                 gpu.health_reason = reason.clone();
                 gpu.evidence = verdict.evidence.clone();
                 gpu.recovery_action = verdict.recovery_action.code();
+                gpu.causes = verdict.causes.clone();
                 let drill = if verdict.drill { " [drill]" } else { "" };
                 if before != health {
                     let mut text = format!(

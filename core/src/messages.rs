@@ -123,6 +123,10 @@ pub struct GpuVerdict {
     pub recovery_action: RecoveryAction,
     /// The verdict comes from an injected drill, not from the hardware.
     pub drill: bool,
+    /// The kind of each cause behind the verdict (see [`GpuCauseKind`]).
+    ///
+    /// [`GpuCauseKind`]: crate::records::GpuCauseKind
+    pub causes: Vec<crate::records::GpuCauseKind>,
 }
 
 impl Default for GpuVerdict {
@@ -135,6 +139,7 @@ impl Default for GpuVerdict {
             evidence: Vec::new(),
             recovery_action: RecoveryAction::Unspecified,
             drill: false,
+            causes: Vec::new(),
         }
     }
 }

@@ -161,6 +161,7 @@ impl Engine {
                 health_reason: String::new(),
                 evidence: Vec::new(),
                 recovery_action: 0,
+                causes: Vec::new(),
             })
             .collect();
 
@@ -254,6 +255,7 @@ impl Engine {
                             g.health_reason = old.health_reason.clone();
                             g.evidence = old.evidence.clone();
                             g.recovery_action = old.recovery_action;
+                            g.causes = old.causes.clone();
                         }
                         g
                     })

@@ -19,6 +19,61 @@ pub enum GpuHealth {
     Failed,
 }
 
+/// What kind of finding one cause of a GPU verdict is (agents send one
+/// per cause): lets the engine tell a GPU that runs slow (throttled
+/// clocks, a downgraded link) from one that is failing without parsing
+/// the verdict's text, which is for people and may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuCauseKind {
+    /// An Xid with no more specific kind.
+    Xid,
+    /// The driver's (or a drill's) recovery action.
+    RecoveryAction,
+    /// Fallen off the bus or missing from the device count.
+    Lost,
+    /// Uncorrectable memory errors (volatile double-bit ECC, a failed row
+    /// remap): the GPU computes wrong, it does not merely slow down.
+    MemoryFault,
+    /// Memory being repaired under load: pending row remaps or page
+    /// retirements, too many retired pages, recurring corrected errors.
+    EccPressure,
+    /// PCIe link below its maximum width or generation.
+    PcieDowngrade,
+    /// NVLink links down or NVLink error Xids.
+    Nvlink,
+    /// Clocks held down (thermal, power brake, hardware slowdown).
+    Throttle,
+}
+
+impl GpuCauseKind {
+    /// Whether the finding makes a GPU run slower while it keeps working:
+    /// what corroborates a straggler. Lost GPUs, memory faults and other
+    /// Xids fail or restart the job on their own path instead.
+    pub fn slows_down(self) -> bool {
+        matches!(
+            self,
+            GpuCauseKind::EccPressure
+                | GpuCauseKind::PcieDowngrade
+                | GpuCauseKind::Nvlink
+                | GpuCauseKind::Throttle
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuCauseKind::Xid => "Xid",
+            GpuCauseKind::RecoveryAction => "recovery action",
+            GpuCauseKind::Lost => "GPU lost",
+            GpuCauseKind::MemoryFault => "memory fault",
+            GpuCauseKind::EccPressure => "ECC pressure",
+            GpuCauseKind::PcieDowngrade => "PCIe link downgrade",
+            GpuCauseKind::Nvlink => "NVLink",
+            GpuCauseKind::Throttle => "throttling",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuRecord {
     pub index: u32,
@@ -35,6 +90,10 @@ pub struct GpuRecord {
     /// NVML's recovery action as proto enum value (0: unknown).
     #[serde(default)]
     pub recovery_action: i32,
+    /// The kinds of the verdict's causes, sorted, each once (empty when ok,
+    /// or from an agent that predates them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<GpuCauseKind>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

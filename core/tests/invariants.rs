@@ -1381,6 +1381,7 @@ impl Driver {
                 recovery_action: RecoveryAction::from_code(self.rng.below(6) as i32)
                     .unwrap_or_default(),
                 drill: false,
+                causes: Vec::new(),
             });
         }
         if self.rng.percent(35) {
@@ -2042,6 +2043,7 @@ impl Driver {
                 evidence: vec!["drill".to_owned()],
                 recovery_action: RecoveryAction::NodeReboot,
                 drill: true,
+                causes: Vec::new(),
             });
         }
         self.note(format!("agent {id} acts on drill {:?}", drill.fault));

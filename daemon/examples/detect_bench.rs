@@ -63,7 +63,9 @@ fn stragglers(rng: &mut Rng, cfg: &DetectConfig) {
             let mut d = StragglerDetector::default();
             for step in 1..=steps {
                 for n in &nodes {
-                    if d.observe(cfg, n, step, 0.5 * rng.step(sigma)).is_some() {
+                    if d.observe(cfg, n, step, 0.5 * rng.step(sigma), false)
+                        .is_some()
+                    {
                         alarms += 1;
                     }
                 }
@@ -89,7 +91,9 @@ fn stragglers(rng: &mut Rng, cfg: &DetectConfig) {
                         } else {
                             1.0
                         };
-                        if let Some(s) = d.observe(cfg, n, step, 0.5 * slow * rng.step(sigma)) {
+                        if let Some(s) =
+                            d.observe(cfg, n, step, 0.5 * slow * rng.step(sigma), false)
+                        {
                             if s.node == "node-3" && step > 500 {
                                 found.get_or_insert(step - 500);
                             } else {

@@ -59,8 +59,12 @@ pub struct DetectConfig {
     pub straggler_threshold: f64,
     /// ... over a window of this many steps ...
     pub straggler_window: usize,
-    /// ... for this many new samples in a row is a straggler.
+    /// ... for this many new samples in a row is a straggler (the
+    /// uncorroborated window: no hardware signal of a slowdown) ...
     pub straggler_sustain: u32,
+    /// ... or this many when its GPUs show one (throttling, PCIe link
+    /// downgrade, NVLink, ECC pressure): the corroborated window.
+    pub straggler_sustain_corroborated: u32,
     /// report | replace | replace_at_checkpoint (a job spec may override).
     pub straggler_policy: sup_core::detect::StragglerPolicy,
     /// Window over which tokens/s is measured.
@@ -84,6 +88,7 @@ impl Default for DetectConfig {
             straggler_threshold: d.straggler_threshold,
             straggler_window: d.straggler_window,
             straggler_sustain: d.straggler_sustain,
+            straggler_sustain_corroborated: d.straggler_sustain_corroborated,
             straggler_policy: d.straggler_policy,
             throughput_window: dur(d.throughput_window_ms),
         }
@@ -460,6 +465,7 @@ impl Config {
                 straggler_threshold: self.detect.straggler_threshold,
                 straggler_window: self.detect.straggler_window,
                 straggler_sustain: self.detect.straggler_sustain,
+                straggler_sustain_corroborated: self.detect.straggler_sustain_corroborated,
                 straggler_policy: self.detect.straggler_policy,
                 throughput_window_ms: ms(self.detect.throughput_window),
             },
@@ -509,6 +515,16 @@ impl Config {
         }
         if d.straggler_window < 2 || d.straggler_sustain == 0 {
             return invalid("detect.straggler_window must be at least 2 and detect.straggler_sustain at least 1");
+        }
+        if d.straggler_sustain_corroborated == 0
+            || d.straggler_sustain_corroborated > d.straggler_sustain
+        {
+            return Err(ConfigError::Invalid(format!(
+                "detect.straggler_sustain_corroborated must be at least 1 and at most \
+                 detect.straggler_sustain ({}): hardware evidence shortens the window, never \
+                 lengthens it (got {})",
+                d.straggler_sustain, d.straggler_sustain_corroborated
+            )));
         }
         if !(0.0..=1.0).contains(&self.breaker.max_share) {
             return invalid("breaker.max_share must be between 0 and 1");
@@ -685,6 +701,64 @@ mod tests {
             config.grpc.tls.is_some() && !config.grpc.plaintext,
             "the shipped config uses TLS"
         );
+    }
+
+    #[test]
+    fn straggler_windows_default_as_documented_and_are_checked() {
+        let d = sup_core::detect::DetectConfig::default();
+        assert_eq!(
+            (d.straggler_sustain, d.straggler_sustain_corroborated),
+            (10, 3)
+        );
+        // The sample config spells the defaults out, and the README names
+        // both windows with them.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let sample = std::fs::read_to_string(root.join("deploy/supd.toml")).expect("sample config");
+        let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+        for line in [
+            format!("straggler_sustain = {}", d.straggler_sustain),
+            format!(
+                "straggler_sustain_corroborated = {}",
+                d.straggler_sustain_corroborated
+            ),
+        ] {
+            assert!(sample.contains(&line), "deploy/supd.toml lacks {line:?}");
+        }
+        for text in [
+            format!(
+                "`detect.straggler_sustain` (default {})",
+                d.straggler_sustain
+            ),
+            format!(
+                "`detect.straggler_sustain_corroborated` (default {})",
+                d.straggler_sustain_corroborated
+            ),
+        ] {
+            assert!(readme.contains(&text), "README.md lacks {text:?}");
+        }
+        let f = file("[detect]\nstraggler_sustain = 20\nstraggler_sustain_corroborated = 4\n");
+        let e = Config::load(Some(f.path()), plain())
+            .expect("valid")
+            .engine()
+            .detect;
+        assert_eq!(
+            (e.straggler_sustain, e.straggler_sustain_corroborated),
+            (20, 4)
+        );
+        for bad in [
+            "[detect]\nstraggler_sustain_corroborated = 0\n",
+            "[detect]\nstraggler_sustain = 5\nstraggler_sustain_corroborated = 6\n",
+        ] {
+            let f = file(bad);
+            let msg = Config::load(Some(f.path()), plain())
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                msg.contains("detect.straggler_sustain_corroborated")
+                    && msg.contains("at most detect.straggler_sustain"),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! makes the engine refuse it with its usual message.
 
 use sup_core::{
-    Checkpoint, CheckpointCatalog, DesiredAssignment, Drill, DrillFault, GpuHealth, GpuInventory,
-    GpuReading, GpuVerdict, HealthReport, JobAssignment, JobProgress, RankExited, RankStatus,
-    RecoveryAction, Registration, SessionId, XidEvent,
+    Checkpoint, CheckpointCatalog, DesiredAssignment, Drill, DrillFault, GpuCauseKind, GpuHealth,
+    GpuInventory, GpuReading, GpuVerdict, HealthReport, JobAssignment, JobProgress, RankExited,
+    RankStatus, RecoveryAction, Registration, SessionId, XidEvent,
 };
 use sup_proto::v1;
 
@@ -117,6 +117,22 @@ pub fn recovery_action(code: i32) -> RecoveryAction {
     RecoveryAction::from_code(code).unwrap_or(RecoveryAction::Unspecified)
 }
 
+/// An unknown or unspecified kind (a newer agent's) is dropped: it cannot
+/// be judged, and dropping it errs toward not corroborating a straggler.
+pub fn gpu_cause_kind(code: i32) -> Option<GpuCauseKind> {
+    Some(match v1::GpuCauseKind::try_from(code).ok()? {
+        v1::GpuCauseKind::Unspecified => return None,
+        v1::GpuCauseKind::Xid => GpuCauseKind::Xid,
+        v1::GpuCauseKind::RecoveryAction => GpuCauseKind::RecoveryAction,
+        v1::GpuCauseKind::Lost => GpuCauseKind::Lost,
+        v1::GpuCauseKind::MemoryFault => GpuCauseKind::MemoryFault,
+        v1::GpuCauseKind::EccPressure => GpuCauseKind::EccPressure,
+        v1::GpuCauseKind::PcieDowngrade => GpuCauseKind::PcieDowngrade,
+        v1::GpuCauseKind::Nvlink => GpuCauseKind::Nvlink,
+        v1::GpuCauseKind::Throttle => GpuCauseKind::Throttle,
+    })
+}
+
 pub fn health_report(h: v1::HealthReport) -> HealthReport {
     HealthReport {
         verdicts: h
@@ -130,6 +146,7 @@ pub fn health_report(h: v1::HealthReport) -> HealthReport {
                 evidence: v.evidence,
                 recovery_action: recovery_action(v.recovery_action),
                 drill: v.drill,
+                causes: v.causes.into_iter().filter_map(gpu_cause_kind).collect(),
             })
             .collect(),
         xids: h.xids.into_iter().map(xid_event).collect(),
@@ -283,5 +300,21 @@ mod tests {
             assert_eq!(gpu_health(gpu_health_to_wire(h) as i32), h);
         }
         assert_eq!(gpu_health(0), GpuHealth::Ok);
+    }
+
+    #[test]
+    fn every_gpu_cause_kind_converts_and_unknown_ones_are_dropped() {
+        let mut seen = Vec::new();
+        for code in 1..=8 {
+            seen.push(gpu_cause_kind(code).expect("a known kind"));
+        }
+        seen.dedup();
+        assert_eq!(seen.len(), 8, "each wire kind is its own: {seen:?}");
+        assert_eq!(gpu_cause_kind(0), None);
+        assert_eq!(gpu_cause_kind(99), None);
+        assert_eq!(
+            gpu_cause_kind(v1::GpuCauseKind::Throttle as i32),
+            Some(GpuCauseKind::Throttle)
+        );
     }
 }

@@ -357,6 +357,9 @@ fn json<T: Serialize>(record: &T) -> Value {
 const ADDED_SINCE_V1: &[&str] = &[
     // Planned moves off drained nodes (issue 17): none before drains existed.
     "job record planned_moves",
+    // The kinds of a GPU verdict's causes (issue 19): empty, as for an
+    // agent that predates them, until the next health report.
+    "node record gpus[].causes",
 ];
 
 /// How the record stored as `stored` came back (`None`: not at all).
@@ -1394,6 +1397,7 @@ impl Scenario {
                     ],
                     recovery_action: RecoveryAction::NodeReboot,
                     drill: false,
+                    causes: Vec::new(),
                 },
                 GpuVerdict {
                     index: 1,
@@ -1436,6 +1440,7 @@ impl Scenario {
                     ],
                     recovery_action: RecoveryAction::GpuReset,
                     drill: false,
+                    causes: Vec::new(),
                 },
                 GpuVerdict {
                     index: 1,
@@ -1445,6 +1450,7 @@ impl Scenario {
                     evidence: vec!["clocks_throttle_reasons.hw_thermal_slowdown".to_owned()],
                     recovery_action: RecoveryAction::None,
                     drill: false,
+                    causes: Vec::new(),
                 },
             ],
             xids: vec![],

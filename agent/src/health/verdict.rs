@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sup_proto::time::rfc3339_ms;
-use sup_proto::v1::{GpuHealth, GpuVerdict, RecoveryAction};
+use sup_proto::v1::{GpuCauseKind as CauseKind, GpuHealth, GpuVerdict, RecoveryAction};
 
 use super::rules::{Action, Rules, Severity};
 use crate::probe::{GpuSignals, XidSource};
@@ -54,6 +54,10 @@ pub struct GpuFacts<'a> {
 #[derive(Debug, Clone, PartialEq)]
 struct Cause {
     severity: Severity,
+    /// Sent along so supd can judge what the finding means for the job
+    /// (a throttled GPU slows it down, a lost one stops it) without
+    /// parsing the reason.
+    kind: CauseKind,
     reason: String,
     evidence: String,
     drill: bool,
@@ -87,6 +91,7 @@ pub fn judge(rules: &Rules, gpu: &GpuFacts<'_>, now_ms: i64) -> GpuVerdict {
         [first, rest @ ..] => format!("{} (+{} more)", first.reason, rest.len()),
     };
     let drill = !top.is_empty() && top.iter().all(|c| c.drill);
+    let kinds: Vec<i32> = causes.iter().map(|c| c.kind as i32).collect();
     GpuVerdict {
         index: gpu.index,
         uuid: gpu.uuid.to_owned(),
@@ -99,13 +104,34 @@ pub fn judge(rules: &Rules, gpu: &GpuFacts<'_>, now_ms: i64) -> GpuVerdict {
             .collect(),
         recovery_action: recovery.map_or(RecoveryAction::Unspecified, |(a, _)| a) as i32,
         drill,
+        causes: kinds,
     }
 }
 
-fn push(causes: &mut Vec<Cause>, action: Action, reason: String, evidence: String, drill: bool) {
+/// The kind of an Xid cause. NVIDIA's Xid catalog fixes what these codes
+/// are about (not site policy, which the rule table holds), and NVLink or
+/// ECC trouble slows a job down rather than stopping it.
+fn xid_kind(code: u32) -> CauseKind {
+    match code {
+        74 | 144..=150 => CauseKind::Nvlink,
+        // Row remap recorded, high single-bit rate, contained ECC error.
+        63 | 92 | 94 => CauseKind::EccPressure,
+        _ => CauseKind::Xid,
+    }
+}
+
+fn push(
+    causes: &mut Vec<Cause>,
+    kind: CauseKind,
+    action: Action,
+    reason: String,
+    evidence: String,
+    drill: bool,
+) {
     if let Some(severity) = action.severity() {
         causes.push(Cause {
             severity,
+            kind,
             reason,
             evidence,
             drill,
@@ -143,6 +169,7 @@ fn recovery_causes(
     let from = if drill { "drill" } else { "driver" };
     push(
         causes,
+        CauseKind::RecoveryAction,
         rule,
         format!("recovery action {name} ({from}): {advice}"),
         format!("GPU recovery action {name} reported by the {from}"),
@@ -187,6 +214,7 @@ fn xid_causes(rules: &Rules, gpu: &GpuFacts<'_>, now_ms: i64, causes: &mut Vec<C
         }
         push(
             causes,
+            xid_kind(record.xid),
             action,
             reason,
             describe(record),
@@ -217,6 +245,7 @@ fn xid_causes(rules: &Rules, gpu: &GpuFacts<'_>, now_ms: i64, causes: &mut Vec<C
         let window = humantime::format_duration(repeat.within);
         push(
             causes,
+            xid_kind(code),
             repeat.action,
             format!(
                 "Xid {code} ({}) {n} times within {window}: {}",
@@ -241,6 +270,7 @@ fn presence_causes(rules: &Rules, gpu: &GpuFacts<'_>, causes: &mut Vec<Cause>) {
         if gpu.index >= visible {
             push(
                 causes,
+                CauseKind::Lost,
                 rules.checks.gpu_missing,
                 format!(
                     "GPU missing: NVML sees {visible} of the {} GPUs registered: power-cycle the node",
@@ -258,6 +288,7 @@ fn presence_causes(rules: &Rules, gpu: &GpuFacts<'_>, causes: &mut Vec<Cause>) {
     if let Some(lost) = gpu.signals.and_then(|s| s.lost.as_deref()) {
         push(
             causes,
+            CauseKind::Lost,
             rules.checks.gpu_lost,
             format!("GPU lost (NVML: {lost}): power-cycle the node"),
             format!("NVML: {lost}"),
@@ -271,6 +302,7 @@ fn memory_causes(rules: &Rules, s: &GpuSignals, causes: &mut Vec<Cause>) {
     if let Some(dbe) = s.ecc_dbe_volatile.filter(|&n| n > 0) {
         push(
             causes,
+            CauseKind::MemoryFault,
             c.ecc_dbe_volatile,
             format!("{dbe} volatile double-bit ECC error(s): reset the GPU"),
             format!("ECC double-bit errors since driver load: {dbe}"),
@@ -280,6 +312,7 @@ fn memory_causes(rules: &Rules, s: &GpuSignals, causes: &mut Vec<Cause>) {
     if s.remap_failure == Some(true) {
         push(
             causes,
+            CauseKind::MemoryFault,
             c.row_remap_failure,
             "row remapping failed: reset the GPU; replacement candidate".to_owned(),
             format!(
@@ -293,6 +326,7 @@ fn memory_causes(rules: &Rules, s: &GpuSignals, causes: &mut Vec<Cause>) {
     if s.remap_pending == Some(true) {
         push(
             causes,
+            CauseKind::EccPressure,
             c.row_remap_pending,
             "row remap pending: reset the GPU to apply it".to_owned(),
             "row remap pending".to_owned(),
@@ -302,6 +336,7 @@ fn memory_causes(rules: &Rules, s: &GpuSignals, causes: &mut Vec<Cause>) {
     if s.retired_pages_pending == Some(true) {
         push(
             causes,
+            CauseKind::EccPressure,
             c.retired_pages_pending,
             "page retirement pending: reset the GPU to apply it".to_owned(),
             "retired pages pending".to_owned(),
@@ -315,6 +350,7 @@ fn memory_causes(rules: &Rules, s: &GpuSignals, causes: &mut Vec<Cause>) {
     if let Some(retired) = retired.filter(|&n| n >= c.retired_pages_limit) {
         push(
             causes,
+            CauseKind::EccPressure,
             c.retired_pages_over_limit,
             format!(
                 "{retired} retired pages (limit {}): replace the GPU",
@@ -340,6 +376,7 @@ fn link_causes(rules: &Rules, s: &GpuSignals, causes: &mut Vec<Cause>) {
         if width < max {
             push(
                 causes,
+                CauseKind::PcieDowngrade,
                 c.pcie_width_below_max,
                 format!("PCIe link x{width} of x{max}: check the slot, riser and cable"),
                 format!("PCIe link width x{width}, maximum x{max}"),
@@ -352,6 +389,7 @@ fn link_causes(rules: &Rules, s: &GpuSignals, causes: &mut Vec<Cause>) {
         if gen < max && util >= c.pcie_gen_min_utilization_pct {
             push(
                 causes,
+                CauseKind::PcieDowngrade,
                 c.pcie_gen_below_max,
                 format!("PCIe link gen {gen} of {max} under load: check the slot, riser and cable"),
                 format!("PCIe link gen {gen}, maximum {max}, GPU utilization {util}%"),
@@ -366,6 +404,7 @@ fn link_causes(rules: &Rules, s: &GpuSignals, causes: &mut Vec<Cause>) {
             .map_or_else(String::new, |n| format!(" of {n}"));
         push(
             causes,
+            CauseKind::Nvlink,
             c.nvlink_down,
             format!(
                 "NVLink link(s) {} down{of}: check the NVLink fabric",
@@ -385,6 +424,7 @@ fn link_causes(rules: &Rules, s: &GpuSignals, causes: &mut Vec<Cause>) {
         if !active.is_empty() {
             push(
                 causes,
+                CauseKind::Throttle,
                 c.throttle,
                 format!(
                     "clocks throttled ({}): check cooling and power",
@@ -700,6 +740,51 @@ mod tests {
             v.reason,
             "clocks throttled (hw_slowdown, hw_thermal_slowdown): check cooling and power"
         );
+    }
+
+    #[test]
+    fn each_cause_carries_its_kind_in_the_evidence_order() {
+        let kinds = |v: &GpuVerdict| -> Vec<CauseKind> {
+            v.causes
+                .iter()
+                .map(|&k| CauseKind::try_from(k).expect("a known kind"))
+                .collect()
+        };
+        assert!(Case::new().judge().causes.is_empty(), "healthy: no causes");
+        let v = Case::new()
+            .signals(|s| s.throttle_reasons = Some(0x8))
+            .judge();
+        assert_eq!(kinds(&v), vec![CauseKind::Throttle]);
+        let v = Case::new()
+            .signals(|s| {
+                s.pcie_width = Some(4);
+                s.remap_failure = Some(true);
+                s.nvlink_down = vec![1];
+                s.remap_pending = Some(true);
+            })
+            .judge();
+        assert_eq!(
+            kinds(&v),
+            vec![
+                CauseKind::MemoryFault,
+                CauseKind::EccPressure,
+                CauseKind::PcieDowngrade,
+                CauseKind::Nvlink
+            ],
+            "worst first, like the evidence: {:?}",
+            v.evidence
+        );
+        assert_eq!(v.causes.len(), v.evidence.len());
+        // Xids by what they are about.
+        let v = Case::new().xid(xid(74, NOW - MIN, XidSource::Nvml)).judge();
+        assert_eq!(kinds(&v), vec![CauseKind::Nvlink]);
+        let v = Case::new().xid(xid(79, NOW - MIN, XidSource::Nvml)).judge();
+        assert_eq!(kinds(&v), vec![CauseKind::Xid]);
+        // Sw power cap alone is not a cause, so no kind either.
+        let v = Case::new()
+            .signals(|s| s.throttle_reasons = Some(0x4))
+            .judge();
+        assert!(v.causes.is_empty());
     }
 
     #[test]

@@ -567,6 +567,11 @@ fn fault_report(node: usize, gpus: u32) -> v1::HealthReport {
                     },
                     recovery_action: 0,
                     drill: false,
+                    causes: if failed {
+                        vec![v1::GpuCauseKind::Xid as i32]
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect(),

@@ -11,18 +11,32 @@ use crate::{Engine, EventKind, Millis, NodeState};
 
 impl Engine {
     /// What to do about a node the detector flagged slow, and why: the
-    /// factor and the evidence (hardware signals when the node has any),
-    /// then the job's policy, which needs a spare to act.
+    /// factor and the statistics, the hardware evidence that decided which
+    /// window confirmed it, then the job's policy, which needs a spare to
+    /// act.
     pub(crate) fn judge_straggler(&self, job: &Job, s: &Straggler) -> StragglerRemedy {
         let policy = job
             .record
             .spec
             .straggler_policy
             .unwrap_or(self.config.detect.straggler_policy);
-        let corroboration = match self.hardware_evidence(&s.node) {
-            Some(evidence) => format!("corroborated by {evidence}"),
-            None => "no hardware signal (throttling, PCIe) on the node".to_owned(),
+        // `s.corroborated` was decided from this same state (the detector
+        // is fed `has_slowdown_signal` on the report that flags the node),
+        // so the text names the evidence that chose the window.
+        let corroboration = match (s.corroborated, self.slowdown_evidence(&s.node)) {
+            (true, Some(evidence)) => format!("corroborated by {evidence}"),
+            (true, None) => "corroborated by a hardware signal on the node".to_owned(),
+            (false, _) => {
+                let mut text = format!("no hardware signal of a slowdown ({SLOWDOWN_SIGNALS})");
+                if let Some(other) = self.hardware_evidence(&s.node) {
+                    text.push_str(&format!(
+                        " on the node; its other GPU findings do not explain slowness: {other}"
+                    ));
+                }
+                text
+            }
         };
+        let corroboration = format!("{corroboration}; {}", s.confirmation());
         let spare = self.has_spare_for(job.name());
         let (action, text) = match policy {
             StragglerPolicy::Report => (
@@ -376,9 +390,55 @@ impl Engine {
         }
     }
 
+    /// Whether a GPU of the node shows a finding that slows it down (see
+    /// [`GpuCauseKind::slows_down`]): what shortens a straggler's
+    /// confirmation window. Asked on every progress report, so no text.
+    ///
+    /// [`GpuCauseKind::slows_down`]: crate::GpuCauseKind::slows_down
+    pub(crate) fn has_slowdown_signal(&self, node_id: &str) -> bool {
+        self.nodes.get(node_id).is_some_and(|n| {
+            n.record.gpus.iter().any(|g| {
+                g.health != crate::GpuHealth::Ok && g.causes.iter().any(|c| c.slows_down())
+            })
+        })
+    }
+
+    /// The GPUs behind [`Engine::has_slowdown_signal`], with the kinds of
+    /// finding that count and the verdict's reason, e.g. "GPU 3 degraded
+    /// (throttling): clocks throttled (hw_slowdown): check cooling and
+    /// power".
+    pub(crate) fn slowdown_evidence(&self, node_id: &str) -> Option<String> {
+        let node = self.nodes.get(node_id)?;
+        let found: Vec<String> = node
+            .record
+            .gpus
+            .iter()
+            .filter(|g| g.health != crate::GpuHealth::Ok)
+            .filter_map(|g| {
+                let kinds: Vec<&str> = g
+                    .causes
+                    .iter()
+                    .filter(|c| c.slows_down())
+                    .map(|c| c.as_str())
+                    .collect();
+                if kinds.is_empty() {
+                    return None;
+                }
+                let health = format!("{:?}", g.health).to_lowercase();
+                Some(format!(
+                    "GPU {} {health} ({}): {}",
+                    g.index,
+                    kinds.join(", "),
+                    g.health_reason
+                ))
+            })
+            .collect();
+        (!found.is_empty()).then(|| found.join("; "))
+    }
+
     /// Hardware signals on a node (GPUs not healthy, with their reasons),
-    /// if any: what corroborates calling it a straggler or blaming it for a
-    /// hang.
+    /// if any: what blames it for a hang, and what a straggler event lists
+    /// when none of it is a slowdown.
     pub(crate) fn hardware_evidence(&self, node_id: &str) -> Option<String> {
         let node = self.nodes.get(node_id)?;
         let bad: Vec<String> = node
@@ -394,6 +454,9 @@ impl Engine {
         (!bad.is_empty()).then(|| bad.join("; "))
     }
 }
+
+/// The kinds of GPU finding that corroborate a straggler, for its event.
+const SLOWDOWN_SIGNALS: &str = "throttling, PCIe link downgrade, NVLink, ECC pressure";
 
 /// Whether a loss-spike rollback waits, is due, or there is none.
 #[derive(Debug, Clone, PartialEq)]

@@ -200,6 +200,9 @@ impl Engine {
         }
         crate::agent_input::bound_progress(&mut progress);
         let cfg = self.config.detect.clone();
+        // Read before the job is borrowed: a throttled (or otherwise
+        // slowed) GPU on the node shortens its straggler window.
+        let corroborated = self.has_slowdown_signal(node_id);
         let Some(job) = self.jobs.get_mut(&progress.job) else {
             return ReportOutcome::StaleGeneration;
         };
@@ -254,7 +257,8 @@ impl Engine {
         }
         let straggler = match progress.step_time_s {
             Some(t) if node_phase == "train" => {
-                d.stragglers.observe(&cfg, node_id, progress.step, t)
+                d.stragglers
+                    .observe(&cfg, node_id, progress.step, t, corroborated)
             }
             _ => None,
         };

@@ -253,6 +253,212 @@ fn a_straggler_is_swapped_for_the_spare_without_counting_a_failure() {
     assert!(!has(&actions, EventKind::NodeCordoned));
 }
 
+/// The two straggler windows apart: 10 slow samples uncorroborated, 3
+/// corroborated. With a 10-step window a node's median counts from its
+/// 5th sample, so a node slow from the start is confirmed at step 4 + window.
+fn two_windows() -> Engine {
+    let mut c = config();
+    c.detect.straggler_sustain = 10;
+    c.detect.straggler_sustain_corroborated = 3;
+    cluster_with(c, 3)
+}
+
+/// `node`'s agent reports GPU 1 `health` for `reason`, with cause kinds
+/// `causes` (GPU 0 ok).
+fn gpu_report(
+    e: &mut Engine,
+    node: &str,
+    now: Millis,
+    health: GpuHealth,
+    reason: &str,
+    causes: Vec<GpuCauseKind>,
+) {
+    let report = HealthReport {
+        verdicts: vec![
+            GpuVerdict {
+                index: 0,
+                ..Default::default()
+            },
+            GpuVerdict {
+                index: 1,
+                health,
+                reason: reason.to_owned(),
+                evidence: vec![reason.to_owned()],
+                causes,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    assert!(e
+        .on_health_report(now, node, session_of(node), report)
+        .is_applied());
+    drain(e);
+}
+
+const THROTTLED: &str = "clocks throttled (hw_slowdown): check cooling and power";
+
+/// n1 at 0.4 s a step, n2 at 0.6 s, from step 1, until n2 is flagged;
+/// `before(step)` runs first at each step. The step and its actions.
+fn until_straggler(e: &mut Engine, mut before: impl FnMut(&mut Engine, u64)) -> (u64, Vec<Action>) {
+    for step in 1..=40u64 {
+        before(e, step);
+        let now = step as Millis * 500;
+        report(e, "llm", "n1", now, train(step, 0.40));
+        let actions = report(e, "llm", "n2", now, train(step, 0.60));
+        if has(&actions, EventKind::JobStraggler) {
+            return (step, actions);
+        }
+    }
+    panic!("n2 never flagged");
+}
+
+#[test]
+fn a_throttled_straggler_is_replaced_after_the_short_window_an_unthrottled_one_after_the_long() {
+    // Throttled: GPU 1 of n2 degraded by hardware slowdown throttling.
+    let mut e = two_windows();
+    submit(&mut e, "llm", 2, "straggler_policy = \"replace\"");
+    launch_all(&mut e, "llm", 0);
+    gpu_report(
+        &mut e,
+        "n2",
+        1,
+        GpuHealth::Degraded,
+        THROTTLED,
+        vec![GpuCauseKind::Throttle],
+    );
+    assert_eq!(
+        job(&e, "llm").record.nodes,
+        vec!["n1", "n2"],
+        "suspect, kept"
+    );
+    let (throttled_at, actions) = until_straggler(&mut e, |_, _| {});
+    let why = event(&actions, EventKind::JobStraggler);
+    assert!(
+        why.starts_with("node n2 is a straggler: 1.50×")
+            && why.contains(&format!(
+                "corroborated by GPU 1 degraded (throttling): {THROTTLED}; \
+                 confirmed after 3 slow samples in a row at step 7 (corroborated window); \
+                 replacing it with a spare now"
+            )),
+        "{why}"
+    );
+    assert!(event(&actions, EventKind::JobRestarted).contains("replaced n2 with n3"));
+    assert_eq!(job(&e, "llm").record.nodes, vec!["n1", "n3"]);
+
+    // Equally slow, no hardware signal: the long window.
+    let mut e = two_windows();
+    submit(&mut e, "llm", 2, "straggler_policy = \"replace\"");
+    launch_all(&mut e, "llm", 0);
+    let (plain_at, actions) = until_straggler(&mut e, |_, _| {});
+    let why = event(&actions, EventKind::JobStraggler);
+    assert!(
+        why.contains(
+            "no hardware signal of a slowdown (throttling, PCIe link downgrade, NVLink, ECC pressure); \
+             confirmed after 10 slow samples in a row at step 14 (uncorroborated window); \
+             replacing it with a spare now"
+        ),
+        "{why}"
+    );
+    assert!(event(&actions, EventKind::JobRestarted).contains("replaced n2 with n3"));
+    assert_eq!((throttled_at, plain_at), (7, 14));
+}
+
+#[test]
+fn gpu_findings_that_are_no_slowdown_leave_the_long_window() {
+    // A GPU degraded by repeated Xid 13s is a finding, but not one that
+    // explains slow steps: the event lists it and the long window applies.
+    let mut e = two_windows();
+    submit(&mut e, "llm", 2, "straggler_policy = \"report\"");
+    launch_all(&mut e, "llm", 0);
+    let xid13 = "Xid 13 (graphics engine exception) 3 times within 10m: diagnose the GPU";
+    gpu_report(
+        &mut e,
+        "n2",
+        1,
+        GpuHealth::Degraded,
+        xid13,
+        vec![GpuCauseKind::Xid],
+    );
+    let (at, actions) = until_straggler(&mut e, |_, _| {});
+    let why = event(&actions, EventKind::JobStraggler);
+    assert_eq!(at, 14, "{why}");
+    assert!(
+        why.contains(&format!(
+            "no hardware signal of a slowdown (throttling, PCIe link downgrade, NVLink, ECC pressure) \
+             on the node; its other GPU findings do not explain slowness: GPU 1 degraded: {xid13}; \
+             confirmed after 10 slow samples"
+        )) && why.ends_with("reported only (policy report)"),
+        "{why}"
+    );
+
+    // An agent that sends no kinds (older than them): its degraded GPU
+    // cannot corroborate anything, whatever the reason says.
+    let mut e = two_windows();
+    submit(&mut e, "llm", 2, "");
+    launch_all(&mut e, "llm", 0);
+    gpu_report(&mut e, "n2", 1, GpuHealth::Degraded, THROTTLED, vec![]);
+    let (at, _) = until_straggler(&mut e, |_, _| {});
+    assert_eq!(at, 14);
+}
+
+#[test]
+fn throttling_that_clears_mid_streak_falls_back_to_the_long_window() {
+    let mut e = two_windows();
+    submit(&mut e, "llm", 2, "straggler_policy = \"replace\"");
+    launch_all(&mut e, "llm", 0);
+    // Throttled for the first two slow samples (steps 5 and 6), then the
+    // GPU recovers: the streak goes on, now against the long window.
+    let (at, actions) = until_straggler(&mut e, |e, step| match step {
+        1 => gpu_report(
+            e,
+            "n2",
+            1,
+            GpuHealth::Degraded,
+            THROTTLED,
+            vec![GpuCauseKind::Throttle],
+        ),
+        7 => gpu_report(e, "n2", 3_000, GpuHealth::Ok, "", vec![]),
+        _ => {}
+    });
+    let why = event(&actions, EventKind::JobStraggler);
+    assert_eq!(at, 14, "{why}");
+    assert!(
+        why.contains("no hardware signal of a slowdown")
+            && why.contains(
+                "confirmed after 10 slow samples in a row at step 14 (uncorroborated window)"
+            ),
+        "{why}"
+    );
+    // Throttling that starts mid-streak confirms at once once the streak
+    // covers the short window: 5 slow samples by step 9.
+    let mut e = two_windows();
+    submit(&mut e, "llm", 2, "");
+    launch_all(&mut e, "llm", 0);
+    let (at, actions) = until_straggler(&mut e, |e, step| {
+        if step == 9 {
+            gpu_report(
+                e,
+                "n2",
+                4_400,
+                GpuHealth::Degraded,
+                "PCIe link x8 of x16: check the slot, riser and cable",
+                vec![GpuCauseKind::PcieDowngrade],
+            );
+        }
+    });
+    let why = event(&actions, EventKind::JobStraggler);
+    assert_eq!(at, 9, "{why}");
+    assert!(
+        why.contains(
+            "corroborated by GPU 1 degraded (PCIe link downgrade): PCIe link x8 of x16: \
+             check the slot, riser and cable; confirmed after 5 slow samples in a row at step 9 \
+             (corroborated window)"
+        ),
+        "{why}"
+    );
+}
+
 /// The resume point of a generation's assignments.
 fn resume_of(e: &Engine, node: &str) -> Option<u64> {
     e.desired_assignment(node)

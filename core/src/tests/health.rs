@@ -14,6 +14,7 @@ fn verdict(index: u32, health: GpuHealth, reason: &str) -> GpuVerdict {
         evidence: vec!["nvml: xid event".to_owned()],
         recovery_action: RecoveryAction::Unspecified,
         drill: false,
+        causes: Vec::new(),
     }
 }
 
@@ -166,7 +167,7 @@ fn drills_need_a_connected_node_and_a_real_gpu() {
     let drill = |gpu, code| Drill {
         gpu_index: gpu,
         fault: Some(DrillFault::Xid(code)),
-        by: String::new(),
+        ..Default::default()
     };
     let msg = e.drill(1, "n1", drill(0, 79), "alice").expect("drill");
     assert!(msg.contains("Xid 79 on GPU 0"), "{msg}");
