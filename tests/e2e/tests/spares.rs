@@ -192,10 +192,22 @@ fn the_reserve_keeps_a_spare_lends_it_to_low_priority_work_and_takes_it_back() -
                 .then_some(job),
         )
     })?;
-    assert_eq!(strings(&batch["nodes"]), [spare.clone()], "{batch}");
+    assert_eq!(
+        strings(&batch["nodes"]),
+        std::slice::from_ref(&spare),
+        "{batch}"
+    );
     let status = supctl_json(&url, &["status"])?;
-    assert_eq!(strings(&status["spares"]), [spare.clone()], "{status}");
-    assert_eq!(strings(&status["spares_lent"]), [spare.clone()], "{status}");
+    assert_eq!(
+        strings(&status["spares"]),
+        std::slice::from_ref(&spare),
+        "{status}"
+    );
+    assert_eq!(
+        strings(&status["spares_lent"]),
+        std::slice::from_ref(&spare),
+        "{status}"
+    );
     let text = supctl(&url, &["status"])?;
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
@@ -329,11 +341,15 @@ fn the_reserve_keeps_a_spare_lends_it_to_low_priority_work_and_takes_it_back() -
                 .then_some(job),
         )
     })?;
-    assert_eq!(strings(&batch["nodes"]), [victim.clone()], "{batch}");
+    assert_eq!(
+        strings(&batch["nodes"]),
+        std::slice::from_ref(&victim),
+        "{batch}"
+    );
     let status = supctl_json(&url, &["status"])?;
     assert_eq!(
         strings(&status["spares_lent"]),
-        [victim.clone()],
+        std::slice::from_ref(&victim),
         "{status}"
     );
     // At llm's next checkpoint it could grow back, but not into the reserve.
