@@ -11,10 +11,19 @@
 //!
 //! What supd asks for arrives the other way: the desired assignment as a
 //! `watch` (only the latest matters), drills and log requests as queues.
+//!
+//! One control goes from the parts to the link: [`Silence`], which a
+//! vanish or partition drill sets to make the link drop its stream and say
+//! nothing to supd until then.
 
 use sup_proto::v1::agent_message::Body as AgentBody;
 use sup_proto::v1::{DesiredAssignment, Drill, LogRequest, Validate};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// Until when the link must stay silent towards supd (a drill); `None`:
+/// talk normally.
+pub type Silence = Option<Instant>;
 
 /// Messages waiting for a stream to supd.
 const OUTBOX_CAPACITY: usize = 1024;
@@ -49,6 +58,8 @@ pub struct Bus {
     pub drills: mpsc::Receiver<Drill>,
     pub log_requests: mpsc::Receiver<LogRequest>,
     pub validations: mpsc::Receiver<Validate>,
+    /// Asks the link to go silent (see [`Silence`]).
+    pub silence: watch::Sender<Silence>,
 }
 
 /// The link's side of the bus.
@@ -58,6 +69,7 @@ pub struct LinkPorts {
     pub drills: mpsc::Sender<Drill>,
     pub log_requests: mpsc::Sender<LogRequest>,
     pub validations: mpsc::Sender<Validate>,
+    pub silence: watch::Receiver<Silence>,
 }
 
 #[cfg(test)]
@@ -83,6 +95,7 @@ pub fn bus() -> (Bus, LinkPorts) {
     let (drill_tx, drill_rx) = mpsc::channel(INBOX_CAPACITY);
     let (log_tx, log_rx) = mpsc::channel(INBOX_CAPACITY);
     let (validate_tx, validate_rx) = mpsc::channel(INBOX_CAPACITY);
+    let (silence_tx, silence_rx) = watch::channel(None);
     (
         Bus {
             outbox: Outbox { tx: out_tx },
@@ -90,6 +103,7 @@ pub fn bus() -> (Bus, LinkPorts) {
             drills: drill_rx,
             log_requests: log_rx,
             validations: validate_rx,
+            silence: silence_tx,
         },
         LinkPorts {
             outbox: out_rx,
@@ -97,6 +111,7 @@ pub fn bus() -> (Bus, LinkPorts) {
             drills: drill_tx,
             log_requests: log_tx,
             validations: validate_tx,
+            silence: silence_rx,
         },
     )
 }

@@ -249,6 +249,141 @@ fn subdirs(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// Tears the newest complete checkpoint in `dir` (see [`tear`]).
+pub fn tear_newest(dir: &Path, layout: &str) -> Result<String, String> {
+    let listed = scan(dir, layout).map_err(|e| e.to_string())?;
+    let newest = listed
+        .last()
+        .ok_or_else(|| format!("no complete checkpoint in {}", dir.display()))?;
+    tear(dir, layout, newest.step, Path::new(&newest.path))
+}
+
+/// The step directory with the highest step in `dir`, complete or not (a
+/// save in progress included), by the layout's naming.
+pub fn newest_step_dir(dir: &Path) -> Option<(u64, PathBuf)> {
+    subdirs(dir)
+        .ok()?
+        .into_iter()
+        .filter_map(|(name, path)| {
+            let name = name.split(ORBAX_TMP).next().unwrap_or(&name);
+            let name = name.strip_prefix(MEGATRON_PREFIX).unwrap_or(name);
+            Some((trailing_number(name)?, path))
+        })
+        .max_by_key(|(step, _)| *step)
+}
+
+/// Tears the checkpoint of `step` at `path` in `dir`, for a
+/// torn-checkpoint drill: truncates its largest data file to half (a shard
+/// cut short) and removes what makes the layout call it complete, so that
+/// it looks like a save that died half-way and [`scan`] leaves it out.
+/// Returns what was done, for the log; an error when the scan still lists
+/// it afterwards.
+pub fn tear(dir: &Path, layout: &str, step: u64, path: &Path) -> Result<String, String> {
+    let parsed: Layout = layout.parse().map_err(|e: CatalogError| e.to_string())?;
+    let path = path.to_owned();
+    let mut done = Vec::new();
+    if let Some((file, len)) = largest_data_file(&path) {
+        let file_handle = fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+        file_handle
+            .set_len(len / 2)
+            .map_err(|e| format!("cannot truncate {}: {e}", file.display()))?;
+        done.push(format!(
+            "truncated {} from {len} to {} bytes",
+            file.display(),
+            len / 2
+        ));
+    }
+    let remove = |file: PathBuf, done: &mut Vec<String>| -> Result<(), String> {
+        match fs::remove_file(&file) {
+            Ok(()) => {
+                done.push(format!("removed {}", file.display()));
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot remove {}: {e}", file.display())),
+        }
+    };
+    match &parsed {
+        Layout::Marker(marker) => remove(path.join(marker), &mut done)?,
+        Layout::Dcp => remove(path.join(DCP_METADATA), &mut done)?,
+        // Without a tracker the newest iteration counts only with a
+        // `.metadata`; without both it is a save in progress.
+        Layout::Megatron => {
+            remove(dir.join(MEGATRON_TRACKER), &mut done)?;
+            remove(path.join(DCP_METADATA), &mut done)?;
+        }
+        Layout::Orbax if orbax_committed(&path) => {
+            remove(path.join(ORBAX_COMMIT), &mut done)?;
+            for (_, item) in subdirs(&path).unwrap_or_default() {
+                remove(item.join(ORBAX_COMMIT), &mut done)?;
+            }
+        }
+        // Renamed back to what Orbax saves into before its final rename.
+        Layout::Orbax if !path.to_string_lossy().contains(ORBAX_TMP) => {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let tmp = path.with_file_name(format!("{name}{ORBAX_TMP}0"));
+            fs::rename(&path, &tmp).map_err(|e| {
+                format!("cannot rename {} to {}: {e}", path.display(), tmp.display())
+            })?;
+            done.push(format!("renamed {} to {}", path.display(), tmp.display()));
+        }
+        Layout::Orbax => {}
+    }
+    let still = scan(dir, layout)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .any(|c| c.step == step);
+    if still {
+        return Err(format!(
+            "step {step} is still complete by the {parsed} rules after: {}",
+            done.join("; ")
+        ));
+    }
+    Ok(format!("tore checkpoint step {step}: {}", done.join("; ")))
+}
+
+/// The largest file of a checkpoint that holds data rather than metadata
+/// (no JSON, nothing hidden, not a completion marker), looking one level
+/// into item directories; any file when there is no such one.
+fn largest_data_file(path: &Path) -> Option<(PathBuf, u64)> {
+    let mut files = Vec::new();
+    let mut collect = |dir: &Path| {
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if let Ok(meta) = fs::symlink_metadata(&p) {
+                if meta.is_file() && meta.len() > 0 {
+                    files.push((p, meta.len()));
+                }
+            }
+        }
+    };
+    collect(path);
+    for (_, item) in subdirs(path).unwrap_or_default() {
+        collect(&item);
+    }
+    let is_data = |p: &Path| {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        !name.starts_with('.') && !name.ends_with(".json") && !name.ends_with(".txt")
+    };
+    let pick = |only_data: bool| {
+        files
+            .iter()
+            .filter(|(p, _)| !only_data || is_data(p))
+            .max_by_key(|(_, len)| *len)
+            .cloned()
+    };
+    pick(true).or_else(|| pick(false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,5 +597,72 @@ mod tests {
             vec![(10, "step-10".to_owned()), (20, "step-20".to_owned())]
         );
         assert!(f.scan("marker:DONE").is_empty());
+    }
+
+    #[test]
+    fn a_torn_checkpoint_is_no_longer_listed_by_any_layout() {
+        let cases: [(&str, &[(&str, &str)]); 4] = [
+            (
+                "marker:COMPLETE",
+                &[
+                    ("step-5/shard-0.bin", "0123456789"),
+                    ("step-5/COMPLETE", ""),
+                    ("step-10/shard-0.bin", "0123456789"),
+                    ("step-10/COMPLETE", ""),
+                ],
+            ),
+            (
+                "dcp",
+                &[
+                    ("step-5/__0_0.distcp", "0123456789"),
+                    ("step-5/.metadata", "m"),
+                    ("step-10/__0_0.distcp", "0123456789"),
+                    ("step-10/.metadata", "m"),
+                ],
+            ),
+            (
+                "megatron",
+                &[
+                    ("iter_0000005/model.pt", "0123456789"),
+                    ("iter_0000010/model.pt", "0123456789"),
+                    ("latest_checkpointed_iteration.txt", "10"),
+                ],
+            ),
+            (
+                "orbax",
+                &[
+                    ("5/state/data", "0123456789"),
+                    ("10/state/data", "0123456789"),
+                ],
+            ),
+        ];
+        for (layout, files) in cases {
+            let f = Fixture::new();
+            for (rel, content) in files {
+                f.file(rel, content);
+            }
+            assert_eq!(steps(&f.scan(layout)), vec![5, 10], "{layout}");
+            let what = tear_newest(f.dir.path(), layout).expect(layout);
+            assert!(
+                what.starts_with("tore checkpoint step 10: truncated "),
+                "{layout}: {what}"
+            );
+            assert_eq!(steps(&f.scan(layout)), vec![5], "{layout}: {what}");
+        }
+        let empty = Fixture::new();
+        assert!(tear_newest(empty.dir.path(), "dcp").is_err());
+    }
+
+    #[test]
+    fn a_save_in_progress_is_the_newest_step_directory() {
+        let f = Fixture::new();
+        f.dir("step-5")
+            .dir("step-10")
+            .dir("iter_0000020")
+            .dir("30.orbax-checkpoint-tmp-7")
+            .dir(".hidden-99");
+        let (step, path) = newest_step_dir(f.dir.path()).expect("a step");
+        assert_eq!(step, 30);
+        assert!(path.ends_with("30.orbax-checkpoint-tmp-7"));
     }
 }

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod bus;
 pub mod checkpoint;
 pub mod config;
+pub mod drills;
 pub mod error_text;
 pub mod fence;
 pub mod health;
@@ -128,7 +129,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         drills,
         log_requests,
         validations,
+        silence,
     } = bus;
+    // GPU drills reach the health monitor through the drill executor,
+    // which makes every other kind itself (see [`drills`]).
+    let (gpu_drills, gpu_drills_rx) = tokio::sync::mpsc::channel(16);
     // Validation before an uncordon returns the node to service.
     tokio::spawn(validation::run(
         config.validation.clone(),
@@ -155,7 +160,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         health::Inputs {
             samples: health_samples,
             xids: xid_events,
-            drills,
+            drills: gpu_drills_rx,
             trigger: Some(sample_trigger),
         },
     ));
@@ -169,10 +174,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             logs: config.log_retention,
         },
         outbox,
-        assignment,
+        assignment.clone(),
         log_requests,
     )
     .await;
+    tokio::spawn(drills::run(
+        config.allow_drills,
+        drills::Inputs {
+            drills,
+            gpu_drills,
+            ranks: launcher.ranks(),
+            assignment,
+            silence,
+        },
+    ));
 
     // systemd (Type=notify): the GPUs are read and every loop runs.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {

@@ -16,7 +16,7 @@ use sup_proto::v1::{
     AgentMessage, DesiredAssignment, NodeState, Register, Registered, SupervisorMessage, Telemetry,
 };
 use tokio::sync::mpsc;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -58,6 +58,9 @@ pub enum SessionError {
     Closed,
     #[error("the GPU probe thread stopped")]
     ProbeStopped,
+    /// A vanish or partition drill: no word to supd until then.
+    #[error("silent towards supd for {} (a drill)", humantime::format_duration(round_ms(.until.saturating_duration_since(Instant::now()))))]
+    Silenced { until: Instant },
 }
 
 impl SessionError {
@@ -139,6 +142,13 @@ impl Link {
                 Err(SessionError::ProbeStopped) => {
                     return ProbeError::ThreadGone("it exited while the agent was running".into())
                 }
+                // Not a failure: no backoff, and back as soon as it ends.
+                Err(err @ SessionError::Silenced { until }) => {
+                    warn!(supervisor = %self.supervisor, "{err}");
+                    sleep_until(until).await;
+                    info!(supervisor = %self.supervisor, "the drill's silence is over; reconnecting");
+                    continue;
+                }
                 Err(err) => err,
             };
             let delay = self.backoff.next_delay();
@@ -155,6 +165,11 @@ impl Link {
 
     /// One connection, from dial to failure.
     async fn session(&mut self) -> Result<Infallible, SessionError> {
+        if let Some(until) = *self.ports.silence.borrow_and_update() {
+            if until > Instant::now() {
+                return Err(SessionError::Silenced { until });
+            }
+        }
         let channel = self
             .endpoint
             .connect()
@@ -204,6 +219,13 @@ impl Link {
                 Some(body) = self.ports.outbox.recv() => {
                     self.level.remember(&body);
                     send_body(&outbound, &mut seq, body)?;
+                }
+                // Returning drops the stream and its connection: supd hears
+                // nothing more from this node until the silence ends.
+                Ok(()) = self.ports.silence.changed() => {
+                    if let Some(until) = *self.ports.silence.borrow_and_update() {
+                        return Err(SessionError::Silenced { until });
+                    }
                 }
                 message = inbound.message() => match message.map_err(SessionError::Rpc)? {
                     Some(message) => self.on_message(message),

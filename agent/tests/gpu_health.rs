@@ -549,6 +549,7 @@ async fn drills_act_only_with_allow_drills() {
         gpu_index,
         fault: Some(fault),
         by: "gpu-health-test".into(),
+        ..Default::default()
     };
     let drills = vec![
         drill(0, Fault::Xid(79)),

@@ -7,8 +7,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::messages::{Drill, DrillFault, HealthReport, RecoveryAction, XidEvent};
-use crate::{Engine, EngineError, EventKind, GpuHealth, Millis, ReportOutcome, SessionId};
+use crate::messages::{HealthReport, XidEvent};
+use crate::{Engine, EventKind, GpuHealth, Millis, ReportOutcome, SessionId};
 
 /// Xids kept per GPU for `supctl node`.
 const RECENT_XIDS: usize = 10;
@@ -338,69 +338,5 @@ impl Engine {
         );
         self.app_xids.mark_reported(code, now);
         self.record_event(now, EventKind::CorrelatedFault, None, text);
-    }
-
-    /// Operator: inject a fault on a node for a game day. The agent treats
-    /// it as if the GPU reported it (only with --allow-drills).
-    pub fn drill(
-        &mut self,
-        now: Millis,
-        node_id: &str,
-        drill: Drill,
-        by: &str,
-    ) -> Result<String, EngineError> {
-        let node = self
-            .nodes
-            .get(node_id)
-            .ok_or_else(|| EngineError::UnknownNode(node_id.to_owned()))?;
-        if !node.connected() {
-            return Err(EngineError::FailedPrecondition(format!(
-                "node '{node_id}' has no connected agent; a drill needs one"
-            )));
-        }
-        if !node.record.gpus.iter().any(|g| g.index == drill.gpu_index) {
-            return Err(EngineError::InvalidArgument(format!(
-                "node '{node_id}' has no GPU {}",
-                drill.gpu_index
-            )));
-        }
-        let what = match &drill.fault {
-            Some(DrillFault::Xid(code)) if (1..=1000).contains(code) => format!("Xid {code}"),
-            Some(DrillFault::Xid(code)) => {
-                return Err(EngineError::InvalidArgument(format!(
-                    "Xid {code} is out of range (1-1000)"
-                )))
-            }
-            Some(DrillFault::RecoveryAction(action)) => match action {
-                RecoveryAction::Unspecified => {
-                    return Err(EngineError::InvalidArgument(
-                        "the drill's recovery action is not a known value".to_owned(),
-                    ))
-                }
-                action => format!("recovery action {}", action.as_str()),
-            },
-            None => {
-                return Err(EngineError::InvalidArgument(
-                    "a drill needs an Xid or a recovery action".to_owned(),
-                ))
-            }
-        };
-        let by = if by.trim().is_empty() {
-            "unknown"
-        } else {
-            by.trim()
-        };
-        let gpu = drill.gpu_index;
-        let text = format!("drill by {by}: {what} on GPU {gpu} injected");
-        self.record_event(now, EventKind::Drill, Some(node_id), text);
-        let mut drill = drill;
-        drill.by = by.to_owned();
-        self.actions.push_back(super::Action::SendDrill {
-            node_id: node_id.to_owned(),
-            drill,
-        });
-        Ok(format!(
-            "drill sent to node '{node_id}': {what} on GPU {gpu} (the agent acts on it only when started with --allow-drills)"
-        ))
     }
 }

@@ -23,7 +23,8 @@
 //! - [`maintenance`]: draining a node at its job's next checkpoint,
 //!   removing a node;
 //! - `health`: GPU verdicts, Xids, the correlated-fault guards (application
-//!   Xids, hardware Xid storms), drills;
+//!   Xids, hardware Xid storms);
+//! - [`drills`]: game-day faults an operator asks for (GPU, ranks, link);
 //! - `breaker`: rationing automatic cordons;
 //! - [`detect`]: hang, straggler and loss-spike detectors (pure statistics);
 //! - `jobs`: submit and stop, then `jobs/judgement` (judge, then act),
@@ -38,6 +39,7 @@ pub mod agent_input;
 mod breaker;
 pub mod config;
 pub mod detect;
+pub mod drills;
 pub mod engine;
 mod health;
 mod jobs;

@@ -222,16 +222,50 @@ pub struct Checkpoint {
 /// A fault to inject on a node for a game day.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Drill {
+    /// The GPU of an Xid or recovery-action drill; unused by the others.
     pub gpu_index: u32,
     pub fault: Option<DrillFault>,
     /// Who asked, for the agent's log.
     pub by: String,
+    /// Drills on ranks: the job and generation the engine saw on the node,
+    /// filled in by [`crate::Engine::drill`]; the agent acts only on ranks
+    /// of that generation.
+    pub job: String,
+    pub generation: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a drill does. Durations are milliseconds. Operators give the kind
+/// and its parameters; the engine fills in what it decides (the rank a
+/// crash kills when none was named, a slow drill's stop/run cycle).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DrillFault {
     Xid(u32),
     RecoveryAction(RecoveryAction),
+    /// SIGSTOP the job's ranks on the node.
+    Hang,
+    /// Duty-cycle SIGSTOP/SIGCONT so the node's steps take `factor` × as long.
+    Slow {
+        factor: f64,
+        duration_ms: u32,
+        run_ms: u32,
+        stop_ms: u32,
+    },
+    /// SIGKILL one rank (global rank; `None`: the node's lowest).
+    Crash {
+        rank: Option<u32>,
+    },
+    /// SIGKILL every rank and go silent, like a power loss.
+    Vanish {
+        duration_ms: u32,
+    },
+    /// Go silent; the ranks keep running.
+    Partition {
+        duration_ms: u32,
+    },
+    /// Tear the newest complete checkpoint, then SIGKILL a rank.
+    TornCheckpoint {
+        rank: Option<u32>,
+    },
 }
 
 // -- to agents ----------------------------------------------------------------

@@ -2000,7 +2000,7 @@ impl Driver {
         let drill = Drill {
             gpu_index,
             fault: Some(fault),
-            by: String::new(),
+            ..Drill::default()
         };
         // Any answer will do: an unknown node, one with no agent, a GPU it
         // lacks or an Xid out of range are refused; the invariants judge
@@ -2032,7 +2032,8 @@ impl Driver {
                 matches!(xid, 48 | 79 | 94)
             }
             Some(DrillFault::RecoveryAction(a)) => matches!(a.code(), 2 | 3 | 5),
-            None => false,
+            // Only GPU drills are drawn here; the others act on processes.
+            Some(_) | None => false,
         };
         if failed {
             report.verdicts.push(GpuVerdict {

@@ -185,6 +185,11 @@ pub enum Command {
         /// (with -o json: one JSON object per line)
         #[arg(short, long)]
         follow: bool,
+        /// A game day's report: only drill events (--limit: the newest N
+        /// drills), each with the events that followed it about its node or
+        /// its job, up to the next drill there
+        #[arg(long, conflicts_with = "follow")]
+        drills: bool,
     },
     /// List jobs
     Jobs {
@@ -212,12 +217,15 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
         lines: u32,
     },
-    /// Inject a simulated GPU fault for a game day
+    /// Inject a fault on a node for a game day
     ///
-    /// supd passes the fault to the node's agent, which feeds it to its
-    /// detector as if NVML had reported it; the resulting verdict, cordon and
-    /// events are marked as a drill. Agents accept drills only when started
-    /// with --allow-drills.
+    /// supd records the drill in the event log and passes it to the node's
+    /// agent, which makes the fault real: GPU faults go to its detector as if
+    /// NVML had reported them (the verdict, cordon and events are marked as a
+    /// drill); hang, slow, crash, vanish, partition and torn-checkpoint act on
+    /// the node's ranks or its link to supd, and end in the same recovery as
+    /// the real fault. Agents accept drills only when started with
+    /// --allow-drills. `supctl events --drills` lists them with what followed.
     #[command(subcommand)]
     Drill(DrillCommand),
     /// The circuit breaker that stops automatic cordons
@@ -372,6 +380,70 @@ pub enum DrillCommand {
         #[arg(long, value_enum)]
         action: RecoveryActionArg,
     },
+    /// Freeze every rank of the node's job (SIGSTOP): a hang, until the
+    /// hang detector restarts the job
+    Hang {
+        #[command(flatten)]
+        target: DrillNode,
+    },
+    /// Make the node's ranks take FACTOR times as long per step (a
+    /// SIGSTOP/SIGCONT cycle sized from the node's step time): a straggler
+    Slow {
+        #[command(flatten)]
+        target: DrillNode,
+        /// How many times slower, 1.1 to 10
+        #[arg(long, value_name = "F")]
+        factor: f64,
+        /// How long, e.g. 2m (1s to 1h)
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_timeout)]
+        duration: Duration,
+    },
+    /// Kill one rank (SIGKILL): a rank crash
+    Crash {
+        #[command(flatten)]
+        target: DrillNode,
+        /// Global rank to kill [default: the node's lowest]
+        #[arg(long, value_name = "R")]
+        rank: Option<u32>,
+    },
+    /// Kill every rank and cut the agent off from supd for DURATION: a
+    /// power loss; the node then comes back
+    Vanish {
+        #[command(flatten)]
+        target: DrillNode,
+        /// How long the node stays away, e.g. 1m (1s to 1h)
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_timeout)]
+        duration: Duration,
+    },
+    /// Cut the agent off from supd for DURATION, its ranks running on: a
+    /// network partition
+    Partition {
+        #[command(flatten)]
+        target: DrillNode,
+        /// How long, e.g. 1m (1s to 1h)
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_timeout)]
+        duration: Duration,
+    },
+    /// Tear the job's newest complete checkpoint, then kill a rank: a crash
+    /// during a save
+    TornCheckpoint {
+        #[command(flatten)]
+        target: DrillNode,
+        /// Global rank to kill [default: the node's lowest]
+        #[arg(long, value_name = "R")]
+        rank: Option<u32>,
+    },
+}
+
+/// The node of a drill that is not about one GPU.
+#[derive(Debug, Clone, Args)]
+pub struct DrillNode {
+    /// Node id
+    #[arg(long, value_name = "ID", value_parser = non_empty)]
+    pub node: String,
+    /// Who runs the drill [default: $SUP_USER, else $USER, else "operator"]
+    #[arg(long, value_name = "NAME", value_parser = non_empty)]
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -565,6 +637,7 @@ mod tests {
                 limit,
                 after,
                 follow,
+                ..
             } => {
                 assert_eq!(limit, Some(5));
                 assert_eq!(after, 7);

@@ -216,27 +216,69 @@ fn checkpoint_to_wire(c: Checkpoint) -> v1::Checkpoint {
     }
 }
 
+/// An operator's drill. The job and generation, and what the engine decides
+/// (a slow drill's cycle), are not taken from the client: the engine fills
+/// them in. Durations beyond `u32` milliseconds cannot be sent.
 pub fn drill(d: v1::Drill) -> Drill {
+    use v1::drill::Fault;
     Drill {
         gpu_index: d.gpu_index,
         fault: d.fault.map(|f| match f {
-            v1::drill::Fault::Xid(code) => DrillFault::Xid(code),
-            v1::drill::Fault::RecoveryAction(code) => {
-                DrillFault::RecoveryAction(recovery_action(code))
-            }
+            Fault::Xid(code) => DrillFault::Xid(code),
+            Fault::RecoveryAction(code) => DrillFault::RecoveryAction(recovery_action(code)),
+            Fault::Hang(_) => DrillFault::Hang,
+            Fault::Slow(s) => DrillFault::Slow {
+                factor: s.factor,
+                duration_ms: s.duration_ms,
+                run_ms: 0,
+                stop_ms: 0,
+            },
+            Fault::Crash(c) => DrillFault::Crash { rank: c.rank },
+            Fault::Vanish(v) => DrillFault::Vanish {
+                duration_ms: v.duration_ms,
+            },
+            Fault::Partition(p) => DrillFault::Partition {
+                duration_ms: p.duration_ms,
+            },
+            Fault::TornCheckpoint(t) => DrillFault::TornCheckpoint { rank: t.rank },
         }),
         by: d.by,
+        job: String::new(),
+        generation: 0,
     }
 }
 
 pub fn drill_to_wire(d: Drill) -> v1::Drill {
+    use v1::drill::Fault;
     v1::Drill {
         gpu_index: d.gpu_index,
         fault: d.fault.map(|f| match f {
-            DrillFault::Xid(code) => v1::drill::Fault::Xid(code),
-            DrillFault::RecoveryAction(a) => v1::drill::Fault::RecoveryAction(a.code()),
+            DrillFault::Xid(code) => Fault::Xid(code),
+            DrillFault::RecoveryAction(a) => Fault::RecoveryAction(a.code()),
+            DrillFault::Hang => Fault::Hang(v1::HangDrill {}),
+            DrillFault::Slow {
+                factor,
+                duration_ms,
+                run_ms,
+                stop_ms,
+            } => Fault::Slow(v1::SlowDrill {
+                factor,
+                duration_ms,
+                run_ms,
+                stop_ms,
+            }),
+            DrillFault::Crash { rank } => Fault::Crash(v1::CrashDrill { rank }),
+            DrillFault::Vanish { duration_ms } => Fault::Vanish(v1::VanishDrill { duration_ms }),
+            DrillFault::Partition { duration_ms } => {
+                Fault::Partition(v1::PartitionDrill { duration_ms })
+            }
+            DrillFault::TornCheckpoint { rank } => {
+                Fault::TornCheckpoint(v1::TornCheckpointDrill { rank })
+            }
         }),
         by: d.by,
+        job: d.job,
+        generation: d.generation,
     }
 }
 

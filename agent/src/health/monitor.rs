@@ -160,6 +160,12 @@ pub fn on_drill(state: &mut HealthState, allow_drills: bool, drill: &Drill) {
             ),
         },
         None => warn!(gpu, by, "drill without a fault (a newer supd?); ignored"),
+        // Rank and link drills are the drill executor's (crate::drills),
+        // which never forwards them here.
+        Some(_) => warn!(
+            gpu,
+            by, "not a GPU drill; ignored by the GPU health monitor"
+        ),
     }
 }
 
@@ -336,6 +342,7 @@ mod tests {
                 gpu_index: 0,
                 fault: Some(Fault::Xid(79)),
                 by: "test".into(),
+                ..Default::default()
             })
             .await
             .expect("monitor alive");
@@ -356,6 +363,7 @@ mod tests {
                 gpu_index: 1,
                 fault: Some(Fault::Xid(79)),
                 by: "game-day".into(),
+                ..Default::default()
             })
             .await
             .expect("monitor alive");
@@ -373,6 +381,7 @@ mod tests {
                 gpu_index: 3,
                 fault: Some(Fault::RecoveryAction(RecoveryAction::DrainP2p as i32)),
                 by: "game-day".into(),
+                ..Default::default()
             })
             .await
             .expect("monitor alive");

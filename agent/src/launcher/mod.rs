@@ -81,6 +81,22 @@ pub struct Launcher {
     /// Keeps the running ranks' logs within their size cap; `None`: no cap.
     log_cap: Option<JoinHandle<()>>,
     progress_addr: Option<SocketAddr>,
+    /// The live ranks, for drills (see [`RankSet`]).
+    ranks: watch::Receiver<RankSet>,
+}
+
+/// The ranks this node runs now, published on every change: what a drill
+/// on ranks (crate::drills) signals. A pid here may have just exited (its
+/// exit not processed yet): signalling its process group then is harmless,
+/// as in [`Reconciler::on_exit`]'s clean-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RankSet {
+    pub job: String,
+    pub generation: u64,
+    /// The agent is stopping them (a new generation, a shutdown).
+    pub stopping: bool,
+    /// (global rank, pid, which is also its process group id).
+    pub ranks: Vec<(u32, nix::unistd::Pid)>,
 }
 
 impl Launcher {
@@ -122,6 +138,7 @@ impl Launcher {
         });
         let (stop, stop_rx) = oneshot::channel();
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let (rank_set, ranks) = watch::channel(RankSet::default());
         let reconciler = Reconciler {
             settings,
             fence,
@@ -141,6 +158,7 @@ impl Launcher {
             adoptable,
             watchdog: Watchdog::from_env(),
             log_paths,
+            rank_set,
         };
         let task = tokio::spawn(reconciler.run(assignment, log_requests, stop_rx));
         Launcher {
@@ -149,7 +167,13 @@ impl Launcher {
             scanner,
             log_cap,
             progress_addr,
+            ranks,
         }
+    }
+
+    /// The live ranks, updated on every change.
+    pub fn ranks(&self) -> watch::Receiver<RankSet> {
+        self.ranks.clone()
     }
 
     /// The progress intake's address, as given to ranks.
@@ -243,6 +267,7 @@ struct Reconciler {
     watchdog: Watchdog,
     /// The running ranks' log files, for the size cap (see [`logs::cap_sizes`]).
     log_paths: watch::Sender<Vec<PathBuf>>,
+    rank_set: watch::Sender<RankSet>,
 }
 
 /// systemd's watchdog (`WatchdogSec=`), pinged from the reconcile loop: the
@@ -518,11 +543,18 @@ impl Reconciler {
             if let Err(e) = signal_group(rank.pid, Signal::SIGTERM) {
                 warn!(rank = rank.rank, pid = %rank.pid, "cannot send SIGTERM: {e}");
             }
+            // A stopped rank (a hang or slow drill, a debugger, `kill -STOP`)
+            // would hold the SIGTERM pending for the whole grace period;
+            // continued, it handles it now. As systemd does.
+            if let Err(e) = signal_group(rank.pid, Signal::SIGCONT) {
+                debug!(rank = rank.rank, pid = %rank.pid, "cannot send SIGCONT: {e}");
+            }
         }
         self.stopping = Some(Stopping {
             phase: Phase::Terminating,
             deadline: Instant::now() + grace,
         });
+        self.publish_rank_set();
     }
 
     fn on_deadline(&mut self) {
@@ -824,8 +856,27 @@ impl Reconciler {
         });
     }
 
+    /// Publishes the live ranks for drills if they changed.
+    fn publish_rank_set(&self) {
+        let set = self
+            .current
+            .as_ref()
+            .map_or_else(RankSet::default, |c| RankSet {
+                job: c.name().to_owned(),
+                generation: c.generation,
+                stopping: self.stopping.is_some() || self.shutting_down,
+                ranks: c.ranks.values().map(|r| (r.rank, r.pid)).collect(),
+            });
+        self.rank_set.send_if_modified(|old| {
+            let changed = *old != set;
+            *old = set;
+            changed
+        });
+    }
+
     /// Sends the rank status if it changed.
     fn publish_status(&mut self) {
+        self.publish_rank_set();
         let Some(current) = &self.current else {
             return;
         };

@@ -2,6 +2,7 @@
 //! asserting decisions and their reasons.
 
 mod detect;
+mod drills;
 mod health;
 mod jobs;
 mod maintenance;

@@ -1,4 +1,5 @@
-//! `supctl drill`: inject a simulated GPU fault on a node (game days).
+//! `supctl drill`: inject a fault on a node (game days): GPU faults, and
+//! hang, slow, crash, vanish, partition, torn-checkpoint.
 
 use serde::Serialize;
 use sup_proto::v1;
@@ -16,30 +17,15 @@ pub(super) async fn run(
     drill: &DrillCommand,
     json: bool,
 ) -> Result<String, CtlError> {
-    let (target, fault, what) = match drill {
-        DrillCommand::Xid { target, xid } => (
-            target,
-            v1::drill::Fault::Xid(*xid),
-            format!("Xid {xid} on GPU {} of node {}", target.gpu, target.node),
-        ),
-        DrillCommand::RecoveryAction { target, action } => (
-            target,
-            v1::drill::Fault::RecoveryAction(v1::RecoveryAction::from(*action) as i32),
-            format!(
-                "recovery action {} on GPU {} of node {}",
-                action_name(*action),
-                target.gpu,
-                target.node
-            ),
-        ),
-    };
-    let by = operator(&target.by);
+    let (node, by, gpu_index, fault, what) = describe(drill);
+    let by = operator(by);
     let req = v1::DrillRequest {
-        node_id: target.node.clone(),
+        node_id: node.to_owned(),
         drill: Some(v1::Drill {
-            gpu_index: target.gpu,
+            gpu_index,
             fault: Some(fault),
             by: by.clone(),
+            ..Default::default()
         }),
         by,
         request_id: client::request_id(),
@@ -49,6 +35,112 @@ pub(super) async fn run(
         drill_json(&r).map_err(json_error)
     } else {
         Ok(drill_text(&what, &r))
+    }
+}
+
+/// Milliseconds for the wire; a duration past `u32` is sent as the
+/// largest, which supd refuses as out of range.
+fn ms(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// The drill's node, author, GPU, fault and a description for when the
+/// server says nothing.
+fn describe(drill: &DrillCommand) -> (&str, &Option<String>, u32, v1::drill::Fault, String) {
+    use v1::drill::Fault;
+    let rank_text = |rank: &Option<u32>| {
+        rank.map_or_else(|| "its lowest rank".to_owned(), |r| format!("rank {r}"))
+    };
+    match drill {
+        DrillCommand::Xid { target, xid } => (
+            &target.node,
+            &target.by,
+            target.gpu,
+            Fault::Xid(*xid),
+            format!("Xid {xid} on GPU {} of node {}", target.gpu, target.node),
+        ),
+        DrillCommand::RecoveryAction { target, action } => (
+            &target.node,
+            &target.by,
+            target.gpu,
+            Fault::RecoveryAction(v1::RecoveryAction::from(*action) as i32),
+            format!(
+                "recovery action {} on GPU {} of node {}",
+                action_name(*action),
+                target.gpu,
+                target.node
+            ),
+        ),
+        DrillCommand::Hang { target } => (
+            &target.node,
+            &target.by,
+            0,
+            Fault::Hang(v1::HangDrill {}),
+            format!("hang of the ranks on node {}", target.node),
+        ),
+        DrillCommand::Slow {
+            target,
+            factor,
+            duration,
+        } => (
+            &target.node,
+            &target.by,
+            0,
+            Fault::Slow(v1::SlowDrill {
+                factor: *factor,
+                duration_ms: ms(*duration),
+                ..Default::default()
+            }),
+            format!(
+                "ranks on node {} {factor}× slower for {}",
+                target.node,
+                humantime::format_duration(*duration)
+            ),
+        ),
+        DrillCommand::Crash { target, rank } => (
+            &target.node,
+            &target.by,
+            0,
+            Fault::Crash(v1::CrashDrill { rank: *rank }),
+            format!("crash of {} on node {}", rank_text(rank), target.node),
+        ),
+        DrillCommand::Vanish { target, duration } => (
+            &target.node,
+            &target.by,
+            0,
+            Fault::Vanish(v1::VanishDrill {
+                duration_ms: ms(*duration),
+            }),
+            format!(
+                "node {} vanishes for {}",
+                target.node,
+                humantime::format_duration(*duration)
+            ),
+        ),
+        DrillCommand::Partition { target, duration } => (
+            &target.node,
+            &target.by,
+            0,
+            Fault::Partition(v1::PartitionDrill {
+                duration_ms: ms(*duration),
+            }),
+            format!(
+                "node {} partitioned for {}",
+                target.node,
+                humantime::format_duration(*duration)
+            ),
+        ),
+        DrillCommand::TornCheckpoint { target, rank } => (
+            &target.node,
+            &target.by,
+            0,
+            Fault::TornCheckpoint(v1::TornCheckpointDrill { rank: *rank }),
+            format!(
+                "torn newest checkpoint, then a crash of {} on node {}",
+                rank_text(rank),
+                target.node
+            ),
+        ),
     }
 }
 

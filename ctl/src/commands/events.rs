@@ -164,3 +164,90 @@ mod tests {
         assert_eq!(events_text(&[]), "No events.\n");
     }
 }
+
+/// One drill with the events that followed it about its node or its job.
+#[derive(Debug, serde::Serialize)]
+pub struct DrillReport {
+    pub drill: EventView,
+    pub followed_by: Vec<EventView>,
+}
+
+/// `events --drills`: a game day's report. The events API has no filter by
+/// kind, so every kept event is fetched and the drills are picked here.
+pub(super) async fn drills(
+    client: &mut Client,
+    limit: Option<u32>,
+    after: u64,
+    json_out: bool,
+) -> Result<String, CtlError> {
+    let req = v1::ListEventsRequest {
+        after_seq: after,
+        limit: 0,
+    };
+    let events = oldest_first(client.events(req).await?);
+    let reports = drill_reports(&events, limit.map_or(usize::MAX, |l| l as usize));
+    if json_out {
+        json(
+            &reports
+                .iter()
+                .map(|(d, f)| DrillReport {
+                    drill: EventView::from(*d),
+                    followed_by: f.iter().map(|e| EventView::from(*e)).collect(),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map_err(json_error)
+    } else {
+        Ok(drills_text(&reports))
+    }
+}
+
+/// The newest `limit` drills in `events` (oldest first), each with the
+/// events after it about the same node or the drill's job, up to the next
+/// drill on that node or job.
+pub fn drill_reports(events: &[v1::Event], limit: usize) -> Vec<(&v1::Event, Vec<&v1::Event>)> {
+    let about = |e: &v1::Event, d: &v1::Event| {
+        (!d.node.is_empty() && e.node == d.node) || (!d.job.is_empty() && e.job == d.job)
+    };
+    let drills: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == "drill")
+        .map(|(i, _)| i)
+        .collect();
+    let skip = drills.len().saturating_sub(limit);
+    drills[skip..]
+        .iter()
+        .map(|&i| {
+            let d = &events[i];
+            let followed = events[i + 1..]
+                .iter()
+                .take_while(|e| !(e.kind == "drill" && about(e, d)))
+                .filter(|e| about(e, d))
+                .collect();
+            (d, followed)
+        })
+        .collect()
+}
+
+pub fn drills_text(reports: &[(&v1::Event, Vec<&v1::Event>)]) -> String {
+    if reports.is_empty() {
+        return "No drills.\n".to_owned();
+    }
+    let mut table = new_table(&["SEQ", "AT", "KIND", "NODE", "JOB", "REASON"]);
+    for (d, followed) in reports {
+        for (e, kind) in std::iter::once((*d, d.kind.clone()))
+            .chain(followed.iter().map(|e| (*e, format!("  └ {}", e.kind))))
+        {
+            table.add_row(vec![
+                e.seq.to_string(),
+                timestamp(e.at_unix_ms),
+                kind,
+                or_none(&e.node),
+                or_none(&e.job),
+                or_none(&e.reason),
+            ]);
+        }
+    }
+    finish(table)
+}

@@ -79,6 +79,7 @@ pub async fn run_online(
             limit,
             after,
             follow: true,
+            ..
         } => return events::follow(client, *limit, *after, json, out).await,
         _ => {}
     }
@@ -114,6 +115,12 @@ async fn once(cli: &Cli, client: &mut Client, spec: Option<String>) -> Result<St
             by,
             skip_validation,
         } => uncordon::run(client, id, reason.as_deref(), by, *skip_validation, json).await,
+        Command::Events {
+            limit,
+            after,
+            drills: true,
+            ..
+        } => events::drills(client, *limit, *after, json).await,
         Command::Events { limit, after, .. } => events::run(client, *limit, *after, json).await,
         Command::Jobs { .. } => jobs::run(client, json).await,
         Command::Job(command) => job::run(client, command, spec, json).await,

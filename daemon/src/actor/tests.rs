@@ -114,6 +114,7 @@ async fn a_retried_drill_or_breaker_reset_takes_effect_once() {
         gpu_index: 0,
         fault: Some(sup_core::DrillFault::Xid(79)),
         by: "alice".into(),
+        ..Default::default()
     };
     let first = handle
         .drill("n1".into(), drill.clone(), "alice".into(), "req-1".into())
