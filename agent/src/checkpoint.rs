@@ -258,20 +258,6 @@ pub fn tear_newest(dir: &Path, layout: &str) -> Result<String, String> {
     tear(dir, layout, newest.step, Path::new(&newest.path))
 }
 
-/// The step directory with the highest step in `dir`, complete or not (a
-/// save in progress included), by the layout's naming.
-pub fn newest_step_dir(dir: &Path) -> Option<(u64, PathBuf)> {
-    subdirs(dir)
-        .ok()?
-        .into_iter()
-        .filter_map(|(name, path)| {
-            let name = name.split(ORBAX_TMP).next().unwrap_or(&name);
-            let name = name.strip_prefix(MEGATRON_PREFIX).unwrap_or(name);
-            Some((trailing_number(name)?, path))
-        })
-        .max_by_key(|(step, _)| *step)
-}
-
 /// Tears the checkpoint of `step` at `path` in `dir`, for a
 /// torn-checkpoint drill: truncates its largest data file to half (a shard
 /// cut short) and removes what makes the layout call it complete, so that
@@ -651,18 +637,5 @@ mod tests {
         }
         let empty = Fixture::new();
         assert!(tear_newest(empty.dir.path(), "dcp").is_err());
-    }
-
-    #[test]
-    fn a_save_in_progress_is_the_newest_step_directory() {
-        let f = Fixture::new();
-        f.dir("step-5")
-            .dir("step-10")
-            .dir("iter_0000020")
-            .dir("30.orbax-checkpoint-tmp-7")
-            .dir(".hidden-99");
-        let (step, path) = newest_step_dir(f.dir.path()).expect("a step");
-        assert_eq!(step, 30);
-        assert!(path.ends_with("30.orbax-checkpoint-tmp-7"));
     }
 }

@@ -255,10 +255,10 @@ fn crash(set: &RankSet, rank: Option<u32>, by: &str) {
     }
 }
 
-/// How often a torn-checkpoint drill looks for the next save, and for how
-/// long: a save is visible for milliseconds to seconds (from the step
-/// directory's creation to its completion marker), and a job saves at
-/// least this often if the drill is to catch one.
+/// How often a torn-checkpoint drill looks for the next complete save, and
+/// for how long: it must tear it before supd's scanner (every 2 s or more)
+/// lists it, and a job saves at least this often if the drill is to catch
+/// one.
 const SAVE_POLL: Duration = Duration::from_millis(5);
 const SAVE_WAIT: Duration = Duration::from_secs(1800);
 
@@ -292,16 +292,25 @@ async fn torn_save(
             warn!(by, job = %set.job, generation = set.generation, "torn-checkpoint drill did nothing: no save began while the generation ran");
             return;
         }
-        let d = dir.clone();
-        let saving = tokio::task::spawn_blocking(move || {
-            checkpoint::newest_step_dir(&d).filter(|(step, _)| *step > known)
+        // The save is torn the moment it is complete, not while it is in
+        // progress: a writer on another node (rank 0 writes the completion
+        // marker) would finish a half-torn save behind our back, and a save
+        // takes milliseconds. Done within one poll of completing, long
+        // before supd's scanner (every 2 s or more) can have listed it.
+        let (d, l) = (dir.clone(), layout.clone());
+        let saved = tokio::task::spawn_blocking(move || {
+            checkpoint::scan(&d, &l)
+                .ok()
+                .and_then(|listed| listed.last().cloned())
+                .filter(|c| c.step > known)
+                .map(|c| (c.step, PathBuf::from(c.path)))
         })
         .await
         .ok()
         .flatten();
-        if let Some((step, path)) = saving {
-            // Frozen, this node's ranks cannot finish their part of the
-            // save, so it never completes.
+        if let Some((step, path)) = saved {
+            // Frozen, this node's ranks cannot start the next save before
+            // the crash.
             for (r, pid) in &set.ranks {
                 kill(*r, *pid, Signal::SIGSTOP);
             }
