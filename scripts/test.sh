@@ -11,6 +11,8 @@ command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)   # promtool valid
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)       # the example trainer
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)     # the dashboard's browser test
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd) # verifies deploy/*.service
+command -v slurmctld >/dev/null 2>&1 || need_apt+=(slurm-wlm)   # a real Slurm for tests/e2e/tests/slurm.rs
+command -v munged >/dev/null 2>&1 || need_apt+=(munge)          # Slurm's authentication
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

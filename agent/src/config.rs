@@ -140,6 +140,11 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub validation_timeout: Option<Duration>,
 
+    /// This node's name in Slurm (its NodeName), when it is not the node
+    /// id [default: the node id]
+    #[arg(long, value_name = "NAME")]
+    pub slurm_node_name: Option<String>,
+
     /// Cluster CA certificate (PEM); with --tls-cert and --tls-key, for an
     /// https:// supervisor
     #[arg(long, value_name = "FILE")]
@@ -195,6 +200,7 @@ pub struct FileConfig {
     pub validation_command: Option<String>,
     #[serde(default, deserialize_with = "de_duration")]
     pub validation_timeout: Option<Duration>,
+    pub slurm_node_name: Option<String>,
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -242,6 +248,8 @@ pub struct Config {
     pub reset_settle: Duration,
     /// Run before an uncordon returns the node to service; `None`: none.
     pub validation: Option<crate::validation::Validation>,
+    /// The node's name in Slurm when it differs from the node id.
+    pub slurm_node_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -399,7 +407,13 @@ impl Config {
             cli.rank_log_max_bytes.or(file.rank_log_max_bytes),
         )?;
 
+        let slurm_node_name = cli
+            .slurm_node_name
+            .or(file.slurm_node_name)
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty());
         Ok(Config {
+            slurm_node_name,
             supervisor,
             tls,
             hostname: hostname.unwrap_or_else(|| node_id.clone()),
@@ -754,6 +768,7 @@ mod tests {
                 expected_gpus: None,
                 reset_settle: Duration::from_secs(120),
                 validation: None,
+                slurm_node_name: None,
             }
         );
     }

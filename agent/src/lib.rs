@@ -116,6 +116,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         gpu_backend: config.gpu_backend.wire_name().to_owned(),
         gpus,
         validates: config.validation.is_some(),
+        slurm_node_name: config.slurm_node_name.clone().unwrap_or_default(),
     };
     let (bus, ports) = bus::bus();
     let mut link =

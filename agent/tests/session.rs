@@ -157,6 +157,7 @@ fn config(addr: SocketAddr, telemetry_interval: Duration) -> Config {
         expected_gpus: None,
         reset_settle: Duration::from_secs(30),
         validation: None,
+        slurm_node_name: None,
     }
 }
 

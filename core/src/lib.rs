@@ -26,6 +26,8 @@
 //!   Xids, hardware Xid storms);
 //! - [`drills`]: game-day faults an operator asks for (GPU, ranks, link);
 //! - `breaker`: rationing automatic cordons;
+//! - [`scheduler`]: node state mirrored with the batch scheduler (Slurm):
+//!   its drains seen, sup's cordons drained there;
 //! - [`detect`]: hang, straggler and loss-spike detectors (pure statistics);
 //! - `jobs`: submit and stop, then `jobs/judgement` (judge, then act),
 //!   `jobs/reports` (agent reports), `jobs/catalog` (which listed
@@ -48,6 +50,7 @@ pub mod maintenance;
 pub mod messages;
 mod nodes;
 pub mod records;
+pub mod scheduler;
 
 pub use config::EngineConfig;
 pub use engine::{Action, CordonOutcome, Engine, EngineError, ReportOutcome};

@@ -54,6 +54,10 @@ pub struct Node {
     /// An uncordon waiting for the agent's validation (lost with a supd
     /// restart: the node then stays cordoned, as before the uncordon).
     pub(crate) validation: Option<crate::maintenance::PendingValidation>,
+    /// What the batch scheduler last said about the node (None: no
+    /// scheduler, or it does not list the node). Not stored: re-observed
+    /// within a poll after a restart.
+    pub scheduler: Option<crate::scheduler::SchedulerNode>,
 }
 
 impl NodeState {
@@ -113,6 +117,7 @@ impl Node {
             xid_events: Default::default(),
             validates: false,
             validation: None,
+            scheduler: None,
         }
     }
 }
@@ -191,6 +196,7 @@ impl Engine {
                         cordon: None,
                         suspect: None,
                         drain: None,
+                        scheduler_name: None,
                     },
                     Some(reg.session),
                     now,

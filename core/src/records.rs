@@ -140,6 +140,11 @@ pub struct NodeRecord {
     pub suspect: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<Box<DrainRecord>>,
+    /// The batch scheduler's (Slurm's) name for the node when its agent
+    /// gave one that differs from the node id (see `scheduler.rs`). Boxed:
+    /// rarely set, and `Change::PutNode` is sized by this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_name: Option<Box<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +201,10 @@ pub enum EventKind {
     NodeValidating,
     /// The node's validation failed: it stays cordoned.
     NodeValidationFailed,
+    /// What the batch scheduler (Slurm) says about a node changed in a way
+    /// that matters: drained, down or failing there, sup's drain landed,
+    /// or available again.
+    NodeScheduler,
     PartitionSuspected,
     PartitionCleared,
     JobHung,
@@ -243,6 +252,7 @@ impl EventKind {
             EventKind::NodeRemoved => "node_removed",
             EventKind::NodeValidating => "node_validating",
             EventKind::NodeValidationFailed => "node_validation_failed",
+            EventKind::NodeScheduler => "node_scheduler",
             EventKind::PartitionSuspected => "partition_suspected",
             EventKind::PartitionCleared => "partition_cleared",
             EventKind::JobHung => "job_hung",

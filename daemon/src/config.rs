@@ -27,6 +27,30 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub correlation: CorrelationConfig,
     pub detect: DetectConfig,
+    pub slurm: SlurmConfig,
+}
+
+/// Node state mirrored with Slurm (`[slurm]`). Slurm's own client
+/// configuration is found the usual way: `SLURM_CONF` in supd's
+/// environment, else `/etc/slurm/slurm.conf`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    pub mode: SlurmMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlurmMode {
+    /// No Slurm: supd never runs sinfo or scontrol.
+    #[default]
+    Off,
+    /// Show Slurm's node states and keep its drained/down nodes out of
+    /// placement, change nothing in Slurm.
+    Observe,
+    /// Observe, and drain sup's cordoned nodes in Slurm (resuming only
+    /// sup's own drains).
+    Enforce,
 }
 
 /// Job-level detectors: hangs, stragglers, throughput (`[detect]`).
@@ -353,6 +377,8 @@ struct FileConfig {
     correlation: CorrelationConfig,
     #[serde(default)]
     detect: DetectConfig,
+    #[serde(default)]
+    slurm: SlurmConfig,
 }
 
 /// Values given on the command line (or their environment variables); each
@@ -409,6 +435,7 @@ impl Config {
             breaker: parsed.breaker,
             correlation: parsed.correlation,
             detect: parsed.detect,
+            slurm: parsed.slurm,
         };
         if let Some(v) = overrides.data_dir {
             config.data_dir = v;
@@ -651,6 +678,23 @@ mod tests {
             .expect_err("must fail")
             .to_string();
         assert!(msg.contains("grpc_adr"), "{msg}");
+    }
+
+    #[test]
+    fn slurm_mode_is_off_unless_set_and_only_takes_the_contract_names() {
+        let config = Config::load(None, plain()).expect("defaults");
+        assert_eq!(config.slurm.mode, SlurmMode::Off);
+        let f = file("[slurm]\nmode = \"enforce\"\n");
+        let config = Config::load(Some(f.path()), plain()).expect("enforce");
+        assert_eq!(config.slurm.mode, SlurmMode::Enforce);
+        let f = file("[slurm]\nmode = \"observe\"\n");
+        let config = Config::load(Some(f.path()), plain()).expect("observe");
+        assert_eq!(config.slurm.mode, SlurmMode::Observe);
+        let f = file("[slurm]\nmode = \"on\"\n");
+        let msg = Config::load(Some(f.path()), plain())
+            .expect_err("unknown mode")
+            .to_string();
+        assert!(msg.contains("unknown variant `on`"), "{msg}");
     }
 
     #[test]

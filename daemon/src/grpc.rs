@@ -93,10 +93,15 @@ impl AgentService for AgentApi {
         }
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let node_id = register.node_id.clone();
+        let slurm_node_name = register.slurm_node_name.clone();
         let (tx, rx) = mpsc::channel(64);
         match self
             .handle
-            .register(convert::registration(session, register), tx)
+            .register_as(
+                convert::registration(session, register),
+                slurm_node_name,
+                tx,
+            )
             .await
         {
             Ok(state) => {

@@ -17,6 +17,7 @@ pub mod http_auth;
 pub mod http_server;
 pub mod jobspec;
 pub mod metrics;
+pub mod scheduler;
 pub mod sim;
 pub mod snapshot;
 pub mod store;
@@ -241,6 +242,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         stop_rx.clone(),
         HTTP_DRAIN,
     ));
+    // Not awaited at shutdown: it holds nothing that needs a clean stop
+    // (a command in flight is killed with it).
+    let _scheduler_task = scheduler::spawn(&config.slurm, handle.clone(), stop_rx.clone());
 
     ready.store(true, Ordering::SeqCst);
     tracing::info!(%grpc_addr, %http_addr, "supd listening");

@@ -479,6 +479,7 @@ mod tests {
             }),
             suspect: None,
             drain: None,
+            scheduler_name: None,
         }
     }
 

@@ -76,6 +76,13 @@ pub fn node(engine: &Engine, node: &Node) -> v1::Node {
         last_seen_unix_ms: node.last_seen,
         connected: node.connected(),
         gpu_backend: r.gpu_backend.clone(),
+        slurm: node.scheduler.as_ref().map(|s| v1::SlurmNode {
+            name: s.name.clone(),
+            state: s.state_name(),
+            reason: s.reason.clone(),
+            unavailable: s.unavailable(),
+            drained_by_sup: s.drained_by_sup(),
+        }),
         drain: r.drain.as_ref().map(|d| v1::Drain {
             reason: d.reason.clone(),
             by: d.by.clone(),

@@ -360,6 +360,9 @@ const ADDED_SINCE_V1: &[&str] = &[
     // The kinds of a GPU verdict's causes (issue 19): empty, as for an
     // agent that predates them, until the next health report.
     "node record gpus[].causes",
+    // Slurm's name for a node when its agent gives one (issue 14): absent
+    // (the node id) for every node stored before, and not written then.
+    "node record scheduler_name",
 ];
 
 /// How the record stored as `stored` came back (`None`: not at all).

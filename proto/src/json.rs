@@ -96,6 +96,36 @@ pub struct NodeView {
     pub gpu_backend: String,
     pub registered_at: Option<String>,
     pub last_seen: Option<String>,
+    /// What Slurm says about the node; null when supd does not watch Slurm
+    /// or Slurm does not list the node.
+    pub slurm: Option<SlurmView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlurmView {
+    /// Slurm's node name.
+    pub name: String,
+    /// As `sinfo -N` names it: idle, allocated, mixed, drained, draining,
+    /// down, fail, failing, ...
+    pub state: String,
+    /// Slurm's reason for a drain or DOWN; null when none.
+    pub reason: Option<String>,
+    /// Slurm starts no new work on it: sup places nothing there either.
+    pub unavailable: bool,
+    /// The drain is sup's own (its reason starts with "sup:").
+    pub drained_by_sup: bool,
+}
+
+impl From<&v1::SlurmNode> for SlurmView {
+    fn from(s: &v1::SlurmNode) -> Self {
+        SlurmView {
+            name: s.name.clone(),
+            state: s.state.clone(),
+            reason: non_empty(&s.reason),
+            unavailable: s.unavailable,
+            drained_by_sup: s.drained_by_sup,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -301,6 +331,7 @@ impl From<&v1::Node> for NodeView {
             gpu_backend: n.gpu_backend.clone(),
             registered_at: timestamp(n.registered_at_unix_ms),
             last_seen: timestamp(n.last_seen_unix_ms),
+            slurm: n.slurm.as_ref().map(SlurmView::from),
         }
     }
 }
@@ -384,6 +415,28 @@ mod tests {
         assert_eq!(v["gpus"][0]["temperature_c"], serde_json::Value::Null);
         assert_eq!(v["cordon"]["by"], "alice");
         assert_eq!(v["cordon"]["at"], "1970-01-01T00:00:01.000Z");
+        assert_eq!(v["slurm"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn node_view_shows_slurms_state_and_reason() {
+        let node = v1::Node {
+            id: "n1".into(),
+            slurm: Some(v1::SlurmNode {
+                name: "gpu-a01".into(),
+                state: "drained".into(),
+                reason: "maintenance".into(),
+                unavailable: true,
+                drained_by_sup: false,
+            }),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(NodeView::from(&node)).expect("serialize");
+        assert_eq!(v["slurm"]["name"], "gpu-a01");
+        assert_eq!(v["slurm"]["state"], "drained");
+        assert_eq!(v["slurm"]["reason"], "maintenance");
+        assert_eq!(v["slurm"]["unavailable"], true);
+        assert_eq!(v["slurm"]["drained_by_sup"], false);
     }
 
     #[test]

@@ -609,6 +609,7 @@ async fn agent(
     };
     tx.send(msg(Body::Register(v1::Register {
         validates: false,
+        slurm_node_name: String::new(),
         node_id: node_id(idx),
         address: format!("10.{}.{}.{}", idx >> 16 & 255, idx >> 8 & 255, idx & 255),
         hostname: node_id(idx),

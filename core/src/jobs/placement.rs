@@ -16,7 +16,7 @@ impl Engine {
         // 2,048 nodes, and /metrics and every reconcile ask).
         let holders = self.holders();
         self.nodes.values().filter(move |n| {
-            n.state() == NodeState::Ready
+            n.takes_work()
                 && !holders.get(n.record.id.as_str()).is_some_and(|(j, _)| {
                     j.record.spec.priority == crate::jobspec::Priority::Normal
                 })
@@ -188,7 +188,10 @@ impl Engine {
                     let state = n.state();
                     let healthy =
                         state == NodeState::Ready || (allow_suspect && state == NodeState::Suspect);
-                    healthy && n.connected() && n.record.gpus.len() >= spec.gpus_per_node as usize
+                    healthy
+                        && !n.held_by_scheduler()
+                        && n.connected()
+                        && n.record.gpus.len() >= spec.gpus_per_node as usize
                 })
         };
         // How many active jobs hold each node, and the first of them
@@ -222,7 +225,7 @@ impl Engine {
         let mut spares = 0usize;
         for (id, node) in &self.nodes {
             let held = holding.get(id.as_str());
-            if node.state() == NodeState::Ready
+            if node.takes_work()
                 && held.is_none_or(|(_, j)| j.record.spec.priority == Priority::Low)
             {
                 spares += 1;
@@ -318,11 +321,7 @@ impl Engine {
             target: self.config.spares_target,
             ..SparePool::default()
         };
-        for n in self
-            .nodes
-            .values()
-            .filter(|n| n.state() == NodeState::Ready)
-        {
+        for n in self.nodes.values().filter(|n| n.takes_work()) {
             match holders.get(n.record.id.as_str()) {
                 None => pool.free.push(n.record.id.clone()),
                 Some((j, _)) if j.record.spec.priority == Priority::Low => {

@@ -119,6 +119,7 @@ impl Engine {
         let gpus = job.record.spec.gpus_per_node as usize;
         self.nodes.values().any(|n| {
             n.state() == NodeState::Ready
+                && !n.held_by_scheduler()
                 && n.connected()
                 && n.record.gpus.len() >= gpus
                 && !job.record.avoid_nodes.contains(&n.record.id)

@@ -7,5 +7,6 @@ mod health;
 mod jobs;
 mod maintenance;
 mod nodes;
+mod scheduler;
 mod spares;
 mod support;

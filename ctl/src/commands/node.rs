@@ -94,6 +94,18 @@ pub fn node_text(n: &v1::Node, now_ms: i64) -> String {
         ));
         fields.push(("Drain reason", or_none(&d.reason)));
     }
+    if let Some(s) = &n.slurm {
+        let mut state = format!("{} (as {})", s.state, s.name);
+        if s.unavailable {
+            state.push_str(if s.drained_by_sup {
+                ": drained by sup"
+            } else {
+                ": sup places no work on it"
+            });
+        }
+        fields.push(("Slurm", state));
+        fields.push(("Slurm reason", or_none(&s.reason)));
+    }
     let mut out = fields_text(&fields);
     out.push('\n');
     if n.gpus.is_empty() {
@@ -206,6 +218,24 @@ mod tests {
             row(&text, "1"),
             ["1", "GPU-1", "NVIDIA H100", "ok", "-", "-", "-"]
         );
+    }
+
+    #[test]
+    fn node_details_show_slurms_state_and_reason() {
+        let mut n = node("n1", v1::NodeState::Ready);
+        n.slurm = Some(v1::SlurmNode {
+            name: "gpu-a01".into(),
+            state: "drained".into(),
+            reason: "maintenance".into(),
+            unavailable: true,
+            drained_by_sup: false,
+        });
+        let text = node_text(&n, NOW);
+        assert!(
+            text.contains("Slurm:         drained (as gpu-a01): sup places no work on it\n"),
+            "{text}"
+        );
+        assert!(text.contains("Slurm reason:  maintenance\n"), "{text}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use sup_proto::v1;
 use super::{json_error, now_ms};
 use crate::client::Client;
 use crate::error::CtlError;
-use crate::humanize::{ago, opt, or_none, truncate};
+use crate::humanize::{ago, or_none, truncate, NONE};
 use crate::table::*;
 
 pub(super) async fn run(client: &mut Client, json: bool) -> Result<String, CtlError> {
@@ -43,9 +43,16 @@ pub fn nodes_text(nodes: &[v1::Node], now_ms: i64) -> String {
             gpu_summary(&n.gpus),
             or_none(&n.job),
             ago(now_ms, n.last_seen_unix_ms),
-            opt(n.cordon.as_ref(), |c| {
-                truncate(&or_none(&c.reason), REASON_WIDTH)
-            }),
+            match (&n.cordon, n.slurm.as_ref().filter(|s| s.unavailable)) {
+                (Some(c), _) => truncate(&or_none(&c.reason), REASON_WIDTH),
+                // Slurm's own reason, so a node that looks ready but takes
+                // no work says why.
+                (None, Some(s)) => truncate(
+                    &format!("slurm {}: {}", s.state, or_none(&s.reason)),
+                    REASON_WIDTH,
+                ),
+                (None, None) => NONE.to_owned(),
+            },
         ]);
     }
     finish(table)
@@ -105,6 +112,24 @@ mod tests {
         let reason = row(&text, "n1")[6];
         assert_eq!(reason.chars().count(), REASON_WIDTH);
         assert!(reason.ends_with("..."));
+    }
+
+    #[test]
+    fn a_node_slurm_holds_gives_slurms_state_and_reason() {
+        let mut n = node("n1", v1::NodeState::Ready);
+        n.slurm = Some(v1::SlurmNode {
+            name: "n1".into(),
+            state: "drained".into(),
+            reason: "maintenance".into(),
+            unavailable: true,
+            drained_by_sup: false,
+        });
+        let text = nodes_text(&[n], NOW);
+        assert!(
+            text.lines()
+                .any(|l| l.ends_with("slurm drained: maintenance")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -177,6 +177,27 @@ fn attention_lines(s: &v1::ClusterStatus, now_ms: i64) -> Vec<String> {
             });
         }
     }
+    // Held by Slurm for a reason of its own (a sup cordon shows above).
+    for n in &s.nodes {
+        if let Some(slurm) = n
+            .slurm
+            .as_ref()
+            .filter(|x| x.unavailable && !x.drained_by_sup && n.cordon.is_none())
+        {
+            rows.push(Attention {
+                subject: n.id.clone(),
+                state: format!("slurm {}", slurm.state),
+                detail: format!(
+                    "{}; sup places no work on it",
+                    if slurm.reason.trim().is_empty() {
+                        "no reason given".to_owned()
+                    } else {
+                        one_line(&slurm.reason)
+                    }
+                ),
+            });
+        }
+    }
     let spares = s.spares.len();
     if u32::try_from(spares).is_ok_and(|n| n < s.spares_target) {
         rows.push(Attention {

@@ -24,6 +24,7 @@ impl<S: Store> Actor<S> {
         &mut self,
         now: Millis,
         registration: Registration,
+        scheduler_name: &str,
         outbound: AgentOutbound,
         reply: oneshot::Sender<Result<NodeState, ActorError>>,
         deferred: &mut Vec<Deferred>,
@@ -32,6 +33,7 @@ impl<S: Store> Actor<S> {
         let session = registration.session;
         let result = self.engine.on_register(now, registration);
         if let Ok(state) = &result {
+            self.engine.set_scheduler_name(&node_id, scheduler_name);
             let registered = v1::SupervisorMessage {
                 body: Some(SupervisorBody::Registered(v1::Registered {
                     node_id: node_id.clone(),

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use sup_proto::v1;
 use sup_proto::v1::supervisor_message::Body as SupervisorBody;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use sup_core::{Action, Engine, Millis, SessionId};
 
@@ -91,6 +91,9 @@ pub struct Actor<S: Store> {
     publish_now: bool,
     /// Readers waiting for a newer snapshot than the published one.
     snapshot_waiters: Vec<oneshot::Sender<Arc<Snapshot>>>,
+    /// Tells the scheduler edge that node records changed (never awaited:
+    /// a slow or down Slurm cannot hold the actor up).
+    scheduler_wake: Arc<Notify>,
 }
 
 /// Requests handled per batch before the batch is committed.
@@ -111,6 +114,7 @@ impl<S: Store> Actor<S> {
         let (tx, rx) = mpsc::channel(8192);
         let (snapshots, snapshot_rx) =
             watch::channel(Arc::new(build_snapshot(&engine, None, &counters)));
+        let scheduler_wake = Arc::new(Notify::new());
         let actor = Actor {
             engine,
             store,
@@ -128,12 +132,14 @@ impl<S: Store> Actor<S> {
             changed_since_snapshot: false,
             publish_now: false,
             snapshot_waiters: Vec::new(),
+            scheduler_wake: scheduler_wake.clone(),
         };
         (
             actor,
             SupervisorHandle {
                 tx,
                 snapshots: snapshot_rx,
+                scheduler_wake,
             },
         )
     }
@@ -213,9 +219,17 @@ impl<S: Store> Actor<S> {
         match request {
             Request::Register {
                 registration,
+                scheduler_name,
                 outbound,
                 reply,
-            } => self.register(now, registration, outbound, reply, deferred),
+            } => self.register(
+                now,
+                registration,
+                &scheduler_name,
+                outbound,
+                reply,
+                deferred,
+            ),
             Request::Telemetry {
                 node_id,
                 session,
@@ -279,6 +293,10 @@ impl<S: Store> Actor<S> {
                 let _ = reply.send(());
             }
             Request::GetJob { name, reply } => deferred.push(self.get_job(&name, reply)),
+            Request::SchedulerNodes { nodes, reply } => {
+                self.engine.on_scheduler_nodes(now, nodes);
+                deferred.push(defer_with(reply, |engine| Ok(engine.scheduler_plan())));
+            }
         }
     }
 
@@ -343,7 +361,17 @@ impl<S: Store> Actor<S> {
                     node_id,
                     SupervisorBody::Drill(convert::drill_to_wire(drill)),
                 )),
-                Action::Persist(change) => changes.push(change),
+                Action::Persist(change) => {
+                    if matches!(
+                        change,
+                        sup_core::Change::PutNode(_) | sup_core::Change::DeleteNode(_)
+                    ) {
+                        // A cordon may have been set or cleared: the
+                        // scheduler edge reconciles now, not at its next poll.
+                        self.scheduler_wake.notify_one();
+                    }
+                    changes.push(change)
+                }
                 Action::CloseSession {
                     node_id,
                     session,

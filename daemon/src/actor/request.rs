@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use sup_core::scheduler::{SchedulerNode, SchedulerOp};
 use sup_core::{CordonOutcome, EngineError, GpuReading, NodeState, Registration, SessionId};
 use sup_proto::v1;
 
@@ -34,6 +35,8 @@ pub type JobReply = oneshot::Sender<Result<(bool, String, v1::Job), ActorError>>
 pub(super) enum Request {
     Register {
         registration: Registration,
+        /// The batch scheduler's name for the node ("": the node id).
+        scheduler_name: String,
         outbound: AgentOutbound,
         reply: oneshot::Sender<Result<NodeState, ActorError>>,
     },
@@ -115,6 +118,12 @@ pub(super) enum Request {
         who: By,
         reply: oneshot::Sender<Result<(bool, String), ActorError>>,
     },
+    /// What the batch scheduler says about its nodes (see `scheduler/`);
+    /// answered with what to change there so it agrees with sup.
+    SchedulerNodes {
+        nodes: Vec<SchedulerNode>,
+        reply: oneshot::Sender<Result<Vec<SchedulerOp>, ActorError>>,
+    },
 }
 
 /// A cheap, cloneable way to talk to the actor.
@@ -123,6 +132,10 @@ pub struct SupervisorHandle {
     pub(super) tx: mpsc::Sender<Request>,
     /// The newest published snapshot: reads are served from it.
     pub(super) snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// Notified when a node record changed (a cordon set or cleared among
+    /// them): the scheduler edge then looks again at once instead of at
+    /// its next poll.
+    pub(super) scheduler_wake: Arc<Notify>,
 }
 
 fn gone() -> ActorError {
@@ -144,12 +157,39 @@ impl SupervisorHandle {
         registration: Registration,
         outbound: AgentOutbound,
     ) -> Result<NodeState, ActorError> {
+        self.register_as(registration, String::new(), outbound)
+            .await
+    }
+
+    /// A registration that names the node in the batch scheduler too.
+    pub async fn register_as(
+        &self,
+        registration: Registration,
+        scheduler_name: String,
+        outbound: AgentOutbound,
+    ) -> Result<NodeState, ActorError> {
         self.ask(|reply| Request::Register {
             registration,
+            scheduler_name,
             outbound,
             reply,
         })
         .await?
+    }
+
+    /// Feeds the scheduler's view of its nodes; returns what to change in
+    /// the scheduler, computed after the observation is applied.
+    pub async fn scheduler_nodes(
+        &self,
+        nodes: Vec<SchedulerNode>,
+    ) -> Result<Vec<SchedulerOp>, ActorError> {
+        self.ask(|reply| Request::SchedulerNodes { nodes, reply })
+            .await?
+    }
+
+    /// Woken when node records change (see `scheduler_wake`).
+    pub fn scheduler_wake(&self) -> Arc<Notify> {
+        self.scheduler_wake.clone()
     }
 
     pub async fn telemetry(

@@ -29,12 +29,13 @@
     const lines = [d.id, "state: " + d.state + (d.spare ? " (spare)" : "") + (d.connected ? "" : ", agent not connected")];
     if (d.job) lines.push("job: " + d.job);
     if (d.cordon) lines.push("cordoned: " + d.cordon);
+    if (d.slurm) lines.push("slurm " + d.slurm + " (no work placed)");
     for (const p of d.problems) lines.push(p);
     return lines.join("\n");
   }
   function matches(d) {
     if (!filter) return true;
-    const hay = (d.id + " " + d.state + " " + (d.spare ? "spare " : "") + (d.job || "") + " " + (d.cordon || "")).toLowerCase();
+    const hay = (d.id + " " + d.state + " " + (d.spare ? "spare " : "") + (d.job || "") + " " + (d.cordon || "") + " " + (d.slurm ? "slurm " + d.slurm : "")).toLowerCase();
     return hay.includes(filter);
   }
   function render(entry, d) {
@@ -45,7 +46,7 @@
     e.dataset.spare = d.spare ? "1" : "0";
     e.dataset.cordon = d.cordon || "";
     e.title = nodeTitle(d);
-    const meta = d.state === "cordoned" ? "cordoned" : d.spare ? "spare" : d.job ? d.job : d.state;
+    const meta = d.state === "cordoned" ? "cordoned" : d.spare ? "spare" : d.job ? d.job : d.slurm ? "slurm " + d.slurm.split(":")[0] : d.state;
     if (!old || meta !== entry.meta) { e.children[1].textContent = meta; entry.meta = meta; }
     if (!old || old.gpus !== d.gpus) {
       const cells = el("div", "cells");

@@ -79,6 +79,8 @@ pub struct NodeSummary {
     /// "GPU 3: reason" for each GPU that is not ok.
     pub problems: Vec<String>,
     pub cordon: Option<String>,
+    /// "drained: maintenance" when Slurm starts no work on the node.
+    pub slurm: Option<String>,
 }
 
 pub fn summarize(node: &v1::Node, spare: bool) -> NodeSummary {
@@ -114,6 +116,13 @@ pub fn summarize(node: &v1::Node, spare: bool) -> NodeSummary {
             .cordon
             .as_ref()
             .map(|c| format!("{} (by {})", c.reason, c.by)),
+        slurm: node.slurm.as_ref().filter(|s| s.unavailable).map(|s| {
+            if s.reason.is_empty() {
+                s.state.clone()
+            } else {
+                format!("{}: {}", s.state, s.reason)
+            }
+        }),
     }
 }
 
@@ -282,6 +291,23 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_node_slurm_holds_says_so_with_slurms_reason() {
+        let mut n = node("a", v1::NodeState::Ready);
+        assert_eq!(summarize(&n, false).slurm, None);
+        n.slurm = Some(v1::SlurmNode {
+            name: "a".into(),
+            state: "drained".into(),
+            reason: "maintenance".into(),
+            unavailable: true,
+            drained_by_sup: false,
+        });
+        assert_eq!(
+            summarize(&n, false).slurm.as_deref(),
+            Some("drained: maintenance")
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+/// A real Slurm (slurmctld + slurmds) for the Slurm tests.
+pub mod slurm;
+
 /// Generous: CI machines are shared and noisy.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -291,6 +294,8 @@ pub struct Supd {
     /// Start with --plaintext (the default for tests). A test that sets it
     /// to false puts a [grpc.tls] table in the config and uses https.
     pub plaintext: bool,
+    /// Extra environment for supd (e.g. SLURM_CONF for the test's Slurm).
+    pub env: Vec<(String, String)>,
     starts: usize,
 }
 
@@ -307,6 +312,7 @@ impl Supd {
             log_dir: work.to_owned(),
             proc: None,
             plaintext: true,
+            env: Vec::new(),
             starts: 0,
         })
     }
@@ -332,6 +338,7 @@ impl Supd {
         if self.plaintext {
             cmd.arg("--plaintext");
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let proc = Proc::spawn(&format!("supd-{}", self.starts), cmd, &self.log_dir)?;
         self.proc = Some(proc);
         let port = self.http_port;

@@ -77,6 +77,7 @@ fn compromised_agent(url: String, ckpt: String, stop: Arc<AtomicBool>) -> Result
             url,
             v1::Register {
                 validates: false,
+                slurm_node_name: String::new(),
                 node_id: EVIL.to_owned(),
                 address: "127.0.0.1".to_owned(),
                 hostname: EVIL.to_owned(),
@@ -270,6 +271,7 @@ fn flooding_agent(url: String, sent: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> 
             url,
             v1::Register {
                 validates: false,
+                slurm_node_name: String::new(),
                 node_id: FLOODER.to_owned(),
                 address: "127.0.0.1".to_owned(),
                 hostname: FLOODER.to_owned(),
