@@ -209,8 +209,8 @@ fn a_v1_data_dir_still_opens_and_means_the_same() {
     fixture.rebuild(dir.path());
     assert_rebuilt_exactly(&fixture, dir.path());
 
-    let store =
-        SledStore::open(dir.path()).unwrap_or_else(|e| panic!("supd refuses the v1 data dir: {e}"));
+    let store = when_unlocked(|| SledStore::open(dir.path()))
+        .unwrap_or_else(|e| panic!("supd refuses the v1 data dir: {e}"));
     let loaded = store
         .load()
         .unwrap_or_else(|e| panic!("supd cannot load the v1 data dir: {e}"));
@@ -245,13 +245,29 @@ fn a_v1_data_dir_still_opens_and_means_the_same() {
     assert_eq!(first_new, Some(LAST_EVENT_SEQ + 1));
 }
 
+/// Opens a sled dir that this process has just closed. sled's background
+/// flusher lets go of the dir's file lock a moment after the last handle
+/// is dropped, so an open right after can fail on the lock alone (the
+/// reopen below failed once in a run on a loaded machine): retried while
+/// the error names the lock, at most 10 s; any other error is returned at
+/// once.
+fn when_unlocked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The rebuilt sled dir holds the fixture's keys and values byte for byte
 /// and nothing else, so `SledStore` reads what a v1 supd wrote, not what
 /// today's types would write.
 fn assert_rebuilt_exactly(fixture: &Fixture, dir: &Path) {
-    let db = sled::Config::new()
-        .path(dir.join(&fixture.sled_dir))
-        .open()
+    let db = when_unlocked(|| sled::Config::new().path(dir.join(&fixture.sled_dir)).open())
         .expect("reopen the rebuilt dir");
     for tree in &fixture.trees {
         let t = db.open_tree(&tree.name).expect("open tree");
