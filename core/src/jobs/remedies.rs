@@ -111,19 +111,26 @@ impl Engine {
         self.request_reconcile(now);
     }
 
-    /// Whether a healthy free node could take a straggler's place.
+    /// Whether a spare (free, or lent to low-priority work) could take a
+    /// straggler's place.
     pub(crate) fn has_spare_for(&self, name: &str) -> bool {
         let Some(job) = self.jobs.get(name) else {
             return false;
         };
         let gpus = job.record.spec.gpus_per_node as usize;
+        let normal = job.record.spec.priority == crate::jobspec::Priority::Normal;
+        let holders = self.holders();
         self.nodes.values().any(|n| {
             n.state() == NodeState::Ready
                 && !n.held_by_scheduler()
                 && n.connected()
                 && n.record.gpus.len() >= gpus
                 && !job.record.avoid_nodes.contains(&n.record.id)
-                && self.job_of(&n.record.id).is_none()
+                // A spare lent to low-priority work is taken back for a
+                // normal job, as placement does (the reserve is for this).
+                && holders.get(n.record.id.as_str()).is_none_or(|(j, _)| {
+                    normal && j.record.spec.priority == crate::jobspec::Priority::Low
+                })
         })
     }
 

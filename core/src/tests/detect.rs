@@ -365,6 +365,26 @@ fn a_throttled_straggler_is_replaced_after_the_short_window_an_unthrottled_one_a
 }
 
 #[test]
+fn a_straggler_takes_back_a_spare_lent_to_low_priority_work() {
+    let mut e = two_windows();
+    submit(&mut e, "llm", 2, "straggler_policy = \"replace\"");
+    submit(&mut e, "batch", 1, "priority = \"low\"");
+    assert_eq!(job(&e, "batch").record.nodes, vec!["n3"]);
+    launch_all(&mut e, "llm", 0);
+    launch_all(&mut e, "batch", 0);
+    let (_, actions) = until_straggler(&mut e, |_, _| {});
+    let why = event(&actions, EventKind::JobStraggler);
+    assert!(why.ends_with("replacing it with a spare now"), "{why}");
+    assert!(event(&actions, EventKind::JobRestarted).contains("replaced n2 with n3"));
+    assert_eq!(
+        event(&actions, EventKind::JobPreempted),
+        "node n3 taken by job 'llm' (normal priority)"
+    );
+    // The slow node is free now: good enough for the preemptible job.
+    assert_eq!(job(&e, "batch").record.nodes, vec!["n2"]);
+}
+
+#[test]
 fn gpu_findings_that_are_no_slowdown_leave_the_long_window() {
     // A GPU degraded by repeated Xid 13s is a finding, but not one that
     // explains slow steps: the event lists it and the long window applies.
