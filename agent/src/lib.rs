@@ -173,6 +173,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             leave_ranks_on_exit: config.leave_ranks_on_exit,
             allow_root_ranks: config.allow_root_ranks,
             logs: config.log_retention,
+            slurm_node_name: config.slurm_node_name.clone(),
         },
         outbox,
         assignment.clone(),

@@ -79,6 +79,7 @@ impl Harness {
             leave_ranks_on_exit: false,
             allow_root_ranks: true,
             logs: Default::default(),
+            slurm_node_name: None,
         };
         let launcher =
             Launcher::start(settings, bus.outbox, bus.assignment, bus.log_requests).await;

@@ -45,6 +45,7 @@ async fn a_hung_generations_ranks_are_stack_dumped_before_they_are_stopped() {
         leave_ranks_on_exit: false,
         allow_root_ranks: true,
         logs: Default::default(),
+        slurm_node_name: None,
     };
     let mut launcher =
         Launcher::start(settings, bus.outbox, bus.assignment, bus.log_requests).await;

@@ -129,7 +129,21 @@ impl Engine {
         let jobs = persisted
             .jobs
             .into_iter()
-            .map(|record| (record.spec.name.clone(), jobs::Job::restored(record)))
+            .map(|mut record| {
+                // A record from before the goodput accounting starts it now,
+                // in the bucket its state implies.
+                let bucket = match record.state {
+                    JobState::Pending => crate::Bucket::Waiting,
+                    JobState::Running => crate::Bucket::Productive,
+                    s if s.is_finished() => crate::Bucket::Stopped,
+                    _ => crate::Bucket::Restart,
+                };
+                record.goodput.ensure_started(now, bucket);
+                if record.state.is_finished() {
+                    record.goodput.end(now);
+                }
+                (record.spec.name.clone(), jobs::Job::restored(record))
+            })
             .collect();
         Engine {
             config,

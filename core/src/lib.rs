@@ -32,7 +32,7 @@
 //! - `jobs`: submit and stop, then `jobs/judgement` (judge, then act),
 //!   `jobs/reports` (agent reports), `jobs/catalog` (which listed
 //!   checkpoints are believed), `jobs/remedies` (straggler, rollback,
-//!   hang), `jobs/restart` (budget,
+//!   hang), `jobs/goodput` (live goodput accounting), `jobs/restart` (budget,
 //!   crash loop, grow back), `jobs/placement` (spares, preemption) and
 //!   `jobs/assignments` (what each node runs);
 //! - [`jobspec`]: the job spec.
@@ -54,6 +54,7 @@ pub mod scheduler;
 
 pub use config::EngineConfig;
 pub use engine::{Action, CordonOutcome, Engine, EngineError, ReportOutcome};
+pub use jobs::goodput::{young_daly_ms, Bucket, Goodput, GoodputReport};
 pub use jobs::{Job, NodeStats, SparePool};
 pub use messages::*;
 pub use nodes::{Node, NodeState};

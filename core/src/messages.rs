@@ -309,4 +309,7 @@ pub struct JobAssignment {
     pub user: String,
     /// The ranks' group (name or gid); empty: the user's primary group.
     pub group: String,
+    /// The Slurm allocation the ranks run in as a job step; 0: none (the
+    /// agent forks them itself).
+    pub slurm_job_id: u64,
 }

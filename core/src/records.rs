@@ -212,6 +212,9 @@ pub enum EventKind {
     JobStraggler,
     JobLossSpike,
     JobRolledBack,
+    /// The first progress report of a restarted generation: training again
+    /// (the end of the restart in the goodput accounting).
+    JobResumed,
     /// An agent listed a checkpoint supd does not believe (outside the
     /// job's checkpoint_dir, or a step the job cannot have reached).
     CheckpointRefused,
@@ -260,6 +263,7 @@ impl EventKind {
             EventKind::JobStraggler => "job_straggler",
             EventKind::JobLossSpike => "job_loss_spike",
             EventKind::JobRolledBack => "job_rolled_back",
+            EventKind::JobResumed => "job_resumed",
             EventKind::CheckpointRefused => "checkpoint_refused",
         }
     }
@@ -434,6 +438,30 @@ pub struct JobRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub resume_from: Option<Option<CheckpointRef>>,
+    /// Live goodput accounting: where the job's wall time went (see
+    /// `jobs/goodput.rs`). Records from before it start it when the engine
+    /// first sees them.
+    #[serde(default)]
+    pub goodput: crate::Goodput,
+    /// The Slurm allocation the job is bound to (`supctl job submit
+    /// --slurm-job`): it runs only on those nodes, as job steps of it. Not
+    /// stored when absent, so records stay as older supd wrote them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmAllocation>,
+}
+
+/// A running Slurm job whose nodes a sup job is bound to, as supd's edge
+/// read it from Slurm at submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmAllocation {
+    /// Slurm's job id (`$SLURM_JOB_ID` in the batch script).
+    pub job_id: u64,
+    /// The allocation's nodes, Slurm's names, in Slurm's order.
+    pub nodes: Vec<String>,
+    /// The Slurm job's owner (informational: the steps run as the job's
+    /// user because Slurm runs them so).
+    #[serde(default)]
+    pub user: String,
 }
 
 /// A field that is present deserializes to `Some`, even when it is null.

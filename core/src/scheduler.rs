@@ -359,3 +359,105 @@ fn clip(text: &str, max: usize) -> String {
     }
     text[..end].to_owned()
 }
+
+/// Which nodes Slurm allocations leave a job: a job bound to an allocation
+/// runs only on that allocation's nodes; a node of an allocation some
+/// other unfinished sup job is bound to is never given to anyone else
+/// (it is that job's spare). Built once per placement.
+pub(crate) struct AllocationFilter<'a> {
+    /// The job's own allocation (Slurm names); None: not bound.
+    own: Option<std::collections::HashSet<&'a str>>,
+    /// Slurm names bound to other unfinished jobs.
+    others: std::collections::HashSet<&'a str>,
+}
+
+impl AllocationFilter<'_> {
+    pub(crate) fn allows(&self, node: &Node) -> bool {
+        let name = node.scheduler_name();
+        match &self.own {
+            Some(own) => own.contains(name),
+            None => !self.others.contains(name),
+        }
+    }
+}
+
+impl Engine {
+    pub(crate) fn allocation_filter<'a>(&'a self, job: &'a crate::Job) -> AllocationFilter<'a> {
+        let own = job
+            .record
+            .slurm
+            .as_ref()
+            .map(|a| a.nodes.iter().map(String::as_str).collect());
+        let others = self
+            .jobs
+            .values()
+            .filter(|j| j.name() != job.name() && !j.record.state.is_finished())
+            .filter_map(|j| j.record.slurm.as_ref())
+            .flat_map(|a| a.nodes.iter().map(String::as_str))
+            .collect();
+        AllocationFilter { own, others }
+    }
+
+    /// Submits a job bound to a Slurm allocation that supd's edge read
+    /// from Slurm: checked against what the engine knows (an allocation
+    /// too small for the spec, or one another sup job is bound to, is
+    /// refused with the reason), then submitted as any job.
+    pub fn submit_job_in_allocation(
+        &mut self,
+        now: Millis,
+        spec: crate::jobspec::JobSpec,
+        spec_text: &str,
+        by: &str,
+        allocation: crate::SlurmAllocation,
+    ) -> Result<String, crate::EngineError> {
+        let invalid = crate::EngineError::InvalidJobSpec;
+        let id = allocation.job_id;
+        if allocation.nodes.is_empty() {
+            return Err(invalid(format!("Slurm job {id} has no nodes")));
+        }
+        if (allocation.nodes.len() as u64) < u64::from(spec.min_nodes()) {
+            return Err(invalid(format!(
+                "Slurm job {id} has {} node(s) ({}); the job needs at least {} (min_nodes)",
+                allocation.nodes.len(),
+                allocation.nodes.join(","),
+                spec.min_nodes()
+            )));
+        }
+        if let Some(other) = self.jobs.values().find(|j| {
+            j.name() != spec.name
+                && !j.record.state.is_finished()
+                && j.record.slurm.as_ref().is_some_and(|a| a.job_id == id)
+        }) {
+            return Err(invalid(format!(
+                "Slurm job {id} is already bound to sup job '{}'",
+                other.name()
+            )));
+        }
+        let unknown: Vec<String> = allocation
+            .nodes
+            .iter()
+            .filter(|name| !self.nodes.values().any(|n| n.scheduler_name() == *name))
+            .cloned()
+            .collect();
+        let name = spec.name.clone();
+        let message = self.submit_job(now, spec, spec_text, by)?;
+        let nodes = allocation.nodes.join(",");
+        let owner = allocation.user.clone();
+        if let Some(job) = self.jobs.get_mut(&name) {
+            job.record.slurm = Some(allocation);
+        }
+        let mut why = format!(
+            "bound to Slurm job {id} (owner {}): placed only on its nodes {nodes}, the rest are its spares; ranks run as job steps of it",
+            if owner.is_empty() { "unknown" } else { &owner }
+        );
+        if !unknown.is_empty() {
+            why.push_str(&format!(
+                "; no sup agent is registered under the Slurm name(s) {} yet",
+                unknown.join(",")
+            ));
+        }
+        self.record_job_event(now, EventKind::JobSubmitted, None, Some(&name), why);
+        self.persist_job(&name);
+        Ok(format!("{message} in Slurm job {id}"))
+    }
+}

@@ -341,6 +341,17 @@ pub enum JobCommand {
         /// Who submits [default: $SUP_USER, else $USER, else "operator"]
         #[arg(long, value_name = "NAME", value_parser = non_empty)]
         by: Option<String>,
+        /// Bind the job to this running Slurm job's allocation (in a batch
+        /// script: "$SLURM_JOB_ID"): placed only on its nodes, the rest are
+        /// its spares, its ranks run as job steps of it
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+        slurm_job: Option<u64>,
+    },
+    /// Wait until a job ends; exit status 0 only if it succeeded (for batch scripts)
+    Wait {
+        /// Job name
+        #[arg(value_parser = non_empty)]
+        name: String,
     },
     /// Stop a job: its ranks get SIGTERM, then SIGKILL after the grace period
     Stop {
@@ -672,9 +683,14 @@ mod tests {
     fn job_commands_parse_with_defaults() {
         let cli = parse(&["job", "submit", "-"]).unwrap();
         match cli.command {
-            Command::Job(JobCommand::Submit { file, by }) => {
+            Command::Job(JobCommand::Submit {
+                file,
+                by,
+                slurm_job,
+            }) => {
                 assert_eq!(file, PathBuf::from("-"));
                 assert_eq!(by, None);
+                assert_eq!(slurm_job, None);
             }
             other => panic!("parsed as {other:?}"),
         }

@@ -312,6 +312,7 @@ fn job_assignment_to_wire(j: JobAssignment) -> v1::JobAssignment {
         progress_regex: j.progress_regex,
         user: j.user,
         group: j.group,
+        slurm_job_id: j.slurm_job_id,
     }
 }
 

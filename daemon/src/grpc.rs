@@ -161,11 +161,24 @@ impl AgentService for AgentApi {
 pub struct ControlApi {
     handle: SupervisorHandle,
     transport: Transport,
+    /// `[slurm] mode`: jobs bound to a Slurm allocation need Slurm on.
+    slurm: crate::config::SlurmMode,
 }
 
 impl ControlApi {
     pub fn new(handle: SupervisorHandle, transport: Transport) -> Self {
-        ControlApi { handle, transport }
+        ControlApi {
+            handle,
+            transport,
+            slurm: crate::config::SlurmMode::Off,
+        }
+    }
+
+    /// With `[slurm] mode` other than off, `--slurm-job` submissions are
+    /// checked against Slurm and accepted.
+    pub fn with_slurm(mut self, mode: crate::config::SlurmMode) -> Self {
+        self.slurm = mode;
+        self
     }
 
     /// Any authenticated caller may read.
@@ -289,7 +302,25 @@ impl ControlService for ControlApi {
     ) -> Result<Response<v1::JobResponse>, Status> {
         let by = self.author(&request, &request.get_ref().by)?;
         let r = request.into_inner();
-        job_response(self.handle.submit_job(r.spec_toml, by, r.request_id).await)
+        if r.slurm_job_id == 0 {
+            return job_response(self.handle.submit_job(r.spec_toml, by, r.request_id).await);
+        }
+        if self.slurm == crate::config::SlurmMode::Off {
+            return Err(Status::failed_precondition(format!(
+                "cannot bind the job to Slurm job {}: supd runs with [slurm] mode = \"off\" (set \"observe\" or \"enforce\" in supd.toml)",
+                r.slurm_job_id
+            )));
+        }
+        // Asked here, off the actor: a slow Slurm delays only this request.
+        let allocation = crate::scheduler::Slurm::from_env()
+            .allocation(r.slurm_job_id)
+            .await
+            .map_err(Status::failed_precondition)?;
+        job_response(
+            self.handle
+                .submit_job_in_allocation(r.spec_toml, by, r.request_id, allocation)
+                .await,
+        )
     }
 
     async fn stop_job(

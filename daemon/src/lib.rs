@@ -207,9 +207,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         transport,
     ))
     .max_decoding_message_size(max_message);
-    let control_service =
-        ControlServiceServer::new(grpc::ControlApi::new(handle.clone(), transport))
-            .max_decoding_message_size(max_message);
+    let control_service = ControlServiceServer::new(
+        grpc::ControlApi::new(handle.clone(), transport).with_slurm(config.slurm.mode),
+    )
+    .max_decoding_message_size(max_message);
     health_reporter
         .set_serving::<AgentServiceServer<grpc::AgentApi>>()
         .await;

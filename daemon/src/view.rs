@@ -149,6 +149,43 @@ pub fn job(j: &Job) -> v1::Job {
             })
             .collect(),
         rollbacks: r.rollbacks,
+        goodput: Some(goodput(j, crate::actor::now_ms())),
+    }
+}
+
+/// The job's goodput booking read at `now` (the engine has no clock).
+pub fn goodput(j: &Job, now: sup_core::Millis) -> v1::JobGoodput {
+    use sup_core::Bucket;
+    let spec = &j.record.spec;
+    let g = j.record.goodput.report(now, spec.nodes, spec.gpus_per_node);
+    let s = |b: Bucket| g.seconds_in(b);
+    v1::JobGoodput {
+        bucket: g.bucket.as_str().to_owned(),
+        wall_s: g.wall_s,
+        productive_s: s(Bucket::Productive),
+        redone_s: s(Bucket::Redone),
+        detection_s: s(Bucket::Detection),
+        restart_s: s(Bucket::Restart),
+        checkpoint_save_s: s(Bucket::CheckpointSave),
+        waiting_s: s(Bucket::Waiting),
+        stopped_s: s(Bucket::Stopped),
+        ettr: g.ettr,
+        gpus: spec.nodes.saturating_mul(spec.gpus_per_node),
+        failures: g.failures,
+        failures_per_node_hour: g.failures_per_node_hour,
+        checkpoint_cost_s: g.checkpoint_cost_s,
+        checkpoint_interval_s: g.checkpoint_interval_s,
+        checkpoint_interval_steps: g.checkpoint_interval_steps,
+        recommended_checkpoint_interval_s: g.recommended_interval_s,
+        recommended_gain: g.recommended_gain,
+        lost_seconds_closed: Bucket::ALL
+            .into_iter()
+            .filter(|b| *b != Bucket::Productive)
+            .map(|b| {
+                let ms = j.record.goodput.ms(b);
+                (b.as_str().to_owned(), ms as f64 / 1000.0)
+            })
+            .collect(),
     }
 }
 

@@ -379,6 +379,13 @@ const ADDED_SINCE_V1: &[&str] = &[
     // Slurm's name for a node when its agent gives one (issue 14): absent
     // (the node id) for every node stored before, and not written then.
     "node record scheduler_name",
+    // Live goodput accounting (issue 20): nothing booked; the engine starts
+    // the accounting of such a record when it restores it (see
+    // `Goodput::ensure_started`).
+    "job record goodput",
+    // The Slurm allocation a job is bound to (issue 14): absent for every
+    // job stored before, and not written when absent.
+    "job record slurm",
 ];
 
 /// How the record stored as `stored` came back (`None`: not at all).

@@ -53,6 +53,70 @@ pub struct JobView {
     /// whether it is flagged as a straggler.
     pub node_stats: Vec<JobNodeStatsView>,
     pub rollbacks: u32,
+    /// Live goodput accounting (README "Goodput").
+    pub goodput: Option<GoodputView>,
+}
+
+/// Where a job's wall time went: seconds per bucket (summing to `wall_s`),
+/// ETTR, lost GPU-hours by cause and the checkpoint interval advice.
+#[derive(Debug, Clone, Serialize)]
+pub struct GoodputView {
+    /// The bucket the job is in now.
+    pub bucket: String,
+    pub wall_s: f64,
+    /// productive, redone, detection, restart, checkpoint_save, waiting,
+    /// stopped.
+    pub seconds: std::collections::BTreeMap<String, f64>,
+    /// productive / wall.
+    pub ettr: Option<f64>,
+    /// Every bucket but productive: seconds × the job's GPUs / 3600.
+    pub lost_gpu_hours: std::collections::BTreeMap<String, f64>,
+    pub gpus: u32,
+    pub failures: u32,
+    pub failures_per_node_hour: Option<f64>,
+    pub checkpoint_cost_s: Option<f64>,
+    pub checkpoint_interval_s: Option<f64>,
+    pub checkpoint_interval_steps: Option<f64>,
+    pub recommended_checkpoint_interval_s: Option<f64>,
+    /// ETTR the recommended interval would gain, in percentage points.
+    pub recommended_gain_pp: Option<f64>,
+}
+
+impl From<&v1::JobGoodput> for GoodputView {
+    fn from(g: &v1::JobGoodput) -> Self {
+        let seconds: std::collections::BTreeMap<String, f64> = [
+            ("productive", g.productive_s),
+            ("redone", g.redone_s),
+            ("detection", g.detection_s),
+            ("restart", g.restart_s),
+            ("checkpoint_save", g.checkpoint_save_s),
+            ("waiting", g.waiting_s),
+            ("stopped", g.stopped_s),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let lost_gpu_hours = seconds
+            .iter()
+            .filter(|(k, _)| k.as_str() != "productive")
+            .map(|(k, v)| (k.clone(), v * f64::from(g.gpus) / 3600.0))
+            .collect();
+        GoodputView {
+            bucket: g.bucket.clone(),
+            wall_s: g.wall_s,
+            seconds,
+            ettr: g.ettr,
+            lost_gpu_hours,
+            gpus: g.gpus,
+            failures: g.failures,
+            failures_per_node_hour: g.failures_per_node_hour,
+            checkpoint_cost_s: g.checkpoint_cost_s,
+            checkpoint_interval_s: g.checkpoint_interval_s,
+            checkpoint_interval_steps: g.checkpoint_interval_steps,
+            recommended_checkpoint_interval_s: g.recommended_checkpoint_interval_s,
+            recommended_gain_pp: g.recommended_gain.map(|x| x * 100.0),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -290,6 +354,7 @@ impl From<&v1::Job> for JobView {
                 })
                 .collect(),
             rollbacks: j.rollbacks,
+            goodput: j.goodput.as_ref().map(GoodputView::from),
         }
     }
 }

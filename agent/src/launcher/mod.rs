@@ -22,6 +22,7 @@ pub mod logs;
 pub mod postmortem;
 pub mod process;
 pub mod scanner;
+pub mod slurm_step;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -68,6 +69,123 @@ pub struct Settings {
     pub allow_root_ranks: bool,
     /// How much of the ranks' output is kept on disk (see [`logs`]).
     pub logs: logs::Retention,
+    /// This node's name in Slurm, for the ranks of a job bound to a Slurm
+    /// allocation (see [`slurm_step`]); `None`: the node id.
+    pub slurm_node_name: Option<String>,
+}
+
+/// How a generation's ranks on this node are started, and reached when
+/// SIGKILL to what the agent started is not enough. The launcher's loop
+/// (desired vs running, stop grace, exits, reports, fencing) is the same
+/// for both.
+pub trait RankLauncher {
+    /// Starts `specs` (this node's ranks, in local-rank order) and adds
+    /// what runs to `ranks`; on an error, what started before it is in
+    /// `ranks` (the loop stops it).
+    fn start(
+        &self,
+        job: &JobAssignment,
+        specs: Vec<RankSpec<'_>>,
+        exits: &mpsc::UnboundedSender<Exit>,
+        ranks: &mut BTreeMap<u32, RankProcess>,
+    ) -> Result<(), String>;
+
+    /// After the grace period, once SIGKILL went to what the agent started.
+    fn kill_rest(&self, _job: &JobAssignment, _generation: u64) {}
+}
+
+/// The default: every rank a process the agent forks, in its own process
+/// group.
+#[derive(Debug)]
+pub struct Forked;
+
+impl RankLauncher for Forked {
+    fn start(
+        &self,
+        _job: &JobAssignment,
+        specs: Vec<RankSpec<'_>>,
+        exits: &mpsc::UnboundedSender<Exit>,
+        ranks: &mut BTreeMap<u32, RankProcess>,
+    ) -> Result<(), String> {
+        for spec in specs {
+            let started = process::spawn(spec, exits.clone())?;
+            debug!(rank = started.rank, local_rank = started.local_rank, pid = %started.pid, "rank started");
+            ranks.insert(started.local_rank, started);
+        }
+        Ok(())
+    }
+}
+
+/// For a job bound to a Slurm allocation: the node's ranks as one job
+/// step of it, through srun (see [`slurm_step`]).
+#[derive(Debug)]
+pub struct SlurmStep {
+    pub node_name: String,
+}
+
+impl RankLauncher for SlurmStep {
+    fn start(
+        &self,
+        job: &JobAssignment,
+        specs: Vec<RankSpec<'_>>,
+        exits: &mpsc::UnboundedSender<Exit>,
+        ranks: &mut BTreeMap<u32, RankProcess>,
+    ) -> Result<(), String> {
+        let Some(first) = specs.first() else {
+            return Ok(());
+        };
+        let generation = first.generation;
+        let user = first.user;
+        let log_dir = first
+            .log_path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let envs: Vec<BTreeMap<String, String>> = specs.iter().map(|s| s.env.clone()).collect();
+        let env = slurm_step::step_env(&envs, u64::from(first.rank), &log_dir);
+        let step_ranks = specs
+            .into_iter()
+            .map(|s| slurm_step::StepRank {
+                rank: s.rank,
+                local_rank: s.local_rank,
+                log_path: s.log_path,
+            })
+            .collect();
+        let started = slurm_step::spawn(
+            job,
+            &self.node_name,
+            generation,
+            env,
+            step_ranks,
+            user,
+            exits.clone(),
+        )?;
+        for r in started {
+            ranks.insert(r.local_rank, r);
+        }
+        Ok(())
+    }
+
+    fn kill_rest(&self, job: &JobAssignment, generation: u64) {
+        slurm_step::cancel(job.slurm_job_id, &job.job, generation, &self.node_name);
+    }
+}
+
+impl Settings {
+    /// The launcher for `job`: a Slurm step when it is bound to an
+    /// allocation, forked processes otherwise.
+    pub fn launcher_for(&self, job: &JobAssignment) -> Box<dyn RankLauncher> {
+        if job.slurm_job_id == 0 {
+            return Box::new(Forked);
+        }
+        Box::new(SlurmStep {
+            node_name: self
+                .slurm_node_name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| self.node_id.clone()),
+        })
+    }
 }
 
 /// The running launcher, with its checkpoint scanner and progress intake.
@@ -538,8 +656,13 @@ impl Reconciler {
             grace = %humantime::format_duration(grace),
             "stopping ranks"
         );
+        // A Slurm step's ranks share one srun: signal each process once.
+        let mut signalled = std::collections::HashSet::new();
         for rank in current.ranks.values_mut() {
             rank.stopping = true;
+            if !signalled.insert(rank.pid) {
+                continue;
+            }
             if let Err(e) = signal_group(rank.pid, Signal::SIGTERM) {
                 warn!(rank = rank.rank, pid = %rank.pid, "cannot send SIGTERM: {e}");
             }
@@ -570,10 +693,19 @@ impl Reconciler {
                     ranks = ?current.ranks.values().map(|r| r.rank).collect::<Vec<_>>(),
                     "ranks did not stop within the grace period; sending SIGKILL"
                 );
+                let mut signalled = std::collections::HashSet::new();
                 for rank in current.ranks.values() {
+                    if !signalled.insert(rank.pid) {
+                        continue;
+                    }
                     if let Err(e) = signal_group(rank.pid, Signal::SIGKILL) {
                         warn!(rank = rank.rank, pid = %rank.pid, "cannot send SIGKILL: {e}");
                     }
+                }
+                if let Some(job) = &current.job {
+                    self.settings
+                        .launcher_for(job)
+                        .kill_rest(job, current.generation);
                 }
                 *stopping = Stopping {
                     phase: Phase::Killing,
@@ -717,6 +849,7 @@ impl Reconciler {
             node_id: &self.settings.node_id,
             progress_addr: self.progress_addr.as_deref(),
         };
+        let mut specs = Vec::new();
         for local_rank in 0..job.ranks_per_node {
             let global =
                 u64::from(job.node_rank) * u64::from(job.ranks_per_node) + u64::from(local_rank);
@@ -727,7 +860,7 @@ impl Reconciler {
             if let Some(user) = &user {
                 identity::add_user_env(&mut rank_env, user, &job.env);
             }
-            let spec = RankSpec {
+            specs.push(RankSpec {
                 generation,
                 rank,
                 local_rank,
@@ -736,12 +869,11 @@ impl Reconciler {
                 env: rank_env,
                 log_path: logs::rank_log(&self.settings.state_dir, &job.job, generation, rank),
                 user: user.as_ref(),
-            };
-            let started = process::spawn(spec, self.exits_tx.clone())?;
-            debug!(rank, local_rank, pid = %started.pid, "rank started");
-            ranks.insert(local_rank, started);
+            });
         }
-        Ok(())
+        self.settings
+            .launcher_for(job)
+            .start(job, specs, &self.exits_tx, ranks)
     }
 
     async fn on_exit(&mut self, exit: Exit) {

@@ -171,6 +171,11 @@ pub fn spawn(
     })
 }
 
+/// Makes the child (srun, for a Slurm job step) run as `user`.
+pub(super) fn run_as(command: &mut Command, user: &RankUser) {
+    switch_user(command, user, None);
+}
+
 /// Makes the child take `user`'s identity, supplementary groups included,
 /// before it executes the rank's program, then enter `workdir` as that user.
 ///

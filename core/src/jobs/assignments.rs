@@ -103,8 +103,16 @@ impl Engine {
             stop_grace_ms: self.config.stop_grace_ms,
             gpu_indices,
             progress_regex: spec.progress_regex.clone().unwrap_or_default(),
-            user: spec.user.clone().unwrap_or_default(),
+            // A job in a Slurm allocation runs as the allocation's owner
+            // unless its spec names a user (Slurm lets only the owner, or
+            // root, add steps to it).
+            user: spec
+                .user
+                .clone()
+                .or_else(|| job.record.slurm.as_ref().map(|a| a.user.clone()))
+                .unwrap_or_default(),
             group: spec.group.clone().unwrap_or_default(),
+            slurm_job_id: job.record.slurm.as_ref().map_or(0, |a| a.job_id),
         }
     }
 

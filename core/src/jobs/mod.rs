@@ -4,6 +4,7 @@
 
 mod assignments;
 mod catalog;
+pub mod goodput;
 mod gpu_idle;
 mod judgement;
 mod placement;
@@ -353,6 +354,8 @@ impl Engine {
             avoid_nodes: Vec::new(),
             hang_blame: BTreeMap::new(),
             resume_from: None,
+            goodput: crate::Goodput::submitted(now),
+            slurm: None,
         };
         self.jobs.insert(name.clone(), Job::restored(record));
         self.record_job_event(now, EventKind::JobSubmitted, None, Some(&name), summary);

@@ -43,6 +43,8 @@ impl Engine {
                 job.record.state = JobState::Pending;
                 job.set_nodes(Vec::new());
                 job.record.reason = why.clone();
+                job.record.goodput.note_resume(job.step);
+                job.record.goodput.enter(now, crate::Bucket::Waiting);
             }
             if changed {
                 self.record_job_event(now, EventKind::JobPending, None, Some(name), why);
@@ -64,6 +66,10 @@ impl Engine {
         } else {
             JobState::Recovering
         };
+        // Goodput: the steps this generation must reach again are re-done
+        // work; from here to its first progress is restart time.
+        job.record.goodput.note_resume(job.step);
+        job.record.goodput.enter(now, crate::Bucket::Restart);
         job.launched.clear();
         job.exited_ok.clear();
         job.step = None;
@@ -182,6 +188,8 @@ impl Engine {
     fn offer(&self, job: &Job) -> Offer {
         let name = job.name();
         let spec = &job.record.spec;
+        // Slurm allocations: a bound job only on its own, others never there.
+        let allocations = self.allocation_filter(job);
         let fits = |id: &String, allow_suspect: bool| {
             !job.record.avoid_nodes.contains(id)
                 && self.nodes.get(id).is_some_and(|n| {
@@ -190,6 +198,7 @@ impl Engine {
                         state == NodeState::Ready || (allow_suspect && state == NodeState::Suspect);
                     healthy
                         && !n.held_by_scheduler()
+                        && allocations.allows(n)
                         && n.connected()
                         && n.record.gpus.len() >= spec.gpus_per_node as usize
                 })
@@ -269,7 +278,12 @@ impl Engine {
     fn reserve_kept_from(&self, job: &Job, own: usize, spares: usize) -> usize {
         let spec = &job.record.spec;
         let target = self.config.spares_target as usize;
-        if target == 0 || spec.priority == Priority::Low || spec.use_reserved_spares {
+        // A job bound to a Slurm allocation brought its own spares.
+        if target == 0
+            || spec.priority == Priority::Low
+            || spec.use_reserved_spares
+            || job.record.slurm.is_some()
+        {
             return 0;
         }
         let lost = if job.record.generation > 0 {

@@ -78,6 +78,12 @@ impl Engine {
             // completes, a communicator that never forms).
             let reports_progress =
                 job.record.best_step.is_some() || job.record.spec.progress_regex.is_some();
+            if !reports_progress {
+                // Goodput: a job that never showed it reports progress
+                // would otherwise read "restart" forever; launched is the
+                // best known start of its training.
+                job.record.goodput.enter(now, crate::Bucket::Productive);
+            }
             let startup_deadline = (reports_progress && self.config.detect.hang_enabled)
                 .then(|| {
                     job.detect.hang.arm_startup(now);
@@ -237,6 +243,11 @@ impl Engine {
         // that follows: the job is in the slowest phase any node is in (the
         // first one not in `train`, in node order).
         let job_phase = d.node_phase.values().next().map_or("train", String::as_str);
+        // Goodput: the phase and step move the booking; the first training
+        // report of a restarted generation ends its restart.
+        let restart_since = job.record.goodput.since;
+        let resumed = job.record.goodput.progress(now, step, job_phase);
+        let redo_until = job.record.goodput.redo_until;
         let deadline = d
             .hang
             .observe(now, step, job_phase)
@@ -294,6 +305,23 @@ impl Engine {
             if job.refresh_best_step() {
                 self.persist_job(&name);
             }
+        }
+        if resumed {
+            let redo = match redo_until {
+                Some(h) => format!("; re-doing steps up to {h}"),
+                None => String::new(),
+            };
+            self.record_job_event(
+                now,
+                EventKind::JobResumed,
+                None,
+                Some(&name),
+                format!(
+                    "training at step {step}, {} ms after the decision to (re)start{redo}",
+                    now - restart_since
+                ),
+            );
+            self.persist_job(&name);
         }
         if let Some(at) = deadline {
             self.schedule_job_check(at);
@@ -415,6 +443,7 @@ impl Engine {
             return ReportOutcome::Applied;
         }
         job.record.checkpoint = Some(newest.clone());
+        job.record.goodput.checkpoint(now, newest.step);
         if job.record.rollback_mark.is_some_and(|m| newest.step > m) {
             job.record.rollback_mark = None;
         }

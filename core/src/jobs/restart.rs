@@ -115,6 +115,11 @@ impl Engine {
         };
         job.refresh_best_step();
         if counts {
+            // Detection ends here, at the decision (goodput accounting).
+            self.book_fault(now, name);
+            let Some(job) = self.jobs.get_mut(name) else {
+                return;
+            };
             job.record.restarts += 1;
             let mark = (
                 job.record.checkpoint.as_ref().map(|c| c.step),
@@ -162,6 +167,7 @@ impl Engine {
         };
         job.record.state = state;
         job.record.reason = why.clone();
+        job.record.goodput.end(now);
         if !job.record.nodes.is_empty() {
             job.set_nodes(Vec::new());
             // Releasing nodes is a new generation too: their agents must

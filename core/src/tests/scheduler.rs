@@ -235,3 +235,81 @@ fn the_drain_reason_is_short_one_line_and_marked_as_sups() {
     assert!(long.starts_with("sup: éé") && long.ends_with("..."));
     assert_eq!(long.chars().count(), 80);
 }
+
+fn allocation(id: u64, nodes: &[&str]) -> SlurmAllocation {
+    SlurmAllocation {
+        job_id: id,
+        nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
+        user: "alice".to_owned(),
+    }
+}
+
+fn submit_in(
+    e: &mut Engine,
+    now: Millis,
+    text: &str,
+    alloc: SlurmAllocation,
+) -> Result<String, EngineError> {
+    let spec: crate::jobspec::JobSpec =
+        toml::from_str(text).map_err(|err| EngineError::InvalidJobSpec(err.to_string()))?;
+    e.submit_job_in_allocation(now, spec, text, "op", alloc)
+}
+
+#[test]
+fn a_job_in_a_slurm_allocation_runs_only_there_and_keeps_the_rest_as_its_spares() {
+    let mut e = cluster(5);
+    observe(&mut e, 1, 5, &[]);
+    // Placement goes by id: unbound, it would take n1 and n2.
+    let said = submit_in(
+        &mut e,
+        2,
+        &spec("train", 2),
+        allocation(77, &["n3", "n4", "n5"]),
+    )
+    .expect("submit");
+    assert!(said.ends_with("in Slurm job 77"), "{said}");
+    let actions = drain(&mut e);
+    assert_eq!(job(&e, "train").record.nodes, vec!["n3", "n4"]);
+    let sent = assignments(&actions);
+    assert_eq!(
+        sent["n3"].job.as_ref().map(|j| j.slurm_job_id),
+        Some(77),
+        "the agent is told to start a step of the allocation"
+    );
+    // Another job never gets the allocation's spare n5, however it fits.
+    submit(&mut e, 3, &spec("other", 3), "op").expect("submit");
+    drain(&mut e);
+    assert_eq!(job(&e, "other").record.state, JobState::Pending);
+    // A second sup job cannot bind the same Slurm job.
+    let err = submit_in(&mut e, 4, &spec("again", 1), allocation(77, &["n5"]))
+        .expect_err("bound already");
+    assert!(
+        err.to_string().contains("already bound to sup job 'train'"),
+        "{err}"
+    );
+
+    // n3 fails: the job moves to its spare n5, not to the free n1.
+    e.cordon(5, "n3", "GPU 0: Xid 79", "sup").expect("cordon");
+    drain(&mut e);
+    assert_eq!(job(&e, "train").record.nodes, vec!["n4", "n5"]);
+    // Another failure: the allocation has nothing left: it shrinks or
+    // waits (min_nodes = 2 here: waits), never spills onto n1/n2.
+    e.cordon(6, "n4", "GPU 1: Xid 79", "sup").expect("cordon");
+    drain(&mut e);
+    let j = job(&e, "train");
+    assert_eq!(j.record.state, JobState::Pending, "{}", j.record.reason);
+    assert!(j.record.nodes.is_empty());
+}
+
+#[test]
+fn an_allocation_smaller_than_the_job_is_refused_with_its_size() {
+    let mut e = cluster(3);
+    let err =
+        submit_in(&mut e, 1, &spec("train", 2), allocation(9, &["n1"])).expect_err("too small");
+    assert!(
+        err.to_string()
+            .contains("Slurm job 9 has 1 node(s) (n1); the job needs at least 2"),
+        "{err}"
+    );
+    assert!(e.job("train").is_err());
+}

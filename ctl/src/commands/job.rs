@@ -22,11 +22,12 @@ pub(super) async fn run(
     json: bool,
 ) -> Result<String, CtlError> {
     match command {
-        JobCommand::Submit { by, .. } => {
+        JobCommand::Submit { by, slurm_job, .. } => {
             let req = v1::SubmitJobRequest {
                 spec_toml: spec.unwrap_or_default(),
                 by: operator(by),
                 request_id: client::request_id(),
+                slurm_job_id: slurm_job.unwrap_or(0),
             };
             let r = client.submit_job(req).await?;
             if json {
@@ -49,6 +50,7 @@ pub(super) async fn run(
                 Ok(job_stop_text(name, reason.as_deref(), &r))
             }
         }
+        JobCommand::Wait { name } => wait(client, name, json).await,
         JobCommand::Describe { name } => {
             let j = client.job(name).await?;
             if json {
@@ -57,6 +59,50 @@ pub(super) async fn run(
                 Ok(job_text(&j, now_ms()))
             }
         }
+    }
+}
+
+/// How often `job wait` asks.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `supctl job wait NAME`: polls until the job is succeeded, failed or
+/// stopped; rides out supd being unreachable (a restart, a failover) for
+/// as long as it takes. The final state and reason are printed; anything
+/// but succeeded is an error (exit status 1), so a batch script's exit
+/// status is the job's outcome.
+async fn wait(client: &mut Client, name: &str, json: bool) -> Result<String, CtlError> {
+    let mut unreachable = false;
+    let job = loop {
+        match client.job(name).await {
+            Ok(j) if matches!(j.state.as_str(), "succeeded" | "failed" | "stopped") => break j,
+            Ok(_) => unreachable = false,
+            Err(e @ CtlError::Unreachable { .. }) => {
+                if !unreachable {
+                    eprintln!("supctl: {e}; still waiting for job {name}");
+                }
+                unreachable = true;
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    };
+    let text = if json {
+        job_json(&job).map_err(json_error)?
+    } else {
+        format!(
+            "job {name} {}{}\n",
+            job.state,
+            if job.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", one_line(&job.reason))
+            }
+        )
+    };
+    if job.state == "succeeded" {
+        Ok(text)
+    } else {
+        Err(CtlError::Other(text.trim_end().to_owned()))
     }
 }
 
@@ -165,6 +211,10 @@ pub fn job_text(j: &v1::Job, now_ms: i64) -> String {
         }
         out.push_str(&finish(table));
     }
+    if let Some(g) = &j.goodput {
+        out.push('\n');
+        out.push_str(&goodput_text(g));
+    }
     out.push('\n');
     if j.spec_toml.trim().is_empty() {
         out.push_str("Spec: -\n");
@@ -187,6 +237,70 @@ pub fn job_text(j: &v1::Job, now_ms: i64) -> String {
             }
         }
     }
+    out
+}
+
+/// Where the job's wall time went (live goodput accounting), what it cost
+/// in GPU-hours, and the checkpoint interval Young/Daly recommends.
+fn goodput_text(g: &v1::JobGoodput) -> String {
+    let pct = |s: f64| {
+        if g.wall_s > 0.0 {
+            format!("{:.1}%", s / g.wall_s * 100.0)
+        } else {
+            NONE.to_owned()
+        }
+    };
+    let gpu_h = |s: f64| format!("{:.2}", s * f64::from(g.gpus) / 3600.0);
+    let secs = |s: f64| format!("{s:.1}s");
+    let mut table = new_table(&["BUCKET", "SECONDS", "SHARE", "LOST GPU-HOURS"]);
+    for (name, s, lost) in [
+        ("productive", g.productive_s, false),
+        ("redone", g.redone_s, true),
+        ("detection", g.detection_s, true),
+        ("restart", g.restart_s, true),
+        ("checkpoint_save", g.checkpoint_save_s, true),
+        ("waiting", g.waiting_s, true),
+        ("stopped", g.stopped_s, true),
+    ] {
+        let marker = if g.bucket == name { " (now)" } else { "" };
+        table.add_row(vec![
+            format!("{name}{marker}"),
+            secs(s),
+            pct(s),
+            if lost { gpu_h(s) } else { NONE.to_owned() },
+        ]);
+    }
+    let fields: Vec<(&str, String)> = vec![
+        ("Goodput (ETTR)", opt(g.ettr, percent)),
+        ("Wall time", secs(g.wall_s)),
+        ("Failures", g.failures.to_string()),
+        (
+            "Failure rate",
+            opt(g.failures_per_node_hour, |r| {
+                format!("{r:.4} per node-hour")
+            }),
+        ),
+        ("Checkpoint cost", opt(g.checkpoint_cost_s, secs)),
+        (
+            "Checkpoint every",
+            opt(g.checkpoint_interval_s, |s| {
+                match g.checkpoint_interval_steps {
+                    Some(steps) => format!("{s:.1}s ({steps:.0} steps)"),
+                    None => format!("{s:.1}s"),
+                }
+            }),
+        ),
+        (
+            "Recommended",
+            opt(g.recommended_checkpoint_interval_s, |s| {
+                let gain = opt(g.recommended_gain, |x| format!("{:.2} pp", x * 100.0));
+                format!("every {s:.1}s (Young/Daly √(2·cost·MTBF)); ETTR gain ≈ {gain} (first order: cost/τ + τ/(2·MTBF))")
+            }),
+        ),
+    ];
+    let mut out = String::from("Goodput:\n");
+    out.push_str(&fields_text(&fields));
+    out.push_str(&finish(table));
     out
 }
 

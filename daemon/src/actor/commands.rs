@@ -152,6 +152,7 @@ impl<S: Store> Actor<S> {
         spec_text: String,
         by: String,
         request_id: String,
+        slurm: Option<sup_core::SlurmAllocation>,
         reply: JobReply,
     ) -> Deferred {
         let parsed = crate::jobspec::parse(&spec_text);
@@ -168,7 +169,13 @@ impl<S: Store> Actor<S> {
             &mut self.pending_changes,
             |engine| {
                 let spec = parsed.map_err(EngineError::InvalidJobSpec)?;
-                Ok((true, engine.submit_job(now, spec, &spec_text, &by)?))
+                let said = match slurm {
+                    Some(allocation) => {
+                        engine.submit_job_in_allocation(now, spec, &spec_text, &by, allocation)?
+                    }
+                    None => engine.submit_job(now, spec, &spec_text, &by)?,
+                };
+                Ok((true, said))
             },
         );
         job_reply(reply, name, applied)

@@ -273,8 +273,9 @@ impl<S: Store> Actor<S> {
                 spec_toml,
                 by,
                 request_id,
+                slurm,
                 reply,
-            } => deferred.push(self.submit_job(now, spec_toml, by, request_id, reply)),
+            } => deferred.push(self.submit_job(now, spec_toml, by, request_id, slurm, reply)),
             Request::StopJob { name, who, reply } => {
                 deferred.push(self.stop_job(now, name, who, reply))
             }

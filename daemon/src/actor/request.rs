@@ -90,6 +90,8 @@ pub(super) enum Request {
         spec_toml: String,
         by: String,
         request_id: String,
+        /// The Slurm allocation to bind the job to, read from Slurm.
+        slurm: Option<sup_core::SlurmAllocation>,
         reply: JobReply,
     },
     StopJob {
@@ -343,6 +345,25 @@ impl SupervisorHandle {
             spec_toml,
             by,
             request_id,
+            slurm: None,
+            reply,
+        })
+        .await?
+    }
+
+    /// A job bound to a Slurm allocation (read from Slurm by the edge).
+    pub async fn submit_job_in_allocation(
+        &self,
+        spec_toml: String,
+        by: String,
+        request_id: String,
+        allocation: sup_core::SlurmAllocation,
+    ) -> Result<(bool, String, v1::Job), ActorError> {
+        self.ask(|reply| Request::SubmitJob {
+            spec_toml,
+            by,
+            request_id,
+            slurm: Some(allocation),
             reply,
         })
         .await?

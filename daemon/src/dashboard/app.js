@@ -151,7 +151,7 @@
     jobs = list;
     const tb = $("jobs").tBodies[0];
     tb.textContent = "";
-    if (!list.length) { const r = el("tr", "empty"); const c = el("td", null, "no jobs"); c.colSpan = 11; r.appendChild(c); tb.appendChild(r); }
+    if (!list.length) { const r = el("tr", "empty"); const c = el("td", null, "no jobs"); c.colSpan = 12; r.appendChild(c); tb.appendChild(r); }
     const now = Date.now();
     for (const j of list) {
       const r = el("tr");
@@ -160,13 +160,34 @@
       const st = el("span", "st st-" + j.state, j.state);
       const cells = [j.name, st, j.generation, j.world_size, (j.nodes || []).length + "/" + j.desired_nodes, fmt(j.step),
         fmt(j.tokens_per_s), j.mfu === undefined || j.mfu === null ? "–" : (j.mfu * 100).toFixed(1) + "%",
-        j.checkpoint ? "step " + j.checkpoint.step : "–", j.restarts, j.reason || ""];
-      cells.forEach((c, i) => { const td = el("td", i === 10 ? "reason" : null); if (c instanceof Node) td.appendChild(c); else td.textContent = String(c); r.appendChild(td); });
+        j.checkpoint ? "step " + j.checkpoint.step : "–", j.restarts, goodputBar(j.goodput), j.reason || ""];
+      cells.forEach((c, i) => { const td = el("td", i === 11 ? "reason" : null); if (c instanceof Node) td.appendChild(c); else td.textContent = String(c); r.appendChild(td); });
       tb.appendChild(r);
       sample(j, now);
     }
     attention(null);
     counts();
+  }
+  // Where the job's wall time went: one stacked bar of the goodput buckets
+  // (live accounting), ETTR beside it, seconds in each segment's title.
+  const BUCKETS = ["productive", "redone", "detection", "restart", "checkpoint_save", "waiting", "stopped"];
+  function goodputBar(g) {
+    const box = el("span", "gpbox");
+    if (!g || !(g.wall_s > 0)) { box.textContent = "–"; return box; }
+    const bar = el("span", "gpbar");
+    bar.title = BUCKETS.map((b) => b + " " + fmt((g.seconds || {})[b], 1) + " s").join("\n");
+    for (const b of BUCKETS) {
+      const s = (g.seconds || {})[b] || 0;
+      if (s <= 0) continue;
+      const seg = el("span", "gp gp-" + b);
+      seg.dataset.bucket = b;
+      seg.style.width = ((s / g.wall_s) * 100).toFixed(2) + "%";
+      seg.title = b + ": " + fmt(s, 1) + " s (" + ((s / g.wall_s) * 100).toFixed(1) + "%)";
+      bar.appendChild(seg);
+    }
+    box.appendChild(bar);
+    box.appendChild(el("span", "gpv", typeof g.ettr === "number" ? (g.ettr * 100).toFixed(1) + "%" : "–"));
+    return box;
   }
   function sample(j, now) {
     let h = history.get(j.name);

@@ -194,7 +194,30 @@ pub fn render_state(status: &v1::ClusterStatus) -> Result<String, std::fmt::Erro
     let node_slowdown = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let node_straggler = Family::<Labels, Gauge>::default();
     let node_tps = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    // Live goodput accounting (README "Goodput").
+    let job_goodput = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let job_lost = Family::<Labels, Counter<f64, AtomicU64>>::default();
+    let job_recommended = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let (mut fleet_productive, mut fleet_wall) = (0.0, 0.0);
+    for g in status.jobs.iter().filter_map(|j| j.goodput.as_ref()) {
+        fleet_productive += g.productive_s;
+        fleet_wall += g.wall_s;
+    }
     for job in &status.jobs {
+        if let Some(g) = &job.goodput {
+            let l = labels(&[("job", &job.name)]);
+            if let Some(v) = g.ettr {
+                job_goodput.get_or_create(&l).set(v);
+            }
+            for (cause, s) in &g.lost_seconds_closed {
+                job_lost
+                    .get_or_create(&labels(&[("job", &job.name), ("cause", cause)]))
+                    .inc_by(*s);
+            }
+            if let Some(v) = g.recommended_checkpoint_interval_s {
+                job_recommended.get_or_create(&l).set(v);
+            }
+        }
         let l = labels(&[("job", &job.name)]);
         if let Some(v) = job.tokens_per_s {
             job_tps.get_or_create(&l).set(v);
@@ -219,6 +242,34 @@ pub fn render_state(status: &v1::ClusterStatus) -> Result<String, std::fmt::Erro
             }
         }
     }
+    registry.register_with_unit(
+        "job_goodput",
+        "Share of the job's wall time that was productive training (ETTR), live accounting",
+        Unit::Other("ratio".to_owned()),
+        job_goodput,
+    );
+    if fleet_wall > 0.0 {
+        let fleet = Gauge::<f64, AtomicU64>::default();
+        fleet.set(fleet_productive / fleet_wall);
+        registry.register_with_unit(
+            "fleet_goodput",
+            "Productive share of all jobs' wall time together (ETTR of the fleet)",
+            Unit::Other("ratio".to_owned()),
+            fleet,
+        );
+    }
+    registry.register_with_unit(
+        "job_lost",
+        "Seconds of the job's wall time that were not productive training, by cause (closed intervals)",
+        Unit::Seconds,
+        job_lost,
+    );
+    registry.register_with_unit(
+        "job_recommended_checkpoint_interval",
+        "Young/Daly checkpoint interval from the job's measured failure rate and checkpoint cost",
+        Unit::Seconds,
+        job_recommended,
+    );
     registry.register(
         "job_tokens_per_second",
         "Tokens per second of the whole job over the recent window",

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sup_core::scheduler::{SchedulerNode, SchedulerOp};
+use sup_core::SlurmAllocation;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
@@ -140,6 +141,91 @@ impl Scheduler for Slurm {
         }
         Ok(())
     }
+}
+
+impl Slurm {
+    /// The running Slurm job `job_id` whose allocation a sup job is to be
+    /// bound to (`supctl job submit --slurm-job`), read with `squeue` and
+    /// `scontrol show hostnames`. The error names the problem for the
+    /// operator: no such job, not running, no nodes, Slurm unreachable.
+    pub async fn allocation(&self, job_id: u64) -> Result<SlurmAllocation, String> {
+        let id = job_id.to_string();
+        let out = self
+            .run("squeue", &["-h", "-j", &id, "-o", "%T|%u|%N"])
+            .await
+            .map_err(|e| {
+                if e.detail.contains("Invalid job id") {
+                    format!("Slurm job {job_id} does not exist (squeue: invalid job id)")
+                } else {
+                    format!(
+                        "cannot ask Slurm about job {job_id}: {}: {}",
+                        e.command, e.detail
+                    )
+                }
+            })?;
+        let (state, user, nodelist) = parse_squeue_job(job_id, &out)?;
+        if state != "RUNNING" {
+            return Err(format!(
+                "Slurm job {job_id} is {state}, not RUNNING: bind a job from inside its running allocation (the batch script)"
+            ));
+        }
+        let out = self
+            .run(&self.scontrol, &["show", "hostnames", &nodelist])
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot expand Slurm job {job_id}'s node list {nodelist:?}: {}: {}",
+                    e.command, e.detail
+                )
+            })?;
+        let nodes = parse_hostnames(&out);
+        if nodes.is_empty() {
+            return Err(format!("Slurm job {job_id} has no nodes ({nodelist:?})"));
+        }
+        Ok(SlurmAllocation {
+            job_id,
+            nodes,
+            user,
+        })
+    }
+}
+
+/// `squeue -h -j ID -o "%T|%u|%N"`: (state, user, node list). Nothing
+/// listed: the job has ended and left the queue.
+pub fn parse_squeue_job(job_id: u64, out: &[u8]) -> Result<(String, String, String), String> {
+    let text = String::from_utf8_lossy(out);
+    let Some(line) = text.lines().map(str::trim).find(|l| !l.is_empty()) else {
+        return Err(format!(
+            "Slurm job {job_id} is not in Slurm's queue (it has ended, or never existed)"
+        ));
+    };
+    let mut fields = line.splitn(3, '|');
+    match (fields.next(), fields.next(), fields.next()) {
+        (Some(state), Some(user), Some(nodes)) if !state.is_empty() => Ok((
+            clip(state.trim(), 64),
+            clip(user.trim(), 256),
+            clip(nodes.trim(), 64 << 10),
+        )),
+        _ => Err(format!(
+            "cannot read squeue's line about Slurm job {job_id}: {:?}",
+            clip(line, 256)
+        )),
+    }
+}
+
+/// `scontrol show hostnames`: one name a line.
+pub fn parse_hostnames(out: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().any(char::is_whitespace))
+        .take(MAX_NODES)
+        .map(|l| clip(l, 256))
+        .collect()
+}
+
+fn clip(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
 }
 
 #[derive(Deserialize)]
@@ -280,6 +366,26 @@ mod tests {
         assert_eq!(nodes[0].flags, vec!["drain"]);
         assert_eq!(nodes[0].state_name(), "drained");
         assert_eq!(nodes[1].state_name(), "mixed");
+    }
+
+    #[test]
+    fn squeue_and_hostnames_give_the_allocation() {
+        let (state, user, nodes) =
+            parse_squeue_job(12, b"RUNNING|alice|sup-[a-c]\n").expect("parse");
+        assert_eq!(
+            (state.as_str(), user.as_str(), nodes.as_str()),
+            ("RUNNING", "alice", "sup-[a-c]")
+        );
+        assert!(parse_squeue_job(12, b"")
+            .expect_err("gone")
+            .contains("not in Slurm's queue"));
+        assert!(parse_squeue_job(12, b"garbage")
+            .expect_err("bad")
+            .contains("cannot read squeue's line"));
+        assert_eq!(
+            parse_hostnames(b"sup-a\nsup-b\n\nsup-c\n"),
+            vec!["sup-a", "sup-b", "sup-c"]
+        );
     }
 
     #[test]

@@ -207,10 +207,11 @@ pub fn run_cli(args: &SimArgs) -> Result<String, String> {
     );
     let _ = writeln!(
         out,
-        "{:<8} {:<14} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6}",
+        "{:<8} {:<14} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6}",
         "spares",
         "interval",
         "ETTR",
+        "live",
         "detect h",
         "restart h",
         "recomp h",
@@ -247,10 +248,12 @@ pub fn run_cli(args: &SimArgs) -> Result<String, String> {
             let l = &r.losses;
             let _ = writeln!(
                 out,
-                "{:<8} {:<14} {:>6.2}% {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>6} {:>6} {:>6}{}",
+                "{:<8} {:<14} {:>6.2}% {:>7} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>6} {:>6} {:>6}{}",
                 spares,
                 label,
                 r.ettr() * 100.0,
+                r.live_ettr()
+                    .map_or("-".to_owned(), |e| format!("{:.2}%", e * 100.0)),
                 hours(l.detection_ms),
                 hours(l.restart_ms),
                 hours(l.recompute_ms),
@@ -271,7 +274,10 @@ pub fn run_cli(args: &SimArgs) -> Result<String, String> {
             }
         }
     }
-    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "\nETTR: this simulator's ground truth; live: the engine's own goodput accounting of the same run (what `supctl job describe` shows for a real job)"
+    );
     match best {
         Some((spares, ettr)) => {
             let _ = writeln!(

@@ -16,6 +16,14 @@
 //! input, and at each checkpoint while a job runs shrunk, so it can grow back
 //! on time): reporting all ~30,000 checkpoints of a 54-day run would cost
 //! time and decide nothing.
+//!
+//! Progress is reported as a trainer would for the engine's live goodput
+//! accounting (`jobs/goodput.rs`), which the report sets beside this
+//! simulator's ground truth: when training resumes, when each checkpoint
+//! save starts (`checkpoint_save`) and ends (`train`), when the job is back
+//! at the step it had reached before a failure, and at each failure. A
+//! step here is one millisecond of compute, so a step number is a position
+//! in the training run and re-done work is measured exactly.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
@@ -41,6 +49,10 @@ enum SimEvent {
     Resume(u64),
     Repair(FailureClass, usize),
     CheckpointTick(u64),
+    /// A checkpoint save starts (true) or ends in training segment n.
+    Save(u64, bool),
+    /// Training segment n is back at the step reached before the failure.
+    CaughtUp(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,7 +80,13 @@ struct Sim<'a> {
     mode: Mode,
     losses: Losses,
     productive: f64,
-    step: u64,
+    /// The step (compute milliseconds into the run) the current training
+    /// segment started from, the highest step reached, the segment's
+    /// number, and whether a save is under way.
+    seg_base: u64,
+    reached: u64,
+    seg: u64,
+    saving: bool,
     report: SimReport,
     launches_scheduled: BTreeSet<u64>,
     zero_spares_since: Option<Millis>,
@@ -239,17 +257,29 @@ impl Sim<'_> {
                     // under way.
                     self.losses.recompute_ms += elapsed - useful - k * blocking;
                 }
-                if k >= 1.0 {
-                    // Tell the engine the newest checkpoint (resume point).
-                    self.step += k as u64;
-                    self.report_checkpoint(now, restorable >= 1.0);
-                } else if elapsed > 0.0 {
-                    // Training advanced steps, even without a checkpoint: the
-                    // crash-loop guard must see progress, as it would from
-                    // a real trainer's per-step reports.
-                    self.step += 1;
-                    self.report_checkpoint(now, false);
+                // The step reached (compute done) and the newest restorable
+                // checkpoint's, as positions in the run.
+                let done = k * self.interval as f64 + tail.min(self.interval as f64);
+                let mut position = self.seg_base + done as u64;
+                if !keep_tail && position <= self.reached && elapsed > 0.0 {
+                    // A failure while re-doing work: the model has no crash
+                    // loops, so, as it always did, every segment that
+                    // trained shows the crash-loop guard a step past the
+                    // best (one millisecond: nothing to the accounting).
+                    position = self.reached + 1;
                 }
+                let restorable_step = self.seg_base + (restorable * self.interval as f64) as u64;
+                self.reached = self.reached.max(position);
+                if elapsed > 0.0 {
+                    // The crash-loop guard and the re-done accounting must
+                    // see the step reached, as from a real trainer's
+                    // per-step reports; the catalog the resume point.
+                    self.report_progress(now, position);
+                    if restorable >= 1.0 {
+                        self.report_catalog(now, restorable_step);
+                    }
+                }
+                self.seg_base = position;
                 self.mode = Mode::Training(now, share);
             }
             Mode::Detecting(since) => {
@@ -267,20 +297,25 @@ impl Sim<'_> {
         }
     }
 
-    fn report_checkpoint(&mut self, now: Millis, checkpoint: bool) {
-        let Some((node, generation)) = self
+    /// The job's first node, its session and the generation, when alive.
+    fn reporter(&self) -> Option<(String, u64, u64)> {
+        let (node, generation) = self
             .job()
-            .and_then(|j| Some((j.record.nodes.first()?.clone(), j.record.generation)))
-        else {
+            .and_then(|j| Some((j.record.nodes.first()?.clone(), j.record.generation)))?;
+        let i = node_index(&node)?;
+        self.alive[i].then(|| (node, self.sessions[i], generation))
+    }
+
+    /// A progress report at `step`, in the save phase while one is under way.
+    fn report_progress(&mut self, now: Millis, step: u64) {
+        let Some((node, session, generation)) = self.reporter() else {
             return;
         };
-        let Some(i) = node_index(&node) else {
-            return;
+        let phase = if self.saving {
+            "checkpoint_save"
+        } else {
+            "train"
         };
-        if !self.alive[i] {
-            return;
-        }
-        let session = self.sessions[i];
         self.engine.on_progress(
             now,
             &node,
@@ -288,13 +323,17 @@ impl Sim<'_> {
             sup_core::JobProgress {
                 job: JOB.to_owned(),
                 generation,
-                step: self.step,
+                step,
+                phase: phase.to_owned(),
                 ..Default::default()
             },
         );
-        if !checkpoint {
+    }
+
+    fn report_catalog(&mut self, now: Millis, step: u64) {
+        let Some((node, session, _)) = self.reporter() else {
             return;
-        }
+        };
         self.engine.on_checkpoint_catalog(
             now,
             &node,
@@ -302,8 +341,8 @@ impl Sim<'_> {
             sup_core::CheckpointCatalog {
                 job: JOB.to_owned(),
                 checkpoints: vec![sup_core::Checkpoint {
-                    step: self.step,
-                    path: format!("/ckpt/step-{}", self.step),
+                    step,
+                    path: format!("/ckpt/step-{step}"),
                 }],
             },
         );
@@ -503,15 +542,76 @@ impl Sim<'_> {
             return;
         }
         let share = job.record.nodes.len() as f64 / self.p.job_nodes as f64;
+        let from = job
+            .record
+            .resume_from
+            .clone()
+            .unwrap_or_else(|| job.record.checkpoint.clone())
+            .map_or(0, |c| c.step);
         if let Mode::Restarting(_) = self.mode {
             self.settle(now, false);
             self.mode = Mode::Training(now, share);
+            // Training again from the checkpoint: the engine hears it (the
+            // end of its restart), then each save, then the step reached
+            // before the failure once it is done again.
+            self.seg += 1;
+            self.seg_base = from;
+            self.saving = false;
+            self.report_progress(now, from);
+            let cycle = self.interval + self.p.checkpoint_blocking_ms(self.interval);
+            self.push(now + self.interval, SimEvent::Save(self.seg, true));
+            if self.reached > from {
+                let redo = (self.reached - from) as Millis;
+                // Compute time plus the saves that fall within it.
+                let saves = (redo - 1).max(0) / self.interval;
+                let at = now + redo + saves * (cycle - self.interval);
+                self.push(at, SimEvent::CaughtUp(self.seg));
+            }
             if share < 1.0 {
                 // Shrunk: report checkpoints as they land so the engine can
                 // grow the job back right after one.
                 let next = now + self.interval + self.p.checkpoint_blocking_ms(self.interval);
                 self.push(next, SimEvent::CheckpointTick(generation));
             }
+        }
+    }
+
+    /// A save starts or ends in segment `seg`, if it is still training.
+    fn save(&mut self, now: Millis, seg: u64, start: bool) {
+        let Mode::Training(since, _) = self.mode else {
+            return;
+        };
+        if seg != self.seg {
+            return;
+        }
+        let position = self.position(now, since);
+        self.saving = start;
+        self.report_progress(now, position);
+        let next = if start {
+            now + self.p.checkpoint_blocking_ms(self.interval)
+        } else {
+            now + self.interval
+        };
+        self.push(next, SimEvent::Save(seg, !start));
+    }
+
+    /// The step reached at `now` in a training segment that (re)started at
+    /// `since` from `seg_base`.
+    fn position(&self, now: Millis, since: Millis) -> u64 {
+        let elapsed = now - since;
+        let cycle = self.interval + self.p.checkpoint_blocking_ms(self.interval);
+        let k = elapsed / cycle;
+        let done = k * self.interval + (elapsed - k * cycle).min(self.interval);
+        self.seg_base + done.max(0) as u64
+    }
+
+    fn caught_up(&mut self, now: Millis, seg: u64) {
+        let Mode::Training(since, _) = self.mode else {
+            return;
+        };
+        if seg == self.seg {
+            let position = self.position(now, since);
+            self.report_progress(now, position);
         }
     }
 
@@ -524,8 +624,8 @@ impl Sim<'_> {
         }
         // Closes the segment at the checkpoint (nothing to recompute) and
         // reports it; the engine may grow the job now.
+        // (settle reports the step and the checkpoint.)
         self.settle(now, true);
-        self.report_checkpoint(now, true);
         let next = now + self.interval + self.p.checkpoint_blocking_ms(self.interval);
         self.push(next, SimEvent::CheckpointTick(generation));
     }
@@ -599,7 +699,10 @@ pub fn simulate(p: &SimParams, trace: &[Failure]) -> SimReport {
         mode: Mode::Waiting(0),
         losses: Losses::default(),
         productive: 0.0,
-        step: 0,
+        seg_base: 0,
+        reached: 0,
+        seg: 0,
+        saving: false,
         report: SimReport {
             duration_ms: p.duration_ms,
             interval_ms: interval,
@@ -614,6 +717,7 @@ pub fn simulate(p: &SimParams, trace: &[Failure]) -> SimReport {
             min_spares: u32::MAX,
             zero_spare_ms: 0,
             gave_up: None,
+            live: None,
         },
         launches_scheduled: BTreeSet::new(),
         zero_spares_since: None,
@@ -650,6 +754,28 @@ pub fn simulate(p: &SimParams, trace: &[Failure]) -> SimReport {
     // until the next simulated event (never loop on one instant).
     let mut stale_timeout = false;
     loop {
+        // Progress reports (saves, catching up) decide nothing timed: no
+        // sweep or timeout around them, so ~60,000 of them stay cheap.
+        if let Some(Reverse((at, _, SimEvent::Save(..) | SimEvent::CaughtUp(_)))) = sim.queue.peek()
+        {
+            let at = *at;
+            let engine_first = sim
+                .engine
+                .poll_timeout()
+                .filter(|_| !stale_timeout && sim.engine_busy())
+                .is_some_and(|t| t.max(now) < at);
+            if at < p.duration_ms && !engine_first {
+                now = at;
+                if let Some(Reverse((_, _, event))) = sim.queue.pop() {
+                    match event {
+                        SimEvent::Save(seg, start) => sim.save(now, seg, start),
+                        SimEvent::CaughtUp(seg) => sim.caught_up(now, seg),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+        }
         let next_sim = sim.queue.peek().map(|Reverse((t, _, _))| *t);
         let next_engine = sim
             .engine
@@ -682,6 +808,8 @@ pub fn simulate(p: &SimParams, trace: &[Failure]) -> SimReport {
                 SimEvent::Resume(g) => sim.resume(now, g),
                 SimEvent::Repair(c, n) => sim.repair(now, c, n),
                 SimEvent::CheckpointTick(g) => sim.checkpoint_tick(now, g),
+                SimEvent::Save(seg, start) => sim.save(now, seg, start),
+                SimEvent::CaughtUp(seg) => sim.caught_up(now, seg),
             }
         }
         if sim.engine.poll_timeout().is_some_and(|t| t <= now) {
@@ -708,6 +836,7 @@ pub fn simulate(p: &SimParams, trace: &[Failure]) -> SimReport {
         }
     }
     by_class.sort();
+    report_live(&mut sim, end);
     let mut report = sim.report;
     report.failures_by_class = by_class;
     report.productive_ms = sim.productive;
@@ -716,6 +845,14 @@ pub fn simulate(p: &SimParams, trace: &[Failure]) -> SimReport {
         report.min_spares = p.spares;
     }
     report
+}
+
+/// The engine's live accounting of the job at the end of the run.
+fn report_live(sim: &mut Sim<'_>, end: Millis) {
+    let p = sim.p;
+    sim.report.live = sim
+        .job()
+        .map(|j| j.record.goodput.report(end, p.job_nodes, p.gpus_per_node));
 }
 
 #[cfg(test)]

@@ -73,10 +73,9 @@ impl Default for SimParams {
     }
 }
 
-/// Young/Daly first-order optimum: τ = √(2·δ·MTBF).
-pub fn young_daly_ms(checkpoint_write_ms: Millis, mtbf_ms: f64) -> Millis {
-    (2.0 * checkpoint_write_ms as f64 * mtbf_ms).sqrt().round() as Millis
-}
+/// Young/Daly first-order optimum τ = √(2·δ·MTBF): the engine's, so the
+/// simulator and the live accounting recommend by one formula.
+pub use sup_core::young_daly_ms;
 
 impl SimParams {
     /// Training time blocked per checkpoint at interval τ: the whole write
@@ -164,10 +163,18 @@ pub struct SimReport {
     pub zero_spare_ms: Millis,
     /// The job ended failed (the engine gave up), with why.
     pub gave_up: Option<String>,
+    /// The engine's own live goodput accounting of the simulated job at the
+    /// end of the run, to compare with this report's ground truth.
+    pub live: Option<sup_core::GoodputReport>,
 }
 
 impl SimReport {
     pub fn ettr(&self) -> f64 {
         self.productive_ms / self.duration_ms as f64
+    }
+
+    /// ETTR by the engine's live accounting (productive / wall).
+    pub fn live_ettr(&self) -> Option<f64> {
+        self.live.as_ref().and_then(|l| l.ettr)
     }
 }

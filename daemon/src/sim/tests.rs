@@ -1,6 +1,7 @@
 //! The simulator against closed forms on cases simple enough to have one.
 
 use super::*;
+use sup_core::Bucket;
 
 const H: Millis = 3_600_000;
 
@@ -352,4 +353,53 @@ fn trace_files_parse_and_reject_unknown_classes() {
     assert_eq!(t[0].class, FailureClass::Host);
     assert_eq!(t[1].cause, "HBM3");
     assert!(parse_trace("10 cosmic-ray").is_err());
+}
+
+/// The engine's live goodput accounting, fed only what a real supd hears
+/// (progress with its phase, checkpoints, exits, verdicts, silence),
+/// agrees with the simulator's ground truth on the Llama 3 trace.
+#[test]
+fn sim_live_accounting_matches_the_ground_truth_on_the_llama3_trace() {
+    let p = SimParams {
+        spares: 20,
+        step_time_ms: Some(6_000),
+        ..SimParams::default()
+    };
+    let trace = generate_trace(p.duration_ms, 419.0, &llama3_causes(), 1);
+    let r = simulate(&p, &trace);
+    let live = r.live.clone().expect("the engine accounted the job");
+    let truth = r.ettr();
+    let ettr = live.ettr.expect("an ETTR");
+    eprintln!(
+        "ground truth ETTR {:.4}%, live {:.4}%; truth losses {:?}; live seconds {:?}",
+        truth * 100.0,
+        ettr * 100.0,
+        r.losses,
+        live.seconds
+    );
+    assert!(
+        r.restarts > 300,
+        "the trace restarted the job: {}",
+        r.restarts
+    );
+    assert!(
+        (ettr - truth).abs() < 0.005,
+        "live ETTR {ettr:.4} vs ground truth {truth:.4}"
+    );
+    // Every millisecond of the run is booked once.
+    assert!((live.wall_s * 1000.0 - p.duration_ms as f64).abs() < 1.0);
+    // The causes agree too, not just their sum: within 5% of each loss.
+    let pairs = [
+        (Bucket::Restart, r.losses.restart_ms),
+        (Bucket::Redone, r.losses.recompute_ms),
+        (Bucket::CheckpointSave, r.losses.checkpoint_ms),
+    ];
+    for (bucket, truth_ms) in pairs {
+        let live_ms = live.seconds_in(bucket) * 1000.0;
+        assert!(
+            (live_ms - truth_ms).abs() <= 0.05 * truth_ms,
+            "{}: live {live_ms:.0} ms vs ground truth {truth_ms:.0} ms",
+            bucket.as_str()
+        );
+    }
 }

@@ -165,6 +165,11 @@ impl SlurmCluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Any Slurm client command (squeue, sbatch, ...) against this cluster.
+    pub fn command_out(&self, program: &str, args: &[&str]) -> Result<String> {
+        self.command(program, args)
+    }
+
     pub fn sinfo(&self, args: &[&str]) -> Result<String> {
         self.command("sinfo", args)
     }

@@ -257,3 +257,260 @@ fn a_drain_not_applied_when_supd_died_lands_after_the_restart_once() -> Result<(
     assert_eq!(set, 1, "{log}");
     Ok(())
 }
+
+/// `squeue --steps` of one Slurm job: (step id, name, nodes, user).
+fn steps_of(slurm: &SlurmCluster, job_id: &str) -> Result<Vec<(String, String, String, String)>> {
+    let out = slurm.command_out("squeue", &["-h", "-s", "-j", job_id, "-o", "%i|%j|%N|%u"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.trim().split('|').collect();
+            (f.len() == 4).then(|| (f[0].into(), f[1].into(), f[2].into(), f[3].into()))
+        })
+        .collect())
+}
+
+/// `Key=Value` from `scontrol show ...` output.
+fn field(text: &str, key: &str) -> Option<String> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .map(str::to_owned)
+}
+
+/// Issue 14, item 2: a batch job with 3 nodes runs a sup job on 2 of them
+/// with the third as its spare; the ranks are Slurm job steps; an Xid drill
+/// moves the job to the spare from the newest complete checkpoint; the job
+/// succeeds, `supctl job wait` returns 0 and the allocation ends.
+#[test]
+fn a_batch_job_runs_its_ranks_as_slurm_steps_and_moves_to_its_spare_on_an_xid() -> Result<()> {
+    let _serial = serial();
+    let started = Instant::now();
+    let work = tempfile::tempdir()?;
+    let slurm = SlurmCluster::start(work.path(), &NODES)?;
+    let conf = slurm.conf.display().to_string();
+    let mut supd = Supd::new(
+        work.path(),
+        "[grpc]\nplaintext = true\n[slurm]\nmode = \"enforce\"\n",
+    )?;
+    supd.env.push(("SLURM_CONF".to_owned(), conf.clone()));
+    supd.start()?;
+    let url = supd.url();
+    let mut agents = Vec::new();
+    for name in NODES {
+        let state = work.path().join(format!("agent-{name}"));
+        let mut cmd = std::process::Command::new(bin("sup-agent")?);
+        cmd.args([
+            "--supervisor",
+            &url,
+            "--node-id",
+            name,
+            "--address",
+            "127.0.0.1",
+        ])
+        .args(["--gpu-backend", "sim:2", "--allow-drills"])
+        .args(["--slurm-node-name", name])
+        .arg("--state-dir")
+        .arg(&state)
+        .env("SLURM_CONF", &conf);
+        agents.push(Proc::spawn(&format!("agent-{name}"), cmd, work.path())?);
+    }
+    wait_ready_nodes(&url, NODES.len())?;
+
+    // The batch script of the README's template.
+    let ckpt = work.path().join("ckpt");
+    std::fs::create_dir_all(&ckpt)?;
+    const EVERY: u64 = 10;
+    let spec = format!(
+        "name = \"train\"\ncommand = {}\nnodes = 2\ngpus_per_node = 1\ncheckpoint_dir = \"{}\"\ncheckpoint_layout = \"marker:COMPLETE\"\n",
+        toml_list(&trainer_command(160, EVERY as u32, "0.1", 32)),
+        ckpt.display()
+    );
+    let spec_file = work.path().join("job.toml");
+    std::fs::write(&spec_file, spec)?;
+    let supctl_bin = bin("supctl")?.display().to_string();
+    let script = work.path().join("batch.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nset -e\n{supctl_bin} --supervisor {url} job submit --slurm-job \"$SLURM_JOB_ID\" {}\nexec {supctl_bin} --supervisor {url} job wait train\n",
+            spec_file.display()
+        ),
+    )?;
+    let batch_out = work.path().join("batch.out");
+    let submitted = slurm.command_out(
+        "sbatch",
+        &[
+            "--parsable",
+            "--no-kill",
+            "-N",
+            "3",
+            "-o",
+            &batch_out.display().to_string(),
+            &script.display().to_string(),
+        ],
+    )?;
+    let job_id = submitted.trim().split(';').next().unwrap_or("").to_owned();
+    eprintln!("sbatch: Slurm job {job_id}");
+
+    // Placed on two of the allocation's nodes (by id: sup-a, sup-b), the
+    // third its spare.
+    let job = wait_for("the job running", Duration::from_secs(60), || {
+        let job = job_status(&url, "train").ok();
+        Ok(job.filter(|j| j["state"] == "running"))
+    })
+    .with_context(|| std::fs::read_to_string(&batch_out).unwrap_or_default())?;
+    assert_eq!(job["nodes"], serde_json::json!(["sup-a", "sup-b"]), "{job}");
+
+    // From Slurm: one step per node of the sup job, named for it.
+    let steps = wait_for(
+        "two steps in squeue --steps",
+        Duration::from_secs(20),
+        || {
+            let steps = steps_of(&slurm, &job_id)?;
+            let ours: Vec<_> = steps
+                .into_iter()
+                .filter(|s| s.1.starts_with("sup:train:"))
+                .collect();
+            Ok((ours.len() == 2).then_some(ours))
+        },
+    )?;
+    eprintln!("steps: {steps:?}");
+    let mut on: Vec<&str> = steps.iter().map(|s| s.2.as_str()).collect();
+    on.sort_unstable();
+    assert_eq!(on, ["sup-a", "sup-b"]);
+    let slurm_job = slurm.scontrol(&["show", "job", &job_id])?;
+    let job_user = field(&slurm_job, "UserId").context("job UserId")?;
+    let job_uid: u32 = job_user
+        .split_once('(')
+        .and_then(|(_, r)| r.trim_end_matches(')').parse().ok())
+        .context("job uid")?;
+    for (step, _, _, user) in &steps {
+        let shown = slurm.scontrol(&["show", "step", step])?;
+        // `scontrol show step` gives the bare uid, `show job` `name(uid)`.
+        assert_eq!(
+            field(&shown, "UserId"),
+            Some(job_uid.to_string()),
+            "{shown}"
+        );
+        assert_eq!(
+            job_user.split('(').next(),
+            Some(user.as_str()),
+            "squeue's user of step {step}"
+        );
+    }
+    // From /proc: the ranks are the trainer processes inside those steps,
+    // running as the batch job's user.
+    let ranks = processes_with_env(&[("SUP_JOB", "train"), ("SLURM_JOB_ID", &job_id)]);
+    let ranks: Vec<u32> = ranks
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains("train.py"))
+        })
+        .collect();
+    assert_eq!(ranks.len(), 2, "one rank per node: {ranks:?}");
+    for pid in &ranks {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse().ok())
+            .context("Uid in /proc status")?;
+        assert_eq!(uid, job_uid, "rank {pid} runs as the batch job's user");
+        let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(
+            environ.split('\0').any(|v| v.starts_with("SLURM_STEP_ID=")),
+            "pid {pid}"
+        );
+        assert!(
+            environ.split('\0').any(|v| v == "WORLD_SIZE=2"),
+            "pid {pid}"
+        );
+    }
+    eprintln!("ranks {ranks:?} run as uid {job_uid} ({job_user}) in Slurm job {job_id}");
+
+    // A complete checkpoint, then an Xid on a job node.
+    wait_for("a complete checkpoint", Duration::from_secs(60), || {
+        let j = job_status(&url, "train")?;
+        Ok((j["checkpoint"]["step"].as_u64().unwrap_or(0) >= EVERY).then_some(()))
+    })?;
+    let out = supctl(
+        &url,
+        &[
+            "drill", "xid", "--node", "sup-a", "--gpu", "0", "--xid", "79", "--by", "game-day",
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (reason, _) = wait_sup_drain(&slurm, "sup-a", Duration::from_secs(10))?;
+    eprintln!("sup-a drained in Slurm: {reason}");
+    let restarted = wait_for("the job on the spare", Duration::from_secs(60), || {
+        let j = job_status(&url, "train")?;
+        Ok(
+            (j["nodes"] == serde_json::json!(["sup-b", "sup-c"]) && j["state"] == "running")
+                .then_some(j),
+        )
+    })?;
+    eprintln!("restarted: {restarted}");
+    let restart = events_of(&url, "job_restarted", Some("train"))?;
+    let why = restart
+        .last()
+        .and_then(|e| e["reason"].as_str())
+        .context("a restart event")?
+        .to_owned();
+    assert!(why.contains("replaced sup-a with sup-c"), "{why}");
+    assert!(why.contains("resuming from step"), "{why}");
+    let new_steps = wait_for("a step on the spare", Duration::from_secs(20), || {
+        let steps = steps_of(&slurm, &job_id)?;
+        Ok(steps
+            .iter()
+            .any(|s| s.2 == "sup-c" && s.1.starts_with("sup:train:"))
+            .then_some(steps))
+    })?;
+    eprintln!("steps after the move: {new_steps:?}");
+    assert!(
+        !new_steps
+            .iter()
+            .any(|s| s.2 == "sup-a" && s.1.starts_with("sup:train:")),
+        "the old generation's step on sup-a is gone (the batch script's step stays): {new_steps:?}"
+    );
+
+    // The job succeeds; `job wait` returns 0; the batch job and its
+    // allocation end.
+    wait_for("the job to succeed", Duration::from_secs(120), || {
+        let j = job_status(&url, "train")?;
+        if matches!(j["state"].as_str(), Some("failed" | "stopped")) {
+            bail!("job ended {}: {}", j["state"], j["reason"]);
+        }
+        Ok((j["state"] == "succeeded").then_some(()))
+    })?;
+    let (state, shown) = wait_for("the allocation to end", Duration::from_secs(30), || {
+        let shown = slurm.scontrol(&["show", "job", &job_id])?;
+        Ok(field(&shown, "JobState")
+            .filter(|s| s != "RUNNING" && s != "COMPLETING")
+            .map(|s| (s, shown)))
+    })?;
+    assert_eq!(state, "COMPLETED", "{shown}");
+    assert_eq!(field(&shown, "ExitCode").as_deref(), Some("0:0"), "{shown}");
+    let out = std::fs::read_to_string(&batch_out)?;
+    assert!(out.contains("job train succeeded"), "{out}");
+    assert!(steps_of(&slurm, &job_id)?.is_empty());
+    eprintln!("done in {:?}", started.elapsed());
+    kill_ranks_under(work.path());
+    drop(agents);
+    drop(supd);
+    Ok(())
+}
+
+fn wait_sup_drain(slurm: &SlurmCluster, node: &str, timeout: Duration) -> Result<(String, String)> {
+    wait_for("the sup drain in Slurm", timeout, || {
+        Ok(slurm
+            .reason_of(node)?
+            .filter(|(reason, _)| reason.starts_with("sup:")))
+    })
+}
