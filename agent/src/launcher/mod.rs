@@ -136,13 +136,8 @@ impl RankLauncher for SlurmStep {
         };
         let generation = first.generation;
         let user = first.user;
-        let log_dir = first
-            .log_path
-            .parent()
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default();
         let envs: Vec<BTreeMap<String, String>> = specs.iter().map(|s| s.env.clone()).collect();
-        let env = slurm_step::step_env(&envs, u64::from(first.rank), &log_dir);
+        let env = slurm_step::step_env(&envs, u64::from(first.rank));
         let step_ranks = specs
             .into_iter()
             .map(|s| slurm_step::StepRank {

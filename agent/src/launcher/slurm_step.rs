@@ -6,7 +6,7 @@
 //! srun --jobid=<allocation> --nodelist=<this node's Slurm name> --nodes=1
 //!      --ntasks=<ranks per node> --overlap --kill-on-bad-exit=1
 //!      --job-name=sup:<job>:g<generation> [--chdir=<workdir>] --export=ALL
-//!      /bin/sh -c <WRAPPER> sup-rank <command...>
+//!      --label /bin/sh -c <WRAPPER> sup-rank <command...>
 //! ```
 //!
 //! One step per node per generation: the agent stays in charge of its
@@ -18,8 +18,13 @@
 //! local rank 0 and exported to the step; what differs per task (`RANK`,
 //! `ROLE_RANK`, `LOCAL_RANK`, `CUDA_VISIBLE_DEVICES`) the [`WRAPPER`]
 //! derives from Slurm's `SLURM_LOCALID` and `SUP_SLURM_*` variables before
-//! it executes the command, its output appended to the rank's usual log
-//! file (created by the agent, owned by the rank's user).
+//! it executes the command.
+//!
+//! The tasks' output comes back through srun, each line labelled with its
+//! task id (`--label`), and the agent appends it to each rank's usual log
+//! file. The tasks never open the logs themselves: they run as the job's
+//! user, and the agent's state directory is not theirs to write (systemd
+//! makes it 0750, root's).
 //!
 //! The agent follows the step through its `srun`: SIGTERM to srun is
 //! forwarded by Slurm to every task (the stop grace as before); srun's exit
@@ -31,13 +36,14 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::os::unix::fs::chown;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use nix::unistd::Pid;
 use sup_proto::v1::JobAssignment;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -57,9 +63,8 @@ for g in $SUP_SLURM_GPUS; do
   if [ "$i" -eq "$l" ]; then export CUDA_VISIBLE_DEVICES="$g"; fi
   i=$((i + 1))
 done
-log="$SUP_SLURM_LOG_DIR/rank-$r.log"
-unset SUP_SLURM_RANK_BASE SUP_SLURM_GPUS SUP_SLURM_LOG_DIR
-exec "$@" >>"$log" 2>&1
+unset SUP_SLURM_RANK_BASE SUP_SLURM_GPUS
+exec "$@" 2>&1
 "#;
 
 /// The step's name: what `scancel` finds it by, and what operators see in
@@ -82,6 +87,9 @@ pub fn srun_args(job: &JobAssignment, node_name: &str, generation: u64) -> Vec<S
         format!("--job-name={}", step_name(&job.job, generation, node_name)),
         "--export=ALL".to_owned(),
         "--quiet".to_owned(),
+        // Every output line prefixed with its task id: how the agent
+        // sorts them into the ranks' logs.
+        "--label".to_owned(),
     ];
     if !job.workdir.is_empty() {
         args.push(format!("--chdir={}", job.workdir));
@@ -95,11 +103,7 @@ pub fn srun_args(job: &JobAssignment, node_name: &str, generation: u64) -> Vec<S
 /// The step's environment from the per-local-rank environments the agent
 /// computed (`envs[l]` for local rank `l`): local rank 0's, plus what the
 /// [`WRAPPER`] needs to give each task its own.
-pub fn step_env(
-    envs: &[BTreeMap<String, String>],
-    rank_base: u64,
-    log_dir: &Path,
-) -> BTreeMap<String, String> {
+pub fn step_env(envs: &[BTreeMap<String, String>], rank_base: u64) -> BTreeMap<String, String> {
     let mut env = envs.first().cloned().unwrap_or_default();
     let gpus: Vec<String> = envs
         .iter()
@@ -113,10 +117,6 @@ pub fn step_env(
         .collect();
     env.insert("SUP_SLURM_RANK_BASE".to_owned(), rank_base.to_string());
     env.insert("SUP_SLURM_GPUS".to_owned(), gpus.join(" "));
-    env.insert(
-        "SUP_SLURM_LOG_DIR".to_owned(),
-        log_dir.display().to_string(),
-    );
     env
 }
 
@@ -142,10 +142,12 @@ pub fn spawn(
     let Some(first) = ranks.first() else {
         return Err(format!("job {}: no ranks to start", job.job));
     };
-    // The tasks append to these as the job's user: create them as the
-    // agent and hand them over.
+    // The agent writes the logs (see the module's comment); srun's own
+    // messages (a refused step, Slurm's errors) go to the first rank's log,
+    // where its exit report will show them.
+    let mut logs = BTreeMap::new();
     for r in &ranks {
-        OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&r.log_path)
@@ -156,32 +158,18 @@ pub fn spawn(
                     r.log_path.display()
                 )
             })?;
-        if let Some(u) = user.filter(|u| u.switch) {
-            chown(&r.log_path, Some(u.uid), Some(u.gid)).map_err(|e| {
-                format!(
-                    "rank {}: cannot give log file {} to user {}: {e}",
-                    r.rank,
-                    r.log_path.display(),
-                    u.name
-                )
-            })?;
-        }
+        logs.insert(r.local_rank, file);
     }
-    // srun's own messages (a refused step, Slurm's errors) go to the first
-    // rank's log, where its exit report will show them.
-    let open = || {
-        OpenOptions::new()
-            .append(true)
-            .open(&first.log_path)
-            .map_err(|e| format!("cannot open {}: {e}", first.log_path.display()))
-    };
-    let (out, err) = (open()?, open()?);
+    let err = OpenOptions::new()
+        .append(true)
+        .open(&first.log_path)
+        .map_err(|e| format!("cannot open {}: {e}", first.log_path.display()))?;
     let args = srun_args(job, node_name, generation);
     let mut command = Command::new("srun");
     command
         .args(&args)
         .stdin(Stdio::null())
-        .stdout(out)
+        .stdout(Stdio::piped())
         .stderr(err)
         .process_group(0);
     for (name, _) in std::env::vars_os() {
@@ -207,6 +195,9 @@ pub fn spawn(
         .map(Pid::from_raw)
         .ok_or_else(|| format!("job {}: srun started but has no process id", job.job))?;
     info!(job = %job.job, generation, slurm_job = job.slurm_job_id, node = node_name, %pid, tasks = ranks.len(), "Slurm job step started");
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(sort_output(out, logs));
+    }
     let locals: Vec<u32> = ranks.iter().map(|r| r.local_rank).collect();
     tokio::spawn(async move {
         let status = child.wait().await.map_err(|e| e.to_string());
@@ -229,6 +220,67 @@ pub fn spawn(
             stopping: false,
         })
         .collect())
+}
+
+/// A line longer than this is written out in pieces, so a task that never
+/// ends its line cannot grow the agent's memory.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Appends each `--label`led line of srun's output to its task's log,
+/// without the label. Lines whose label names no task of this node (srun
+/// prints none such; a future format might) go to the first log.
+async fn sort_output(out: impl AsyncRead + Unpin, mut logs: BTreeMap<u32, std::fs::File>) {
+    let mut reader = BufReader::new(out);
+    let mut line = Vec::with_capacity(256);
+    // The task of a line still being read when it hit MAX_LINE: the rest
+    // has no label of its own.
+    let mut continuing: Option<u32> = None;
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await;
+        match read {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                warn!("reading the Slurm step's output: {e}");
+                return;
+            }
+        }
+        let (task, text) = match continuing {
+            Some(t) => (Some(t), &line[..]),
+            None => split_label(&line),
+        };
+        continuing = if line.ends_with(b"\n") { None } else { task };
+        let log = task
+            .and_then(|t| logs.get(&t).map(|_| t))
+            .or_else(|| logs.keys().next().copied())
+            .and_then(|t| logs.get_mut(&t));
+        if let Some(log) = log {
+            if let Err(e) = log.write_all(text) {
+                warn!("writing a rank's log: {e}");
+            }
+        }
+    }
+}
+
+/// `" 1: text"` → (Some(1), "text"); a line with no label is kept whole.
+pub fn split_label(line: &[u8]) -> (Option<u32>, &[u8]) {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return (None, line);
+    };
+    let task = std::str::from_utf8(&line[..colon])
+        .ok()
+        .and_then(|l| l.trim().parse().ok());
+    match task {
+        Some(t) => {
+            let rest = &line[colon + 1..];
+            (Some(t), rest.strip_prefix(b" ").unwrap_or(rest))
+        }
+        None => (None, line),
+    }
 }
 
 /// How long scancel and squeue may take.
@@ -310,7 +362,7 @@ mod tests {
         let mut j = job();
         let args = srun_args(&j, "gpu-7", 9);
         assert_eq!(
-            &args[..9],
+            &args[..10],
             [
                 "--jobid=42",
                 "--nodelist=gpu-7",
@@ -321,11 +373,12 @@ mod tests {
                 "--job-name=sup:llm:g9:gpu-7",
                 "--export=ALL",
                 "--quiet",
+                "--label",
             ]
         );
-        assert_eq!(&args[9..11], ["/bin/sh", "-c"]);
-        assert_eq!(args[11], WRAPPER);
-        assert_eq!(&args[12..], ["sup-rank", "python3", "train.py", "--lr"]);
+        assert_eq!(&args[10..12], ["/bin/sh", "-c"]);
+        assert_eq!(args[12], WRAPPER);
+        assert_eq!(&args[13..], ["sup-rank", "python3", "train.py", "--lr"]);
         j.workdir = "/work dir".into();
         assert!(srun_args(&j, "gpu-7", 9).contains(&"--chdir=/work dir".to_owned()));
     }
@@ -345,17 +398,15 @@ mod tests {
                 .collect()
             })
             .collect();
-        let env = step_env(&envs, 2, Path::new("/logs/gen-9"));
+        let env = step_env(&envs, 2);
         assert_eq!(env["SUP_SLURM_RANK_BASE"], "2");
         assert_eq!(env["SUP_SLURM_GPUS"], "2 5");
-        assert_eq!(env["SUP_SLURM_LOG_DIR"], "/logs/gen-9");
         assert_eq!(env["WORLD_SIZE"], "4");
     }
 
     /// The wrapper itself, run by sh as srun's task 1 would run it.
     #[test]
-    fn the_wrapper_gives_each_task_its_rank_gpu_and_log() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    fn the_wrapper_gives_each_task_its_rank_and_gpu() {
         let out = std::process::Command::new("/bin/sh")
             .args(["-c", WRAPPER, "sup-rank", "sh", "-c"])
             .arg("echo RANK=$RANK LOCAL_RANK=$LOCAL_RANK ROLE_RANK=$ROLE_RANK CUDA=$CUDA_VISIBLE_DEVICES BASE=${SUP_SLURM_RANK_BASE:-unset} args=$0")
@@ -363,14 +414,12 @@ mod tests {
             .env("SLURM_LOCALID", "1")
             .env("SUP_SLURM_RANK_BASE", "6")
             .env("SUP_SLURM_GPUS", "3 7")
-            .env("SUP_SLURM_LOG_DIR", dir.path())
             .env("CUDA_VISIBLE_DEVICES", "3")
             .output()
             .expect("sh");
         assert!(out.status.success(), "{out:?}");
-        let log = std::fs::read_to_string(dir.path().join("rank-7.log")).expect("rank-7.log");
         assert_eq!(
-            log.trim(),
+            String::from_utf8_lossy(&out.stdout).trim(),
             "RANK=7 LOCAL_RANK=1 ROLE_RANK=7 CUDA=7 BASE=unset args=x"
         );
         // Outside srun it refuses, saying why.
@@ -381,6 +430,49 @@ mod tests {
             .expect("sh");
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("not started by srun"));
+    }
+
+    #[test]
+    fn labelled_lines_are_split_into_task_and_text() {
+        assert_eq!(
+            split_label(b" 1: step 3 loss=0.5\n"),
+            (Some(1), &b"step 3 loss=0.5\n"[..])
+        );
+        assert_eq!(split_label(b"12: x: y\n"), (Some(12), &b"x: y\n"[..]));
+        assert_eq!(
+            split_label(b"no label here\n"),
+            (None, &b"no label here\n"[..])
+        );
+        assert_eq!(
+            split_label(b"error: srun: x\n"),
+            (None, &b"error: srun: x\n"[..])
+        );
+    }
+
+    /// srun's labelled output lands in each rank's own log, unlabelled.
+    #[tokio::test]
+    async fn the_step_output_is_sorted_into_the_rank_logs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = |name: &str| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join(name))
+                .expect("log")
+        };
+        let logs = BTreeMap::from([(0, open("rank-2.log")), (1, open("rank-3.log"))]);
+        let long = "y".repeat(MAX_LINE + 10);
+        let out = format!("0: a\n1: b\n0: c\nunlabelled\n1: {long}\n");
+        sort_output(out.as_bytes(), logs).await;
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect("read");
+        assert_eq!(read("rank-2.log"), "a\nc\nunlabelled\n");
+        let r3 = read("rank-3.log");
+        assert!(r3.starts_with("b\nyyy"), "{}", &r3[..10]);
+        assert_eq!(
+            r3.len(),
+            "b\n".len() + long.len() + 1,
+            "a long line is kept whole, in pieces"
+        );
     }
 
     #[test]

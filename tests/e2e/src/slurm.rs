@@ -203,3 +203,91 @@ impl Drop for SlurmCluster {
         let _ = self.stop_ctld();
     }
 }
+
+/// A local account for a test's batch job, so the ranks it starts run as
+/// someone other than root, as a real user's would. Created if missing and
+/// removed again when dropped (only if this guard created it); drop it after
+/// every process of the user has ended.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    created: bool,
+}
+
+impl TestUser {
+    pub fn ensure(name: &str) -> Result<TestUser> {
+        let lookup = |name: &str| -> Result<Option<(u32, u32)>> {
+            let out = Command::new("id")
+                .arg(name)
+                .output()
+                .context("running id")?;
+            if !out.status.success() {
+                return Ok(None);
+            }
+            let ids = |flag: &str| -> Result<u32> {
+                let out = Command::new("id").args([flag, name]).output()?;
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("id {flag} {name}"))
+            };
+            Ok(Some((ids("-u")?, ids("-g")?)))
+        };
+        let mut created = false;
+        if lookup(name)?.is_none() {
+            let out = Command::new("useradd")
+                .args(["--system", "--no-create-home", "--user-group"])
+                .args(["--shell", "/usr/sbin/nologin", name])
+                .output()
+                .context("running useradd")?;
+            if !out.status.success() {
+                bail!("useradd {name}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            created = true;
+        }
+        let (uid, gid) = lookup(name)?.with_context(|| format!("user {name} after useradd"))?;
+        Ok(TestUser {
+            name: name.to_owned(),
+            uid,
+            gid,
+            created,
+        })
+    }
+
+    /// `dir`, created and owned by this user.
+    pub fn own_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::os::unix::fs::chown(dir, Some(self.uid), Some(self.gid))
+            .with_context(|| format!("chown {} to {}", dir.display(), self.name))
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = Command::new("userdel").arg(&self.name).output();
+        }
+    }
+}
+
+impl SlurmCluster {
+    /// A Slurm client command run as `user` (as that user would type it).
+    pub fn command_as(&self, user: &TestUser, program: &str, args: &[&str]) -> Result<String> {
+        let out = Command::new("runuser")
+            .args(["-u", &user.name, "--", program])
+            .args(args)
+            .env("SLURM_CONF", &self.conf)
+            .output()
+            .with_context(|| format!("running {program} as {}", user.name))?;
+        if !out.status.success() {
+            bail!(
+                "{program} {} (as {}): {}",
+                args.join(" "),
+                user.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}

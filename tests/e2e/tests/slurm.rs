@@ -9,12 +9,13 @@
 //! and the drain latency they print should measure sup, not a crowded
 //! machine.
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use sup_e2e::slurm::SlurmCluster;
+use sup_e2e::slurm::{SlurmCluster, TestUser};
 use sup_e2e::*;
 
 const NODES: [&str; 3] = ["sup-a", "sup-b", "sup-c"];
@@ -278,14 +279,21 @@ fn field(text: &str, key: &str) -> Option<String> {
 }
 
 /// Issue 14, item 2: a batch job with 3 nodes runs a sup job on 2 of them
-/// with the third as its spare; the ranks are Slurm job steps; an Xid drill
+/// with the third as its spare; the ranks are Slurm job steps, running as
+/// the (non-root) user who submitted the batch job; an Xid drill
 /// moves the job to the spare from the newest complete checkpoint; the job
 /// succeeds, `supctl job wait` returns 0 and the allocation ends.
 #[test]
 fn a_batch_job_runs_its_ranks_as_slurm_steps_and_moves_to_its_spare_on_an_xid() -> Result<()> {
     let _serial = serial();
     let started = Instant::now();
+    // Dropped last: its processes are gone by then.
+    let user = TestUser::ensure("sup-e2e-batch")?;
     let work = tempfile::tempdir()?;
+    // The user's files live in a dir of theirs, which they must reach.
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))?;
+    let home = work.path().join("batch-user");
+    user.own_dir(&home)?;
     let slurm = SlurmCluster::start(work.path(), &NODES)?;
     let conf = slurm.conf.display().to_string();
     let mut supd = Supd::new(
@@ -316,19 +324,19 @@ fn a_batch_job_runs_its_ranks_as_slurm_steps_and_moves_to_its_spare_on_an_xid() 
     }
     wait_ready_nodes(&url, NODES.len())?;
 
-    // The batch script of the README's template.
-    let ckpt = work.path().join("ckpt");
-    std::fs::create_dir_all(&ckpt)?;
+    // The batch script of the README's template, submitted by the user.
+    let ckpt = home.join("ckpt");
+    user.own_dir(&ckpt)?;
     const EVERY: u64 = 10;
     let spec = format!(
         "name = \"train\"\ncommand = {}\nnodes = 2\ngpus_per_node = 1\ncheckpoint_dir = \"{}\"\ncheckpoint_layout = \"marker:COMPLETE\"\n",
         toml_list(&trainer_command(160, EVERY as u32, "0.1", 32)),
         ckpt.display()
     );
-    let spec_file = work.path().join("job.toml");
+    let spec_file = home.join("job.toml");
     std::fs::write(&spec_file, spec)?;
     let supctl_bin = bin("supctl")?.display().to_string();
-    let script = work.path().join("batch.sh");
+    let script = home.join("batch.sh");
     std::fs::write(
         &script,
         format!(
@@ -336,8 +344,9 @@ fn a_batch_job_runs_its_ranks_as_slurm_steps_and_moves_to_its_spare_on_an_xid() 
             spec_file.display()
         ),
     )?;
-    let batch_out = work.path().join("batch.out");
-    let submitted = slurm.command_out(
+    let batch_out = home.join("batch.out");
+    let submitted = slurm.command_as(
+        &user,
         "sbatch",
         &[
             "--parsable",
@@ -384,6 +393,7 @@ fn a_batch_job_runs_its_ranks_as_slurm_steps_and_moves_to_its_spare_on_an_xid() 
         .split_once('(')
         .and_then(|(_, r)| r.trim_end_matches(')').parse().ok())
         .context("job uid")?;
+    assert_eq!(job_uid, user.uid, "the batch job is the user's: {job_user}");
     for (step, _, _, user) in &steps {
         let shown = slurm.scontrol(&["show", "step", step])?;
         // `scontrol show step` gives the bare uid, `show job` `name(uid)`.
@@ -473,6 +483,21 @@ fn a_batch_job_runs_its_ranks_as_slurm_steps_and_moves_to_its_spare_on_an_xid() 
             .then_some(steps))
     })?;
     eprintln!("steps after the move: {new_steps:?}");
+    // The ranks' output reached their logs (written by the agent: the
+    // user's tasks cannot write into its state dir), unlabelled.
+    let logged = wait_for(
+        "rank 1's output in its log",
+        Duration::from_secs(30),
+        || {
+            let out = supctl(&url, &["logs", "train", "--rank", "1", "--lines", "50"])?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok(text.lines().any(|l| l.starts_with("step ")).then_some(text))
+        },
+    )?;
+    assert!(
+        !logged.lines().any(|l| l.starts_with("1: ")),
+        "srun's labels are stripped: {logged}"
+    );
     assert!(
         !new_steps
             .iter()
