@@ -15,10 +15,10 @@ use sup_proto::v1::Checkpoint;
 
 /// DCP's coordinator writes this last, by rename.
 const DCP_METADATA: &str = ".metadata";
-const MEGATRON_TRACKER: &str = "latest_checkpointed_iteration.txt";
-const MEGATRON_PREFIX: &str = "iter_";
-const MEGATRON_DIGITS: usize = 7;
-const ORBAX_TMP: &str = ".orbax-checkpoint-tmp-";
+pub(crate) const MEGATRON_TRACKER: &str = "latest_checkpointed_iteration.txt";
+pub(crate) const MEGATRON_PREFIX: &str = "iter_";
+pub(crate) const MEGATRON_DIGITS: usize = 7;
+pub(crate) const ORBAX_TMP: &str = ".orbax-checkpoint-tmp-";
 const ORBAX_COMMIT: &str = "commit_success.txt";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +195,7 @@ fn orbax(entries: Vec<(String, PathBuf)>) -> Vec<(u64, PathBuf)> {
 }
 
 /// `<step>`, or `<prefix>_<step>` (Orbax's `step_prefix` option).
-fn orbax_step(name: &str) -> Option<u64> {
+pub(crate) fn orbax_step(name: &str) -> Option<u64> {
     let digits = match name.rsplit_once('_') {
         Some((prefix, digits)) if !prefix.is_empty() => digits,
         _ => name,

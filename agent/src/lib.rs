@@ -18,6 +18,7 @@ pub mod probe;
 pub mod progress;
 pub mod sampler;
 pub mod session;
+pub mod set_aside;
 pub mod shutdown;
 pub mod validation;
 

@@ -217,6 +217,29 @@ pub struct Checkpoint {
     pub path: String,
 }
 
+/// What an agent moved out of a job's checkpoint directory before a
+/// generation that resumes from an older step started (see
+/// `JobAssignment::set_aside_dir`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointsSetAside {
+    pub job: String,
+    pub generation: u64,
+    pub resume_step: u64,
+    pub entries: Vec<SetAsideEntry>,
+    /// Anything else done to keep the layout consistent; empty: nothing.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetAsideEntry {
+    /// `None` for a file that is not a checkpoint (Megatron's tracker).
+    pub step: Option<u64>,
+    pub from: String,
+    pub to: String,
+    /// Moved by an earlier pass for the same generation.
+    pub earlier: bool,
+}
+
 // -- from operators -----------------------------------------------------------
 
 /// A fault to inject on a node for a game day.
@@ -312,4 +335,7 @@ pub struct JobAssignment {
     /// The Slurm allocation the ranks run in as a job step; 0: none (the
     /// agent forks them itself).
     pub slurm_job_id: u64,
+    /// Where node rank 0's agent sets aside the checkpoints newer than
+    /// `resume_from` before it launches; empty: nothing is set aside.
+    pub set_aside_dir: String,
 }

@@ -218,6 +218,9 @@ pub enum EventKind {
     /// An agent listed a checkpoint supd does not believe (outside the
     /// job's checkpoint_dir, or a step the job cannot have reached).
     CheckpointRefused,
+    /// Checkpoints newer than a generation's resume point were moved out
+    /// of the way before it started, so that none is rewritten in place.
+    CheckpointSetAside,
 }
 
 impl EventKind {
@@ -265,6 +268,7 @@ impl EventKind {
             EventKind::JobRolledBack => "job_rolled_back",
             EventKind::JobResumed => "job_resumed",
             EventKind::CheckpointRefused => "checkpoint_refused",
+            EventKind::CheckpointSetAside => "checkpoint_set_aside",
         }
     }
 }

@@ -5,9 +5,10 @@
 //! makes the engine refuse it with its usual message.
 
 use sup_core::{
-    Checkpoint, CheckpointCatalog, DesiredAssignment, Drill, DrillFault, GpuCauseKind, GpuHealth,
-    GpuInventory, GpuReading, GpuVerdict, HealthReport, JobAssignment, JobProgress, RankExited,
-    RankStatus, RecoveryAction, Registration, SessionId, XidEvent,
+    Checkpoint, CheckpointCatalog, CheckpointsSetAside, DesiredAssignment, Drill, DrillFault,
+    GpuCauseKind, GpuHealth, GpuInventory, GpuReading, GpuVerdict, HealthReport, JobAssignment,
+    JobProgress, RankExited, RankStatus, RecoveryAction, Registration, SessionId, SetAsideEntry,
+    XidEvent,
 };
 use sup_proto::v1;
 
@@ -20,6 +21,7 @@ pub enum AgentReport {
     Ranks(RankStatus),
     RankExited(RankExited),
     Checkpoints(CheckpointCatalog),
+    CheckpointsSetAside(CheckpointsSetAside),
     Progress(JobProgress),
     LogResponse(v1::LogResponse),
     ValidationResult(v1::ValidationResult),
@@ -36,6 +38,22 @@ pub fn agent_report(body: v1::agent_message::Body) -> Option<AgentReport> {
         Body::Checkpoints(c) => AgentReport::Checkpoints(CheckpointCatalog {
             job: c.job,
             checkpoints: c.checkpoints.into_iter().map(checkpoint).collect(),
+        }),
+        Body::CheckpointsSetAside(r) => AgentReport::CheckpointsSetAside(CheckpointsSetAside {
+            job: r.job,
+            generation: r.generation,
+            resume_step: r.resume_step,
+            entries: r
+                .entries
+                .into_iter()
+                .map(|e| SetAsideEntry {
+                    step: e.step,
+                    from: e.from,
+                    to: e.to,
+                    earlier: e.earlier,
+                })
+                .collect(),
+            detail: r.detail,
         }),
         Body::Progress(p) => AgentReport::Progress(JobProgress {
             job: p.job,
@@ -313,6 +331,7 @@ fn job_assignment_to_wire(j: JobAssignment) -> v1::JobAssignment {
         user: j.user,
         group: j.group,
         slurm_job_id: j.slurm_job_id,
+        set_aside_dir: j.set_aside_dir,
     }
 }
 

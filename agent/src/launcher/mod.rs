@@ -866,9 +866,62 @@ impl Reconciler {
                 user: user.as_ref(),
             });
         }
+        // Last, so that a launch refused for another reason moves nothing.
+        self.set_aside_newer_checkpoints(generation, job)?;
         self.settings
             .launcher_for(job)
             .start(job, specs, &self.exits_tx, ranks)
+    }
+
+    /// Before the ranks of a generation that resumes from an older step
+    /// start: moves the checkpoints newer than its resume point out of the
+    /// way (see [`crate::set_aside`]). Node rank 0 only, the one party
+    /// every rank waits for. A failure refuses the launch: the job would
+    /// otherwise rewrite such a step in place over files that look
+    /// complete; supd restarts it (a counted restart, so a lasting cause
+    /// ends in `failed` with this message).
+    fn set_aside_newer_checkpoints(
+        &self,
+        generation: u64,
+        job: &JobAssignment,
+    ) -> Result<(), String> {
+        let Some(resume) = job.resume_from.as_ref() else {
+            return Ok(());
+        };
+        if job.node_rank != 0 || job.set_aside_dir.is_empty() {
+            return Ok(());
+        }
+        let outcome = self.catalogs.exclusive(|| {
+            let outcome = crate::set_aside::set_aside(
+                std::path::Path::new(&job.checkpoint_dir),
+                &job.checkpoint_layout,
+                resume,
+                std::path::Path::new(&job.set_aside_dir),
+            );
+            let done = match &outcome {
+                Ok(done) => done,
+                Err(failed) => &failed.done,
+            };
+            if !done.entries.is_empty() {
+                let report = crate::set_aside::report(&job.job, generation, resume.step, done);
+                self.fence
+                    .send_for(generation, AgentBody::CheckpointsSetAside(report));
+            }
+            outcome
+        });
+        match outcome {
+            Ok(done) => {
+                let moved = done.entries.iter().filter(|e| !e.earlier).count();
+                if !done.entries.is_empty() {
+                    info!(job = %job.job, generation, resume_step = resume.step, moved, earlier = done.entries.len() - moved, into = %job.set_aside_dir, "set aside the checkpoints newer than the resume point");
+                }
+                Ok(())
+            }
+            Err(failed) => Err(format!(
+                "cannot set aside the checkpoints newer than the resume point (step {}) before launching, so the generation does not start: {}",
+                resume.step, failed.error
+            )),
+        }
     }
 
     async fn on_exit(&mut self, exit: Exit) {

@@ -110,6 +110,14 @@ impl Catalogs {
         }
     }
 
+    /// Runs `f` while no scan runs: a scan that listed the directory
+    /// before `f` moved checkpoints out of it cannot send that listing
+    /// after what `f` sends. Blocks: call where a scan may.
+    pub fn exclusive<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _no_scan = self.lock();
+        f()
+    }
+
     /// [`Catalogs::refresh`] from async code.
     pub async fn refresh_async(self: &Arc<Self>, target: Target) -> bool {
         let this = Arc::clone(self);

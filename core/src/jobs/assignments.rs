@@ -65,6 +65,10 @@ impl Engine {
             .map(|n| n.record.address.clone())
             .unwrap_or_default();
         let gpu_indices = self.gpu_indices_for(node_id, spec.gpus_per_node);
+        let resume = match &job.record.resume_from {
+            Some(fixed) => fixed.as_ref(),
+            None => job.record.checkpoint.as_ref(),
+        };
         JobAssignment {
             job: spec.name.clone(),
             command: spec.command.clone(),
@@ -92,11 +96,7 @@ impl Engine {
             max_restarts: spec.max_restarts,
             checkpoint_dir: spec.checkpoint_dir.clone(),
             checkpoint_layout: spec.checkpoint_layout.clone(),
-            resume_from: match &job.record.resume_from {
-                Some(fixed) => fixed.as_ref(),
-                None => job.record.checkpoint.as_ref(),
-            }
-            .map(|c| Checkpoint {
+            resume_from: resume.map(|c| Checkpoint {
                 step: c.step,
                 path: c.path.clone(),
             }),
@@ -113,6 +113,12 @@ impl Engine {
                 .unwrap_or_default(),
             group: spec.group.clone().unwrap_or_default(),
             slurm_job_id: job.record.slurm.as_ref().map_or(0, |a| a.job_id),
+            set_aside_dir: super::set_aside::set_aside_dir(
+                &spec.checkpoint_dir,
+                job.record.generation,
+                resume,
+            )
+            .unwrap_or_default(),
         }
     }
 

@@ -50,6 +50,12 @@ pub(crate) fn belief(dir: &str, bound: StepBound, entry: &CheckpointRef) -> Beli
             shown(&entry.path)
         ));
     }
+    if super::set_aside::is_set_aside(dir, &entry.path) {
+        return Belief::Refused(format!(
+            "{} was set aside: it is newer than a resume point and may be rewritten or mixed",
+            shown(&entry.path)
+        ));
+    }
     match bound {
         StepBound::Unchecked => Belief::Believed,
         StepBound::Reported(best) => {
@@ -80,7 +86,7 @@ pub(crate) fn belief(dir: &str, bound: StepBound, entry: &CheckpointRef) -> Beli
 /// Whether `path` names something below `dir` by whole components, with
 /// no `.`, `..` or empty component to climb out or alias with. (Symlinks
 /// are the agent's to refuse: only it can see the filesystem.)
-fn inside(dir: &str, path: &str) -> bool {
+pub(crate) fn inside(dir: &str, path: &str) -> bool {
     let dir = dir.trim_end_matches('/');
     let Some(rest) = path.strip_prefix(dir).and_then(|r| r.strip_prefix('/')) else {
         return false;
@@ -144,6 +150,16 @@ mod tests {
                 "{why}"
             );
         }
+    }
+
+    #[test]
+    fn nothing_in_the_set_aside_directory_is_believed() {
+        let why = refusal("/c", None, &at(30, "/c/.sup-set-aside/g7/step-30")).expect("refused");
+        assert_eq!(
+            why,
+            "'/c/.sup-set-aside/g7/step-30' was set aside: it is newer than a resume point and may be rewritten or mixed"
+        );
+        assert_eq!(refusal("/c", None, &at(30, "/c/step-30")), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub use placement::SparePool;
 mod remedies;
 mod reports;
 mod restart;
+mod set_aside;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -8,5 +8,6 @@ mod jobs;
 mod maintenance;
 mod nodes;
 mod scheduler;
+mod set_aside;
 mod spares;
 mod support;

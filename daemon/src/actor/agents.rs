@@ -125,6 +125,9 @@ impl<S: Store> Actor<S> {
             AgentReport::Progress(progress) => {
                 self.engine.on_progress(now, node_id, session, progress)
             }
+            AgentReport::CheckpointsSetAside(report) => self
+                .engine
+                .on_checkpoints_set_aside(now, node_id, session, report),
             AgentReport::ValidationResult(r) => self
                 .engine
                 .on_validation_result(now, node_id, session, r.id, r.passed, &r.output),

@@ -64,11 +64,18 @@ SUP_TRAINER_CRASH_GENERATION = "1"
         why.contains("resuming from step 10"),
         "must skip the torn step 15: {why}"
     );
-    let torn = ckpt.join("step-15");
-    assert!(
-        torn.exists() && !torn.join("COMPLETE").exists(),
-        "step-15 is torn"
-    );
+    // Newer than the resume point: set aside before the next generation
+    // started, as it was left.
+    let generation = why
+        .split("; generation ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .ok_or_else(|| anyhow!("no generation in {why}"))?;
+    let torn = ckpt.join(format!(".sup-set-aside/g{generation}/step-15"));
+    wait_for("step-15 set aside", Duration::from_secs(60), || {
+        Ok(torn.exists().then_some(()))
+    })?;
+    assert!(!torn.join("COMPLETE").exists(), "step-15 is torn");
 
     wait_for("job succeeded", Duration::from_secs(180), || {
         let job = job_status(&url, "torn")?;
