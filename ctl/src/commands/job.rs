@@ -100,10 +100,18 @@ async fn wait(client: &mut Client, name: &str, json: bool) -> Result<String, Ctl
         )
     };
     if job.state == "succeeded" {
-        Ok(text)
-    } else {
-        Err(CtlError::Other(text.trim_end().to_owned()))
+        return Ok(text);
     }
+    if json {
+        // The job's JSON is the answer either way (stdout, for a script to
+        // parse); the exit status and one line on stderr say it failed.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        return Err(CtlError::Other(format!("job {name} {}", job.state)));
+    }
+    Err(CtlError::Other(text.trim_end().to_owned()))
 }
 
 /// The result of `job submit` / `job stop` with `-o json`.
