@@ -79,6 +79,28 @@ pub struct Watch {
     pub watch: Option<Duration>,
 }
 
+/// `supctl nodes`: which nodes, and how many of them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NodeListArgs {
+    /// Only nodes in these states (comma-separated or repeated): joining, ready, suspect,
+    /// unreachable, cordoned, draining
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_node_state)]
+    pub state: Vec<v1::NodeState>,
+    /// Only the nodes that hold this job
+    #[arg(long, value_name = "JOB", value_parser = non_empty)]
+    pub job: Option<String>,
+    /// Show at most N nodes [default: one page, 100]; 0: every node (as --all)
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Go on from where the last listing stopped: the token it printed (with the same --state
+    /// and --job)
+    #[arg(long = "continue", value_name = "TOKEN", value_parser = non_empty)]
+    pub continue_token: Option<String>,
+    /// Every matching node, fetched from supd a page at a time
+    #[arg(long, conflicts_with = "limit")]
+    pub all: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// Human-readable tables
@@ -120,8 +142,11 @@ pub enum Command {
         #[command(flatten)]
         watch: Watch,
     },
-    /// List nodes
+    /// List nodes by id, a page at a time (--limit, --continue, --all), filtered by --state and
+    /// --job
     Nodes {
+        #[command(flatten)]
+        list: NodeListArgs,
         #[command(flatten)]
         watch: Watch,
     },
@@ -175,12 +200,17 @@ pub enum Command {
     },
     /// Show the event log, oldest first
     Events {
-        /// Show only the newest N events [default: all the supervisor keeps]
+        /// Show only the newest N events (with --after: the oldest N after SEQ) [default: 1000]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
-        /// Show only events with a sequence number greater than SEQ
-        #[arg(long, value_name = "SEQ", default_value_t = 0)]
-        after: u64,
+        /// Read forward: only events with a sequence number greater than SEQ, the oldest first (a
+        /// cut answer says which SEQ continues it)
+        #[arg(long, value_name = "SEQ")]
+        after: Option<u64>,
+        /// Every event the supervisor keeps (or every one after --after), fetched a page at a
+        /// time
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
         /// Keep printing new events as they are recorded, until interrupted
         /// (with -o json: one JSON object per line)
         #[arg(short, long)]
@@ -544,6 +574,10 @@ fn non_empty(s: &str) -> Result<String, String> {
     }
 }
 
+fn parse_node_state(s: &str) -> Result<v1::NodeState, String> {
+    sup_proto::json::node_state_from_name(s)
+}
+
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 1m)"))?;
     if d.is_zero() {
@@ -623,7 +657,7 @@ mod tests {
     #[test]
     fn watch_takes_an_optional_interval_and_events_follow() {
         let watch = |args: &[&str]| match parse(args).unwrap().command {
-            Command::Status { watch } | Command::Nodes { watch } | Command::Jobs { watch } => {
+            Command::Status { watch } | Command::Nodes { watch, .. } | Command::Jobs { watch } => {
                 watch.watch
             }
             other => panic!("parsed as {other:?}"),
@@ -651,11 +685,56 @@ mod tests {
                 ..
             } => {
                 assert_eq!(limit, Some(5));
-                assert_eq!(after, 7);
+                assert_eq!(after, Some(7));
                 assert!(!follow);
             }
             other => panic!("parsed as {other:?}"),
         }
+        assert!(parse(&["events", "--all", "--limit", "5"]).is_err());
+    }
+
+    #[test]
+    fn nodes_take_states_a_job_a_limit_and_a_continue_token() {
+        let list = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Command::Nodes { list, .. }) => Ok(list),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e),
+        };
+        let l = list(&[
+            "nodes",
+            "--state",
+            "cordoned,unreachable",
+            "--state",
+            "suspect",
+            "--job",
+            "llm",
+            "--limit",
+            "50",
+            "--continue",
+            "AQ",
+        ])
+        .unwrap();
+        assert_eq!(
+            l.state,
+            [
+                v1::NodeState::Cordoned,
+                v1::NodeState::Unreachable,
+                v1::NodeState::Suspect
+            ]
+        );
+        assert_eq!(
+            (l.job.as_deref(), l.limit, l.continue_token.as_deref()),
+            (Some("llm"), Some(50), Some("AQ"))
+        );
+        assert!(list(&["nodes", "--all"]).unwrap().all);
+        let bad = list(&["nodes", "--state", "cordon"]).unwrap_err();
+        assert_eq!(bad.kind(), ErrorKind::ValueValidation);
+        assert!(
+            bad.to_string().contains("unknown node state 'cordon'"),
+            "{bad}"
+        );
+        assert!(list(&["nodes", "--all", "--limit", "5"]).is_err());
+        assert!(list(&["nodes", "--continue", " "]).is_err());
     }
 
     #[test]

@@ -10,8 +10,9 @@ use tonic::transport::Channel;
 
 use crate::error::{CtlError, Target};
 
-// A status of a large cluster (thousands of nodes x 8 GPUs with readings)
-// exceeds tonic's 4 MiB default; a bigger limit beats a confusing failure.
+// supd's answers are bounded (about 1 MiB), but a supd from before paging
+// sends every node in its status: thousands of 8-GPU nodes exceed tonic's
+// 4 MiB default, and a bigger limit beats a confusing failure.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Retries of a change whose answer was lost (same request id each time).
@@ -70,6 +71,20 @@ impl Client {
         self.answer(res)
     }
 
+    /// One page of nodes. A supd from before paging has no ListNodes: its
+    /// status lists every node, so the page is made from that.
+    pub async fn list_nodes(
+        &mut self,
+        req: v1::ListNodesRequest,
+    ) -> Result<v1::ListNodesResponse, CtlError> {
+        let res = self.inner.list_nodes(req.clone()).await;
+        if matches!(&res, Err(s) if s.code() == tonic::Code::Unimplemented) {
+            let status = self.status().await?;
+            return Ok(page_from_status(status, &req));
+        }
+        self.answer(res)
+    }
+
     pub async fn node(&mut self, node_id: &str) -> Result<v1::Node, CtlError> {
         let req = v1::GetNodeRequest {
             node_id: node_id.to_owned(),
@@ -121,9 +136,12 @@ impl Client {
         }
     }
 
-    pub async fn events(&mut self, req: v1::ListEventsRequest) -> Result<Vec<v1::Event>, CtlError> {
+    pub async fn events(
+        &mut self,
+        req: v1::ListEventsRequest,
+    ) -> Result<v1::ListEventsResponse, CtlError> {
         let res = self.inner.list_events(req).await;
-        self.answer(res).map(|r| r.events)
+        self.answer(res)
     }
 
     pub async fn submit_job(
@@ -207,6 +225,25 @@ impl Client {
     fn answer<T>(&self, res: Result<tonic::Response<T>, tonic::Status>) -> Result<T, CtlError> {
         res.map(tonic::Response::into_inner)
             .map_err(|status| CtlError::from_status(&status, &self.target))
+    }
+}
+
+/// The nodes of an old supd's (uncapped) status that `req` asks for, all in
+/// one page.
+pub fn page_from_status(
+    status: v1::ClusterStatus,
+    req: &v1::ListNodesRequest,
+) -> v1::ListNodesResponse {
+    let nodes = status
+        .nodes
+        .into_iter()
+        .filter(|n| req.states.is_empty() || req.states.contains(&n.state))
+        .filter(|n| req.job.is_empty() || n.job == req.job)
+        .collect();
+    v1::ListNodesResponse {
+        nodes,
+        next_continue_token: String::new(),
+        remaining: 0,
     }
 }
 

@@ -29,6 +29,7 @@ struct FakeSupd {
     drills: Mutex<Vec<v1::DrillRequest>>,
     breaker_resets: Mutex<Vec<v1::ResetBreakerRequest>>,
     stops: Mutex<Vec<v1::StopJobRequest>>,
+    node_pages: Mutex<Vec<v1::ListNodesRequest>>,
 }
 
 const SPEC: &str = "name = \"llm-7b\"\ncommand = [\"python3\", \"train.py\"]\nnodes = 2\n";
@@ -119,6 +120,59 @@ impl ControlService for FakeSupd {
             breaker: Some(self.breaker.lock().unwrap().clone()),
             spares_target: 2,
             spares_lent: Vec::new(),
+            ..Default::default()
+        }))
+    }
+
+    /// Five nodes (n1 as `node()`, n2..n5 ready, n4 holding llm-7b), at
+    /// most two to a page; the token is the last id sent.
+    async fn list_nodes(
+        &self,
+        req: Request<v1::ListNodesRequest>,
+    ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        let req = req.into_inner();
+        self.node_pages.lock().unwrap().push(req.clone());
+        let after = match req.continue_token.as_str() {
+            "" => String::new(),
+            t => t
+                .strip_prefix("after:")
+                .map(str::to_owned)
+                .ok_or_else(|| Status::invalid_argument(format!("invalid continue token '{t}'")))?,
+        };
+        let mut all = vec![self.node()];
+        for id in ["n2", "n3", "n4", "n5"] {
+            all.push(v1::Node {
+                id: id.into(),
+                state: v1::NodeState::Ready as i32,
+                job: if id == "n4" {
+                    "llm-7b".into()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            });
+        }
+        let matching: Vec<v1::Node> = all
+            .into_iter()
+            .filter(|n| n.id > after)
+            .filter(|n| req.states.is_empty() || req.states.contains(&n.state))
+            .filter(|n| req.job.is_empty() || n.job == req.job)
+            .collect();
+        // Like supd, it cuts a larger limit to its largest page.
+        let limit = if req.limit == 0 {
+            2
+        } else {
+            (req.limit as usize).min(2)
+        };
+        let nodes: Vec<v1::Node> = matching.iter().take(limit).cloned().collect();
+        let remaining = matching.len() - nodes.len();
+        Ok(Response::new(v1::ListNodesResponse {
+            next_continue_token: match nodes.last() {
+                Some(last) if remaining > 0 => format!("after:{}", last.id),
+                _ => String::new(),
+            },
+            nodes,
+            remaining: u32::try_from(remaining).unwrap(),
         }))
     }
 
@@ -381,6 +435,7 @@ impl ControlService for FakeSupd {
                     ..Default::default()
                 },
             ],
+            omitted: 0,
         }))
     }
 }
@@ -406,6 +461,7 @@ async fn serve_fake(slow: Duration) -> (SocketAddr, Arc<FakeSupd>) {
         drills: Mutex::new(Vec::new()),
         breaker_resets: Mutex::new(Vec::new()),
         stops: Mutex::new(Vec::new()),
+        node_pages: Mutex::new(Vec::new()),
     });
     let svc = ControlServiceServer::from_arc(Arc::clone(&fake));
     tokio::spawn(
@@ -444,8 +500,10 @@ async fn status_and_nodes_print_the_shared_json_shapes() {
     assert_eq!(status["jobs"][0]["name"], "llm-7b");
 
     let nodes = json(&supctl(addr, &["nodes", "-o", "json"]).await.unwrap());
-    assert_eq!(nodes.as_array().unwrap().len(), 1);
-    assert_eq!(nodes[0]["gpus"][0]["health"], "ok");
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 2, "{nodes}");
+    assert_eq!(nodes["nodes"][0]["gpus"][0]["health"], "ok");
+    assert_eq!(nodes["continue"], "after:n2");
+    assert_eq!(nodes["remaining"], 3);
 
     let table = supctl(addr, &["status"]).await.unwrap();
     assert!(
@@ -462,6 +520,85 @@ async fn status_and_nodes_print_the_shared_json_shapes() {
     assert!(attention[0].contains("breaker"), "{table}");
     assert!(attention[0].contains("3 of 4 nodes in 60s"), "{table}");
     assert!(attention[1].contains("below target"), "{table}");
+}
+
+#[tokio::test]
+async fn nodes_follow_the_pages_they_are_asked_for() {
+    let (addr, fake) = serve_fake(Duration::ZERO).await;
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let all = json(
+        &supctl(addr, &["nodes", "--all", "-o", "json"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(ids(&all), ["n1", "n2", "n3", "n4", "n5"]);
+    assert_eq!(all["continue"], serde_json::Value::Null);
+    let sent: Vec<(u32, String)> = fake
+        .node_pages
+        .lock()
+        .unwrap()
+        .drain(..)
+        .map(|r| (r.limit, r.continue_token))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (1000, String::new()),
+            (1000, "after:n2".into()),
+            (1000, "after:n4".into())
+        ]
+    );
+
+    // --limit 3 takes two pages of the rest and says how to go on.
+    let table = supctl(addr, &["nodes", "--limit", "3"]).await.unwrap();
+    assert!(table.contains("n3") && !table.contains("n4 "), "{table}");
+    assert!(
+        table.ends_with(
+            "2 nodes more; next page: supctl nodes --limit 3 --continue after:n3 (or --all)\n"
+        ),
+        "{table}"
+    );
+    let next = json(
+        &supctl(addr, &["nodes", "--continue", "after:n3", "-o", "json"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(ids(&next), ["n4", "n5"]);
+
+    let llm = json(
+        &supctl(
+            addr,
+            &["nodes", "--job", "llm-7b", "--state", "ready", "-o", "json"],
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(ids(&llm), ["n4"]);
+    let req = fake.node_pages.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(req.states, [v1::NodeState::Ready as i32]);
+    assert_eq!(req.job, "llm-7b");
+
+    let none = supctl(addr, &["nodes", "--state", "cordoned"])
+        .await
+        .unwrap();
+    assert_eq!(none, "No nodes match.\n");
+
+    let err = supctl(addr, &["nodes", "--continue", "garbage"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::REJECTED, "{err}");
+    assert!(
+        err.to_string().contains("invalid continue token 'garbage'"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

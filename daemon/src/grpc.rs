@@ -224,7 +224,36 @@ impl ControlService for ControlApi {
     ) -> Result<Response<v1::ClusterStatus>, Status> {
         self.reader(&request)?;
         let snapshot = self.handle.snapshot().await.map_err(status_of)?;
-        Ok(Response::new(snapshot.status.clone()))
+        Ok(Response::new(snapshot.summary().clone()))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<v1::ListNodesRequest>,
+    ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        self.reader(&request)?;
+        let r = request.into_inner();
+        let query = crate::pages::NodeQuery::parse(&r.states, &r.job, r.limit, &r.continue_token)
+            .map_err(Status::invalid_argument)?;
+        let snapshot = self.handle.snapshot().await.map_err(status_of)?;
+        let job = query.filter.job();
+        // A mistyped job name would otherwise look like a job on no nodes.
+        if !job.is_empty() && !snapshot.status.jobs.iter().any(|j| j.name == job) {
+            return Err(status_of(ActorError::Engine(EngineError::UnknownJob(
+                job.to_owned(),
+            ))));
+        }
+        let page = crate::pages::page(
+            &snapshot.status.nodes,
+            &query,
+            crate::pages::proto_len,
+            crate::pages::PAGE_BYTES,
+        );
+        Ok(Response::new(v1::ListNodesResponse {
+            nodes: page.nodes.into_iter().cloned().collect(),
+            next_continue_token: page.next.unwrap_or_default(),
+            remaining: u32::try_from(page.remaining).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn get_node(
@@ -418,7 +447,17 @@ impl ControlService for ControlApi {
         self.reader(&request)?;
         let r = request.into_inner();
         let snapshot = self.handle.snapshot().await.map_err(status_of)?;
-        let events = snapshot.events(r.after_seq, r.limit as usize).to_vec();
-        Ok(Response::new(v1::ListEventsResponse { events }))
+        let page = crate::pages::events_page(
+            snapshot.kept_events(),
+            r.after_seq,
+            r.limit,
+            r.from_oldest,
+            crate::pages::proto_len,
+            crate::pages::PAGE_BYTES,
+        );
+        Ok(Response::new(v1::ListEventsResponse {
+            events: page.events.to_vec(),
+            omitted: u32::try_from(page.omitted).unwrap_or(u32::MAX),
+        }))
     }
 }

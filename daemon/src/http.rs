@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use sup_proto::json::{EventView, NodeView};
+use sup_proto::json::{EventView, NodeListView, NodeView};
+use sup_proto::v1;
 
 use crate::actor::{ActorError, SupervisorHandle};
 use crate::http_auth::ApiToken;
@@ -41,6 +42,7 @@ pub fn router(state: HttpState) -> Router {
     let api = Router::new()
         .route("/api/v1/stream", get(crate::dashboard::stream))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{id}", get(node))
         .route("/api/v1/events", get(events))
         .route_layer(middleware::from_fn_with_state(
@@ -202,27 +204,104 @@ async fn node(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     }
 }
 
+fn bad_request(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct NodesQuery {
+    /// Comma-separated state names.
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    job: String,
+    #[serde(default)]
+    limit: u32,
+    #[serde(default, rename = "continue")]
+    continue_token: String,
+}
+
+/// `/api/v1/nodes?state=cordoned,unreachable&job=&limit=&continue=`: one
+/// page of nodes in id order (see `crate::pages`), sized as JSON.
+async fn nodes(State(s): State<HttpState>, Query(q): Query<NodesQuery>) -> Response {
+    let mut states = Vec::new();
+    for name in q.state.split(',').filter(|n| !n.trim().is_empty()) {
+        match sup_proto::json::node_state_from_name(name) {
+            Ok(state) => states.push(state as i32),
+            Err(e) => return bad_request(format!("state={}: {e}", q.state)),
+        }
+    }
+    let query = match crate::pages::NodeQuery::parse(&states, &q.job, q.limit, &q.continue_token) {
+        Ok(query) => query,
+        Err(e) => return bad_request(e),
+    };
+    let snapshot = match s.handle.snapshot().await {
+        Ok(snapshot) => snapshot,
+        Err(e) => return error(e),
+    };
+    let job = query.filter.job();
+    if !job.is_empty() && !snapshot.status.jobs.iter().any(|j| j.name == job) {
+        return error(ActorError::Engine(EngineError::UnknownJob(job.to_owned())));
+    }
+    let json_len = |n: &v1::Node| {
+        serde_json::to_vec(&NodeView::from(n)).map_or(usize::MAX / 4, |v| v.len() + 1)
+    };
+    let page = crate::pages::page(
+        &snapshot.status.nodes,
+        &query,
+        json_len,
+        crate::pages::PAGE_BYTES,
+    );
+    Json(NodeListView {
+        nodes: page.nodes.into_iter().map(NodeView::from).collect(),
+        continue_token: page.next,
+        remaining: u32::try_from(page.remaining).unwrap_or(u32::MAX),
+    })
+    .into_response()
+}
+
 #[derive(Debug, Deserialize)]
 struct EventsQuery {
     #[serde(default)]
     after: u64,
     #[serde(default)]
-    limit: usize,
+    limit: u32,
+    #[serde(default)]
+    from_oldest: bool,
 }
 
+/// The body stays an array (its documented shape); how many matching events
+/// it left out goes in a header.
 async fn events(State(s): State<HttpState>, Query(q): Query<EventsQuery>) -> Response {
     match s.handle.snapshot().await {
-        Ok(snapshot) => Json(
-            snapshot
-                .events(q.after, q.limit)
-                .iter()
-                .map(EventView::from)
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
+        Ok(snapshot) => {
+            let json_len = |e: &v1::Event| {
+                serde_json::to_vec(&EventView::from(e)).map_or(usize::MAX / 4, |v| v.len() + 1)
+            };
+            let page = crate::pages::events_page(
+                snapshot.kept_events(),
+                q.after,
+                q.limit,
+                q.from_oldest,
+                json_len,
+                crate::pages::PAGE_BYTES,
+            );
+            (
+                [(EVENTS_OMITTED, page.omitted.to_string())],
+                Json(page.events.iter().map(EventView::from).collect::<Vec<_>>()),
+            )
+                .into_response()
+        }
         Err(e) => error(e),
     }
 }
+
+/// Matching events an `/api/v1/events` answer left out.
+const EVENTS_OMITTED: &str = "sup-events-omitted";
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,7 @@ pub mod http_auth;
 pub mod http_server;
 pub mod jobspec;
 pub mod metrics;
+pub mod pages;
 pub mod scheduler;
 pub mod sim;
 pub mod snapshot;

@@ -68,7 +68,12 @@ pub struct Snapshot {
     /// The newest time the actor confirmed that nothing had changed since
     /// it was built (a fresh snapshot without rebuilding one).
     confirmed_at: AtomicI64,
+    /// The whole cluster, every node and job: what `/metrics` and the
+    /// dashboard stream read. Read answers take [`Snapshot::summary`] or a
+    /// page of it (see `crate::pages`).
     pub status: v1::ClusterStatus,
+    /// The bounded status answer, made from `status` by the first reader.
+    summary: std::sync::OnceLock<v1::ClusterStatus>,
     /// Index into `status.nodes` by node id.
     nodes: HashMap<String, usize>,
     /// The retained events, oldest first; shared with the previous snapshot
@@ -179,6 +184,7 @@ impl Snapshot {
             fresh_for_ms: 0,
             confirmed_at: AtomicI64::new(now),
             status,
+            summary: std::sync::OnceLock::new(),
             nodes,
             events,
             metrics_openmetrics,
@@ -214,6 +220,18 @@ impl Snapshot {
             .get(node_id)
             .and_then(|&i| self.status.nodes.get(i))
             .ok_or_else(|| EngineError::UnknownNode(node_id.to_owned()))
+    }
+
+    /// `GetStatus` and `/api/v1/status`: bounded whatever the cluster's
+    /// size; made once per snapshot, off the actor.
+    pub fn summary(&self) -> &v1::ClusterStatus {
+        self.summary
+            .get_or_init(|| crate::pages::status_summary(&self.status))
+    }
+
+    /// Every retained event, oldest first.
+    pub fn kept_events(&self) -> &[v1::Event] {
+        &self.events
     }
 
     /// Events after `after_seq`, oldest first, at most the newest `limit` of
@@ -330,7 +348,7 @@ impl Snapshot {
                     .map_err(|e| RenderError(format!("compressing metrics failed: {e}")))?,
             ),
             Kind::StatusJson => {
-                serde_json::to_vec(&sup_proto::json::StatusView::from(&self.status))
+                serde_json::to_vec(&sup_proto::json::StatusView::from(self.summary()))
                     .map(Bytes::from)
                     .map_err(|e| RenderError(format!("encoding the status failed: {e}")))?
             }
@@ -382,6 +400,7 @@ mod tests {
                 }],
                 ..Default::default()
             },
+            summary: std::sync::OnceLock::new(),
             nodes: HashMap::from([("n1".to_owned(), 0)]),
             events: Arc::new(events),
             metrics_openmetrics: Shared::default(),

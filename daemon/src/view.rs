@@ -112,6 +112,9 @@ pub fn status(engine: &Engine) -> v1::ClusterStatus {
         }),
         spares_target: pool.target,
         spares_lent: pool.lent.into_iter().map(|(node, _)| node).collect(),
+        // The whole picture: counts and caps belong to the answers made
+        // from it (crate::pages::status_summary).
+        ..Default::default()
     }
 }
 
@@ -150,6 +153,7 @@ pub fn job(j: &Job) -> v1::Job {
             .collect(),
         rollbacks: r.rollbacks,
         goodput: Some(goodput(j, crate::actor::now_ms())),
+        node_count: u32::try_from(r.nodes.len()).unwrap_or(u32::MAX),
     }
 }
 

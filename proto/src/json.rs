@@ -7,17 +7,105 @@ use serde::Serialize;
 use crate::time::rfc3339_ms;
 use crate::v1;
 
+/// Bounded whatever the cluster's size: every list is capped (see
+/// `ClusterStatus` in sup.proto), with a count of what it left out.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusView {
+    /// At most 100: those that need attention first; `nodes_omitted` more.
     pub nodes: Vec<NodeView>,
     pub jobs: Vec<JobView>,
-    /// Healthy nodes no normal job holds (free or lent).
+    /// Healthy nodes no normal job holds (free or lent): at most 64 ids.
     pub spares: Vec<String>,
     pub spares_target: u32,
     /// The spares running low-priority work, taken back when a normal job
-    /// needs a spare.
+    /// needs a spare: at most 64 ids.
     pub spares_lent: Vec<String>,
     pub breaker: BreakerView,
+    /// Every node, by state.
+    pub node_counts: NodeCountsView,
+    pub nodes_omitted: u32,
+    pub jobs_omitted: u32,
+    /// All spares, listed in `spares` or not.
+    pub spare_count: u32,
+    pub spares_lent_count: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NodeCountsView {
+    pub total: u32,
+    pub joining: u32,
+    pub ready: u32,
+    pub suspect: u32,
+    pub unreachable: u32,
+    pub cordoned: u32,
+    pub draining: u32,
+    /// Held by Slurm for a reason of its own: sup places no work there.
+    pub slurm_unavailable: u32,
+}
+
+impl From<&v1::NodeCounts> for NodeCountsView {
+    fn from(c: &v1::NodeCounts) -> Self {
+        NodeCountsView {
+            total: c.total,
+            joining: c.joining,
+            ready: c.ready,
+            suspect: c.suspect,
+            unreachable: c.unreachable,
+            cordoned: c.cordoned,
+            draining: c.draining,
+            slurm_unavailable: c.slurm_unavailable,
+        }
+    }
+}
+
+/// One page of `ListNodes`: `supctl nodes -o json` and `/api/v1/nodes`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeListView {
+    pub nodes: Vec<NodeView>,
+    /// Pass back (`--continue`, `continue=`) for the next page; null on the
+    /// last one.
+    #[serde(rename = "continue")]
+    pub continue_token: Option<String>,
+    /// Matching nodes after this page.
+    pub remaining: u32,
+}
+
+impl From<&v1::ListNodesResponse> for NodeListView {
+    fn from(r: &v1::ListNodesResponse) -> Self {
+        NodeListView {
+            nodes: r.nodes.iter().map(NodeView::from).collect(),
+            continue_token: non_empty(&r.next_continue_token),
+            remaining: r.remaining,
+        }
+    }
+}
+
+/// Every node of `nodes` counted by state. A status from a supd that sends
+/// no counts (one from before paging) listed every node, so counting them
+/// is exact there.
+pub fn count_nodes<'a>(nodes: impl IntoIterator<Item = &'a v1::Node>) -> v1::NodeCounts {
+    let mut c = v1::NodeCounts::default();
+    for n in nodes {
+        c.total += 1;
+        match v1::NodeState::try_from(n.state) {
+            Ok(v1::NodeState::Joining) => c.joining += 1,
+            Ok(v1::NodeState::Ready) => c.ready += 1,
+            Ok(v1::NodeState::Suspect) => c.suspect += 1,
+            Ok(v1::NodeState::Unreachable) => c.unreachable += 1,
+            Ok(v1::NodeState::Cordoned) => c.cordoned += 1,
+            Ok(v1::NodeState::Draining) => c.draining += 1,
+            Ok(v1::NodeState::Unspecified) | Err(_) => {}
+        }
+        if n.slurm.as_ref().is_some_and(|s| s.unavailable) {
+            c.slurm_unavailable += 1;
+        }
+    }
+    c
+}
+
+/// The status's node counts: sent by supd, else counted from its nodes.
+pub fn node_counts(s: &v1::ClusterStatus) -> v1::NodeCounts {
+    s.node_counts.unwrap_or_else(|| count_nodes(&s.nodes))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +143,8 @@ pub struct JobView {
     pub rollbacks: u32,
     /// Live goodput accounting (README "Goodput").
     pub goodput: Option<GoodputView>,
+    /// Nodes the job holds; in a status `nodes` lists at most 32 of them.
+    pub node_count: u32,
 }
 
 /// Where a job's wall time went: seconds per bucket (summing to `wall_s`),
@@ -260,6 +350,32 @@ pub struct EventView {
     pub reason: Option<String>,
 }
 
+/// The names `node_state_name` gives, the ones a state filter takes.
+pub const NODE_STATE_NAMES: [&str; 6] = [
+    "joining",
+    "ready",
+    "suspect",
+    "unreachable",
+    "cordoned",
+    "draining",
+];
+
+/// A node state from its name, or an error that names it and the choices.
+pub fn node_state_from_name(name: &str) -> Result<v1::NodeState, String> {
+    match name.trim() {
+        "joining" => Ok(v1::NodeState::Joining),
+        "ready" => Ok(v1::NodeState::Ready),
+        "suspect" => Ok(v1::NodeState::Suspect),
+        "unreachable" => Ok(v1::NodeState::Unreachable),
+        "cordoned" => Ok(v1::NodeState::Cordoned),
+        "draining" => Ok(v1::NodeState::Draining),
+        other => Err(format!(
+            "unknown node state '{other}'; use one of {}",
+            NODE_STATE_NAMES.join(", ")
+        )),
+    }
+}
+
 pub fn node_state_name(state: i32) -> &'static str {
     match v1::NodeState::try_from(state) {
         Ok(v1::NodeState::Joining) => "joining",
@@ -302,7 +418,15 @@ fn timestamp(ms: i64) -> Option<String> {
 
 impl From<&v1::ClusterStatus> for StatusView {
     fn from(s: &v1::ClusterStatus) -> Self {
+        let spare_count = u32::try_from(s.spares.len()).unwrap_or(u32::MAX);
+        let lent_count = u32::try_from(s.spares_lent.len()).unwrap_or(u32::MAX);
         StatusView {
+            node_counts: NodeCountsView::from(&node_counts(s)),
+            nodes_omitted: s.nodes_omitted,
+            jobs_omitted: s.jobs_omitted,
+            // Zero from a supd that listed every spare: the list is the count.
+            spare_count: s.spare_count.max(spare_count),
+            spares_lent_count: s.spares_lent_count.max(lent_count),
             nodes: s.nodes.iter().map(NodeView::from).collect(),
             jobs: s.jobs.iter().map(JobView::from).collect(),
             spares: s.spares.clone(),
@@ -355,6 +479,10 @@ impl From<&v1::Job> for JobView {
                 .collect(),
             rollbacks: j.rollbacks,
             goodput: j.goodput.as_ref().map(GoodputView::from),
+            // Zero from a supd that always listed every node.
+            node_count: j
+                .node_count
+                .max(u32::try_from(j.nodes.len()).unwrap_or(u32::MAX)),
         }
     }
 }

@@ -712,20 +712,27 @@ async fn poll_events(control: ControlServiceClient<Channel>, shared: Arc<Shared>
     let mut control = control;
     let mut after = 0u64;
     loop {
+        // Forward from the last one seen, a page at a time: a registration
+        // burst adds thousands of events between two polls.
+        let mut more = false;
         if let Ok(r) = control
             .list_events(v1::ListEventsRequest {
                 after_seq: after,
                 limit: 0,
+                from_oldest: true,
             })
             .await
         {
-            let events = r.into_inner().events;
-            if let Some(last) = events.last() {
+            let r = r.into_inner();
+            if let Some(last) = r.events.last() {
                 after = last.seq;
+                more = r.omitted > 0;
             }
-            lock(&shared.events).extend(events);
+            lock(&shared.events).extend(r.events);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !more {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -903,15 +910,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let t_settle = Instant::now();
     loop {
         tokio::time::sleep(period + Duration::from_millis(500)).await;
+        // The status counts nodes by state (it lists at most 100 of them).
         let status = control
             .get_status(v1::GetStatusRequest {})
             .await?
             .into_inner();
-        let ready = status
-            .nodes
-            .iter()
-            .filter(|n| n.state == v1::NodeState::Ready as i32)
-            .count();
+        let ready = status.node_counts.map_or(0, |c| c.ready as usize);
         if ready == args.nodes {
             break;
         }
@@ -999,19 +1003,25 @@ max_restarts = 100000
     for n in 0..total_faults {
         // Use up leftover spares first so the shrink faults really shrink.
         if n == args.swap_faults {
-            let status = control
-                .get_status(v1::GetStatusRequest {})
-                .await?
-                .into_inner();
-            for s in status.spares {
-                control
-                    .cordon(v1::CordonRequest {
-                        node_id: s,
-                        reason: "loadgen: empty the spare pool before shrink faults".to_owned(),
-                        by: "loadgen".to_owned(),
-                        ..Default::default()
-                    })
-                    .await?;
+            // The status lists at most 64 spare ids: repeat until none.
+            loop {
+                let status = control
+                    .get_status(v1::GetStatusRequest {})
+                    .await?
+                    .into_inner();
+                if status.spares.is_empty() {
+                    break;
+                }
+                for s in status.spares {
+                    control
+                        .cordon(v1::CordonRequest {
+                            node_id: s,
+                            reason: "loadgen: empty the spare pool before shrink faults".to_owned(),
+                            by: "loadgen".to_owned(),
+                            ..Default::default()
+                        })
+                        .await?;
+                }
             }
             job = get_job(&mut control).await?;
         }

@@ -1,4 +1,10 @@
 //! `supctl events [--follow]`: the event log, oldest first.
+//!
+//! supd answers at most a page of events (1,000 by default, at most 5,000
+//! and about 1 MiB): without `--after` the newest ones, with `--after SEQ`
+//! the oldest after SEQ, so that the last one's sequence number continues
+//! a walk without a gap. Larger `--limit`s and `--all` are followed here,
+//! page after page; a cut answer says so on stderr.
 
 use sup_proto::json::EventView;
 use sup_proto::v1;
@@ -13,19 +19,121 @@ use std::io::Write;
 pub(super) async fn run(
     client: &mut Client,
     limit: Option<u32>,
-    after: u64,
+    after: Option<u64>,
+    all: bool,
     json: bool,
 ) -> Result<String, CtlError> {
-    let req = v1::ListEventsRequest {
-        after_seq: after,
-        limit: limit.unwrap_or(0),
-    };
-    let events = oldest_first(client.events(req).await?);
+    let events = fetch(client, limit, after, all).await?;
     if json {
         events_json(&events).map_err(json_error)
     } else {
         Ok(events_text(&events))
     }
+}
+
+/// What `events` shows (oldest first), with a note on stderr when supd
+/// kept more than it shows.
+async fn fetch(
+    client: &mut Client,
+    limit: Option<u32>,
+    after: Option<u64>,
+    all: bool,
+) -> Result<Vec<v1::Event>, CtlError> {
+    let (events, note) = match (all, after) {
+        (true, after) => (walk(client, after.unwrap_or(0), None).await?.0, None),
+        (false, Some(after)) => {
+            let wanted = limit.map_or(0, |l| l as usize);
+            let (events, omitted) = walk(client, after, Some(wanted)).await?;
+            let note = events
+                .last()
+                .filter(|_| omitted > 0)
+                .map(|last| more_after_note(omitted, last.seq));
+            (events, note)
+        }
+        (false, None) => tail(client, limit).await?,
+    };
+    if let Some(note) = note {
+        eprintln!("supctl: {note}");
+    }
+    Ok(events)
+}
+
+/// The newest `limit` events (supd's default page without one), and a note
+/// when older ones were left out. A limit above what supd answers at once
+/// is met by reading the whole log forward.
+async fn tail(
+    client: &mut Client,
+    limit: Option<u32>,
+) -> Result<(Vec<v1::Event>, Option<String>), CtlError> {
+    let page = client
+        .events(v1::ListEventsRequest {
+            after_seq: 0,
+            limit: limit.unwrap_or(0),
+            from_oldest: false,
+        })
+        .await?;
+    let cut_by_supd = limit.is_some_and(|l| page.events.len() < l as usize);
+    if page.omitted > 0 && cut_by_supd {
+        let (all, _) = walk(client, 0, None).await?;
+        let keep = limit.map_or(all.len(), |l| l as usize);
+        let skip = all.len().saturating_sub(keep);
+        let omitted = u32::try_from(skip).unwrap_or(u32::MAX);
+        let events: Vec<v1::Event> = all.into_iter().skip(skip).collect();
+        return Ok((events, (omitted > 0).then(|| older_note(omitted))));
+    }
+    let note = (page.omitted > 0).then(|| older_note(page.omitted));
+    Ok((oldest_first(page.events), note))
+}
+
+/// Events after `after`, oldest first, page after page: `wanted` of them
+/// (`Some(0)`: one page of supd's default size; `None`: every one). Also
+/// how many matching ones were left after the last.
+async fn walk(
+    client: &mut Client,
+    mut after: u64,
+    wanted: Option<usize>,
+) -> Result<(Vec<v1::Event>, u32), CtlError> {
+    let mut out: Vec<v1::Event> = Vec::new();
+    loop {
+        let limit = match wanted {
+            Some(n) => u32::try_from(n.saturating_sub(out.len())).unwrap_or(u32::MAX),
+            // supd's largest answer (it cuts larger limits to this).
+            None => 5000,
+        };
+        let page = client
+            .events(v1::ListEventsRequest {
+                after_seq: after,
+                limit,
+                from_oldest: true,
+            })
+            .await?;
+        let events = oldest_first(page.events);
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return Ok((out, page.omitted));
+        };
+        // A supd from before paging ignores from_oldest: never go back.
+        if last <= after {
+            return Ok((out, 0));
+        }
+        after = last;
+        out.extend(events);
+        let done = match wanted {
+            Some(0) => true,
+            Some(n) => out.len() >= n,
+            None => false,
+        };
+        if done || page.omitted == 0 {
+            return Ok((out, page.omitted));
+        }
+    }
+}
+
+pub fn older_note(omitted: u32) -> String {
+    format!("{omitted} older events not shown; --limit N or --all for more")
+}
+
+pub fn more_after_note(omitted: u32, last: u64) -> String {
+    format!("{omitted} more events after {last}; go on with --after {last} (or --all)")
 }
 
 /// `events` must be in display order already (see [`oldest_first`]).
@@ -63,19 +171,24 @@ pub fn events_text(events: &[v1::Event]) -> String {
 pub(super) async fn follow(
     client: &mut Client,
     limit: Option<u32>,
-    after: u64,
+    after: Option<u64>,
+    all: bool,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CtlError> {
-    let mut last = after;
-    let mut limit = limit.unwrap_or(0);
+    let mut last = after.unwrap_or(0);
+    let mut first = true;
     let mut header = true;
     loop {
-        let req = v1::ListEventsRequest {
-            after_seq: last,
-            limit,
+        // First what `events` shows (from --after on: all of it), then
+        // every new one (all pages of it: a burst of more than a page must
+        // not be skipped).
+        let events = if first && after.is_none() {
+            fetch(client, limit, None, all).await?
+        } else {
+            walk(client, last, None).await?.0
         };
-        let events = oldest_first(client.events(req).await?);
+        first = false;
         if let Some(e) = events.last() {
             last = last.max(e.seq);
         }
@@ -101,7 +214,6 @@ pub(super) async fn follow(
             header = false;
         }
         out.flush()?;
-        limit = 0;
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
@@ -173,18 +285,15 @@ pub struct DrillReport {
 }
 
 /// `events --drills`: a game day's report. The events API has no filter by
-/// kind, so every kept event is fetched and the drills are picked here.
+/// kind, so every kept event is fetched (page by page) and the drills are
+/// picked here.
 pub(super) async fn drills(
     client: &mut Client,
     limit: Option<u32>,
-    after: u64,
+    after: Option<u64>,
     json_out: bool,
 ) -> Result<String, CtlError> {
-    let req = v1::ListEventsRequest {
-        after_seq: after,
-        limit: 0,
-    };
-    let events = oldest_first(client.events(req).await?);
+    let (events, _) = walk(client, after.unwrap_or(0), None).await?;
     let reports = drill_reports(&events, limit.map_or(usize::MAX, |l| l as usize));
     if json_out {
         json(

@@ -11,11 +11,23 @@ use crate::table::*;
 
 pub(super) async fn run(client: &mut Client, json: bool) -> Result<String, CtlError> {
     let s = client.status().await?;
+    // The status holds at most 100 jobs (unfinished ones first).
     if json {
+        if s.jobs_omitted > 0 {
+            eprintln!("supctl: {}", omitted_note(s.jobs_omitted));
+        }
         jobs_json(&s.jobs).map_err(json_error)
     } else {
-        Ok(jobs_text(&s.jobs))
+        let mut text = jobs_text(&s.jobs);
+        if s.jobs_omitted > 0 {
+            text.push_str(&format!("{}\n", omitted_note(s.jobs_omitted)));
+        }
+        Ok(text)
     }
+}
+
+fn omitted_note(n: u32) -> String {
+    format!("{n} more jobs not shown (finished ones, oldest first); supctl job describe NAME")
 }
 
 pub fn jobs_json(jobs: &[v1::Job]) -> serde_json::Result<String> {
@@ -45,7 +57,12 @@ pub fn jobs_text(jobs: &[v1::Job]) -> String {
             or_none(&j.state),
             j.generation.to_string(),
             j.world_size.to_string(),
-            format!("{}/{}", j.nodes.len(), j.desired_nodes),
+            // A status lists at most 32 of a job's nodes; the count is whole.
+            format!(
+                "{}/{}",
+                (j.node_count as usize).max(j.nodes.len()),
+                j.desired_nodes
+            ),
             opt(j.step, |s| s.to_string()),
             opt(j.tokens_per_s, si),
             opt(j.mfu, percent),
@@ -61,6 +78,15 @@ pub fn jobs_text(jobs: &[v1::Job]) -> String {
 mod tests {
     use super::*;
     use crate::commands::test_support::*;
+
+    #[test]
+    fn a_job_of_thousands_of_nodes_counts_them_all() {
+        let mut big = job("llama-405b", "running");
+        big.nodes.truncate(1);
+        big.node_count = 16_000;
+        big.desired_nodes = 16_000;
+        assert_eq!(row(&jobs_text(&[big]), "llama-405b")[4], "16000/16000");
+    }
 
     #[test]
     fn jobs_table_shows_one_row_per_job_with_dashes_for_unknowns() {

@@ -71,6 +71,7 @@ pub async fn run_online(
         }
         | Command::Nodes {
             watch: Watch { watch: Some(every) },
+            ..
         }
         | Command::Jobs {
             watch: Watch { watch: Some(every) },
@@ -78,9 +79,10 @@ pub async fn run_online(
         Command::Events {
             limit,
             after,
+            all,
             follow: true,
             ..
-        } => return events::follow(client, *limit, *after, json, out).await,
+        } => return events::follow(client, *limit, *after, *all, json, out).await,
         _ => {}
     }
     let text = once(cli, client, spec).await?;
@@ -94,7 +96,7 @@ async fn once(cli: &Cli, client: &mut Client, spec: Option<String>) -> Result<St
     let json = cli.global.output == Output::Json;
     match &cli.command {
         Command::Status { .. } => status::run(client, json).await,
-        Command::Nodes { .. } => nodes::run(client, json).await,
+        Command::Nodes { list, .. } => nodes::run(client, list, json).await,
         Command::Node(NodeArgs {
             command: Some(NodeCommand::Remove { id, by }),
             ..
@@ -121,7 +123,9 @@ async fn once(cli: &Cli, client: &mut Client, spec: Option<String>) -> Result<St
             drills: true,
             ..
         } => events::drills(client, *limit, *after, json).await,
-        Command::Events { limit, after, .. } => events::run(client, *limit, *after, json).await,
+        Command::Events {
+            limit, after, all, ..
+        } => events::run(client, *limit, *after, *all, json).await,
         Command::Jobs { .. } => jobs::run(client, json).await,
         Command::Job(command) => job::run(client, command, spec, json).await,
         Command::Checkpoints { job } => checkpoints::run(client, job, json).await,

@@ -1,7 +1,12 @@
 //! `supctl status`: the cluster at a glance (summary, what needs an
 //! operator, jobs, nodes).
+//!
+//! supd's status is bounded whatever the cluster's size: node counts by
+//! state, at most 100 nodes (those that need attention first), 100 jobs and
+//! 64 spare ids, with counts of what it left out. The nodes table is shown
+//! when that is the whole cluster; past it, `supctl nodes` pages.
 
-use sup_proto::json::{gpu_health_name, node_state_name, StatusView};
+use sup_proto::json::{gpu_health_name, node_counts, node_state_name, StatusView};
 use sup_proto::v1;
 
 use super::{json_error, now_ms};
@@ -28,6 +33,13 @@ const STATUS_JOB_WIDTH: usize = 19;
 
 /// Job states that need an operator's eye, worst first.
 const TROUBLED_JOB_STATES: [&str; 3] = ["failed", "recovering", "pending"];
+
+/// Node lines under "Needs attention" before one line counts the rest: a
+/// rack that goes dark must not push everything else off the screen.
+const ATTENTION_NODE_LINES: usize = 20;
+
+/// The node states `supctl nodes --state` lists for "Needs attention".
+const TROUBLED_NODE_STATES: [&str; 3] = ["unreachable", "suspect", "cordoned"];
 
 pub fn status_json(s: &v1::ClusterStatus) -> serde_json::Result<String> {
     json(&StatusView::from(s))
@@ -65,8 +77,19 @@ pub fn status_text(s: &v1::ClusterStatus, now_ms: i64) -> String {
         }
         out.push('\n');
         out.push_str(&finish(table));
+        if s.jobs_omitted > 0 {
+            out.push_str(&format!(
+                "{} not shown (unfinished and newest first)\n",
+                plural(s.jobs_omitted as usize, "more job")
+            ));
+        }
     }
-    if !s.nodes.is_empty() {
+    if s.nodes_omitted > 0 {
+        out.push_str(&format!(
+            "\n{}: list them with supctl nodes (--state, --job, --limit, --all)\n",
+            plural(node_counts(s).total as usize, "node")
+        ));
+    } else if !s.nodes.is_empty() {
         let mut table = new_table(&["NODE", "STATE", "GPUS", "JOB", "LAST SEEN"]);
         for n in &s.nodes {
             table.add_row(vec![
@@ -88,37 +111,38 @@ pub fn status_text(s: &v1::ClusterStatus, now_ms: i64) -> String {
 /// keeps the line short and makes trouble stand out. When the line would not
 /// fit the screen, the spares and jobs go on a second line.
 pub fn summary(s: &v1::ClusterStatus) -> String {
-    const STATES: [&str; 6] = [
-        "ready",
-        "suspect",
-        "unreachable",
-        "cordoned",
-        "joining",
-        "unknown",
+    let c = node_counts(s);
+    let known = c.joining + c.ready + c.suspect + c.unreachable + c.cordoned + c.draining;
+    let states = [
+        ("ready", c.ready),
+        ("suspect", c.suspect),
+        ("unreachable", c.unreachable),
+        ("cordoned", c.cordoned),
+        ("draining", c.draining),
+        ("joining", c.joining),
+        ("unknown", c.total.saturating_sub(known)),
     ];
-    let count = |state: &str| {
-        s.nodes
-            .iter()
-            .filter(|n| node_state_name(n.state) == state)
-            .count()
-    };
-    let by_state: Vec<String> = STATES
+    let by_state: Vec<String> = states
         .iter()
-        .map(|state| (*state, count(state)))
-        .filter(|(state, c)| *c > 0 || *state == "ready")
-        .map(|(state, c)| format!("{c} {state}"))
+        .filter(|(state, n)| *n > 0 || *state == "ready")
+        .map(|(state, n)| format!("{n} {state}"))
         .collect();
-    let nodes = format!("{}: {}", plural(s.nodes.len(), "node"), by_state.join(", "));
-    let lent = if s.spares_lent.is_empty() {
+    let nodes = format!(
+        "{}: {}",
+        plural(c.total as usize, "node"),
+        by_state.join(", ")
+    );
+    let lent_count = spares_lent_count(s);
+    let lent = if lent_count == 0 {
         String::new()
     } else {
-        format!(" ({} lent to low-priority work)", s.spares_lent.len())
+        format!(" ({lent_count} lent to low-priority work)")
     };
     let rest = format!(
         "spares {}/target {}{lent}; {}",
-        s.spares.len(),
+        spare_count(s),
         s.spares_target,
-        plural(s.jobs.len(), "job"),
+        plural(s.jobs.len() + s.jobs_omitted as usize, "job"),
     );
     let line = format!("{nodes}; {rest}");
     if line.chars().count() <= SCREEN_WIDTH {
@@ -126,6 +150,16 @@ pub fn summary(s: &v1::ClusterStatus) -> String {
     } else {
         format!("{nodes}\n{rest}")
     }
+}
+
+/// Every spare, listed or not (a supd from before paging listed them all
+/// and sent no count).
+fn spare_count(s: &v1::ClusterStatus) -> usize {
+    (s.spare_count as usize).max(s.spares.len())
+}
+
+fn spares_lent_count(s: &v1::ClusterStatus) -> usize {
+    (s.spares_lent_count as usize).max(s.spares_lent.len())
 }
 
 /// One line of "Needs attention": what (a node id, `job NAME`, `breaker`,
@@ -168,15 +202,21 @@ fn attention_lines(s: &v1::ClusterStatus, now_ms: i64) -> Vec<String> {
             });
         }
     }
-    for state in ["unreachable", "suspect", "cordoned"] {
+    let mut node_rows: Vec<Attention> = Vec::new();
+    for state in TROUBLED_NODE_STATES {
         for n in s.nodes.iter().filter(|n| node_state_name(n.state) == state) {
-            rows.push(Attention {
+            node_rows.push(Attention {
                 subject: n.id.clone(),
                 state: state.to_owned(),
                 detail: attention_detail(n, now_ms),
             });
         }
     }
+    // The status lists at most 100 nodes: the counts say how many more of
+    // these states there are.
+    let c = node_counts(s);
+    let troubled = (c.unreachable + c.suspect + c.cordoned) as usize;
+    let unlisted = troubled.saturating_sub(node_rows.len());
     // Held by Slurm for a reason of its own (a sup cordon shows above).
     for n in &s.nodes {
         if let Some(slurm) = n
@@ -184,7 +224,7 @@ fn attention_lines(s: &v1::ClusterStatus, now_ms: i64) -> Vec<String> {
             .as_ref()
             .filter(|x| x.unavailable && !x.drained_by_sup && n.cordon.is_none())
         {
-            rows.push(Attention {
+            node_rows.push(Attention {
                 subject: n.id.clone(),
                 state: format!("slurm {}", slurm.state),
                 detail: format!(
@@ -198,7 +238,17 @@ fn attention_lines(s: &v1::ClusterStatus, now_ms: i64) -> Vec<String> {
             });
         }
     }
-    let spares = s.spares.len();
+    let hidden = node_rows.len().saturating_sub(ATTENTION_NODE_LINES) + unlisted;
+    node_rows.truncate(ATTENTION_NODE_LINES);
+    rows.extend(node_rows);
+    if hidden > 0 {
+        rows.push(Attention {
+            subject: "nodes".to_owned(),
+            state: format!("{hidden} more"),
+            detail: format!("supctl nodes --state {}", TROUBLED_NODE_STATES.join(",")),
+        });
+    }
+    let spares = spare_count(s);
     if u32::try_from(spares).is_ok_and(|n| n < s.spares_target) {
         rows.push(Attention {
             subject: "spares".to_owned(),
@@ -457,6 +507,7 @@ mod tests {
                 since_unix_ms: NOW,
             }),
             jobs: vec![job("llm", "running")],
+            ..Default::default()
         };
         let text = status_text(&s, NOW);
         assert!(!text.contains("Needs attention"), "{text}");
@@ -483,6 +534,67 @@ mod tests {
             summary(&s),
             "2 nodes: 2 ready; spares 2/target 2 (1 lent to low-priority work); 0 jobs"
         );
+    }
+
+    /// What supd sends for 16,384 nodes: counts, the first 100 nodes
+    /// (the troubled ones), the rest only counted.
+    #[test]
+    fn a_capped_status_counts_everything_and_points_to_supctl_nodes() {
+        let nodes: Vec<v1::Node> = (0..100)
+            .map(|i| {
+                let mut n = node(&format!("gpu-node-{i:05}"), v1::NodeState::Unreachable);
+                n.connected = false;
+                n
+            })
+            .collect();
+        let s = v1::ClusterStatus {
+            nodes,
+            nodes_omitted: 16_284,
+            node_counts: Some(v1::NodeCounts {
+                total: 16_384,
+                ready: 15_000,
+                unreachable: 1_200,
+                cordoned: 180,
+                draining: 4,
+                ..Default::default()
+            }),
+            spares: (0..64).map(|i| format!("gpu-node-{i:05}")).collect(),
+            spare_count: 300,
+            spares_target: 64,
+            jobs: vec![job("llama-405b", "running")],
+            jobs_omitted: 150,
+            ..Default::default()
+        };
+        assert_eq!(
+            summary(&s),
+            "16384 nodes: 15000 ready, 1200 unreachable, 180 cordoned, 4 draining\n\
+             spares 300/target 64; 151 jobs"
+        );
+        let text = status_text(&s, NOW);
+        let lines = attention(&text);
+        assert_eq!(lines.len(), ATTENTION_NODE_LINES + 1, "{text}");
+        let more = lines[ATTENTION_NODE_LINES];
+        assert!(more.contains("1360 more"), "{more}");
+        assert!(
+            more.ends_with("supctl nodes --state unreachable,suspect,cordoned"),
+            "{more}"
+        );
+        assert!(!text.contains("NODE "), "no nodes table: {text}");
+        assert!(text.contains("150 more jobs not shown"), "{text}");
+        assert!(
+            text.contains(
+                "16384 nodes: list them with supctl nodes (--state, --job, --limit, --all)"
+            ),
+            "{text}"
+        );
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "too wide: {line:?}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&status_json(&s).unwrap()).unwrap();
+        assert_eq!(v["node_counts"]["total"], 16_384);
+        assert_eq!(v["nodes_omitted"], 16_284);
+        assert_eq!(v["spare_count"], 300);
+        assert_eq!(v["jobs_omitted"], 150);
     }
 
     #[test]

@@ -72,26 +72,35 @@
     box.classList.remove("hidden");
     box.textContent = nodeTitle(d) + "\nGPUs: " + d.gpus.split("").map((h, i) => i + ":" + ({ o: "ok", d: "degraded", f: "failed" }[h] || h)).join(" ");
   }
+  // An update comes in parts of at most 1,000 nodes (delta.more: another
+  // part follows): new nodes are held back and placed once, after the last
+  // part, so a 16,384-node snapshot is laid out in one go.
+  let pending = [];
   function onNodes(delta) {
-    if (delta.full) { nodes.clear(); nodesEl.textContent = ""; }
-    const added = [];
+    if (delta.full) { nodes.clear(); nodesEl.textContent = ""; pending = []; }
     for (const d of delta.upsert) {
       let entry = nodes.get(d.id);
-      if (!entry) { entry = create(d); nodes.set(d.id, entry); added.push(entry); }
+      if (!entry) { entry = create(d); nodes.set(d.id, entry); pending.push(entry); }
       render(entry, d);
     }
     for (const id of delta.remove) {
       const entry = nodes.get(id);
       if (entry) { entry.el.remove(); nodes.delete(id); }
     }
+    if (delta.more) return;
+    // A node can join and leave within one update's parts.
+    const added = pending.filter((e) => nodes.get(e.data.id) === e);
+    pending = [];
     if (added.length) placeNew(added);
     counts();
   }
-  // New nodes go to their sorted place; a snapshot is appended in one go.
+  // New nodes go to their sorted place; a snapshot (or a registration storm:
+  // many new nodes at once) is laid out again in one go, since finding each
+  // one's place would scan the grid once per node.
   function placeNew(added) {
-    if (added.length === nodes.size) {
+    if (added.length === nodes.size || added.length > 64) {
       const frag = document.createDocumentFragment();
-      added.sort((a, b) => (a.data.id < b.data.id ? -1 : 1)).forEach((x) => frag.appendChild(x.el));
+      [...nodes.values()].sort((a, b) => (a.data.id < b.data.id ? -1 : 1)).forEach((x) => frag.appendChild(x.el));
       nodesEl.appendChild(frag);
       return;
     }
@@ -158,7 +167,7 @@
       r.id = "job-" + j.name;
       r.dataset.state = j.state;
       const st = el("span", "st st-" + j.state, j.state);
-      const cells = [j.name, st, j.generation, j.world_size, (j.nodes || []).length + "/" + j.desired_nodes, fmt(j.step),
+      const cells = [j.name, st, j.generation, j.world_size, (typeof j.node_count === "number" ? j.node_count : (j.nodes || []).length) + "/" + j.desired_nodes, fmt(j.step),
         fmt(j.tokens_per_s), j.mfu === undefined || j.mfu === null ? "–" : (j.mfu * 100).toFixed(1) + "%",
         j.checkpoint ? "step " + j.checkpoint.step : "–", j.restarts, goodputBar(j.goodput), j.reason || ""];
       cells.forEach((c, i) => { const td = el("td", i === 11 ? "reason" : null); if (c instanceof Node) td.appendChild(c); else td.textContent = String(c); r.appendChild(td); });

@@ -33,6 +33,10 @@ const APP_JS: &str = include_str!("app.js");
 const TICK: Duration = Duration::from_secs(1);
 /// Events sent in the first message of a stream (the page shows the newest).
 const INITIAL_EVENTS: usize = 200;
+/// Nodes per `nodes` message: the first snapshot of 16,384 nodes would be
+/// one ~2.5 MB message; in parts of this many (~150 KB) no message grows
+/// with the cluster, and the page lays the grid out once, after the last.
+pub const NODES_PER_MESSAGE: usize = 1000;
 
 pub async fn index() -> impl IntoResponse {
     (
@@ -130,8 +134,10 @@ pub fn summarize(node: &v1::Node, spare: bool) -> NodeSummary {
 struct NodesDelta<'a> {
     /// A full snapshot: the page drops every node it has first.
     full: bool,
-    upsert: Vec<&'a NodeSummary>,
+    upsert: &'a [&'a NodeSummary],
     remove: Vec<String>,
+    /// More parts of this update follow (see [`NODES_PER_MESSAGE`]).
+    more: bool,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -182,18 +188,35 @@ impl StreamState {
             .cloned()
             .collect();
         if full || !upsert.is_empty() || !remove.is_empty() {
-            let delta = NodesDelta {
-                full,
-                upsert,
-                remove,
+            let parts: Vec<&[&NodeSummary]> = if upsert.is_empty() {
+                vec![&[]]
+            } else {
+                upsert.chunks(NODES_PER_MESSAGE).collect()
             };
-            if let Ok(json) = serde_json::to_string(&delta) {
-                out.push(("nodes", json));
+            let last = parts.len() - 1;
+            let mut remove = Some(remove);
+            for (i, part) in parts.into_iter().enumerate() {
+                let delta = NodesDelta {
+                    full: full && i == 0,
+                    upsert: part,
+                    remove: remove.take().unwrap_or_default(),
+                    more: i < last,
+                };
+                if let Ok(json) = serde_json::to_string(&delta) {
+                    out.push(("nodes", json));
+                }
             }
         }
         self.nodes = fresh;
 
-        let jobs: Vec<JobView> = status.jobs.iter().map(JobView::from).collect();
+        // As the status shows them: a job of 16,320 nodes is ~1.7 MB of
+        // JSON in full (its node ids and stats), sent again every second
+        // while it trains; the page needs its counts, not every id.
+        let jobs: Vec<JobView> = status
+            .jobs
+            .iter()
+            .map(|j| JobView::from(&crate::pages::job_summary(j)))
+            .collect();
         if let Ok(json) = serde_json::to_string(&jobs) {
             if self.jobs.as_deref() != Some(json.as_str()) {
                 self.jobs = Some(json.clone());
@@ -355,6 +378,71 @@ mod tests {
             "nodes, jobs, summary: even of nothing"
         );
         assert!(empty.diff(&none).is_empty(), "then nothing");
+    }
+
+    #[test]
+    fn a_big_snapshot_comes_in_parts_of_bounded_size() {
+        let status = v1::ClusterStatus {
+            nodes: (0..2500)
+                .map(|i| node(&format!("gpu-node-{i:05}"), v1::NodeState::Ready))
+                .collect(),
+            ..Default::default()
+        };
+        let mut s = StreamState::default();
+        let parts: Vec<serde_json::Value> = s
+            .diff(&status)
+            .into_iter()
+            .filter(|(name, _)| *name == "nodes")
+            .map(|(_, json)| serde_json::from_str(&json).expect("json"))
+            .collect();
+        assert_eq!(parts.len(), 3);
+        let flags: Vec<(bool, bool, usize)> = parts
+            .iter()
+            .map(|p| {
+                (
+                    p["full"] == true,
+                    p["more"] == true,
+                    p["upsert"].as_array().map_or(0, Vec::len),
+                )
+            })
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                (true, true, NODES_PER_MESSAGE),
+                (false, true, NODES_PER_MESSAGE),
+                (false, false, 500)
+            ]
+        );
+        // A quiet second: nothing; one change: one part, the last.
+        assert!(s.diff(&status).is_empty());
+    }
+
+    #[test]
+    fn a_job_on_sixteen_thousand_nodes_is_sent_as_counts_not_every_id() {
+        let status = v1::ClusterStatus {
+            jobs: vec![v1::Job {
+                name: "bench".into(),
+                state: "running".into(),
+                nodes: (0..16_320).map(|i| format!("sim-{i:05}")).collect(),
+                node_stats: (0..16_320)
+                    .map(|i| v1::JobNodeStats {
+                        node: format!("sim-{i:05}"),
+                        step_time_s: Some(1.0),
+                        slowdown: Some(1.0),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut s = StreamState::default();
+        let messages = s.diff(&status);
+        let jobs = &messages.iter().find(|(n, _)| *n == "jobs").expect("jobs").1;
+        assert!(jobs.len() < 16 * 1024, "{} bytes", jobs.len());
+        let v: serde_json::Value = serde_json::from_str(jobs).expect("json");
+        assert_eq!(v[0]["node_count"], 16_320);
     }
 
     /// The reason for the diff: at 2,000 eight-GPU nodes a quiet second

@@ -423,10 +423,8 @@ pub fn start_sim_agents(
 pub fn wait_ready_nodes(url: &str, count: usize) -> Result<()> {
     wait_for(&format!("{count} ready nodes"), STARTUP_TIMEOUT, || {
         let s = supctl_json(url, &["status"])?;
-        let ready = s["nodes"]
-            .as_array()
-            .map_or(0, |n| n.iter().filter(|n| n["state"] == "ready").count());
-        Ok((ready == count).then_some(()))
+        let ready = s["node_counts"]["ready"].as_u64().unwrap_or(0);
+        Ok((ready == count as u64).then_some(()))
     })
 }
 
@@ -540,7 +538,8 @@ pub fn job_status(supervisor: &str, name: &str) -> Result<Value> {
 
 /// Events of one kind (optionally about one job), oldest first.
 pub fn events_of(supervisor: &str, kind: &str, job: Option<&str>) -> Result<Vec<Value>> {
-    let all = supctl_json(supervisor, &["events"])?;
+    // Every kept event: without --all, supctl shows the newest 1,000.
+    let all = supctl_json(supervisor, &["events", "--all"])?;
     Ok(all
         .as_array()
         .map(|a| {

@@ -194,8 +194,8 @@ fn a_drain_moves_the_job_at_its_next_checkpoint_and_removed_nodes_leave() -> Res
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let nodes = supctl_json(&url, &["nodes"])?;
-    let listed: Vec<&str> = nodes
+    let nodes = supctl_json(&url, &["nodes", "--all"])?;
+    let listed: Vec<&str> = nodes["nodes"]
         .as_array()
         .map(|n| n.iter().filter_map(|n| n["id"].as_str()).collect())
         .unwrap_or_default();
