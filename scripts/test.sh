@@ -13,6 +13,8 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)     # the dashboard'
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd) # verifies deploy/*.service
 command -v slurmctld >/dev/null 2>&1 || need_apt+=(slurm-wlm)   # a real Slurm for tests/e2e/tests/slurm.rs
 command -v munged >/dev/null 2>&1 || need_apt+=(munge)          # Slurm's authentication
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)      # a real etcd for the etcd store's tests
+command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)   # their health and leader checks
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

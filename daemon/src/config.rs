@@ -28,6 +28,50 @@ pub struct Config {
     pub correlation: CorrelationConfig,
     pub detect: DetectConfig,
     pub slurm: SlurmConfig,
+    pub store: StoreConfig,
+}
+
+/// Where supd keeps its durable state (`[store]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// etcd's client URLs (`http://HOST:PORT`), for `backend = "etcd"`.
+    pub etcd_endpoints: Vec<String>,
+    /// Every key supd writes lies under this prefix, so several clusters
+    /// can share one etcd. Must end with `/`.
+    pub etcd_prefix: String,
+}
+
+pub const DEFAULT_ETCD_PREFIX: &str = "/sup/";
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Sled,
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: DEFAULT_ETCD_PREFIX.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Embedded (sled) in `data_dir`: one supd, nothing else to run.
+    #[default]
+    Sled,
+    /// An etcd cluster (v3 API), the base for supd replicas.
+    Etcd,
+}
+
+impl StoreBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreBackend::Sled => "sled",
+            StoreBackend::Etcd => "etcd",
+        }
+    }
 }
 
 /// Node state mirrored with Slurm (`[slurm]`). Slurm's own client
@@ -379,6 +423,8 @@ struct FileConfig {
     detect: DetectConfig,
     #[serde(default)]
     slurm: SlurmConfig,
+    #[serde(default)]
+    store: StoreConfig,
 }
 
 /// Values given on the command line (or their environment variables); each
@@ -391,6 +437,10 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     /// `--plaintext`: serve gRPC without TLS (sets grpc.plaintext).
     pub plaintext: bool,
+    /// `--store-backend` (store.backend).
+    pub store_backend: Option<StoreBackend>,
+    /// `--etcd-endpoints URL,URL,...` (store.etcd_endpoints).
+    pub etcd_endpoints: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -436,6 +486,7 @@ impl Config {
             correlation: parsed.correlation,
             detect: parsed.detect,
             slurm: parsed.slurm,
+            store: parsed.store,
         };
         if let Some(v) = overrides.data_dir {
             config.data_dir = v;
@@ -451,6 +502,12 @@ impl Config {
         }
         if overrides.plaintext {
             config.grpc.plaintext = true;
+        }
+        if let Some(v) = overrides.store_backend {
+            config.store.backend = v;
+        }
+        if let Some(v) = overrides.etcd_endpoints {
+            config.store.etcd_endpoints = v;
         }
         config.validate()?;
         Ok(config)
@@ -600,8 +657,90 @@ impl Config {
         if self.grpc.max_concurrent_streams == 0 || self.grpc.concurrency_per_connection == 0 {
             return invalid("grpc.max_concurrent_streams and grpc.concurrency_per_connection must be at least 1");
         }
-        Ok(())
+        self.store.validate()
     }
+}
+
+impl StoreConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        match self.backend {
+            StoreBackend::Sled => {
+                if !self.etcd_endpoints.is_empty() || self.etcd_prefix != DEFAULT_ETCD_PREFIX {
+                    return invalid(
+                        "store.etcd_endpoints and store.etcd_prefix are set but store.backend is \"sled\": \
+                         set store.backend = \"etcd\" (or --store-backend etcd), or remove them"
+                            .to_owned(),
+                    );
+                }
+                Ok(())
+            }
+            StoreBackend::Etcd => {
+                if self.etcd_endpoints.is_empty() {
+                    return invalid(
+                        "store.backend = \"etcd\" needs store.etcd_endpoints (or --etcd-endpoints URL,URL,...): \
+                         the client URLs of the etcd members, e.g. [\"http://10.0.0.1:2379\"]"
+                            .to_owned(),
+                    );
+                }
+                for (i, url) in self.etcd_endpoints.iter().enumerate() {
+                    check_etcd_endpoint(url).map_err(|why| {
+                        ConfigError::Invalid(format!("store.etcd_endpoints: '{url}' {why}"))
+                    })?;
+                    if self.etcd_endpoints[..i].contains(url) {
+                        return invalid(format!("store.etcd_endpoints lists '{url}' twice"));
+                    }
+                }
+                let p = &self.etcd_prefix;
+                if p.is_empty() || !p.ends_with('/') {
+                    return invalid(format!(
+                        "store.etcd_prefix must end with '/' (got '{p}'): \
+                         a prefix '/sup' would also cover another cluster's '/sup2/...'"
+                    ));
+                }
+                if p.chars().any(char::is_control) {
+                    return invalid(format!(
+                        "store.etcd_prefix must not contain control characters (got {p:?})"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why `url` is not an etcd client URL supd can use (`http://HOST:PORT`).
+fn check_etcd_endpoint(url: &str) -> Result<(), String> {
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|e| format!("is not a URL ({e}); expected http://HOST:PORT"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(
+                "uses TLS, which supd's etcd client does not support yet: use http:// on a \
+                 network only supd and etcd share"
+                    .to_owned(),
+            )
+        }
+        _ => return Err("is not an http:// URL; expected http://HOST:PORT".to_owned()),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| "has no host; expected http://HOST:PORT".to_owned())?;
+    if authority.host().is_empty() || authority.port_u16().is_none() {
+        return Err(
+            "has no port; expected http://HOST:PORT (etcd's client port is usually 2379)"
+                .to_owned(),
+        );
+    }
+    if authority.as_str().contains('@') {
+        return Err("carries credentials, which supd does not support".to_owned());
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err("has a path; expected http://HOST:PORT".to_owned());
+    }
+    Ok(())
 }
 
 /// `serde(with)` for durations written as humantime strings ("30s", "1m 30s").
@@ -710,6 +849,7 @@ mod tests {
                 http_addr: Some("127.0.0.1:2222".parse().expect("addr")),
                 log_format: Some(LogFormat::Json),
                 plaintext: true,
+                ..Overrides::default()
             },
         )
         .expect("load");
@@ -802,6 +942,107 @@ mod tests {
                     && msg.contains("at most detect.straggler_sustain"),
                 "{bad}: {msg}"
             );
+        }
+    }
+
+    #[test]
+    fn the_store_is_sled_unless_etcd_is_chosen() {
+        let config = Config::load(None, plain()).expect("defaults");
+        assert_eq!(config.store, StoreConfig::default());
+        assert_eq!(config.store.backend, StoreBackend::Sled);
+        assert_eq!(config.store.etcd_prefix, "/sup/");
+        // Naming etcd's settings without choosing etcd is a mistake worth
+        // hearing about: the operator believes the state is replicated.
+        let f = file("[store]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n");
+        let msg = Config::load(Some(f.path()), plain())
+            .expect_err("endpoints with sled")
+            .to_string();
+        assert!(msg.contains("store.backend is \"sled\""), "{msg}");
+        let f = file("[store]\nbackend = \"zookeeper\"\n");
+        let msg = Config::load(Some(f.path()), plain())
+            .expect_err("unknown backend")
+            .to_string();
+        assert!(msg.contains("unknown variant `zookeeper`"), "{msg}");
+        let f = file("[store]\nbackend = \"etcd\"\netcd_endpoint = []\n");
+        let msg = Config::load(Some(f.path()), plain())
+            .expect_err("unknown key")
+            .to_string();
+        assert!(msg.contains("etcd_endpoint"), "{msg}");
+    }
+
+    #[test]
+    fn etcd_settings_come_from_the_file_or_the_flags_and_bad_ones_are_named() {
+        let f = file(
+            "[store]\nbackend = \"etcd\"\netcd_endpoints = [\"http://10.0.0.1:2379\", \"http://etcd-2:2379\"]\netcd_prefix = \"/prod-a/\"\n",
+        );
+        let config = Config::load(Some(f.path()), plain()).expect("valid");
+        assert_eq!(config.store.backend, StoreBackend::Etcd);
+        assert_eq!(
+            config.store.etcd_endpoints,
+            vec!["http://10.0.0.1:2379", "http://etcd-2:2379"]
+        );
+        assert_eq!(config.store.etcd_prefix, "/prod-a/");
+        // Flags win over the file, and choose etcd on their own.
+        let config = Config::load(
+            None,
+            Overrides {
+                store_backend: Some(StoreBackend::Etcd),
+                etcd_endpoints: Some(vec!["http://127.0.0.1:22379".into()]),
+                ..plain()
+            },
+        )
+        .expect("flags");
+        assert_eq!(config.store.backend, StoreBackend::Etcd);
+        assert_eq!(config.store.etcd_endpoints, vec!["http://127.0.0.1:22379"]);
+        let config = Config::load(
+            Some(f.path()),
+            Overrides {
+                store_backend: Some(StoreBackend::Sled),
+                etcd_endpoints: Some(Vec::new()),
+                ..plain()
+            },
+        );
+        assert!(
+            config.is_err(),
+            "sled from a flag with the file's etcd_prefix still set is refused"
+        );
+
+        for (store, named) in [
+            ("backend = \"etcd\"\n", "needs store.etcd_endpoints"),
+            (
+                "backend = \"etcd\"\netcd_endpoints = [\"127.0.0.1:2379\"]\n",
+                "'127.0.0.1:2379'",
+            ),
+            (
+                "backend = \"etcd\"\netcd_endpoints = [\"https://10.0.0.1:2379\"]\n",
+                "'https://10.0.0.1:2379' uses TLS",
+            ),
+            (
+                "backend = \"etcd\"\netcd_endpoints = [\"http://10.0.0.1\"]\n",
+                "'http://10.0.0.1' has no port",
+            ),
+            (
+                "backend = \"etcd\"\netcd_endpoints = [\"http://10.0.0.1:2379/v3\"]\n",
+                "'http://10.0.0.1:2379/v3' has a path",
+            ),
+            (
+                "backend = \"etcd\"\netcd_endpoints = [\"http://a:1\", \"http://a:1\"]\n",
+                "lists 'http://a:1' twice",
+            ),
+            (
+                "backend = \"etcd\"\netcd_endpoints = [\"http://a:1\"]\netcd_prefix = \"/sup\"\n",
+                "store.etcd_prefix must end with '/' (got '/sup')",
+            ),
+            (
+                "backend = \"etcd\"\netcd_endpoints = [\"http://a:1\"]\netcd_prefix = \"\"\n",
+                "store.etcd_prefix must end with '/'",
+            ),
+        ] {
+            let f = file(&format!("[store]\n{store}"));
+            let msg = Config::load(Some(f.path()), plain())
+                .expect_err(store)
+                .to_string();
+            assert!(msg.contains(named), "{store}: {msg}");
         }
     }
 

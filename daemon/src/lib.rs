@@ -38,7 +38,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::actor::Actor;
 use crate::config::{Config, LogFormat};
 use crate::metrics::Counters;
-use crate::store::{SledStore, Store};
+use crate::store::{Store, StoreError};
 use sup_core::Engine;
 
 pub fn init_tracing(format: LogFormat) {
@@ -154,15 +154,21 @@ fn spawn_grpc(
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
-    let opened = SledStore::open(&config.data_dir).and_then(|store| {
+    let opened = store::open(&config).and_then(|store| {
         let persisted = store.load()?;
         Ok((store, persisted))
     });
     let (store, mut persisted) = match opened {
         Ok(opened) => opened,
+        // etcd not answering says nothing about the state: exit, so that
+        // systemd starts supd again and it reads the state once it can.
+        Err(e @ StoreError::Unreachable { .. }) => {
+            return Err(anyhow::Error::new(e).context("supd did not start"))
+        }
         Err(e) => return refuse_to_serve(&config, anyhow::Error::new(e), shutdown).await,
     };
     tracing::info!(
+        store = %store::describe(&config),
         data_dir = %config.data_dir.display(),
         nodes = persisted.nodes.len(),
         events = persisted.events.len(),

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use supd::config::{Config, LogFormat, Overrides};
+use supd::config::{Config, LogFormat, Overrides, StoreBackend};
 
 /// supd: the sup supervisor. Keeps the node registry, decides, and serves
 /// agents (gRPC), supctl (gRPC) and the dashboard and metrics (HTTP).
@@ -29,6 +29,13 @@ struct Args {
     /// trials and tests; the shipped config uses mutual TLS.
     #[arg(long, env = "SUPD_PLAINTEXT")]
     plaintext: bool,
+    /// Where the durable state lives: "sled" (embedded in the data dir, the
+    /// default) or "etcd" (store.etcd_endpoints / --etcd-endpoints).
+    #[arg(long, env = "SUPD_STORE_BACKEND", value_enum)]
+    store_backend: Option<StoreBackend>,
+    /// etcd client URLs, comma-separated: http://HOST:PORT,http://HOST:PORT,...
+    #[arg(long, env = "SUPD_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Option<Vec<String>>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -63,6 +70,8 @@ fn main() -> ExitCode {
             http_addr: args.http_addr,
             log_format: args.log_format,
             plaintext: args.plaintext,
+            store_backend: args.store_backend,
+            etcd_endpoints: args.etcd_endpoints,
         },
     ) {
         Ok(config) => config,

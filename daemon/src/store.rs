@@ -6,10 +6,18 @@
 //! (client request id -> JSON `RequestRecord`).
 //! Every record is decoded at open: a store that does not decode is reported
 //! as corrupt and never served or overwritten (fail closed).
+//!
+//! The etcd backend ([`EtcdStore`], `[store] backend = "etcd"`) keeps the
+//! same records, one etcd key each (layout in `etcd.rs`).
 
 use std::path::{Path, PathBuf};
 
 use sup_core::{BreakerRecord, Change, Event, JobRecord, NodeRecord, Persisted, RequestRecord};
+
+use crate::config::{Config, StoreBackend};
+
+mod etcd;
+pub use etcd::{EtcdOptions, EtcdStore, MAX_TXN_BYTES, MAX_TXN_OPS};
 
 const SCHEMA_VERSION: u32 = 1;
 
@@ -44,6 +52,13 @@ pub enum StoreError {
     Schema { path: PathBuf, found: String },
     #[error("writing the state store failed: {0}")]
     Write(String),
+    /// etcd did not answer (in time): not a verdict on the data.
+    #[error("cannot reach the state store in {location}: {detail}")]
+    Unreachable { location: String, detail: String },
+    #[error("the state store in {location} is corrupt ({detail}); refusing to serve. Restore it from a backup or move it aside; supd will not overwrite it")]
+    EtcdCorrupt { location: String, detail: String },
+    #[error("the state store in {location} has schema version {found}, this supd understands {SCHEMA_VERSION}")]
+    EtcdSchema { location: String, found: String },
 }
 
 impl StoreError {
@@ -63,8 +78,43 @@ impl StoreError {
 pub trait Store: Send + 'static {
     fn load(&self) -> Result<Persisted, StoreError>;
     /// Applies the changes atomically and makes them durable before it
-    /// returns Ok.
+    /// returns Ok. (etcd: atomically up to one transaction's worth; see
+    /// `etcd.rs` for what a larger commit guarantees.)
     fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError>;
+}
+
+impl Store for Box<dyn Store> {
+    fn load(&self) -> Result<Persisted, StoreError> {
+        (**self).load()
+    }
+
+    fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        (**self).commit(changes)
+    }
+}
+
+/// Opens the store `[store]` names: sled in the data dir, or etcd.
+pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
+    match config.store.backend {
+        StoreBackend::Sled => Ok(Box::new(SledStore::open(&config.data_dir)?)),
+        StoreBackend::Etcd => Ok(Box::new(EtcdStore::open(
+            &config.store.etcd_endpoints,
+            &config.store.etcd_prefix,
+            EtcdOptions::default(),
+        )?)),
+    }
+}
+
+/// Where [`open`] finds the state, for logs.
+pub fn describe(config: &Config) -> String {
+    match config.store.backend {
+        StoreBackend::Sled => format!("sled in {}", config.data_dir.join(STATE_DIR).display()),
+        StoreBackend::Etcd => format!(
+            "etcd {} under '{}'",
+            config.store.etcd_endpoints.join(","),
+            config.store.etcd_prefix
+        ),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -455,12 +505,37 @@ impl Store for MemoryStore {
     }
 }
 
+/// What every backend must do: test bodies shared by the backends' tests,
+/// each generic over a [`contract::Backend`] that opens the store (again,
+/// as a restarted supd would) and damages it behind its back.
 #[cfg(test)]
-mod tests {
+pub(crate) mod contract {
     use super::*;
-    use sup_core::{CordonRecord, EventKind};
+    use sup_core::{Action, CordonRecord, Engine, EngineConfig, EventKind};
 
-    fn record(id: &str) -> NodeRecord {
+    /// A record written raw, behind the store's back.
+    pub(crate) enum Raw<'a> {
+        Node(&'a str),
+        Event(u64),
+        Meta(&'a str),
+    }
+
+    pub(crate) trait Backend {
+        type S: Store;
+        /// Opens the store, as a (re)started supd does.
+        fn open(&self) -> Result<Self::S, StoreError>;
+        /// Writes `value` as the raw record `raw` of `store`.
+        fn put_raw(&self, store: &Self::S, raw: Raw<'_>, value: &[u8]);
+    }
+
+    pub(crate) fn is_corrupt(e: &StoreError) -> bool {
+        matches!(
+            e,
+            StoreError::Corrupt { .. } | StoreError::EtcdCorrupt { .. }
+        )
+    }
+
+    pub(crate) fn record(id: &str) -> NodeRecord {
         NodeRecord {
             id: id.to_owned(),
             address: "10.0.0.1".into(),
@@ -483,7 +558,7 @@ mod tests {
         }
     }
 
-    fn event(seq: u64) -> Event {
+    pub(crate) fn event(seq: u64) -> Event {
         Event {
             seq,
             at: seq as i64,
@@ -495,11 +570,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sled_round_trips_nodes_and_events_across_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    fn request(id: &str, at: i64) -> RequestRecord {
+        RequestRecord {
+            id: id.to_owned(),
+            at,
+            kind: "cordon".into(),
+            target: "n1".into(),
+            message: "node n1 cordoned".into(),
+        }
+    }
+
+    /// A job record as the engine writes it at submission.
+    fn job(name: &str) -> JobRecord {
+        let text = format!(
+            "name = \"{name}\"\ncommand = [\"true\"]\nnodes = 1\ngpus_per_node = 8\n\
+             checkpoint_dir = \"/ckpt/{name}\"\n"
+        );
+        let spec = crate::jobspec::parse(&text).expect("job spec");
+        let mut engine = Engine::restore(EngineConfig::default(), Persisted::default(), 1);
+        engine.submit_job(1, spec, &text, "tester").expect("submit");
+        std::iter::from_fn(|| engine.poll_action())
+            .find_map(|a| match a {
+                Action::Persist(Change::PutJob(record)) => Some(*record),
+                _ => None,
+            })
+            .expect("a submitted job is persisted")
+    }
+
+    pub(crate) fn round_trips_nodes_and_events_across_reopen(b: &impl Backend) {
         {
-            let mut store = SledStore::open(dir.path()).expect("open");
+            let mut store = b.open().expect("open");
             store
                 .commit(&[
                     Change::PutNode(record("n1")),
@@ -510,8 +610,7 @@ mod tests {
                 .expect("commit");
             store.commit(&[Change::TrimEventsThrough(1)]).expect("trim");
         }
-        let store = SledStore::open(dir.path()).expect("reopen");
-        let loaded = store.load().expect("load");
+        let loaded = b.open().expect("reopen").load().expect("load");
         assert_eq!(loaded.nodes, vec![record("n1")]);
         assert_eq!(
             loaded.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
@@ -519,9 +618,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_generation_counter_and_the_breaker_window_survive_a_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    pub(crate) fn the_generation_counter_and_the_breaker_window_survive_a_reopen(b: &impl Backend) {
         let breaker = sup_core::BreakerRecord {
             open: true,
             reason: "4 automatic cordons".into(),
@@ -530,7 +627,7 @@ mod tests {
             held_back: [("n3".to_owned(), "Xid 79".to_owned())].into(),
         };
         {
-            let mut store = SledStore::open(dir.path()).expect("open");
+            let mut store = b.open().expect("open");
             store
                 .commit(&[
                     Change::AppendEvent(event(1)),
@@ -540,13 +637,216 @@ mod tests {
                 ])
                 .expect("commit");
         }
-        let loaded = SledStore::open(dir.path())
-            .expect("reopen")
-            .load()
-            .expect("load");
+        let loaded = b.open().expect("reopen").load().expect("load");
         assert_eq!(loaded.last_generation, Some(42));
         assert_eq!(loaded.breaker, Some(breaker));
     }
+
+    pub(crate) fn jobs_requests_and_deletions_round_trip_the_last_write_winning(b: &impl Backend) {
+        let (a, z) = (job("job-a"), job("job-z"));
+        let mut a2 = a.clone();
+        a2.generation = 3;
+        a2.nodes = vec!["n1".into()];
+        {
+            let mut store = b.open().expect("open");
+            store
+                .commit(&[
+                    Change::RememberRequest(request("req-2", 20)),
+                    Change::RememberRequest(request("req-1", 10)),
+                    Change::PutNode(record("n1")),
+                    Change::PutNode(record("n2")),
+                    Change::PutJob(Box::new(z.clone())),
+                    Change::PutJob(Box::new(a)),
+                ])
+                .expect("commit");
+            // One commit touching keys twice: the last write wins.
+            let mut n1 = record("n1");
+            n1.cordon = None;
+            store
+                .commit(&[
+                    Change::RememberRequest(request("req-3", 30)),
+                    Change::PutJob(Box::new(a2.clone())),
+                    Change::DeleteNode("n2".into()),
+                    Change::PutNode(record("n3")),
+                    Change::DeleteNode("n3".into()),
+                    Change::PutNode(record("n1")),
+                    Change::PutNode(n1),
+                    Change::ForgetRequest("req-2".into()),
+                    Change::ForgetRequest("never-remembered".into()),
+                ])
+                .expect("commit");
+        }
+        let loaded = b.open().expect("reopen").load().expect("load");
+        let mut n1 = record("n1");
+        n1.cordon = None;
+        assert_eq!(loaded.nodes, vec![n1]);
+        assert_eq!(loaded.jobs, vec![a2, z], "by name");
+        assert_eq!(
+            loaded
+                .requests
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["req-1", "req-3"],
+            "oldest first"
+        );
+        assert_eq!(loaded.requests[0], request("req-1", 10));
+    }
+
+    /// 2,048 nodes registering after a failover make commits this large:
+    /// more than etcd takes in one transaction.
+    pub(crate) fn a_commit_of_hundreds_of_changes_lands_whole(b: &impl Backend) {
+        let mut changes = vec![Change::RememberRequest(request("req-big", 1))];
+        for i in 0..300u64 {
+            changes.push(Change::PutNode(record(&format!("node-{i:04}"))));
+            changes.push(Change::AppendEvent(event(i + 1)));
+        }
+        changes.push(Change::TrimEventsThrough(100));
+        changes.push(Change::PutLastGeneration(9));
+        {
+            let mut store = b.open().expect("open");
+            store.commit(&changes).expect("commit");
+            store
+                .commit(&[
+                    Change::AppendEvent(event(301)),
+                    Change::TrimEventsThrough(250),
+                ])
+                .expect("trim");
+        }
+        let loaded = b.open().expect("reopen").load().expect("load");
+        assert_eq!(loaded.nodes.len(), 300);
+        assert_eq!(loaded.nodes[299], record("node-0299"));
+        assert_eq!(
+            loaded.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (251..=301).collect::<Vec<_>>()
+        );
+        assert_eq!(loaded.last_generation, Some(9));
+        assert_eq!(loaded.requests, vec![request("req-big", 1)]);
+    }
+
+    /// Returns the error for the backend's own checks (where it names).
+    pub(crate) fn an_undecodable_record_is_corrupt_naming_it(b: &impl Backend) -> StoreError {
+        {
+            let store = b.open().expect("open");
+            b.put_raw(&store, Raw::Node("n1"), b"{not json");
+        }
+        let err = b
+            .open()
+            .and_then(|s| s.load())
+            .expect_err("must fail closed");
+        assert!(is_corrupt(&err), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("node record '") && msg.contains("n1'"),
+            "{msg}"
+        );
+        assert!(msg.contains("refusing to serve"), "{msg}");
+        err
+    }
+
+    pub(crate) fn an_event_under_the_wrong_key_is_corrupt(b: &impl Backend) {
+        {
+            let mut store = b.open().expect("open");
+            store
+                .commit(&[Change::AppendEvent(event(1))])
+                .expect("commit");
+            let moved = serde_json::to_vec(&event(1)).expect("json");
+            b.put_raw(&store, Raw::Event(7), &moved);
+        }
+        let err = b
+            .open()
+            .and_then(|s| s.load())
+            .expect_err("must fail closed");
+        assert!(is_corrupt(&err), "{err}");
+        assert!(err.to_string().contains("holds seq 1"), "{err}");
+    }
+
+    pub(crate) fn another_schema_version_is_refused(b: &impl Backend) {
+        {
+            let mut store = b.open().expect("open");
+            store
+                .commit(&[Change::PutNode(record("n1"))])
+                .expect("commit");
+            b.put_raw(&store, Raw::Meta("schema_version"), b"2");
+        }
+        let err = b.open().err().expect("must refuse");
+        assert!(
+            matches!(
+                err,
+                StoreError::Schema { .. } | StoreError::EtcdSchema { .. }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("has schema version 2, this supd understands 1"),
+            "{err}"
+        );
+    }
+
+    /// Runs every shared body, each on a fresh store from `fresh`.
+    #[macro_export]
+    macro_rules! store_contract_tests {
+        ($fresh:expr) => {
+            #[test]
+            fn round_trips_nodes_and_events_across_reopen() {
+                $crate::store::contract::round_trips_nodes_and_events_across_reopen(&$fresh());
+            }
+            #[test]
+            fn the_generation_counter_and_the_breaker_window_survive_a_reopen() {
+                $crate::store::contract::the_generation_counter_and_the_breaker_window_survive_a_reopen(&$fresh());
+            }
+            #[test]
+            fn jobs_requests_and_deletions_round_trip_the_last_write_winning() {
+                $crate::store::contract::jobs_requests_and_deletions_round_trip_the_last_write_winning(&$fresh());
+            }
+            #[test]
+            fn a_commit_of_hundreds_of_changes_lands_whole() {
+                $crate::store::contract::a_commit_of_hundreds_of_changes_lands_whole(&$fresh());
+            }
+            #[test]
+            fn an_event_under_the_wrong_key_is_corrupt() {
+                $crate::store::contract::an_event_under_the_wrong_key_is_corrupt(&$fresh());
+            }
+            #[test]
+            fn another_schema_version_is_refused() {
+                $crate::store::contract::another_schema_version_is_refused(&$fresh());
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contract::{self, event, record, Raw};
+    use super::*;
+
+    /// A sled store in a temporary data dir.
+    struct Sled(tempfile::TempDir);
+
+    fn sled() -> Sled {
+        Sled(tempfile::tempdir().expect("tempdir"))
+    }
+
+    impl contract::Backend for Sled {
+        type S = SledStore;
+
+        fn open(&self) -> Result<SledStore, StoreError> {
+            SledStore::open(self.0.path())
+        }
+
+        fn put_raw(&self, store: &SledStore, raw: Raw<'_>, value: &[u8]) {
+            match raw {
+                Raw::Node(id) => store.nodes.insert(id, value),
+                Raw::Event(seq) => store.events.insert(seq.to_be_bytes(), value),
+                Raw::Meta(key) => store.meta.insert(key, value),
+            }
+            .expect("insert");
+            store.db.flush().expect("flush");
+        }
+    }
+
+    crate::store_contract_tests!(sled);
 
     #[test]
     fn an_initialised_store_that_opens_empty_is_corrupt_not_fresh() {
@@ -589,20 +889,15 @@ mod tests {
 
     #[test]
     fn undecodable_record_is_reported_as_corrupt_naming_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let store = SledStore::open(dir.path()).expect("open");
-            store.nodes.insert("n1", &b"{not json"[..]).expect("insert");
-            store.db.flush().expect("flush");
-        }
+        let b = sled();
         // Found already by the verification at open, on a scratch copy;
         // the error still names the real store.
-        let err = SledStore::open(dir.path()).err().expect("must fail closed");
+        let err = contract::an_undecodable_record_is_corrupt_naming_it(&b);
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("node record 'n1'"), "{err}");
         assert!(
             err.to_string()
-                .contains(&dir.path().join("state").display().to_string()),
+                .contains(&b.0.path().join("state").display().to_string()),
             "{err}"
         );
     }

@@ -19,6 +19,9 @@ use serde_json::Value;
 /// A real Slurm (slurmctld + slurmds) for the Slurm tests.
 pub mod slurm;
 
+/// A real etcd cluster for the etcd store's tests.
+pub mod etcd;
+
 /// Generous: CI machines are shared and noisy.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -419,7 +422,8 @@ pub fn start_sim_agents(
         .collect()
 }
 
-/// Waits until supd counts `count` ready nodes.
+/// Waits until supd counts `count` ready nodes (the status counts every
+/// node by state; its node list is capped).
 pub fn wait_ready_nodes(url: &str, count: usize) -> Result<()> {
     wait_for(&format!("{count} ready nodes"), STARTUP_TIMEOUT, || {
         let s = supctl_json(url, &["status"])?;
