@@ -375,7 +375,8 @@ impl ControlService for ControlApi {
             .job(request.into_inner().name)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(job))
+        // Bounded: a job of 16,384 nodes is ~2.6 MB whole.
+        Ok(Response::new(crate::pages::job_answer(&job)))
     }
 
     async fn list_checkpoints(

@@ -8,6 +8,8 @@
 //!   by state, then capped lists — nodes that need attention first, jobs,
 //!   spare ids — each with a count of what it left out. The caps and byte
 //!   budgets below keep it under [`MAX_ANSWER_BYTES`], as JSON or protobuf.
+//! - `GetJob` is one job ([`job_answer`]): at most 1,024 of its node ids
+//!   and node stats, with `node_count` telling them all.
 //! - `ListNodes` / `/api/v1/nodes` pages through the nodes in id order,
 //!   filtered by state and job ([`NodeQuery`], [`page`]). The continue token
 //!   names the last node sent, so a walk never repeats or skips a node that
@@ -37,6 +39,11 @@ pub const STATUS_MAX_JOBS: usize = 100;
 pub const STATUS_JOB_BYTES: usize = 320 * 1024;
 /// Of each job in a status: node ids and node stats (stragglers first).
 pub const STATUS_MAX_JOB_NODES: usize = 32;
+/// Of a job in a `GetJob` answer: node ids and node stats (stragglers
+/// first), and at most this many bytes of the job (the spec is at most
+/// 64 KiB).
+pub const GET_JOB_MAX_NODES: usize = 1024;
+pub const GET_JOB_BYTES: usize = MAX_ANSWER_BYTES - 64 * 1024;
 /// Spare ids (and lent spare ids) in a status.
 pub const STATUS_MAX_SPARES: usize = 64;
 
@@ -105,25 +112,47 @@ fn finished(job: &v1::Job) -> bool {
 /// A job as a status shows it: its first node ids in rank order, its
 /// stragglers (then its slowest nodes) among the node stats, no spec.
 pub fn job_summary(j: &v1::Job) -> v1::Job {
-    let mut job = j.clone();
-    job.node_count = job.node_count.max(count(job.nodes.len()));
-    job.nodes.truncate(STATUS_MAX_JOB_NODES);
+    let mut job = capped_job(j, STATUS_MAX_JOB_NODES);
     job.spec_toml.clear();
-    if job.node_stats.len() > STATUS_MAX_JOB_NODES {
-        let mut order: Vec<usize> = (0..job.node_stats.len()).collect();
+    job
+}
+
+/// A job as `GetJob` answers it: its spec, at most [`GET_JOB_MAX_NODES`]
+/// node ids (the first in rank order) and as many node stats (stragglers,
+/// then the slowest nodes), fewer if that is still past
+/// [`GET_JOB_BYTES`] (long node ids); `node_count` has them all. A job of
+/// up to 1,024 nodes is answered whole.
+pub fn job_answer(j: &v1::Job) -> v1::Job {
+    let mut cap = GET_JOB_MAX_NODES;
+    loop {
+        let job = capped_job(j, cap);
+        if cap <= STATUS_MAX_JOB_NODES || job_bytes(&job) <= GET_JOB_BYTES {
+            return job;
+        }
+        cap /= 2;
+    }
+}
+
+/// `j` with at most `cap` node ids (the first, in rank order) and `cap`
+/// node stats (stragglers first, then the slowest; kept in rank order).
+fn capped_job(j: &v1::Job, cap: usize) -> v1::Job {
+    let mut job = j.clone();
+    job.node_count = j.node_count.max(count(j.nodes.len()));
+    job.nodes.truncate(cap);
+    if j.node_stats.len() > cap {
+        let mut order: Vec<usize> = (0..j.node_stats.len()).collect();
         order.sort_by(|&a, &b| {
-            let (x, y) = (&job.node_stats[a], &job.node_stats[b]);
+            let (x, y) = (&j.node_stats[a], &j.node_stats[b]);
             y.straggler.cmp(&x.straggler).then(
                 y.slowdown
                     .unwrap_or(0.0)
                     .total_cmp(&x.slowdown.unwrap_or(0.0)),
             )
         });
-        order.truncate(STATUS_MAX_JOB_NODES);
+        order.truncate(cap);
         // Shown in the job's own (rank) order.
         order.sort_unstable();
-        let stats = std::mem::take(&mut job.node_stats);
-        job.node_stats = order.into_iter().map(|i| stats[i].clone()).collect();
+        job.node_stats = order.into_iter().map(|i| j.node_stats[i].clone()).collect();
     }
     job
 }
@@ -663,6 +692,79 @@ mod tests {
             (s.spares_lent.len(), s.spares_lent_count),
             (STATUS_MAX_SPARES, 5_000)
         );
+    }
+
+    /// GetJob of a job of 20,000 nodes stays under 1 MiB either way, keeps
+    /// its spec and stragglers, and counts every node; a small job is
+    /// answered whole.
+    #[test]
+    fn get_job_of_twenty_thousand_nodes_is_under_one_mebibyte() {
+        use prost::Message;
+        let ids: Vec<String> = (0..20_000)
+            .map(|i| format!("gpu-node-{i:05}.rack-{:03}.cluster.example.com", i / 64))
+            .collect();
+        let big = v1::Job {
+            name: "llama-405b".into(),
+            state: "running".into(),
+            nodes: ids.clone(),
+            node_stats: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| v1::JobNodeStats {
+                    node: id.clone(),
+                    step_time_s: Some(1.5),
+                    slowdown: Some(1.0 + (i % 100) as f64 / 1000.0),
+                    straggler: i % 5000 == 4999,
+                    tokens_per_s: Some(4096.0),
+                })
+                .collect(),
+            spec_toml: "x".repeat(64 * 1024),
+            goodput: Some(v1::JobGoodput::default()),
+            ..Default::default()
+        };
+        let whole = big.encoded_len();
+        let j = job_answer(&big);
+        let proto = j.encoded_len();
+        let json = serde_json::to_vec(&JobView::from(&j)).expect("json").len();
+        println!(
+            "GetJob of 20,000 nodes: {proto} bytes as protobuf (whole: {whole}), {json} as JSON"
+        );
+        assert!(whole > MAX_ANSWER_BYTES, "the test job is big enough");
+        assert!(proto < MAX_ANSWER_BYTES, "protobuf {proto} bytes");
+        assert!(json < MAX_ANSWER_BYTES, "JSON {json} bytes");
+        assert_eq!(j.node_count, 20_000);
+        assert_eq!(j.nodes.len(), GET_JOB_MAX_NODES);
+        assert_eq!(
+            j.nodes[..],
+            ids[..GET_JOB_MAX_NODES],
+            "the first, in rank order"
+        );
+        assert_eq!(j.node_stats.len(), GET_JOB_MAX_NODES);
+        assert_eq!(j.node_stats.iter().filter(|s| s.straggler).count(), 4);
+        assert_eq!(j.spec_toml.len(), 64 * 1024);
+
+        // Very long ids: fewer nodes, still under the bound.
+        let mut long = big.clone();
+        for id in long.nodes.iter_mut() {
+            id.push_str(&"z".repeat(400));
+        }
+        for s in long.node_stats.iter_mut() {
+            s.node.push_str(&"z".repeat(400));
+        }
+        let j = job_answer(&long);
+        let json = serde_json::to_vec(&JobView::from(&j)).expect("json").len();
+        assert!(j.encoded_len() < MAX_ANSWER_BYTES && json < MAX_ANSWER_BYTES);
+        assert!(j.nodes.len() < GET_JOB_MAX_NODES && !j.nodes.is_empty());
+        assert_eq!(j.node_count, 20_000);
+
+        let small = v1::Job {
+            nodes: ids[..8].to_vec(),
+            spec_toml: "name = \"x\"".into(),
+            ..Default::default()
+        };
+        let j = job_answer(&small);
+        assert_eq!((j.nodes.len(), j.node_count), (8, 8));
+        assert_eq!(j.spec_toml, small.spec_toml);
     }
 
     #[test]

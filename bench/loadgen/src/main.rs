@@ -798,16 +798,24 @@ async fn wait_running(
     }
 }
 
-/// Client-side: when the last node of `job`'s generation reported launched.
+/// Client-side: when the last node of `job`'s generation reported launched
+/// (`None` until all `node_count` of them have: GetJob lists at most 1,024
+/// of a job's node ids, so they are counted here, not looked up).
 fn all_launched_at(shared: &Shared, job: &v1::Job) -> Option<Instant> {
-    let index: BTreeMap<String, usize> = (0..shared.views.len()).map(|i| (node_id(i), i)).collect();
     let mut last: Option<Instant> = None;
-    for n in &job.nodes {
-        let i = *index.get(n)?;
-        let at = *lock(&shared.views[i]).launched.get(&job.generation)?;
-        last = Some(last.map_or(at, |l: Instant| l.max(at)));
+    let mut launched = 0;
+    for view in &shared.views {
+        if let Some(&at) = lock(view).launched.get(&job.generation) {
+            launched += 1;
+            last = Some(last.map_or(at, |l: Instant| l.max(at)));
+        }
     }
-    last
+    (launched >= held_nodes(job)).then_some(last).flatten()
+}
+
+/// How many nodes `job` holds (GetJob lists at most 1,024 of their ids).
+fn held_nodes(job: &v1::Job) -> usize {
+    (job.node_count as usize).max(job.nodes.len())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -954,7 +962,7 @@ max_restarts = 100000
     let started = all_launched_at(&shared, &job).map_or(f64::NAN, |t| ms(t - t_submit));
     println!(
         "job 'bench' on {} nodes: submit → every agent launched {:.0} ms (generation {})",
-        job.nodes.len(),
+        held_nodes(&job),
         started,
         job.generation
     );
@@ -1036,7 +1044,7 @@ max_restarts = 100000
             // A full round of scrapes (or none) before the fault.
             tokio::time::sleep(Duration::from_millis(1_500)).await;
         }
-        let before = job.nodes.len();
+        let before = held_nodes(&job);
         let prev_gen = job.generation;
         commands[vi]
             .send(AgentCommand::Fault)
@@ -1076,7 +1084,7 @@ max_restarts = 100000
                     .and_then(|r| r.split(" ms").next())
                     .and_then(|v| v.parse::<f64>().ok())
             });
-        let shrunk = job.nodes.len() < before;
+        let shrunk = held_nodes(&job) < before;
         let (c, s) = match (shrunk, paused) {
             (true, false) => (&mut shrink_client, &mut shrink_supd),
             (false, false) => (&mut swap_client, &mut swap_supd),

@@ -152,6 +152,9 @@ pub fn job_text(j: &v1::Job, now_ms: i64) -> String {
             format!("{} ({})", timestamp(ms), ago(now_ms, ms))
         }
     };
+    // GetJob lists at most 1,024 of a job's nodes; node_count has them all
+    // (zero from a supd that always listed every node).
+    let node_count = (j.node_count as usize).max(j.nodes.len());
     let fields: Vec<(&str, String)> = vec![
         ("Job", or_none(&j.name)),
         ("State", or_none(&j.state)),
@@ -163,9 +166,7 @@ pub fn job_text(j: &v1::Job, now_ms: i64) -> String {
             "Nodes",
             format!(
                 "{} of {} desired (min {})",
-                j.nodes.len(),
-                j.desired_nodes,
-                j.min_nodes
+                node_count, j.desired_nodes, j.min_nodes
             ),
         ),
         ("Step", opt(j.step, |s| s.to_string())),
@@ -218,6 +219,28 @@ pub fn job_text(j: &v1::Job, now_ms: i64) -> String {
             table.add_row(row);
         }
         out.push_str(&finish(table));
+        if j.nodes.len() < node_count {
+            out.push_str(&format!(
+                "(first {} of {} nodes; supctl nodes --job {} lists all)\n",
+                j.nodes.len(),
+                node_count,
+                j.name
+            ));
+            // The answer's node stats are its stragglers first: name those
+            // the table above could not show.
+            let hidden: Vec<&str> = j
+                .node_stats
+                .iter()
+                .filter(|s| s.straggler && !j.nodes.contains(&s.node))
+                .map(|s| s.node.as_str())
+                .collect();
+            if !hidden.is_empty() {
+                out.push_str(&format!(
+                    "Stragglers among the other nodes: {}\n",
+                    hidden.join(", ")
+                ));
+            }
+        }
     }
     if let Some(g) = &j.goodput {
         out.push('\n');
@@ -462,6 +485,30 @@ mod tests {
         assert_eq!(json["tokens_per_s"], 12_345.0);
         assert_eq!(json["node_stats"][0]["tokens_per_s"], 6_172.5);
         assert_eq!(json["node_stats"][1]["straggler"], true);
+    }
+
+    #[test]
+    fn job_details_of_a_capped_job_say_how_many_nodes_it_holds() {
+        let mut j = job("llama-405b", "running");
+        j.nodes = (0..1024).map(|i| format!("n{i:05}")).collect();
+        j.node_count = 16_320;
+        j.desired_nodes = 16_320;
+        j.node_stats = vec![v1::JobNodeStats {
+            node: "n09000".into(),
+            straggler: true,
+            ..Default::default()
+        }];
+        let text = job_text(&j, NOW);
+        for line in [
+            "Nodes:      16320 of 16320 desired (min 2)",
+            "(first 1024 of 16320 nodes; supctl nodes --job llama-405b lists all)",
+            "Stragglers among the other nodes: n09000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        // A job listed whole says nothing of the kind.
+        let small = job("llm-7b", "running");
+        assert!(!job_text(&small, NOW).contains("lists all"));
     }
 
     #[test]

@@ -254,6 +254,25 @@ const PAGE_STATE: &str = r#"JSON.stringify({
   marker: window.__supTestMarker || null
 })"#;
 
+/// The job's goodput bar as rendered: its segments' buckets, the productive
+/// one's laid-out width in pixels, style width and title, and the ETTR.
+const GOODPUT_BAR: &str = r#"(() => {
+  const row = document.getElementById('job-llm-demo');
+  const bar = row && row.querySelector('.gpbar');
+  if (!bar) return 'null';
+  const p = bar.querySelector('.gp.gp-productive[data-bucket="productive"]');
+  const ettr = row.querySelector('.gpbox .gpv');
+  return JSON.stringify({
+    segments: [...bar.querySelectorAll('.gp')].map(s => s.dataset.bucket),
+    bar_px: bar.getBoundingClientRect().width,
+    bar_title: bar.title,
+    productive_px: p ? p.getBoundingClientRect().width : 0,
+    productive_width: p ? p.style.width : null,
+    productive_title: p ? p.title : null,
+    ettr: ettr ? ettr.textContent : null
+  });
+})()"#;
+
 #[test]
 fn dashboard_shows_nodes_job_and_a_cordon_live() -> Result<()> {
     let work = tempfile::tempdir()?;
@@ -320,6 +339,57 @@ fn dashboard_shows_nodes_job_and_a_cordon_live() -> Result<()> {
         },
     )?;
     assert_eq!(shown["live"], "live", "{shown}");
+
+    // The job's goodput bar, as Chromium laid it out: once the job has
+    // booked productive time, a productive segment of non-zero rendered
+    // width whose title says so, the bar's title naming every bucket, and
+    // the ETTR beside it.
+    let bar = wait_for(
+        "the job's goodput bar with a productive segment",
+        Duration::from_secs(30),
+        || {
+            let bar: Value =
+                serde_json::from_str(browser.eval(GOODPUT_BAR)?.as_str().unwrap_or("null"))?;
+            Ok((bar["productive_px"].as_f64().unwrap_or(0.0) > 0.0).then_some(bar))
+        },
+    )?;
+    assert!(
+        bar["bar_px"].as_f64().unwrap_or(0.0) >= bar["productive_px"].as_f64().unwrap_or(0.0),
+        "{bar}"
+    );
+    assert!(
+        bar["productive_title"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("productive: ") && t.ends_with("%)")),
+        "{bar}"
+    );
+    assert!(
+        bar["productive_width"]
+            .as_str()
+            .is_some_and(|w| w.ends_with('%') && w != "0.00%"),
+        "{bar}"
+    );
+    let title = bar["bar_title"].as_str().unwrap_or_default();
+    for bucket in [
+        "productive",
+        "redone",
+        "detection",
+        "restart",
+        "checkpoint_save",
+        "waiting",
+        "stopped",
+    ] {
+        assert!(title.contains(&format!("{bucket} ")), "{bucket}: {bar}");
+    }
+    let segments = bar["segments"].as_array().cloned().unwrap_or_default();
+    assert!(
+        segments.iter().any(|s| s == "productive"),
+        "segments: {bar}"
+    );
+    assert!(
+        bar["ettr"].as_str().is_some_and(|e| e.ends_with('%')),
+        "ETTR: {bar}"
+    );
 
     // A mark in the page's memory: still there afterwards proves no reload.
     browser.eval("window.__supTestMarker = 'same page'; 1")?;

@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use sup_e2e::*;
 
@@ -18,6 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 struct Cluster {
     work: std::path::PathBuf,
     url: String,
+    http_port: u16,
     _supd: Supd,
     _agents: Vec<Proc>,
     _work: tempfile::TempDir,
@@ -59,6 +60,7 @@ checkpoint_allowance = "20s"
     Ok(Cluster {
         work: path,
         url,
+        http_port: supd.http_port,
         _supd: supd,
         _agents: agents,
         _work: work,
@@ -210,5 +212,55 @@ max_restarts = 5
     );
     assert!(secs("checkpoint_save") > 0.0, "{gp}");
     assert!(secs("productive") > 0.0, "{gp}");
+
+    check_goodput_metrics(&c, gp)?;
+    Ok(())
+}
+
+/// `/metrics` while the job runs, after its two failures: the four goodput
+/// families are there for it (a lost-seconds counter per cause it lost
+/// time to) and `promtool check metrics` accepts the whole body.
+fn check_goodput_metrics(c: &Cluster, gp: &Value) -> Result<()> {
+    const FAMILIES: [&str; 4] = [
+        "sup_job_goodput_ratio{job=\"llm\"}",
+        "sup_fleet_goodput_ratio ",
+        "sup_job_lost_seconds_total{",
+        "sup_job_recommended_checkpoint_interval_seconds{job=\"llm\"}",
+    ];
+    let body = wait_for("the goodput families in /metrics", TIMEOUT, || {
+        let (code, body) = http_get(c.http_port, "/metrics")?;
+        Ok((code == 200 && FAMILIES.iter().all(|f| body.contains(f))).then_some(body))
+    })
+    .with_context(|| format!("the job's goodput: {gp:#}"))?;
+    promtool_check(&body)?;
+    for family in [
+        "sup_job_goodput_ratio",
+        "sup_fleet_goodput_ratio",
+        "sup_job_lost_seconds_total",
+        "sup_job_recommended_checkpoint_interval_seconds",
+    ] {
+        // A counter's TYPE line names it with or without `_total`.
+        let base = family.trim_end_matches("_total");
+        assert!(
+            body.contains(&format!("# TYPE {family} "))
+                || body.contains(&format!("# TYPE {base} ")),
+            "no TYPE line for {family}:\n{body}"
+        );
+    }
+    // The detection and restart it booked are lost seconds by cause.
+    for cause in ["detection", "restart"] {
+        let series = format!("sup_job_lost_seconds_total{{job=\"llm\",cause=\"{cause}\"}}");
+        let alt = format!("sup_job_lost_seconds_total{{cause=\"{cause}\",job=\"llm\"}}");
+        assert!(
+            body.contains(&series) || body.contains(&alt),
+            "no {series}:\n{body}"
+        );
+    }
+    let ratio = body
+        .lines()
+        .find_map(|l| l.strip_prefix("sup_job_goodput_ratio{job=\"llm\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| anyhow!("no sup_job_goodput_ratio value for llm"))?;
+    assert!(ratio > 0.0 && ratio <= 1.0, "ETTR {ratio}");
     Ok(())
 }
