@@ -101,6 +101,24 @@ pub struct NodeListArgs {
     pub all: bool,
 }
 
+/// `supctl jobs`: which jobs, how many, from where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct JobListArgs {
+    /// Only jobs in these states (comma-separated or repeated): pending, starting, running,
+    /// recovering, succeeded, failed, stopped
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_job_state)]
+    pub state: Vec<String>,
+    /// Show at most N jobs [default: one page, 100]; 0: every job (as --all)
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Go on from where the last listing stopped: the token it printed (with the same --state)
+    #[arg(long = "continue", value_name = "TOKEN", value_parser = non_empty)]
+    pub continue_token: Option<String>,
+    /// Every matching job, fetched from supd a page at a time
+    #[arg(long, conflicts_with = "limit")]
+    pub all: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// Human-readable tables
@@ -223,6 +241,8 @@ pub enum Command {
     },
     /// List jobs
     Jobs {
+        #[command(flatten)]
+        list: JobListArgs,
         #[command(flatten)]
         watch: Watch,
     },
@@ -578,6 +598,10 @@ fn parse_node_state(s: &str) -> Result<v1::NodeState, String> {
     sup_proto::json::node_state_from_name(s)
 }
 
+fn parse_job_state(s: &str) -> Result<String, String> {
+    sup_proto::json::job_state_from_name(s).map(str::to_owned)
+}
+
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 1m)"))?;
     if d.is_zero() {
@@ -657,9 +681,9 @@ mod tests {
     #[test]
     fn watch_takes_an_optional_interval_and_events_follow() {
         let watch = |args: &[&str]| match parse(args).unwrap().command {
-            Command::Status { watch } | Command::Nodes { watch, .. } | Command::Jobs { watch } => {
-                watch.watch
-            }
+            Command::Status { watch }
+            | Command::Nodes { watch, .. }
+            | Command::Jobs { watch, .. } => watch.watch,
             other => panic!("parsed as {other:?}"),
         };
         assert_eq!(watch(&["status"]), None);

@@ -30,6 +30,7 @@ struct FakeSupd {
     breaker_resets: Mutex<Vec<v1::ResetBreakerRequest>>,
     stops: Mutex<Vec<v1::StopJobRequest>>,
     node_pages: Mutex<Vec<v1::ListNodesRequest>>,
+    job_pages: Mutex<Vec<v1::ListJobsRequest>>,
 }
 
 const SPEC: &str = "name = \"llm-7b\"\ncommand = [\"python3\", \"train.py\"]\nnodes = 2\n";
@@ -172,6 +173,45 @@ impl ControlService for FakeSupd {
                 _ => String::new(),
             },
             nodes,
+            remaining: u32::try_from(remaining).unwrap(),
+        }))
+    }
+
+    /// The jobs by name, at most two to a page; the token is the last name.
+    async fn list_jobs(
+        &self,
+        req: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let req = req.into_inner();
+        self.job_pages.lock().unwrap().push(req.clone());
+        let after = req
+            .continue_token
+            .strip_prefix("after:")
+            .unwrap_or_default()
+            .to_owned();
+        let mut matching: Vec<v1::Job> = self
+            .jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|j| j.name > after)
+            .filter(|j| req.states.is_empty() || req.states.contains(&j.state))
+            .cloned()
+            .collect();
+        matching.sort_by(|a, b| a.name.cmp(&b.name));
+        let limit = if req.limit == 0 {
+            2
+        } else {
+            (req.limit as usize).min(2)
+        };
+        let jobs: Vec<v1::Job> = matching.iter().take(limit).cloned().collect();
+        let remaining = matching.len() - jobs.len();
+        Ok(Response::new(v1::ListJobsResponse {
+            next_continue_token: match jobs.last() {
+                Some(last) if remaining > 0 => format!("after:{}", last.name),
+                _ => String::new(),
+            },
+            jobs,
             remaining: u32::try_from(remaining).unwrap(),
         }))
     }
@@ -462,6 +502,7 @@ async fn serve_fake(slow: Duration) -> (SocketAddr, Arc<FakeSupd>) {
         breaker_resets: Mutex::new(Vec::new()),
         stops: Mutex::new(Vec::new()),
         node_pages: Mutex::new(Vec::new()),
+        job_pages: Mutex::new(Vec::new()),
     });
     let svc = ControlServiceServer::from_arc(Arc::clone(&fake));
     tokio::spawn(
@@ -1254,4 +1295,64 @@ fn binary_exits_2_on_bad_job_drill_and_logs_arguments() {
             .unwrap();
         assert_eq!(out.status.code(), Some(i32::from(exit::USAGE)), "{args:?}");
     }
+}
+
+#[tokio::test]
+async fn jobs_pages_through_list_jobs_and_json_stays_an_array() {
+    let (addr, fake) = serve_fake(Duration::ZERO).await;
+    {
+        let mut jobs = fake.jobs.lock().unwrap();
+        for (name, state) in [
+            ("a", "failed"),
+            ("b", "running"),
+            ("c", "failed"),
+            ("d", "failed"),
+        ] {
+            let mut j = running_job();
+            j.name = name.into();
+            j.state = state.into();
+            jobs.push(j);
+        }
+    }
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = json(
+        &supctl(addr, &["jobs", "--all", "-o", "json"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(names(&all), ["a", "b", "c", "d", "llm-7b"]);
+    let failed = json(
+        &supctl(addr, &["jobs", "--state", "failed", "--all", "-o", "json"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(names(&failed), ["a", "c", "d"]);
+    let sent: Vec<(Vec<String>, u32, String)> = fake
+        .job_pages
+        .lock()
+        .unwrap()
+        .drain(..)
+        .map(|r| (r.states, r.limit, r.continue_token))
+        .collect();
+    assert_eq!(sent[0], (vec![], 1000, String::new()));
+    assert_eq!(sent.len(), 3 + 2);
+
+    // The default is one page, with the command for the next.
+    let text = supctl(addr, &["jobs"]).await.unwrap();
+    assert!(text.lines().any(|l| l.starts_with("a ")), "{text}");
+    assert!(
+        text.ends_with("3 jobs more; next page: supctl jobs --continue after:b (or --all)\n"),
+        "{text}"
+    );
+    let next = supctl(addr, &["jobs", "--continue", "after:b", "--limit", "1"])
+        .await
+        .unwrap();
+    assert!(next.lines().any(|l| l.starts_with("c ")), "{next}");
+    assert!(next.contains("--limit 1 --continue after:c"), "{next}");
 }

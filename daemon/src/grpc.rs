@@ -256,6 +256,28 @@ impl ControlService for ControlApi {
         }))
     }
 
+    async fn list_jobs(
+        &self,
+        request: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        self.reader(&request)?;
+        let r = request.into_inner();
+        let query = crate::pages::JobQuery::parse(&r.states, r.limit, &r.continue_token)
+            .map_err(Status::invalid_argument)?;
+        let snapshot = self.handle.snapshot().await.map_err(status_of)?;
+        let page = crate::pages::job_page(
+            &snapshot.status.jobs,
+            &query,
+            crate::pages::proto_len,
+            crate::pages::PAGE_BYTES,
+        );
+        Ok(Response::new(v1::ListJobsResponse {
+            jobs: page.jobs,
+            next_continue_token: page.next.unwrap_or_default(),
+            remaining: u32::try_from(page.remaining).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn get_node(
         &self,
         request: Request<v1::GetNodeRequest>,

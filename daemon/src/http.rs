@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use sup_proto::json::{EventView, NodeListView, NodeView};
+use sup_proto::json::{EventView, JobListView, JobView, NodeListView, NodeView};
 use sup_proto::v1;
 
 use crate::actor::{ActorError, SupervisorHandle};
@@ -44,6 +44,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{id}", get(node))
+        .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/events", get(events))
         .route_layer(middleware::from_fn_with_state(
             state.api_token.clone(),
@@ -261,6 +262,51 @@ async fn nodes(State(s): State<HttpState>, Query(q): Query<NodesQuery>) -> Respo
         continue_token: page.next,
         remaining: u32::try_from(page.remaining).unwrap_or(u32::MAX),
     })
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct JobsQuery {
+    /// Comma-separated state names.
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    limit: u32,
+    #[serde(default, rename = "continue")]
+    continue_token: String,
+}
+
+/// `/api/v1/jobs?state=running,failed&limit=&continue=`: one page of jobs
+/// in name order, each cut down as the status cuts it (see `crate::pages`),
+/// sized as JSON.
+async fn jobs(State(s): State<HttpState>, Query(q): Query<JobsQuery>) -> Response {
+    let states: Vec<String> = q
+        .state
+        .split(',')
+        .filter(|n| !n.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    let query = match crate::pages::JobQuery::parse(&states, q.limit, &q.continue_token) {
+        Ok(query) => query,
+        Err(e) => return bad_request(e),
+    };
+    let snapshot = match s.handle.snapshot().await {
+        Ok(snapshot) => snapshot,
+        Err(e) => return error(e),
+    };
+    let json_len =
+        |j: &v1::Job| serde_json::to_vec(&JobView::from(j)).map_or(usize::MAX / 4, |v| v.len() + 1);
+    let page = crate::pages::job_page(
+        &snapshot.status.jobs,
+        &query,
+        json_len,
+        crate::pages::PAGE_BYTES,
+    );
+    Json(JobListView::from(&v1::ListJobsResponse {
+        jobs: page.jobs,
+        next_continue_token: page.next.unwrap_or_default(),
+        remaining: u32::try_from(page.remaining).unwrap_or(u32::MAX),
+    }))
     .into_response()
 }
 

@@ -15,6 +15,9 @@
 //!   names the last node sent, so a walk never repeats or skips a node that
 //!   exists throughout it, however many join or leave between pages (a
 //!   position or an offset would shift).
+//! - `ListJobs` / `/api/v1/jobs` pages through the jobs in name order,
+//!   filtered by state ([`JobQuery`], [`job_page`]), each cut down as the
+//!   status cuts it ([`job_summary`]), with the same tokens and page sizes.
 //! - `ListEvents` / `/api/v1/events` answers at most a page of events
 //!   ([`events_page`]); going forward from a sequence number is the
 //!   continuation.
@@ -62,7 +65,8 @@ pub const DEFAULT_EVENTS: usize = 1000;
 pub const MAX_EVENTS: usize = 5000;
 
 /// Longest continue token taken: supd's are under 200 characters (a node id
-/// is at most 128 bytes), so anything longer was not issued here.
+/// is at most 128 bytes, a job name 63), so anything longer was not issued
+/// here.
 const MAX_TOKEN_LEN: usize = 512;
 const TOKEN_VERSION: u8 = 1;
 
@@ -258,22 +262,50 @@ impl NodeFilter {
             && (self.job.is_empty() || n.job == self.job)
     }
 
-    /// Binds a token to the filters it was issued for (FNV-1a: stable
-    /// across builds and versions, unlike std's hasher).
+    /// Binds a token to the filters it was issued for.
     fn fingerprint(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for b in bytes {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
+        let mut h = Fnv::new();
         for s in &self.states {
-            eat(&(*s as i32).to_le_bytes());
+            h.eat(&(*s as i32).to_le_bytes());
         }
-        eat(&[0xff]);
-        eat(self.job.as_bytes());
-        h
+        h.eat(&[0xff]);
+        h.eat(self.job.as_bytes());
+        h.0
+    }
+}
+
+/// FNV-1a: stable across builds and versions, unlike std's hasher, so a
+/// token outlives a restart or an upgrade of supd.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn eat(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A page size from a request's limit: 0 is [`DEFAULT_PAGE_NODES`], more
+/// than [`MAX_PAGE_NODES`] is cut to it (the client follows the token
+/// either way). Nodes and jobs share them.
+fn page_limit(limit: u32) -> usize {
+    match limit as usize {
+        0 => DEFAULT_PAGE_NODES,
+        n => n.min(MAX_PAGE_NODES),
+    }
+}
+
+/// Where a walk goes on from: `None` for the first page.
+fn parse_after(token: &str, fingerprint: u64) -> Result<Option<String>, String> {
+    match token.trim() {
+        "" => Ok(None),
+        t => decode_token(t, fingerprint).map(Some),
     }
 }
 
@@ -292,14 +324,8 @@ impl NodeQuery {
     /// cut to it: the client follows the token either way.
     pub fn parse(states: &[i32], job: &str, limit: u32, token: &str) -> Result<NodeQuery, String> {
         let filter = NodeFilter::new(states, job)?;
-        let limit = match limit as usize {
-            0 => DEFAULT_PAGE_NODES,
-            n => n.min(MAX_PAGE_NODES),
-        };
-        let after = match token.trim() {
-            "" => None,
-            t => Some(decode_token(t, filter.fingerprint())?),
-        };
+        let limit = page_limit(limit);
+        let after = parse_after(token, filter.fingerprint())?;
         Ok(NodeQuery {
             filter,
             limit,
@@ -325,41 +351,170 @@ pub struct Page<'a> {
 pub fn page<'a>(
     nodes: &'a [v1::Node],
     query: &NodeQuery,
-    mut size: impl FnMut(&v1::Node) -> usize,
+    size: impl FnMut(&v1::Node) -> usize,
     budget: usize,
 ) -> Page<'a> {
-    let mut sorted: Vec<&v1::Node> = nodes.iter().collect();
-    if !sorted.is_sorted_by(|a, b| a.id <= b.id) {
-        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let walked = walk(
+        nodes,
+        |n| &n.id,
+        |n| query.filter.matches(n),
+        query.limit,
+        query.after.as_deref(),
+        query.filter.fingerprint(),
+        size,
+        budget,
+    );
+    Page {
+        nodes: walked.items,
+        next: walked.next,
+        remaining: walked.remaining,
     }
-    let start = query.after.as_deref().map_or(0, |after| {
-        sorted.partition_point(|n| n.id.as_str() <= after)
-    });
-    let mut matching = sorted[start..]
-        .iter()
-        .copied()
-        .filter(|n| query.filter.matches(n));
+}
+
+/// Which jobs a listing wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Sorted, no repeats; empty: every state.
+    states: Vec<&'static str>,
+}
+
+impl JobFilter {
+    /// Refuses a state that is no job state, naming it.
+    pub fn new(states: &[String]) -> Result<JobFilter, String> {
+        let mut parsed = Vec::with_capacity(states.len());
+        for s in states {
+            parsed.push(sup_proto::json::job_state_from_name(s)?);
+        }
+        parsed.sort_unstable();
+        parsed.dedup();
+        Ok(JobFilter { states: parsed })
+    }
+
+    pub fn matches(&self, j: &v1::Job) -> bool {
+        self.states.is_empty() || self.states.contains(&j.state.as_str())
+    }
+
+    /// Binds a token to the filters it was issued for; "jobs" first, so a
+    /// node listing's token is refused here and the other way round.
+    fn fingerprint(&self) -> u64 {
+        let mut h = Fnv::new();
+        h.eat(b"jobs\xff");
+        for s in &self.states {
+            h.eat(s.as_bytes());
+            h.eat(&[0xff]);
+        }
+        h.0
+    }
+}
+
+/// A parsed `ListJobs` request: filters, page size and where to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobQuery {
+    pub filter: JobFilter,
+    pub limit: usize,
+    /// The last job name of the previous page.
+    pub after: Option<String>,
+}
+
+impl JobQuery {
+    /// As [`NodeQuery::parse`]: an unknown state or a garbled or foreign
+    /// token is refused, naming it; the limit is as for nodes.
+    pub fn parse(states: &[String], limit: u32, token: &str) -> Result<JobQuery, String> {
+        let filter = JobFilter::new(states)?;
+        let limit = page_limit(limit);
+        let after = parse_after(token, filter.fingerprint())?;
+        Ok(JobQuery {
+            filter,
+            limit,
+            after,
+        })
+    }
+}
+
+/// One page of jobs in name order, each cut down as a status shows it
+/// ([`job_summary`]).
+#[derive(Debug)]
+pub struct JobPage {
+    pub jobs: Vec<v1::Job>,
+    /// For the next page; `None` on the last one.
+    pub next: Option<String>,
+    /// Matching jobs after this page.
+    pub remaining: usize,
+}
+
+/// The page `query` asks for out of `jobs` (supd's, by name; sorted here if
+/// not): at most `query.limit` jobs and `budget` bytes of their summaries
+/// as `size` measures them, one job at least.
+pub fn job_page(
+    jobs: &[v1::Job],
+    query: &JobQuery,
+    mut size: impl FnMut(&v1::Job) -> usize,
+    budget: usize,
+) -> JobPage {
+    let walked = walk(
+        jobs,
+        |j| &j.name,
+        |j| query.filter.matches(j),
+        query.limit,
+        query.after.as_deref(),
+        query.filter.fingerprint(),
+        |j| size(&job_summary(j)),
+        budget,
+    );
+    JobPage {
+        jobs: walked.items.into_iter().map(job_summary).collect(),
+        next: walked.next,
+        remaining: walked.remaining,
+    }
+}
+
+/// A page of any listing walked by a unique key.
+struct Walked<'a, T> {
+    items: Vec<&'a T>,
+    next: Option<String>,
+    remaining: usize,
+}
+
+/// The walk behind every listing: the items after `after` in `key` order
+/// that `keep` keeps, at most `limit` of them and `budget` bytes as `size`
+/// measures them (at least one, so that a walk always moves on). The token
+/// names the last key sent, so a walk never repeats or skips an item that
+/// exists throughout it, whatever comes or goes between pages.
+#[allow(clippy::too_many_arguments)]
+fn walk<'a, T>(
+    items: &'a [T],
+    key: impl Fn(&T) -> &str,
+    keep: impl Fn(&T) -> bool,
+    limit: usize,
+    after: Option<&str>,
+    fingerprint: u64,
+    mut size: impl FnMut(&T) -> usize,
+    budget: usize,
+) -> Walked<'a, T> {
+    let mut sorted: Vec<&T> = items.iter().collect();
+    if !sorted.is_sorted_by(|a, b| key(a) <= key(b)) {
+        sorted.sort_by(|a, b| key(a).cmp(key(b)));
+    }
+    let start = after.map_or(0, |after| sorted.partition_point(|t| key(t) <= after));
+    let mut matching = sorted[start..].iter().copied().filter(|t| keep(t));
     let mut out = Vec::new();
     let mut used = 0;
     let mut remaining = 0;
-    for n in matching.by_ref() {
-        let s = size(n);
-        if out.len() == query.limit || (!out.is_empty() && used + s > budget) {
+    for t in matching.by_ref() {
+        let s = size(t);
+        if out.len() == limit || (!out.is_empty() && used + s > budget) {
             remaining = 1;
             break;
         }
         used += s;
-        out.push(n);
+        out.push(t);
     }
     remaining += matching.count();
     let next = (remaining > 0)
-        .then(|| {
-            out.last()
-                .map(|n| encode_token(query.filter.fingerprint(), &n.id))
-        })
+        .then(|| out.last().map(|t| encode_token(fingerprint, key(t))))
         .flatten();
-    Page {
-        nodes: out,
+    Walked {
+        items: out,
         next,
         remaining,
     }
@@ -420,7 +575,8 @@ pub fn events_page<'a>(
     }
 }
 
-/// Opaque to clients: version, the filters' fingerprint, the last node id;
+/// Opaque to clients: version, the filters' fingerprint, the last key (node
+/// id, job name);
 /// base64url without padding so it pastes into a shell and a URL as is.
 fn encode_token(fingerprint: u64, last_id: &str) -> String {
     let mut raw = Vec::with_capacity(9 + last_id.len());
@@ -453,7 +609,7 @@ fn decode_token(token: &str, fingerprint: u64) -> Result<String, String> {
     issued_for.copy_from_slice(&raw[1..9]);
     if u64::from_be_bytes(issued_for) != fingerprint {
         return Err(bad(
-            "it was issued for other filters; repeat the query it came from (same state and job)",
+            "it was issued for other filters; repeat the query it came from (same filters)",
         ));
     }
     String::from_utf8(raw[9..].to_vec()).map_err(|_| bad("not a token supd issued"))
@@ -1006,5 +1162,94 @@ mod tests {
         assert_eq!((p.events.len(), p.omitted), (10, 9_990));
         let p = events_page(&kept, 0, 5000, false, |_| PAGE_BYTES * 2, PAGE_BYTES);
         assert_eq!(seqs(&p), vec![10_000]);
+    }
+
+    fn job(name: &str, state: &str) -> v1::Job {
+        v1::Job {
+            name: name.into(),
+            state: state.into(),
+            nodes: (0..64).map(|i| format!("n{i:02}")).collect(),
+            spec_toml: "name = \"x\"".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_walk_over_250_jobs_returns_each_once_in_name_order_and_filters_by_state() {
+        let states = ["running", "failed", "succeeded", "pending", "stopped"];
+        let jobs: Vec<v1::Job> = (0..250)
+            .map(|i| job(&format!("job-{i:03}"), states[i % 5]))
+            .collect();
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let q = JobQuery::parse(&[], 0, &token).expect("query");
+            let p = job_page(&jobs, &q, proto_len, PAGE_BYTES);
+            assert!(p.jobs.len() <= DEFAULT_PAGE_NODES);
+            assert!(p
+                .jobs
+                .iter()
+                .all(|j| j.nodes.len() == STATUS_MAX_JOB_NODES && j.node_count == 64));
+            assert!(p.jobs.iter().all(|j| j.spec_toml.is_empty()), "as a status");
+            seen.extend(p.jobs.iter().map(|j| j.name.clone()));
+            pages += 1;
+            assert_eq!(p.remaining, 250 - seen.len());
+            match p.next {
+                Some(t) => token = t,
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+        assert_eq!(seen, names, "each once, in name order");
+
+        let running = ["running".to_owned(), " failed".to_owned()];
+        let q = JobQuery::parse(&running, 30, "").expect("query");
+        let p = job_page(&jobs, &q, proto_len, PAGE_BYTES);
+        assert_eq!(p.jobs.len(), 30);
+        assert_eq!(p.remaining, 100 - 30);
+        assert!(p
+            .jobs
+            .iter()
+            .all(|j| j.state == "running" || j.state == "failed"));
+        let token = p.next.expect("more");
+        let q = JobQuery::parse(&running, 1000, &token).expect("same filters");
+        let rest = job_page(&jobs, &q, proto_len, PAGE_BYTES);
+        assert_eq!((rest.jobs.len(), rest.remaining, rest.next), (70, 0, None));
+        assert!(rest.jobs[0].name > p.jobs[29].name);
+    }
+
+    #[test]
+    fn bad_job_queries_are_refused_naming_what_is_wrong() {
+        let err = JobQuery::parse(&["runing".to_owned()], 0, "").expect_err("unknown");
+        assert!(err.contains("unknown job state 'runing'"), "{err}");
+        let err = JobQuery::parse(&[], 0, "!!!").expect_err("garbled");
+        assert!(err.contains("invalid continue token '!!!'"), "{err}");
+
+        let jobs = vec![job("a", "failed"), job("b", "failed")];
+        let failed = ["failed".to_owned()];
+        let q = JobQuery::parse(&failed, 1, "").expect("query");
+        let token = job_page(&jobs, &q, proto_len, PAGE_BYTES)
+            .next
+            .expect("token");
+        let err = JobQuery::parse(&[], 1, &token).expect_err("other filters");
+        assert!(err.contains("issued for other filters"), "{err}");
+        assert!(JobQuery::parse(&failed, 1, &token).is_ok());
+
+        // A node listing's token is no job listing's, and the other way.
+        let nodes = vec![
+            small("a", v1::NodeState::Ready, ""),
+            small("b", v1::NodeState::Ready, ""),
+        ];
+        let node_token = page(&nodes, &query(&[], "", 1, ""), proto_len, PAGE_BYTES)
+            .next
+            .expect("token");
+        assert!(JobQuery::parse(&[], 1, &node_token).is_err());
+        let q = JobQuery::parse(&[], 1, "").expect("query");
+        let job_token = job_page(&jobs, &q, proto_len, PAGE_BYTES)
+            .next
+            .expect("token");
+        assert!(NodeQuery::parse(&[], "", 1, &job_token).is_err());
     }
 }

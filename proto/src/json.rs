@@ -80,6 +80,29 @@ impl From<&v1::ListNodesResponse> for NodeListView {
     }
 }
 
+/// One page of `ListJobs`: `/api/v1/jobs` (`supctl jobs -o json` prints
+/// just the jobs, as an array).
+#[derive(Debug, Clone, Serialize)]
+pub struct JobListView {
+    pub jobs: Vec<JobView>,
+    /// Pass back (`--continue`, `continue=`) for the next page; null on the
+    /// last one.
+    #[serde(rename = "continue")]
+    pub continue_token: Option<String>,
+    /// Matching jobs after this page.
+    pub remaining: u32,
+}
+
+impl From<&v1::ListJobsResponse> for JobListView {
+    fn from(r: &v1::ListJobsResponse) -> Self {
+        JobListView {
+            jobs: r.jobs.iter().map(JobView::from).collect(),
+            continue_token: non_empty(&r.next_continue_token),
+            remaining: r.remaining,
+        }
+    }
+}
+
 /// Every node of `nodes` counted by state. A status from a supd that sends
 /// no counts (one from before paging) listed every node, so counting them
 /// is exact there.
@@ -359,6 +382,32 @@ pub const NODE_STATE_NAMES: [&str; 6] = [
     "cordoned",
     "draining",
 ];
+
+/// A job's states, the ones a job state filter takes.
+pub const JOB_STATE_NAMES: [&str; 7] = [
+    "pending",
+    "starting",
+    "running",
+    "recovering",
+    "succeeded",
+    "failed",
+    "stopped",
+];
+
+/// A job state name, trimmed, or an error that names it and the choices.
+pub fn job_state_from_name(name: &str) -> Result<&'static str, String> {
+    let name = name.trim();
+    JOB_STATE_NAMES
+        .iter()
+        .find(|s| **s == name)
+        .copied()
+        .ok_or_else(|| {
+            format!(
+                "unknown job state '{name}'; use one of {}",
+                JOB_STATE_NAMES.join(", ")
+            )
+        })
+}
 
 /// A node state from its name, or an error that names it and the choices.
 pub fn node_state_from_name(name: &str) -> Result<v1::NodeState, String> {

@@ -75,6 +75,7 @@ pub async fn run_online(
         }
         | Command::Jobs {
             watch: Watch { watch: Some(every) },
+            ..
         } => return watch(cli, client, *every, out).await,
         Command::Events {
             limit,
@@ -126,7 +127,7 @@ async fn once(cli: &Cli, client: &mut Client, spec: Option<String>) -> Result<St
         Command::Events {
             limit, after, all, ..
         } => events::run(client, *limit, *after, *all, json).await,
-        Command::Jobs { .. } => jobs::run(client, json).await,
+        Command::Jobs { list, .. } => jobs::run(client, list, json).await,
         Command::Job(command) => job::run(client, command, spec, json).await,
         Command::Checkpoints { job } => checkpoints::run(client, job, json).await,
         Command::Logs { job, rank, lines } => logs::run(client, job, *rank, *lines, json).await,
