@@ -414,9 +414,18 @@ const POSTMORTEM_STACK_BYTES: usize = 4096;
 /// Log lines of each rank kept in a hang post-mortem event.
 const POSTMORTEM_LINES: usize = 8;
 
+/// Node ids for a reason: the first few and how many more, so that a
+/// generation change on thousands of nodes still reads as one line.
 fn join(ids: &[&String]) -> String {
-    ids.iter()
+    const SHOWN: usize = 8;
+    let mut out = ids
+        .iter()
+        .take(SHOWN)
         .map(|s| s.as_str())
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if ids.len() > SHOWN {
+        out.push_str(&format!(" and {} more", ids.len() - SHOWN));
+    }
+    out
 }

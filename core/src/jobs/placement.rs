@@ -93,8 +93,12 @@ impl Engine {
             nodes.len(),
             job.world_size()
         ));
-        let gone: Vec<&String> = previous.iter().filter(|n| !nodes.contains(n)).collect();
-        let added: Vec<&String> = nodes.iter().filter(|n| !previous.contains(n)).collect();
+        // Sets, not list scans: at 16,384 nodes a scan per node was 268
+        // million string comparisons per restart.
+        let (now_held, held_before): (HashSet<&String>, HashSet<&String>) =
+            (nodes.iter().collect(), previous.iter().collect());
+        let gone: Vec<&String> = previous.iter().filter(|n| !now_held.contains(n)).collect();
+        let added: Vec<&String> = nodes.iter().filter(|n| !held_before.contains(n)).collect();
         match (gone.is_empty(), added.is_empty()) {
             (false, false) => {
                 why.push_str(&format!("; replaced {} with {}", join(&gone), join(&added)))
