@@ -6,9 +6,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/sup/v1/sup.proto";
     println!("cargo:rerun-if-changed={proto}");
     let descriptors = protox::compile([proto], ["proto"])?;
+    println!("cargo:rerun-if-changed=src/codec.rs");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Small per-stream buffers: supd holds one stream per node.
+        .codec_path("crate::codec::LeanCodec")
         .compile_fds(descriptors)?;
 
     // A client of etcd only: nothing of sup serves etcd's API.

@@ -8,6 +8,10 @@ use crate::Millis;
 pub struct EngineConfig {
     /// A node that has sent nothing for this long is unreachable.
     pub unreachable_after_ms: Millis,
+    /// After a (re)start, nodes restored from the store have this long to
+    /// register again before their silence counts (never less than
+    /// `unreachable_after_ms`).
+    pub rejoin_grace_ms: Millis,
     /// How many events the log keeps; older ones are dropped.
     pub event_log_capacity: usize,
     /// MASTER_PORT given to every job's ranks.
@@ -59,7 +63,8 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            unreachable_after_ms: 30_000,
+            unreachable_after_ms: 4_000,
+            rejoin_grace_ms: 30_000,
             event_log_capacity: 10_000,
             master_port: 29_500,
             stop_grace_ms: 10_000,

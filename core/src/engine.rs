@@ -98,6 +98,11 @@ pub struct Engine {
     /// Since when supd suspects its own network (see
     /// `EngineConfig::partition_window_ms`); lost-node restarts wait.
     pub(crate) partition_since: Option<Millis>,
+    /// Until when nodes restored from the store may stay silent: every
+    /// agent reconnects to a restarted supervisor at once, and a storm of
+    /// thousands must not turn healthy nodes unreachable. Brought forward
+    /// to the moment every restored node has reported again.
+    pub(crate) rejoin_deadline: Millis,
 }
 
 impl Engine {
@@ -112,8 +117,14 @@ impl Engine {
         let nodes: BTreeMap<String, Node> = persisted
             .nodes
             .into_iter()
-            .map(|record| (record.id.clone(), Node::new(record, None, now)))
+            .map(|record| {
+                let mut node = Node::new(record, None, now);
+                node.restored = true;
+                node.awaiting_rejoin = true;
+                (node.record.id.clone(), node)
+            })
             .collect();
+        let rejoin_deadline = now + config.rejoin_grace_ms.max(config.unreachable_after_ms);
         let next_liveness_check = (!nodes.is_empty()).then_some(now + config.unreachable_after_ms);
         // Releasing nodes (a job finishing, or waiting for nodes) takes
         // generations no job record keeps, and a job submitted again under
@@ -162,6 +173,7 @@ impl Engine {
             hw_xids: XidSightings::default(),
             spares_were_low: false,
             partition_since: None,
+            rejoin_deadline,
         }
     }
 

@@ -54,6 +54,11 @@ pub struct Node {
     /// An uncordon waiting for the agent's validation (lost with a supd
     /// restart: the node then stays cordoned, as before the uncordon).
     pub(crate) validation: Option<crate::maintenance::PendingValidation>,
+    /// Restored from the store at this start (see `check_liveness`).
+    pub(crate) restored: bool,
+    /// Restored and no report since: the rejoin window stays open while
+    /// any node is.
+    pub(crate) awaiting_rejoin: bool,
     /// What the batch scheduler last said about the node (None: no
     /// scheduler, or it does not list the node). Not stored: re-observed
     /// within a poll after a restart.
@@ -117,6 +122,8 @@ impl Node {
             xid_events: Default::default(),
             validates: false,
             validation: None,
+            restored: false,
+            awaiting_rejoin: false,
             scheduler: None,
         }
     }
@@ -302,6 +309,21 @@ impl Engine {
         self.node(&node_id).map(Node::state)
     }
 
+    /// The node's agent was heard from at `at` on `session`: any message,
+    /// stamped where it arrived, before it queued for the engine. Liveness
+    /// must not wait behind bulk work (a registration storm, a slow commit):
+    /// a node whose reports are queued is not silent. Only `last_seen`
+    /// moves; the reports themselves still do everything else, and an
+    /// unreachable node comes back only with a report.
+    pub fn on_heard(&mut self, now: Millis, node_id: &str, session: SessionId, at: Millis) {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return;
+        };
+        if node.session == Some(session) && !node.unreachable {
+            node.last_seen = node.last_seen.max(at.min(now));
+        }
+    }
+
     /// A telemetry report. Reports from a stream that is no longer the node's
     /// current one are ignored (returns false): they come from an agent that
     /// has been replaced.
@@ -320,6 +342,11 @@ impl Engine {
         }
         crate::agent_input::bound_readings(&mut readings, &node.record.gpus);
         node.last_seen = now;
+        // Back for good once it reports: the registration alone may have
+        // been answered seconds before its first report got through a
+        // reconnect storm. The last one back ends the rejoin window, which
+        // the next liveness check notices.
+        let rejoined = std::mem::replace(&mut node.awaiting_rejoin, false);
         let mut turned_idle = false;
         for r in readings {
             if r.utilization_gpu_pct == Some(0) {
@@ -364,6 +391,9 @@ impl Engine {
             // supd too busy to read reports and turned more nodes
             // unreachable.
             self.schedule_job_check(now);
+        }
+        if rejoined {
+            self.schedule_liveness_check(now + self.config.unreachable_after_ms);
         }
         if turned_idle {
             // A job whose GPUs all went idle may hang on that alone: a job
@@ -553,13 +583,27 @@ impl Engine {
     /// at once raise the partition guard.
     pub(crate) fn check_liveness(&mut self, now: Millis) {
         let limit = self.config.unreachable_after_ms;
+        let rejoining =
+            now < self.rejoin_deadline && self.nodes.values().any(|n| n.awaiting_rejoin);
+        if !rejoining {
+            // Over for good: the storm ended early, or the grace did.
+            self.rejoin_deadline = self.rejoin_deadline.min(now);
+        }
         let mut newly_unreachable = Vec::new();
         let mut next: Option<Millis> = None;
         for node in self.nodes.values_mut() {
             if node.unreachable {
                 continue;
             }
-            let deadline = node.last_seen + limit;
+            let mut deadline = node.last_seen + limit;
+            if rejoining && node.restored {
+                // Every agent reconnects to a restarted supervisor at
+                // once: until the storm is over (all restored nodes have
+                // reported) or the rejoin grace ends, silence is not held
+                // against a node restored from the store. A node's reports
+                // can stall for seconds in such a storm after its first.
+                deadline = deadline.max(self.rejoin_deadline);
+            }
             if deadline <= now {
                 node.unreachable = true;
                 node.unreachable_since = Some(now);

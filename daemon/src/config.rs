@@ -334,6 +334,12 @@ pub struct NodesConfig {
     /// never cordons).
     #[serde(with = "humantime_serde")]
     pub unreachable_after: Duration,
+    /// After supd starts, nodes restored from its store have this long to
+    /// register again before their silence counts: every agent reconnects
+    /// at once after a restart, and a storm of thousands must not turn
+    /// healthy nodes unreachable.
+    #[serde(with = "humantime_serde")]
+    pub rejoin_grace: Duration,
     /// Telemetry interval suggested to agents at registration.
     #[serde(with = "humantime_serde")]
     pub telemetry_interval: Duration,
@@ -384,8 +390,9 @@ impl Default for HttpConfig {
 impl Default for NodesConfig {
     fn default() -> Self {
         NodesConfig {
-            unreachable_after: Duration::from_secs(30),
-            telemetry_interval: Duration::from_secs(5),
+            unreachable_after: Duration::from_secs(4),
+            rejoin_grace: Duration::from_secs(30),
+            telemetry_interval: Duration::from_secs(1),
             partition_window: Duration::from_secs(60),
             partition_share: 0.5,
             partition_min_nodes: 3,
@@ -518,6 +525,7 @@ impl Config {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         sup_core::EngineConfig {
             unreachable_after_ms: ms(self.nodes.unreachable_after),
+            rejoin_grace_ms: ms(self.nodes.rejoin_grace),
             event_log_capacity: self.events.capacity,
             master_port: u32::from(self.jobs.master_port),
             stop_grace_ms: u32::try_from(self.jobs.stop_grace.as_millis()).unwrap_or(u32::MAX),
@@ -572,9 +580,11 @@ impl Config {
         if self.nodes.telemetry_interval.is_zero() {
             return invalid("nodes.telemetry_interval must be greater than zero");
         }
-        if self.nodes.telemetry_interval >= self.nodes.unreachable_after {
+        // An agent whose sampler stalls re-sends its last sample after 1.5
+        // intervals: two intervals must fit in the silence limit.
+        if self.nodes.telemetry_interval * 2 > self.nodes.unreachable_after {
             return invalid(
-                "nodes.telemetry_interval must be shorter than nodes.unreachable_after, or every node would flap",
+                "nodes.telemetry_interval must be at most half of nodes.unreachable_after, or nodes would flap",
             );
         }
         if !(0.0..=1.0).contains(&self.nodes.partition_share) {
@@ -873,7 +883,31 @@ mod tests {
         let msg = Config::load(Some(f.path()), plain())
             .expect_err("interval above limit")
             .to_string();
-        assert!(msg.contains("telemetry_interval must be shorter"), "{msg}");
+        assert!(
+            msg.contains("telemetry_interval must be at most half"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_sample_config_spells_out_the_liveness_defaults() {
+        let n = NodesConfig::default();
+        // The bound: a silent node is unreachable within 5 s.
+        assert!(n.unreachable_after <= Duration::from_secs(5));
+        assert!(n.telemetry_interval * 2 <= n.unreachable_after);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let sample = std::fs::read_to_string(root.join("deploy/supd.toml")).expect("sample config");
+        for (key, value) in [
+            ("unreachable_after", n.unreachable_after),
+            ("rejoin_grace", n.rejoin_grace),
+            ("telemetry_interval", n.telemetry_interval),
+        ] {
+            let line = format!("{key} = \"{}\"", humantime::format_duration(value));
+            assert!(sample.contains(&line), "deploy/supd.toml lacks {line:?}");
+        }
+        let engine = Config::load(None, plain()).expect("defaults").engine();
+        assert_eq!(engine.unreachable_after_ms, 4_000);
+        assert_eq!(engine.rejoin_grace_ms, 30_000);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sup_proto::v1::agent_service_server::AgentService;
 use sup_proto::v1::control_service_server::ControlService;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::actor::{ActorError, SupervisorHandle};
@@ -95,12 +95,14 @@ impl AgentService for AgentApi {
         let node_id = register.node_id.clone();
         let slurm_node_name = register.slurm_node_name.clone();
         let (tx, rx) = mpsc::channel(64);
+        let heard = crate::actor::LivenessStamp::default();
         match self
             .handle
             .register_as(
                 convert::registration(session, register),
                 slurm_node_name,
                 tx,
+                heard.clone(),
             )
             .await
         {
@@ -116,7 +118,11 @@ impl AgentService for AgentApi {
         let handle = self.handle.clone();
         tokio::spawn(async move {
             loop {
-                let telemetry = match inbound.message().await {
+                let message = inbound.message().await;
+                if let Ok(Some(_)) = &message {
+                    heard.heard_at(crate::actor::now_ms());
+                }
+                let telemetry = match message {
                     Ok(Some(msg)) => match msg.body {
                         Some(v1::agent_message::Body::Telemetry(t)) => t,
                         Some(v1::agent_message::Body::Register(_)) => {
@@ -154,7 +160,9 @@ impl AgentService for AgentApi {
             }
             handle.disconnected(node_id, session).await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let outbound =
+            ReceiverStream::new(rx).map(|message: Box<v1::SupervisorMessage>| Ok(*message));
+        Ok(Response::new(Box::pin(outbound)))
     }
 }
 

@@ -57,6 +57,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/metrics/gpus", get(metrics_gpus))
         .merge(api)
         .with_state(state)
 }
@@ -102,6 +103,54 @@ async fn readyz(State(s): State<HttpState>) -> Response {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// Every GPU's readings (see `metrics::render_gpus`), rendered off the
+/// runtime's workers for this scrape alone.
+async fn metrics_gpus(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    let snapshot = match s.handle.snapshot().await {
+        Ok(snapshot) => snapshot,
+        Err(e) => return error(e),
+    };
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let openmetrics = crate::metrics::wants_openmetrics(accept);
+    let gzip = accepts_gzip(&headers);
+    let rendered = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let text = crate::metrics::render_gpus(&snapshot.status).map_err(|e| e.to_string())?;
+        let text = if openmetrics {
+            text
+        } else {
+            crate::metrics::to_text_format(&text)
+        };
+        if gzip {
+            crate::snapshot::gzip(text.as_bytes()).map_err(|e| e.to_string())
+        } else {
+            Ok(text.into_bytes())
+        }
+    })
+    .await;
+    let body = match rendered {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return internal(&e),
+        Err(e) => return internal(&e),
+    };
+    let content_type = if openmetrics {
+        crate::metrics::OPENMETRICS_CONTENT_TYPE
+    } else {
+        crate::metrics::TEXT_CONTENT_TYPE
+    };
+    if gzip {
+        (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            body,
+        )
+            .into_response()
+    } else {
+        ([(header::CONTENT_TYPE, content_type)], body).into_response()
     }
 }
 

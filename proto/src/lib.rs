@@ -23,6 +23,7 @@ pub mod etcd {
     }
 }
 
+pub mod codec;
 pub mod identity;
 pub mod json;
 pub mod progress_regex;

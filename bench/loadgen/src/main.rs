@@ -17,9 +17,16 @@
 //!    the faulted agent seeing its assignment withdrawn) and report → every
 //!    agent of the new generation launched (the agents' own `launched`
 //!    reports, and supd's `job_running` event);
-//! 3. silences `--vanish` agents (stream kept open, nothing sent) and
+//! 3. checks that every report sent so far was accepted;
+//! 4. unless `--restart false`, kills supd (SIGKILL, as a crash) and starts
+//!    it again on the same store and ports: every agent reconnects at once
+//!    with sup-agent's own jittered backoff, and the time until all are
+//!    registered again is the registration-storm figure (the job must keep
+//!    its generation: a restart never touches a running job);
+//! 5. silences `--vanish` agents (stream kept open, nothing sent) and
 //!    measures silence → `node_unreachable` event;
-//! 4. checks that every report sent was accepted.
+//! 6. counts false `node_unreachable` events over the whole run: any for a
+//!    node that was never silenced (the restart's storm included).
 //!
 //! With `--scrapers N`, N HTTP scrapers GET `--scrape-path` (default
 //! `/metrics`) from supd once a second each, staggered over the second and
@@ -82,12 +89,17 @@ struct Args {
     /// Agents silenced at the end to measure unreachable detection.
     #[arg(long, default_value_t = 20)]
     vanish: usize,
-    /// supd's nodes.unreachable_after for this run, milliseconds.
-    #[arg(long, default_value_t = 2000)]
+    /// supd's nodes.unreachable_after for this run, milliseconds (default:
+    /// the shipped default).
+    #[arg(long, default_value_t = 4000)]
     unreachable_after_ms: u64,
-    /// Agents connecting at once.
+    /// Agents connecting at once at the start (reconnects after the restart
+    /// are not gated: every agent retries on its own backoff).
     #[arg(long, default_value_t = 64)]
     connect_parallel: usize,
+    /// Kill and restart supd after the faults and measure the reconnect storm.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    restart: bool,
     /// Keep supd's data dir and log here instead of a temporary dir.
     #[arg(long)]
     keep_dir: Option<PathBuf>,
@@ -104,6 +116,8 @@ struct Args {
 #[derive(Default)]
 struct AgentView {
     registered: bool,
+    /// When its latest session was registered.
+    registered_at: Option<Instant>,
     /// Every assignment received: (generation, holds a job, node rank, when).
     assignments: Vec<(u64, bool, u32, Instant)>,
     /// When it reported every rank of a generation launched.
@@ -126,6 +140,10 @@ struct Shared {
     quiet: AtomicBool,
     events: Mutex<Vec<v1::Event>>,
     failed_agents: AtomicU64,
+    /// Sessions that broke and were opened again.
+    reconnects: AtomicU64,
+    /// supd is being restarted on purpose: broken streams are expected.
+    restarting: AtomicBool,
     /// The run is over and supd is being stopped: streams breaking now are
     /// expected, not failures worth a line each.
     finished: AtomicBool,
@@ -204,7 +222,37 @@ struct Supd {
     child: Child,
     grpc: SocketAddr,
     http: SocketAddr,
+    binary: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Supd {
+    fn spawn(binary: &PathBuf, config_path: &PathBuf, log_path: &PathBuf) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)?;
+        Command::new(binary)
+            .arg("--config")
+            .arg(config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))
+    }
+
+    /// SIGKILL (a crash, nothing flushed on the way out) and start again on
+    /// the same store, config and ports.
+    fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Supd::spawn(&self.binary, &self.config_path, &self.log_path)?;
+        Ok(())
+    }
 }
 
 impl Drop for Supd {
@@ -257,20 +305,16 @@ hardware_nodes = 100000
     );
     let config_path = dir.join("supd.toml");
     std::fs::write(&config_path, config)?;
-    let log = std::fs::File::create(dir.join("supd.log"))?;
-    let child = Command::new(&args.supd)
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", args.supd.display()))?;
+    let log_path = dir.join("supd.log");
+    std::fs::File::create(&log_path)?;
+    let child = Supd::spawn(&args.supd, &config_path, &log_path)?;
     Ok(Supd {
         child,
         grpc,
         http,
+        binary: args.supd.clone(),
+        config_path,
+        log_path,
         _dir: tmp,
     })
 }
@@ -588,14 +632,81 @@ fn fault_report(node: usize, gpus: u32) -> v1::HealthReport {
     }
 }
 
-/// One simulated agent: one connection, one session stream, like sup-agent.
+/// One simulated agent for the whole run, like sup-agent: one connection
+/// and session stream at a time, opened again with sup-agent's own
+/// full-jitter backoff when it breaks (supd restarted). The first connect
+/// waits at `gate`; reconnects do not. A vanished agent stays silent.
 async fn agent(
     idx: usize,
-    channel: Channel,
+    endpoint: Endpoint,
+    gate: Arc<Semaphore>,
     gpus: u32,
     period: Duration,
     shared: Arc<Shared>,
     mut commands: mpsc::UnboundedReceiver<AgentCommand>,
+) {
+    let mut backoff = sup_agent::backoff::Backoff::new(
+        sup_agent::config::DEFAULT_RECONNECT_MIN_BACKOFF,
+        sup_agent::config::DEFAULT_RECONNECT_MAX_BACKOFF,
+    );
+    let mut vanished = false;
+    let mut first = true;
+    loop {
+        let connected = if first {
+            let _permit = gate.acquire().await;
+            endpoint.connect().await
+        } else {
+            endpoint.connect().await
+        };
+        first = false;
+        let result = match connected {
+            Ok(channel) => {
+                session(
+                    idx,
+                    channel,
+                    gpus,
+                    period,
+                    &shared,
+                    &mut commands,
+                    &mut vanished,
+                    &mut backoff,
+                )
+                .await
+            }
+            Err(e) => Err(anyhow::Error::new(e).context("connect")),
+        };
+        match result {
+            // The coordinator is done.
+            Ok(()) => return,
+            Err(_) if shared.finished.load(Ordering::Relaxed) || vanished => return,
+            Err(e) => {
+                let was_registered = {
+                    let mut view = lock(&shared.views[idx]);
+                    std::mem::replace(&mut view.registered, false)
+                };
+                if was_registered {
+                    shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                } else if !shared.restarting.load(Ordering::Relaxed) {
+                    eprintln!("agent {idx}: {e:#}");
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// One session: register, then report until the stream breaks (an error)
+/// or the coordinator closes `commands` (`Ok`).
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    idx: usize,
+    channel: Channel,
+    gpus: u32,
+    period: Duration,
+    shared: &Shared,
+    commands: &mut mpsc::UnboundedReceiver<AgentCommand>,
+    vanished: &mut bool,
+    backoff: &mut sup_agent::backoff::Backoff,
 ) -> anyhow::Result<()> {
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
@@ -629,14 +740,13 @@ async fn agent(
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = 0u64;
-    let mut vanished = false;
     let mut last_report_ms = 0i64;
     // The job this agent runs now: (job, generation, node rank).
     let mut current: Option<(String, u64, u32)> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if vanished || shared.quiet.load(Ordering::Relaxed) {
+                if *vanished || shared.quiet.load(Ordering::Relaxed) {
                     continue;
                 }
                 tick += 1;
@@ -658,12 +768,17 @@ async fn agent(
             m = inbound.message() => {
                 let Some(m) = m? else { bail!("supd ended the stream") };
                 match m.body {
-                    Some(SupBody::Registered(_)) => lock(&shared.views[idx]).registered = true,
+                    Some(SupBody::Registered(_)) => {
+                        backoff.reset();
+                        let mut view = lock(&shared.views[idx]);
+                        view.registered = true;
+                        view.registered_at = Some(Instant::now());
+                    }
                     Some(SupBody::Assignment(a)) => {
                         let at = Instant::now();
                         let rank = a.job.as_ref().map_or(0, |j| j.node_rank);
                         lock(&shared.views[idx]).assignments.push((a.generation, a.job.is_some(), rank, at));
-                        if vanished {
+                        if *vanished {
                             continue;
                         }
                         // Like sup-agent: launch the ranks, then report them.
@@ -698,7 +813,7 @@ async fn agent(
                     tx.send(msg(Body::Health(report))).await?;
                 }
                 Some(AgentCommand::Vanish) => {
-                    vanished = true;
+                    *vanished = true;
                     lock(&shared.views[idx]).vanished = Some((unix_ms(), last_report_ms));
                 }
                 // The coordinator is done: close the stream.
@@ -822,8 +937,94 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// What a crash and restart of supd showed.
+struct Storm {
+    /// SIGKILL → the new supd accepting connections (its store opened).
+    down: Duration,
+    /// Accepting → every agent registered again: the registration storm.
+    registering: Duration,
+    /// The job's generation before and after, and its state after.
+    generation: (u64, u64),
+    state_after: String,
+    /// Sessions re-opened by agents over the run.
+    reconnects: u64,
+    /// The new supd's CPU seconds and peak RSS (KiB) once all were back.
+    cpu_s: f64,
+    peak_rss_kib: u64,
+}
+
+async fn restart_storm(
+    supd: &mut Supd,
+    shared: &Shared,
+    control: &mut ControlServiceClient<Channel>,
+) -> anyhow::Result<Storm> {
+    let before = get_job(control).await?;
+    shared.restarting.store(true, Ordering::Relaxed);
+    println!("crash: SIGKILL supd and start it again on the same store ...");
+    let t_kill = Instant::now();
+    supd.crash_and_restart()?;
+    let pid = supd.child.id().to_string();
+    let grpc = supd.grpc;
+    loop {
+        let up = tokio::task::spawn_blocking(move || {
+            TcpStream::connect_timeout(&grpc, Duration::from_millis(200)).is_ok()
+        })
+        .await?;
+        if up {
+            break;
+        }
+        if t_kill.elapsed() > Duration::from_secs(120) {
+            bail!("the restarted supd did not listen within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t_listen = Instant::now();
+    loop {
+        let back = shared
+            .views
+            .iter()
+            .filter(|v| {
+                let v = lock(v);
+                v.registered && v.registered_at.is_some_and(|t| t > t_kill)
+            })
+            .count();
+        if back == shared.views.len() {
+            break;
+        }
+        if t_listen.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "only {back}/{} agents registered again within 300 s of the restart",
+                shared.views.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let registering = t_listen.elapsed();
+    let cpu_s = cpu_seconds(&pid)?;
+    let peak_rss_kib = status_kib(&pid, "VmHWM:").unwrap_or(0);
+    shared.restarting.store(false, Ordering::Relaxed);
+    // The control channel reconnects on its own; the first calls may fail.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        match get_job(control).await {
+            Ok(job) => break job,
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    Ok(Storm {
+        down: t_listen - t_kill,
+        registering,
+        generation: (before.generation, after.generation),
+        state_after: after.state,
+        reconnects: shared.reconnects.load(Ordering::Relaxed),
+        cpu_s,
+        peak_rss_kib,
+    })
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
-    let supd = start_supd(&args)?;
+    let mut supd = start_supd(&args)?;
     let pid = supd.child.id().to_string();
     let uri = format!("http://{}", supd.grpc);
     let period = Duration::from_secs_f64(1.0 / args.rate);
@@ -857,6 +1058,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         quiet: AtomicBool::new(false),
         events: Mutex::new(Vec::new()),
         failed_agents: AtomicU64::new(0),
+        reconnects: AtomicU64::new(0),
+        restarting: AtomicBool::new(false),
         finished: AtomicBool::new(false),
     });
     tokio::spawn(poll_events(control.clone(), shared.clone()));
@@ -874,26 +1077,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10));
         let gpus = args.gpus;
-        tokio::spawn(async move {
-            let channel = {
-                let _permit = gate.acquire().await;
-                match endpoint.connect().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("agent {idx}: connect: {e}");
-                        shared.failed_agents.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                }
-            };
-            if let Err(e) = agent(idx, channel, gpus, period, shared.clone(), crx).await {
-                if shared.finished.load(Ordering::Relaxed) {
-                    return;
-                }
-                eprintln!("agent {idx}: {e:#}");
-                shared.failed_agents.fetch_add(1, Ordering::Relaxed);
-            }
-        });
+        tokio::spawn(agent(idx, endpoint, gate, gpus, period, shared, crx));
     }
     loop {
         let registered = shared.views.iter().filter(|v| lock(v).registered).count();
@@ -1111,8 +1295,34 @@ max_restarts = 100000
 
     scrapers.paused.store(false, Ordering::Relaxed);
 
+    // Drops: stop reporting, let the last ones land, compare totals (before
+    // the restart: a crash loses what was in flight, on purpose).
+    shared.quiet.store(true, Ordering::Relaxed);
+    let sent_total = shared.sent_reports.load(Ordering::Relaxed);
+    // Reports still in flight land within a moment; a busy machine gets
+    // up to 15 s before a shortfall counts as dropped.
+    let drain = Instant::now();
+    let accepted_total = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (n, _) = accepted_reports(supd.http).await?;
+        if n >= sent_total || drain.elapsed() > Duration::from_secs(15) {
+            break n;
+        }
+    };
+    let peak_rss = status_kib(&pid, "VmHWM:").unwrap_or(0);
+    shared.quiet.store(false, Ordering::Relaxed);
+
+    // A crash and restart of supd: every agent reconnects at once.
+    let storm = if args.restart {
+        Some(restart_storm(&mut supd, &shared, &mut control).await?)
+    } else {
+        None
+    };
+    let pid = supd.child.id().to_string();
+
     // Vanished agents: silent, stream left open.
     let mut vanished = Vec::new();
+    let job = get_job(&mut control).await?;
     let candidates: Vec<usize> = job
         .nodes
         .iter()
@@ -1132,6 +1342,7 @@ max_restarts = 100000
     tokio::time::sleep(Duration::from_millis(args.unreachable_after_ms + 3000)).await;
     let mut unreachable_since_vanish = Vec::new();
     let mut unreachable_since_report = Vec::new();
+    let false_unreachable;
     {
         let events = lock(&shared.events);
         for &vi in &vanished {
@@ -1147,22 +1358,14 @@ max_restarts = 100000
                 unreachable_since_report.push((e.at_unix_ms - last_ms) as f64);
             }
         }
+        let silenced: std::collections::HashSet<String> =
+            vanished.iter().map(|&vi| node_id(vi)).collect();
+        false_unreachable = events
+            .iter()
+            .filter(|e| e.kind == "node_unreachable" && !silenced.contains(&e.node))
+            .count();
     }
-
-    // Drops: stop reporting, let the last ones land, compare totals.
-    shared.quiet.store(true, Ordering::Relaxed);
-    let sent_total = shared.sent_reports.load(Ordering::Relaxed);
-    // Reports still in flight land within a moment; a busy machine gets
-    // up to 15 s before a shortfall counts as dropped.
-    let drain = Instant::now();
-    let accepted_total = loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (n, _) = accepted_reports(supd.http).await?;
-        if n >= sent_total || drain.elapsed() > Duration::from_secs(15) {
-            break n;
-        }
-    };
-    let peak_rss = status_kib(&pid, "VmHWM:").unwrap_or(0);
+    let peak_rss_after_restart = status_kib(&pid, "VmHWM:").unwrap_or(0);
     let (scraped, scrape_ran) = stop_scrapers(scrapers).await?;
 
     println!();
@@ -1292,6 +1495,45 @@ max_restarts = 100000
             "silence → unreachable (since last report)",
             &unreachable_since_report
         )
+    );
+    println!();
+    match &storm {
+        Some(storm) => {
+            println!("== supd crash and restart ({} agents reconnecting at once, sup-agent's backoff) ==", args.nodes);
+            println!(
+                "SIGKILL → restarted supd accepting            {:.0} ms",
+                ms(storm.down)
+            );
+            println!(
+                "accepting → every agent registered again      {:.0} ms ({} sessions re-opened)",
+                ms(storm.registering),
+                storm.reconnects
+            );
+            println!(
+                "restarted supd until then                     {:.1} CPU s, {:.1} MiB peak RSS",
+                storm.cpu_s,
+                storm.peak_rss_kib as f64 / 1024.0
+            );
+            println!(
+                "job across the restart                        generation {} → {}, {} ({})",
+                storm.generation.0,
+                storm.generation.1,
+                storm.state_after,
+                if storm.generation.0 == storm.generation.1 && storm.state_after == "running" {
+                    "untouched"
+                } else {
+                    "TOUCHED"
+                }
+            );
+            println!(
+                "restarted supd peak RSS (to the end)          {:.1} MiB",
+                peak_rss_after_restart as f64 / 1024.0
+            );
+        }
+        None => println!("(no restart: --restart false)"),
+    }
+    println!(
+        "false unreachable events (whole run)          {false_unreachable} (node_unreachable for nodes never silenced)"
     );
     shared.finished.store(true, Ordering::Relaxed);
     drop(commands);

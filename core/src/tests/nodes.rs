@@ -414,3 +414,102 @@ fn event_log_is_bounded_and_trims_the_store() {
         .collect();
     assert_eq!(trims.last(), Some(&(first_kept - 1)));
 }
+
+#[test]
+fn a_node_heard_from_stays_reachable_while_its_reports_wait_in_line() {
+    let mut e = engine();
+    joined(&mut e, "n1", 1, 0);
+    drain(&mut e);
+    // Its stream delivered messages until GRACE - 1s (stamped as they
+    // arrived); the engine has handled none of them yet.
+    e.on_heard(GRACE, "n1", 1, GRACE - 1_000);
+    // A stamp from a replaced stream moves nothing; one from the future
+    // counts as now.
+    e.on_heard(GRACE, "n1", 7, GRACE);
+    e.on_heard(GRACE - 500, "n1", 1, 10 * GRACE);
+    e.handle_timeout(GRACE);
+    assert_eq!(e.node("n1").expect("n1").state(), NodeState::Ready);
+    assert!(drain(&mut e).is_empty());
+    assert_eq!(e.poll_timeout(), Some(2 * GRACE - 500));
+    e.handle_timeout(2 * GRACE - 500);
+    assert_eq!(e.node("n1").expect("n1").state(), NodeState::Unreachable);
+}
+
+/// Three nodes restored at `t` after a restart, with a 4 s limit and a
+/// 30 s rejoin grace.
+fn restarted_with_three_nodes(t: Millis) -> Engine {
+    let config = EngineConfig {
+        unreachable_after_ms: 4_000,
+        rejoin_grace_ms: 30_000,
+        event_log_capacity: 100,
+        ..Default::default()
+    };
+    let mut e = Engine::new(config.clone());
+    for (i, id) in ["n1", "n2", "n3"].into_iter().enumerate() {
+        joined(&mut e, id, i as SessionId + 1, 0);
+    }
+    let persisted = Persisted {
+        nodes: e.nodes().map(|n| n.record.clone()).collect(),
+        ..Default::default()
+    };
+    Engine::restore(config, persisted, t)
+}
+
+fn state_of(e: &Engine, id: &str) -> NodeState {
+    e.node(id).expect("node").state()
+}
+
+#[test]
+fn silence_is_not_held_against_restored_nodes_while_the_reconnect_storm_lasts() {
+    let t = 1_000_000;
+    let mut r = restarted_with_three_nodes(t);
+    // n1 registers again but its first report is slow; n2 registers,
+    // reports twice, then its reports stall in the storm; n3 is gone.
+    r.on_register(t + 1_000, reg("n1", 11, "10.0.0.1", "i11", 8))
+        .expect("n1 back");
+    r.on_register(t + 1_500, reg("n2", 12, "10.0.0.2", "i12", 8))
+        .expect("n2 back");
+    assert!(r.on_telemetry(t + 2_000, "n2", 12, vec![]).is_applied());
+    assert!(r.on_telemetry(t + 9_000, "n2", 12, vec![]).is_applied());
+    drain(&mut r);
+
+    r.handle_timeout(t + 13_000);
+    for id in ["n1", "n2", "n3"] {
+        assert_eq!(state_of(&r, id), NodeState::Ready, "{id}: storm not over");
+    }
+    assert!(r.on_telemetry(t + 28_000, "n1", 11, vec![]).is_applied());
+    drain(&mut r);
+    // The grace ends with n3 still missing: n3 and the stalled n2 are
+    // unreachable; n1 reported 2 s ago.
+    r.handle_timeout(t + 30_000);
+    assert_eq!(state_of(&r, "n3"), NodeState::Unreachable);
+    assert_eq!(state_of(&r, "n2"), NodeState::Unreachable);
+    assert_eq!(state_of(&r, "n1"), NodeState::Ready);
+    r.handle_timeout(t + 32_000);
+    assert_eq!(state_of(&r, "n1"), NodeState::Unreachable);
+}
+
+#[test]
+fn the_rejoin_window_closes_once_every_restored_node_has_reported() {
+    let t = 1_000_000;
+    let mut r = restarted_with_three_nodes(t);
+    for (session, id) in [(11, "n1"), (12, "n2"), (13, "n3")] {
+        r.on_register(
+            t + 1_000,
+            reg(id, session, "10.0.0.9", &format!("i{session}"), 8),
+        )
+        .expect("back");
+        assert!(r.on_telemetry(t + 2_000, id, session, vec![]).is_applied());
+    }
+    r.handle_timeout(t + 4_000);
+    assert_eq!(state_of(&r, "n2"), NodeState::Ready);
+    assert!(r.on_telemetry(t + 5_000, "n1", 11, vec![]).is_applied());
+    assert!(r.on_telemetry(t + 5_000, "n3", 13, vec![]).is_applied());
+    drain(&mut r);
+    // The storm is over: n2, silent since t + 2 s, is judged by the 4 s
+    // limit, at a check the reports scheduled.
+    assert_eq!(r.poll_timeout(), Some(t + 6_000));
+    r.handle_timeout(t + 6_000);
+    assert_eq!(state_of(&r, "n2"), NodeState::Unreachable);
+    assert_eq!(state_of(&r, "n1"), NodeState::Ready);
+}

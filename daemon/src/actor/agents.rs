@@ -11,7 +11,7 @@ use sup_proto::v1;
 use sup_proto::v1::supervisor_message::Body as SupervisorBody;
 use tokio::sync::oneshot;
 
-use super::{defer, Actor, ActorError, AgentOutbound, Deferred};
+use super::{defer, Actor, ActorError, AgentSession, Deferred};
 use crate::convert::AgentReport;
 use crate::store::Store;
 use crate::view;
@@ -25,7 +25,7 @@ impl<S: Store> Actor<S> {
         now: Millis,
         registration: Registration,
         scheduler_name: &str,
-        outbound: AgentOutbound,
+        mut agent: AgentSession,
         reply: oneshot::Sender<Result<NodeState, ActorError>>,
         deferred: &mut Vec<Deferred>,
     ) {
@@ -42,11 +42,12 @@ impl<S: Store> Actor<S> {
                         .unwrap_or(u32::MAX),
                 })),
             };
-            self.sessions
-                .insert(node_id.clone(), (session, outbound.clone()));
+            agent.session = session;
+            let outbound = agent.outbound.clone();
+            self.sessions.insert(node_id.clone(), agent);
             deferred.push(Box::new(move |engine| {
                 if engine.is_some() {
-                    let _ = outbound.try_send(Ok(registered));
+                    let _ = outbound.try_send(Box::new(registered));
                 }
             }));
         }
@@ -72,7 +73,7 @@ impl<S: Store> Actor<S> {
         if self
             .sessions
             .get(node_id)
-            .is_some_and(|(s, _)| *s == session)
+            .is_some_and(|a| a.session == session)
         {
             self.sessions.remove(node_id);
         }

@@ -32,7 +32,7 @@ use crate::snapshot::Snapshot;
 use crate::store::{Store, StoreError};
 use idempotent::RequestLog;
 use request::Request;
-pub use request::{ActorError, AgentOutbound, JobReply, SupervisorHandle};
+pub use request::{ActorError, AgentOutbound, JobReply, LivenessStamp, SupervisorHandle};
 use watchdog::Watchdog;
 
 /// A reply, sent once the batch it belongs to has been reconciled and made
@@ -69,7 +69,7 @@ pub struct Actor<S: Store> {
     engine: Engine,
     store: S,
     rx: mpsc::Receiver<Request>,
-    sessions: HashMap<String, (SessionId, AgentOutbound)>,
+    sessions: HashMap<String, AgentSession>,
     telemetry_interval: Duration,
     counters: Arc<Counters>,
     ready: Arc<AtomicBool>,
@@ -94,6 +94,14 @@ pub struct Actor<S: Store> {
     /// Tells the scheduler edge that node records changed (never awaited:
     /// a slow or down Slurm cannot hold the actor up).
     scheduler_wake: Arc<Notify>,
+}
+
+/// A registered agent's live stream: where to send, and when it was last
+/// heard from.
+struct AgentSession {
+    session: SessionId,
+    outbound: AgentOutbound,
+    heard: LivenessStamp,
 }
 
 /// Requests handled per batch before the batch is committed.
@@ -170,6 +178,7 @@ impl<S: Store> Actor<S> {
                 }
             }
             if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+                self.sync_liveness(now);
                 self.engine.handle_timeout(now);
                 self.changed_since_snapshot = true;
             }
@@ -221,12 +230,17 @@ impl<S: Store> Actor<S> {
                 registration,
                 scheduler_name,
                 outbound,
+                heard,
                 reply,
             } => self.register(
                 now,
                 registration,
                 &scheduler_name,
-                outbound,
+                AgentSession {
+                    session: 0,
+                    outbound,
+                    heard,
+                },
                 reply,
                 deferred,
             ),
@@ -323,6 +337,18 @@ impl<S: Store> Actor<S> {
         }
     }
 
+    /// Hands the engine when each live stream was last heard from, so its
+    /// liveness check judges silence by what arrived, not by what it has
+    /// worked through so far.
+    fn sync_liveness(&mut self, now: Millis) {
+        for (node_id, agent) in &self.sessions {
+            let at = agent.heard.last_heard();
+            if at > 0 {
+                self.engine.on_heard(now, node_id, agent.session, at);
+            }
+        }
+    }
+
     /// Client request ids remembered by the store (at startup).
     pub fn with_requests(mut self, records: Vec<sup_core::RequestRecord>) -> Self {
         self.requests = RequestLog::restored(records);
@@ -333,11 +359,11 @@ impl<S: Store> Actor<S> {
     /// closed: the agent reconnects and gets the whole desired state again,
     /// which is better than a silently lost assignment.
     fn send_to_agent(&mut self, node_id: &str, body: SupervisorBody) {
-        let Some((_, outbound)) = self.sessions.get(node_id) else {
+        let Some(agent) = self.sessions.get(node_id) else {
             return;
         };
         let message = v1::SupervisorMessage { body: Some(body) };
-        if outbound.try_send(Ok(message)).is_err() {
+        if agent.outbound.try_send(Box::new(message)).is_err() {
             tracing::warn!(node = %node_id, "agent stream is not draining; closing it so the agent resyncs");
             self.sessions.remove(node_id);
         }
@@ -382,7 +408,7 @@ impl<S: Store> Actor<S> {
                     if self
                         .sessions
                         .get(&node_id)
-                        .is_some_and(|(s, _)| *s == session)
+                        .is_some_and(|a| a.session == session)
                     {
                         self.sessions.remove(&node_id);
                     }

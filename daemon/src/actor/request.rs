@@ -6,7 +6,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use sup_core::scheduler::{SchedulerNode, SchedulerOp};
-use sup_core::{CordonOutcome, EngineError, GpuReading, NodeState, Registration, SessionId};
+use sup_core::{
+    CordonOutcome, EngineError, GpuReading, Millis, NodeState, Registration, SessionId,
+};
 use sup_proto::v1;
 
 use crate::convert::AgentReport;
@@ -28,7 +30,26 @@ pub(super) struct By {
     pub request_id: String,
 }
 
-pub type AgentOutbound = mpsc::Sender<Result<v1::SupervisorMessage, tonic::Status>>;
+/// Messages to one agent's stream. Boxed: a channel allocates its slots in
+/// blocks of 32, and supd holds one channel per node.
+pub type AgentOutbound = mpsc::Sender<Box<v1::SupervisorMessage>>;
+
+/// When an agent's stream last delivered a message (supervisor clock, Unix
+/// ms; 0: not yet), written by the stream's own task as messages arrive and
+/// read by the actor before it judges liveness. Liveness thus never waits
+/// in the actor's queue behind bulk work such as a registration storm.
+#[derive(Debug, Clone, Default)]
+pub struct LivenessStamp(Arc<std::sync::atomic::AtomicI64>);
+
+impl LivenessStamp {
+    pub fn heard_at(&self, at: Millis) {
+        self.0.fetch_max(at, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn last_heard(&self) -> Millis {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 pub type JobReply = oneshot::Sender<Result<(bool, String, v1::Job), ActorError>>;
 
@@ -38,6 +59,9 @@ pub(super) enum Request {
         /// The batch scheduler's name for the node ("": the node id).
         scheduler_name: String,
         outbound: AgentOutbound,
+        /// Stamped by the stream's task as each message arrives (see
+        /// `Actor::sync_liveness`).
+        heard: LivenessStamp,
         reply: oneshot::Sender<Result<NodeState, ActorError>>,
     },
     Telemetry {
@@ -159,8 +183,13 @@ impl SupervisorHandle {
         registration: Registration,
         outbound: AgentOutbound,
     ) -> Result<NodeState, ActorError> {
-        self.register_as(registration, String::new(), outbound)
-            .await
+        self.register_as(
+            registration,
+            String::new(),
+            outbound,
+            LivenessStamp::default(),
+        )
+        .await
     }
 
     /// A registration that names the node in the batch scheduler too.
@@ -169,11 +198,13 @@ impl SupervisorHandle {
         registration: Registration,
         scheduler_name: String,
         outbound: AgentOutbound,
+        heard: LivenessStamp,
     ) -> Result<NodeState, ActorError> {
         self.ask(|reply| Request::Register {
             registration,
             scheduler_name,
             outbound,
+            heard,
             reply,
         })
         .await?

@@ -64,7 +64,7 @@ async fn registration_is_acknowledged_on_the_stream_after_commit() {
         .await
         .expect("register");
     assert_eq!(state, NodeState::Joining);
-    let msg = rx.recv().await.expect("message").expect("ok");
+    let msg = *rx.recv().await.expect("message");
     assert!(matches!(
         msg.body,
         Some(v1::supervisor_message::Body::Registered(r)) if r.node_id == "n1" && r.telemetry_interval_ms == 1000

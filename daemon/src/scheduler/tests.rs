@@ -107,7 +107,12 @@ async fn drains_land_once_after_a_failure_and_only_sups_drains_are_resumed() {
         // n2's agent says Slurm calls it gpu-b.
         let name = if id == "n2" { "gpu-b" } else { "" };
         handle
-            .register_as(registration(id, session), name.to_owned(), tx)
+            .register_as(
+                registration(id, session),
+                name.to_owned(),
+                tx,
+                crate::actor::LivenessStamp::default(),
+            )
             .await
             .expect("register");
     }

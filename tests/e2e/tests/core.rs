@@ -225,6 +225,20 @@ fn check_metrics(http_port: u16, cordoned: i64) -> Result<()> {
         "{body}"
     );
     assert!(value("sup_agent_reports_total", None).is_some(), "{body}");
+    assert!(
+        !body.contains("sup_gpu_temperature_celsius"),
+        "per-GPU readings are on /metrics/gpus: {body}"
+    );
+
+    // Every GPU's readings: a scrape target of its own (24 GPUs here).
+    let (code, gpus) = http_get(http_port, "/metrics/gpus")?;
+    assert_eq!(code, 200, "{gpus}");
+    promtool_check(&gpus)?;
+    let temperatures = gpus
+        .lines()
+        .filter(|l| l.starts_with("sup_gpu_temperature_celsius{"))
+        .count();
+    assert_eq!(temperatures, 24, "{gpus}");
     Ok(())
 }
 

@@ -67,7 +67,14 @@ fn the_json_api_needs_the_configured_token_and_the_rest_stays_open() -> Result<(
         200
     );
 
-    for path in ["/", "/metrics", "/healthz", "/readyz", "/dashboard/app.js"] {
+    for path in [
+        "/",
+        "/metrics",
+        "/metrics/gpus",
+        "/healthz",
+        "/readyz",
+        "/dashboard/app.js",
+    ] {
         let (code, body) = http_get(port, path)?;
         assert_eq!(code, 200, "{path} stays open: {body}");
     }
