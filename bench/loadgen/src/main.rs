@@ -1319,6 +1319,13 @@ max_restarts = 100000
         None
     };
     let pid = supd.child.id().to_string();
+    if storm.is_some() {
+        // Until every restored node has reported again, the restarted supd
+        // holds no silence against them (nodes.rejoin_grace): let every
+        // agent report twice and one liveness check pass, so the vanished
+        // agents below measure the steady-state detection.
+        tokio::time::sleep(period * 2 + Duration::from_millis(args.unreachable_after_ms)).await;
+    }
 
     // Vanished agents: silent, stream left open.
     let mut vanished = Vec::new();

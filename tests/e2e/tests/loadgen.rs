@@ -1,7 +1,8 @@
 //! Smoke run of the load generator: 50 simulated agents against a real supd
-//! for a few seconds, faults and vanished agents included. It checks that
-//! the benchmark runs and loses no report, not how fast anything is (the
-//! figures are in BENCHMARKS.md, from a full run).
+//! for a few seconds, faults, a supd crash and restart and vanished agents
+//! included. It checks that the benchmark runs, loses no report, leaves the
+//! job alone across the restart and flaps no node, not how fast anything is
+//! (the figures are in BENCHMARKS.md, from a full run).
 
 use std::process::Command;
 
@@ -49,5 +50,22 @@ fn loadgen_smoke_runs_and_drops_no_report() -> Result<()> {
             .with_context(|| format!("no '{figure}' line in:\n{stdout}"))?;
         assert!(!line.contains("NaN"), "no samples for {figure}:\n{stdout}");
     }
+    // supd killed and restarted under the agents: the job untouched, and no
+    // node that kept reporting was ever called unreachable (storm included).
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .with_context(|| format!("no '{prefix}' line in:\n{stdout}"))
+    };
+    assert!(
+        line("job across the restart")?.contains("(untouched)"),
+        "{stdout}"
+    );
+    let false_unreachable = line("false unreachable events (whole run)")?;
+    assert!(
+        false_unreachable.split_whitespace().nth(5) == Some("0"),
+        "{stdout}"
+    );
     Ok(())
 }
