@@ -103,6 +103,10 @@ pub struct Engine {
     /// thousands must not turn healthy nodes unreachable. Brought forward
     /// to the moment every restored node has reported again.
     pub(crate) rejoin_deadline: Millis,
+    /// Registration times within the last `unreachable_after` (see
+    /// `note_registration`), and until when a registration storm lasts.
+    pub(crate) recent_registrations: VecDeque<Millis>,
+    pub(crate) storm_until: Millis,
 }
 
 impl Engine {
@@ -174,6 +178,8 @@ impl Engine {
             spares_were_low: false,
             partition_since: None,
             rejoin_deadline,
+            recent_registrations: VecDeque::new(),
+            storm_until: Millis::MIN,
         }
     }
 

@@ -11,6 +11,10 @@ use crate::{
     Engine, EngineError, EventKind, Millis, ReportOutcome, SessionId, MAX_TEXT_LEN,
 };
 
+/// Registrations within `unreachable_after` that make a storm (or 1 % of
+/// the nodes, if more): a few agents restarting is not one.
+const STORM_MIN_REGISTRATIONS: usize = 64;
+
 /// Node state as operators see it; derived, never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeState {
@@ -159,6 +163,7 @@ impl Engine {
         reg: Registration,
     ) -> Result<NodeState, EngineError> {
         validate_registration(&reg)?;
+        self.note_registration(now);
         let node_id = reg.node_id.clone();
         let gpus: Vec<GpuRecord> = reg
             .gpus
@@ -582,7 +587,16 @@ impl Engine {
     /// Nodes silent past `unreachable_after_ms` turn unreachable, and many
     /// at once raise the partition guard.
     pub(crate) fn check_liveness(&mut self, now: Millis) {
-        let limit = self.config.unreachable_after_ms;
+        // A registration storm (every agent of a cluster connecting at
+        // once) saturates supd and can hold a node's next report back for
+        // seconds: while one lasts, silence is judged by the rejoin grace.
+        let limit = if now < self.storm_until {
+            self.config
+                .unreachable_after_ms
+                .max(self.config.rejoin_grace_ms)
+        } else {
+            self.config.unreachable_after_ms
+        };
         let rejoining =
             now < self.rejoin_deadline && self.nodes.values().any(|n| n.awaiting_rejoin);
         if !rejoining {
@@ -612,6 +626,10 @@ impl Engine {
                 next = Some(next.map_or(deadline, |n: Millis| n.min(deadline)));
             }
         }
+        if now < self.storm_until {
+            // The usual limit applies again when the storm is over.
+            next = Some(next.map_or(self.storm_until, |n| n.min(self.storm_until)));
+        }
         self.next_liveness_check = next;
         for (id, silent_for) in newly_unreachable {
             self.record_event(
@@ -626,6 +644,26 @@ impl Engine {
             );
         }
         self.check_partition_suspected(now);
+    }
+
+    /// Counts a registration; enough of them within `unreachable_after`
+    /// make a storm, which lasts until that long after the last of them.
+    fn note_registration(&mut self, now: Millis) {
+        let window = self.config.unreachable_after_ms;
+        self.recent_registrations.push_back(now);
+        while self
+            .recent_registrations
+            .front()
+            .is_some_and(|&at| at <= now - window)
+        {
+            self.recent_registrations.pop_front();
+        }
+        let threshold = STORM_MIN_REGISTRATIONS.max(self.nodes.len() / 100);
+        if self.recent_registrations.len() >= threshold {
+            self.storm_until = now + window;
+            // The usual limit applies again right after.
+            self.schedule_liveness_check(self.storm_until);
+        }
     }
 
     pub(crate) fn partition_threshold(&self) -> usize {

@@ -334,10 +334,10 @@ pub struct NodesConfig {
     /// never cordons).
     #[serde(with = "humantime_serde")]
     pub unreachable_after: Duration,
-    /// After supd starts, nodes restored from its store have this long to
-    /// register again before their silence counts: every agent reconnects
-    /// at once after a restart, and a storm of thousands must not turn
-    /// healthy nodes unreachable.
+    /// The silence limit while agents reconnect en masse: after supd
+    /// starts (until every restored node has reported again) and during a
+    /// registration storm. A storm of thousands saturates supd and must not
+    /// turn healthy nodes unreachable.
     #[serde(with = "humantime_serde")]
     pub rejoin_grace: Duration,
     /// Telemetry interval suggested to agents at registration.

@@ -1,6 +1,7 @@
 //! The gRPC edge: agent streams and the operator control API, translated to
 //! actor requests. No decisions are made here.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::actor::{ActorError, SupervisorHandle};
+use crate::actor::{ActorError, AgentInput, SupervisorHandle};
 use crate::auth::{self, Transport};
 use crate::convert;
 use sup_core::EngineError;
@@ -52,6 +53,10 @@ impl AgentApi {
         }
     }
 }
+
+/// Messages read from one agent stream ahead of the state actor (see the
+/// session task): 32 s of reports at the default 1 s interval.
+const AGENT_LOOKAHEAD: usize = 32;
 
 type OutboundStream =
     Pin<Box<dyn Stream<Item = Result<v1::SupervisorMessage, Status>> + Send + 'static>>;
@@ -117,45 +122,50 @@ impl AgentService for AgentApi {
 
         let handle = self.handle.clone();
         tokio::spawn(async move {
+            // Messages read from the stream wait here for room in the
+            // actor's queue, so the stream is read (and its liveness
+            // stamped) while the actor works through a burst, up to
+            // AGENT_LOOKAHEAD of them; then the stream waits (HTTP/2 flow
+            // control), nothing is dropped.
+            let mut pending: VecDeque<AgentInput> = VecDeque::new();
+            let mut open = true;
             loop {
-                let message = inbound.message().await;
-                if let Ok(Some(_)) = &message {
-                    heard.heard_at(crate::actor::now_ms());
-                }
-                let telemetry = match message {
-                    Ok(Some(msg)) => match msg.body {
-                        Some(v1::agent_message::Body::Telemetry(t)) => t,
-                        Some(v1::agent_message::Body::Register(_)) => {
-                            tracing::warn!(node = %node_id, "second Register on one stream; closing it");
-                            break;
-                        }
-                        Some(other) => {
-                            let Some(report) = convert::agent_report(other) else {
-                                continue;
-                            };
-                            if handle
-                                .agent_report(node_id.clone(), session, report)
-                                .await
-                                .is_err()
-                            {
-                                break;
+                tokio::select! {
+                    message = inbound.message(), if open && pending.len() < AGENT_LOOKAHEAD => {
+                        match message {
+                            Ok(Some(msg)) => {
+                                heard.heard_at(crate::actor::now_ms());
+                                match msg.body {
+                                    Some(v1::agent_message::Body::Telemetry(t)) => {
+                                        pending.push_back(AgentInput::Telemetry(convert::readings(t)));
+                                    }
+                                    Some(v1::agent_message::Body::Register(_)) => {
+                                        tracing::warn!(node = %node_id, "second Register on one stream; closing it");
+                                        open = false;
+                                    }
+                                    Some(other) => {
+                                        if let Some(report) = convert::agent_report(other) {
+                                            pending.push_back(AgentInput::Report(report));
+                                        }
+                                    }
+                                    None => {}
+                                }
                             }
-                            continue;
+                            Ok(None) => open = false,
+                            Err(e) => {
+                                tracing::debug!(node = %node_id, error = %e, "agent stream broke");
+                                open = false;
+                            }
                         }
-                        None => continue,
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(node = %node_id, error = %e, "agent stream broke");
-                        break;
                     }
-                };
-                if handle
-                    .telemetry(node_id.clone(), session, convert::readings(telemetry))
-                    .await
-                    .is_err()
-                {
-                    break;
+                    slot = handle.agent_slot(), if !pending.is_empty() => {
+                        let Ok(slot) = slot else { break };
+                        if let Some(input) = pending.pop_front() {
+                            slot.send(node_id.clone(), session, input);
+                        }
+                    }
+                    // The stream ended and everything read from it is handed on.
+                    else => break,
                 }
             }
             handle.disconnected(node_id, session).await;

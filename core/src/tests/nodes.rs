@@ -513,3 +513,53 @@ fn the_rejoin_window_closes_once_every_restored_node_has_reported() {
     assert_eq!(state_of(&r, "n2"), NodeState::Unreachable);
     assert_eq!(state_of(&r, "n1"), NodeState::Ready);
 }
+
+#[test]
+fn during_a_registration_storm_silence_is_judged_by_the_rejoin_grace() {
+    let mut e = Engine::new(EngineConfig {
+        unreachable_after_ms: 4_000,
+        rejoin_grace_ms: 30_000,
+        event_log_capacity: 100,
+        ..Default::default()
+    });
+    // 70 agents connect within 0.7 s: a storm (64 within 4 s).
+    for i in 0..70u64 {
+        let id = format!("n{i}");
+        let at = i as Millis * 10;
+        joined(&mut e, &id, i + 1, at);
+    }
+    drain(&mut e);
+    // n0's reports stall; the others report again.
+    for i in 1..70u64 {
+        assert!(e
+            .on_telemetry(4_600, &format!("n{i}"), i + 1, vec![])
+            .is_applied());
+    }
+    e.handle_timeout(4_500);
+    assert_eq!(
+        state_of(&e, "n0"),
+        NodeState::Ready,
+        "silent 4.5 s in a storm"
+    );
+    // The storm is over 4 s after its last registration (at 0.69 s): the
+    // usual limit again, at a check scheduled for then.
+    assert_eq!(e.poll_timeout(), Some(4_690));
+    e.handle_timeout(4_690);
+    assert_eq!(state_of(&e, "n0"), NodeState::Unreachable);
+    assert_eq!(state_of(&e, "n1"), NodeState::Ready);
+}
+
+#[test]
+fn a_few_agents_reconnecting_are_no_storm() {
+    let mut e = Engine::new(EngineConfig {
+        unreachable_after_ms: 4_000,
+        event_log_capacity: 100,
+        ..Default::default()
+    });
+    for i in 0..10u64 {
+        joined(&mut e, &format!("n{i}"), i + 1, 0);
+    }
+    drain(&mut e);
+    e.handle_timeout(4_000);
+    assert_eq!(state_of(&e, "n0"), NodeState::Unreachable);
+}

@@ -32,7 +32,9 @@ use crate::snapshot::Snapshot;
 use crate::store::{Store, StoreError};
 use idempotent::RequestLog;
 use request::Request;
-pub use request::{ActorError, AgentOutbound, JobReply, LivenessStamp, SupervisorHandle};
+pub use request::{
+    ActorError, AgentInput, AgentOutbound, AgentSlot, JobReply, LivenessStamp, SupervisorHandle,
+};
 use watchdog::Watchdog;
 
 /// A reply, sent once the batch it belongs to has been reconciled and made

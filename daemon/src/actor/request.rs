@@ -34,6 +34,32 @@ pub(super) struct By {
 /// blocks of 32, and supd holds one channel per node.
 pub type AgentOutbound = mpsc::Sender<Box<v1::SupervisorMessage>>;
 
+/// What an agent's stream hands the state actor.
+pub enum AgentInput {
+    Telemetry(Vec<GpuReading>),
+    Report(AgentReport),
+}
+
+/// Room for one agent input in the actor's queue (`agent_slot`).
+pub struct AgentSlot<'a>(mpsc::Permit<'a, Request>);
+
+impl AgentSlot<'_> {
+    pub fn send(self, node_id: String, session: SessionId, input: AgentInput) {
+        self.0.send(match input {
+            AgentInput::Telemetry(readings) => Request::Telemetry {
+                node_id,
+                session,
+                readings,
+            },
+            AgentInput::Report(body) => Request::AgentReport {
+                node_id,
+                session,
+                body,
+            },
+        });
+    }
+}
+
 /// When an agent's stream last delivered a message (supervisor clock, Unix
 /// ms; 0: not yet), written by the stream's own task as messages arrive and
 /// read by the actor before it judges liveness. Liveness thus never waits
@@ -225,22 +251,6 @@ impl SupervisorHandle {
         self.scheduler_wake.clone()
     }
 
-    pub async fn telemetry(
-        &self,
-        node_id: String,
-        session: SessionId,
-        readings: Vec<GpuReading>,
-    ) -> Result<(), ActorError> {
-        self.tx
-            .send(Request::Telemetry {
-                node_id,
-                session,
-                readings,
-            })
-            .await
-            .map_err(|_| gone())
-    }
-
     pub async fn disconnected(&self, node_id: String, session: SessionId) {
         // Nothing to do if the actor is gone: supd is stopping.
         let _ = self
@@ -348,6 +358,14 @@ impl SupervisorHandle {
     /// Whether the actor is running and answering.
     pub async fn ping(&self) -> Result<(), ActorError> {
         self.ask(|reply| Request::Ping { reply }).await
+    }
+
+    /// Waits for room in the actor's queue. An agent stream's task waits
+    /// here inside a `select!` that goes on reading (and stamping) its
+    /// stream meanwhile: see `grpc.rs`. Cancel-safe (a cancelled wait only
+    /// loses its place in line).
+    pub async fn agent_slot(&self) -> Result<AgentSlot<'_>, ActorError> {
+        self.tx.reserve().await.map(AgentSlot).map_err(|_| gone())
     }
 
     pub async fn agent_report(
