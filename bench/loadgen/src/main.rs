@@ -1234,11 +1234,30 @@ max_restarts = 100000
             .send(AgentCommand::Fault)
             .map_err(|_| anyhow::anyhow!("agent {vi} is gone"))?;
         job = wait_running(&mut control, prev_gen, Duration::from_secs(30)).await?;
-        // Let the event poller catch up.
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let (sent_at, sent_ms) = lock(&shared.views[vi])
             .fault_sent
             .context("fault not sent")?;
+        // Until the event poller has both events (reads come from a
+        // snapshot up to 2 s old): a sample missing after that is counted
+        // as missing (n of N).
+        let running = format!("generation {} ", job.generation);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let seen = {
+                let events = lock(&shared.events);
+                let cordoned = events.iter().any(|e| {
+                    e.kind == "node_cordoned" && e.node == victim && e.at_unix_ms >= sent_ms
+                });
+                let ran = events
+                    .iter()
+                    .any(|e| e.kind == "job_running" && e.reason.contains(&running));
+                cordoned && ran
+            };
+            if seen {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         if let Some(e) = lock(&shared.events)
             .iter()
             .find(|e| e.kind == "node_cordoned" && e.node == victim && e.at_unix_ms >= sent_ms)
@@ -1256,11 +1275,7 @@ max_restarts = 100000
         let server = lock(&shared.events)
             .iter()
             .rev()
-            .find(|e| {
-                e.kind == "job_running"
-                    && e.reason
-                        .contains(&format!("generation {} ", job.generation))
-            })
+            .find(|e| e.kind == "job_running" && e.reason.contains(&running))
             .and_then(|e| {
                 e.reason
                     .split("every rank launched ")
