@@ -154,7 +154,9 @@ fn main() {
         members.len()
     );
 
-    let status = time("view::status", rounds, || supd::view::status(&e));
+    let status = time("Cluster::build", rounds, || {
+        supd::cluster::Cluster::build(&e, None)
+    });
     let counters = Counters::default();
     let om = time("metrics::render (OpenMetrics)", rounds, || {
         supd::metrics::render(&status, &counters).expect("render")
@@ -181,7 +183,7 @@ fn main() {
     }
     drop((om, text));
     time("scrape total (status + render + text)", rounds, || {
-        let s = supd::view::status(&e);
+        let s = supd::cluster::Cluster::build(&e, None);
         let om = supd::metrics::render(&s, &counters).expect("render");
         supd::metrics::to_text_format(&om).len()
     });

@@ -256,19 +256,19 @@ impl ControlService for ControlApi {
         let snapshot = self.handle.snapshot().await.map_err(status_of)?;
         let job = query.filter.job();
         // A mistyped job name would otherwise look like a job on no nodes.
-        if !job.is_empty() && !snapshot.status.jobs.iter().any(|j| j.name == job) {
+        if !job.is_empty() && !snapshot.cluster.status.jobs.iter().any(|j| j.name == job) {
             return Err(status_of(ActorError::Engine(EngineError::UnknownJob(
                 job.to_owned(),
             ))));
         }
         let page = crate::pages::page(
-            &snapshot.status.nodes,
+            &snapshot.cluster.nodes,
             &query,
             crate::pages::proto_len,
             crate::pages::PAGE_BYTES,
         );
         Ok(Response::new(v1::ListNodesResponse {
-            nodes: page.nodes.into_iter().cloned().collect(),
+            nodes: page.nodes,
             next_continue_token: page.next.unwrap_or_default(),
             remaining: u32::try_from(page.remaining).unwrap_or(u32::MAX),
         }))
@@ -284,7 +284,7 @@ impl ControlService for ControlApi {
             .map_err(Status::invalid_argument)?;
         let snapshot = self.handle.snapshot().await.map_err(status_of)?;
         let page = crate::pages::job_page(
-            &snapshot.status.jobs,
+            &snapshot.cluster.status.jobs,
             &query,
             crate::pages::proto_len,
             crate::pages::PAGE_BYTES,

@@ -117,7 +117,7 @@ async fn metrics_gpus(State(s): State<HttpState>, headers: HeaderMap) -> Respons
     let openmetrics = crate::metrics::wants_openmetrics(accept);
     let gzip = accepts_gzip(&headers);
     let rendered = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-        let text = crate::metrics::render_gpus(&snapshot.status).map_err(|e| e.to_string())?;
+        let text = crate::metrics::render_gpus(&snapshot.cluster).map_err(|e| e.to_string())?;
         let text = if openmetrics {
             text
         } else {
@@ -162,7 +162,7 @@ async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> Response {
         Ok(snapshot) => snapshot,
         Err(e) => return error(e),
     };
-    let counters = match crate::metrics::render_counters(&snapshot.status, &s.counters) {
+    let counters = match crate::metrics::render_counters(&snapshot.cluster.status, &s.counters) {
         Ok(counters) => counters,
         Err(e) => return internal(&e),
     };
@@ -247,7 +247,7 @@ async fn status(State(s): State<HttpState>) -> Response {
 async fn node(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     match s.handle.snapshot().await {
         Ok(snapshot) => match snapshot.node(&id) {
-            Ok(node) => Json(NodeView::from(node)).into_response(),
+            Ok(node) => Json(NodeView::from(&node)).into_response(),
             Err(e) => error(e.into()),
         },
         Err(e) => error(e),
@@ -294,20 +294,20 @@ async fn nodes(State(s): State<HttpState>, Query(q): Query<NodesQuery>) -> Respo
         Err(e) => return error(e),
     };
     let job = query.filter.job();
-    if !job.is_empty() && !snapshot.status.jobs.iter().any(|j| j.name == job) {
+    if !job.is_empty() && !snapshot.cluster.status.jobs.iter().any(|j| j.name == job) {
         return error(ActorError::Engine(EngineError::UnknownJob(job.to_owned())));
     }
     let json_len = |n: &v1::Node| {
         serde_json::to_vec(&NodeView::from(n)).map_or(usize::MAX / 4, |v| v.len() + 1)
     };
     let page = crate::pages::page(
-        &snapshot.status.nodes,
+        &snapshot.cluster.nodes,
         &query,
         json_len,
         crate::pages::PAGE_BYTES,
     );
     Json(NodeListView {
-        nodes: page.nodes.into_iter().map(NodeView::from).collect(),
+        nodes: page.nodes.iter().map(NodeView::from).collect(),
         continue_token: page.next,
         remaining: u32::try_from(page.remaining).unwrap_or(u32::MAX),
     })
@@ -346,7 +346,7 @@ async fn jobs(State(s): State<HttpState>, Query(q): Query<JobsQuery>) -> Respons
     let json_len =
         |j: &v1::Job| serde_json::to_vec(&JobView::from(j)).map_or(usize::MAX / 4, |v| v.len() + 1);
     let page = crate::pages::job_page(
-        &snapshot.status.jobs,
+        &snapshot.cluster.status.jobs,
         &query,
         json_len,
         crate::pages::PAGE_BYTES,

@@ -7,6 +7,7 @@
 
 pub mod actor;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod dashboard;
@@ -254,7 +255,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // Not awaited at shutdown: it holds nothing that needs a clean stop
     // (a command in flight is killed with it).
     let _scheduler_task = scheduler::spawn(&config.slurm, handle.clone(), stop_rx.clone());
-    let _trim_task = tokio::spawn(memory::trim_periodically(stop_rx.clone()));
 
     ready.store(true, Ordering::SeqCst);
     tracing::info!(%grpc_addr, %http_addr, "supd listening");

@@ -5,6 +5,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use supd::config::{Config, LogFormat, Overrides, StoreBackend};
 
+/// jemalloc instead of glibc's malloc: with tens of thousands of agent
+/// streams glibc kept ~90 MiB more resident at 16,384 nodes (BENCHMARKS.md),
+/// and freed memory returns to the kernel without a trim pass. Its options
+/// (decay, background thread) are set at build time: `.cargo/config.toml`.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// supd: the sup supervisor. Keeps the node registry, decides, and serves
 /// agents (gRPC), supctl (gRPC) and the dashboard and metrics (HTTP).
 #[derive(Debug, Parser)]
@@ -49,6 +57,8 @@ enum Sub {
 }
 
 fn main() -> ExitCode {
+    #[cfg(not(target_env = "msvc"))]
+    supd::memory::jemalloc_installed();
     let args = Args::parse();
     if let Some(Sub::Simulate(sim)) = &args.command {
         return match supd::sim::cli::run_cli(sim) {

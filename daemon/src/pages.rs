@@ -29,6 +29,8 @@
 use sup_proto::json::{count_nodes, node_state_name, JobView, NodeView};
 use sup_proto::v1;
 
+use crate::cluster::{Cluster, NodeEntry};
+
 /// The most any read answer (status, a page of nodes or events) takes, as
 /// protobuf or as JSON.
 pub const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -163,22 +165,24 @@ fn capped_job(j: &v1::Job, cap: usize) -> v1::Job {
 
 /// The bounded status answer made from supd's whole picture (`full` lists
 /// every node and job). See `ClusterStatus` in sup.proto for the contract.
-pub fn status_summary(full: &v1::ClusterStatus) -> v1::ClusterStatus {
+pub fn status_summary(cluster: &Cluster) -> v1::ClusterStatus {
+    let full = &cluster.status;
     // Nodes: take by rank, each rank in id order, until a cap is reached;
     // a cluster of up to STATUS_MAX_NODES ordinary nodes is listed whole.
-    let mut by_rank: [Vec<&v1::Node>; RANKS] = Default::default();
-    for n in &full.nodes {
-        by_rank[attention_rank(n)].push(n);
+    let mut by_rank: [Vec<&NodeEntry>; RANKS] = Default::default();
+    for n in &cluster.nodes {
+        by_rank[attention_rank(n.fixed())].push(n);
     }
-    let mut nodes: Vec<&v1::Node> = Vec::new();
+    let mut nodes: Vec<v1::Node> = Vec::new();
     let mut bytes = 0;
     'pick: for n in by_rank.iter().flatten() {
-        let size = node_bytes(n);
+        let node = n.to_node();
+        let size = node_bytes(&node);
         if nodes.len() == STATUS_MAX_NODES || bytes + size > STATUS_NODE_BYTES {
             break 'pick;
         }
         bytes += size;
-        nodes.push(n);
+        nodes.push(node);
     }
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
 
@@ -206,8 +210,8 @@ pub fn status_summary(full: &v1::ClusterStatus) -> v1::ClusterStatus {
 
     let capped = |ids: &[String]| ids.iter().take(STATUS_MAX_SPARES).cloned().collect();
     v1::ClusterStatus {
-        nodes_omitted: count(full.nodes.len() - nodes.len()),
-        nodes: nodes.into_iter().cloned().collect(),
+        nodes_omitted: count(cluster.nodes.len() - nodes.len()),
+        nodes,
         jobs_omitted: count(full.jobs.len() - picked.len()),
         jobs: picked.into_iter().map(|(_, j)| j).collect(),
         spares: capped(&full.spares),
@@ -216,7 +220,7 @@ pub fn status_summary(full: &v1::ClusterStatus) -> v1::ClusterStatus {
         spares_lent_count: count(full.spares_lent.len()),
         spares_target: full.spares_target,
         breaker: full.breaker.clone(),
-        node_counts: Some(count_nodes(&full.nodes)),
+        node_counts: Some(count_nodes(cluster.fixed_nodes())),
     }
 }
 
@@ -336,8 +340,8 @@ impl NodeQuery {
 
 /// One page of nodes, in id order.
 #[derive(Debug)]
-pub struct Page<'a> {
-    pub nodes: Vec<&'a v1::Node>,
+pub struct Page {
+    pub nodes: Vec<v1::Node>,
     /// For the next page; `None` on the last one.
     pub next: Option<String>,
     /// Matching nodes after this page.
@@ -348,24 +352,24 @@ pub struct Page<'a> {
 /// and `budget` bytes as `size` measures them (at least one node, so that a
 /// walk always moves on). `nodes` comes from a snapshot (sorted by id, as
 /// supd keeps them; sorted here if not).
-pub fn page<'a>(
-    nodes: &'a [v1::Node],
+pub fn page(
+    nodes: &[NodeEntry],
     query: &NodeQuery,
-    size: impl FnMut(&v1::Node) -> usize,
+    mut size: impl FnMut(&v1::Node) -> usize,
     budget: usize,
-) -> Page<'a> {
+) -> Page {
     let walked = walk(
         nodes,
-        |n| &n.id,
-        |n| query.filter.matches(n),
+        NodeEntry::id,
+        |n| query.filter.matches(n.fixed()),
         query.limit,
         query.after.as_deref(),
         query.filter.fingerprint(),
-        size,
+        |n| size(&n.to_node()),
         budget,
     );
     Page {
-        nodes: walked.items,
+        nodes: walked.items.into_iter().map(NodeEntry::to_node).collect(),
         next: walked.next,
         remaining: walked.remaining,
     }
@@ -711,8 +715,15 @@ mod tests {
         }
     }
 
-    fn ids(nodes: &[&v1::Node]) -> Vec<String> {
+    fn ids(nodes: &[v1::Node]) -> Vec<String> {
         nodes.iter().map(|n| n.id.clone()).collect()
+    }
+
+    fn entries(nodes: &[v1::Node]) -> Vec<NodeEntry> {
+        nodes
+            .iter()
+            .map(|n| NodeEntry::new(n.clone(), None))
+            .collect()
     }
 
     fn small(id: &str, state: v1::NodeState, job: &str) -> v1::Node {
@@ -790,7 +801,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let s = status_summary(&full);
+        let s = status_summary(&Cluster::from_status(full.clone()));
         let proto = s.encoded_len();
         let json = serde_json::to_vec(&sup_proto::json::StatusView::from(&s))
             .expect("json")
@@ -940,7 +951,7 @@ mod tests {
             spares: vec!["c".into()],
             ..Default::default()
         };
-        let s = status_summary(&full);
+        let s = status_summary(&Cluster::from_status(full.clone()));
         let ids: Vec<&str> = s.nodes.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"], "all of them, in id order");
         assert_eq!((s.nodes_omitted, s.jobs_omitted), (0, 0));
@@ -961,10 +972,10 @@ mod tests {
             unavailable: true,
             ..Default::default()
         });
-        let s = status_summary(&v1::ClusterStatus {
+        let s = status_summary(&Cluster::from_status(v1::ClusterStatus {
             nodes,
             ..Default::default()
-        });
+        }));
         assert_eq!(s.nodes.len(), STATUS_MAX_NODES);
         assert_eq!(s.nodes_omitted, 400);
         let ids: Vec<&str> = s.nodes.iter().map(|n| n.id.as_str()).collect();
@@ -985,7 +996,7 @@ mod tests {
         let mut pages = 0;
         loop {
             let q = query(&[], "", 64, &token);
-            let p = page(&nodes, &q, proto_len, PAGE_BYTES);
+            let p = page(&entries(&nodes), &q, proto_len, PAGE_BYTES);
             seen.extend(ids(&p.nodes));
             let next = p.next;
             pages += 1;
@@ -1024,12 +1035,12 @@ mod tests {
             })
             .collect();
         let q = query(&[v1::NodeState::Cordoned], "", 2, "");
-        let first = page(&nodes, &q, proto_len, PAGE_BYTES);
+        let first = page(&entries(&nodes), &q, proto_len, PAGE_BYTES);
         assert_eq!(ids(&first.nodes), ["n00", "n10"]);
         assert_eq!(first.remaining, 3);
         let token = first.next.expect("more");
         let q = query(&[v1::NodeState::Cordoned], "", 2, &token);
-        let second = page(&nodes, &q, proto_len, PAGE_BYTES);
+        let second = page(&entries(&nodes), &q, proto_len, PAGE_BYTES);
         assert_eq!(ids(&second.nodes), ["n20", "n30"]);
         let q = query(
             &[v1::NodeState::Cordoned],
@@ -1037,7 +1048,7 @@ mod tests {
             2,
             &second.next.expect("more"),
         );
-        let last = page(&nodes, &q, proto_len, PAGE_BYTES);
+        let last = page(&entries(&nodes), &q, proto_len, PAGE_BYTES);
         assert_eq!(ids(&last.nodes), ["n40"]);
         assert_eq!((last.next, last.remaining), (None, 0));
 
@@ -1047,7 +1058,7 @@ mod tests {
             0,
             "",
         );
-        let all = page(&nodes, &q, proto_len, PAGE_BYTES);
+        let all = page(&entries(&nodes), &q, proto_len, PAGE_BYTES);
         assert_eq!(all.nodes.len(), 20);
         assert!(all.next.is_none());
     }
@@ -1057,12 +1068,22 @@ mod tests {
         let nodes: Vec<v1::Node> = (0..3000)
             .map(|i| small(&format!("n{i:04}"), v1::NodeState::Ready, ""))
             .collect();
-        let p = page(&nodes, &query(&[], "", 0, ""), proto_len, PAGE_BYTES);
+        let p = page(
+            &entries(&nodes),
+            &query(&[], "", 0, ""),
+            proto_len,
+            PAGE_BYTES,
+        );
         assert_eq!(
             (p.nodes.len(), p.remaining),
             (DEFAULT_PAGE_NODES, 3000 - DEFAULT_PAGE_NODES)
         );
-        let p = page(&nodes, &query(&[], "", 100_000, ""), proto_len, PAGE_BYTES);
+        let p = page(
+            &entries(&nodes),
+            &query(&[], "", 100_000, ""),
+            proto_len,
+            PAGE_BYTES,
+        );
         assert_eq!(p.nodes.len(), MAX_PAGE_NODES);
 
         // Big nodes: the byte budget ends the page before the count does.
@@ -1070,8 +1091,8 @@ mod tests {
             .map(|i| big_node(i, v1::NodeState::Cordoned))
             .collect();
         let q = query(&[], "", 1000, "");
-        let p = page(&big, &q, node_bytes, PAGE_BYTES);
-        let used: usize = p.nodes.iter().map(|n| node_bytes(n)).sum();
+        let p = page(&entries(&big), &q, node_bytes, PAGE_BYTES);
+        let used: usize = p.nodes.iter().map(node_bytes).sum();
         assert!(
             p.nodes.len() < 1000 && used <= PAGE_BYTES,
             "{} nodes",
@@ -1079,7 +1100,7 @@ mod tests {
         );
         assert_eq!(p.remaining, 1000 - p.nodes.len());
         // One node bigger than the budget still makes a page: walks end.
-        let p = page(&big, &q, |_| PAGE_BYTES * 2, PAGE_BYTES);
+        let p = page(&entries(&big), &q, |_| PAGE_BYTES * 2, PAGE_BYTES);
         assert_eq!(p.nodes.len(), 1);
     }
 
@@ -1107,7 +1128,9 @@ mod tests {
             small("b", v1::NodeState::Cordoned, ""),
         ];
         let q = query(&[v1::NodeState::Cordoned], "", 1, "");
-        let token = page(&nodes, &q, proto_len, PAGE_BYTES).next.expect("token");
+        let token = page(&entries(&nodes), &q, proto_len, PAGE_BYTES)
+            .next
+            .expect("token");
         let err = NodeQuery::parse(&[], "", 1, &token).expect_err("other filters");
         assert!(err.contains("issued for other filters"), "{err}");
         let states = [v1::NodeState::Cordoned as i32];
@@ -1242,9 +1265,14 @@ mod tests {
             small("a", v1::NodeState::Ready, ""),
             small("b", v1::NodeState::Ready, ""),
         ];
-        let node_token = page(&nodes, &query(&[], "", 1, ""), proto_len, PAGE_BYTES)
-            .next
-            .expect("token");
+        let node_token = page(
+            &entries(&nodes),
+            &query(&[], "", 1, ""),
+            proto_len,
+            PAGE_BYTES,
+        )
+        .next
+        .expect("token");
         assert!(JobQuery::parse(&[], 1, &node_token).is_err());
         let q = JobQuery::parse(&[], 1, "").expect("query");
         let job_token = job_page(&jobs, &q, proto_len, PAGE_BYTES)

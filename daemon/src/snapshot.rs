@@ -36,6 +36,7 @@ use sup_core::{Engine, EngineError, Millis};
 use sup_proto::v1;
 use tokio::sync::OnceCell;
 
+use crate::cluster::{Cluster, NodeEntry};
 use crate::view;
 
 /// A snapshot answers reads for this many times its build time: readers
@@ -71,10 +72,10 @@ pub struct Snapshot {
     /// The whole cluster, every node and job: what `/metrics` and the
     /// dashboard stream read. Read answers take [`Snapshot::summary`] or a
     /// page of it (see `crate::pages`).
-    pub status: v1::ClusterStatus,
-    /// The bounded status answer, made from `status` by the first reader.
+    pub cluster: Cluster,
+    /// The bounded status answer, made from `cluster` by the first reader.
     summary: std::sync::OnceLock<v1::ClusterStatus>,
-    /// Index into `status.nodes` by node id.
+    /// Index into `cluster.nodes` by node id.
     nodes: HashMap<String, usize>,
     /// The retained events, oldest first; shared with the previous snapshot
     /// when no event happened in between.
@@ -143,12 +144,12 @@ impl Snapshot {
     /// The engine as it is now. `previous` lends its event list when no
     /// event was added or trimmed since.
     pub fn build(engine: &Engine, now: Millis, previous: Option<&Snapshot>) -> Snapshot {
-        let status = view::status(engine);
-        let nodes = status
+        let cluster = Cluster::build(engine, previous.map(|p| &p.cluster));
+        let nodes = cluster
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.id.clone(), i))
+            .map(|(i, n)| (n.id().to_owned(), i))
             .collect();
         // Events are only appended and trimmed from the front, so equal
         // first and last sequence numbers mean an equal list.
@@ -183,7 +184,7 @@ impl Snapshot {
             built_at: now,
             fresh_for_ms: 0,
             confirmed_at: AtomicI64::new(now),
-            status,
+            cluster,
             summary: std::sync::OnceLock::new(),
             nodes,
             events,
@@ -215,10 +216,11 @@ impl Snapshot {
         self.confirmed_at.fetch_max(now, Ordering::Relaxed);
     }
 
-    pub fn node(&self, node_id: &str) -> Result<&v1::Node, EngineError> {
+    pub fn node(&self, node_id: &str) -> Result<v1::Node, EngineError> {
         self.nodes
             .get(node_id)
-            .and_then(|&i| self.status.nodes.get(i))
+            .and_then(|&i| self.cluster.nodes.get(i))
+            .map(NodeEntry::to_node)
             .ok_or_else(|| EngineError::UnknownNode(node_id.to_owned()))
     }
 
@@ -226,7 +228,7 @@ impl Snapshot {
     /// size; made once per snapshot, off the actor.
     pub fn summary(&self) -> &v1::ClusterStatus {
         self.summary
-            .get_or_init(|| crate::pages::status_summary(&self.status))
+            .get_or_init(|| crate::pages::status_summary(&self.cluster))
     }
 
     /// Every retained event, oldest first.
@@ -335,7 +337,7 @@ impl Snapshot {
         let started = std::time::Instant::now();
         let input = input.unwrap_or_default();
         let bytes = match kind {
-            Kind::MetricsOpenMetrics => crate::metrics::render_state(&self.status)
+            Kind::MetricsOpenMetrics => crate::metrics::render_state(&self.cluster)
                 .map(Bytes::from)
                 .map_err(|e| RenderError(format!("encoding metrics failed: {e}")))?,
             Kind::MetricsText => {
@@ -393,13 +395,13 @@ mod tests {
             built_at,
             fresh_for_ms: 0,
             confirmed_at: AtomicI64::new(built_at),
-            status: v1::ClusterStatus {
+            cluster: Cluster::from_status(v1::ClusterStatus {
                 nodes: vec![v1::Node {
                     id: "n1".into(),
                     ..Default::default()
                 }],
                 ..Default::default()
-            },
+            }),
             summary: std::sync::OnceLock::new(),
             nodes: HashMap::from([("n1".to_owned(), 0)]),
             events: Arc::new(events),
@@ -486,7 +488,7 @@ mod tests {
     #[test]
     fn node_lookup_names_an_unknown_node() {
         let s = snapshot_with(vec![], 0);
-        assert_eq!(s.node("n1").map(|n| n.id.as_str()).ok(), Some("n1"));
+        assert_eq!(s.node("n1").map(|n| n.id).ok().as_deref(), Some("n1"));
         assert!(matches!(s.node("n2"), Err(EngineError::UnknownNode(id)) if id == "n2"));
     }
 }

@@ -93,11 +93,12 @@ pub fn node(engine: &Engine, node: &Node) -> v1::Node {
     }
 }
 
-pub fn status(engine: &Engine) -> v1::ClusterStatus {
+/// Jobs, spares and breaker; the nodes are made one by one
+/// (`crate::cluster::Cluster::build`).
+pub fn status_without_nodes(engine: &Engine) -> v1::ClusterStatus {
     let breaker = engine.breaker();
     let pool = engine.spare_pool();
     v1::ClusterStatus {
-        nodes: engine.nodes().map(|n| node(engine, n)).collect(),
         jobs: engine.jobs().map(|j| job_in(engine, j)).collect(),
         spares: pool
             .free
@@ -112,8 +113,8 @@ pub fn status(engine: &Engine) -> v1::ClusterStatus {
         }),
         spares_target: pool.target,
         spares_lent: pool.lent.into_iter().map(|(node, _)| node).collect(),
-        // The whole picture: counts and caps belong to the answers made
-        // from it (crate::pages::status_summary).
+        // Counts and caps belong to the answers made from the whole
+        // picture (crate::pages::status_summary).
         ..Default::default()
     }
 }

@@ -70,7 +70,7 @@ async fn registration_is_acknowledged_on_the_stream_after_commit() {
         Some(v1::supervisor_message::Body::Registered(r)) if r.node_id == "n1" && r.telemetry_interval_ms == 1000
     ));
     let snapshot = handle.snapshot().await.expect("status");
-    assert_eq!(snapshot.status.nodes.len(), 1);
+    assert_eq!(snapshot.cluster.nodes.len(), 1);
 }
 
 #[tokio::test]
@@ -247,7 +247,7 @@ async fn readers_share_one_snapshot_per_batch_and_none_when_nothing_changed() {
     // before the actor runs: one batch, one snapshot for all of them.
     let reads = futures_util::future::join_all((0..10).map(|_| handle.snapshot())).await;
     for read in reads {
-        assert_eq!(read.expect("read").status.nodes.len(), 1);
+        assert_eq!(read.expect("read").cluster.nodes.len(), 1);
     }
     assert_eq!(built(), before + 1, "one build for ten readers");
     // Nothing changed since: confirmed, not rebuilt.

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::actor::SupervisorHandle;
+use crate::cluster::Cluster;
 
 const INDEX_HTML: &str = include_str!("index.html");
 const APP_CSS: &str = include_str!("app.css");
@@ -165,14 +166,15 @@ pub struct StreamState {
 impl StreamState {
     /// The SSE messages (event name, JSON data) that bring a page that has
     /// seen what this state remembers up to `status`.
-    pub fn diff(&mut self, status: &v1::ClusterStatus) -> Vec<(&'static str, String)> {
+    pub fn diff(&mut self, cluster: &Cluster) -> Vec<(&'static str, String)> {
+        let status = &cluster.status;
         let mut out = Vec::new();
         let full = !self.started;
         self.started = true;
         let spares: std::collections::HashSet<&str> =
             status.spares.iter().map(String::as_str).collect();
-        let mut fresh: HashMap<String, NodeSummary> = HashMap::with_capacity(status.nodes.len());
-        for node in &status.nodes {
+        let mut fresh: HashMap<String, NodeSummary> = HashMap::with_capacity(cluster.nodes.len());
+        for node in cluster.fixed_nodes() {
             let s = summarize(node, spares.contains(node.id.as_str()));
             fresh.insert(s.id.clone(), s);
         }
@@ -234,7 +236,7 @@ impl StreamState {
                 .filter(|b| b.open)
                 .map(|b| b.reason.clone())
                 .filter(|r| !r.is_empty()),
-            nodes: status.nodes.len(),
+            nodes: cluster.nodes.len(),
         };
         if let Ok(json) = serde_json::to_string(&summary) {
             if self.summary.as_deref() != Some(json.as_str()) {
@@ -264,7 +266,7 @@ pub async fn stream(State(handle): State<SupervisorHandle>) -> impl IntoResponse
                 // The actor stopped: supd is shutting down or failed.
                 break;
             };
-            let mut messages = state.diff(&snapshot.status);
+            let mut messages = state.diff(&snapshot.cluster);
             let (after, limit) = match state.last_seq {
                 Some(seq) => (seq, 0),
                 None => (0, INITIAL_EVENTS),
@@ -343,12 +345,15 @@ mod tests {
             ..Default::default()
         };
         let mut s = StreamState::default();
-        let first = s.diff(&status);
+        let first = s.diff(&Cluster::from_status(status.clone()));
         let nodes = &first.iter().find(|(n, _)| *n == "nodes").expect("nodes").1;
         assert!(nodes.contains("\"full\":true"), "{nodes}");
         assert!(nodes.contains("\"id\":\"a\"") && nodes.contains("\"id\":\"b\""));
 
-        assert!(s.diff(&status).is_empty(), "nothing changed, nothing sent");
+        assert!(
+            s.diff(&Cluster::from_status(status.clone())).is_empty(),
+            "nothing changed, nothing sent"
+        );
 
         status.nodes[1].state = v1::NodeState::Cordoned as i32;
         status.nodes[1].cordon = Some(v1::Cordon {
@@ -358,7 +363,7 @@ mod tests {
             ..Default::default()
         });
         status.nodes[1].gpus[1].health = v1::GpuHealth::Failed as i32;
-        let third = s.diff(&status);
+        let third = s.diff(&Cluster::from_status(status.clone()));
         assert_eq!(third.len(), 1, "{third:?}");
         let nodes = &third[0].1;
         assert!(!nodes.contains("\"id\":\"a\""), "a did not change: {nodes}");
@@ -367,17 +372,20 @@ mod tests {
         assert!(nodes.contains("HBM (by ops)"), "{nodes}");
 
         status.nodes.remove(0);
-        let fourth = s.diff(&status);
+        let fourth = s.diff(&Cluster::from_status(status.clone()));
         assert!(fourth[0].1.contains("\"remove\":[\"a\"]"), "{fourth:?}");
 
         let mut empty = StreamState::default();
         let none = v1::ClusterStatus::default();
         assert_eq!(
-            empty.diff(&none).len(),
+            empty.diff(&Cluster::from_status(none.clone())).len(),
             3,
             "nodes, jobs, summary: even of nothing"
         );
-        assert!(empty.diff(&none).is_empty(), "then nothing");
+        assert!(
+            empty.diff(&Cluster::from_status(none.clone())).is_empty(),
+            "then nothing"
+        );
     }
 
     #[test]
@@ -390,7 +398,7 @@ mod tests {
         };
         let mut s = StreamState::default();
         let parts: Vec<serde_json::Value> = s
-            .diff(&status)
+            .diff(&Cluster::from_status(status.clone()))
             .into_iter()
             .filter(|(name, _)| *name == "nodes")
             .map(|(_, json)| serde_json::from_str(&json).expect("json"))
@@ -415,7 +423,7 @@ mod tests {
             ]
         );
         // A quiet second: nothing; one change: one part, the last.
-        assert!(s.diff(&status).is_empty());
+        assert!(s.diff(&Cluster::from_status(status.clone())).is_empty());
     }
 
     #[test]
@@ -438,7 +446,7 @@ mod tests {
             ..Default::default()
         };
         let mut s = StreamState::default();
-        let messages = s.diff(&status);
+        let messages = s.diff(&Cluster::from_status(status.clone()));
         let jobs = &messages.iter().find(|(n, _)| *n == "jobs").expect("jobs").1;
         assert!(jobs.len() < 16 * 1024, "{} bytes", jobs.len());
         let v: serde_json::Value = serde_json::from_str(jobs).expect("json");
@@ -467,12 +475,20 @@ mod tests {
             ..Default::default()
         };
         let mut s = StreamState::default();
-        let first: usize = s.diff(&status).iter().map(|(_, d)| d.len()).sum();
+        let first: usize = s
+            .diff(&Cluster::from_status(status.clone()))
+            .iter()
+            .map(|(_, d)| d.len())
+            .sum();
         assert!(first < 400_000, "snapshot {first} bytes");
-        assert!(s.diff(&status).is_empty());
+        assert!(s.diff(&Cluster::from_status(status.clone())).is_empty());
         status.nodes[1234].gpus[5].health = v1::GpuHealth::Degraded as i32;
         status.nodes[1234].state = v1::NodeState::Suspect as i32;
-        let one: usize = s.diff(&status).iter().map(|(_, d)| d.len()).sum();
+        let one: usize = s
+            .diff(&Cluster::from_status(status.clone()))
+            .iter()
+            .map(|(_, d)| d.len())
+            .sum();
         assert!(one < 400, "one changed node: {one} bytes");
     }
 }

@@ -26,6 +26,8 @@ use prometheus_client::registry::{Registry, Unit};
 use sup_proto::json::{gpu_health_name, node_state_name};
 use sup_proto::v1;
 
+use crate::cluster::Cluster;
+
 mod counters;
 
 pub use counters::{
@@ -48,9 +50,9 @@ fn counter(value: u64) -> Counter {
 }
 
 /// Everything `/metrics` shows: the state's families and the counters.
-pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String, std::fmt::Error> {
-    let mut out = render_state(status)?;
-    out.push_str(&render_counters(status, counters)?);
+pub fn render(cluster: &Cluster, counters: &Counters) -> Result<String, std::fmt::Error> {
+    let mut out = render_state(cluster)?;
+    out.push_str(&render_counters(&cluster.status, counters)?);
     Ok(out)
 }
 
@@ -58,7 +60,8 @@ pub fn render(status: &v1::ClusterStatus, counters: &Counters) -> Result<String,
 /// readings, jobs, the breaker), in OpenMetrics without the closing
 /// `# EOF`: rendered once per status snapshot and shared by every scrape of
 /// it, then followed by [`render_counters`].
-pub fn render_state(status: &v1::ClusterStatus) -> Result<String, std::fmt::Error> {
+pub fn render_state(cluster: &Cluster) -> Result<String, std::fmt::Error> {
+    let status = &cluster.status;
     let mut registry = Registry::with_prefix("sup");
 
     let nodes = Family::<Labels, Gauge>::default();
@@ -82,7 +85,7 @@ pub fn render_state(status: &v1::ClusterStatus) -> Result<String, std::fmt::Erro
     // lookup per node and per GPU built an owned label set each time.
     let mut by_state: BTreeMap<&'static str, i64> = BTreeMap::new();
     let mut by_health: BTreeMap<&'static str, i64> = BTreeMap::new();
-    for node in &status.nodes {
+    for node in cluster.fixed_nodes() {
         *by_state.entry(node_state_name(node.state)).or_default() += 1;
         if node.connected {
             connected.inc();
@@ -321,9 +324,9 @@ pub fn render_state(status: &v1::ClusterStatus) -> Result<String, std::fmt::Erro
 /// eight-GPU node: 80 MB at 16,384 nodes) where `/metrics` grows with the
 /// jobs; rendered for each scrape and never kept, so a cluster that takes
 /// its GPU metrics from dcgm-exporter pays nothing for it.
-pub fn render_gpus(status: &v1::ClusterStatus) -> Result<String, std::fmt::Error> {
+pub fn render_gpus(cluster: &Cluster) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("sup");
-    registry.register_collector(Box::new(GpuGauges::from_status(status)));
+    registry.register_collector(Box::new(GpuGauges::from_cluster(cluster)));
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
@@ -400,6 +403,25 @@ pub fn render_counters(
             "tls_certificate_expiry_timestamp_seconds",
             "When TLS certificates expire (unix time): supd's own and, per identity, the soonest among the client connections open now",
             expiry,
+        );
+    }
+    if let Some(heap) = crate::memory::heap() {
+        let gauge = |v: u64| {
+            let g = Gauge::<i64>::default();
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+            g
+        };
+        registry.register_with_unit(
+            "heap_allocated",
+            "Bytes supd has allocated (jemalloc's stats.allocated)",
+            Unit::Bytes,
+            gauge(heap.allocated),
+        );
+        registry.register_with_unit(
+            "heap_resident",
+            "Bytes in pages supd's allocator holds resident, its metadata included (jemalloc's stats.resident): above heap_allocated by fragmentation and freed pages not yet returned",
+            Unit::Bytes,
+            gauge(heap.resident),
         );
     }
     let events = Family::<Labels, Counter>::default();
@@ -585,13 +607,13 @@ fn gpu_gauges() -> [GpuGauge; 5] {
 }
 
 impl GpuGauges {
-    fn from_status(status: &v1::ClusterStatus) -> GpuGauges {
-        let mut nodes = Vec::with_capacity(status.nodes.len());
+    fn from_cluster(cluster: &Cluster) -> GpuGauges {
+        let mut nodes = Vec::with_capacity(cluster.nodes.len());
         let mut rows = Vec::new();
-        for node in &status.nodes {
+        for entry in &cluster.nodes {
+            let node = entry.fixed();
             let mut at = None;
-            for gpu in &node.gpus {
-                let Some(reading) = gpu.reading else { continue };
+            for (gpu, &reading) in entry.readings() {
                 let i = *at.get_or_insert_with(|| {
                     nodes.push((node.id.clone(), node.hostname.clone()));
                     nodes.len() - 1
@@ -699,7 +721,7 @@ mod tests {
 
     #[test]
     fn renders_nodes_gpus_and_counters() {
-        let status = v1::ClusterStatus {
+        let status = Cluster::from_status(v1::ClusterStatus {
             nodes: vec![v1::Node {
                 id: "n1".into(),
                 hostname: "host1".into(),
@@ -721,7 +743,7 @@ mod tests {
             jobs: vec![],
             spares: vec!["n1".into()],
             ..Default::default()
-        };
+        });
         let counters = Counters::default();
         counters.reports.store(7, Ordering::Relaxed);
         let text = render(&status, &counters).expect("render");
