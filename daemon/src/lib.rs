@@ -7,6 +7,7 @@
 
 pub mod actor;
 pub mod auth;
+pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod convert;
@@ -179,8 +180,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let requests = std::mem::take(&mut persisted.requests);
     let engine = Engine::restore(config.engine(), persisted, actor::now_ms());
 
-    let grpc_listener = TcpListener::bind(config.grpc.addr)
-        .await
+    let grpc_listener = bind_grpc(config.grpc.addr)
         .with_context(|| format!("cannot bind the gRPC address {}", config.grpc.addr))?;
     let http_listener = TcpListener::bind(config.http.addr)
         .await
@@ -295,6 +295,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     outcome
 }
 
+/// Connections the kernel may hold for the gRPC listener before supd
+/// accepts them. After a supd restart every agent reconnects within a
+/// second or two; with tokio's default (1,024) the rest overflowed the
+/// queue, their SYNs were dropped and they retried after TCP's 1, 3, 7 s
+/// and then on their own backoff: a 16,384-node storm's tail. The kernel
+/// caps it at `net.core.somaxconn` (4,096 by default since Linux 5.4; the
+/// README says to raise it on large clusters).
+pub const GRPC_LISTEN_BACKLOG: u32 = 65_535;
+
+/// The gRPC listener, with [`GRPC_LISTEN_BACKLOG`].
+fn bind_grpc(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind: a restarted supd rebinds while old connections
+    // linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(GRPC_LISTEN_BACKLOG)
+}
+
 /// The store could not be opened or does not decode. supd fails closed: it
 /// serves nothing from it and writes nothing to it, but keeps both ports up
 /// so that orchestrators and operators see *why* (`/readyz` answers 503 with
@@ -310,8 +333,7 @@ async fn refuse_to_serve(
     tracing::error!(error = %why, "not serving: the state store is unusable");
     eprintln!("supd: not serving: {why}");
 
-    let grpc_listener = TcpListener::bind(config.grpc.addr)
-        .await
+    let grpc_listener = bind_grpc(config.grpc.addr)
         .with_context(|| format!("cannot bind the gRPC address {}", config.grpc.addr))?;
     let http_listener = TcpListener::bind(config.http.addr)
         .await
