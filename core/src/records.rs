@@ -290,8 +290,9 @@ pub struct BreakerRecord {
     pub held_back: BTreeMap<String, String>,
 }
 
-/// What the store holds; the engine is rebuilt from it at startup.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What the store holds; the engine is rebuilt from it at startup. Also
+/// the body of a `supd export` file (its field names are that format).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Persisted {
     pub nodes: Vec<NodeRecord>,
     /// Oldest first.

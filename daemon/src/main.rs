@@ -53,7 +53,20 @@ enum Sub {
     /// Goodput simulator: run the policy engine over a failure trace (Llama 3
     /// rates by default) and compare spare counts and checkpoint intervals.
     /// Offline: touches no state and no network.
-    Simulate(supd::sim::cli::SimArgs),
+    Simulate(Box<supd::sim::cli::SimArgs>),
+    /// Write the durable state (nodes, cordons, jobs and generations, the
+    /// breaker, events, request ids) of the configured store to FILE as
+    /// JSON: a backup, or the first half of moving from sled to etcd. A
+    /// sled store must not be in use (stop supd first).
+    Export {
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+    /// Fill the configured store, which must be empty, from an export.
+    Import {
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,6 +103,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match &args.command {
+        Some(Sub::Export { to }) => {
+            let now = sup_proto::time::now_unix_ms();
+            return report("export", supd::backup::export(&config, to, now));
+        }
+        Some(Sub::Import { from }) => {
+            return report("import", supd::backup::import(&config, from));
+        }
+        Some(Sub::Simulate(_)) | None => {}
+    }
     supd::init_tracing(config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -103,6 +126,19 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("supd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(what: &str, outcome: anyhow::Result<String>) -> ExitCode {
+    match outcome {
+        Ok(summary) => {
+            println!("supd {what}: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("supd {what}: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -578,7 +578,7 @@ pub(crate) mod contract {
         }
     }
 
-    fn request(id: &str, at: i64) -> RequestRecord {
+    pub(crate) fn request(id: &str, at: i64) -> RequestRecord {
         RequestRecord {
             id: id.to_owned(),
             at,
@@ -589,7 +589,7 @@ pub(crate) mod contract {
     }
 
     /// A job record as the engine writes it at submission.
-    fn job(name: &str) -> JobRecord {
+    pub(crate) fn job(name: &str) -> JobRecord {
         let text = format!(
             "name = \"{name}\"\ncommand = [\"true\"]\nnodes = 1\ngpus_per_node = 8\n\
              checkpoint_dir = \"/ckpt/{name}\"\n"
