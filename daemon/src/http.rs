@@ -140,6 +140,11 @@ async fn metrics_gpus(State(s): State<HttpState>, headers: HeaderMap) -> Respons
     } else {
         crate::metrics::TEXT_CONTENT_TYPE
     };
+    exposition(content_type, gzip, Body::from(body))
+}
+
+/// A metrics exposition answer: its format, and gzip when it is.
+fn exposition(content_type: &'static str, gzip: bool, body: Body) -> Response {
     if gzip {
         (
             [
@@ -196,19 +201,11 @@ async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> Response {
     };
     // Two chunks: the shared rendering is sent as it is, not copied.
     let chunks = [state, counters].map(Ok::<_, Infallible>);
-    let body = Body::from_stream(tokio_stream::iter(chunks));
-    if gzip {
-        (
-            [
-                (header::CONTENT_TYPE, content_type),
-                (header::CONTENT_ENCODING, "gzip"),
-            ],
-            body,
-        )
-            .into_response()
-    } else {
-        ([(header::CONTENT_TYPE, content_type)], body).into_response()
-    }
+    exposition(
+        content_type,
+        gzip,
+        Body::from_stream(tokio_stream::iter(chunks)),
+    )
 }
 
 /// Whether the client takes a gzip body (`Accept-Encoding: gzip`, not
