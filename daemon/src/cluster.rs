@@ -10,7 +10,6 @@
 //! ~8 MiB. A whole node is put back together only for what a reader is
 //! sent (a page, one node, the status's few nodes).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use sup_core::Engine;
@@ -32,15 +31,16 @@ impl Cluster {
     /// The engine as it is now; nodes whose event-driven part equals the
     /// one in `previous` share it.
     pub fn build(engine: &Engine, previous: Option<&Cluster>) -> Cluster {
-        let index: HashMap<&str, &NodeEntry> = previous
-            .map(|p| p.nodes.iter().map(|n| (n.id(), n)).collect())
-            .unwrap_or_default();
+        // Both lists are in id order (the engine keeps its nodes in a
+        // BTreeMap): one walk pairs each node with its previous entry.
+        let mut before = previous.map_or(&[][..], |p| &p.nodes[..]).iter().peekable();
         let nodes = engine
             .nodes()
             .map(|n| {
                 let node = view::node(engine, n);
-                let before = index.get(node.id.as_str()).copied();
-                NodeEntry::new(node, before)
+                while before.next_if(|b| b.id() < node.id.as_str()).is_some() {}
+                let same = before.next_if(|b| b.id() == node.id.as_str());
+                NodeEntry::new(node, same)
             })
             .collect();
         Cluster {
@@ -145,6 +145,85 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    fn register(e: &mut Engine, i: u64) {
+        use sup_core::{GpuInventory, Registration};
+        e.on_register(
+            1_000,
+            Registration {
+                validates: false,
+                session: i,
+                node_id: format!("node-{i:02}"),
+                address: format!("10.0.0.{i}:7070"),
+                hostname: format!("host-{i:02}"),
+                agent_version: "0.1.0".into(),
+                instance_id: format!("i-{i}"),
+                gpu_backend: "sim".into(),
+                gpus: (0..2)
+                    .map(|g| GpuInventory {
+                        index: g,
+                        uuid: format!("GPU-{i}-{g}"),
+                        name: "Simulated".into(),
+                        pci_bus_id: String::new(),
+                        memory_total_bytes: None,
+                    })
+                    .collect(),
+            },
+        )
+        .expect("register");
+    }
+
+    fn report(e: &mut Engine, i: u64, at: i64, temperature: f64) {
+        let readings = (0..2)
+            .map(|g| sup_core::GpuReading {
+                index: g,
+                temperature_c: Some(temperature),
+                ..Default::default()
+            })
+            .collect();
+        assert!(e
+            .on_telemetry(at, &format!("node-{i:02}"), i, readings)
+            .is_applied());
+    }
+
+    #[test]
+    fn each_node_finds_its_previous_entry_also_when_nodes_come_and_go() {
+        let mut e = Engine::new(sup_core::EngineConfig::default());
+        for i in [2, 4, 6] {
+            register(&mut e, i);
+            // The first report makes a joining node ready: an event.
+            report(&mut e, i, 1_500, 40.0);
+        }
+        let first = Cluster::build(&e, None);
+        for i in [2, 4, 6] {
+            report(&mut e, i, 2_000, 50.0);
+        }
+        // A node that sorts before, between and after the others.
+        for i in [1, 5, 9] {
+            register(&mut e, i);
+        }
+        let second = Cluster::build(&e, Some(&first));
+        let ids: Vec<&str> = second.nodes.iter().map(NodeEntry::id).collect();
+        assert_eq!(
+            ids,
+            ["node-01", "node-02", "node-04", "node-05", "node-06", "node-09"]
+        );
+        for entry in &second.nodes {
+            let before = first.nodes.iter().find(|b| b.id() == entry.id());
+            assert_eq!(
+                before.is_some_and(|b| Arc::ptr_eq(&b.fixed, &entry.fixed)),
+                before.is_some(),
+                "{}: shared exactly when it was there before",
+                entry.id()
+            );
+        }
+        let node_04 = second.nodes[2].to_node();
+        assert_eq!(node_04.last_seen_unix_ms, 2_000);
+        assert!(node_04
+            .gpus
+            .iter()
+            .all(|g| g.reading.is_some_and(|r| r.temperature_c == Some(50.0))));
     }
 
     #[test]
