@@ -93,6 +93,11 @@ pub fn export(config: &Config, to: &Path, now_unix_ms: i64) -> anyhow::Result<St
     let state = store
         .load()
         .with_context(|| format!("cannot read {source}"))?;
+    // Most likely a wrong --data-dir or etcd_prefix: a file of nothing
+    // would pass for a backup.
+    if is_empty(&state) {
+        bail!("{source} holds no state (no node, job or event): nothing exported; check the data dir or the etcd prefix");
+    }
     let backup = Backup {
         format: FORMAT.to_owned(),
         version: VERSION,
@@ -354,6 +359,20 @@ mod tests {
         assert!(err.contains("no sup state in"), "{err}");
         assert!(!dir.exists(), "export must not create a store");
         assert!(!tmp.path().join("out.json").exists());
+    }
+
+    #[test]
+    fn an_empty_store_is_not_exported() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("fresh");
+        drop(store::SledStore::open(&dir).expect("a fresh store"));
+        let out = tmp.path().join("out.json");
+        let err = format!(
+            "{:#}",
+            export(&sled_config(&dir), &out, 0).expect_err("empty")
+        );
+        assert!(err.contains("holds no state"), "{err}");
+        assert!(!out.exists());
     }
 
     #[test]
