@@ -11,7 +11,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use sup_proto::v1::Checkpoint;
+use sup_proto::v1::{Checkpoint, UnverifiedCheckpoint};
+
+use crate::verify::{Verdict, Verifier};
 
 /// DCP's coordinator writes this last, by rename.
 const DCP_METADATA: &str = ".metadata";
@@ -78,15 +80,51 @@ pub enum CatalogError {
     },
 }
 
-/// The complete checkpoints in `dir`, oldest (lowest step) first.
+/// What a scan of a checkpoint directory found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// Complete and verified by the layout's own metadata, oldest first.
+    pub checkpoints: Vec<Checkpoint>,
+    /// Complete by the layout's marker, but contradicted by its metadata
+    /// (a shard missing or short): never a resume point.
+    pub unverified: Vec<UnverifiedCheckpoint>,
+}
+
+/// The checkpoints in `dir`, complete by the layout's rules and then
+/// verified by its metadata (see [`crate::verify`]), oldest first.
 ///
 /// A directory that does not exist yet holds no checkpoints: a job's first
 /// run creates it with its first save.
-pub fn scan(dir: &Path, layout: &str) -> Result<Vec<Checkpoint>, CatalogError> {
+pub fn scan(dir: &Path, layout: &str, verifier: &mut Verifier) -> Result<Scan, CatalogError> {
+    let (layout, found) = complete(dir, layout)?;
+    let mut scan = Scan::default();
+    for (step, path) in &found {
+        let shown = path.to_string_lossy().into_owned();
+        match verifier.verify(&layout, path) {
+            Verdict::Verified(verified) => scan.checkpoints.push(Checkpoint {
+                step: *step,
+                path: shown,
+                verified,
+            }),
+            Verdict::Unverified(problem) => scan.unverified.push(UnverifiedCheckpoint {
+                step: *step,
+                path: shown,
+                problem,
+            }),
+        }
+    }
+    let listed: Vec<PathBuf> = found.into_iter().map(|(_, path)| path).collect();
+    verifier.retain(&listed);
+    Ok(scan)
+}
+
+/// The checkpoints in `dir` that are complete by the layout's rules (its
+/// marker, tracker or rename), oldest first, not yet verified.
+pub fn complete(dir: &Path, layout: &str) -> Result<(Layout, Vec<(u64, PathBuf)>), CatalogError> {
     let layout: Layout = layout.parse()?;
     let entries = match subdirs(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((layout, Vec::new())),
         Err(source) => {
             return Err(CatalogError::Read {
                 path: dir.to_owned(),
@@ -109,13 +147,7 @@ pub fn scan(dir: &Path, layout: &str) -> Result<Vec<Checkpoint>, CatalogError> {
         Layout::Orbax => orbax(entries),
     };
     found.sort();
-    Ok(found
-        .into_iter()
-        .map(|(step, path)| Checkpoint {
-            step,
-            path: path.to_string_lossy().into_owned(),
-        })
-        .collect())
+    Ok((layout, found))
 }
 
 /// Megatron writes `iter_NNNNNNN/` and, after every rank has finished,
@@ -251,11 +283,11 @@ fn subdirs(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
 
 /// Tears the newest complete checkpoint in `dir` (see [`tear`]).
 pub fn tear_newest(dir: &Path, layout: &str) -> Result<String, String> {
-    let listed = scan(dir, layout).map_err(|e| e.to_string())?;
-    let newest = listed
+    let (_, listed) = complete(dir, layout).map_err(|e| e.to_string())?;
+    let (step, path) = listed
         .last()
         .ok_or_else(|| format!("no complete checkpoint in {}", dir.display()))?;
-    tear(dir, layout, newest.step, Path::new(&newest.path))
+    tear(dir, layout, *step, path)
 }
 
 /// Tears the checkpoint of `step` at `path` in `dir`, for a
@@ -321,10 +353,11 @@ pub fn tear(dir: &Path, layout: &str, step: u64, path: &Path) -> Result<String, 
         }
         Layout::Orbax => {}
     }
-    let still = scan(dir, layout)
+    let still = complete(dir, layout)
         .map_err(|e| e.to_string())?
+        .1
         .iter()
-        .any(|c| c.step == step);
+        .any(|(s, _)| *s == step);
     if still {
         return Err(format!(
             "step {step} is still complete by the {parsed} rules after: {}",
@@ -398,16 +431,17 @@ mod tests {
         }
 
         fn scan(&self, layout: &str) -> Vec<(u64, String)> {
-            scan(self.dir.path(), layout)
+            complete(self.dir.path(), layout)
                 .expect("scan")
+                .1
                 .into_iter()
-                .map(|c| {
-                    let rel = Path::new(&c.path)
+                .map(|(step, path)| {
+                    let rel = path
                         .strip_prefix(self.dir.path())
                         .expect("inside the fixture")
                         .to_string_lossy()
                         .into_owned();
-                    (c.step, rel)
+                    (step, rel)
                 })
                 .collect()
         }
@@ -461,13 +495,48 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_lists_verified_checkpoints_and_reports_a_truncated_shard() {
+        const METADATA: &[u8] = include_bytes!("verify/testdata/dcp-torch-2.15-2ranks.metadata");
+        let f = Fixture::new();
+        for (step, short) in [(10, 43_157), (20, 43_000)] {
+            let dir = f.dir.path().join(format!("step-{step}"));
+            fs::create_dir_all(&dir).expect("mkdir");
+            fs::write(dir.join(".metadata"), METADATA).expect("metadata");
+            for (name, len) in [("__0_0.distcp", 20_076), ("__1_0.distcp", short)] {
+                fs::File::create(dir.join(name))
+                    .and_then(|file| file.set_len(len))
+                    .expect("shard");
+            }
+        }
+        let mut verifier = Verifier::default();
+        let found = scan(f.dir.path(), "dcp", &mut verifier).expect("scan");
+        let at = |step: u64| f.dir.path().join(format!("step-{step}")).display().to_string();
+        assert_eq!(found.checkpoints.len(), 1, "{found:?}");
+        assert_eq!(found.checkpoints[0].step, 10);
+        assert_eq!(found.checkpoints[0].path, at(10));
+        assert!(
+            found.checkpoints[0].verified.starts_with("dcp .metadata: 2 storage files"),
+            "{found:?}"
+        );
+        assert_eq!(
+            found.unverified,
+            [UnverifiedCheckpoint {
+                step: 20,
+                path: at(20),
+                problem: "__1_0.distcp is 43000 bytes, .metadata needs at least 43157".to_owned(),
+            }]
+        );
+    }
+
+    #[test]
     fn missing_directory_holds_nothing_but_an_unreadable_one_is_an_error() {
         let f = Fixture::new();
-        assert!(scan(&f.dir.path().join("not-yet"), "dcp")
+        assert!(complete(&f.dir.path().join("not-yet"), "dcp")
             .expect("missing dir")
+            .1
             .is_empty());
         f.file("plain-file", "x");
-        let err = scan(&f.dir.path().join("plain-file"), "dcp").expect_err("a file");
+        let err = complete(&f.dir.path().join("plain-file"), "dcp").expect_err("a file");
         assert!(err.to_string().contains("plain-file"), "{err}");
     }
 
@@ -484,7 +553,7 @@ mod tests {
             ("marker:a/b", "not a path"),
             ("", "expected dcp"),
         ] {
-            let err = scan(Path::new("/nonexistent"), bad).expect_err(bad);
+            let err = complete(Path::new("/nonexistent"), bad).expect_err(bad);
             assert!(err.to_string().contains(why), "{bad}: {err}");
         }
         assert_eq!(Layout::Marker("OK".into()).to_string(), "marker:OK");

@@ -275,9 +275,9 @@ async fn torn_save(
     let scan_dir = dir.clone();
     let scan_layout = layout.clone();
     let known = tokio::task::spawn_blocking(move || {
-        checkpoint::scan(&scan_dir, &scan_layout)
+        checkpoint::complete(&scan_dir, &scan_layout)
             .ok()
-            .and_then(|l| l.last().map(|c| c.step))
+            .and_then(|(_, l)| l.last().map(|(step, _)| *step))
             .unwrap_or(0)
     })
     .await
@@ -299,11 +299,10 @@ async fn torn_save(
         // before supd's scanner (every 2 s or more) can have listed it.
         let (d, l) = (dir.clone(), layout.clone());
         let saved = tokio::task::spawn_blocking(move || {
-            checkpoint::scan(&d, &l)
+            checkpoint::complete(&d, &l)
                 .ok()
-                .and_then(|listed| listed.last().cloned())
-                .filter(|c| c.step > known)
-                .map(|c| (c.step, PathBuf::from(c.path)))
+                .and_then(|(_, listed)| listed.last().cloned())
+                .filter(|(step, _)| *step > known)
         })
         .await
         .ok()

@@ -21,6 +21,7 @@ pub mod session;
 pub mod set_aside;
 pub mod shutdown;
 pub mod validation;
+pub mod verify;
 
 use std::future::Future;
 

@@ -479,6 +479,7 @@ mod tests {
             Checkpoint {
                 step,
                 path: shown(&self.path(rel)),
+                ..Default::default()
             }
         }
 
@@ -526,10 +527,11 @@ mod tests {
         assert!(d.path(".sup-set-aside/g7/step-40/shard-0.bin").is_file());
         assert!(d.path("step-20/COMPLETE").is_file() && d.path("step-10").is_dir());
         assert!(d.path("final.bin").is_file());
-        let listed: Vec<u64> = crate::checkpoint::scan(d.0.path(), "marker:COMPLETE")
+        let listed: Vec<u64> = crate::checkpoint::complete(d.0.path(), "marker:COMPLETE")
             .expect("scan")
+            .1
             .iter()
-            .map(|c| c.step)
+            .map(|(step, _)| *step)
             .collect();
         assert_eq!(
             listed,
@@ -605,10 +607,11 @@ mod tests {
             "{}",
             done.detail
         );
-        let listed: Vec<u64> = crate::checkpoint::scan(d.0.path(), "megatron")
+        let listed: Vec<u64> = crate::checkpoint::complete(d.0.path(), "megatron")
             .expect("scan")
+            .1
             .iter()
-            .map(|c| c.step)
+            .map(|(step, _)| *step)
             .collect();
         assert_eq!(listed, vec![10, 20]);
     }
@@ -623,10 +626,11 @@ mod tests {
         ]);
         let done = orbax.run("orbax", &orbax.ckpt(20, "20"), 2).expect("orbax");
         assert_eq!(done.entries.len(), 2, "{done:?}");
-        let listed: Vec<u64> = crate::checkpoint::scan(orbax.0.path(), "orbax")
+        let listed: Vec<u64> = crate::checkpoint::complete(orbax.0.path(), "orbax")
             .expect("scan")
+            .1
             .iter()
-            .map(|c| c.step)
+            .map(|(step, _)| *step)
             .collect();
         assert_eq!(listed, vec![10, 20]);
 

@@ -79,8 +79,7 @@ impl Node {
             checkpoint_layout: "marker:COMPLETE".into(),
             resume_from: Some(Checkpoint {
                 step: 20,
-                path: self.ckpt().join("step-20").display().to_string(),
-            }),
+                path: self.ckpt().join("step-20").display().to_string(), ..Default::default() }),
             set_aside_dir: set_aside_dir.display().to_string(),
             ..Default::default()
         }

@@ -204,17 +204,32 @@ pub struct JobProgress {
     pub min_step: Option<u64>,
 }
 
-/// The checkpoints an agent found complete on disk, oldest first.
+/// The checkpoints an agent found complete on disk, oldest first, and
+/// those it found marked complete but contradicted by their own metadata.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CheckpointCatalog {
     pub job: String,
     pub checkpoints: Vec<Checkpoint>,
+    pub unverified: Vec<UnverifiedCheckpoint>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Checkpoint {
     pub step: u64,
     pub path: String,
+    /// What the agent checked by the layout's own metadata; empty from an
+    /// agent that predates verification.
+    pub verified: String,
+}
+
+/// A checkpoint whose completeness marker is there but whose metadata
+/// disagrees with its files: never a resume point.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnverifiedCheckpoint {
+    pub step: u64,
+    pub path: String,
+    /// The file missing or short, and what the metadata needs.
+    pub problem: String,
 }
 
 /// What an agent moved out of a job's checkpoint directory before a

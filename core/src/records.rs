@@ -221,6 +221,9 @@ pub enum EventKind {
     /// Checkpoints newer than a generation's resume point were moved out
     /// of the way before it started, so that none is rewritten in place.
     CheckpointSetAside,
+    /// An agent found a checkpoint marked complete whose own metadata
+    /// disagrees with its files (a shard missing or short): skipped.
+    CheckpointUnverified,
 }
 
 impl EventKind {
@@ -269,6 +272,7 @@ impl EventKind {
             EventKind::JobResumed => "job_resumed",
             EventKind::CheckpointRefused => "checkpoint_refused",
             EventKind::CheckpointSetAside => "checkpoint_set_aside",
+            EventKind::CheckpointUnverified => "checkpoint_unverified",
         }
     }
 }
@@ -387,10 +391,14 @@ impl JobState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointRef {
     pub step: u64,
     pub path: String,
+    /// What the reporting agent checked by the layout's own metadata
+    /// (shown by `supctl checkpoints`); empty when it checked nothing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub verified: String,
 }
 
 /// The durable part of a job.

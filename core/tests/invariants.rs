@@ -1676,6 +1676,7 @@ impl Driver {
             .map(|s| Checkpoint {
                 step: *s,
                 path: format!("{dir}/step-{s:08}"),
+                ..Default::default()
             })
             .collect();
         if HOSTILE_CHECKPOINTS && self.rng.percent(30) {
@@ -1695,6 +1696,7 @@ impl Driver {
             entries.push(Checkpoint {
                 step: hostile.1,
                 path: hostile.0,
+                ..Default::default()
             });
         }
         let expected = self.engine.job(&name).is_ok_and(|j| j.has_node(&reporter));
@@ -1717,6 +1719,7 @@ impl Driver {
         let catalog = CheckpointCatalog {
             job: name.clone(),
             checkpoints: entries,
+            ..Default::default()
         };
         let accepted = self.call(|e, now| {
             e.on_checkpoint_catalog(now, &reporter, session, catalog)
@@ -2136,7 +2139,9 @@ impl Driver {
                 checkpoints: vec![Checkpoint {
                     step: 1,
                     path: "/stale/step-1".to_owned(),
+                    ..Default::default()
                 }],
+                ..Default::default()
             };
             others.push(self.call(|e, now| {
                 e.on_checkpoint_catalog(now, &id, session, catalog)

@@ -46,6 +46,7 @@ fn running_job() -> v1::Job {
         checkpoint: Some(v1::Checkpoint {
             step: 1000,
             path: "/ckpt/llm-7b/step-1000".into(),
+            ..Default::default()
         }),
         restarts: 1,
         spec_toml: SPEC.into(),
@@ -351,6 +352,7 @@ impl ControlService for FakeSupd {
             .map(|step| v1::Checkpoint {
                 step,
                 path: format!("/ckpt/llm-7b/step-{step}"),
+                verified: format!("dcp .metadata: {} storage files", step / 250),
             })
             .collect();
         Ok(Response::new(v1::ListCheckpointsResponse { checkpoints }))
@@ -860,7 +862,7 @@ async fn jobs_prints_a_table_and_the_shared_job_views() {
     assert_eq!(jobs[0]["nodes"], serde_json::json!(["n1", "n2"]));
     assert_eq!(
         jobs[0]["checkpoint"],
-        serde_json::json!({"path": "/ckpt/llm-7b/step-1000", "step": 1000})
+        serde_json::json!({"path": "/ckpt/llm-7b/step-1000", "step": 1000, "verified": null})
     );
     assert_eq!(jobs[0]["reason"], serde_json::Value::Null);
 }
@@ -1035,7 +1037,9 @@ async fn checkpoints_come_oldest_first() {
     let table = supctl(addr, &["checkpoints", "llm-7b"]).await.unwrap();
     assert_eq!(
         table,
-        "STEP   PATH\n500    /ckpt/llm-7b/step-500\n1000   /ckpt/llm-7b/step-1000\n"
+        "STEP   PATH                     VERIFIED\n\
+         500    /ckpt/llm-7b/step-500    dcp .metadata: 2 storage files\n\
+         1000   /ckpt/llm-7b/step-1000   dcp .metadata: 4 storage files\n"
     );
     let v = json(
         &supctl(addr, &["checkpoints", "llm-7b", "-o", "json"])
@@ -1045,8 +1049,8 @@ async fn checkpoints_come_oldest_first() {
     assert_eq!(
         v,
         serde_json::json!([
-            {"path": "/ckpt/llm-7b/step-500", "step": 500},
-            {"path": "/ckpt/llm-7b/step-1000", "step": 1000}
+            {"path": "/ckpt/llm-7b/step-500", "step": 500, "verified": "dcp .metadata: 2 storage files"},
+            {"path": "/ckpt/llm-7b/step-1000", "step": 1000, "verified": "dcp .metadata: 4 storage files"}
         ])
     );
 }

@@ -8,7 +8,7 @@ use sup_core::{
     Checkpoint, CheckpointCatalog, CheckpointsSetAside, DesiredAssignment, Drill, DrillFault,
     GpuCauseKind, GpuHealth, GpuInventory, GpuReading, GpuVerdict, HealthReport, JobAssignment,
     JobProgress, RankExited, RankStatus, RecoveryAction, Registration, SessionId, SetAsideEntry,
-    XidEvent,
+    UnverifiedCheckpoint, XidEvent,
 };
 use sup_proto::v1;
 
@@ -38,6 +38,15 @@ pub fn agent_report(body: v1::agent_message::Body) -> Option<AgentReport> {
         Body::Checkpoints(c) => AgentReport::Checkpoints(CheckpointCatalog {
             job: c.job,
             checkpoints: c.checkpoints.into_iter().map(checkpoint).collect(),
+            unverified: c
+                .unverified
+                .into_iter()
+                .map(|u| UnverifiedCheckpoint {
+                    step: u.step,
+                    path: u.path,
+                    problem: u.problem,
+                })
+                .collect(),
         }),
         Body::CheckpointsSetAside(r) => AgentReport::CheckpointsSetAside(CheckpointsSetAside {
             job: r.job,
@@ -224,6 +233,7 @@ fn checkpoint(c: v1::Checkpoint) -> Checkpoint {
     Checkpoint {
         step: c.step,
         path: c.path,
+        verified: c.verified,
     }
 }
 
@@ -231,6 +241,7 @@ fn checkpoint_to_wire(c: Checkpoint) -> v1::Checkpoint {
     v1::Checkpoint {
         step: c.step,
         path: c.path,
+        verified: c.verified,
     }
 }
 

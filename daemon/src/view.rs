@@ -3,7 +3,7 @@
 use sup_proto::v1;
 
 use crate::convert;
-use sup_core::{Engine, Event, GpuHealth, Job, Node, NodeState};
+use sup_core::{CheckpointRef, Engine, Event, GpuHealth, Job, Node, NodeState};
 
 pub fn node_state(state: NodeState) -> v1::NodeState {
     match state {
@@ -128,10 +128,7 @@ pub fn job(j: &Job) -> v1::Job {
         world_size: j.world_size(),
         nodes: r.nodes.clone(),
         step: j.step,
-        checkpoint: r.checkpoint.as_ref().map(|c| v1::Checkpoint {
-            step: c.step,
-            path: c.path.clone(),
-        }),
+        checkpoint: r.checkpoint.as_ref().map(checkpoint),
         restarts: r.restarts,
         reason: r.reason.clone(),
         spec_toml: r.spec_toml.clone(),
@@ -202,28 +199,22 @@ pub fn job_in(engine: &Engine, j: &Job) -> v1::Job {
 }
 
 pub fn checkpoints(j: &Job) -> Vec<v1::Checkpoint> {
-    let list: Vec<v1::Checkpoint> = j
-        .catalog
-        .iter()
-        .map(|c| v1::Checkpoint {
-            step: c.step,
-            path: c.path.clone(),
-        })
-        .collect();
-    if list.is_empty() {
-        // Before any agent reported this run (e.g. right after a restart of
-        // supd), the newest known one is still worth showing.
-        return j
-            .record
-            .checkpoint
-            .iter()
-            .map(|c| v1::Checkpoint {
-                step: c.step,
-                path: c.path.clone(),
-            })
-            .collect();
+    // Before any agent reported this run (e.g. right after a restart of
+    // supd), the newest known one is still worth showing.
+    let list = if j.catalog.is_empty() {
+        j.record.checkpoint.as_slice()
+    } else {
+        j.catalog.as_slice()
+    };
+    list.iter().map(checkpoint).collect()
+}
+
+pub fn checkpoint(c: &CheckpointRef) -> v1::Checkpoint {
+    v1::Checkpoint {
+        step: c.step,
+        path: c.path.clone(),
+        verified: c.verified.clone(),
     }
-    list
 }
 
 pub fn event(e: &Event) -> v1::Event {

@@ -662,6 +662,7 @@ fn assert_v1_facts(loaded: &Persisted) {
     let step30 = CheckpointRef {
         step: 30,
         path: "/mnt/ckpt/llm-7b/step-000030".to_owned(),
+        ..Default::default()
     };
     assert_eq!(
         (llm.state, llm.reason.as_str(), llm.generation),
@@ -1231,8 +1232,10 @@ impl Scenario {
                         .map(|s| Checkpoint {
                             step: *s,
                             path: format!("{dir}/step-{s:06}"),
+                            ..Default::default()
                         })
                         .collect(),
+                    ..Default::default()
                 },
             )
             .is_applied());

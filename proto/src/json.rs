@@ -245,6 +245,9 @@ pub struct JobNodeStatsView {
 pub struct CheckpointView {
     pub path: String,
     pub step: u64,
+    /// What the agent checked by the layout's own metadata before listing
+    /// it; null from an agent that predates verification.
+    pub verified: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -541,6 +544,7 @@ impl From<&v1::Checkpoint> for CheckpointView {
         CheckpointView {
             path: c.path.clone(),
             step: c.step,
+            verified: (!c.verified.is_empty()).then(|| c.verified.clone()),
         }
     }
 }

@@ -224,6 +224,7 @@ mod tests {
         job.resume_from = Some(Checkpoint {
             step: 1200,
             path: "/ckpt/llm/step-1200".into(),
+            ..Default::default()
         });
         job.gpu_indices = vec![7, 6, 5, 4, 3, 2, 1, 0];
         let env = rank_env(node(), 1, &job, 1);

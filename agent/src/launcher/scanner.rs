@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use sup_proto::v1::agent_message::Body as AgentBody;
-use sup_proto::v1::{Checkpoint, CheckpointCatalog, DesiredAssignment, JobAssignment};
+use sup_proto::v1::{CheckpointCatalog, DesiredAssignment, JobAssignment};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Scan};
 use crate::fence::Fence;
+use crate::verify::Verifier;
 
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// While nothing changes the interval doubles up to this. A checkpoint is
@@ -53,8 +54,10 @@ impl Target {
 
 #[derive(Debug, Default)]
 struct Sent {
-    catalog: Option<(String, Vec<Checkpoint>)>,
+    catalog: Option<(String, Scan)>,
     error: Option<String>,
+    /// Remembers what each checkpoint's metadata says between scans.
+    verifier: Verifier,
 }
 
 /// The last catalog sent, shared by the periodic scan and the launcher's
@@ -80,22 +83,27 @@ impl Catalogs {
     /// Returns whether the catalog changed (and was sent).
     pub fn refresh(&self, target: &Target) -> bool {
         let mut sent = self.lock();
-        match checkpoint::scan(Path::new(&target.dir), &target.layout) {
-            Ok(checkpoints) => {
+        let sent = &mut *sent;
+        match checkpoint::scan(Path::new(&target.dir), &target.layout, &mut sent.verifier) {
+            Ok(scan) => {
                 sent.error = None;
                 let unchanged = sent
                     .catalog
                     .as_ref()
-                    .is_some_and(|(job, list)| *job == target.job && *list == checkpoints);
+                    .is_some_and(|(job, last)| *job == target.job && *last == scan);
                 if unchanged {
                     return false;
                 }
-                debug!(job = %target.job, count = checkpoints.len(), "checkpoint catalog changed");
+                for u in &scan.unverified {
+                    warn!(job = %target.job, step = u.step, path = %u.path, "checkpoint not verified: {}", u.problem);
+                }
+                debug!(job = %target.job, count = scan.checkpoints.len(), unverified = scan.unverified.len(), "checkpoint catalog changed");
                 self.fence.send(AgentBody::Checkpoints(CheckpointCatalog {
                     job: target.job.clone(),
-                    checkpoints: checkpoints.clone(),
+                    checkpoints: scan.checkpoints.clone(),
+                    unverified: scan.unverified.clone(),
                 }));
-                sent.catalog = Some((target.job.clone(), checkpoints));
+                sent.catalog = Some((target.job.clone(), scan));
                 true
             }
             Err(err) => {

@@ -99,6 +99,7 @@ impl Engine {
             resume_from: resume.map(|c| Checkpoint {
                 step: c.step,
                 path: c.path.clone(),
+                verified: c.verified.clone(),
             }),
             stop_grace_ms: self.config.stop_grace_ms,
             gpu_indices,

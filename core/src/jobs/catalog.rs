@@ -98,7 +98,7 @@ pub(crate) fn inside(dir: &str, path: &str) -> bool {
 }
 
 /// An agent-sent path, cut for an event.
-fn shown(s: &str) -> String {
+pub(crate) fn shown(s: &str) -> String {
     const SHOWN: usize = 200;
     if s.len() <= SHOWN {
         return format!("'{s}'");
@@ -118,6 +118,7 @@ mod tests {
         CheckpointRef {
             step,
             path: path.to_owned(),
+            ..Default::default()
         }
     }
 

@@ -82,6 +82,10 @@ pub struct Job {
     /// Catalog entries already refused (node, path), so a node that keeps
     /// listing one raises one event, not one per scan. Bounded.
     refused_checkpoints: BTreeSet<(String, String)>,
+    /// Paths of checkpoints some node found unverified, so the job's nodes,
+    /// all scanning the same directory, raise one event per checkpoint.
+    /// Bounded like `refused_checkpoints`.
+    unverified_checkpoints: BTreeSet<String>,
     /// `record.nodes` indexed: node id → node rank. Every report about a
     /// job checks membership, and a scan of a 2,048-node list per report
     /// is quadratic per restart. Kept in step by [`Job::set_nodes`].
@@ -103,6 +107,7 @@ impl Job {
             catalog: Vec::new(),
             detect: JobDetect::default(),
             refused_checkpoints: BTreeSet::new(),
+            unverified_checkpoints: BTreeSet::new(),
             members,
         }
     }

@@ -3,6 +3,7 @@
 //! job's current generation from a node's live stream count.
 
 use super::*;
+use crate::agent_input::{clip, MAX_AGENT_TEXT};
 use crate::jobs::catalog;
 use crate::messages::*;
 use crate::records::{CheckpointRef, Event, JobState};
@@ -375,9 +376,14 @@ impl Engine {
         job.catalog = catalog
             .checkpoints
             .iter()
-            .map(|c| CheckpointRef {
-                step: c.step,
-                path: c.path.clone(),
+            .map(|c| {
+                let mut verified = c.verified.clone();
+                clip(&mut verified, MAX_AGENT_TEXT);
+                CheckpointRef {
+                    step: c.step,
+                    path: c.path.clone(),
+                    verified,
+                }
             })
             .filter(|c| {
                 let why = match catalog::belief(&job.record.spec.checkpoint_dir, bound, c) {
@@ -396,6 +402,29 @@ impl Engine {
             })
             .collect();
         job.catalog.sort_by_key(|c| c.step);
+        // A checkpoint whose marker says complete but whose own metadata
+        // disagrees is not in the list above (the agent left it out); it is
+        // said once per path, with the file the agent found missing or
+        // short. Only paths inside the job's directory: anything else is
+        // not the job's to report on.
+        let dir = job.record.spec.checkpoint_dir.clone();
+        let mut unverified = Vec::new();
+        for c in catalog.unverified.iter().take(MAX_UNVERIFIED_PER_CATALOG) {
+            let inside = catalog::inside(&dir, &c.path);
+            let first = inside
+                && job.unverified_checkpoints.len() < MAX_REFUSED_REMEMBERED
+                && job.unverified_checkpoints.insert(c.path.clone());
+            if first {
+                let mut problem = c.problem.clone();
+                clip(&mut problem, MAX_AGENT_TEXT);
+                unverified.push(format!(
+                    "node {node_id} found checkpoint step {} ({}) marked complete but \
+                     not verified: {problem}; it is not a resume point",
+                    c.step,
+                    catalog::shown(&c.path)
+                ));
+            }
+        }
         for why in refused {
             self.record_job_event(
                 now,
@@ -403,6 +432,15 @@ impl Engine {
                 Some(node_id),
                 Some(&catalog.job),
                 format!("node {node_id} listed a checkpoint that is {why}"),
+            );
+        }
+        for why in unverified {
+            self.record_job_event(
+                now,
+                EventKind::CheckpointUnverified,
+                Some(node_id),
+                Some(&catalog.job),
+                why,
             );
         }
         let Some(job) = self.jobs.get_mut(&catalog.job) else {
@@ -535,3 +573,8 @@ impl Engine {
 /// Refused catalog entries remembered per job (for one event each); past
 /// this, further refusals are still refused, silently.
 const MAX_REFUSED_REMEMBERED: usize = 256;
+
+/// Unverified checkpoints looked at per catalog: an agent lists a few (the
+/// directory holds the last several saves); more is not a directory a job
+/// wrote.
+const MAX_UNVERIFIED_PER_CATALOG: usize = 32;

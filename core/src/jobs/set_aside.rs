@@ -209,6 +209,7 @@ mod tests {
         CheckpointRef {
             step,
             path: path.to_owned(),
+            ..Default::default()
         }
     }
 

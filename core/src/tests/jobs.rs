@@ -768,16 +768,20 @@ fn a_node_cannot_choose_the_resume_point_with_a_path_outside_the_dir_or_an_absur
             Checkpoint {
                 step: 110,
                 path: "/ckpt/llm/../other/step-110".to_owned(),
+                ..Default::default()
             },
             Checkpoint {
                 step: u64::MAX,
                 path: "/ckpt/llm/step-huge".to_owned(),
+                ..Default::default()
             },
             Checkpoint {
                 step: 100,
                 path: "/ckpt/llm/step-100".to_owned(),
+                ..Default::default()
             },
         ],
+        ..Default::default()
     };
     assert!(e
         .on_checkpoint_catalog(4_000, "n2", session_of("n2"), hostile.clone())
@@ -805,6 +809,74 @@ fn a_node_cannot_choose_the_resume_point_with_a_path_outside_the_dir_or_an_absur
     e.on_checkpoint_catalog(5_000, "n2", session_of("n2"), hostile);
     assert!(!has(&drain(&mut e), EventKind::CheckpointRefused));
     // The next generation resumes from the true newest checkpoint.
+    e.cordon(6_000, "n1", "maintenance", "op").expect("cordon");
+    let actions = drain(&mut e);
+    let resume: Vec<Option<u64>> = assignments(&actions)
+        .values()
+        .filter_map(|a| a.job.as_ref())
+        .map(|j| j.resume_from.as_ref().map(|c| c.step))
+        .collect();
+    assert!(!resume.is_empty());
+    assert!(resume.iter().all(|r| *r == Some(100)), "{resume:?}");
+}
+
+#[test]
+fn an_unverified_checkpoint_is_said_once_per_path_naming_the_file_and_the_previous_one_resumes() {
+    let mut e = cluster(3);
+    submit(&mut e, 0, &spec("llm", 2, 2, ""), "alice").expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 1_000);
+    progress(&mut e, "llm", "n1", 120, 2_000);
+    let catalog = CheckpointCatalog {
+        job: "llm".to_owned(),
+        checkpoints: vec![Checkpoint {
+            step: 100,
+            path: "/ckpt/llm/step-100".to_owned(),
+            verified: "dcp .metadata: 2 storage files, every extent present".to_owned(),
+        }],
+        unverified: vec![
+            UnverifiedCheckpoint {
+                step: 110,
+                path: "/ckpt/llm/step-110".to_owned(),
+                problem: "__1_0.distcp is 100 bytes, .metadata needs 43157".to_owned(),
+            },
+            // Not the job's directory: not the job's to report on.
+            UnverifiedCheckpoint {
+                step: 110,
+                path: "/elsewhere/step-110".to_owned(),
+                problem: "made up".to_owned(),
+            },
+        ],
+    };
+    // Both nodes of the job scan the same directory and say the same.
+    for (now, node) in [(3_000, "n1"), (3_500, "n2"), (4_000, "n1")] {
+        assert!(e
+            .on_checkpoint_catalog(now, node, session_of(node), catalog.clone())
+            .is_applied());
+    }
+    let actions = drain(&mut e);
+    let said: Vec<String> = events(&actions)
+        .into_iter()
+        .filter(|(k, _)| *k == EventKind::CheckpointUnverified)
+        .map(|(_, why)| why)
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "node n1 found checkpoint step 110 ('/ckpt/llm/step-110') marked complete but not \
+          verified: __1_0.distcp is 100 bytes, .metadata needs 43157; it is not a resume point"
+        ]
+    );
+    let chosen = job(&e, "llm")
+        .record
+        .checkpoint
+        .clone()
+        .expect("a checkpoint");
+    assert_eq!(chosen.step, 100);
+    assert_eq!(
+        chosen.verified,
+        "dcp .metadata: 2 storage files, every extent present"
+    );
     e.cordon(6_000, "n1", "maintenance", "op").expect("cordon");
     let actions = drain(&mut e);
     let resume: Vec<Option<u64>> = assignments(&actions)

@@ -153,7 +153,9 @@ fn a_set_aside_checkpoint_listed_by_an_agent_is_never_believed() {
                 checkpoints: vec![Checkpoint {
                     step: 30,
                     path: "/ckpt/llm/.sup-set-aside/g1/step-30".to_owned(),
+                    ..Default::default()
                 }],
+                ..Default::default()
             },
         )
         .is_applied());

@@ -156,8 +156,10 @@ pub(super) fn checkpoint(
                     .map(|s| Checkpoint {
                         step: *s,
                         path: format!("/ckpt/{name}/step-{s}"),
+                        ..Default::default()
                     })
                     .collect(),
+                ..Default::default()
             }
         )
         .is_applied());

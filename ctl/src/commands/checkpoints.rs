@@ -1,4 +1,7 @@
-//! `supctl checkpoints JOB`: the complete checkpoints agents found, oldest first.
+//! `supctl checkpoints JOB`: the complete checkpoints agents found, oldest
+//! first, each with what the agent verified by the layout's own metadata.
+//! A checkpoint that failed verification is not listed (it is no resume
+//! point); its `checkpoint_unverified` event names the file.
 
 use sup_proto::json::CheckpointView;
 use sup_proto::v1;
@@ -40,9 +43,17 @@ pub fn checkpoints_text(job: &str, checkpoints: &[v1::Checkpoint]) -> String {
     if checkpoints.is_empty() {
         return format!("No complete checkpoints for job {job}.\n");
     }
-    let mut table = new_table(&["STEP", "PATH"]);
+    let mut table = new_table(&["STEP", "PATH", "VERIFIED"]);
     for c in checkpoints {
-        table.add_row(vec![c.step.to_string(), or_none(&c.path)]);
+        table.add_row(vec![
+            c.step.to_string(),
+            or_none(&c.path),
+            if c.verified.is_empty() {
+                "- (agent predates verification)".to_owned()
+            } else {
+                c.verified.clone()
+            },
+        ]);
     }
     finish(table)
 }
@@ -57,31 +68,34 @@ mod tests {
             v1::Checkpoint {
                 step: 200,
                 path: "/ckpt/step-200".into(),
+                verified: "dcp .metadata: 2 storage files".into(),
             },
             v1::Checkpoint {
                 step: 100,
                 path: "/ckpt/step-100".into(),
+                ..Default::default()
             },
         ]);
         let text = checkpoints_text("llm", &cps);
         let lines: Vec<Vec<&str>> = text
             .lines()
-            .map(|l| l.split_whitespace().collect())
+            .map(|l| l.split_whitespace().take(3).collect())
             .collect();
         assert_eq!(
             lines,
             [
-                ["STEP", "PATH"],
-                ["100", "/ckpt/step-100"],
-                ["200", "/ckpt/step-200"]
+                ["STEP", "PATH", "VERIFIED"],
+                ["100", "/ckpt/step-100", "-"],
+                ["200", "/ckpt/step-200", "dcp"]
             ]
         );
+        assert!(text.contains("dcp .metadata: 2 storage files"), "{text}");
         let v: serde_json::Value = serde_json::from_str(&checkpoints_json(&cps).unwrap()).unwrap();
         assert_eq!(
             v,
             serde_json::json!([
-                {"path": "/ckpt/step-100", "step": 100},
-                {"path": "/ckpt/step-200", "step": 200}
+                {"path": "/ckpt/step-100", "step": 100, "verified": null},
+                {"path": "/ckpt/step-200", "step": 200, "verified": "dcp .metadata: 2 storage files"}
             ])
         );
         assert_eq!(

@@ -270,7 +270,7 @@ mod tests {
         assert_eq!(arr[0]["step"], 1200);
         assert_eq!(
             arr[0]["checkpoint"],
-            serde_json::json!({"path": "/mnt/ckpt/llm/step-1000", "step": 1000})
+            serde_json::json!({"path": "/mnt/ckpt/llm/step-1000", "step": 1000, "verified": null})
         );
         assert_eq!(arr[0]["restarts"], 2);
         assert_eq!(arr[0]["reason"], serde_json::Value::Null);

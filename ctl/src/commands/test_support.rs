@@ -89,6 +89,7 @@ pub(crate) fn job(name: &str, state: &str) -> v1::Job {
         checkpoint: Some(v1::Checkpoint {
             step: 1000,
             path: "/mnt/ckpt/llm/step-1000".into(),
+            ..Default::default()
         }),
         restarts: 2,
         desired_nodes: 4,

@@ -343,7 +343,9 @@ impl Sim<'_> {
                 checkpoints: vec![sup_core::Checkpoint {
                     step,
                     path: format!("/ckpt/step-{step}"),
+                    ..Default::default()
                 }],
+                ..Default::default()
             },
         );
     }

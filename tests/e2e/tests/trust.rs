@@ -121,14 +121,11 @@ fn compromised_agent(url: String, ckpt: String, stop: Arc<AtomicBool>) -> Result
                         checkpoints: vec![
                             v1::Checkpoint {
                                 step: 11,
-                                path: format!("{ckpt}/../elsewhere/step-11"),
-                            },
+                                path: format!("{ckpt}/../elsewhere/step-11"), ..Default::default() },
                             v1::Checkpoint {
                                 step: u64::MAX,
-                                path: format!("{ckpt}/step-huge"),
-                            },
-                        ],
-                    }))
+                                path: format!("{ckpt}/step-huge"), ..Default::default() },
+                        ], ..Default::default() }))
                     .await?;
                 }
             }
