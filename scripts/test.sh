@@ -40,5 +40,10 @@ done
 systemd-analyze verify "$units_dir/supd.service" "$units_dir/sup-agent.service"
 echo "== example trainer tests (python3, standard library)"
 python3 -m unittest discover -s examples/trainer -p 'test_*.py' -v 2>&1 | tail -n 25
+echo "== Python environment of the PyTorch and JAX tests (cached: scripts/python-env.sh)"
+py_start=$(date +%s)
+SUP_TEST_PYTHON="$(bash scripts/python-env.sh)/bin/python"
+export SUP_TEST_PYTHON
+echo "   $SUP_TEST_PYTHON ready in $(( $(date +%s) - py_start )) s"
 echo "== cargo test"
 cargo test --workspace --locked

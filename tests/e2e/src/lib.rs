@@ -833,3 +833,32 @@ pub fn grpc_health(port: u16) -> Result<String> {
         Ok(reply.into_inner().status().as_str_name().to_owned())
     })
 }
+
+/// The Python with PyTorch, JAX and Orbax installed that the real-library
+/// tests run their jobs with: `SUP_TEST_PYTHON`, which the README's test
+/// command sets (scripts/python-env.sh builds and caches the environment).
+/// `None` when it is unset: a developer running `cargo test` alone has not
+/// installed 6 GiB of libraries, and such a test says it was skipped. Set
+/// but not runnable is an error, never a skip.
+pub fn ml_python() -> Result<Option<PathBuf>> {
+    let Some(path) = std::env::var_os("SUP_TEST_PYTHON") else {
+        eprintln!(
+            "SKIPPED: SUP_TEST_PYTHON is not set; run scripts/test.sh, or \
+             SUP_TEST_PYTHON=$(scripts/python-env.sh)/bin/python cargo test ..."
+        );
+        return Ok(None);
+    };
+    let path = PathBuf::from(path);
+    let out = Command::new(&path)
+        .args(["-c", "import torch, jax, orbax.checkpoint"])
+        .output()
+        .with_context(|| format!("SUP_TEST_PYTHON={} is not runnable", path.display()))?;
+    if !out.status.success() {
+        bail!(
+            "SUP_TEST_PYTHON={} cannot import torch, jax and orbax: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(Some(path))
+}
