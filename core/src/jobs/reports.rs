@@ -425,6 +425,29 @@ impl Engine {
                 ));
             }
         }
+        // The job's newest checkpoint itself found damaged (a shard cut
+        // short after it was listed): the next generation must not be told
+        // to resume from it. The newest older one that verifies takes its
+        // place (none: the job starts over, and the event says so).
+        let damaged = job.record.checkpoint.as_ref().is_some_and(|c| {
+            catalog::inside(&dir, &c.path) && catalog.unverified.iter().any(|u| u.path == c.path)
+        });
+        let mut fallback = None;
+        if damaged {
+            let was = job.record.checkpoint.take().map(|c| c.step).unwrap_or(0);
+            let older = job.catalog.iter().rev().find(|c| c.step < was).cloned();
+            fallback = Some(match &older {
+                Some(c) => format!(
+                    "; the job's newest checkpoint was step {was}, it is step {} ({}) again",
+                    c.step,
+                    catalog::shown(&c.path)
+                ),
+                None => format!(
+                    "; the job's newest checkpoint was step {was} and no older one verifies: a restart starts from scratch"
+                ),
+            });
+            job.record.checkpoint = older;
+        }
         for why in refused {
             self.record_job_event(
                 now,
@@ -434,7 +457,11 @@ impl Engine {
                 format!("node {node_id} listed a checkpoint that is {why}"),
             );
         }
-        for why in unverified {
+        for (i, why) in unverified.into_iter().enumerate() {
+            let why = match (&fallback, i) {
+                (Some(f), 0) => format!("{why}{f}"),
+                _ => why,
+            };
             self.record_job_event(
                 now,
                 EventKind::CheckpointUnverified,
@@ -442,6 +469,9 @@ impl Engine {
                 Some(&catalog.job),
                 why,
             );
+        }
+        if damaged {
+            self.persist_job(&catalog.job);
         }
         let Some(job) = self.jobs.get_mut(&catalog.job) else {
             return ReportOutcome::StaleGeneration;

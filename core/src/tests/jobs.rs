@@ -889,6 +889,59 @@ fn an_unverified_checkpoint_is_said_once_per_path_naming_the_file_and_the_previo
 }
 
 #[test]
+fn the_newest_checkpoint_found_damaged_after_it_was_listed_is_no_longer_the_resume_point() {
+    let mut e = cluster(3);
+    submit(&mut e, 0, &spec("llm", 2, 2, ""), "alice").expect("submit");
+    drain(&mut e);
+    launch_all(&mut e, "llm", 1_000);
+    progress(&mut e, "llm", "n1", 120, 2_000);
+    checkpoint(&mut e, "llm", "n1", &[50, 100], 3_000);
+    assert_eq!(
+        job(&e, "llm").record.checkpoint.as_ref().map(|c| c.step),
+        Some(100)
+    );
+    drain(&mut e);
+    // A shard of step 100 is cut short: the next scan lists only step 50.
+    let catalog = CheckpointCatalog {
+        job: "llm".to_owned(),
+        checkpoints: vec![Checkpoint {
+            step: 50,
+            path: "/ckpt/llm/step-50".to_owned(),
+            ..Default::default()
+        }],
+        unverified: vec![UnverifiedCheckpoint {
+            step: 100,
+            path: "/ckpt/llm/step-100".to_owned(),
+            problem: "__0_0.distcp is 1 bytes, .metadata needs at least 9".to_owned(),
+        }],
+    };
+    assert!(e
+        .on_checkpoint_catalog(4_000, "n1", session_of("n1"), catalog)
+        .is_applied());
+    let actions = drain(&mut e);
+    let why = event(&actions, EventKind::CheckpointUnverified);
+    assert!(
+        why.ends_with(
+            "; the job's newest checkpoint was step 100, it is step 50 ('/ckpt/llm/step-50') again"
+        ),
+        "{why}"
+    );
+    assert_eq!(
+        job(&e, "llm").record.checkpoint.as_ref().map(|c| c.step),
+        Some(50)
+    );
+    e.cordon(6_000, "n1", "maintenance", "op").expect("cordon");
+    let actions = drain(&mut e);
+    let resume: Vec<Option<u64>> = assignments(&actions)
+        .values()
+        .filter_map(|a| a.job.as_ref())
+        .map(|j| j.resume_from.as_ref().map(|c| c.step))
+        .collect();
+    assert!(!resume.is_empty());
+    assert!(resume.iter().all(|r| *r == Some(50)), "{resume:?}");
+}
+
+#[test]
 fn one_node_reporting_an_absurd_step_cannot_vouch_for_its_own_checkpoint() {
     let mut e = cluster(4);
     submit(&mut e, 0, &spec("llm", 3, 2, ""), "alice").expect("submit");
