@@ -510,12 +510,20 @@ mod tests {
         }
         let mut verifier = Verifier::default();
         let found = scan(f.dir.path(), "dcp", &mut verifier).expect("scan");
-        let at = |step: u64| f.dir.path().join(format!("step-{step}")).display().to_string();
+        let at = |step: u64| {
+            f.dir
+                .path()
+                .join(format!("step-{step}"))
+                .display()
+                .to_string()
+        };
         assert_eq!(found.checkpoints.len(), 1, "{found:?}");
         assert_eq!(found.checkpoints[0].step, 10);
         assert_eq!(found.checkpoints[0].path, at(10));
         assert!(
-            found.checkpoints[0].verified.starts_with("dcp .metadata: 2 storage files"),
+            found.checkpoints[0]
+                .verified
+                .starts_with("dcp .metadata: 2 storage files"),
             "{found:?}"
         );
         assert_eq!(
