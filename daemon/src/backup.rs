@@ -430,6 +430,7 @@ mod on_a_real_etcd {
             backend: StoreBackend::Etcd,
             etcd_endpoints: cluster.endpoints(),
             etcd_prefix: "/sup-import/".into(),
+            ..StoreConfig::default()
         };
         let said = import(&etcd, &file).expect("import into etcd");
         assert!(said.contains("into etcd"), "{said}");

@@ -41,9 +41,20 @@ pub struct StoreConfig {
     /// Every key supd writes lies under this prefix, so several clusters
     /// can share one etcd. Must end with `/`.
     pub etcd_prefix: String,
+    /// This replica's name in the leader election (`--id`; default: the
+    /// host name).
+    pub replica_id: String,
+    /// The leader's etcd lease: a leader that stops renewing it (killed,
+    /// paused, cut off from etcd) is replaced this long after its last
+    /// renewal at most, and acts no more after 90% of it on its own clock.
+    #[serde(with = "humantime_serde")]
+    pub leader_lease: Duration,
 }
 
 pub const DEFAULT_ETCD_PREFIX: &str = "/sup/";
+/// Short enough for failover within ~5 s; long enough that a busy leader
+/// (a keep-alive every third of it) does not lose it to one slow renewal.
+pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(3);
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -51,8 +62,20 @@ impl Default for StoreConfig {
             backend: StoreBackend::Sled,
             etcd_endpoints: Vec::new(),
             etcd_prefix: DEFAULT_ETCD_PREFIX.to_owned(),
+            replica_id: String::new(),
+            leader_lease: DEFAULT_LEADER_LEASE,
         }
     }
+}
+
+/// The host name, for the default replica id.
+pub fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "supd".to_owned())
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -448,6 +471,8 @@ pub struct Overrides {
     pub store_backend: Option<StoreBackend>,
     /// `--etcd-endpoints URL,URL,...` (store.etcd_endpoints).
     pub etcd_endpoints: Option<Vec<String>>,
+    /// `--id NAME` (store.replica_id).
+    pub replica_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -515,6 +540,12 @@ impl Config {
         }
         if let Some(v) = overrides.etcd_endpoints {
             config.store.etcd_endpoints = v;
+        }
+        if let Some(v) = overrides.replica_id {
+            config.store.replica_id = v;
+        }
+        if config.store.replica_id.is_empty() {
+            config.store.replica_id = host_name();
         }
         config.validate()?;
         Ok(config)
@@ -700,6 +731,19 @@ impl StoreConfig {
                     if self.etcd_endpoints[..i].contains(url) {
                         return invalid(format!("store.etcd_endpoints lists '{url}' twice"));
                     }
+                }
+                if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.leader_lease)
+                {
+                    return invalid(format!(
+                        "store.leader_lease must be between 1s and 60s (got {})",
+                        humantime::format_duration(self.leader_lease)
+                    ));
+                }
+                let id = &self.replica_id;
+                if id.len() > 128 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    return invalid(format!(
+                        "store.replica_id (--id) must be at most 128 characters without spaces or control characters (got {id:?})"
+                    ));
                 }
                 let p = &self.etcd_prefix;
                 if p.is_empty() || !p.ends_with('/') {

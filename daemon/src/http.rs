@@ -62,11 +62,13 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Served instead of [`router`] when the state store is unusable: the
-/// process is alive (`/healthz`), not ready, and every other path says why.
-pub fn refusing_router(why: Arc<String>) -> Router {
+/// Served instead of [`router`] when the state store is unusable, or while
+/// this replica stands by for leadership: the process is alive
+/// (`/healthz`), not ready, and every other path says why (the latest
+/// `why`: a standby's names the current leader).
+pub fn refusing_router(why: tokio::sync::watch::Receiver<String>) -> Router {
     let not_ready = move || {
-        let why = why.clone();
+        let why = why.borrow().clone();
         async move {
             (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -24,6 +24,7 @@ pub mod pages;
 pub mod scheduler;
 pub mod sim;
 pub mod snapshot;
+pub mod standby;
 pub mod store;
 pub mod view;
 
@@ -155,9 +156,26 @@ fn spawn_grpc(
 
 /// Runs supd until `shutdown` resolves (or the state store fails).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
-    let opened = store::open(&config).and_then(|store| {
+    // With etcd, this replica serves only as the elected leader; its term
+    // (shared with the store's keep-alive) is watched below.
+    let mut leadership = None;
+    let store = match config.store.backend {
+        config::StoreBackend::Sled => store::open(&config),
+        config::StoreBackend::Etcd => match store::open_etcd(&config) {
+            Ok(etcd) => match standby::until_leader(&config, etcd, shutdown.as_mut()).await? {
+                Some(leader) => {
+                    leadership = leader.leadership().cloned();
+                    Ok(Box::new(leader) as Box<dyn Store>)
+                }
+                None => return Ok(()),
+            },
+            Err(e) => Err(e),
+        },
+    };
+    let opened = store.and_then(|store| {
         let persisted = store.load()?;
         Ok((store, persisted))
     });
@@ -264,11 +282,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracing::warn!(error = %e, "cannot tell systemd that supd is ready");
     }
 
+    let deposed = standby::deposed(leadership);
+    tokio::pin!(deposed);
     let outcome: anyhow::Result<()> = tokio::select! {
-        _ = shutdown => {
+        _ = &mut shutdown => {
             tracing::info!("shutting down");
             Ok(())
         }
+        why = &mut deposed => Err(anyhow::anyhow!(
+            "this replica is no longer the leader ({why}): stepping down; \
+             restarted (systemd: Restart=always), it stands by for the next election"
+        )),
         r = &mut actor_task => match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("the state store failed")),
@@ -357,7 +381,7 @@ async fn refuse_to_serve(
         Arc::new(Counters::default()),
         stop_rx.clone(),
     );
-    let http_app = http::refusing_router(Arc::new(why.clone()));
+    let http_app = http::refusing_router(watch::channel(why.clone()).1);
     let http_task = tokio::spawn(http_server::serve(
         http_listener,
         http_app,

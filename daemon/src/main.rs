@@ -44,6 +44,10 @@ struct Args {
     /// etcd client URLs, comma-separated: http://HOST:PORT,http://HOST:PORT,...
     #[arg(long, env = "SUPD_ETCD_ENDPOINTS", value_delimiter = ',')]
     etcd_endpoints: Option<Vec<String>>,
+    /// This replica's name in the leader election and the status (default:
+    /// the host name).
+    #[arg(long = "id", env = "SUPD_ID", value_name = "NAME")]
+    replica_id: Option<String>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
             plaintext: args.plaintext,
             store_backend: args.store_backend,
             etcd_endpoints: args.etcd_endpoints,
+            replica_id: args.replica_id,
         },
     ) {
         Ok(config) => config,

@@ -17,6 +17,7 @@ use sup_core::{BreakerRecord, Change, Event, JobRecord, NodeRecord, Persisted, R
 use crate::config::{Config, StoreBackend};
 
 mod etcd;
+pub use etcd::election::{Candidate, Leadership};
 pub use etcd::{EtcdOptions, EtcdStore, MAX_TXN_BYTES, MAX_TXN_OPS};
 
 const SCHEMA_VERSION: u32 = 1;
@@ -66,6 +67,9 @@ pub enum StoreError {
     EtcdCorrupt { location: String, detail: String },
     #[error("the state store in {location} has schema version {found}, this supd understands {SCHEMA_VERSION}")]
     EtcdSchema { location: String, found: String },
+    /// This replica no longer leads: it must not write or act again.
+    #[error("this supd replica was deposed ({0}); stepping down")]
+    Deposed(String),
 }
 
 impl StoreError {
@@ -88,6 +92,12 @@ pub trait Store: Send + 'static {
     /// returns Ok. (etcd: atomically up to one transaction's worth; see
     /// `etcd.rs` for what a larger commit guarantees.)
     fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError>;
+    /// Ok while this replica may act (send messages that carry no write):
+    /// always for a store without leader election; for a leader, while its
+    /// lease surely holds. See `etcd/election.rs`.
+    fn fenced(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl Store for Box<dyn Store> {
@@ -95,21 +105,31 @@ impl Store for Box<dyn Store> {
         (**self).load()
     }
 
+    fn fenced(&self) -> Result<(), StoreError> {
+        (**self).fenced()
+    }
+
     fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
         (**self).commit(changes)
     }
 }
 
-/// Opens the store `[store]` names: sled in the data dir, or etcd.
+/// Opens the store `[store]` names: sled in the data dir, or etcd
+/// (unfenced: supd's serving replicas campaign first, see `lib.rs`).
 pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
     match config.store.backend {
         StoreBackend::Sled => Ok(Box::new(SledStore::open(&config.data_dir)?)),
-        StoreBackend::Etcd => Ok(Box::new(EtcdStore::open(
-            &config.store.etcd_endpoints,
-            &config.store.etcd_prefix,
-            EtcdOptions::default(),
-        )?)),
+        StoreBackend::Etcd => Ok(Box::new(open_etcd(config)?)),
     }
+}
+
+/// Opens the etcd store `[store]` names.
+pub fn open_etcd(config: &Config) -> Result<EtcdStore, StoreError> {
+    EtcdStore::open(
+        &config.store.etcd_endpoints,
+        &config.store.etcd_prefix,
+        EtcdOptions::default(),
+    )
 }
 
 /// Where [`open`] finds the state, for logs.

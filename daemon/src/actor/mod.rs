@@ -418,6 +418,11 @@ impl<S: Store> Actor<S> {
             }
         }
         if changes.is_empty() {
+            // Nothing to write, so no transaction fences these messages:
+            // the leader lease does.
+            if !outgoing.is_empty() {
+                self.store.fenced()?;
+            }
             return Ok(outgoing);
         }
         self.store.commit(&changes)?;

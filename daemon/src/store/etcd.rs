@@ -85,8 +85,10 @@ use sup_proto::etcd::etcdserverpb::{
 use super::{Store, StoreError, SCHEMA_VERSION};
 
 mod client;
+pub mod election;
 
 use client::{Client, Kv};
+use election::{Attempt, Candidate, Leadership, ELECTION_KEY};
 
 /// etcd's default `--max-txn-ops`: operations per transaction.
 pub const MAX_TXN_OPS: usize = 128;
@@ -145,6 +147,24 @@ pub struct EtcdStore {
     client: Client,
     options: EtcdOptions,
     bridge: Bridge,
+    /// This replica's term, once it won the election ([`EtcdStore::campaign`]):
+    /// every transaction is then fenced by it. `None`: unfenced (a store
+    /// opened by `supd export`/`import`, or by tests).
+    leadership: Option<Leadership>,
+}
+
+impl Drop for EtcdStore {
+    /// A leader that stops cleanly gives its lease back, so a standby takes
+    /// over at its next attempt instead of after the lease runs out.
+    fn drop(&mut self) {
+        if let Some(l) = self.leadership.take() {
+            l.resign_flag();
+            let (client, lease) = (self.client.clone(), l.lease);
+            let _ = self
+                .bridge
+                .run(async move { election::revoke(&client, lease).await });
+        }
+    }
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -457,9 +477,75 @@ impl EtcdStore {
             client,
             options,
             bridge,
+            leadership: None,
         };
         store.initialise()?;
         Ok(store)
+    }
+
+    /// Campaigns for leadership until this replica wins (true) or `stop` is
+    /// set (false); `standby` hears who leads meanwhile, each time that
+    /// changes. Blocks: call from a blocking thread. Errors reaching etcd
+    /// are logged and the campaign goes on (a standby waits out an etcd
+    /// outage like any other).
+    pub fn campaign(
+        &mut self,
+        me: &Candidate,
+        ttl: Duration,
+        stop: &std::sync::atomic::AtomicBool,
+        mut standby: impl FnMut(Option<&Candidate>),
+    ) -> bool {
+        // A standby notices a lost lease within this of the key's deletion.
+        let poll = (ttl / 6).clamp(Duration::from_millis(100), Duration::from_millis(500));
+        let key = self.key(ELECTION_KEY).into_bytes();
+        let mut last: Option<Option<Candidate>> = None;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let (k, m) = (key.clone(), me.clone());
+            match self
+                .call(move |client| async move { election::attempt(&client, k, &m, ttl).await })
+            {
+                Ok(Attempt::Won(leadership)) => {
+                    tracing::info!(
+                        id = %me.id,
+                        term = leadership.create_revision,
+                        lease = format!("{:x}", leadership.lease),
+                        "etcd: this replica is the leader"
+                    );
+                    self.leadership = Some(leadership);
+                    return true;
+                }
+                Ok(Attempt::Held(holder)) => {
+                    if last.as_ref() != Some(&holder) {
+                        standby(holder.as_ref());
+                        last = Some(holder);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "etcd: campaigning for leadership failed; retrying")
+                }
+            }
+            std::thread::sleep(poll);
+        }
+        false
+    }
+
+    /// The replica that leads now, if any.
+    pub fn leader(&self) -> Result<Option<Candidate>, StoreError> {
+        let key = self.key(ELECTION_KEY).into_bytes();
+        self.call(move |client| async move { election::leader(&client, key).await })
+            .map_err(|detail| StoreError::Unreachable {
+                location: self.location.clone(),
+                detail,
+            })
+    }
+
+    /// This replica's term, if it leads.
+    pub fn leadership(&self) -> Option<&Leadership> {
+        self.leadership.as_ref()
+    }
+
+    fn deposed(&self, why: String) -> StoreError {
+        StoreError::Deposed(format!("{}: {why}", self.location))
     }
 
     /// Patience for writes (and small reads) from now for `deadline`.
@@ -607,8 +693,8 @@ impl EtcdStore {
         })
     }
 
-    /// A transaction of `ops` (keys relative to the prefix). The fencing
-    /// hook: leader election adds its comparison here (module docs).
+    /// A transaction of `ops` (keys relative to the prefix), fenced by this
+    /// replica's term when it leads ([`election`]).
     fn txn(&self, ops: &[(String, Op)]) -> TxnRequest {
         let success = ops
             .iter()
@@ -642,7 +728,7 @@ impl EtcdStore {
             })
             .collect();
         TxnRequest {
-            compare: Vec::new(),
+            compare: self.leadership.iter().map(Leadership::fence).collect(),
             success,
             failure: Vec::new(),
         }
@@ -700,6 +786,8 @@ impl Store for EtcdStore {
                 |what: &str, e: serde_json::Error| self.corrupt(format!("{what} '{full}': {e}"));
             if relative == SCHEMA_KEY {
                 schema_seen = true;
+            } else if relative == ELECTION_KEY {
+                // Who leads: no record of the state.
             } else if let Some(id) = relative.strip_prefix(NODES) {
                 let record: NodeRecord =
                     serde_json::from_slice(&value).map_err(|e| decode_err("node record", e))?;
@@ -766,9 +854,21 @@ impl Store for EtcdStore {
         Ok(persisted)
     }
 
+    fn fenced(&self) -> Result<(), StoreError> {
+        match &self.leadership {
+            Some(l) if !l.holds() => Err(self.deposed(l.why_not())),
+            _ => Ok(()),
+        }
+    }
+
     fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
+        }
+        if let Some(l) = &self.leadership {
+            if !l.holds() {
+                return Err(self.deposed(l.why_not()));
+            }
         }
         let started = Instant::now();
         let plan = Plan::fold(changes)?;
@@ -783,15 +883,26 @@ impl Store for EtcdStore {
                 chunk.len(),
                 chunk.first().map_or("", |(k, _)| k.as_str())
             );
-            self.call(move |client| async move {
-                retrying(&what, patience, &client, |mut kv| {
-                    let txn = txn.clone();
-                    async move { kv.txn(txn).await }
+            let landed = self
+                .call(move |client| async move {
+                    retrying(&what, patience, &client, |mut kv| {
+                        let txn = txn.clone();
+                        async move { kv.txn(txn).await }
+                    })
+                    .await
+                    .map(|answer| answer.into_inner().succeeded)
                 })
-                .await
-                .map(|_| ())
-            })
-            .map_err(|e| StoreError::Write(format!("{}: {e}", self.location)))?;
+                .map_err(|e| StoreError::Write(format!("{}: {e}", self.location)))?;
+            if !landed {
+                // Only the fence compares anything.
+                return Err(self.deposed(format!(
+                    "another replica leads now (the election key is no longer this replica's term {}); \
+                     transaction {} of {} was refused",
+                    self.leadership.as_ref().map_or(0, |l| l.create_revision),
+                    i + 1,
+                    chunks.len()
+                )));
+            }
         }
         let took = started.elapsed();
         let bytes: usize = plan
@@ -1123,6 +1234,117 @@ mod tests {
                 .commit(&[Change::PutNode(record("n1"))])
                 .expect("commit");
             assert_eq!(store.load().expect("load").nodes, vec![record("n1")]);
+        }
+
+        fn candidate(id: &str) -> Candidate {
+            Candidate {
+                id: id.to_owned(),
+                grpc_url: format!("http://{id}:7070"),
+                http_url: format!("http://{id}:8080"),
+            }
+        }
+
+        const LEASE: Duration = Duration::from_secs(2);
+
+        /// What a campaign on a thread ends with: the store, whether it
+        /// won, and the leaders it saw meanwhile.
+        type Campaign = std::thread::JoinHandle<(EtcdStore, bool, Vec<Option<String>>)>;
+
+        /// A second replica campaigns on a thread until it wins.
+        fn campaign_on_a_thread(mut store: EtcdStore, id: &'static str) -> Campaign {
+            let never = std::sync::atomic::AtomicBool::new(false);
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let won = store.campaign(&candidate(id), LEASE, &never, |leader| {
+                    seen.push(leader.map(|c| c.id.clone()))
+                });
+                (store, won, seen)
+            })
+        }
+
+        #[test]
+        fn one_replica_leads_a_standby_waits_and_takes_over_when_the_lease_runs_out() {
+            let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+            let b = etcd();
+            let never = std::sync::atomic::AtomicBool::new(false);
+            let mut first = b.open_at(PREFIX).expect("open");
+            assert!(first.campaign(&candidate("a"), LEASE, &never, |_| {}));
+            first
+                .commit(&[Change::PutNode(record("n1"))])
+                .expect("the leader writes");
+            let second = b.open_at(PREFIX).expect("open");
+            assert_eq!(
+                second.leader().expect("read").map(|c| c.id),
+                Some("a".to_owned())
+            );
+            let thread = campaign_on_a_thread(second, "b");
+            // The leader keeps its lease well past its time to live.
+            std::thread::sleep(LEASE * 2);
+            assert!(
+                !thread.is_finished(),
+                "b must wait while a renews its lease"
+            );
+            first
+                .commit(&[Change::PutNode(record("n2"))])
+                .expect("still the leader");
+            // a stops renewing (as if killed; its store is leaked, not
+            // dropped, so it does not resign): b leads within the lease.
+            let started = Instant::now();
+            first.leadership().expect("leads").halt_renewals();
+            let (mut second, won, seen) = thread.join().expect("b's campaign");
+            assert!(won);
+            eprintln!(
+                "takeover after a's renewals stopped: {:?}",
+                started.elapsed()
+            );
+            assert!(started.elapsed() < LEASE * 3, "{:?}", started.elapsed());
+            assert_eq!(seen, vec![Some("a".to_owned())]);
+            // a is fenced: its writes never land, and it says why.
+            let err = first
+                .commit(&[Change::PutNode(record("stale"))])
+                .expect_err("a was deposed");
+            assert!(matches!(err, StoreError::Deposed(_)), "{err}");
+            assert!(first.fenced().is_err());
+            second
+                .commit(&[Change::PutNode(record("n3"))])
+                .expect("b writes");
+            let ids: Vec<String> = second
+                .load()
+                .expect("load")
+                .nodes
+                .into_iter()
+                .map(|n| n.id)
+                .collect();
+            assert_eq!(ids, ["n1", "n2", "n3"]);
+            // A clean stop gives the lease back: a third takes over at once.
+            drop(second);
+            let mut third = b.open_at(PREFIX).expect("open");
+            let started = Instant::now();
+            assert!(third.campaign(&candidate("c"), LEASE, &never, |_| {}));
+            assert!(started.elapsed() < LEASE, "{:?}", started.elapsed());
+        }
+
+        #[test]
+        fn a_write_from_a_deposed_leader_that_still_believes_it_leads_is_refused_by_etcd() {
+            let b = etcd();
+            let never = std::sync::atomic::AtomicBool::new(false);
+            let mut first = b.open_at(PREFIX).expect("open");
+            assert!(first.campaign(&candidate("a"), LEASE, &never, |_| {}));
+            // Behind a's back, its term ends (an operator, or etcd expiring
+            // the lease while a's clock said otherwise) and b wins.
+            let key = first.key(ELECTION_KEY);
+            b.cluster.etcdctl(&["del", &key]).expect("etcdctl del");
+            let mut second = b.open_at(PREFIX).expect("open");
+            assert!(second.campaign(&candidate("b"), LEASE, &never, |_| {}));
+            assert!(first.fenced().is_ok(), "a's own clock still says it leads");
+            let err = first
+                .commit(&[Change::PutNode(record("stale"))])
+                .expect_err("the fence refuses it");
+            assert!(
+                err.to_string().contains("another replica leads now"),
+                "{err}"
+            );
+            assert!(second.load().expect("load").nodes.is_empty());
         }
 
         #[test]

@@ -326,6 +326,38 @@ impl Supd {
     }
 
     pub fn start(&mut self) -> Result<()> {
+        self.spawn()?;
+        let port = self.http_port;
+        wait_for("supd /readyz", STARTUP_TIMEOUT, || {
+            self.still_running()?;
+            Ok(matches!(http_get(port, "/readyz"), Ok((200, _))).then_some(()))
+        })
+    }
+
+    /// Starts a replica that stands by for leadership (etcd): up once it
+    /// answers `/healthz` while `/readyz` says it is a standby.
+    pub fn start_standby(&mut self) -> Result<()> {
+        self.spawn()?;
+        let port = self.http_port;
+        wait_for("supd standing by", STARTUP_TIMEOUT, || {
+            self.still_running()?;
+            Ok(
+                matches!(http_get(port, "/readyz"), Ok((503, body)) if body.contains("standby"))
+                    .then_some(()),
+            )
+        })
+    }
+
+    fn still_running(&mut self) -> Result<()> {
+        if let Some(p) = self.proc.as_mut() {
+            if let Some(status) = p.exited()? {
+                bail!("supd exited early with {status}:\n{}", p.log_text());
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> Result<()> {
         self.starts += 1;
         let mut cmd = Command::new(bin("supd")?);
         cmd.arg("--config")
@@ -344,15 +376,7 @@ impl Supd {
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let proc = Proc::spawn(&format!("supd-{}", self.starts), cmd, &self.log_dir)?;
         self.proc = Some(proc);
-        let port = self.http_port;
-        wait_for("supd /readyz", STARTUP_TIMEOUT, || {
-            if let Some(p) = self.proc.as_mut() {
-                if let Some(status) = p.exited()? {
-                    bail!("supd exited early with {status}:\n{}", p.log_text());
-                }
-            }
-            Ok(matches!(http_get(port, "/readyz"), Ok((200, _))).then_some(()))
-        })
+        Ok(())
     }
 
     pub fn kill(&mut self) -> Result<()> {

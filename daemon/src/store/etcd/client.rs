@@ -25,8 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sup_proto::etcd::etcdserverpb::kv_client::KvClient;
+use sup_proto::etcd::etcdserverpb::lease_client::LeaseClient;
 #[cfg(test)]
-use sup_proto::etcd::etcdserverpb::{lease_client::LeaseClient, watch_client::WatchClient};
+use sup_proto::etcd::etcdserverpb::watch_client::WatchClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -53,6 +54,7 @@ impl tonic::service::Interceptor for RequireLeader {
 }
 
 pub type Kv = KvClient<InterceptedService<Channel, RequireLeader>>;
+pub type Lease = LeaseClient<InterceptedService<Channel, RequireLeader>>;
 
 /// How to reach the members.
 #[derive(Debug, Clone, Copy)]
@@ -77,13 +79,13 @@ impl Member {
             .max_decoding_message_size(MAX_DECODING_BYTES)
     }
 
-    // Test-only until leader election uses them: they check the rest of
-    // the API subset against a real etcd meanwhile.
-    #[cfg(test)]
-    fn lease(&self) -> LeaseClient<InterceptedService<Channel, RequireLeader>> {
+    /// Leader election's lease grants and keep-alives.
+    pub fn lease(&self) -> Lease {
         LeaseClient::with_interceptor(self.channel.clone(), RequireLeader)
     }
 
+    // Test-only until standbys watch the state: it checks the rest of the
+    // API subset against a real etcd meanwhile.
     #[cfg(test)]
     fn watch(&self) -> WatchClient<InterceptedService<Channel, RequireLeader>> {
         WatchClient::with_interceptor(self.channel.clone(), RequireLeader)

@@ -1,0 +1,160 @@
+//! A supd replica on etcd before it leads, and the watch that ends its term.
+//!
+//! A standby campaigns for leadership ([`crate::store::etcd::election`])
+//! and meanwhile serves nothing but its health over HTTP: `/healthz` 200,
+//! `/readyz` and every other path 503 naming the leader. It does not bind
+//! gRPC at all, so an agent or supctl given several supd URLs is refused at
+//! once and tries the next one (the leader). It reads no state until it
+//! wins: taking over is then one load of the state from etcd (cold
+//! standby; a standby that keeps a warm copy by watching the state is a
+//! later step).
+//!
+//! A leader whose lease lapses stops: [`deposed`] resolves, `run` returns
+//! an error and the process exits, so that systemd starts it again and it
+//! stands by for the next election. Its store refuses every write
+//! meanwhile (the fence), and the state actor sends nothing that has no
+//! write behind it once the lease cannot be relied on (`Store::fenced`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::store::{Candidate, EtcdStore, Leadership};
+use crate::{http, http_limits, http_server, HTTP_DRAIN};
+
+/// How a replica is reached at `addr`: an unspecified address (0.0.0.0,
+/// [::]) is no address to give others, so the host name stands in.
+fn reachable(scheme: &str, addr: SocketAddr, host_name: &str) -> String {
+    if addr.ip().is_unspecified() {
+        format!("{scheme}://{host_name}:{}", addr.port())
+    } else {
+        format!("{scheme}://{addr}")
+    }
+}
+
+/// This replica as the election key names it.
+pub fn candidate(config: &Config) -> Candidate {
+    let host = crate::config::host_name();
+    let grpc_scheme = if config.grpc.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Candidate {
+        id: config.store.replica_id.clone(),
+        grpc_url: reachable(grpc_scheme, config.grpc.addr, &host),
+        http_url: reachable("http", config.http.addr, &host),
+    }
+}
+
+fn standing_by(me: &Candidate, leader: Option<&Candidate>) -> String {
+    match leader {
+        Some(l) => format!(
+            "standby: replica {} follows the leader {} (agents and supctl: {}; dashboard: {})",
+            me.id, l.id, l.grpc_url, l.http_url
+        ),
+        None => format!(
+            "standby: replica {} is campaigning for leadership (no leader known yet)",
+            me.id
+        ),
+    }
+}
+
+/// Stands by until this replica leads (`Some`, the store now fenced by its
+/// term) or `shutdown` resolves (`None`).
+pub async fn until_leader<F: Future<Output = ()>>(
+    config: &Config,
+    mut store: EtcdStore,
+    mut shutdown: Pin<&mut F>,
+) -> anyhow::Result<Option<EtcdStore>> {
+    let me = candidate(config);
+    let (why_tx, why_rx) = watch::channel(standing_by(&me, None));
+    let listener = TcpListener::bind(config.http.addr)
+        .await
+        .with_context(|| format!("cannot bind the HTTP address {}", config.http.addr))?;
+    let (stop_http, stop_rx) = watch::channel(false);
+    let http_task = tokio::spawn(http_server::serve(
+        listener,
+        http::refusing_router(why_rx),
+        http_limits(config),
+        stop_rx,
+        HTTP_DRAIN,
+    ));
+    tracing::info!(
+        id = %me.id,
+        grpc = %me.grpc_url,
+        http = %me.http_url,
+        lease = %humantime::format_duration(config.store.leader_lease),
+        "etcd: standing by; campaigning for leadership"
+    );
+    // Up for systemd (Type=notify) as a standby: a standby that never
+    // leads is not a failed start.
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("standby: campaigning for leadership"),
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let ttl = config.store.leader_lease;
+    let who = me.clone();
+    let mut campaign = tokio::task::spawn_blocking(move || {
+        let won = store.campaign(&who, ttl, &flag, |leader| {
+            let text = standing_by(&who, leader);
+            tracing::info!("etcd: {text}");
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&text)]);
+            let _ = why_tx.send(text);
+        });
+        (store, won)
+    });
+    // No state actor pings systemd's watchdog yet: this loop does.
+    let mut watchdog =
+        tokio::time::interval(sd_notify::watchdog_enabled().map_or(Duration::MAX / 4, |d| d / 2));
+    let outcome = loop {
+        tokio::select! {
+            done = &mut campaign => break Some(done),
+            _ = &mut shutdown => break None,
+            _ = watchdog.tick() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    };
+    let won = match outcome {
+        Some(done) => {
+            let (store, won) = done.context("the leader campaign crashed")?;
+            won.then_some(store)
+        }
+        None => {
+            stop.store(true, Ordering::SeqCst);
+            let _ = campaign.await;
+            None
+        }
+    };
+    // The serving replica binds the HTTP address anew.
+    let _ = stop_http.send(true);
+    let _ = http_task.await;
+    Ok(won)
+}
+
+/// Resolves when this replica's term ends (never without one): its lease
+/// lapsed or etcd said it is gone. Checked often enough that a leader
+/// stops within a fraction of its lease of losing it.
+pub async fn deposed(leadership: Option<Leadership>) -> String {
+    let Some(l) = leadership else {
+        return std::future::pending().await;
+    };
+    let every = (l.ttl / 10).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(every).await;
+        if !l.holds() {
+            return l.why_not();
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! supd replicas on a real 3-member etcd (issue 15: leader election and
+//! fencing): one leads, the other stands by (health only, `/readyz` 503
+//! naming the leader, no gRPC). Killed with SIGKILL, the leader is replaced
+//! within its lease; agents given both URLs follow it and the running job
+//! is not restarted. Paused (SIGSTOP) past its lease and resumed, a
+//! leader can neither write nor act: a job submitted to it while it was
+//! paused never lands, and it steps down (exits, for systemd to restart it
+//! as a standby).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use sup_e2e::etcd::EtcdCluster;
+use sup_e2e::*;
+
+const PREFIX: &str = "/sup-ha/";
+const LEASE: &str = "2s";
+
+fn config(etcd: &EtcdCluster, master_port: u16) -> String {
+    format!(
+        r#"
+[nodes]
+unreachable_after = "20s"
+telemetry_interval = "500ms"
+
+[jobs]
+master_port = {master_port}
+stop_grace = "3s"
+
+[store]
+backend = "etcd"
+etcd_endpoints = {}
+etcd_prefix = "{PREFIX}"
+leader_lease = "{LEASE}"
+"#,
+        toml_list(&etcd.endpoints())
+    )
+}
+
+/// A replica named `id`, in its own directory (logs, data dir).
+fn replica(work: &std::path::Path, id: &str, config: &str) -> Result<Supd> {
+    let dir = work.join(id);
+    std::fs::create_dir_all(&dir)?;
+    let mut supd = Supd::new(&dir, config)?;
+    supd.env.push(("SUPD_ID".to_owned(), id.to_owned()));
+    Ok(supd)
+}
+
+fn signal(supd: &Supd, sig: &str) -> Result<()> {
+    let pid = supd
+        .proc
+        .as_ref()
+        .and_then(Proc::pid)
+        .ok_or_else(|| anyhow!("supd is not running"))?;
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()?
+        .success();
+    if !ok {
+        bail!("kill {sig} {pid} failed");
+    }
+    Ok(())
+}
+
+fn readyz(supd: &Supd) -> Result<(u16, String)> {
+    http_get(supd.http_port, "/readyz")
+}
+
+fn wait_leader(supd: &Supd, within: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    wait_for("the standby to lead", within, || {
+        Ok(matches!(readyz(supd), Ok((200, _))).then_some(()))
+    })?;
+    Ok(started.elapsed())
+}
+
+fn submit(url: &str, work: &std::path::Path, name: &str, nodes: u32) -> Result<Output> {
+    let ckpt = work.join(format!("ckpt-{name}"));
+    std::fs::create_dir_all(&ckpt)?;
+    let spec = format!(
+        r#"name = "{name}"
+command = {command}
+nodes = {nodes}
+gpus_per_node = 2
+checkpoint_dir = "{ckpt}"
+checkpoint_layout = "marker:COMPLETE"
+"#,
+        command = toml_list(&trainer_command(100_000, 50, "0.05", 16)),
+        ckpt = ckpt.display(),
+    );
+    let file = work.join(format!("{name}.toml"));
+    std::fs::write(&file, spec)?;
+    supctl(url, &["job", "submit", &file.display().to_string()])
+}
+
+use std::process::Output;
+
+#[test]
+fn a_paused_leader_cannot_write_or_act_after_its_lease_and_steps_down() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let etcd = EtcdCluster::start(work.path(), 3)?;
+    let cfg = config(&etcd, free_port()?);
+    let mut a = replica(work.path(), "a", &cfg)?;
+    a.start()?;
+    let mut b = replica(work.path(), "b", &cfg)?;
+    b.start_standby()?;
+    let (code, body) = readyz(&b)?;
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("replica b follows the leader a") && body.contains(&a.url()),
+        "{body}"
+    );
+    let (code, _) = http_get(b.http_port, "/healthz")?;
+    assert_eq!(code, 200, "a standby is alive");
+    assert!(
+        supctl(&b.url(), &["status"])?.status.code() == Some(3),
+        "a standby does not serve gRPC: supctl cannot reach it"
+    );
+
+    // Paused past its lease: b leads.
+    signal(&a, "-STOP")?;
+    let took = wait_leader(&b, Duration::from_secs(30))?;
+    eprintln!("b leads {took:?} after a was paused (lease {LEASE})");
+    // While a is paused, a job is submitted to it: the request waits in
+    // a's socket; a, resumed, must not write it.
+    let url_a = a.url();
+    let work_dir = work.path().to_owned();
+    let submitted = std::thread::spawn(move || submit(&url_a, &work_dir, "while-paused", 1));
+    std::thread::sleep(Duration::from_secs(1));
+    signal(&a, "-CONT")?;
+    let out = submitted
+        .join()
+        .map_err(|_| anyhow!("the submit thread panicked"))??;
+    assert!(
+        !out.status.success(),
+        "a deposed leader must not acknowledge a write: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // It steps down: it exits, saying why.
+    let status = a
+        .proc
+        .as_mut()
+        .ok_or_else(|| anyhow!("a is not running"))?
+        .wait_exit(Duration::from_secs(30))
+        .context("a must step down")?;
+    assert!(!status.success());
+    let log = a.log_text();
+    assert!(
+        log.contains("this replica is no longer the leader")
+            || log.contains("this supd replica was deposed"),
+        "{log}"
+    );
+    // Nothing a decided while deposed landed.
+    let jobs = supctl_json(&b.url(), &["jobs"])?;
+    assert_eq!(jobs, Value::Array(Vec::new()), "{jobs}");
+    let keys = etcd.keys(PREFIX)?;
+    assert!(!keys.iter().any(|k| k.contains("while-paused")), "{keys:?}");
+    // Restarted, a stands by behind b.
+    a.start_standby()?;
+    let (_, body) = readyz(&a)?;
+    assert!(body.contains("follows the leader b"), "{body}");
+    Ok(())
+}
