@@ -1024,9 +1024,50 @@ mod tests {
     }
 
     #[test]
+    fn replicas_are_named_and_their_lease_bounded() {
+        let etcd = "[store]\nbackend = \"etcd\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n";
+        let f = file(&format!(
+            "{etcd}leader_lease = \"7s\"\nreplica_id = \"supd-a\"\n"
+        ));
+        let config = Config::load(Some(f.path()), plain()).expect("valid");
+        assert_eq!(config.store.leader_lease, Duration::from_secs(7));
+        assert_eq!(config.store.replica_id, "supd-a");
+        let flagged = Overrides {
+            replica_id: Some("supd-b".into()),
+            ..plain()
+        };
+        let config = Config::load(Some(f.path()), flagged).expect("valid");
+        assert_eq!(config.store.replica_id, "supd-b", "--id wins over the file");
+        for (extra, named) in [
+            (
+                "leader_lease = \"500ms\"\n",
+                "store.leader_lease must be between 1s and 60s",
+            ),
+            (
+                "leader_lease = \"2m\"\n",
+                "store.leader_lease must be between 1s and 60s",
+            ),
+            ("replica_id = \"has space\"\n", "store.replica_id (--id)"),
+        ] {
+            let f = file(&format!("{etcd}{extra}"));
+            let msg = Config::load(Some(f.path()), plain())
+                .expect_err(extra)
+                .to_string();
+            assert!(msg.contains(named), "{extra}: {msg}");
+        }
+    }
+
+    #[test]
     fn the_store_is_sled_unless_etcd_is_chosen() {
         let config = Config::load(None, plain()).expect("defaults");
-        assert_eq!(config.store, StoreConfig::default());
+        assert_eq!(
+            config.store,
+            StoreConfig {
+                replica_id: host_name(),
+                ..StoreConfig::default()
+            }
+        );
+        assert_eq!(config.store.leader_lease, Duration::from_secs(3));
         assert_eq!(config.store.backend, StoreBackend::Sled);
         assert_eq!(config.store.etcd_prefix, "/sup/");
         // Naming etcd's settings without choosing etcd is a mistake worth

@@ -214,6 +214,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let counters = Arc::new(Counters::default());
+    let _ = counters.supervisor.set(sup_proto::v1::Supervisor {
+        id: config.store.replica_id.clone(),
+        role: "leader".to_owned(),
+        leader: config.store.replica_id.clone(),
+        store: config.store.backend.as_str().to_owned(),
+    });
     let ready = Arc::new(AtomicBool::new(false));
     let (actor, handle) = Actor::new(
         engine,

@@ -221,6 +221,7 @@ pub fn status_summary(cluster: &Cluster) -> v1::ClusterStatus {
         spares_target: full.spares_target,
         breaker: full.breaker.clone(),
         node_counts: Some(count_nodes(cluster.fixed_nodes())),
+        supervisor: full.supervisor.clone(),
     }
 }
 

@@ -28,6 +28,18 @@ pub struct StatusView {
     /// All spares, listed in `spares` or not.
     pub spare_count: u32,
     pub spares_lent_count: u32,
+    /// The supd replica that answered; null from a supd before replicas.
+    pub supervisor: Option<SupervisorView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SupervisorView {
+    pub id: String,
+    /// "leader" (only the leader serves the API).
+    pub role: String,
+    pub leader: String,
+    /// "sled" or "etcd".
+    pub store: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -484,6 +496,12 @@ impl From<&v1::ClusterStatus> for StatusView {
             spares: s.spares.clone(),
             spares_target: s.spares_target,
             spares_lent: s.spares_lent.clone(),
+            supervisor: s.supervisor.as_ref().map(|v| SupervisorView {
+                id: v.id.clone(),
+                role: v.role.clone(),
+                leader: v.leader.clone(),
+                store: v.store.clone(),
+            }),
             breaker: match &s.breaker {
                 Some(b) if b.open => BreakerView {
                     state: "open",

@@ -51,6 +51,17 @@ pub fn status_json(s: &v1::ClusterStatus) -> serde_json::Result<String> {
 pub fn status_text(s: &v1::ClusterStatus, now_ms: i64) -> String {
     let mut out = summary(s);
     out.push('\n');
+    if let Some(v) = &s.supervisor {
+        let role = if v.role == "leader" && v.leader == v.id {
+            "leader".to_owned()
+        } else {
+            format!("{}, leader {}", v.role, v.leader)
+        };
+        out.push_str(&format!(
+            "Supervisor: {} ({role}; store {})\n",
+            v.id, v.store
+        ));
+    }
     let attention = attention_lines(s, now_ms);
     if !attention.is_empty() {
         out.push_str("\nNeeds attention:\n");
@@ -376,6 +387,32 @@ mod tests {
         assert!(
             text.starts_with("1 node: 1 ready; spares 0/target 0; 0 jobs\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn status_names_the_replica_that_answered() {
+        let s = v1::ClusterStatus {
+            nodes: vec![node("a", v1::NodeState::Ready)],
+            supervisor: Some(v1::Supervisor {
+                id: "supd-2".into(),
+                role: "leader".into(),
+                leader: "supd-2".into(),
+                store: "etcd".into(),
+            }),
+            ..Default::default()
+        };
+        let text = status_text(&s, NOW);
+        assert!(
+            text.starts_with(
+                "1 node: 1 ready; spares 0/target 0; 0 jobs\nSupervisor: supd-2 (leader; store etcd)\n"
+            ),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&status_json(&s).unwrap()).unwrap();
+        assert_eq!(
+            v["supervisor"],
+            serde_json::json!({"id": "supd-2", "role": "leader", "leader": "supd-2", "store": "etcd"})
         );
     }
 

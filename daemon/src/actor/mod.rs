@@ -474,7 +474,8 @@ impl<S: Store> Actor<S> {
 /// A snapshot of the engine now, fresh for as long as its cost allows.
 fn build_snapshot(engine: &Engine, previous: Option<&Snapshot>, counters: &Counters) -> Snapshot {
     let started = std::time::Instant::now();
-    let snapshot = Snapshot::build(engine, now_ms(), previous);
+    let mut snapshot = Snapshot::build(engine, now_ms(), previous);
+    snapshot.cluster.status.supervisor = counters.supervisor.get().cloned();
     let took = started.elapsed();
     counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
     counters.snapshot_build_us.fetch_add(

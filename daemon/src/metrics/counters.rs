@@ -16,6 +16,8 @@ pub struct Counters {
     /// The gRPC port's TLS handshakes (for certificate expiry), when TLS
     /// is on.
     pub tls: std::sync::OnceLock<Handshakes>,
+    /// Which replica this is, for the status (set once at start).
+    pub supervisor: std::sync::OnceLock<sup_proto::v1::Supervisor>,
     /// Telemetry reports accepted.
     pub reports: AtomicU64,
     /// Reports of any kind ignored, by why.

@@ -152,6 +152,11 @@ fn a_paused_leader_cannot_write_or_act_after_its_lease_and_steps_down() -> Resul
             || log.contains("this supd replica was deposed"),
         "{log}"
     );
+    let status = supctl_json(&b.url(), &["status"])?;
+    assert_eq!(
+        status["supervisor"],
+        serde_json::json!({"id": "b", "role": "leader", "leader": "b", "store": "etcd"})
+    );
     // Nothing a decided while deposed landed.
     let jobs = supctl_json(&b.url(), &["jobs"])?;
     assert_eq!(jobs, Value::Array(Vec::new()), "{jobs}");
