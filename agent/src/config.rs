@@ -39,8 +39,10 @@ pub const DEFAULT_ALLOW_ROOT_RANKS: bool = true;
     about = "sup's node agent: GPU probe and telemetry stream to supd"
 )]
 pub struct Cli {
-    /// supd's gRPC endpoint [default: http://127.0.0.1:7070]
-    #[arg(long, env = "SUP_SUPERVISOR", value_name = "URL")]
+    /// supd's gRPC endpoint; several, comma-separated, for supd replicas:
+    /// the agent registers with whichever answers (the leader)
+    /// [default: http://127.0.0.1:7070]
+    #[arg(long, env = "SUP_SUPERVISOR", value_name = "URL[,URL...]")]
     pub supervisor: Option<String>,
 
     /// This node's id in the cluster [default: the hostname]
@@ -172,7 +174,10 @@ pub struct Cli {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    pub supervisor: Option<String>,
+    /// `"URL"`, `"URL,URL"` or `["URL", "URL"]`: each entry as written,
+    /// split and checked by [`Supervisors::parse`].
+    #[serde(default, deserialize_with = "de_supervisor")]
+    pub supervisor: Option<Vec<String>>,
     pub node_id: Option<String>,
     pub address: Option<String>,
     #[serde(default, deserialize_with = "de_from_str")]
@@ -210,9 +215,9 @@ pub struct FileConfig {
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// supd's gRPC endpoint: `https://` (mutual TLS, `tls` is set) or
-    /// `http://` (plaintext, `tls` is `None`).
-    pub supervisor: String,
+    /// supd's gRPC endpoints (one per replica): all `https://` (mutual
+    /// TLS, `tls` is set) or all `http://` (plaintext, `tls` is `None`).
+    pub supervisor: Supervisors,
     pub tls: Option<ClientTlsFiles>,
     pub node_id: String,
     pub address: String,
@@ -297,11 +302,11 @@ impl Config {
         file: FileConfig,
         hostname: Option<String>,
     ) -> Result<Config, ConfigError> {
-        let supervisor = normalize_supervisor(
-            &cli.supervisor
-                .or(file.supervisor)
-                .unwrap_or_else(|| DEFAULT_SUPERVISOR.to_owned()),
-        )?;
+        let supervisor = match (cli.supervisor, file.supervisor) {
+            (Some(flag), _) => Supervisors::parse([flag])?,
+            (None, Some(entries)) => Supervisors::parse(entries)?,
+            (None, None) => Supervisors::parse([DEFAULT_SUPERVISOR])?,
+        };
 
         let tls = tls_files(
             &supervisor,
@@ -511,18 +516,114 @@ impl FileConfig {
     }
 }
 
+/// supd's gRPC URLs, one per replica: never empty, normalised, no two
+/// alike, all `https://` or all `http://`. Only the leader among supd
+/// replicas accepts connections, so the agent tries them in turn (see
+/// [`crate::rotation`]); one URL is the single-supd case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Supervisors(Vec<String>);
+
+impl Supervisors {
+    /// Each entry is a URL or several separated by commas (the flag, the
+    /// environment variable, and the file's string form); the file's list
+    /// form gives one entry per element. Whitespace around a URL is ignored.
+    pub fn parse<I, S>(entries: I) -> Result<Supervisors, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut urls: Vec<String> = Vec::new();
+        for entry in entries {
+            let entry = entry.as_ref();
+            if entry.trim().is_empty() {
+                return Err(ConfigError::Invalid(
+                    "supervisor is empty: give at least one URL".into(),
+                ));
+            }
+            for raw in entry.split(',') {
+                if raw.trim().is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "supervisor {entry:?} has an empty URL: separate URLs with single commas"
+                    )));
+                }
+                let url = normalize_supervisor(raw)?;
+                // `http://supd:7070/` and `http://supd:7070` dial the same
+                // supd: listing it twice would only make rounds longer.
+                if let Some(same) = urls
+                    .iter()
+                    .find(|u| u.trim_end_matches('/') == url.trim_end_matches('/'))
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "supervisor URL {url} is listed twice (as {same} too)"
+                    )));
+                }
+                urls.push(url);
+            }
+        }
+        if urls.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no supervisor URL given: set at least one".into(),
+            ));
+        }
+        // One set of TLS settings serves every URL, so a plaintext URL
+        // among TLS ones would be a silent downgrade (or a certain failure).
+        let (tls, plain): (Vec<&String>, Vec<&String>) =
+            urls.iter().partition(|u| u.starts_with("https://"));
+        if !tls.is_empty() && !plain.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "supervisor URLs mix https:// ({}) and http:// ({}): every supd replica is \
+                 reached the same way, use https:// (mutual TLS) for all",
+                join(&tls),
+                join(&plain)
+            )));
+        }
+        Ok(Supervisors(urls))
+    }
+
+    /// The URLs in the order given: the order the agent tries them in.
+    pub fn urls(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether the link is mutual TLS (every URL is `https://`).
+    pub fn is_tls(&self) -> bool {
+        self.0.iter().all(|u| u.starts_with("https://"))
+    }
+
+    /// "supervisor URL is" or "supervisor URLs URL, URL are": for messages.
+    fn named(&self) -> String {
+        match self.0.as_slice() {
+            [one] => format!("supervisor {one} is"),
+            many => format!("supervisor URLs {} are", many.join(", ")),
+        }
+    }
+}
+
+/// The comma-separated form, as the flag takes it.
+impl std::fmt::Display for Supervisors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+fn join(urls: &[&String]) -> String {
+    urls.iter()
+        .map(|u| u.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The TLS files, which an https:// supervisor needs (all three) and an
 /// http:// one must not have: a half-configured TLS setup is an error, never
-/// a silent fall back to plaintext.
+/// a silent fall back to plaintext. They serve every supd replica.
 fn tls_files(
-    supervisor: &str,
+    supervisor: &Supervisors,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     server_name: Option<String>,
 ) -> Result<Option<ClientTlsFiles>, ConfigError> {
-    let secure = supervisor.starts_with("https://");
-    match (secure, ca, cert, key) {
+    match (supervisor.is_tls(), ca, cert, key) {
         (true, Some(ca), Some(cert), Some(key)) => Ok(Some(ClientTlsFiles {
             ca,
             cert,
@@ -539,7 +640,8 @@ fn tls_files(
             .filter_map(|(name, absent)| absent.then_some(name))
             .collect();
             Err(ConfigError::Invalid(format!(
-                "supervisor {supervisor} is https:// but {} not set (the cluster CA, this node's certificate and its key, from `supctl certs`)",
+                "{} https:// but {} not set (the cluster CA, this node's certificate and its key, from `supctl certs`)",
+                supervisor.named(),
                 missing.join(", ")
             )))
         }
@@ -552,7 +654,8 @@ fn tls_files(
             Ok(None)
         }
         (false, ..) => Err(ConfigError::Invalid(format!(
-            "TLS files are set but the supervisor {supervisor} is http:// (plaintext); use https://"
+            "TLS files are set but the {} http:// (plaintext); use https://",
+            supervisor.named()
         ))),
     }
 }
@@ -591,6 +694,35 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
     parse_duration(&s)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+/// The file's `supervisor`: a string (one URL, or several separated by
+/// commas) or an array of strings.
+fn de_supervisor<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    struct Urls;
+    impl<'de> serde::de::Visitor<'de> for Urls {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a URL, URLs separated by commas, or an array of URLs")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(vec![v.to_owned()])
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut urls = Vec::new();
+            while let Some(url) = seq.next_element::<String>()? {
+                urls.push(url);
+            }
+            Ok(urls)
+        }
+    }
+    d.deserialize_any(Urls).map(Some)
 }
 
 fn de_from_str<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
@@ -638,7 +770,7 @@ mod tests {
         assert_eq!(config.node_id, "gpu-node-7");
         assert_eq!(config.address, "gpu-node-7");
         assert_eq!(config.hostname, "gpu-node-7");
-        assert_eq!(config.supervisor, "http://10.0.0.1:7070");
+        assert_eq!(config.supervisor.urls(), ["http://10.0.0.1:7070"]);
         assert_eq!(config.gpu_backend, GpuBackend::Nvml);
         assert_eq!(config.telemetry_interval, Duration::from_secs(5));
         assert_eq!(config.reconnect_min_backoff, Duration::from_millis(200));
@@ -739,7 +871,7 @@ mod tests {
         assert_eq!(
             config,
             Config {
-                supervisor: "http://supd:7070".into(),
+                supervisor: Supervisors::parse(["http://supd:7070"]).expect("valid"),
                 tls: None,
                 node_id: "n1".into(),
                 address: "10.1.2.3".into(),
@@ -1018,7 +1150,7 @@ mod tests {
     fn supervisor_url_is_normalized_and_checked() {
         let ok = |s: &str| {
             Config::merge(cli(&["--supervisor", s]), FileConfig::default(), host())
-                .map(|c| c.supervisor)
+                .map(|c| c.supervisor.to_string())
         };
         assert_eq!(ok("supd:7070").expect("bare host:port"), "http://supd:7070");
         assert_eq!(ok("http://[::1]:7070").expect("ipv6"), "http://[::1]:7070");
@@ -1083,5 +1215,150 @@ mod tests {
             downgrade.to_string().contains("use https://"),
             "{downgrade}"
         );
+    }
+
+    #[test]
+    fn several_supervisor_urls_come_from_the_flag_or_either_file_form() {
+        let urls = |args: &[&str], file: &str| {
+            Config::merge(cli(args), FileConfig::parse(file).expect("file"), host())
+                .map(|c| c.supervisor.urls().to_vec())
+        };
+        let three = ["http://a:7070", "http://b:7070", "http://c:7070"];
+        // Comma-separated, with spaces and shorthand, in the order given.
+        assert_eq!(
+            urls(&["--supervisor", "a:7070, http://b:7070 ,c:7070"], "").expect("valid"),
+            three
+        );
+        // The file: a comma-separated string, or an array.
+        assert_eq!(
+            urls(&[], "supervisor = \"a:7070,b:7070,c:7070\"").expect("valid"),
+            three
+        );
+        assert_eq!(
+            urls(
+                &[],
+                "supervisor = [\"a:7070\", \"http://b:7070\", \"c:7070\"]"
+            )
+            .expect("valid"),
+            three
+        );
+        // The flag replaces the file's list as a whole.
+        assert_eq!(
+            urls(
+                &["--supervisor", "d:7070"],
+                "supervisor = [\"a:7070\", \"b:7070\"]"
+            )
+            .expect("valid"),
+            ["http://d:7070"]
+        );
+        // One URL is what it always was.
+        assert_eq!(
+            urls(&[], "supervisor = \"https://supd:7070\"\ntls_ca = \"/ca\"\ntls_cert = \"/c\"\ntls_key = \"/k\"")
+                .expect("valid"),
+            ["https://supd:7070"]
+        );
+        assert_eq!(urls(&[], "").expect("default"), [DEFAULT_SUPERVISOR]);
+        // Shown comma-separated, as the flag takes them.
+        let config = Config::merge(
+            cli(&["--supervisor", "a:7070,b:7070"]),
+            FileConfig::default(),
+            host(),
+        )
+        .expect("valid");
+        assert_eq!(config.supervisor.to_string(), "http://a:7070,http://b:7070");
+    }
+
+    #[test]
+    fn supervisor_lists_are_refused_with_the_problem_named() {
+        let refused = |args: &[&str], file: &str| {
+            Config::merge(cli(args), FileConfig::parse(file).expect("file"), host())
+                .expect_err("refused")
+                .to_string()
+        };
+        let err = refused(&["--supervisor", "a:7070,,b:7070"], "");
+        assert!(err.contains("has an empty URL"), "{err}");
+        let err = refused(&["--supervisor", "a:7070,"], "");
+        assert!(err.contains("has an empty URL"), "{err}");
+        let err = refused(&["--supervisor", " "], "");
+        assert!(err.contains("supervisor is empty"), "{err}");
+        let err = refused(&[], "supervisor = []");
+        assert!(err.contains("no supervisor URL given"), "{err}");
+        let err = refused(&[], "supervisor = [\"a:7070\", \"\"]");
+        assert!(err.contains("supervisor is empty"), "{err}");
+        // The same supd twice, however it is written.
+        let err = refused(&["--supervisor", "a:7070,http://a:7070/"], "");
+        assert!(
+            err.contains("http://a:7070/ is listed twice (as http://a:7070 too)"),
+            "{err}"
+        );
+        let err = refused(&[], "supervisor = [\"http://a:7070\", \"http://a:7070\"]");
+        assert!(err.contains("listed twice"), "{err}");
+        // A bad URL among good ones is named.
+        let err = refused(&["--supervisor", "a:7070,ftp://b:7070"], "");
+        assert!(err.contains("\"ftp://b:7070\""), "{err}");
+        // TLS and plaintext mixed: both sides named, whatever the files.
+        let err = refused(
+            &[
+                "--supervisor",
+                "https://a:7070,http://b:7070,https://c:7070",
+                "--tls-ca",
+                "/ca",
+                "--tls-cert",
+                "/c",
+                "--tls-key",
+                "/k",
+            ],
+            "",
+        );
+        assert!(
+            err.contains(
+                "mix https:// (https://a:7070, https://c:7070) and http:// (http://b:7070)"
+            ),
+            "{err}"
+        );
+        // Neither a number nor a table is a list of URLs.
+        let err = FileConfig::parse("supervisor = 7070").expect_err("not a URL");
+        assert!(
+            err.contains("supervisor") && err.contains("array of URLs"),
+            "{err}"
+        );
+        let err = FileConfig::parse("supervisor = [7070]").expect_err("not a URL");
+        assert!(err.contains("supervisor"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_serve_every_supervisor_url() {
+        let tls = [
+            "--tls-ca",
+            "/pki/ca.pem",
+            "--tls-cert",
+            "/pki/node-n1.pem",
+            "--tls-key",
+            "/pki/node-n1-key.pem",
+        ];
+        let with = |urls: &str, extra: &[&str]| {
+            let mut args = vec!["--supervisor", urls];
+            args.extend_from_slice(extra);
+            Config::merge(cli(&args), FileConfig::default(), host())
+        };
+        let c = with("https://supd-a:7070,https://supd-b:7070", &tls).expect("valid");
+        assert!(c.supervisor.is_tls());
+        assert_eq!(c.tls.map(|t| t.ca), Some(PathBuf::from("/pki/ca.pem")));
+        let err = with("https://supd-a:7070,https://supd-b:7070", &tls[..2]).expect_err("no cert");
+        assert!(
+            err.to_string().contains(
+                "supervisor URLs https://supd-a:7070, https://supd-b:7070 are https:// \
+                 but tls_cert, tls_key not set"
+            ),
+            "{err}"
+        );
+        let err = with("http://supd-a:7070,http://supd-b:7070", &tls).expect_err("downgrade");
+        assert!(
+            err.to_string()
+                .contains("supervisor URLs http://supd-a:7070, http://supd-b:7070 are http://"),
+            "{err}"
+        );
+        let c = with("http://supd-a:7070,http://supd-b:7070", &[]).expect("plaintext");
+        assert!(!c.supervisor.is_tls() && c.tls.is_none());
     }
 }

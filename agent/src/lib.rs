@@ -16,6 +16,7 @@ pub mod health;
 pub mod launcher;
 pub mod probe;
 pub mod progress;
+pub mod rotation;
 pub mod sampler;
 pub mod session;
 pub mod set_aside;
@@ -123,7 +124,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (bus, ports) = bus::bus();
     let mut link =
         Link::new(&config, register, sampler, ports).map_err(|source| AgentError::Supervisor {
-            supervisor: config.supervisor.clone(),
+            supervisor: config.supervisor.to_string(),
             source,
         })?;
     let bus::Bus {

@@ -1,5 +1,6 @@
 //! The link to supd: connect, register, stream telemetry, follow the desired
-//! assignment; on any failure wait a jittered backoff and do it all again.
+//! assignment; on any failure wait and do it all again, at the next supd URL
+//! when there are several (replicas: see [`crate::rotation`]).
 //!
 //! The agent never gives up on supd. A supervisor restart or a network
 //! partition must not take a node (and the training ranks it will run) down
@@ -27,6 +28,7 @@ use crate::bus::{LevelState, LinkPorts};
 use crate::config::Config;
 use crate::error_text::{append_causes, error_chain as chain};
 use crate::probe::ProbeError;
+use crate::rotation::{Failure, Rotation, Wait};
 use crate::sampler::Sampler;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,8 +86,10 @@ impl SessionError {
 
 /// One agent's link to supd, carried across reconnects.
 pub struct Link {
-    endpoint: Endpoint,
-    supervisor: String,
+    /// One per supd URL, in the configured order.
+    endpoints: Vec<(String, Endpoint)>,
+    /// Which of them to dial next.
+    rotation: Rotation,
     register: Register,
     /// The configured interval; supd's suggestion overrides it per session.
     interval: Duration,
@@ -106,17 +110,25 @@ impl Link {
         sampler: Sampler,
         ports: LinkPorts,
     ) -> Result<Link, SessionError> {
-        let endpoint = sup_proto::transport::endpoint(&config.supervisor, config.tls.as_ref())
-            .map_err(SessionError::Transport)?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
-        // No `Endpoint::timeout`: it would cut the long-lived stream.
+        let endpoints = config
+            .supervisor
+            .urls()
+            .iter()
+            .map(|url| {
+                let endpoint = sup_proto::transport::endpoint(url, config.tls.as_ref())
+                    .map_err(SessionError::Transport)?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true)
+                    .tcp_nodelay(true);
+                // No `Endpoint::timeout`: it would cut the long-lived stream.
+                Ok((url.clone(), endpoint))
+            })
+            .collect::<Result<Vec<_>, SessionError>>()?;
         Ok(Link {
-            endpoint,
-            supervisor: config.supervisor.clone(),
+            rotation: Rotation::new(endpoints.len()),
+            endpoints,
             register,
             interval: config.telemetry_interval,
             backoff: Backoff::new(config.reconnect_min_backoff, config.reconnect_max_backoff),
@@ -133,6 +145,18 @@ impl Link {
         self.assignment.as_ref()
     }
 
+    /// The supd URL of the current (or next) session.
+    fn url(&self) -> &str {
+        &self.current().0
+    }
+
+    /// The URL and endpoint the rotation points at. `Supervisors` is never
+    /// empty and the rotation spans exactly these endpoints, so the index
+    /// is always in range.
+    fn current(&self) -> &(String, Endpoint) {
+        &self.endpoints[self.rotation.current()]
+    }
+
     /// Runs sessions back to back for ever. Returns only if the probe thread
     /// dies, which no reconnect can fix.
     pub async fn run(&mut self) -> ProbeError {
@@ -142,22 +166,40 @@ impl Link {
                 Err(SessionError::ProbeStopped) => {
                     return ProbeError::ThreadGone("it exited while the agent was running".into())
                 }
-                // Not a failure: no backoff, and back as soon as it ends.
+                // Not a failure: no backoff, and back as soon as it ends, to
+                // the same URL (the drill silenced the agent; the supd it
+                // talked to did nothing wrong).
                 Err(err @ SessionError::Silenced { until }) => {
-                    warn!(supervisor = %self.supervisor, "{err}");
+                    self.rotation.interrupted();
+                    warn!(supervisor = %self.url(), "{err}");
                     sleep_until(until).await;
-                    info!(supervisor = %self.supervisor, "the drill's silence is over; reconnecting");
+                    info!(supervisor = %self.url(), "the drill's silence is over; reconnecting");
                     continue;
                 }
                 Err(err) => err,
             };
+            let failed_at = self.url().to_owned();
+            let failure = if err.is_rejection() {
+                Failure::Rejected
+            } else {
+                Failure::Outage
+            };
+            let wait = self.rotation.failed(failure);
+            if wait == Wait::AtOnce {
+                warn!(supervisor = %failed_at, next = %self.url(),
+                    "supervisor session failed: {err}; trying the next supd URL");
+                continue;
+            }
             let delay = self.backoff.next_delay();
             let retry_in = humantime::format_duration(round_ms(delay)).to_string();
-            if err.is_rejection() {
-                error!(supervisor = %self.supervisor, node_id = %self.register.node_id, %retry_in,
+            if failure == Failure::Rejected {
+                error!(supervisor = %failed_at, node_id = %self.register.node_id, %retry_in,
                     "supervisor rejected this agent: {err}");
+            } else if self.endpoints.len() == 1 {
+                warn!(supervisor = %failed_at, %retry_in, "supervisor session failed: {err}");
             } else {
-                warn!(supervisor = %self.supervisor, %retry_in, "supervisor session failed: {err}");
+                warn!(supervisor = %failed_at, next = %self.url(), %retry_in,
+                    "supervisor session failed: {err}");
             }
             sleep(delay).await;
         }
@@ -171,7 +213,8 @@ impl Link {
             }
         }
         let channel = self
-            .endpoint
+            .current()
+            .1
             .connect()
             .await
             .map_err(SessionError::Connect)?;
@@ -191,6 +234,7 @@ impl Link {
                 what: "registering",
             })??;
         self.backoff.reset();
+        self.rotation.registered();
         let interval = self.on_registered(&registered);
 
         // Telemetry goes out as each sample lands. If the probe stalls (a
@@ -247,7 +291,7 @@ impl Link {
         };
         self.sampler.set_interval(interval);
         info!(
-            supervisor = %self.supervisor,
+            supervisor = %self.url(),
             node_id = %self.register.node_id,
             state = node_state_name(registered.state),
             gpus = self.register.gpus.len(),

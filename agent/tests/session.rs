@@ -1,12 +1,14 @@
 //! The whole agent (`sup_agent::run`) against a scripted in-process supd:
 //! registration contents, telemetry flow, supd's interval, rejections,
-//! dropped streams and a supd that starts late.
+//! dropped streams, a supd that starts late, and several supd URLs (replicas)
+//! of which only one answers at a time.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use sup_agent::config::Supervisors;
 use sup_agent::{Config, GpuBackend, LogFormat};
 use sup_proto::v1::agent_message::Body as AgentBody;
 use sup_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
@@ -15,7 +17,7 @@ use sup_proto::v1::{
     AgentMessage, DesiredAssignment, NodeState, Register, Registered, SupervisorMessage,
 };
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::Stream;
@@ -38,6 +40,9 @@ struct FakeSupd {
     script: Script,
     sessions: AtomicU32,
     seen: mpsc::UnboundedSender<(u32, AgentMessage)>,
+    /// Set to true: every open session ends with UNAVAILABLE, as when a
+    /// deposed supd leader exits.
+    gone: watch::Receiver<bool>,
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<SupervisorMessage, Status>> + Send>>;
@@ -96,15 +101,26 @@ impl AgentService for FakeSupd {
             let _ = out.send(Ok(SupervisorMessage { body: Some(body) })).await;
         }
         let seen = self.seen.clone();
+        let mut gone = self.gone.clone();
         tokio::spawn(async move {
             let mut telemetry = 0;
-            while let Ok(Some(message)) = inbound.message().await {
-                let _ = seen.send((n, message));
-                telemetry += 1;
-                if close_after == Some(telemetry) {
-                    // Ends our half of the stream cleanly: the agent sees
-                    // the stream end and must reconnect.
-                    return;
+            loop {
+                tokio::select! {
+                    message = inbound.message() => {
+                        let Ok(Some(message)) = message else { break };
+                        let _ = seen.send((n, message));
+                        telemetry += 1;
+                        if close_after == Some(telemetry) {
+                            // Ends our half of the stream cleanly: the agent
+                            // sees the stream end and must reconnect.
+                            return;
+                        }
+                    }
+                    // The Ref `wait_for` gives is not Send: only whether.
+                    true = async { gone.wait_for(|gone| *gone).await.is_ok() } => {
+                        let _ = out.send(Err(Status::unavailable("this supd is going away"))).await;
+                        return;
+                    }
                 }
             }
             drop(out);
@@ -117,11 +133,27 @@ async fn start_supd(
     listener: TcpListener,
     script: Script,
 ) -> (mpsc::UnboundedReceiver<(u32, AgentMessage)>, JoinHandle<()>) {
+    // Its `gone` is dropped, never set: its sessions then end only as the
+    // script says.
+    let replica = start_replica(listener, script);
+    (replica.seen, replica.server)
+}
+
+/// A fake supd that can be made to go away (see [`Replica::go_away`]).
+struct Replica {
+    seen: mpsc::UnboundedReceiver<(u32, AgentMessage)>,
+    server: JoinHandle<()>,
+    gone: watch::Sender<bool>,
+}
+
+fn start_replica(listener: TcpListener, script: Script) -> Replica {
     let (seen, seen_rx) = mpsc::unbounded_channel();
+    let (gone, gone_rx) = watch::channel(false);
     let service = FakeSupd {
         script,
         sessions: AtomicU32::new(0),
         seen,
+        gone: gone_rx,
     };
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -130,12 +162,26 @@ async fn start_supd(
             .await
             .expect("fake supd serves");
     });
-    (seen_rx, server)
+    Replica {
+        seen: seen_rx,
+        server,
+        gone,
+    }
+}
+
+impl Replica {
+    /// Like a deposed leader that exits: its sessions end with UNAVAILABLE
+    /// and its port refuses connections from then on.
+    fn go_away(&self) {
+        self.gone.send_replace(true);
+        // Dropping the serving future closes the listener.
+        self.server.abort();
+    }
 }
 
 fn config(addr: SocketAddr, telemetry_interval: Duration) -> Config {
     Config {
-        supervisor: format!("http://{addr}"),
+        supervisor: Supervisors::parse([format!("http://{addr}")]).expect("a valid URL"),
         tls: None,
         node_id: "n1".into(),
         address: "10.0.0.1".into(),
@@ -333,6 +379,65 @@ async fn waits_for_a_supervisor_that_starts_late() {
 
     agent.shut_down().await;
     server.abort();
+}
+
+#[tokio::test]
+async fn follows_the_supervisor_that_answers_among_several_urls() {
+    // A URL where nothing listens (a standby binds no gRPC port), then two
+    // replicas: the first leads, the second takes over when it goes away.
+    let dead: SocketAddr = ([127, 0, 0, 1], sup_e2e::free_port().expect("a free port")).into();
+    let listener_a = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener_b = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (addr_a, addr_b) = (
+        listener_a.local_addr().expect("addr"),
+        listener_b.local_addr().expect("addr"),
+    );
+    let mut a = start_replica(listener_a, Script::AcceptAll);
+    let mut b = start_replica(listener_b, Script::AcceptAll);
+    let mut config = config(dead, Duration::from_secs(60));
+    config.supervisor =
+        Supervisors::parse([format!("http://{dead},http://{addr_a},http://{addr_b}")])
+            .expect("valid URLs");
+    let agent = start_agent(config);
+
+    // The dead URL refuses; the agent registers with the first live one.
+    let (session, first) = next(&mut a.seen).await;
+    assert_eq!(session, 1);
+    let instance_id = register_of(&first).instance_id.clone();
+    // The launcher's answer to A's assignment: level state, which must be
+    // replayed to whichever supd the agent registers with next.
+    loop {
+        let (_, message) = next(&mut a.seen).await;
+        if matches!(message.body, Some(AgentBody::Ranks(_))) {
+            break;
+        }
+    }
+    assert!(
+        b.seen.try_recv().is_err(),
+        "nothing goes to the second replica while the first answers"
+    );
+
+    a.go_away();
+    let (session, message) = next(&mut b.seen).await;
+    assert_eq!(session, 1);
+    let register = register_of(&message);
+    assert_eq!(register.node_id, "n1");
+    assert_eq!(register.instance_id, instance_id, "the same agent process");
+    // B offers the very assignment A did, so the launcher has nothing new
+    // to say: a rank status on B is the replay of the level state.
+    let mut replayed = None;
+    while replayed.is_none() {
+        let (session, message) = next(&mut b.seen).await;
+        assert_eq!(session, 1, "one session on B");
+        if let Some(AgentBody::Ranks(status)) = message.body {
+            replayed = Some(status);
+        }
+    }
+    let status = replayed.expect("seen");
+    assert_eq!((status.job.as_str(), status.generation), ("demo", 3));
+
+    agent.shut_down().await;
+    b.server.abort();
 }
 
 #[tokio::test]

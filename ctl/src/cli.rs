@@ -33,16 +33,18 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// supd's gRPC address (`http://HOST:PORT`; a bare `HOST:PORT` means http)
+    /// supd's gRPC address (`http://HOST:PORT`; a bare `HOST:PORT` means
+    /// http). For supd replicas, their URLs separated by commas: each request
+    /// goes to the first that answers (the leader)
     #[arg(
         long,
         global = true,
         env = "SUP_SUPERVISOR",
-        value_name = "URL",
+        value_name = "URL[,URL...]",
         default_value = DEFAULT_SUPERVISOR,
-        value_parser = parse_supervisor_url
+        value_parser = parse_supervisors
     )]
-    pub supervisor: String,
+    pub supervisor: Supervisors,
 
     /// Output format
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
@@ -610,6 +612,65 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// supd's gRPC URLs, one per replica, in the order supctl tries them: never
+/// empty, normalised, no two alike, all `https://` or all `http://` (one set
+/// of TLS flags serves them all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Supervisors(Vec<String>);
+
+impl Supervisors {
+    pub fn urls(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// The comma-separated form, as `--supervisor` takes it.
+impl std::fmt::Display for Supervisors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+fn parse_supervisors(s: &str) -> Result<Supervisors, String> {
+    let pieces: Vec<&str> = s.split(',').collect();
+    let several = pieces.len() > 1;
+    let mut urls: Vec<String> = Vec::new();
+    for piece in pieces {
+        if piece.trim().is_empty() {
+            return Err(if several {
+                "empty URL in the list; separate URLs with single commas".to_owned()
+            } else {
+                "must not be empty; expected http://HOST:PORT".to_owned()
+            });
+        }
+        // One URL: the error as it always was. In a list: which one.
+        let url = parse_supervisor_url(piece).map_err(|e| {
+            if several {
+                format!("{:?}: {e}", piece.trim())
+            } else {
+                e
+            }
+        })?;
+        if urls.contains(&url) {
+            return Err(format!("{url} is listed twice"));
+        }
+        urls.push(url);
+    }
+    let (tls, plain): (Vec<&str>, Vec<&str>) = urls
+        .iter()
+        .map(String::as_str)
+        .partition(|u| u.starts_with("https://"));
+    if !tls.is_empty() && !plain.is_empty() {
+        return Err(format!(
+            "mixes https:// ({}) and http:// ({}); every supd replica is reached the same way, \
+             with the same --ca/--cert/--key: use https:// for all",
+            tls.join(", "),
+            plain.join(", ")
+        ));
+    }
+    Ok(Supervisors(urls))
+}
+
 fn parse_supervisor_url(s: &str) -> Result<String, String> {
     let s = s.trim();
     let url = match s.split_once("://") {
@@ -663,11 +724,69 @@ mod tests {
     #[test]
     fn supervisor_url_is_normalised_and_checked() {
         let cli = parse(&["--supervisor", "10.0.0.5:7070", "nodes"]).unwrap();
-        assert_eq!(cli.global.supervisor, "http://10.0.0.5:7070");
+        assert_eq!(cli.global.supervisor.urls(), ["http://10.0.0.5:7070"]);
         let cli = parse(&["--supervisor", "http://sup:7070/", "nodes"]).unwrap();
-        assert_eq!(cli.global.supervisor, "http://sup:7070");
+        assert_eq!(cli.global.supervisor.urls(), ["http://sup:7070"]);
         assert!(parse(&["--supervisor", "ftp://sup", "nodes"]).is_err());
         assert!(parse(&["--supervisor", "http://", "nodes"]).is_err());
+        assert!(parse(&["--supervisor", "", "nodes"]).is_err());
+        let cli = parse(&["nodes"]).unwrap();
+        assert_eq!(cli.global.supervisor.urls(), [DEFAULT_SUPERVISOR]);
+    }
+
+    #[test]
+    fn several_supervisor_urls_are_kept_in_order() {
+        let cli = parse(&[
+            "--supervisor",
+            "supd-a:7070, http://supd-b:7070/ ,supd-c:7070",
+            "status",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.global.supervisor.urls(),
+            [
+                "http://supd-a:7070",
+                "http://supd-b:7070",
+                "http://supd-c:7070"
+            ]
+        );
+        assert_eq!(
+            cli.global.supervisor.to_string(),
+            "http://supd-a:7070,http://supd-b:7070,http://supd-c:7070"
+        );
+        let cli = parse(&[
+            "--supervisor",
+            "https://supd-a:7070,https://supd-b:7070",
+            "status",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.supervisor.urls().len(), 2);
+    }
+
+    #[test]
+    fn supervisor_lists_are_refused_with_the_problem_named() {
+        let refused = |list: &str| {
+            let err = parse(&["--supervisor", list, "status"]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{list}: {err}");
+            assert_eq!(err.exit_code(), 2);
+            err.to_string()
+        };
+        let err = refused("supd-a:7070,,supd-b:7070");
+        assert!(err.contains("empty URL in the list"), "{err}");
+        let err = refused("supd-a:7070,");
+        assert!(err.contains("empty URL in the list"), "{err}");
+        let err = refused("supd-a:7070,http://supd-a:7070/");
+        assert!(err.contains("http://supd-a:7070 is listed twice"), "{err}");
+        let err = refused("supd-a:7070,ftp://supd-b");
+        assert!(
+            err.contains("\"ftp://supd-b\": expected an http:// or https:// URL"),
+            "{err}"
+        );
+        let err = refused("https://supd-a:7070,supd-b:7070");
+        assert!(
+            err.contains("mixes https:// (https://supd-a:7070) and http:// (http://supd-b:7070)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,9 +6,9 @@ use std::time::Duration;
 use sup_proto::transport::ClientTlsFiles;
 use sup_proto::v1;
 use sup_proto::v1::control_service_client::ControlServiceClient;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
-use crate::error::{CtlError, Target};
+use crate::error::{CtlError, Target, Unanswered};
 
 // supd's answers are bounded (about 1 MiB), but a supd from before paging
 // sends every node in its status: thousands of 8-GPU nodes exceed tonic's
@@ -33,41 +33,106 @@ pub fn request_id() -> String {
     format!("supctl-{}-{nanos:x}", std::process::id())
 }
 
+/// supctl's connection to supd: one URL, or one per supd replica. Only the
+/// leader among replicas serves (a standby accepts no connection), so every
+/// request goes first to the replica that answered last, then to the others
+/// in the order given, until one answers (see `Client::call`).
 pub struct Client {
-    inner: ControlServiceClient<Channel>,
+    replicas: Vec<Replica>,
+    /// The replica that answered last (at first: the first that connected).
+    current: usize,
+}
+
+/// One supd URL, connected when first needed.
+struct Replica {
     target: Target,
+    endpoint: Endpoint,
+    /// Kept once connected: tonic's channel reconnects by itself after a
+    /// drop, and a request then says UNAVAILABLE if it cannot.
+    client: Option<ControlServiceClient<Channel>>,
+}
+
+/// What one round of a request over the replicas came to.
+enum Outcome<T> {
+    /// A replica answered: its answer is final, success or error.
+    Answered(Result<T, tonic::Status>),
+    /// None did. `retry`: a change may be sent again after a pause (see
+    /// [`Client::mutate`]).
+    Unanswered { tried: Vec<Unanswered>, retry: bool },
+}
+
+impl Replica {
+    /// Opens the connection now. On failure, the flag says whether it was
+    /// refused or failed at once (`true`: worth another try soon) rather
+    /// than timed out (each try costs the full --timeout).
+    async fn connect(&mut self) -> Result<ControlServiceClient<Channel>, (CtlError, bool)> {
+        // connect_timeout covers TCP only; the outer limit also covers the
+        // HTTP/2 handshake with a peer that accepts but never answers.
+        let channel = match tokio::time::timeout(self.target.timeout, self.endpoint.connect()).await
+        {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => return Err((CtlError::connect(&e, &self.target), true)),
+            Err(_elapsed) => {
+                return Err((
+                    CtlError::from_status(&timeout_status(), &self.target),
+                    false,
+                ))
+            }
+        };
+        let client =
+            ControlServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
 }
 
 impl Client {
-    /// Connects eagerly, so "nothing listens there" is reported as such
-    /// instead of surfacing later as a failed request.
+    /// Connects to the first of `urls` that accepts a connection, eagerly,
+    /// so that "nothing listens there" is reported as such instead of
+    /// surfacing later as a failed request. None does: an error that lists
+    /// each and why. A URL or TLS file that is unusable is an error at
+    /// once, whatever the others.
     pub async fn connect(
-        url: &str,
+        urls: &[String],
         tls: Option<&ClientTlsFiles>,
         timeout: Duration,
     ) -> Result<Client, CtlError> {
-        let target = Target {
-            url: url.to_owned(),
-            timeout,
-        };
-        let endpoint = sup_proto::transport::endpoint(url, tls)
-            .map_err(|e| CtlError::Other(e.to_string()))?
-            .connect_timeout(timeout)
-            .timeout(timeout);
-        // connect_timeout covers TCP only; the outer limit also covers the
-        // HTTP/2 handshake with a peer that accepts but never answers.
-        let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
-            Ok(Ok(channel)) => channel,
-            Ok(Err(e)) => return Err(CtlError::connect(&e, &target)),
-            Err(_elapsed) => return Err(CtlError::from_status(&timeout_status(), &target)),
-        };
-        let inner =
-            ControlServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
-        Ok(Client { inner, target })
+        let mut replicas = urls
+            .iter()
+            .map(|url| {
+                let endpoint = sup_proto::transport::endpoint(url, tls)
+                    .map_err(|e| CtlError::Other(e.to_string()))?
+                    .connect_timeout(timeout)
+                    .timeout(timeout);
+                Ok(Replica {
+                    target: Target {
+                        url: url.clone(),
+                        timeout,
+                    },
+                    endpoint,
+                    client: None,
+                })
+            })
+            .collect::<Result<Vec<_>, CtlError>>()?;
+        let mut tried = Vec::new();
+        for (i, replica) in replicas.iter_mut().enumerate() {
+            match replica.connect().await {
+                Ok(_) => {
+                    return Ok(Client {
+                        replicas,
+                        current: i,
+                    })
+                }
+                Err((e, _)) => tried.extend(unanswered(e, &replica.target)),
+            }
+        }
+        Err(CtlError::Unreachable { tried })
     }
 
     pub async fn status(&mut self) -> Result<v1::ClusterStatus, CtlError> {
-        let res = self.inner.get_status(v1::GetStatusRequest {}).await;
+        let res = self
+            .call(|mut c| async move { c.get_status(v1::GetStatusRequest {}).await })
+            .await;
         self.answer(res)
     }
 
@@ -77,8 +142,13 @@ impl Client {
         &mut self,
         req: v1::ListNodesRequest,
     ) -> Result<v1::ListNodesResponse, CtlError> {
-        let res = self.inner.list_nodes(req.clone()).await;
-        if matches!(&res, Err(s) if s.code() == tonic::Code::Unimplemented) {
+        let res = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.list_nodes(req).await }
+            })
+            .await;
+        if matches!(&res, Outcome::Answered(Err(s)) if s.code() == tonic::Code::Unimplemented) {
             let status = self.status().await?;
             return Ok(page_from_status(status, &req));
         }
@@ -88,8 +158,13 @@ impl Client {
     /// One page of jobs. A supd from before ListJobs has none: the page is
     /// made from its status (at most 100 jobs; `jobs_omitted` more).
     pub async fn list_jobs(&mut self, req: v1::ListJobsRequest) -> Result<ListedJobs, CtlError> {
-        let res = self.inner.list_jobs(req.clone()).await;
-        if matches!(&res, Err(s) if s.code() == tonic::Code::Unimplemented) {
+        let res = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.list_jobs(req).await }
+            })
+            .await;
+        if matches!(&res, Outcome::Answered(Err(s)) if s.code() == tonic::Code::Unimplemented) {
             let status = self.status().await?;
             return Ok(jobs_from_status(status, &req));
         }
@@ -103,7 +178,12 @@ impl Client {
         let req = v1::GetNodeRequest {
             node_id: node_id.to_owned(),
         };
-        let res = self.inner.get_node(req).await;
+        let res = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.get_node(req).await }
+            })
+            .await;
         self.answer(res)
     }
 
@@ -126,9 +206,11 @@ impl Client {
         .await
     }
 
-    /// A change, retried on a lost answer (unavailable, timed out). Safe
-    /// because every change carries the invocation's request id: supd
-    /// applies an id once and answers repeats with what happened.
+    /// A change, retried on a lost answer (unavailable, timed out): at the
+    /// next replica at once, and when none answered, the whole round again
+    /// after a pause. Safe because every change carries the invocation's
+    /// request id: supd applies an id once (remembered in its store, which
+    /// replicas share) and answers repeats with what happened.
     async fn mutate<T, F, Fut>(&mut self, mut call: F) -> Result<T, CtlError>
     where
         F: FnMut(ControlServiceClient<Channel>) -> Fut,
@@ -136,12 +218,9 @@ impl Client {
     {
         let mut attempt = 0u64;
         loop {
-            let res = call(self.inner.clone()).await;
-            let retriable = matches!(
-                &res,
-                Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
-            );
-            if retriable && attempt < MUTATION_RETRIES {
+            let res = self.call(&mut call).await;
+            if matches!(res, Outcome::Unanswered { retry: true, .. }) && attempt < MUTATION_RETRIES
+            {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
                 continue;
@@ -150,11 +229,74 @@ impl Client {
         }
     }
 
+    /// Sends one request: to the replica that answered last, then to each
+    /// other in the order given, until one answers. No answer (connection
+    /// refused or timed out, UNAVAILABLE, no reply in time: what exit
+    /// status 3 means) moves on to the next replica, since the leader may
+    /// be elsewhere now; any other reply, success or error, is the answer.
+    /// With one URL this is a plain request.
+    async fn call<T, F, Fut>(&mut self, mut call: F) -> Outcome<T>
+    where
+        F: FnMut(ControlServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let order: Vec<usize> = std::iter::once(self.current)
+            .chain((0..self.replicas.len()).filter(|&i| i != self.current))
+            .collect();
+        let (mut tried, mut retry) = (Vec::new(), false);
+        for i in order {
+            let replica = &mut self.replicas[i];
+            let client = match replica.client.clone() {
+                Some(client) => client,
+                None => match replica.connect().await {
+                    Ok(client) => client,
+                    Err((e, refused)) => {
+                        retry |= refused;
+                        tried.extend(unanswered(e, &replica.target).into_iter().map(|u| (i, u)));
+                        continue;
+                    }
+                },
+            };
+            let status = match call(client).await {
+                Ok(response) => {
+                    self.current = i;
+                    return Outcome::Answered(Ok(response.into_inner()));
+                }
+                Err(status) => status,
+            };
+            match CtlError::from_status(&status, &replica.target) {
+                CtlError::Unreachable { tried: more } => {
+                    // What a change sends again after a pause, as it always
+                    // did with one supd: supd's UNAVAILABLE or deadline, not
+                    // tonic's own request timeout (each try would cost the
+                    // full --timeout again).
+                    retry |= matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                    );
+                    tried.extend(more.into_iter().map(|u| (i, u)));
+                }
+                _ => {
+                    self.current = i;
+                    return Outcome::Answered(Err(status));
+                }
+            }
+        }
+        // Reported in the order given, whichever was tried first.
+        tried.sort_by_key(|(i, _)| *i);
+        Outcome::Unanswered {
+            tried: tried.into_iter().map(|(_, u)| u).collect(),
+            retry,
+        }
+    }
+
     pub async fn events(
         &mut self,
         req: v1::ListEventsRequest,
     ) -> Result<v1::ListEventsResponse, CtlError> {
-        let res = self.inner.list_events(req).await;
+        let res = self
+            .call(|mut c| async move { c.list_events(req).await })
+            .await;
         self.answer(res)
     }
 
@@ -181,7 +323,12 @@ impl Client {
         let req = v1::GetJobRequest {
             name: name.to_owned(),
         };
-        let res = self.inner.get_job(req).await;
+        let res = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.get_job(req).await }
+            })
+            .await;
         self.answer(res)
     }
 
@@ -189,12 +336,22 @@ impl Client {
         let req = v1::GetJobRequest {
             name: job.to_owned(),
         };
-        let res = self.inner.list_checkpoints(req).await;
+        let res = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.list_checkpoints(req).await }
+            })
+            .await;
         self.answer(res).map(|r| r.checkpoints)
     }
 
     pub async fn logs(&mut self, req: v1::GetLogsRequest) -> Result<v1::LogResponse, CtlError> {
-        let res = self.inner.get_logs(req).await;
+        let res = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.get_logs(req).await }
+            })
+            .await;
         self.answer(res)
     }
 
@@ -236,9 +393,28 @@ impl Client {
         .await
     }
 
-    fn answer<T>(&self, res: Result<tonic::Response<T>, tonic::Status>) -> Result<T, CtlError> {
-        res.map(tonic::Response::into_inner)
-            .map_err(|status| CtlError::from_status(&status, &self.target))
+    /// The outcome as supctl reports it: a reply's error is worded for the
+    /// replica that sent it.
+    fn answer<T>(&self, res: Outcome<T>) -> Result<T, CtlError> {
+        match res {
+            Outcome::Answered(res) => res.map_err(|status| {
+                CtlError::from_status(&status, &self.replicas[self.current].target)
+            }),
+            Outcome::Unanswered { tried, .. } => Err(CtlError::Unreachable { tried }),
+        }
+    }
+}
+
+/// A failed connection to `target`, as one line of the unreachable error.
+fn unanswered(e: CtlError, target: &Target) -> Vec<Unanswered> {
+    match e {
+        CtlError::Unreachable { tried } => tried,
+        // Connecting fails only as unreachable today; should that change,
+        // the reason is still shown rather than lost.
+        other => vec![Unanswered {
+            url: target.url.clone(),
+            cause: other.to_string(),
+        }],
     }
 }
 

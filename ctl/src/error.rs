@@ -41,10 +41,19 @@ pub struct Target {
     pub timeout: Duration,
 }
 
+/// A supervisor URL that gave no answer, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswered {
+    pub url: String,
+    pub cause: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
-    #[error("cannot reach the supervisor at {url}: {cause}; check --supervisor or SUP_SUPERVISOR")]
-    Unreachable { url: String, cause: String },
+    /// Every URL tried (one per supd replica; usually just one) gave no
+    /// answer.
+    #[error("{}", unreachable_text(.tried))]
+    Unreachable { tried: Vec<Unanswered> },
     #[error("{0}")]
     NotFound(String),
     #[error("rejected by the supervisor: {0}")]
@@ -76,10 +85,10 @@ impl CtlError {
     pub fn from_status(status: &Status, target: &Target) -> CtlError {
         let message = status.message().trim();
         match status.code() {
-            Code::Unavailable => CtlError::Unreachable {
-                url: target.url.clone(),
-                cause: with_sources(non_empty_or(message, "service unavailable"), status),
-            },
+            Code::Unavailable => CtlError::unreachable(
+                target,
+                with_sources(non_empty_or(message, "service unavailable"), status),
+            ),
             Code::DeadlineExceeded => timed_out(target),
             // tonic reports its own client-side timeout as CANCELLED with a
             // `TimeoutExpired` source; to the operator that is "no answer".
@@ -121,9 +130,41 @@ impl CtlError {
 
     /// A failure to establish the connection at all.
     pub fn connect(err: &tonic::transport::Error, target: &Target) -> CtlError {
+        CtlError::unreachable(target, cause_chain(err))
+    }
+
+    /// No answer from the one URL `target`.
+    fn unreachable(target: &Target, cause: String) -> CtlError {
         CtlError::Unreachable {
-            url: target.url.clone(),
-            cause: cause_chain(err),
+            tried: vec![Unanswered {
+                url: target.url.clone(),
+                cause,
+            }],
+        }
+    }
+}
+
+/// One URL: what supctl always said. Several (supd replicas): every one and
+/// why, in the order given, since which replica failed how (refused: down or
+/// standing by; timed out; UNAVAILABLE) is what the operator acts on.
+fn unreachable_text(tried: &[Unanswered]) -> String {
+    const HINT: &str = "check --supervisor or SUP_SUPERVISOR";
+    match tried {
+        [] => format!("cannot reach the supervisor; {HINT}"),
+        [one] => format!(
+            "cannot reach the supervisor at {}: {}; {HINT}",
+            one.url, one.cause
+        ),
+        many => {
+            let each: Vec<String> = many
+                .iter()
+                .map(|u| format!("{}: {}", u.url, u.cause))
+                .collect();
+            format!(
+                "cannot reach the supervisor at any of {} URLs: {}; {HINT}",
+                many.len(),
+                each.join("; ")
+            )
         }
     }
 }
@@ -160,13 +201,13 @@ fn transport_hint(code: Code, message: &str, url: &str) -> Option<&'static str> 
 }
 
 fn timed_out(target: &Target) -> CtlError {
-    CtlError::Unreachable {
-        url: target.url.clone(),
-        cause: format!(
+    CtlError::unreachable(
+        target,
+        format!(
             "no answer within {} (raise --timeout if it is just slow)",
             humantime::format_duration(target.timeout)
         ),
-    }
+    )
 }
 
 fn is_client_timeout(status: &Status) -> bool {
@@ -321,6 +362,29 @@ mod tests {
                 .any(|l| l.starts_with(&line) && l.contains(word));
             assert!(found, "exit code {code} ({word}) missing from help");
         }
+    }
+
+    #[test]
+    fn unreachable_lists_every_url_tried_and_why() {
+        let tried = vec![
+            Unanswered {
+                url: "http://supd-a:7070".into(),
+                cause: "tcp connect error: Connection refused (os error 111)".into(),
+            },
+            Unanswered {
+                url: "http://supd-b:7070".into(),
+                cause: "no answer within 10s (raise --timeout if it is just slow)".into(),
+            },
+        ];
+        let err = CtlError::Unreachable { tried };
+        assert_eq!(err.exit_code(), exit::UNREACHABLE);
+        assert_eq!(
+            err.to_string(),
+            "cannot reach the supervisor at any of 2 URLs: \
+             http://supd-a:7070: tcp connect error: Connection refused (os error 111); \
+             http://supd-b:7070: no answer within 10s (raise --timeout if it is just slow); \
+             check --supervisor or SUP_SUPERVISOR"
+        );
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub async fn execute(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
     }
     let spec = commands::spec_to_send(cli)?;
     let g = &cli.global;
-    let mut client = Client::connect(&g.supervisor, tls_files(g).as_ref(), g.timeout).await?;
+    let mut client = Client::connect(g.supervisor.urls(), tls_files(g).as_ref(), g.timeout).await?;
     commands::run_online(cli, &mut client, spec, out).await
 }
 

@@ -490,7 +490,18 @@ async fn serve(slow: Duration) -> SocketAddr {
 async fn serve_fake(slow: Duration) -> (SocketAddr, Arc<FakeSupd>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let fake = Arc::new(FakeSupd {
+    let fake = fake_supd(slow);
+    let svc = ControlServiceServer::from_arc(Arc::clone(&fake));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (addr, fake)
+}
+
+fn fake_supd(slow: Duration) -> Arc<FakeSupd> {
+    Arc::new(FakeSupd {
         cordon: Mutex::new(None),
         slow,
         jobs: Mutex::new(vec![running_job()]),
@@ -505,14 +516,7 @@ async fn serve_fake(slow: Duration) -> (SocketAddr, Arc<FakeSupd>) {
         stops: Mutex::new(Vec::new()),
         node_pages: Mutex::new(Vec::new()),
         job_pages: Mutex::new(Vec::new()),
-    });
-    let svc = ControlServiceServer::from_arc(Arc::clone(&fake));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    (addr, fake)
+    })
 }
 
 /// Runs supctl in-process; returns its stdout or its error.
@@ -1359,4 +1363,147 @@ async fn jobs_pages_through_list_jobs_and_json_stays_an_array() {
         .unwrap();
     assert!(next.lines().any(|l| l.starts_with("c ")), "{next}");
     assert!(next.contains("--limit 1 --continue after:c"), "{next}");
+}
+
+// ---- Several supervisor URLs (supd replicas): only the leader answers. ----
+
+/// Runs supctl in-process against `--supervisor URLS` (comma-separated).
+async fn supctl_at(urls: &str, args: &[&str]) -> Result<String, CtlError> {
+    let argv = ["supctl", "--supervisor", urls, "--timeout", "2s"];
+    let cli = Cli::try_parse_from(argv.iter().chain(args)).unwrap();
+    let mut out = Vec::new();
+    supctl::execute(&cli, &mut out).await?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+/// A gRPC server that answers every request UNAVAILABLE, as a supd that
+/// accepts connections but cannot serve (a leader losing its lease).
+async fn serve_unavailable() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = ControlServiceServer::from_arc(fake_supd(Duration::ZERO));
+    let refusing = tonic::service::interceptor::InterceptedService::new(svc, |_| {
+        Err(Status::unavailable("not the leader"))
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(refusing)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+#[tokio::test]
+async fn commands_go_through_the_url_that_answers() {
+    let (addr, fake) = serve_fake(Duration::ZERO).await;
+    // Nothing listens at the first URL (a standby binds no gRPC port).
+    let urls = format!("{},http://{addr}", dead_url());
+    let status = json(&supctl_at(&urls, &["status", "-o", "json"]).await.unwrap());
+    assert_eq!(status["nodes"][0]["id"], "n1");
+    let out = supctl_at(
+        &urls,
+        &["cordon", "n1", "--reason", "xid 79", "--by", "alice"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, "node n1 cordoned: xid 79\n");
+    assert_eq!(
+        fake.cordon.lock().unwrap().as_ref().map(|c| c.by.as_str()),
+        Some("alice")
+    );
+    // Several requests in one command (every page) all go through.
+    let nodes = json(
+        &supctl_at(&urls, &["nodes", "--all", "-o", "json"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 5, "{nodes}");
+    // A real error from the supd that answered is final: exit 4, its words.
+    let err = supctl_at(&urls, &["node", "nope"]).await.unwrap_err();
+    assert_eq!(err.exit_code(), exit::NOT_FOUND, "{err}");
+    assert_eq!(err.to_string(), "unknown node 'nope'");
+}
+
+#[tokio::test]
+async fn unavailable_moves_on_and_any_other_answer_is_final() {
+    let refusing = serve_unavailable().await;
+    let (first, first_fake) = serve_fake(Duration::ZERO).await;
+    let (second, second_fake) = serve_fake(Duration::ZERO).await;
+    // UNAVAILABLE from the first URL: the next one serves the request.
+    let urls = format!("http://{refusing},http://{first},http://{second}");
+    let spec = spec_file("name = \"tiny\"\ncommand = [\"true\"]\n");
+    let path = spec.path().to_str().unwrap();
+    let out = supctl_at(&urls, &["job", "submit", path]).await.unwrap();
+    assert_eq!(out, "job tiny submitted\n");
+    assert_eq!(first_fake.submitted.lock().unwrap().len(), 1);
+    // A refusal is an answer: the same spec again is rejected by the supd
+    // that has it (exit 5), and never offered to the third URL.
+    let err = supctl_at(&urls, &["job", "submit", path])
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::REJECTED, "{err}");
+    assert_eq!(
+        err.to_string(),
+        "rejected by the supervisor: job 'tiny' already exists"
+    );
+    assert_eq!(first_fake.submitted.lock().unwrap().len(), 2);
+    assert!(second_fake.submitted.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn no_url_answering_is_exit_3_naming_each_and_why() {
+    let refusing = serve_unavailable().await;
+    let dead = dead_url();
+    let urls = format!("{dead},http://{refusing}");
+    for args in [
+        &["status"][..],
+        &["nodes"][..],
+        &["job", "describe", "x"][..],
+    ] {
+        let err = supctl_at(&urls, args).await.unwrap_err();
+        assert_eq!(err.exit_code(), exit::UNREACHABLE, "{args:?}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "cannot reach the supervisor at any of 2 URLs: {dead}: "
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("; http://{refusing}: not the leader; ")),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("check --supervisor or SUP_SUPERVISOR"),
+            "{text}"
+        );
+    }
+    // A change is tried again (same request id) a few times, then given up
+    // with the same error.
+    let err = supctl_at(&urls, &["cordon", "n1", "--reason", "r"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), exit::UNREACHABLE, "{err}");
+    assert!(err.to_string().contains("any of 2 URLs"), "{err}");
+}
+
+#[test]
+fn binary_exits_3_with_one_line_naming_every_url() {
+    let (a, b) = (dead_url(), dead_url());
+    let out = Process::new(env!("CARGO_BIN_EXE_supctl"))
+        .env("SUP_SUPERVISOR", format!("{a},{b}"))
+        .args(["status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(i32::from(exit::UNREACHABLE)));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "supctl: error: cannot reach the supervisor at any of 2 URLs: {a}: "
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("; {b}: ")), "{stderr}");
 }

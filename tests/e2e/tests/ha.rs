@@ -7,7 +7,7 @@
 //! paused never lands, and it steps down (exits, for systemd to restart it
 //! as a standby).
 
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -46,6 +46,23 @@ fn replica(work: &std::path::Path, id: &str, config: &str) -> Result<Supd> {
     let mut supd = Supd::new(&dir, config)?;
     supd.env.push(("SUPD_ID".to_owned(), id.to_owned()));
     Ok(supd)
+}
+
+/// A 3-member etcd, replica a leading and b standing by.
+struct Replicas {
+    etcd: EtcdCluster,
+    a: Supd,
+    b: Supd,
+}
+
+fn replicas(work: &std::path::Path) -> Result<Replicas> {
+    let etcd = EtcdCluster::start(work, 3)?;
+    let cfg = config(&etcd, free_port()?);
+    let mut a = replica(work, "a", &cfg)?;
+    a.start()?;
+    let mut b = replica(work, "b", &cfg)?;
+    b.start_standby()?;
+    Ok(Replicas { etcd, a, b })
 }
 
 fn signal(supd: &Supd, sig: &str) -> Result<()> {
@@ -95,17 +112,10 @@ checkpoint_layout = "marker:COMPLETE"
     supctl(url, &["job", "submit", &file.display().to_string()])
 }
 
-use std::process::Output;
-
 #[test]
 fn a_paused_leader_cannot_write_or_act_after_its_lease_and_steps_down() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let etcd = EtcdCluster::start(work.path(), 3)?;
-    let cfg = config(&etcd, free_port()?);
-    let mut a = replica(work.path(), "a", &cfg)?;
-    a.start()?;
-    let mut b = replica(work.path(), "b", &cfg)?;
-    b.start_standby()?;
+    let Replicas { etcd, mut a, b } = replicas(work.path())?;
     let (code, body) = readyz(&b)?;
     assert_eq!(code, 503);
     assert!(
@@ -166,5 +176,115 @@ fn a_paused_leader_cannot_write_or_act_after_its_lease_and_steps_down() -> Resul
     a.start_standby()?;
     let (_, body) = readyz(&a)?;
     assert!(body.contains("follows the leader b"), "{body}");
+    Ok(())
+}
+
+fn node_state(url: &str, id: &str) -> Result<String> {
+    let nodes = supctl_json(url, &["nodes", "--all"])?;
+    nodes["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["id"] == id))
+        .and_then(|n| n["state"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("node {id} not in {nodes}"))
+}
+
+#[test]
+fn the_leader_killed_the_standby_leads_agents_follow_and_the_job_runs_on() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let Replicas {
+        etcd: _etcd,
+        mut a,
+        b,
+    } = replicas(work.path())?;
+    let both = format!("{},{}", a.url(), b.url());
+    let _agents = start_sim_agents(work.path(), 5, |_| both.clone(), &["--allow-drills"])?;
+    wait_ready_nodes(&both, 5)?;
+
+    // A job on three nodes, an operator's cordon on a fourth, the fifth
+    // free for the drill.
+    let out = submit(&both, work.path(), "llm", 3)?;
+    if !out.status.success() {
+        bail!("submit: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let running = wait_for("the job running", Duration::from_secs(120), || {
+        let job = job_status(&both, "llm")?;
+        Ok((job["state"] == "running" && job["step"].as_u64().unwrap_or(0) > 0).then_some(job))
+    })?;
+    let generation = running["generation"].clone();
+    let nodes: Vec<String> = running["nodes"]
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut free = (1..=5)
+        .map(|i| format!("node-{i}"))
+        .filter(|n| !nodes.contains(n));
+    let (cordoned, drilled) = match (free.next(), free.next()) {
+        (Some(c), Some(d)) => (c, d),
+        _ => bail!("the job holds more than three nodes: {running}"),
+    };
+    let out = supctl(
+        &both,
+        &[
+            "cordon",
+            &cordoned,
+            "--reason",
+            "e2e: acknowledged before the failover",
+        ],
+    )?;
+    if !out.status.success() {
+        bail!("cordon: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // The leader dies. The drill goes to whichever replica answers: the
+    // new leader, once it serves.
+    a.kill()?;
+    let killed = Instant::now();
+    wait_for(
+        "a drill accepted by the new leader",
+        Duration::from_secs(60),
+        || {
+            let out = supctl(
+                &b.url(),
+                &[
+                    "drill", "xid", "--node", &drilled, "--gpu", "0", "--xid", "79",
+                ],
+            )?;
+            Ok(out.status.success().then_some(()))
+        },
+    )?;
+    let serving = killed.elapsed();
+    wait_for("the drilled node cordoned", Duration::from_secs(60), || {
+        Ok((node_state(&b.url(), &drilled)? == "cordoned").then_some(()))
+    })?;
+    eprintln!(
+        "failover: the standby served {serving:?} and had cordoned the drilled node {:?} after the leader's SIGKILL (lease {LEASE})",
+        killed.elapsed()
+    );
+    // Every agent follows the new leader; the job was not touched.
+    wait_for(
+        "all five agents connected to b",
+        Duration::from_secs(60),
+        || {
+            let nodes = supctl_json(&b.url(), &["nodes", "--all"])?;
+            let connected = nodes["nodes"]
+                .as_array()
+                .map_or(0, |n| n.iter().filter(|n| n["connected"] == true).count());
+            Ok((connected == 5).then_some(()))
+        },
+    )?;
+    let job = job_status(&b.url(), "llm")?;
+    assert_eq!(
+        job["generation"], generation,
+        "no restart by the failover: {job}"
+    );
+    assert_eq!(job["state"], "running", "{job}");
+    assert_eq!(node_state(&b.url(), &cordoned)?, "cordoned");
+    let restarts = events_of(&b.url(), "job_restarted", Some("llm"))?;
+    assert!(restarts.is_empty(), "{restarts:?}");
     Ok(())
 }
