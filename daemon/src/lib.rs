@@ -164,16 +164,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut leadership = None;
     let store = match config.store.backend {
         config::StoreBackend::Sled => store::open(&config),
-        config::StoreBackend::Etcd => match store::open_etcd(&config) {
-            Ok(etcd) => match standby::until_leader(&config, etcd, shutdown.as_mut()).await? {
-                Some(leader) => {
+        config::StoreBackend::Etcd => {
+            match standby::until_leader(&config, shutdown.as_mut()).await? {
+                standby::Outcome::Leader(leader) => {
                     leadership = leader.leadership().cloned();
                     Ok(Box::new(leader) as Box<dyn Store>)
                 }
-                None => return Ok(()),
-            },
-            Err(e) => Err(e),
-        },
+                standby::Outcome::Refused(e) => Err(e),
+                standby::Outcome::Stopped => return Ok(()),
+            }
+        }
     };
     let opened = store.and_then(|store| {
         let persisted = store.load()?;

@@ -1,7 +1,8 @@
 //! A supd replica on etcd before it leads, and the watch that ends its term.
 //!
-//! A standby campaigns for leadership ([`crate::store::etcd::election`])
-//! and meanwhile serves nothing but its health over HTTP: `/healthz` 200,
+//! A standby opens the store (waiting out an etcd it cannot reach),
+//! campaigns for leadership (`store/etcd/election.rs`) and meanwhile serves
+//! nothing but its health over HTTP: `/healthz` 200,
 //! `/readyz` and every other path 503 naming the leader. It does not bind
 //! gRPC at all, so an agent or supctl given several supd URLs is refused at
 //! once and tries the next one (the leader). It reads no state until it
@@ -27,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::store::{Candidate, EtcdStore, Leadership};
+use crate::store::{Candidate, EtcdStore, Leadership, Standing, StoreError};
 use crate::{http, http_limits, http_server, HTTP_DRAIN};
 
 /// How a replica is reached at `addr`: an unspecified address (0.0.0.0,
@@ -55,28 +56,42 @@ pub fn candidate(config: &Config) -> Candidate {
     }
 }
 
-fn standing_by(me: &Candidate, leader: Option<&Candidate>) -> String {
-    match leader {
-        Some(l) => format!(
+fn standing_by(me: &Candidate, standing: Standing<'_>) -> String {
+    match standing {
+        Standing::Follows(Some(l)) => format!(
             "standby: replica {} follows the leader {} (agents and supctl: {}; dashboard: {})",
             me.id, l.id, l.grpc_url, l.http_url
         ),
-        None => format!(
+        Standing::Follows(None) => format!(
             "standby: replica {} is campaigning for leadership (no leader known yet)",
+            me.id
+        ),
+        Standing::Unreachable(why) => format!(
+            "standby: replica {} cannot reach etcd, so no replica can lead or act: {why}",
             me.id
         ),
     }
 }
 
-/// Stands by until this replica leads (`Some`, the store now fenced by its
-/// term) or `shutdown` resolves (`None`).
+/// How standing by ended.
+pub enum Outcome {
+    /// This replica leads: the store, fenced by its term.
+    Leader(EtcdStore),
+    /// The store is unusable (corrupt, another schema): not a wait.
+    Refused(StoreError),
+    /// `shutdown` came first.
+    Stopped,
+}
+
+/// Opens the etcd store and stands by until this replica leads, the store
+/// turns out unusable, or `shutdown` resolves. An etcd that does not
+/// answer (no quorum, unreachable) is waited out, saying so on `/readyz`.
 pub async fn until_leader<F: Future<Output = ()>>(
     config: &Config,
-    mut store: EtcdStore,
     mut shutdown: Pin<&mut F>,
-) -> anyhow::Result<Option<EtcdStore>> {
+) -> anyhow::Result<Outcome> {
     let me = candidate(config);
-    let (why_tx, why_rx) = watch::channel(standing_by(&me, None));
+    let (why_tx, why_rx) = watch::channel(standing_by(&me, Standing::Follows(None)));
     let listener = TcpListener::bind(config.http.addr)
         .await
         .with_context(|| format!("cannot bind the HTTP address {}", config.http.addr))?;
@@ -105,19 +120,38 @@ pub async fn until_leader<F: Future<Output = ()>>(
     let flag = stop.clone();
     let ttl = config.store.leader_lease;
     let who = me.clone();
+    let opening = config.clone();
     let mut campaign = tokio::task::spawn_blocking(move || {
-        let won = store.campaign(&who, ttl, &flag, |leader| {
-            let text = standing_by(&who, leader);
-            tracing::info!("etcd: {text}");
+        let say = |text: String| {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&text)]);
             let _ = why_tx.send(text);
+        };
+        let mut store = loop {
+            match crate::store::open_etcd(&opening) {
+                Ok(store) => break store,
+                Err(e @ StoreError::Unreachable { .. }) => {
+                    let text = standing_by(&who, Standing::Unreachable(&e.to_string()));
+                    tracing::warn!("etcd: {text}");
+                    say(text);
+                    if flag.load(Ordering::SeqCst) {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let won = store.campaign(&who, ttl, &flag, |standing| {
+            let text = standing_by(&who, standing);
+            tracing::info!("etcd: {text}");
+            say(text);
         });
-        (store, won)
+        Ok(won.then_some(store))
     });
     // No state actor pings systemd's watchdog yet: this loop does.
     let mut watchdog =
         tokio::time::interval(sd_notify::watchdog_enabled().map_or(Duration::MAX / 4, |d| d / 2));
-    let outcome = loop {
+    let finished = loop {
         tokio::select! {
             done = &mut campaign => break Some(done),
             _ = &mut shutdown => break None,
@@ -126,21 +160,22 @@ pub async fn until_leader<F: Future<Output = ()>>(
             }
         }
     };
-    let won = match outcome {
-        Some(done) => {
-            let (store, won) = done.context("the leader campaign crashed")?;
-            won.then_some(store)
-        }
+    let outcome = match finished {
+        Some(done) => match done.context("the leader campaign crashed")? {
+            Ok(Some(store)) => Outcome::Leader(store),
+            Ok(None) => Outcome::Stopped,
+            Err(e) => Outcome::Refused(e),
+        },
         None => {
             stop.store(true, Ordering::SeqCst);
-            let _ = campaign.await;
-            None
+            // Opening may take its own deadline to give up; not waited for.
+            Outcome::Stopped
         }
     };
     // The serving replica binds the HTTP address anew.
     let _ = stop_http.send(true);
     let _ = http_task.await;
-    Ok(won)
+    Ok(outcome)
 }
 
 /// Resolves when this replica's term ends (never without one): its lease

@@ -18,7 +18,7 @@ use crate::config::{Config, StoreBackend};
 
 mod etcd;
 pub use etcd::election::{Candidate, Leadership};
-pub use etcd::{EtcdOptions, EtcdStore, MAX_TXN_BYTES, MAX_TXN_OPS};
+pub use etcd::{EtcdOptions, EtcdStore, Standing, MAX_TXN_BYTES, MAX_TXN_OPS};
 
 const SCHEMA_VERSION: u32 = 1;
 

@@ -90,6 +90,15 @@ pub mod election;
 use client::{Client, Kv};
 use election::{Attempt, Candidate, Leadership, ELECTION_KEY};
 
+/// What a standby knows while it campaigns.
+#[derive(Debug, Clone, Copy)]
+pub enum Standing<'a> {
+    /// Another replica leads (`None`: none known right now).
+    Follows(Option<&'a Candidate>),
+    /// etcd did not answer the last attempt: why.
+    Unreachable(&'a str),
+}
+
 /// etcd's default `--max-txn-ops`: operations per transaction.
 pub const MAX_TXN_OPS: usize = 128;
 /// Bytes of keys and values per transaction, well below etcd's default
@@ -214,11 +223,14 @@ fn transient(status: &tonic::Status) -> bool {
 }
 
 /// How long each attempt of a request may take, and until when to retry.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 struct Patience {
     first: Duration,
     most: Duration,
     deadline: Instant,
+    /// A leader's writes: retried only while its lease holds (past it,
+    /// they cannot land anyway, and the replica must step down).
+    lease: Option<Leadership>,
 }
 
 /// Runs `attempt` on the current member until it succeeds, fails for good,
@@ -259,6 +271,12 @@ where
         client.skip(&member);
         if Instant::now() + pause >= patience.deadline {
             return Err(format!("{what}: {outcome} (after {tries} attempt(s))"));
+        }
+        if let Some(lease) = patience.lease.as_ref().filter(|l| !l.holds()) {
+            return Err(format!(
+                "{what}: {outcome} (after {tries} attempt(s)); not retried: {}",
+                lease.why_not()
+            ));
         }
         tracing::warn!(error = %outcome, tries, "etcd: {what} failed; retrying");
         tokio::time::sleep(pause).await;
@@ -484,21 +502,21 @@ impl EtcdStore {
     }
 
     /// Campaigns for leadership until this replica wins (true) or `stop` is
-    /// set (false); `standby` hears who leads meanwhile, each time that
-    /// changes. Blocks: call from a blocking thread. Errors reaching etcd
-    /// are logged and the campaign goes on (a standby waits out an etcd
-    /// outage like any other).
+    /// set (false); `standby` hears who leads meanwhile, or why etcd cannot
+    /// say, each time that changes. Blocks: call from a blocking thread.
+    /// Errors reaching etcd do not end the campaign (a standby waits out an
+    /// etcd outage like any other).
     pub fn campaign(
         &mut self,
         me: &Candidate,
         ttl: Duration,
         stop: &std::sync::atomic::AtomicBool,
-        mut standby: impl FnMut(Option<&Candidate>),
+        mut standby: impl FnMut(Standing<'_>),
     ) -> bool {
         // A standby notices a lost lease within this of the key's deletion.
         let poll = (ttl / 6).clamp(Duration::from_millis(100), Duration::from_millis(500));
         let key = self.key(ELECTION_KEY).into_bytes();
-        let mut last: Option<Option<Candidate>> = None;
+        let mut last: Option<Result<Option<Candidate>, ()>> = None;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             let (k, m) = (key.clone(), me.clone());
             match self
@@ -515,13 +533,15 @@ impl EtcdStore {
                     return true;
                 }
                 Ok(Attempt::Held(holder)) => {
-                    if last.as_ref() != Some(&holder) {
-                        standby(holder.as_ref());
-                        last = Some(holder);
+                    if last.as_ref() != Some(&Ok(holder.clone())) {
+                        standby(Standing::Follows(holder.as_ref()));
+                        last = Some(Ok(holder));
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "etcd: campaigning for leadership failed; retrying")
+                    tracing::warn!(error = %e, "etcd: campaigning for leadership failed; retrying");
+                    standby(Standing::Unreachable(&e));
+                    last = Some(Err(()));
                 }
             }
             std::thread::sleep(poll);
@@ -551,6 +571,7 @@ impl EtcdStore {
     /// Patience for writes (and small reads) from now for `deadline`.
     fn write_patience(&self, deadline: Duration) -> Patience {
         Patience {
+            lease: self.leadership.clone(),
             first: self.options.first_attempt_timeout,
             most: self.options.request_timeout,
             deadline: Instant::now() + deadline,
@@ -612,11 +633,12 @@ impl EtcdStore {
         };
         let found = self
             .call(move |client| async move {
-                let created = retrying("creating the store", patience, &client, |mut kv| {
-                    let txn = create.clone();
-                    async move { kv.txn(txn).await }
-                })
-                .await?;
+                let created =
+                    retrying("creating the store", patience.clone(), &client, |mut kv| {
+                        let txn = create.clone();
+                        async move { kv.txn(txn).await }
+                    })
+                    .await?;
                 if created.into_inner().succeeded {
                     tracing::info!("etcd: created an empty store");
                 }
@@ -645,6 +667,7 @@ impl EtcdStore {
     fn read_all(&self) -> Result<Vec<KeyValue>, StoreError> {
         // A whole load is one attempt: no short first try.
         let patience = Patience {
+            lease: None,
             first: self.options.request_timeout,
             most: self.options.request_timeout,
             deadline: Instant::now() + self.options.open_deadline,
@@ -876,6 +899,7 @@ impl Store for EtcdStore {
         let patience = self.write_patience(self.options.commit_deadline);
         for (i, chunk) in chunks.iter().enumerate() {
             let txn = self.txn(chunk);
+            let patience = patience.clone();
             let what = format!(
                 "transaction {} of {} ({} operation(s), first key '{}')",
                 i + 1,
@@ -892,7 +916,10 @@ impl Store for EtcdStore {
                     .await
                     .map(|answer| answer.into_inner().succeeded)
                 })
-                .map_err(|e| StoreError::Write(format!("{}: {e}", self.location)))?;
+                .map_err(|e| match &self.leadership {
+                    Some(l) if !l.holds() => self.deposed(e),
+                    _ => StoreError::Write(format!("{}: {e}", self.location)),
+                })?;
             if !landed {
                 // Only the fence compares anything.
                 return Err(self.deposed(format!(
@@ -1255,8 +1282,10 @@ mod tests {
             let never = std::sync::atomic::AtomicBool::new(false);
             std::thread::spawn(move || {
                 let mut seen = Vec::new();
-                let won = store.campaign(&candidate(id), LEASE, &never, |leader| {
-                    seen.push(leader.map(|c| c.id.clone()))
+                let won = store.campaign(&candidate(id), LEASE, &never, |standing| {
+                    if let Standing::Follows(leader) = standing {
+                        seen.push(leader.map(|c| c.id.clone()))
+                    }
                 });
                 (store, won, seen)
             })

@@ -48,6 +48,17 @@ fn replica(work: &std::path::Path, id: &str, config: &str) -> Result<Supd> {
     Ok(supd)
 }
 
+/// Kills, when dropped (last: declare it first), every rank the test's
+/// agents started: they run in process groups of their own and outlive
+/// their agents.
+struct RanksUnder(std::path::PathBuf);
+
+impl Drop for RanksUnder {
+    fn drop(&mut self) {
+        kill_ranks_under(&self.0);
+    }
+}
+
 /// A 3-member etcd, replica a leading and b standing by.
 struct Replicas {
     etcd: EtcdCluster,
@@ -115,6 +126,7 @@ checkpoint_layout = "marker:COMPLETE"
 #[test]
 fn a_paused_leader_cannot_write_or_act_after_its_lease_and_steps_down() -> Result<()> {
     let work = tempfile::tempdir()?;
+    let _ranks = RanksUnder(work.path().to_owned());
     let Replicas { etcd, mut a, b } = replicas(work.path())?;
     let (code, body) = readyz(&b)?;
     assert_eq!(code, 503);
@@ -179,6 +191,18 @@ fn a_paused_leader_cannot_write_or_act_after_its_lease_and_steps_down() -> Resul
     Ok(())
 }
 
+/// A 3-node job "llm" submitted through `url`, once it trains.
+fn run_job(url: &str, work: &std::path::Path) -> Result<Value> {
+    let out = submit(url, work, "llm", 3)?;
+    if !out.status.success() {
+        bail!("submit: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    wait_for("the job running", Duration::from_secs(120), || {
+        let job = job_status(url, "llm")?;
+        Ok((job["state"] == "running" && job["step"].as_u64().unwrap_or(0) > 0).then_some(job))
+    })
+}
+
 fn node_state(url: &str, id: &str) -> Result<String> {
     let nodes = supctl_json(url, &["nodes", "--all"])?;
     nodes["nodes"]
@@ -192,6 +216,7 @@ fn node_state(url: &str, id: &str) -> Result<String> {
 #[test]
 fn the_leader_killed_the_standby_leads_agents_follow_and_the_job_runs_on() -> Result<()> {
     let work = tempfile::tempdir()?;
+    let _ranks = RanksUnder(work.path().to_owned());
     let Replicas {
         etcd: _etcd,
         mut a,
@@ -203,14 +228,7 @@ fn the_leader_killed_the_standby_leads_agents_follow_and_the_job_runs_on() -> Re
 
     // A job on three nodes, an operator's cordon on a fourth, the fifth
     // free for the drill.
-    let out = submit(&both, work.path(), "llm", 3)?;
-    if !out.status.success() {
-        bail!("submit: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let running = wait_for("the job running", Duration::from_secs(120), || {
-        let job = job_status(&both, "llm")?;
-        Ok((job["state"] == "running" && job["step"].as_u64().unwrap_or(0) > 0).then_some(job))
-    })?;
+    let running = run_job(&both, work.path())?;
     let generation = running["generation"].clone();
     let nodes: Vec<String> = running["nodes"]
         .as_array()
@@ -286,5 +304,82 @@ fn the_leader_killed_the_standby_leads_agents_follow_and_the_job_runs_on() -> Re
     assert_eq!(node_state(&b.url(), &cordoned)?, "cordoned");
     let restarts = events_of(&b.url(), "job_restarted", Some("llm"))?;
     assert!(restarts.is_empty(), "{restarts:?}");
+    Ok(())
+}
+
+#[test]
+fn losing_etcd_quorum_stops_supd_acting_without_touching_the_job_until_quorum_returns() -> Result<()>
+{
+    let work = tempfile::tempdir()?;
+    let _ranks = RanksUnder(work.path().to_owned());
+    let Replicas {
+        mut etcd,
+        mut a,
+        mut b,
+    } = replicas(work.path())?;
+    let both = format!("{},{}", a.url(), b.url());
+    let _agents = start_sim_agents(work.path(), 3, |_| both.clone(), &[])?;
+    wait_ready_nodes(&both, 3)?;
+    let running = run_job(&both, work.path())?;
+    let ckpt = format!("{}", work.path().join("ckpt-llm").display());
+    let ranks = processes_with_env(&[("SUP_CHECKPOINT_DIR", ckpt.as_str())]);
+    assert_eq!(ranks.len(), 6, "3 nodes × 2 ranks: {ranks:?}");
+
+    // Two of three members gone: no quorum. The leader cannot renew its
+    // lease: it stops acting and steps down (exits).
+    let leader = etcd.leader()?;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    etcd.kill(others[0])?;
+    etcd.kill(leader)?;
+    let lost = Instant::now();
+    a.proc
+        .as_mut()
+        .ok_or_else(|| anyhow!("a is not running"))?
+        .wait_exit(Duration::from_secs(60))
+        .context("the leader must step down without quorum")?;
+    eprintln!(
+        "the leader stepped down {:?} after quorum was lost",
+        lost.elapsed()
+    );
+    // Restarted as systemd would: a standby that says why nothing acts.
+    a.start_standby()?;
+    for replica in [&a, &b] {
+        wait_for("/readyz naming etcd", Duration::from_secs(90), || {
+            let (code, body) = readyz(replica)?;
+            Ok((code == 503 && body.contains("cannot reach etcd")).then_some(body))
+        })?;
+    }
+    // The job's ranks train on meanwhile.
+    let alive: Vec<u32> = ranks
+        .iter()
+        .copied()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    assert_eq!(alive, ranks, "no rank may die of a control-plane outage");
+
+    // Quorum back: a replica leads again, the agents follow, and the job
+    // is the same generation, never restarted.
+    etcd.restart(leader)?;
+    etcd.restart(others[0])?;
+    let serving = wait_for("a replica leading again", Duration::from_secs(90), || {
+        for replica in [&a, &b] {
+            if matches!(readyz(replica), Ok((200, _))) {
+                return Ok(Some(replica.url()));
+            }
+        }
+        Ok(None)
+    })?;
+    wait_for("the agents back", Duration::from_secs(60), || {
+        let nodes = supctl_json(&serving, &["nodes", "--all"])?;
+        let connected = nodes["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["connected"] == true).count());
+        Ok((connected == 3).then_some(()))
+    })?;
+    let job = job_status(&serving, "llm")?;
+    assert_eq!(job["generation"], running["generation"], "{job}");
+    assert_eq!(job["state"], "running", "{job}");
+    assert!(events_of(&serving, "job_restarted", Some("llm"))?.is_empty());
+    let _ = b.kill();
     Ok(())
 }
