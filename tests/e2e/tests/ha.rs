@@ -3,8 +3,8 @@
 //! naming the leader, no gRPC). Killed with SIGKILL, the leader is replaced
 //! within its lease; agents given both URLs follow it and the running job
 //! is not restarted. Paused (SIGSTOP) past its lease and resumed, a
-//! leader can neither write nor act: a job submitted to it while it was
-//! paused never lands, and it steps down (exits, for systemd to restart it
+//! leader can neither write nor act: a job submitted and a cordon asked of
+//! it while it was paused never land, and it steps down (exits, for systemd to restart it
 //! as a standby).
 
 use std::process::{Command, Output};
@@ -141,6 +141,10 @@ fn a_paused_leader_cannot_write_or_act_after_its_lease_and_steps_down() -> Resul
         "a standby does not serve gRPC: supctl cannot reach it"
     );
 
+    let both = format!("{},{}", a.url(), b.url());
+    let _agents = start_sim_agents(work.path(), 1, |_| both.clone(), &[])?;
+    wait_ready_nodes(&a.url(), 1)?;
+
     // Paused past its lease: b leads.
     signal(&a, "-STOP")?;
     let took = wait_leader(&b, Duration::from_secs(30))?;
@@ -150,16 +154,25 @@ fn a_paused_leader_cannot_write_or_act_after_its_lease_and_steps_down() -> Resul
     let url_a = a.url();
     let work_dir = work.path().to_owned();
     let submitted = std::thread::spawn(move || submit(&url_a, &work_dir, "while-paused", 1));
+    let url_a = a.url();
+    let cordoned = std::thread::spawn(move || {
+        supctl(
+            &url_a,
+            &["cordon", "node-1", "--reason", "decided while paused"],
+        )
+    });
     std::thread::sleep(Duration::from_secs(1));
     signal(&a, "-CONT")?;
-    let out = submitted
-        .join()
-        .map_err(|_| anyhow!("the submit thread panicked"))??;
-    assert!(
-        !out.status.success(),
-        "a deposed leader must not acknowledge a write: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    for (what, thread) in [("submit", submitted), ("cordon", cordoned)] {
+        let out = thread
+            .join()
+            .map_err(|_| anyhow!("the {what} thread panicked"))??;
+        assert!(
+            !out.status.success(),
+            "a deposed leader must not acknowledge a {what}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
     // It steps down: it exits, saying why.
     let status = a
         .proc
@@ -184,6 +197,11 @@ fn a_paused_leader_cannot_write_or_act_after_its_lease_and_steps_down() -> Resul
     assert_eq!(jobs, Value::Array(Vec::new()), "{jobs}");
     let keys = etcd.keys(PREFIX)?;
     assert!(!keys.iter().any(|k| k.contains("while-paused")), "{keys:?}");
+    let node = etcd
+        .get(&format!("{PREFIX}nodes/node-1"))?
+        .ok_or_else(|| anyhow!("node-1 not in etcd"))?;
+    assert!(!node.contains("decided while paused"), "{node}");
+    assert_eq!(node_state(&b.url(), "node-1")?, "ready");
     // Restarted, a stands by behind b.
     a.start_standby()?;
     let (_, body) = readyz(&a)?;
