@@ -753,6 +753,20 @@ fn a_node_back_with_fewer_gpus_than_its_job_needs_is_replaced() {
     assert!(!job(&e, "llm").record.nodes.contains(&first));
 }
 
+/// Cordons `node` (at 6 s) and gives the resume step of every assignment
+/// of the generation that follows (none: the test fails).
+fn resume_steps_after_cordoning(e: &mut Engine, node: &str) -> Vec<Option<u64>> {
+    e.cordon(6_000, node, "maintenance", "op").expect("cordon");
+    let actions = drain(e);
+    let resume: Vec<Option<u64>> = assignments(&actions)
+        .values()
+        .filter_map(|a| a.job.as_ref())
+        .map(|j| j.resume_from.as_ref().map(|c| c.step))
+        .collect();
+    assert!(!resume.is_empty(), "no generation followed the cordon");
+    resume
+}
+
 #[test]
 fn a_node_cannot_choose_the_resume_point_with_a_path_outside_the_dir_or_an_absurd_step() {
     let mut e = cluster(3);
@@ -809,14 +823,7 @@ fn a_node_cannot_choose_the_resume_point_with_a_path_outside_the_dir_or_an_absur
     e.on_checkpoint_catalog(5_000, "n2", session_of("n2"), hostile);
     assert!(!has(&drain(&mut e), EventKind::CheckpointRefused));
     // The next generation resumes from the true newest checkpoint.
-    e.cordon(6_000, "n1", "maintenance", "op").expect("cordon");
-    let actions = drain(&mut e);
-    let resume: Vec<Option<u64>> = assignments(&actions)
-        .values()
-        .filter_map(|a| a.job.as_ref())
-        .map(|j| j.resume_from.as_ref().map(|c| c.step))
-        .collect();
-    assert!(!resume.is_empty());
+    let resume = resume_steps_after_cordoning(&mut e, "n1");
     assert!(resume.iter().all(|r| *r == Some(100)), "{resume:?}");
 }
 
@@ -877,14 +884,7 @@ fn an_unverified_checkpoint_is_said_once_per_path_naming_the_file_and_the_previo
         chosen.verified,
         "dcp .metadata: 2 storage files, every extent present"
     );
-    e.cordon(6_000, "n1", "maintenance", "op").expect("cordon");
-    let actions = drain(&mut e);
-    let resume: Vec<Option<u64>> = assignments(&actions)
-        .values()
-        .filter_map(|a| a.job.as_ref())
-        .map(|j| j.resume_from.as_ref().map(|c| c.step))
-        .collect();
-    assert!(!resume.is_empty());
+    let resume = resume_steps_after_cordoning(&mut e, "n1");
     assert!(resume.iter().all(|r| *r == Some(100)), "{resume:?}");
 }
 
@@ -930,14 +930,7 @@ fn the_newest_checkpoint_found_damaged_after_it_was_listed_is_no_longer_the_resu
         job(&e, "llm").record.checkpoint.as_ref().map(|c| c.step),
         Some(50)
     );
-    e.cordon(6_000, "n1", "maintenance", "op").expect("cordon");
-    let actions = drain(&mut e);
-    let resume: Vec<Option<u64>> = assignments(&actions)
-        .values()
-        .filter_map(|a| a.job.as_ref())
-        .map(|j| j.resume_from.as_ref().map(|c| c.step))
-        .collect();
-    assert!(!resume.is_empty());
+    let resume = resume_steps_after_cordoning(&mut e, "n1");
     assert!(resume.iter().all(|r| *r == Some(50)), "{resume:?}");
 }
 
