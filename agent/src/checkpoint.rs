@@ -20,8 +20,13 @@ const DCP_METADATA: &str = ".metadata";
 pub(crate) const MEGATRON_TRACKER: &str = "latest_checkpointed_iteration.txt";
 pub(crate) const MEGATRON_PREFIX: &str = "iter_";
 pub(crate) const MEGATRON_DIGITS: usize = 7;
-pub(crate) const ORBAX_TMP: &str = ".orbax-checkpoint-tmp-";
+/// Orbax's temporary step directory: `<step>.orbax-checkpoint-tmp` (0.12),
+/// `<step>.orbax-checkpoint-tmp-<ts>` (older).
+pub(crate) const ORBAX_TMP: &str = ".orbax-checkpoint-tmp";
 const ORBAX_COMMIT: &str = "commit_success.txt";
+/// Orbax 0.5 and later: the step's metadata, written when a save starts
+/// (`commit_timestamp_nsecs` null) and again when it commits.
+pub(crate) const ORBAX_METADATA: &str = "_CHECKPOINT_METADATA";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
@@ -212,6 +217,7 @@ fn orbax(entries: Vec<(String, PathBuf)>) -> Vec<(u64, PathBuf)> {
         .into_iter()
         .filter(|(name, _)| !name.contains(ORBAX_TMP))
         .filter_map(|(name, path)| Some((orbax_step(&name)?, path)))
+        .filter(|(_, path)| !orbax_save_in_progress(path))
         .collect();
     let committed: Vec<bool> = steps
         .iter()
@@ -224,6 +230,20 @@ fn orbax(entries: Vec<(String, PathBuf)>) -> Vec<(u64, PathBuf)> {
         .filter(|(_, committed)| !markers_in_use || *committed)
         .map(|(step, _)| step)
         .collect()
+}
+
+/// A step whose `_CHECKPOINT_METADATA` says it has not committed yet
+/// (`"commit_timestamp_nsecs": null`): a save in progress, or torn — the
+/// only sign of it in the commit-file variant when no step before it
+/// committed (a torn first save).
+fn orbax_save_in_progress(step_dir: &Path) -> bool {
+    fs::read(step_dir.join(ORBAX_METADATA))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| {
+            v.get("commit_timestamp_nsecs")
+                .is_some_and(serde_json::Value::is_null)
+        })
 }
 
 /// `<step>`, or `<prefix>_<step>` (Orbax's `step_prefix` option).
@@ -242,6 +262,11 @@ pub(crate) fn orbax_step(name: &str) -> Option<u64> {
 fn orbax_committed(step_dir: &Path) -> bool {
     if step_dir.join(ORBAX_COMMIT).is_file() {
         return true;
+    }
+    // Orbax 0.5 and later commit each item (its own marker) before the
+    // step: only the step's marker counts. Before, an item's did.
+    if step_dir.join(ORBAX_METADATA).is_file() {
+        return false;
     }
     subdirs(step_dir).is_ok_and(|items| {
         items
@@ -345,7 +370,7 @@ pub fn tear(dir: &Path, layout: &str, step: u64, path: &Path) -> Result<String, 
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let tmp = path.with_file_name(format!("{name}{ORBAX_TMP}0"));
+            let tmp = path.with_file_name(format!("{name}{ORBAX_TMP}"));
             fs::rename(&path, &tmp).map_err(|e| {
                 format!("cannot rename {} to {}: {e}", path.display(), tmp.display())
             })?;
@@ -627,9 +652,41 @@ mod tests {
         f.file("100/default/array", "x")
             .file("200/default/array", "x")
             .file("300.orbax-checkpoint-tmp-1712345678/default/array", "x")
+            // Orbax 0.12's name has no timestamp.
+            .file("350.orbax-checkpoint-tmp/default/array", "x")
             .file("checkpoint_400/default/array", "x")
             .file("latest", "x");
         assert_eq!(steps(&f.scan("orbax")), [100, 200, 400]);
+    }
+
+    /// What orbax-checkpoint 0.12.8 leaves of a save killed before its
+    /// commit file (the `commit_success.txt` variant): the step directory,
+    /// every item with its own marker, the step's metadata with a null
+    /// commit time, no step marker.
+    #[test]
+    fn orbax_item_markers_and_an_uncommitted_metadata_do_not_make_a_step_complete() {
+        let committed =
+            r#"{"item_handlers": {"state": "x"}, "commit_timestamp_nsecs": 1796409898480710173}"#;
+        let started = r#"{"item_handlers": {"state": "x"}, "commit_timestamp_nsecs": null}"#;
+        let f = Fixture::new();
+        // A torn first save: nothing committed before it.
+        f.file("5/_CHECKPOINT_METADATA", started)
+            .file("5/state/manifest.ocdbt", "x")
+            .file("5/state/commit_success.txt", "");
+        assert_eq!(steps(&f.scan("orbax")), [] as [u64; 0]);
+        f.file("10/_CHECKPOINT_METADATA", committed)
+            .file("10/commit_success.txt", "")
+            .file("10/state/manifest.ocdbt", "x")
+            .file("10/state/commit_success.txt", "")
+            // Torn after its items committed, with a committed step before.
+            .file("15/_CHECKPOINT_METADATA", started)
+            .file("15/state/manifest.ocdbt", "x")
+            .file("15/state/commit_success.txt", "");
+        assert_eq!(steps(&f.scan("orbax")), [10]);
+        // Its commit done (metadata rewritten, the step's marker): complete.
+        f.file("15/_CHECKPOINT_METADATA", committed)
+            .file("15/commit_success.txt", "");
+        assert_eq!(steps(&f.scan("orbax")), [10, 15]);
     }
 
     #[test]

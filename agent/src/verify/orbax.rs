@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::{inside, Needs};
 
-pub const METADATA: &str = "_CHECKPOINT_METADATA";
+pub(crate) use crate::checkpoint::ORBAX_METADATA as METADATA;
 const ITEM_METADATA: &str = "_METADATA";
 const OCDBT_MANIFEST: &str = "manifest.ocdbt";
 
