@@ -62,25 +62,56 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// Why a replica does not serve, and where the leader's HTTP is (a
+/// standby that knows it).
+#[derive(Debug, Clone, Default)]
+pub struct NotServing {
+    pub why: String,
+    /// The leader's base URL (`http://host:port`): every path but the
+    /// health checks is redirected there.
+    pub leader_http: Option<String>,
+}
+
 /// Served instead of [`router`] when the state store is unusable, or while
 /// this replica stands by for leadership: the process is alive
-/// (`/healthz`), not ready, and every other path says why (the latest
-/// `why`: a standby's names the current leader).
-pub fn refusing_router(why: tokio::sync::watch::Receiver<String>) -> Router {
-    let not_ready = move || {
-        let why = why.borrow().clone();
+/// (`/healthz`), not ready (`/readyz` says why), and every other path is
+/// either redirected to the leader (a standby that knows it: the dashboard
+/// and the API work from any replica's address) or answered with why.
+pub fn refusing_router(state: tokio::sync::watch::Receiver<NotServing>) -> Router {
+    let readyz = {
+        let state = state.clone();
+        move || {
+            let why = state.borrow().why.clone();
+            async move {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                )
+                    .into_response()
+            }
+        }
+    };
+    let elsewhere = move |uri: axum::http::Uri| {
+        let now = state.borrow().clone();
         async move {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {why}\n"),
-            )
-                .into_response()
+            match now.leader_http {
+                Some(base) => {
+                    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+                    let to = format!("{}{path}", base.trim_end_matches('/'));
+                    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response()
+                }
+                None => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {}\n", now.why),
+                )
+                    .into_response(),
+            }
         }
     };
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(not_ready.clone()))
-        .fallback(not_ready)
+        .route("/readyz", get(readyz))
+        .fallback(elsewhere)
 }
 
 fn error(e: ActorError) -> Response {

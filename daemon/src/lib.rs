@@ -387,7 +387,13 @@ async fn refuse_to_serve(
         Arc::new(Counters::default()),
         stop_rx.clone(),
     );
-    let http_app = http::refusing_router(watch::channel(why.clone()).1);
+    let http_app = http::refusing_router(
+        watch::channel(http::NotServing {
+            why: why.clone(),
+            leader_http: None,
+        })
+        .1,
+    );
     let http_task = tokio::spawn(http_server::serve(
         http_listener,
         http_app,

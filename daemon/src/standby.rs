@@ -2,8 +2,9 @@
 //!
 //! A standby opens the store (waiting out an etcd it cannot reach),
 //! campaigns for leadership (`store/etcd/election.rs`) and meanwhile serves
-//! nothing but its health over HTTP: `/healthz` 200,
-//! `/readyz` and every other path 503 naming the leader. It does not bind
+//! nothing but its health over HTTP: `/healthz` 200, `/readyz` 503 naming
+//! the leader, every other path (the dashboard, the API, `/metrics`)
+//! redirected to the leader's address (307). It does not bind
 //! gRPC at all, so an agent or supctl given several supd URLs is refused at
 //! once and tries the next one (the leader). It reads no state until it
 //! wins: taking over is then one load of the state from etcd (cold
@@ -91,7 +92,10 @@ pub async fn until_leader<F: Future<Output = ()>>(
     mut shutdown: Pin<&mut F>,
 ) -> anyhow::Result<Outcome> {
     let me = candidate(config);
-    let (why_tx, why_rx) = watch::channel(standing_by(&me, Standing::Follows(None)));
+    let (why_tx, why_rx) = watch::channel(http::NotServing {
+        why: standing_by(&me, Standing::Follows(None)),
+        leader_http: None,
+    });
     let listener = TcpListener::bind(config.http.addr)
         .await
         .with_context(|| format!("cannot bind the HTTP address {}", config.http.addr))?;
@@ -122,9 +126,12 @@ pub async fn until_leader<F: Future<Output = ()>>(
     let who = me.clone();
     let opening = config.clone();
     let mut campaign = tokio::task::spawn_blocking(move || {
-        let say = |text: String| {
+        let say = |text: String, leader_http: Option<String>| {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&text)]);
-            let _ = why_tx.send(text);
+            let _ = why_tx.send(http::NotServing {
+                why: text,
+                leader_http,
+            });
         };
         let mut store = loop {
             match crate::store::open_etcd(&opening) {
@@ -132,7 +139,7 @@ pub async fn until_leader<F: Future<Output = ()>>(
                 Err(e @ StoreError::Unreachable { .. }) => {
                     let text = standing_by(&who, Standing::Unreachable(&e.to_string()));
                     tracing::warn!("etcd: {text}");
-                    say(text);
+                    say(text, None);
                     if flag.load(Ordering::SeqCst) {
                         return Ok(None);
                     }
@@ -144,7 +151,11 @@ pub async fn until_leader<F: Future<Output = ()>>(
         let won = store.campaign(&who, ttl, &flag, |standing| {
             let text = standing_by(&who, standing);
             tracing::info!("etcd: {text}");
-            say(text);
+            let leader_http = match standing {
+                Standing::Follows(Some(l)) => Some(l.http_url.clone()),
+                _ => None,
+            };
+            say(text, leader_http);
         });
         Ok(won.then_some(store))
     });

@@ -92,6 +92,31 @@ fn signal(supd: &Supd, sig: &str) -> Result<()> {
     Ok(())
 }
 
+/// The status and `Location` of an HTTP GET (redirects not followed).
+fn redirect(port: u16, path: &str) -> Result<(u16, Option<String>)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let head = raw.split("\r\n\r\n").next().unwrap_or_default();
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("no status in {head:?}"))?;
+    let location = head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
+            .map(|(_, v)| v.trim().to_owned())
+    });
+    Ok((code, location))
+}
+
 fn readyz(supd: &Supd) -> Result<(u16, String)> {
     http_get(supd.http_port, "/readyz")
 }
@@ -136,6 +161,17 @@ fn a_paused_leader_cannot_write_or_act_after_its_lease_and_steps_down() -> Resul
     );
     let (code, _) = http_get(b.http_port, "/healthz")?;
     assert_eq!(code, 200, "a standby is alive");
+    // The dashboard and the API from the standby's address: the leader's.
+    assert_eq!(
+        redirect(b.http_port, "/api/v1/nodes?limit=5")?,
+        (
+            307,
+            Some(format!(
+                "http://127.0.0.1:{}/api/v1/nodes?limit=5",
+                a.http_port
+            ))
+        )
+    );
     assert!(
         supctl(&b.url(), &["status"])?.status.code() == Some(3),
         "a standby does not serve gRPC: supctl cannot reach it"
