@@ -112,6 +112,13 @@ pub fn rank_env(
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+    // As torchrun does: several ranks on a node each starting one OpenMP
+    // thread per core oversubscribe it (on CPU, 6 ranks of a PyTorch job
+    // here ran at half speed). The job's env, or the agent's own, may say
+    // otherwise.
+    if job.ranks_per_node > 1 && std::env::var_os("OMP_NUM_THREADS").is_none() {
+        env.insert("OMP_NUM_THREADS".to_owned(), "1".to_owned());
+    }
     env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     // Reserved names are inserted last: they win over the job's env.
     env.retain(|k, _| !is_reserved(k));
@@ -215,7 +222,35 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        let mut expected = expected;
+        if std::env::var_os("OMP_NUM_THREADS").is_none() {
+            // 8 ranks on the node: one OpenMP thread each, as torchrun.
+            expected.insert("OMP_NUM_THREADS".into(), "1".into());
+        }
         assert_eq!(env, expected);
+    }
+
+    #[test]
+    fn one_openmp_thread_per_rank_unless_the_job_or_a_single_rank_says_otherwise() {
+        if std::env::var_os("OMP_NUM_THREADS").is_some() {
+            return; // the agent's own setting wins; nothing to see here
+        }
+        let mut single = job();
+        single.ranks_per_node = 1;
+        assert_eq!(
+            get(&rank_env(node(), 1, &single, 0), "OMP_NUM_THREADS"),
+            None
+        );
+        let mut chosen = job();
+        chosen.env.insert("OMP_NUM_THREADS".into(), "4".into());
+        assert_eq!(
+            get(&rank_env(node(), 1, &chosen, 0), "OMP_NUM_THREADS"),
+            Some("4")
+        );
+        assert_eq!(
+            get(&rank_env(node(), 1, &job(), 0), "OMP_NUM_THREADS"),
+            Some("1")
+        );
     }
 
     #[test]

@@ -410,9 +410,13 @@ impl Engine {
 /// Best-step advances are persisted at most this often.
 const BEST_STEP_CHECK_MS: Millis = 1_000;
 
-/// How long a loss-spike rollback waits for a current checkpoint catalog
-/// (agents rescan every 2 s).
-const ROLLBACK_CATALOG_WAIT_MS: Millis = 5_000;
+/// How long a loss-spike rollback waits for a current checkpoint catalog:
+/// longer than the agents' longest scan interval (8 s, `MAX_SCAN_INTERVAL`
+/// in the agent's scanner, reached while nothing changes), so that a
+/// checkpoint written just before the spike is listed by then. 5 s missed
+/// it (seen with a real PyTorch job: "no complete checkpoint from before
+/// the spike" with three on disk).
+const ROLLBACK_CATALOG_WAIT_MS: Millis = 10_000;
 
 /// Bytes of a rank's stack dump kept in a hang post-mortem event.
 const POSTMORTEM_STACK_BYTES: usize = 4096;

@@ -763,9 +763,9 @@ fn a_rollback_without_a_new_catalog_goes_ahead_after_the_wait() {
         );
     }
     let spiked = 15 * 500;
-    e.handle_timeout(spiked + 4_999);
+    e.handle_timeout(spiked + 9_999);
     assert!(!has(&drain(&mut e), EventKind::JobRolledBack));
-    e.handle_timeout(spiked + 5_000);
+    e.handle_timeout(spiked + 10_000);
     let why = event(&drain(&mut e), EventKind::JobRolledBack);
     assert!(why.contains("rolling back to checkpoint step 10"), "{why}");
 }
