@@ -886,3 +886,25 @@ pub fn ml_python() -> Result<Option<PathBuf>> {
     }
     Ok(Some(path))
 }
+
+/// The whole number right after `prefix` in `text` (an event's reason,
+/// a log line).
+pub fn number_after(text: &str, prefix: &str) -> Result<u64> {
+    text.split(prefix)
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("no number after {prefix:?} in {text}"))
+}
+
+/// The node ids of a job as `supctl -o json` shows it (`"nodes"`).
+pub fn nodes_of(job: &Value) -> Vec<String> {
+    job["nodes"]
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

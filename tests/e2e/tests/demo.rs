@@ -21,15 +21,6 @@ use sup_e2e::*;
 /// Generous: two cores, and the demo's ranks are real processes.
 const OUTCOME_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The number after `prefix` in `text`.
-fn number_after(text: &str, prefix: &str) -> Result<u64> {
-    text.split(prefix)
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow!("no number after {prefix:?} in {text}"))
-}
-
 /// The strings of a JSON array (node ids).
 fn ids(list: &Value) -> Vec<String> {
     list.as_array()

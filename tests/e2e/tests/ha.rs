@@ -284,14 +284,7 @@ fn the_leader_killed_the_standby_leads_agents_follow_and_the_job_runs_on() -> Re
     // free for the drill.
     let running = run_job(&both, work.path())?;
     let generation = running["generation"].clone();
-    let nodes: Vec<String> = running["nodes"]
-        .as_array()
-        .map(|n| {
-            n.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let nodes = nodes_of(&running);
     let mut free = (1..=5)
         .map(|i| format!("node-{i}"))
         .filter(|n| !nodes.contains(n));

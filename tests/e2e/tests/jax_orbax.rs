@@ -95,15 +95,6 @@ fn seq(event: &Value) -> u64 {
     event["seq"].as_u64().unwrap_or(0)
 }
 
-/// The number after `prefix` in `text`.
-fn number_after(text: &str, prefix: &str) -> Result<u64> {
-    text.split(prefix)
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow!("no number after {prefix:?} in {text}"))
-}
-
 /// Waits until the job passes `ok`; a failed job ends the wait at once.
 fn job_where(url: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Result<Value> {
     let job = wait_for(what, JOB_TIMEOUT, || {

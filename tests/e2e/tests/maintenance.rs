@@ -45,17 +45,6 @@ max_restarts = 10
     )
 }
 
-fn nodes_of(job: &Value) -> Vec<String> {
-    job["nodes"]
-        .as_array()
-        .map(|n| {
-            n.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The agent process of `node-I` (start_sim_agents numbers them from 1).
 fn agent_of<'a>(agents: &'a mut [Proc], node: &str) -> Result<&'a mut Proc> {
     let index: usize = node

@@ -275,26 +275,6 @@ fn generation(job: &Value) -> u64 {
     job["generation"].as_u64().unwrap_or(0)
 }
 
-fn nodes_of(job: &Value) -> Vec<String> {
-    job["nodes"]
-        .as_array()
-        .map(|n| {
-            n.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The number after `prefix` in `text`.
-fn number_after(text: &str, prefix: &str) -> Result<u64> {
-    text.split(prefix)
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow!("no number after {prefix:?} in {text}"))
-}
-
 fn u64_of(v: &Value, key: &str) -> Result<u64> {
     v[key]
         .as_u64()
@@ -1011,7 +991,7 @@ fn a_loss_spike_rolls_back_with_sup_seed_and_sup_lr_scale_honoured() -> Result<(
     let control = c.control_file().display().to_string();
     // Held at 12 until supd lists checkpoint 12: the rollback's target
     // must not depend on the agent's scan (every 2 to 8 s) coming within
-    // the 5 s supd waits for it. Then held at 16 (spiking from 13), so it
+    // the 10 s supd waits for it. Then held at 16 (spiking from 13), so it
     // cannot finish before supd has decided.
     c.control("hold 12")?;
     let spike = SPIKE.to_string();

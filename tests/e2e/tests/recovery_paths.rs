@@ -187,17 +187,6 @@ checkpoint_layout = "marker:COMPLETE"
     }
 }
 
-fn nodes_of(job: &Value) -> Vec<String> {
-    job["nodes"]
-        .as_array()
-        .map(|n| {
-            n.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn generation(job: &Value) -> u64 {
     job["generation"].as_u64().unwrap_or(0)
 }

@@ -31,15 +31,6 @@ fn reason(event: &Value) -> String {
     event["reason"].as_str().unwrap_or_default().to_owned()
 }
 
-/// The number after `prefix` in `text`.
-fn number_after(text: &str, prefix: &str) -> Result<u64> {
-    text.split(prefix)
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow!("no number after {prefix:?} in {text}"))
-}
-
 fn seq(event: &Value) -> u64 {
     event["seq"].as_u64().unwrap_or(0)
 }

@@ -203,15 +203,6 @@ SUP_EXAMPLE_SLOWDOWN = "1.5"
     }
 }
 
-/// The number after `prefix` in `text`.
-fn number_after(text: &str, prefix: &str) -> Result<u64> {
-    text.split(prefix)
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow!("no number after {prefix:?} in {text}"))
-}
-
 /// One run: the job on node-1 and node-2, node-2 throttled or not; the
 /// straggler event's reason and the step at which it confirmed node-2.
 fn run(throttle: bool) -> Result<(String, u64)> {
