@@ -284,6 +284,17 @@ impl Engine {
     /// Which node runs global rank `rank` of a job, and its local rank.
     pub fn rank_location(&self, job: &str, rank: u32) -> Result<(String, u32), EngineError> {
         let job = self.job(job)?;
+        if job.record.nodes.is_empty() {
+            // Ended, or waiting for nodes: no agent holds its ranks now,
+            // but the logs of the last ones stay where they ran.
+            return Err(EngineError::InvalidArgument(format!(
+                "job '{}' runs on no node now ({}): the logs of its last ranks stay on the \
+                 nodes that ran them, under the agent's state dir in jobs/{}/gen-<G>/rank-<R>.log",
+                job.name(),
+                job.record.state.as_str(),
+                job.name()
+            )));
+        }
         let per_node = job.record.spec.gpus_per_node;
         let node = job
             .record

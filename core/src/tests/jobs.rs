@@ -1002,3 +1002,19 @@ fn the_jobs_user_and_group_reach_every_node_it_runs_on() {
         "{invalid}"
     );
 }
+
+#[test]
+fn logs_of_a_job_on_no_node_say_where_they_stay() {
+    let mut e = cluster(2);
+    submit(&mut e, 0, &spec("llm", 2, 2, ""), "alice").expect("submit");
+    drain(&mut e);
+    assert_eq!(e.rank_location("llm", 3), Ok(("n2".to_owned(), 1)));
+    e.stop_job(1_000, "llm", "alice", "done").expect("stop");
+    let err = e.rank_location("llm", 0).expect_err("no node holds it");
+    assert_eq!(
+        err.to_string(),
+        "job 'llm' runs on no node now (stopped): the logs of its last ranks \
+         stay on the nodes that ran them, under the agent's state dir in \
+         jobs/llm/gen-<G>/rank-<R>.log"
+    );
+}
