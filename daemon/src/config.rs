@@ -733,9 +733,11 @@ impl StoreConfig {
                     }
                 }
                 if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.leader_lease)
+                    || self.leader_lease.subsec_nanos() != 0
                 {
                     return invalid(format!(
-                        "store.leader_lease must be between 1s and 60s (got {})",
+                        "store.leader_lease must be whole seconds between 1s and 60s \
+                         (etcd's leases are; got {})",
                         humantime::format_duration(self.leader_lease)
                     ));
                 }
@@ -1041,11 +1043,15 @@ mod tests {
         for (extra, named) in [
             (
                 "leader_lease = \"500ms\"\n",
-                "store.leader_lease must be between 1s and 60s",
+                "store.leader_lease must be whole seconds between 1s and 60s",
             ),
             (
                 "leader_lease = \"2m\"\n",
-                "store.leader_lease must be between 1s and 60s",
+                "store.leader_lease must be whole seconds between 1s and 60s",
+            ),
+            (
+                "leader_lease = \"2500ms\"\n",
+                "store.leader_lease must be whole seconds",
             ),
             ("replica_id = \"has space\"\n", "store.replica_id (--id)"),
         ] {

@@ -174,6 +174,9 @@ pub async fn attempt(
         ));
     }
     let lease = granted.id;
+    // etcd grants whole seconds (and may grant more than asked): what it
+    // granted, never more than asked, is what this replica relies on.
+    let ttl = Duration::from_secs(u64::try_from(granted.ttl).unwrap_or(0)).min(ttl);
     let txn = TxnRequest {
         compare: vec![Compare {
             result: CompareResult::Equal as i32,
