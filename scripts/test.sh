@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)   # promtool validates /metrics
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)       # the example trainer
+# scripts/python-env.sh makes a venv: Debian's python3 needs python3-venv for it.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)     # the dashboard's browser test
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd) # verifies deploy/*.service
 command -v slurmctld >/dev/null 2>&1 || need_apt+=(slurm-wlm)   # a real Slurm for tests/e2e/tests/slurm.rs
