@@ -6,6 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A build of the whole workspace takes ~3 GiB, the cached PyTorch/JAX environment
+# ~6 GiB (once). A full disk shows up as a linker "Bus error" deep in cargo's
+# output, so say it first, in plain words.
+free_kib=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ "${free_kib:-0}" -lt $((6 * 1024 * 1024)) ]; then
+  echo "warning: only $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR==2 {print $6}');" \
+       "the build and the Python environment need about 6 GiB more than a warm cache" >&2
+fi
+# Incremental state only pays off across edits; a CI run builds once.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)   # promtool validates /metrics
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)       # the example trainer
