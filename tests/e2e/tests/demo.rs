@@ -86,7 +86,10 @@ fn the_demos_drill_cordons_the_board_swaps_in_the_spare_and_resumes_and_ctrl_c_c
     let mut demo = Proc::spawn("demo", cmd, work.path())?;
     let url = format!("http://127.0.0.1:{grpc}");
 
-    let run_dir = wait_for("the demo's banner", STARTUP_TIMEOUT, || {
+    // The demo waits up to 20 s for supd and 30 s for the agents (polling
+    // with supctl) before its banner: on a loaded 2-core machine more than
+    // STARTUP_TIMEOUT in all.
+    let run_dir = wait_for("the demo's banner", OUTCOME_TIMEOUT, || {
         if let Some(status) = demo.exited()? {
             return Err(anyhow!(
                 "the demo exited with {status}:\n{}",
