@@ -23,6 +23,12 @@ pub const DEFAULT_SUPERVISOR: &str = "http://127.0.0.1:7070";
 pub const DEFAULT_TELEMETRY_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_RECONNECT_MIN_BACKOFF: Duration = Duration::from_millis(200);
 pub const DEFAULT_RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// With several supd URLs (replicas) a failover leaves every agent dialling
+/// two refusing replicas for the few seconds of the election: with a 10 s
+/// ceiling the last of 2,048 agents came back 8-13 s after the leader was
+/// killed, with 1 s within 3.3-4.9 s (BENCHMARKS.md §4). A single supd keeps
+/// the longer ceiling, which spreads a restart storm of 16,384 agents.
+pub const DEFAULT_REPLICAS_RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sup-agent";
 /// Permissive built in, so that an agent upgraded under an existing config
 /// (or started by hand for a trial) keeps running the jobs it ran; the
@@ -362,7 +368,11 @@ impl Config {
         let reconnect_max_backoff = cli
             .reconnect_max_backoff
             .or(file.reconnect_max_backoff)
-            .unwrap_or(DEFAULT_RECONNECT_MAX_BACKOFF);
+            .unwrap_or(if supervisor.urls().len() > 1 {
+                DEFAULT_REPLICAS_RECONNECT_MAX_BACKOFF
+            } else {
+                DEFAULT_RECONNECT_MAX_BACKOFF
+            });
         // A zero minimum would let a flapping supd make us spin.
         if reconnect_min_backoff.is_zero() {
             return Err(ConfigError::Invalid(
@@ -757,6 +767,21 @@ mod tests {
 
     fn host() -> Option<String> {
         Some("gpu-node-7".to_owned())
+    }
+
+    #[test]
+    fn replicas_get_a_short_reconnect_ceiling_unless_one_is_set() {
+        let two = "http://10.0.0.1:7070,http://10.0.0.2:7070";
+        let config = Config::merge(cli(&["--supervisor", two]), FileConfig::default(), host())
+            .expect("valid");
+        assert_eq!(config.reconnect_max_backoff, Duration::from_secs(1));
+        let config = Config::merge(
+            cli(&["--supervisor", two, "--reconnect-max-backoff", "5s"]),
+            FileConfig::default(),
+            host(),
+        )
+        .expect("valid");
+        assert_eq!(config.reconnect_max_backoff, Duration::from_secs(5));
     }
 
     #[test]

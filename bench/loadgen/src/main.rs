@@ -34,6 +34,16 @@
 //! to the end of the run; one more line then gives their scrapes, failures
 //! (connect error, non-200 status, 30 s timeout), latency (connect to last
 //! byte) and body size, to show what scraping costs the ingest path.
+//!
+//! With `--replicas N` it measures failover instead (replicas.rs): a
+//! 3-member etcd and N supd replicas on loopback, every agent given all
+//! their URLs (sup-agent's own rotation and backoff, `--reconnect-*-ms`),
+//! and `--failover-runs` times the leader SIGKILLed: the time until the
+//! standby serves, every agent is registered with it, and an Xid reported
+//! by one node on its registration there is decided (cordoned).
+//!
+//! Whatever it started (supd, etcd, the temporary dir) is stopped and
+//! removed when it ends, fails or is interrupted (Ctrl-C, SIGTERM).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -47,6 +57,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use rand::seq::IndexedRandom;
+use sup_agent::rotation::{Failure, Rotation, Wait};
 use sup_proto::v1;
 use sup_proto::v1::agent_message::Body;
 use sup_proto::v1::agent_service_client::AgentServiceClient;
@@ -57,6 +68,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+
+mod replicas;
 
 #[derive(Debug, Parser)]
 #[command(name = "sup-loadgen", version)]
@@ -110,6 +123,54 @@ struct Args {
     /// The path the scrapers GET from supd's HTTP address.
     #[arg(long, default_value = "/metrics")]
     scrape_path: String,
+    /// Run against this many supd replicas on etcd instead of one supd (at
+    /// least 2; 0: one supd, the default): a 3-member etcd and the replicas
+    /// are started on loopback, every agent is given all the replicas' URLs
+    /// (sup-agent's rotation), and after registration the leader is
+    /// SIGKILLed `--failover-runs` times (see "Failover" in the module doc).
+    /// The single-supd phases (steady window, faults, restart, vanishing) are
+    /// not run then.
+    #[arg(long, default_value_t = 0)]
+    replicas: usize,
+    /// With --replicas: failovers measured (the leader SIGKILLed, the killed
+    /// replica started again as a standby before the next one).
+    #[arg(long, default_value_t = 5)]
+    failover_runs: usize,
+    /// With --replicas: supd's store.leader_lease, whole seconds.
+    #[arg(long, default_value_t = 3)]
+    leader_lease_secs: u64,
+    /// With --replicas: steady running before each kill, seconds (plus a
+    /// random part of the lease, so that the kill lands anywhere in the
+    /// leader's renewal cycle).
+    #[arg(long, default_value_t = 5)]
+    failover_settle_secs: u64,
+    /// With --replicas: the etcd binary (etcd 3.4+, Debian's etcd-server).
+    #[arg(long, default_value = "etcd")]
+    etcd: PathBuf,
+    /// With --replicas: etcd's --heartbeat-interval, milliseconds.
+    #[arg(long, default_value_t = 100)]
+    etcd_heartbeat_ms: u64,
+    /// With --replicas: etcd's --election-timeout, milliseconds.
+    #[arg(long, default_value_t = 500)]
+    etcd_election_ms: u64,
+    /// The simulated agents' reconnect_min_backoff, milliseconds (default:
+    /// sup-agent's).
+    #[arg(long, default_value_t = sup_agent::config::DEFAULT_RECONNECT_MIN_BACKOFF.as_millis() as u64)]
+    reconnect_min_backoff_ms: u64,
+    /// The simulated agents' reconnect_max_backoff, milliseconds (default:
+    /// sup-agent's).
+    #[arg(long, default_value_t = sup_agent::config::DEFAULT_RECONNECT_MAX_BACKOFF.as_millis() as u64)]
+    reconnect_max_backoff_ms: u64,
+}
+
+impl Args {
+    /// The simulated agents' reconnect backoff (sup-agent's own policy).
+    fn backoff(&self) -> sup_agent::backoff::Backoff {
+        sup_agent::backoff::Backoff::new(
+            Duration::from_millis(self.reconnect_min_backoff_ms),
+            Duration::from_millis(self.reconnect_max_backoff_ms),
+        )
+    }
 }
 
 /// What one simulated agent saw, read by the coordinator.
@@ -118,6 +179,12 @@ struct AgentView {
     registered: bool,
     /// When its latest session was registered.
     registered_at: Option<Instant>,
+    /// Which supd URL (index) its latest session registered with.
+    registered_url: usize,
+    /// Send the fault report as soon as the next session registers (a GPU
+    /// that failed while the agent had no supd: the real agent sends its
+    /// GPU health again after every registration).
+    fault_on_register: bool,
     /// Every assignment received: (generation, holds a job, node rank, when).
     assignments: Vec<(u64, bool, u32, Instant)>,
     /// When it reported every rank of a generation launched.
@@ -178,12 +245,51 @@ fn main() -> anyhow::Result<()> {
     {
         bail!("--scrape-path must start with / and hold no spaces");
     }
+    if args.replicas == 1 || args.replicas > 26 {
+        bail!("--replicas takes 2 to 26 (0: one supd without etcd)");
+    }
+    if args.replicas > 0 {
+        if !(1..=60).contains(&args.leader_lease_secs) {
+            bail!("--leader-lease-secs must be 1 to 60 (supd's store.leader_lease)");
+        }
+        if args.failover_runs == 0 {
+            bail!("--failover-runs must be at least 1");
+        }
+    }
     check_fd_limit(args.nodes, args.scrapers)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(args))
+    runtime.block_on(async {
+        // On Ctrl-C or SIGTERM the run is dropped: every process it started
+        // (supd, etcd members) is killed and its temporary dir removed.
+        tokio::select! {
+            r = async {
+                if args.replicas > 0 {
+                    replicas::run(args).await
+                } else {
+                    run(args).await
+                }
+            } => r,
+            s = interrupted() => bail!("interrupted ({s}): stopped what this run started"),
+        }
+    })
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 /// Each agent holds one socket here and supd holds one more: both processes
@@ -275,10 +381,30 @@ fn start_supd(args: &Args) -> anyhow::Result<Supd> {
     };
     let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let config = supd_config(args, &dir.join("data"), grpc, http);
+    let config_path = dir.join("supd.toml");
+    std::fs::write(&config_path, config)?;
+    let log_path = dir.join("supd.log");
+    std::fs::File::create(&log_path)?;
+    let child = Supd::spawn(&args.supd, &config_path, &log_path)?;
+    Ok(Supd {
+        child,
+        grpc,
+        http,
+        binary: args.supd.clone(),
+        config_path,
+        log_path,
+        _dir: tmp,
+    })
+}
+
+/// supd's config for a run: a config tuned for measuring (see the module
+/// doc), its store in `data`, listening on `grpc` and `http`.
+fn supd_config(args: &Args, data: &std::path::Path, grpc: SocketAddr, http: SocketAddr) -> String {
     let interval_ms = (1000.0 / args.rate).round().max(1.0) as u64;
     // Widened guards: the benchmark injects many faults into one job on
     // purpose; the crash-loop guard and breaker would (rightly) refuse them.
-    let config = format!(
+    format!(
         r#"data_dir = "{data}"
 log_format = "json"
 [grpc]
@@ -300,23 +426,9 @@ max_cordons = 100000
 # Every fault is an Xid 79 on another node, on purpose: not a storm here.
 hardware_nodes = 100000
 "#,
-        data = dir.join("data").display(),
+        data = data.display(),
         unreachable = args.unreachable_after_ms,
-    );
-    let config_path = dir.join("supd.toml");
-    std::fs::write(&config_path, config)?;
-    let log_path = dir.join("supd.log");
-    std::fs::File::create(&log_path)?;
-    let child = Supd::spawn(&args.supd, &config_path, &log_path)?;
-    Ok(Supd {
-        child,
-        grpc,
-        http,
-        binary: args.supd.clone(),
-        config_path,
-        log_path,
-        _dir: tmp,
-    })
+    )
 }
 
 /// utime + stime of a process, seconds (/proc reports USER_HZ = 100 ticks/s).
@@ -634,24 +746,29 @@ fn fault_report(node: usize, gpus: u32) -> v1::HealthReport {
 
 /// One simulated agent for the whole run, like sup-agent: one connection
 /// and session stream at a time, opened again with sup-agent's own
-/// full-jitter backoff when it breaks (supd restarted). The first connect
-/// waits at `gate`; reconnects do not. A vanished agent stays silent.
+/// full-jitter backoff when it breaks (supd restarted). Given several supd
+/// URLs (replicas), it moves between them with sup-agent's own rotation:
+/// an attempt that never registered tries the next URL at once, a whole
+/// round of them failing or a session that was up ending waits the backoff
+/// first. The first connect waits at `gate`; reconnects do not. A vanished
+/// agent stays silent.
+#[allow(clippy::too_many_arguments)]
 async fn agent(
     idx: usize,
-    endpoint: Endpoint,
+    endpoints: Arc<[Endpoint]>,
     gate: Arc<Semaphore>,
     gpus: u32,
     period: Duration,
     shared: Arc<Shared>,
     mut commands: mpsc::UnboundedReceiver<AgentCommand>,
+    mut backoff: sup_agent::backoff::Backoff,
 ) {
-    let mut backoff = sup_agent::backoff::Backoff::new(
-        sup_agent::config::DEFAULT_RECONNECT_MIN_BACKOFF,
-        sup_agent::config::DEFAULT_RECONNECT_MAX_BACKOFF,
-    );
+    let mut rotation = Rotation::new(endpoints.len());
     let mut vanished = false;
     let mut first = true;
     loop {
+        let url = rotation.current();
+        let endpoint = &endpoints[url];
         let connected = if first {
             let _permit = gate.acquire().await;
             endpoint.connect().await
@@ -663,6 +780,7 @@ async fn agent(
             Ok(channel) => {
                 session(
                     idx,
+                    url,
                     channel,
                     gpus,
                     period,
@@ -685,11 +803,18 @@ async fn agent(
                     std::mem::replace(&mut view.registered, false)
                 };
                 if was_registered {
+                    rotation.registered();
+                }
+                // With one URL every failure waits the backoff, as always.
+                let wait = rotation.failed(Failure::Outage);
+                if was_registered {
                     shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                } else if !shared.restarting.load(Ordering::Relaxed) {
+                } else if !shared.restarting.load(Ordering::Relaxed) && wait == Wait::Backoff {
                     eprintln!("agent {idx}: {e:#}");
                 }
-                tokio::time::sleep(backoff.next_delay()).await;
+                if wait == Wait::Backoff {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
             }
         }
     }
@@ -700,6 +825,7 @@ async fn agent(
 #[allow(clippy::too_many_arguments)]
 async fn session(
     idx: usize,
+    url: usize,
     channel: Channel,
     gpus: u32,
     period: Duration,
@@ -716,6 +842,7 @@ async fn session(
         v1::AgentMessage {
             seq,
             body: Some(body),
+            ..Default::default()
         }
     };
     tx.send(msg(Body::Register(v1::Register {
@@ -770,9 +897,18 @@ async fn session(
                 match m.body {
                     Some(SupBody::Registered(_)) => {
                         backoff.reset();
-                        let mut view = lock(&shared.views[idx]);
-                        view.registered = true;
-                        view.registered_at = Some(Instant::now());
+                        let fault = {
+                            let mut view = lock(&shared.views[idx]);
+                            view.registered = true;
+                            view.registered_at = Some(Instant::now());
+                            view.registered_url = url;
+                            std::mem::take(&mut view.fault_on_register)
+                        };
+                        if fault {
+                            let report = fault_report(idx, gpus);
+                            lock(&shared.views[idx]).fault_sent = Some((Instant::now(), unix_ms()));
+                            tx.send(msg(Body::Health(report))).await?;
+                        }
                     }
                     Some(SupBody::Assignment(a)) => {
                         let at = Instant::now();
@@ -1023,35 +1159,10 @@ async fn restart_storm(
     })
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let mut supd = start_supd(&args)?;
-    let pid = supd.child.id().to_string();
-    let uri = format!("http://{}", supd.grpc);
-    let period = Duration::from_secs_f64(1.0 / args.rate);
-    println!(
-        "sup-loadgen: {} nodes × {} GPUs = {} GPUs, {} Hz, supd pid {pid} (gRPC {}, HTTP {}), unreachable_after {} ms",
-        args.nodes,
-        args.gpus,
-        args.nodes as u64 * u64::from(args.gpus),
-        args.rate,
-        supd.grpc,
-        supd.http,
-        args.unreachable_after_ms
-    );
-
-    // supd takes a moment to open its store and bind.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let control_channel = loop {
-        match Endpoint::from_shared(uri.clone())?.connect().await {
-            Ok(c) => break c,
-            Err(e) if Instant::now() > deadline => bail!("supd did not come up: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
-    let mut control = ControlServiceClient::new(control_channel);
-
-    let shared = Arc::new(Shared {
-        views: (0..args.nodes)
+/// The coordinator's picture of the agents, shared with every agent task.
+fn new_shared(nodes: usize) -> Arc<Shared> {
+    Arc::new(Shared {
+        views: (0..nodes)
             .map(|_| Mutex::new(AgentView::default()))
             .collect(),
         sent_reports: AtomicU64::new(0),
@@ -1061,11 +1172,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
         reconnects: AtomicU64::new(0),
         restarting: AtomicBool::new(false),
         finished: AtomicBool::new(false),
-    });
-    tokio::spawn(poll_events(control.clone(), shared.clone()));
+    })
+}
 
-    // Connect every agent, a bounded number at a time.
-    let t_connect = Instant::now();
+/// Waits until a gRPC `uri` accepts a connection (supd opening its store
+/// and binding), for up to 20 s.
+async fn connect_control(uri: &str) -> anyhow::Result<ControlServiceClient<Channel>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let control_channel = loop {
+        match Endpoint::from_shared(uri.to_owned())?.connect().await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => bail!("supd did not come up: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    Ok(ControlServiceClient::new(control_channel))
+}
+
+/// Starts every simulated agent (given every supd URL in `uris`), a bounded
+/// number connecting at a time, and waits until all are registered.
+/// Returns each agent's command channel.
+fn spawn_agents(
+    args: &Args,
+    uris: &[String],
+    shared: &Arc<Shared>,
+    period: Duration,
+) -> anyhow::Result<Vec<mpsc::UnboundedSender<AgentCommand>>> {
     let gate = Arc::new(Semaphore::new(args.connect_parallel.max(1)));
     let mut commands = Vec::with_capacity(args.nodes);
     for idx in 0..args.nodes {
@@ -1073,12 +1205,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
         commands.push(ctx);
         let shared = shared.clone();
         let gate = gate.clone();
-        let endpoint = Endpoint::from_shared(uri.clone())?
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10));
+        let endpoints = uris
+            .iter()
+            .map(|uri| {
+                let endpoint = Endpoint::from_shared(uri.clone())?
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10));
+                // As sup-agent's, with several URLs: a replica that does not
+                // answer must not hold an agent up for long.
+                Ok(if uris.len() > 1 {
+                    endpoint.connect_timeout(Duration::from_secs(5))
+                } else {
+                    endpoint
+                })
+            })
+            .collect::<anyhow::Result<Arc<[Endpoint]>>>()?;
         let gpus = args.gpus;
-        tokio::spawn(agent(idx, endpoint, gate, gpus, period, shared, crx));
+        tokio::spawn(agent(
+            idx,
+            endpoints,
+            gate,
+            gpus,
+            period,
+            shared,
+            crx,
+            args.backoff(),
+        ));
     }
+    Ok(commands)
+}
+
+/// Waits until every agent is registered; prints how long it took.
+async fn wait_registered(args: &Args, shared: &Shared, t_connect: Instant) -> anyhow::Result<()> {
     loop {
         let registered = shared.views.iter().filter(|v| lock(v).registered).count();
         if registered == args.nodes {
@@ -1097,6 +1255,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.nodes,
         t_connect.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Lets every agent report (joined) and the registration burst settle,
+/// then submits the job across all but `--spares` nodes and waits until
+/// every agent launched it.
+async fn submit_bench_job(
+    args: &Args,
+    control: &mut ControlServiceClient<Channel>,
+    shared: &Shared,
+    period: Duration,
+) -> anyhow::Result<()> {
     // Let every agent report (joined) and the registration burst settle
     // before placing the job: every node ready.
     let t_settle = Instant::now();
@@ -1142,14 +1312,44 @@ max_restarts = 100000
         })
         .await
         .context("submitting the job")?;
-    let job = wait_running(&mut control, 0, Duration::from_secs(60)).await?;
-    let started = all_launched_at(&shared, &job).map_or(f64::NAN, |t| ms(t - t_submit));
+    let job = wait_running(control, 0, Duration::from_secs(60)).await?;
+    let started = all_launched_at(shared, &job).map_or(f64::NAN, |t| ms(t - t_submit));
     println!(
         "job 'bench' on {} nodes: submit → every agent launched {:.0} ms (generation {})",
         held_nodes(&job),
         started,
         job.generation
     );
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut supd = start_supd(&args)?;
+    let pid = supd.child.id().to_string();
+    let uri = format!("http://{}", supd.grpc);
+    let period = Duration::from_secs_f64(1.0 / args.rate);
+    println!(
+        "sup-loadgen: {} nodes × {} GPUs = {} GPUs, {} Hz, supd pid {pid} (gRPC {}, HTTP {}), unreachable_after {} ms",
+        args.nodes,
+        args.gpus,
+        args.nodes as u64 * u64::from(args.gpus),
+        args.rate,
+        supd.grpc,
+        supd.http,
+        args.unreachable_after_ms
+    );
+
+    // supd takes a moment to open its store and bind.
+    let mut control = connect_control(&uri).await?;
+
+    let shared = new_shared(args.nodes);
+    tokio::spawn(poll_events(control.clone(), shared.clone()));
+
+    // Connect every agent, a bounded number at a time.
+    let t_connect = Instant::now();
+    let commands = spawn_agents(&args, std::slice::from_ref(&uri), &shared, period)?;
+    wait_registered(&args, &shared, t_connect).await?;
+    submit_bench_job(&args, &mut control, &shared, period).await?;
 
     // Steady state.
     println!("steady window: {} s ...", args.steady_secs);
