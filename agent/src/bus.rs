@@ -21,6 +21,8 @@ use sup_proto::v1::{DesiredAssignment, Drill, LogRequest, Validate};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::lease::LeaseEnd;
+
 /// Until when the link must stay silent towards supd (a drill); `None`:
 /// talk normally.
 pub type Silence = Option<Instant>;
@@ -55,6 +57,8 @@ pub struct Bus {
     pub outbox: Outbox,
     /// The latest desired assignment that passed generation fencing.
     pub assignment: watch::Receiver<Option<DesiredAssignment>>,
+    /// When the assignment lease runs out (see [`crate::lease`]).
+    pub lease: watch::Receiver<LeaseEnd>,
     pub drills: mpsc::Receiver<Drill>,
     pub log_requests: mpsc::Receiver<LogRequest>,
     pub validations: mpsc::Receiver<Validate>,
@@ -66,6 +70,7 @@ pub struct Bus {
 pub struct LinkPorts {
     pub outbox: mpsc::Receiver<AgentBody>,
     pub assignment: watch::Sender<Option<DesiredAssignment>>,
+    pub lease: watch::Sender<LeaseEnd>,
     pub drills: mpsc::Sender<Drill>,
     pub log_requests: mpsc::Sender<LogRequest>,
     pub validations: mpsc::Sender<Validate>,
@@ -96,10 +101,12 @@ pub fn bus() -> (Bus, LinkPorts) {
     let (log_tx, log_rx) = mpsc::channel(INBOX_CAPACITY);
     let (validate_tx, validate_rx) = mpsc::channel(INBOX_CAPACITY);
     let (silence_tx, silence_rx) = watch::channel(None);
+    let (lease_tx, lease_rx) = watch::channel(None);
     (
         Bus {
             outbox: Outbox { tx: out_tx },
             assignment: assign_rx,
+            lease: lease_rx,
             drills: drill_rx,
             log_requests: log_rx,
             validations: validate_rx,
@@ -108,6 +115,7 @@ pub fn bus() -> (Bus, LinkPorts) {
         LinkPorts {
             outbox: out_rx,
             assignment: assign_tx,
+            lease: lease_tx,
             drills: drill_tx,
             log_requests: log_tx,
             validations: validate_tx,

@@ -14,6 +14,7 @@ pub mod error_text;
 pub mod fence;
 pub mod health;
 pub mod launcher;
+pub mod lease;
 pub mod probe;
 pub mod progress;
 pub mod rotation;
@@ -130,6 +131,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let bus::Bus {
         outbox,
         assignment,
+        lease,
         drills,
         log_requests,
         validations,
@@ -180,6 +182,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
         outbox,
         assignment.clone(),
+        lease,
         log_requests,
     )
     .await;

@@ -27,6 +27,7 @@ use crate::backoff::Backoff;
 use crate::bus::{LevelState, LinkPorts};
 use crate::config::Config;
 use crate::error_text::{append_causes, error_chain as chain};
+use crate::lease::Lease;
 use crate::probe::ProbeError;
 use crate::rotation::{Failure, Rotation, Wait};
 use crate::sampler::Sampler;
@@ -101,6 +102,8 @@ pub struct Link {
     registrations: u64,
     ports: LinkPorts,
     level: LevelState,
+    /// The assignment lease; its end goes to the launcher (`ports.lease`).
+    lease: Lease,
 }
 
 impl Link {
@@ -137,6 +140,7 @@ impl Link {
             registrations: 0,
             ports,
             level: LevelState::default(),
+            lease: Lease::new(),
         })
     }
 
@@ -220,9 +224,12 @@ impl Link {
             .map_err(SessionError::Connect)?;
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let mut seq = 1;
+        // The lease a supervisor grants by its answer counts from here.
+        let register_sent = Instant::now();
         outbound
             .try_send(AgentMessage {
                 seq,
+                renew_lease: false,
                 body: Some(AgentBody::Register(self.register.clone())),
             })
             .map_err(|_| SessionError::Closed)?;
@@ -236,13 +243,16 @@ impl Link {
         self.backoff.reset();
         self.rotation.registered();
         let interval = self.on_registered(&registered);
+        self.lease
+            .registered(registered.assignment_lease_ms, register_sent);
+        self.publish_lease();
 
         // Telemetry goes out as each sample lands. If the probe stalls (a
         // wedged NVML call), the latest sample is re-sent anyway so supd
         // still hears from the node; its old `sampled_at` shows the stall.
         let heartbeat_after = interval + interval / 2;
         let mut latest = self.sampler.subscribe();
-        send_telemetry(&outbound, &mut seq, latest.borrow_and_update().clone())?;
+        self.send_telemetry(&outbound, &mut seq, latest.borrow_and_update().clone())?;
         for body in self.level.replay() {
             send_body(&outbound, &mut seq, body)?;
         }
@@ -252,12 +262,13 @@ impl Link {
             tokio::select! {
                 changed = latest.changed() => {
                     changed.map_err(|_| SessionError::ProbeStopped)?;
-                    send_telemetry(&outbound, &mut seq, latest.borrow_and_update().clone())?;
+                    self.send_telemetry(&outbound, &mut seq, latest.borrow_and_update().clone())?;
                     heartbeat.as_mut().reset(Instant::now() + heartbeat_after);
                 }
                 () = &mut heartbeat => {
                     debug!("no new GPU sample in time; re-sending the latest");
-                    send_telemetry(&outbound, &mut seq, latest.borrow().clone())?;
+                    let sample = latest.borrow().clone();
+                    self.send_telemetry(&outbound, &mut seq, sample)?;
                     heartbeat.as_mut().reset(Instant::now() + heartbeat_after);
                 }
                 Some(body) = self.ports.outbox.recv() => {
@@ -302,6 +313,44 @@ impl Link {
         interval
     }
 
+    /// Telemetry is latest-wins: dropped, not queued, when the transport
+    /// is full. It carries the lease renewal requests, since it is what
+    /// every node sends steadily.
+    fn send_telemetry(
+        &mut self,
+        outbound: &mpsc::Sender<AgentMessage>,
+        seq: &mut u64,
+        telemetry: Telemetry,
+    ) -> Result<(), SessionError> {
+        let next = *seq + 1;
+        let permit = match outbound.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                debug!("supervisor is not keeping up; dropping a telemetry sample");
+                return Ok(());
+            }
+            // The transport dropped our stream; the inbound side usually
+            // has the reason, but the session is over either way.
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(SessionError::Closed),
+        };
+        permit.send(AgentMessage {
+            seq: next,
+            renew_lease: self.lease.ask(next, Instant::now()),
+            body: Some(AgentBody::Telemetry(telemetry)),
+        });
+        *seq = next;
+        Ok(())
+    }
+
+    fn publish_lease(&self) {
+        let end = self.lease.end();
+        self.ports.lease.send_if_modified(|published| {
+            let changed = *published != end;
+            *published = end;
+            changed
+        });
+    }
+
     fn on_message(&mut self, message: SupervisorMessage) {
         match message.body {
             Some(SupervisorBody::Assignment(offered)) => {
@@ -341,7 +390,10 @@ impl Link {
                     warn!("validation request dropped: too many waiting");
                 }
             }
-            Some(SupervisorBody::Ack(_)) => {}
+            Some(SupervisorBody::Ack(ack)) => {
+                self.lease.acknowledged(ack.seq);
+                self.publish_lease();
+            }
             Some(SupervisorBody::Registered(_)) => {
                 warn!("supervisor sent Registered again mid-session; ignoring it");
             }
@@ -383,30 +435,6 @@ async fn register(
     }
 }
 
-fn send_telemetry(
-    outbound: &mpsc::Sender<AgentMessage>,
-    seq: &mut u64,
-    telemetry: Telemetry,
-) -> Result<(), SessionError> {
-    let message = AgentMessage {
-        seq: *seq + 1,
-        body: Some(AgentBody::Telemetry(telemetry)),
-    };
-    match outbound.try_send(message) {
-        Ok(()) => {
-            *seq += 1;
-            Ok(())
-        }
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            debug!("supervisor is not keeping up; dropping a telemetry sample");
-            Ok(())
-        }
-        // The transport dropped our stream; the inbound side usually has
-        // the reason, but the session is over either way.
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(SessionError::Closed),
-    }
-}
-
 /// Sends a message that must not be dropped silently (unlike telemetry,
 /// which is latest-wins): waits for room is not possible in the select loop,
 /// so a full transport queue ends the session and the level state is
@@ -420,6 +448,7 @@ fn send_body(
     outbound
         .try_send(AgentMessage {
             seq: *seq,
+            renew_lease: false,
             body: Some(body),
         })
         .map_err(|e| match e {

@@ -77,6 +77,7 @@ impl AgentService for FakeSupd {
             state: NodeState::Ready as i32,
             // Fast polling keeps the tests short.
             telemetry_interval_ms: 200,
+            assignment_lease_ms: 0,
         };
         let mut bodies = vec![SupervisorBody::Registered(registered)];
         bodies.extend(self.drills.iter().cloned().map(SupervisorBody::Drill));

@@ -81,8 +81,14 @@ impl Harness {
             logs: Default::default(),
             slurm_node_name: None,
         };
-        let launcher =
-            Launcher::start(settings, bus.outbox, bus.assignment, bus.log_requests).await;
+        let launcher = Launcher::start(
+            settings,
+            bus.outbox,
+            bus.assignment,
+            bus.lease,
+            bus.log_requests,
+        )
+        .await;
         Harness {
             dir,
             ports,
@@ -459,6 +465,53 @@ async fn a_new_generation_replaces_the_old_one_and_none_stops_everything() {
     assert_eq!(idle.job, "");
     assert!(idle.running_local_ranks.is_empty());
     assert_gone(&new).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranks_are_killed_when_the_assignment_lease_runs_out_and_renewals_postpone_it() {
+    let mut h = Harness::new().await;
+    // "trap" ignores SIGTERM: only a SIGKILL, without the 5 s grace, ends
+    // it within the test's bound below.
+    h.assign(4, Some(h.job("trap")));
+    h.status("generation 4 running", |s| {
+        s.generation == 4 && s.running_local_ranks == [0, 1]
+    })
+    .await;
+    let mut pids = h.pids(4, 2).await;
+    pids.extend(h.pids(4, 3).await);
+    // A lease that keeps being renewed never fires.
+    let start = tokio::time::Instant::now();
+    for i in 1..=6 {
+        h.ports
+            .lease
+            .send_replace(Some(start + Duration::from_millis(400 * i + 400)));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(
+        pids.iter().all(|p| alive(*p)),
+        "renewed in time: still running"
+    );
+    // Then no supervisor answers any more.
+    let ran_out = Instant::now();
+    let exits = h.exits(4, 2).await;
+    assert!(
+        ran_out.elapsed() < Duration::from_secs(4),
+        "killed at once, not after the stop grace: {:?}",
+        ran_out.elapsed()
+    );
+    for exit in &exits {
+        assert!(exit.lease_expired, "{exit:?}");
+        assert!(!exit.stopped_by_agent, "supd did not ask for it: {exit:?}");
+        assert_eq!(exit.signal, Some(9), "{exit:?}");
+    }
+    assert_gone(&pids).await;
+    // The same generation is not started again by the launcher; a new one
+    // from supd is.
+    h.assign(5, Some(h.job("sleep")));
+    h.status("generation 5 running", |s| {
+        s.generation == 5 && s.running_local_ranks == [0, 1]
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

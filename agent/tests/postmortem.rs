@@ -47,8 +47,14 @@ async fn a_hung_generations_ranks_are_stack_dumped_before_they_are_stopped() {
         logs: Default::default(),
         slurm_node_name: None,
     };
-    let mut launcher =
-        Launcher::start(settings, bus.outbox, bus.assignment, bus.log_requests).await;
+    let mut launcher = Launcher::start(
+        settings,
+        bus.outbox,
+        bus.assignment,
+        bus.lease,
+        bus.log_requests,
+    )
+    .await;
     let job = JobAssignment {
         job: "train".into(),
         command: vec![

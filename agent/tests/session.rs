@@ -85,6 +85,7 @@ impl AgentService for FakeSupd {
             node_id,
             state: NodeState::Ready as i32,
             telemetry_interval_ms: 50,
+            assignment_lease_ms: 0,
         };
         let assignment = DesiredAssignment {
             generation: 3,

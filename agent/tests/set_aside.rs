@@ -31,8 +31,14 @@ impl Node {
             logs: Default::default(),
             slurm_node_name: None,
         };
-        let launcher =
-            Launcher::start(settings, bus.outbox, bus.assignment, bus.log_requests).await;
+        let launcher = Launcher::start(
+            settings,
+            bus.outbox,
+            bus.assignment,
+            bus.lease,
+            bus.log_requests,
+        )
+        .await;
         Node {
             dir,
             ports,

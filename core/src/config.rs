@@ -4,6 +4,11 @@
 use crate::detect;
 use crate::Millis;
 
+/// Added to the assignment lease before a node's silence proves its ranks
+/// gone: the agent's timer firing late on a loaded node, SIGKILL reaching
+/// every rank, and the two monotonic clocks' drift (parts per million).
+pub const LEASE_MARGIN_MS: Millis = 2_000;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     /// A node that has sent nothing for this long is unreachable.
@@ -26,6 +31,21 @@ pub struct EngineConfig {
     /// An assigned node unreachable this long while its job has made no
     /// progress since it went silent is lost (corroborated).
     pub stall_confirm_ms: Millis,
+    /// The assignment lease (0: none), which supd hands every agent at
+    /// registration. An agent kills the ranks of its assignment when no
+    /// supervisor has acknowledged anything it sent for this long, so ranks
+    /// on a node that cannot be told to stop are surely gone
+    /// `assignment_lease_ms + LEASE_MARGIN_MS` after the node was last
+    /// heard; a job whose previous generation ran there starts again only
+    /// then (`jobs/lease.rs`).
+    pub assignment_lease_ms: Millis,
+    /// How long after this engine was restored another supervisor may
+    /// still have renewed assignment leases: a leader that could no longer
+    /// renew its own term keeps renewing agents' leases (not acting) for
+    /// this long, so an etcd outage does not stop training. A node that has
+    /// not reported since the restore counts as heard this long after it.
+    /// 0 where no other supervisor exists (sled).
+    pub takeover_hold_ms: Millis,
     /// Restarts in a row with no new checkpoint and no step advance after
     /// which a job fails as a crash loop.
     pub crash_loop_limit: u32,
@@ -71,6 +91,8 @@ impl Default for EngineConfig {
             spares_target: 0,
             lost_node_grace_ms: 60_000,
             stall_confirm_ms: 5_000,
+            assignment_lease_ms: 15_000,
+            takeover_hold_ms: 0,
             crash_loop_limit: 3,
             grow_after_checkpoint: true,
             max_job_nodes: crate::jobspec::MAX_NODES,

@@ -52,7 +52,7 @@ mod nodes;
 pub mod records;
 pub mod scheduler;
 
-pub use config::EngineConfig;
+pub use config::{EngineConfig, LEASE_MARGIN_MS};
 pub use engine::{Action, CordonOutcome, Engine, EngineError, ReportOutcome};
 pub use jobs::goodput::{young_daly_ms, Bucket, Goodput, GoodputReport};
 pub use jobs::{Job, NodeStats, SparePool};

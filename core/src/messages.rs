@@ -185,6 +185,8 @@ pub struct RankExited {
     pub stopped_by_agent: bool,
     /// Its stacks just before it was stopped, when its generation hung.
     pub stack_dump: String,
+    /// The agent killed it when its assignment lease ran out.
+    pub lease_expired: bool,
 }
 
 /// One node's view of its ranks' training progress.

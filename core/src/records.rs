@@ -461,6 +461,15 @@ pub struct JobRecord {
     /// stored when absent, so records stay as older supd wrote them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm: Option<SlurmAllocation>,
+    /// Nodes of an earlier generation that supd could not tell to stop,
+    /// whose assignment lease the next generation waits out
+    /// (`jobs/lease.rs`). Not stored when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lease_wait: Vec<String>,
+    /// Why the job is restarting, while it waits out those leases (the
+    /// restart event says it once the wait is over). Not stored when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lease_wait_cause: String,
 }
 
 /// A running Slurm job whose nodes a sup job is bound to, as supd's edge

@@ -1574,6 +1574,7 @@ impl Driver {
             log_tail: "step 10\nRuntimeError: NCCL timeout\n".to_owned(),
             stopped_by_agent,
             stack_dump: String::new(),
+            lease_expired: false,
         };
         let accepted =
             self.call(|e, now| e.on_rank_exited(now, node, session, exit).is_applied())?;

@@ -49,6 +49,14 @@ pub struct StoreConfig {
     /// renewal at most, and acts no more after 90% of it on its own clock.
     #[serde(with = "humantime_serde")]
     pub leader_lease: Duration,
+    /// A leader that can no longer renew its term (etcd unreachable, or
+    /// without quorum) stops acting at once but keeps renewing the agents'
+    /// assignment leases this long, so an etcd outage shorter than this plus
+    /// `jobs.assignment_lease` stops no training. In exchange a new leader
+    /// waits this long (plus the assignment lease) before it replaces a node
+    /// that has not reported to it. "0s": step down at once.
+    #[serde(with = "humantime_serde")]
+    pub lease_bridge: Duration,
 }
 
 pub const DEFAULT_ETCD_PREFIX: &str = "/sup/";
@@ -64,6 +72,7 @@ impl Default for StoreConfig {
             etcd_prefix: DEFAULT_ETCD_PREFIX.to_owned(),
             replica_id: String::new(),
             leader_lease: DEFAULT_LEADER_LEASE,
+            lease_bridge: Duration::from_secs(60),
         }
     }
 }
@@ -204,6 +213,14 @@ pub struct JobsConfig {
     /// since is replaced (silence corroborated by a stalled job).
     #[serde(with = "humantime_serde")]
     pub stall_confirm: Duration,
+    /// The assignment lease handed to every agent ("0s": none). An agent
+    /// that no supervisor has acknowledged for this long kills its ranks; a
+    /// job whose previous generation ran on a node supd cannot reach starts
+    /// again only this long (plus 2 s) after that node was last heard. Must
+    /// outlast a supervisor restart or failover (README: "Assignment
+    /// lease"), or every job stops when the control plane blinks.
+    #[serde(with = "humantime_serde")]
+    pub assignment_lease: Duration,
     /// Restarts in a row without a new checkpoint or step advance before a
     /// job is failed as a crash loop.
     pub crash_loop_limit: u32,
@@ -253,6 +270,7 @@ impl Default for JobsConfig {
             spares_target: 0,
             lost_node_grace: Duration::from_secs(60),
             stall_confirm: Duration::from_secs(5),
+            assignment_lease: Duration::from_secs(15),
             crash_loop_limit: 3,
             grow_after_checkpoint: true,
             max_nodes: sup_core::jobspec::MAX_NODES,
@@ -563,6 +581,12 @@ impl Config {
             spares_target: self.jobs.spares_target,
             lost_node_grace_ms: ms(self.jobs.lost_node_grace),
             stall_confirm_ms: ms(self.jobs.stall_confirm),
+            assignment_lease_ms: ms(self.jobs.assignment_lease),
+            // Only replicas can renew leases after losing their term.
+            takeover_hold_ms: match self.store.backend {
+                StoreBackend::Sled => 0,
+                StoreBackend::Etcd => ms(self.store.lease_bridge),
+            },
             crash_loop_limit: self.jobs.crash_loop_limit,
             grow_after_checkpoint: self.jobs.grow_after_checkpoint,
             max_job_nodes: self.jobs.max_nodes,
@@ -657,6 +681,20 @@ impl Config {
         if !(0.0..=1.0).contains(&self.correlation.share) {
             return invalid("correlation.share must be between 0 and 1");
         }
+        let lease = self.jobs.assignment_lease;
+        if !lease.is_zero() {
+            // Renewals ride on telemetry (about four per lease): a lease of
+            // a few intervals would run out on one delayed report.
+            let floor = (self.nodes.telemetry_interval * 3).max(Duration::from_secs(2));
+            if lease < floor || lease > Duration::from_secs(3_600) {
+                return Err(ConfigError::Invalid(format!(
+                    "jobs.assignment_lease must be \"0s\" (no lease) or between {} (three telemetry \
+                     intervals, at least 2s) and 1h (got {})",
+                    humantime::format_duration(floor),
+                    humantime::format_duration(lease)
+                )));
+            }
+        }
         if self.jobs.crash_loop_limit == 0 {
             return invalid("jobs.crash_loop_limit must be at least 1");
         }
@@ -739,6 +777,13 @@ impl StoreConfig {
                         "store.leader_lease must be whole seconds between 1s and 60s \
                          (etcd's leases are; got {})",
                         humantime::format_duration(self.leader_lease)
+                    ));
+                }
+                if self.lease_bridge > Duration::from_secs(600) {
+                    return invalid(format!(
+                        "store.lease_bridge must be at most 10m (got {}): a new leader waits that \
+                         long before it replaces a node it has not heard from",
+                        humantime::format_duration(self.lease_bridge)
                     ));
                 }
                 let id = &self.replica_id;

@@ -226,6 +226,7 @@ fn rank_exited(e: v1::RankExited) -> RankExited {
         log_tail: e.log_tail,
         stopped_by_agent: e.stopped_by_agent,
         stack_dump: e.stack_dump,
+        lease_expired: e.lease_expired,
     }
 }
 

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::actor::{ActorError, AgentInput, SupervisorHandle};
 use crate::auth::{self, Transport};
 use crate::convert;
+use crate::store::Leadership;
 use sup_core::EngineError;
 
 pub fn status_of(e: ActorError) -> Status {
@@ -41,6 +42,10 @@ pub struct AgentApi {
     next_session: Arc<AtomicU64>,
     register_timeout: Duration,
     transport: Transport,
+    /// This replica's term (etcd); None: a single supd, always leader.
+    leadership: Option<Leadership>,
+    /// `store.lease_bridge`.
+    bridge: Duration,
 }
 
 impl AgentApi {
@@ -50,8 +55,41 @@ impl AgentApi {
             next_session: Arc::new(AtomicU64::new(1)),
             register_timeout,
             transport,
+            leadership: None,
+            bridge: Duration::ZERO,
         }
     }
+
+    /// Lease renewals are acknowledged only while this term holds, or is
+    /// unrenewed for at most `bridge` (see `Leadership::may_renew_assignments`).
+    pub fn with_leadership(mut self, leadership: Option<Leadership>, bridge: Duration) -> Self {
+        self.leadership = leadership;
+        self.bridge = bridge;
+        self
+    }
+}
+
+/// Acknowledges a message that asked for a lease renewal, if this replica
+/// may: while it leads, or for `bridge` after its term could no longer be
+/// renewed, never once etcd said the term is gone. A new leader counts on
+/// exactly that (engine: `takeover_hold_ms`). Done here, as the message is
+/// read, not in the actor: the renewal proves this supd reads the node's
+/// stream; the lease's end is counted from the agent's send time, which
+/// precedes supd's `last_seen` of the node (stamped just before).
+fn acknowledge_renewal(
+    outbound: &mpsc::Sender<Box<v1::SupervisorMessage>>,
+    leadership: Option<&Leadership>,
+    bridge: Duration,
+    seq: u64,
+) {
+    if leadership.is_some_and(|l| !l.may_renew_assignments(bridge)) {
+        return;
+    }
+    // A full queue (the agent not reading) drops it: the agent asks again
+    // with a later message, several times per lease.
+    let _ = outbound.try_send(Box::new(v1::SupervisorMessage {
+        body: Some(v1::supervisor_message::Body::Ack(v1::Ack { seq })),
+    }));
 }
 
 /// Messages read from one agent stream ahead of the state actor (see the
@@ -100,6 +138,9 @@ impl AgentService for AgentApi {
         let node_id = register.node_id.clone();
         let slurm_node_name = register.slurm_node_name.clone();
         let (tx, rx) = mpsc::channel(64);
+        let acks = tx.clone();
+        let leadership = self.leadership.clone();
+        let bridge = self.bridge;
         let heard = crate::actor::LivenessStamp::default();
         match self
             .handle
@@ -135,6 +176,9 @@ impl AgentService for AgentApi {
                         match message {
                             Ok(Some(msg)) => {
                                 heard.heard_at(crate::actor::now_ms());
+                                if msg.renew_lease {
+                                    acknowledge_renewal(&acks, leadership.as_ref(), bridge, msg.seq);
+                                }
                                 match msg.body {
                                     Some(v1::agent_message::Body::Telemetry(t)) => {
                                         pending.push_back(AgentInput::Telemetry(convert::readings(t)));

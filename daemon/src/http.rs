@@ -132,6 +132,19 @@ async fn healthz() -> &'static str {
 
 /// Readiness: the store is open and the state actor is running.
 async fn readyz(State(s): State<HttpState>) -> Response {
+    let not_acting = s
+        .counters
+        .not_acting
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Some(why) = not_acting {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response();
+    }
     if s.ready.load(Ordering::SeqCst) && s.handle.ping().await.is_ok() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

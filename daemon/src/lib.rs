@@ -234,11 +234,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let max_message = config.grpc.max_message_bytes;
-    let agent_service = AgentServiceServer::new(grpc::AgentApi::new(
-        handle.clone(),
-        config.grpc.register_timeout,
-        transport,
-    ))
+    let agent_service = AgentServiceServer::new(
+        grpc::AgentApi::new(handle.clone(), config.grpc.register_timeout, transport)
+            .with_leadership(leadership.clone(), config.store.lease_bridge),
+    )
     .max_decoding_message_size(max_message);
     let control_service = ControlServiceServer::new(
         grpc::ControlApi::new(handle.clone(), transport).with_slurm(config.slurm.mode),
@@ -263,6 +262,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         stop_rx.clone(),
     );
 
+    let counters_for_lease = counters.clone();
     let http_app = http::router(http::HttpState {
         handle: handle.clone(),
         ready: ready.clone(),
@@ -288,7 +288,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracing::warn!(error = %e, "cannot tell systemd that supd is ready");
     }
 
-    let deposed = standby::deposed(leadership);
+    let deposed = standby::deposed(leadership, config.store.lease_bridge, counters_for_lease);
     tokio::pin!(deposed);
     let outcome: anyhow::Result<()> = tokio::select! {
         _ = &mut shutdown => {

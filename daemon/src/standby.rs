@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::metrics::Counters;
 use crate::store::{Candidate, EtcdStore, Leadership, Standing, StoreError};
 use crate::{http, http_limits, http_server, HTTP_DRAIN};
 
@@ -189,18 +190,59 @@ pub async fn until_leader<F: Future<Output = ()>>(
     Ok(outcome)
 }
 
-/// Resolves when this replica's term ends (never without one): its lease
-/// lapsed or etcd said it is gone. Checked often enough that a leader
-/// stops within a fraction of its lease of losing it.
-pub async fn deposed(leadership: Option<Leadership>) -> String {
+/// Resolves when this replica's term ends (never without one): etcd said
+/// it is gone, or it could not be renewed for `bridge` past its end (see
+/// `store.lease_bridge`). Meanwhile `counters.not_acting` says why the
+/// leader does not act. The store fences every write and action on the
+/// term itself, within a fraction of the lease of losing it.
+pub async fn deposed(
+    leadership: Option<Leadership>,
+    bridge: Duration,
+    counters: Arc<Counters>,
+) -> String {
     let Some(l) = leadership else {
         return std::future::pending().await;
     };
     let every = (l.ttl / 10).max(Duration::from_millis(50));
+    let mut acting = true;
     loop {
         tokio::time::sleep(every).await;
-        if !l.holds() {
+        if l.is_lost() {
             return l.why_not();
+        }
+        if !l.may_renew_assignments(bridge) {
+            return format!(
+                "{}, and the {} it keeps the agents' assignment leases after that is over",
+                l.why_not(),
+                humantime::format_duration(bridge)
+            );
+        }
+        // Unrenewed but not known lost (etcd unreachable or without
+        // quorum): no action, no write; agents' leases are still renewed
+        // so that training goes on.
+        let holds = l.holds();
+        if holds && !acting {
+            // The actor may have dropped decisions meanwhile (it freezes at
+            // the first refused write): a fresh leader, this replica
+            // restarted or another, starts from the stored state instead.
+            return "etcd answers again, but this replica could not renew its term for a while \
+                    and stopped acting; stepping down so that the next leader starts from the \
+                    stored state"
+                .to_owned();
+        }
+        if acting && !holds {
+            acting = false;
+            let why = format!(
+                "not acting: cannot reach etcd to renew the leader lease ({}); renewing the \
+                 agents' assignment leases for up to {} so that training goes on",
+                l.why_not(),
+                humantime::format_duration(bridge)
+            );
+            tracing::warn!("{why}");
+            *counters
+                .not_acting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
         }
     }
 }

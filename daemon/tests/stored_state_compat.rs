@@ -1326,6 +1326,7 @@ impl Scenario {
             stack_dump:
                 "Thread 0x7f3a (idle): \"MainThread\"\n    all_reduce (distributed_c10d.py:2501)\n"
                     .to_owned(),
+            lease_expired: false,
         };
         // False: a stopped rank is no report about the current generation.
         assert!(!self

@@ -40,6 +40,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::bus::Outbox;
 use crate::fence::{Fence, Running};
+use crate::lease::LeaseEnd;
 use crate::progress::Intake;
 use env::NodeContext;
 use process::{signal_group, Exit, RankProcess, RankSpec};
@@ -219,6 +220,7 @@ impl Launcher {
         settings: Settings,
         outbox: Outbox,
         assignment: watch::Receiver<Option<DesiredAssignment>>,
+        lease: watch::Receiver<LeaseEnd>,
         log_requests: mpsc::Receiver<LogRequest>,
     ) -> Launcher {
         let fence = Fence::new(outbox);
@@ -272,8 +274,10 @@ impl Launcher {
             watchdog: Watchdog::from_env(),
             log_paths,
             rank_set,
+            lease_end: None,
+            lease_killed: None,
         };
-        let task = tokio::spawn(reconciler.run(assignment, log_requests, stop_rx));
+        let task = tokio::spawn(reconciler.run(assignment, lease, log_requests, stop_rx));
         Launcher {
             stop: Some(stop),
             task: Some(task),
@@ -381,6 +385,11 @@ struct Reconciler {
     /// The running ranks' log files, for the size cap (see [`logs::cap_sizes`]).
     log_paths: watch::Sender<Vec<PathBuf>>,
     rank_set: watch::Sender<RankSet>,
+    /// When the assignment lease runs out (see [`crate::lease`]).
+    lease_end: LeaseEnd,
+    /// The generation whose ranks the lease killed: their exits are
+    /// reported as the lease's doing, not the job's nor a stop supd asked for.
+    lease_killed: Option<u64>,
 }
 
 /// systemd's watchdog (`WatchdogSec=`), pinged from the reconcile loop: the
@@ -437,9 +446,12 @@ impl Reconciler {
     async fn run(
         mut self,
         mut assignment: watch::Receiver<Option<DesiredAssignment>>,
+        mut lease: watch::Receiver<LeaseEnd>,
         mut log_requests: mpsc::Receiver<LogRequest>,
         mut stop: oneshot::Receiver<bool>,
     ) {
+        self.lease_end = *lease.borrow_and_update();
+        let mut lease_watched = true;
         // Nothing is reported before the first assignment: there is no
         // generation to report about yet.
         self.desired = assignment.borrow_and_update().clone();
@@ -448,12 +460,17 @@ impl Reconciler {
             self.watchdog.ping_if_due();
             let deadline = self.stopping.as_ref().map(|s| s.deadline);
             let ping = self.watchdog.deadline();
+            let lease_end = self.lease_bound();
             tokio::select! {
                 changed = assignment.changed(), if watching => match changed {
                     Ok(()) => self.desired = assignment.borrow_and_update().clone(),
                     // The link is gone: the agent is ending, and its
                     // shutdown will stop us.
                     Err(_) => watching = false,
+                },
+                changed = lease.changed(), if lease_watched => match changed {
+                    Ok(()) => self.lease_end = *lease.borrow_and_update(),
+                    Err(_) => lease_watched = false,
                 },
                 Some(exit) = self.exits_rx.recv() => self.on_exit(exit).await,
                 request = log_requests.recv(), if answering => match request {
@@ -464,6 +481,9 @@ impl Reconciler {
                     self.on_deadline();
                 }
                 () = sleep_until(ping.unwrap_or_else(Instant::now)), if ping.is_some() => {}
+                () = sleep_until(lease_end.unwrap_or_else(Instant::now)), if lease_end.is_some() => {
+                    self.on_lease_end();
+                }
                 (generation, dumps) = wait_postmortem(&mut self.postmortem) => {
                     self.postmortem = None;
                     info!(generation, ranks = dumps.len(), "post-mortem stack dumps taken");
@@ -630,6 +650,62 @@ impl Reconciler {
             });
             self.begin_stop();
         }
+    }
+
+    /// When the lease of the running ranks runs out, if they are bound by
+    /// one and not already killed by it.
+    fn lease_bound(&self) -> Option<Instant> {
+        let current = self.current.as_ref()?;
+        if current.ranks.is_empty() || current.job.is_none() {
+            return None;
+        }
+        if self.lease_killed == Some(current.generation) {
+            return None;
+        }
+        self.lease_end
+    }
+
+    /// No supervisor has acknowledged this node for the lease: supd may
+    /// already be starting the job's next generation elsewhere, counting on
+    /// these ranks being dead by now. SIGKILL, no grace period: a graceful
+    /// stop would let them write a checkpoint into the directory the next
+    /// generation is about to own.
+    fn on_lease_end(&mut self) {
+        let Some(end) = self.lease_bound() else {
+            return;
+        };
+        if Instant::now() < end {
+            return;
+        }
+        let Some(current) = self.current.as_mut() else {
+            return;
+        };
+        error!(
+            job = current.name(),
+            generation = current.generation,
+            ranks = current.ranks.len(),
+            "no supervisor has acknowledged this node for its assignment lease; killing the ranks \
+             (SIGKILL: the job may be restarting elsewhere)"
+        );
+        let mut signalled = std::collections::HashSet::new();
+        for rank in current.ranks.values() {
+            if signalled.insert(rank.pid) {
+                if let Err(e) = signal_group(rank.pid, Signal::SIGKILL) {
+                    warn!(rank = rank.rank, pid = %rank.pid, "cannot send SIGKILL: {e}");
+                }
+            }
+        }
+        if let Some(job) = &current.job {
+            self.settings
+                .launcher_for(job)
+                .kill_rest(job, current.generation);
+        }
+        self.lease_killed = Some(current.generation);
+        self.stopping = Some(Stopping {
+            phase: Phase::Killing,
+            deadline: Instant::now() + KILL_WAIT,
+        });
+        self.publish_rank_set();
     }
 
     /// SIGTERM to every rank of the current generation, once.
@@ -947,6 +1023,7 @@ impl Reconciler {
         let generation = current.generation;
         let job = current.name().to_owned();
         let status = exit.describe();
+        let lease_expired = self.lease_killed == Some(generation);
         if rank.stopping {
             info!(%job, generation, rank = rank.rank, %status, "rank stopped");
         } else {
@@ -977,7 +1054,8 @@ impl Reconciler {
                 exit_code: exit.exit_code(),
                 signal: exit.signal(),
                 log_tail,
-                stopped_by_agent: rank.stopping,
+                stopped_by_agent: rank.stopping && !lease_expired,
+                lease_expired,
                 stack_dump: self
                     .stack_dumps
                     .as_mut()

@@ -7,6 +7,7 @@ mod catalog;
 pub mod goodput;
 mod gpu_idle;
 mod judgement;
+mod lease;
 mod placement;
 pub use placement::SparePool;
 mod remedies;
@@ -373,6 +374,8 @@ impl Engine {
             resume_from: None,
             goodput: crate::Goodput::submitted(now),
             slurm: None,
+            lease_wait: Vec::new(),
+            lease_wait_cause: String::new(),
         };
         self.jobs.insert(name.clone(), Job::restored(record));
         self.record_job_event(now, EventKind::JobSubmitted, None, Some(&name), summary);

@@ -26,12 +26,19 @@ impl Engine {
     /// Places the job and sends its new generation, or parks it as pending.
     /// `failure`: the reason for a restart; None for a first start.
     pub(crate) fn launch(&mut self, now: Millis, name: &str, failure: Option<String>) {
+        let Some(job) = self.jobs.get(name) else {
+            return;
+        };
+        let previous = job.record.nodes.clone();
+        if let Some(wait) = self.lease_wait(now, name, &previous) {
+            self.wait_for_leases(now, name, failure.as_deref(), wait);
+            return;
+        }
         let placement = self.place(name);
         let Some(job) = self.jobs.get(name) else {
             return;
         };
         let spec = job.record.spec.clone();
-        let previous = job.record.nodes.clone();
         let Some((nodes, preempted)) = placement else {
             let why = self.waiting_reason(name, failure.as_deref());
             let had_nodes = !previous.is_empty();
@@ -53,6 +60,19 @@ impl Engine {
             return;
         };
 
+        // A wait for leases that is over: what the restart event says.
+        let lease_over = self
+            .jobs
+            .get(name)
+            .filter(|j| !j.record.lease_wait.is_empty())
+            .map(|j| {
+                let over = self.lease_wait_over(&j.record.lease_wait);
+                match j.record.lease_wait_cause.as_str() {
+                    "" => over,
+                    cause => format!("{cause}; {over}"),
+                }
+            })
+            .unwrap_or_default();
         let generation = self.next_generation();
         let Some(job) = self.jobs.get_mut(name) else {
             return;
@@ -83,8 +103,11 @@ impl Engine {
         job.detect.node_phase.clear();
         job.detect.node_min_step.clear();
         job.detect.node_step.clear();
+        job.record.lease_wait.clear();
+        job.record.lease_wait_cause.clear();
         let mut why = match &failure {
             Some(f) => f.clone(),
+            None if !lease_over.is_empty() => lease_over,
             None if job.record.restarts == 0 && previous.is_empty() => "first start".to_owned(),
             None => "capacity available".to_owned(),
         };
@@ -261,6 +284,12 @@ impl Engine {
                 }
                 Some(_) => {}
             }
+        }
+        // Nodes whose lease the job just waited out went silent: back
+        // already, they are still the last choice, as they would have been
+        // had the job restarted at once, while they were unreachable.
+        if !job.record.lease_wait.is_empty() {
+            free.sort_by_key(|id| job.record.lease_wait.contains(id));
         }
         let pool = free.len() + lent.len();
         let reserved = self.reserve_kept_from(job, own.len(), spares).min(pool);

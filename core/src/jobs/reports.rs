@@ -158,10 +158,20 @@ impl Engine {
             .find(|l| !l.trim().is_empty())
             .map(|l| format!(": {}", l.trim()))
             .unwrap_or_default();
-        let what = format!(
-            "rank {} (node {node_id}, local rank {}) {how}{last_line}",
-            exit.rank, exit.local_rank
-        );
+        let what = if exit.lease_expired {
+            format!(
+                "rank {} (node {node_id}, local rank {}) killed by its agent: no supervisor \
+                 acknowledged the node for its assignment lease ({})",
+                exit.rank,
+                exit.local_rank,
+                crate::format_ms(self.config.assignment_lease_ms)
+            )
+        } else {
+            format!(
+                "rank {} (node {node_id}, local rank {}) {how}{last_line}",
+                exit.rank, exit.local_rank
+            )
+        };
         self.record_job_event(
             now,
             EventKind::RankExited,
@@ -188,7 +198,10 @@ impl Engine {
                 );
             }
         } else {
-            self.restart_job(now, &name, what, true);
+            // A lease that ran out is the control plane's failure (supd
+            // down or cut off longer than the lease), not the job's: it
+            // costs no restart from the job's budget.
+            self.restart_job(now, &name, what, !exit.lease_expired);
         }
         self.request_reconcile(now);
         ReportOutcome::Applied

@@ -5,12 +5,6 @@
 use super::support::*;
 use crate::*;
 
-fn spec(name: &str, nodes: u32, min: u32, extra: &str) -> String {
-    format!(
-        "name = \"{name}\"\ncommand = [\"python3\", \"train.py\"]\nnodes = {nodes}\nmin_nodes = {min}\ngpus_per_node = 2\ncheckpoint_dir = \"/ckpt/{name}\"\ncheckpoint_layout = \"marker:COMPLETE\"\n{extra}"
-    )
-}
-
 fn progress(e: &mut Engine, name: &str, node: &str, step: u64, now: Millis) -> bool {
     let generation = job(e, name).record.generation;
     e.on_progress(
@@ -677,24 +671,6 @@ fn the_recovery_time_is_a_field_of_the_job_running_event_and_said_in_its_reason(
 }
 
 /// What a store would hold after `actions`: enough of it to restore.
-fn stored(actions: &[Action], into: &mut Persisted) {
-    for a in actions {
-        match a {
-            Action::Persist(Change::PutNode(n)) => {
-                into.nodes.retain(|x| x.id != n.id);
-                into.nodes.push(n.clone());
-            }
-            Action::Persist(Change::PutJob(j)) => {
-                into.jobs.retain(|x| x.spec.name != j.spec.name);
-                into.jobs.push((**j).clone());
-            }
-            Action::Persist(Change::PutBreaker(b)) => into.breaker = Some(b.clone()),
-            Action::Persist(Change::PutLastGeneration(g)) => into.last_generation = Some(*g),
-            _ => {}
-        }
-    }
-}
-
 #[test]
 fn a_restart_continues_the_generation_counter_agents_fence_by() {
     let mut e = cluster(2);

@@ -5,6 +5,7 @@ mod detect;
 mod drills;
 mod health;
 mod jobs;
+mod lease;
 mod maintenance;
 mod nodes;
 mod scheduler;

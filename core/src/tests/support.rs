@@ -190,6 +190,7 @@ pub(super) fn rank_fails(
                 log_tail: "Traceback\nRuntimeError: boom\n".to_owned(),
                 stopped_by_agent: false,
                 stack_dump: String::new(),
+                lease_expired: false,
             }
         )
         .is_applied());
@@ -207,4 +208,31 @@ pub(super) fn submit(
     let spec: crate::jobspec::JobSpec =
         toml::from_str(text).map_err(|err| EngineError::InvalidJobSpec(err.to_string()))?;
     e.submit_job(now, spec, text, by)
+}
+
+/// A job spec: `nodes` wanted, at least `min`, 2 GPUs per node, marker
+/// checkpoints in /ckpt/NAME; `extra` TOML lines appended.
+pub(super) fn spec(name: &str, nodes: u32, min: u32, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\ncommand = [\"python3\", \"train.py\"]\nnodes = {nodes}\nmin_nodes = {min}\ngpus_per_node = 2\ncheckpoint_dir = \"/ckpt/{name}\"\ncheckpoint_layout = \"marker:COMPLETE\"\n{extra}"
+    )
+}
+
+/// Applies the persist actions to `into`, as a store would.
+pub(super) fn stored(actions: &[Action], into: &mut Persisted) {
+    for a in actions {
+        match a {
+            Action::Persist(Change::PutNode(n)) => {
+                into.nodes.retain(|x| x.id != n.id);
+                into.nodes.push(n.clone());
+            }
+            Action::Persist(Change::PutJob(j)) => {
+                into.jobs.retain(|x| x.spec.name != j.spec.name);
+                into.jobs.push((**j).clone());
+            }
+            Action::Persist(Change::PutBreaker(b)) => into.breaker = Some(b.clone()),
+            Action::Persist(Change::PutLastGeneration(g)) => into.last_generation = Some(*g),
+            _ => {}
+        }
+    }
 }

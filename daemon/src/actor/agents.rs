@@ -40,6 +40,8 @@ impl<S: Store> Actor<S> {
                     state: view::node_state(*state) as i32,
                     telemetry_interval_ms: u32::try_from(self.telemetry_interval.as_millis())
                         .unwrap_or(u32::MAX),
+                    assignment_lease_ms: u32::try_from(self.engine.config().assignment_lease_ms)
+                        .unwrap_or(u32::MAX),
                 })),
             };
             agent.session = session;

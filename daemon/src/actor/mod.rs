@@ -96,6 +96,12 @@ pub struct Actor<S: Store> {
     /// Tells the scheduler edge that node records changed (never awaited:
     /// a slow or down Slurm cannot hold the actor up).
     scheduler_wake: Arc<Notify>,
+    /// A write or an action was refused because this replica's term could
+    /// not be renewed: from then on nothing it decides is written or sent,
+    /// even if etcd answers again (its state has moved past the store's).
+    /// It stays up, so that agents' assignment leases are still renewed,
+    /// until it steps down (`standby::deposed`).
+    frozen: bool,
 }
 
 /// A registered agent's live stream: where to send, and when it was last
@@ -143,6 +149,7 @@ impl<S: Store> Actor<S> {
             publish_now: false,
             snapshot_waiters: Vec::new(),
             scheduler_wake: scheduler_wake.clone(),
+            frozen: false,
         };
         (
             actor,
@@ -184,8 +191,28 @@ impl<S: Store> Actor<S> {
                 self.engine.handle_timeout(now);
                 self.changed_since_snapshot = true;
             }
+            if self.frozen {
+                while self.engine.poll_action().is_some() {}
+                self.pending_changes.clear();
+                for d in deferred {
+                    d(None);
+                }
+                continue;
+            }
             let outgoing = match self.apply_actions() {
                 Ok(outgoing) => outgoing,
+                Err(StoreError::Deposed(why)) => {
+                    tracing::warn!(
+                        "not acting: {why}; nothing this replica decides is written or sent any \
+                         more (it steps down once etcd answers, or when store.lease_bridge is over)"
+                    );
+                    self.frozen = true;
+                    self.ready.store(false, Ordering::SeqCst);
+                    for d in deferred {
+                        d(None);
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot persist state; supd stops serving");
                     self.ready.store(false, Ordering::SeqCst);

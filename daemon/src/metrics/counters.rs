@@ -18,6 +18,9 @@ pub struct Counters {
     pub tls: std::sync::OnceLock<Handshakes>,
     /// Which replica this is, for the status (set once at start).
     pub supervisor: std::sync::OnceLock<sup_proto::v1::Supervisor>,
+    /// Why this leader does not act now (its term cannot be renewed), for
+    /// `/readyz`; None while it acts.
+    pub not_acting: Mutex<Option<String>>,
     /// Telemetry reports accepted.
     pub reports: AtomicU64,
     /// Reports of any kind ignored, by why.

@@ -299,6 +299,9 @@ pub struct Supd {
     pub plaintext: bool,
     /// Extra environment for supd (e.g. SLURM_CONF for the test's Slurm).
     pub env: Vec<(String, String)>,
+    /// The address gRPC listens on (HTTP stays on loopback): an address
+    /// of a veth the test made, for agents in network namespaces.
+    pub grpc_host: String,
     starts: usize,
 }
 
@@ -316,13 +319,14 @@ impl Supd {
             proc: None,
             plaintext: true,
             env: Vec::new(),
+            grpc_host: "127.0.0.1".to_owned(),
             starts: 0,
         })
     }
 
     pub fn url(&self) -> String {
         let scheme = if self.plaintext { "http" } else { "https" };
-        format!("{scheme}://127.0.0.1:{}", self.grpc_port)
+        format!("{scheme}://{}:{}", self.grpc_host, self.grpc_port)
     }
 
     pub fn start(&mut self) -> Result<()> {
@@ -365,7 +369,7 @@ impl Supd {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--grpc-addr")
-            .arg(format!("127.0.0.1:{}", self.grpc_port))
+            .arg(format!("{}:{}", self.grpc_host, self.grpc_port))
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", self.http_port))
             .arg("--log-format")

@@ -11,8 +11,9 @@
 //! - crash (SIGKILL of one rank): the rank's exit restarts the job;
 //! - vanish (ranks killed, agent silent): the node is lost, the job moves
 //!   to the spare; the node comes back afterwards;
-//! - partition (agent silent, ranks running): the node is lost, the job
-//!   moves; back, the agent stops the stale ranks;
+//! - partition (agent silent, ranks running): the node is lost; its agent
+//!   kills the ranks when its assignment lease runs out, and only then
+//!   does the job move;
 //! - torn-checkpoint: the restart resumes from the checkpoint before the
 //!   torn one;
 //! - and an agent without --allow-drills refuses a drill.
@@ -387,7 +388,7 @@ fn drill_vanish_loses_the_node_and_the_job_moves_to_the_spare() -> Result<()> {
 }
 
 #[test]
-fn drill_partition_moves_the_job_and_the_stale_ranks_are_stopped_on_return() -> Result<()> {
+fn drill_partition_ends_in_the_lease_before_the_job_moves() -> Result<()> {
     let _serial = serial();
     let c = Cluster::start("", &["--allow-drills"])?;
     c.submit(100_000, 10, "")?;
@@ -408,25 +409,20 @@ fn drill_partition_moves_the_job_and_the_stale_ranks_are_stopped_on_return() -> 
     let restarted = events_of(&c.url, "job_restarted", Some("llm"))?;
     let why = restarted.first().map(reason).unwrap_or_default();
     assert!(why.contains(&format!("node {victim} lost")), "{why}");
-    // Cut off, the node's ranks of the old generation still run: nothing
-    // told them to stop.
+    // Cut off, nothing could tell the node's ranks of the old generation to
+    // stop; its agent killed them when its assignment lease ran out, and
+    // supd started the job elsewhere only after that.
     assert!(
-        !c.ranks(&[("SUP_NODE_ID", &victim), ("SUP_GENERATION", &generation)])
+        c.ranks(&[("SUP_NODE_ID", &victim), ("SUP_GENERATION", &generation)])
             .is_empty(),
-        "the partitioned node's ranks died with the partition"
+        "the partitioned node's old ranks outlived its lease"
     );
-    // Back, it learns the newer generation and stops them.
-    wait_for(
-        "the stale ranks stopped once the node is back",
-        JOB_TIMEOUT,
-        || {
-            Ok(
-                c.ranks(&[("SUP_NODE_ID", &victim), ("SUP_GENERATION", &generation)])
-                    .is_empty()
-                    .then_some(()),
-            )
-        },
-    )?;
+    assert!(
+        c.agent_log(&victim)
+            .contains("no supervisor has acknowledged this node for its assignment lease"),
+        "{}",
+        c.agent_log(&victim)
+    );
     check_report(
         &c,
         &victim,

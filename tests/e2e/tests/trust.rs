@@ -59,6 +59,7 @@ impl ForgedAgent {
             .send(v1::AgentMessage {
                 seq: self.seq,
                 body: Some(body),
+                ..Default::default()
             })
             .await
             .map_err(|_| anyhow!("the stream to supd is closed"))

@@ -84,6 +84,20 @@ impl Leadership {
         !self.clock.lost.load(Ordering::SeqCst) && Instant::now() < self.valid_until()
     }
 
+    /// Whether this replica may still renew agents' assignment leases,
+    /// `bridge` after its term can no longer be renewed: not once etcd has
+    /// said the term is gone (another replica may lead already, counting on
+    /// this one's silence), and not past the bridge, which a new leader
+    /// waits out before replacing a node it has not heard from.
+    pub fn may_renew_assignments(&self, bridge: Duration) -> bool {
+        !self.clock.lost.load(Ordering::SeqCst) && Instant::now() < self.valid_until() + bridge
+    }
+
+    /// Whether etcd has said the term is gone (not merely unrenewed).
+    pub fn is_lost(&self) -> bool {
+        self.clock.lost.load(Ordering::SeqCst)
+    }
+
     fn valid_until(&self) -> Instant {
         *self
             .clock
