@@ -84,6 +84,10 @@ fn the_demos_drill_cordons_the_board_swaps_in_the_spare_and_resumes_and_ctrl_c_c
     // to bash alone during the drill's supctl call was ignored).
     cmd.process_group(0);
     let mut demo = Proc::spawn("demo", cmd, work.path())?;
+    let _group = KillGroup(
+        demo.pid().ok_or_else(|| anyhow!("no pid"))?,
+        work.path().to_owned(),
+    );
     let url = format!("http://127.0.0.1:{grpc}");
 
     // The demo waits up to 20 s for supd and 30 s for the agents (polling
@@ -238,4 +242,19 @@ fn the_demos_drill_cordons_the_board_swaps_in_the_spare_and_resumes_and_ctrl_c_c
     let left = processes_with_env(&marker);
     assert!(left.is_empty(), "processes of the demo left: {left:?}");
     Ok(())
+}
+
+/// SIGKILLs the demo's process group, then the ranks under its work dir
+/// (they run in process groups of their own), when the test ends, however
+/// it ends: a failed test must not leave supd, its agents and their ranks
+/// behind (the demo cleans up only on its own Ctrl-C). Harmless once it has.
+struct KillGroup(u32, std::path::PathBuf);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0)])
+            .status();
+        kill_ranks_under(&self.1);
+    }
 }
