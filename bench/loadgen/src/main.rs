@@ -845,6 +845,10 @@ async fn session(
             ..Default::default()
         }
     };
+    // As the real agent: ask for assignment lease renewals with about four
+    // reports per lease, so supd's acknowledgements are part of the load.
+    let mut lease = sup_agent::lease::Lease::new();
+    let register_sent = tokio::time::Instant::now();
     tx.send(msg(Body::Register(v1::Register {
         validates: false,
         slurm_node_name: String::new(),
@@ -877,7 +881,9 @@ async fn session(
                     continue;
                 }
                 tick += 1;
-                tx.send(msg(Body::Telemetry(telemetry(gpus, tick)))).await?;
+                let mut report = msg(Body::Telemetry(telemetry(gpus, tick)));
+                report.renew_lease = lease.ask(report.seq, tokio::time::Instant::now());
+                tx.send(report).await?;
                 last_report_ms = unix_ms();
                 shared.sent_reports.fetch_add(1, Ordering::Relaxed);
                 // Node rank 0 reports training progress, so a lost node is
@@ -895,7 +901,8 @@ async fn session(
             m = inbound.message() => {
                 let Some(m) = m? else { bail!("supd ended the stream") };
                 match m.body {
-                    Some(SupBody::Registered(_)) => {
+                    Some(SupBody::Registered(r)) => {
+                        lease.registered(r.assignment_lease_ms, register_sent);
                         backoff.reset();
                         let fault = {
                             let mut view = lock(&shared.views[idx]);
@@ -910,6 +917,7 @@ async fn session(
                             tx.send(msg(Body::Health(report))).await?;
                         }
                     }
+                    Some(SupBody::Ack(ack)) => lease.acknowledged(ack.seq),
                     Some(SupBody::Assignment(a)) => {
                         let at = Instant::now();
                         let rank = a.job.as_ref().map_or(0, |j| j.node_rank);
