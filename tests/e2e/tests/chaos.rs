@@ -22,6 +22,10 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// `nodes_extra`: more keys for the [nodes] table.
 fn config(nodes_extra: &str) -> Result<String> {
+    config_with(nodes_extra, "")
+}
+
+fn config_with(nodes_extra: &str, jobs_extra: &str) -> Result<String> {
     Ok(format!(
         r#"[nodes]
 unreachable_after = "3s"
@@ -32,6 +36,7 @@ master_port = {}
 stop_grace = "2s"
 lost_node_grace = "20s"
 stall_confirm = "6s"
+{jobs_extra}
 "#,
         free_port()?
     ))
@@ -380,9 +385,16 @@ fn an_agent_cut_off_shorter_than_the_grace_changes_nothing() -> Result<()> {
 fn supd_cut_off_from_most_agents_holds_everything_and_alerts() -> Result<()> {
     let _serial = serial();
     let work = tempfile::tempdir()?;
+    // The cut (30 s) outlasts the default assignment lease (15 s), after
+    // which the cut-off agents would kill their ranks whatever supd holds
+    // (they cannot tell a partition of supd from their own); this test is
+    // about the guard, so the lease is longer than the cut.
     let mut supd = Supd::new(
         work.path(),
-        &config("partition_window = \"10s\"\npartition_share = 0.5\npartition_min_nodes = 3")?,
+        &config_with(
+            "partition_window = \"10s\"\npartition_share = 0.5\npartition_min_nodes = 3",
+            "assignment_lease = \"60s\"",
+        )?,
     )?;
     supd.start()?;
     let url = supd.url();
