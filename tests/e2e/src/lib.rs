@@ -352,6 +352,21 @@ impl Supd {
         })
     }
 
+    /// Starts a replica that may win the election or stand by, whichever
+    /// happens first (a replica restarted while another campaigns).
+    pub fn start_replica(&mut self) -> Result<()> {
+        self.spawn()?;
+        let port = self.http_port;
+        wait_for("supd leading or standing by", STARTUP_TIMEOUT, || {
+            self.still_running()?;
+            Ok(match http_get(port, "/readyz") {
+                Ok((200, _)) => Some(()),
+                Ok((503, body)) if body.contains("standby") => Some(()),
+                _ => None,
+            })
+        })
+    }
+
     fn still_running(&mut self) -> Result<()> {
         if let Some(p) = self.proc.as_mut() {
             if let Some(status) = p.exited()? {

@@ -427,8 +427,8 @@ fn losing_etcd_quorum_stops_supd_acting_without_touching_the_job_until_quorum_re
         },
     )?;
     if a_exited {
-        // Restarted as systemd would.
-        a.start_standby()?;
+        // Restarted as systemd would: it may win the election itself.
+        a.start_replica()?;
     }
     let serving = wait_for("a replica leading again", Duration::from_secs(90), || {
         for replica in [&a, &b] {
