@@ -435,6 +435,26 @@ async fn wait_postmortem(
     }
 }
 
+/// SIGKILL to every rank's process group of `current` (a Slurm step's
+/// ranks share one srun: each process once), and to what the launcher of
+/// its job reaches beyond them.
+fn kill_generation(settings: &Settings, current: &Generation) {
+    let mut signalled = std::collections::HashSet::new();
+    for rank in current.ranks.values() {
+        if !signalled.insert(rank.pid) {
+            continue;
+        }
+        if let Err(e) = signal_group(rank.pid, Signal::SIGKILL) {
+            warn!(rank = rank.rank, pid = %rank.pid, "cannot send SIGKILL: {e}");
+        }
+    }
+    if let Some(job) = &current.job {
+        settings
+            .launcher_for(job)
+            .kill_rest(job, current.generation);
+    }
+}
+
 fn desired_key(desired: &DesiredAssignment) -> (u64, &str) {
     (
         desired.generation,
@@ -687,19 +707,7 @@ impl Reconciler {
             "no supervisor has acknowledged this node for its assignment lease; killing the ranks \
              (SIGKILL: the job may be restarting elsewhere)"
         );
-        let mut signalled = std::collections::HashSet::new();
-        for rank in current.ranks.values() {
-            if signalled.insert(rank.pid) {
-                if let Err(e) = signal_group(rank.pid, Signal::SIGKILL) {
-                    warn!(rank = rank.rank, pid = %rank.pid, "cannot send SIGKILL: {e}");
-                }
-            }
-        }
-        if let Some(job) = &current.job {
-            self.settings
-                .launcher_for(job)
-                .kill_rest(job, current.generation);
-        }
+        kill_generation(&self.settings, current);
         self.lease_killed = Some(current.generation);
         self.stopping = Some(Stopping {
             phase: Phase::Killing,
@@ -764,20 +772,7 @@ impl Reconciler {
                     ranks = ?current.ranks.values().map(|r| r.rank).collect::<Vec<_>>(),
                     "ranks did not stop within the grace period; sending SIGKILL"
                 );
-                let mut signalled = std::collections::HashSet::new();
-                for rank in current.ranks.values() {
-                    if !signalled.insert(rank.pid) {
-                        continue;
-                    }
-                    if let Err(e) = signal_group(rank.pid, Signal::SIGKILL) {
-                        warn!(rank = rank.rank, pid = %rank.pid, "cannot send SIGKILL: {e}");
-                    }
-                }
-                if let Some(job) = &current.job {
-                    self.settings
-                        .launcher_for(job)
-                        .kill_rest(job, current.generation);
-                }
+                kill_generation(&self.settings, current);
                 *stopping = Stopping {
                     phase: Phase::Killing,
                     deadline: Instant::now() + KILL_WAIT,

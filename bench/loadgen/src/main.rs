@@ -368,8 +368,10 @@ impl Drop for Supd {
     }
 }
 
-fn start_supd(args: &Args) -> anyhow::Result<Supd> {
-    let (dir, tmp) = match &args.keep_dir {
+/// The run's directory: `--keep-dir`, or a temporary one removed with the
+/// returned guard.
+pub(crate) fn work_dir(args: &Args) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    Ok(match &args.keep_dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
             (d.clone(), None)
@@ -378,7 +380,11 @@ fn start_supd(args: &Args) -> anyhow::Result<Supd> {
             let t = tempfile::tempdir()?;
             (t.path().to_owned(), Some(t))
         }
-    };
+    })
+}
+
+fn start_supd(args: &Args) -> anyhow::Result<Supd> {
+    let (dir, tmp) = work_dir(args)?;
     let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let config = supd_config(args, &dir.join("data"), grpc, http);

@@ -212,16 +212,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start(args: &Args) -> anyhow::Result<Cluster> {
-        let (dir, tmp) = match &args.keep_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d)?;
-                (d.clone(), None)
-            }
-            None => {
-                let t = tempfile::tempdir()?;
-                (t.path().to_owned(), Some(t))
-            }
-        };
+        let (dir, tmp) = crate::work_dir(args)?;
         let mut cluster = Cluster {
             replicas: Vec::new(),
             etcd: Vec::new(),
