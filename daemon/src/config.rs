@@ -36,8 +36,12 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub backend: StoreBackend,
-    /// etcd's client URLs (`http://HOST:PORT`), for `backend = "etcd"`.
+    /// etcd's client URLs (`http://HOST:PORT`, or `https://` with
+    /// `[store.etcd_tls]`), for `backend = "etcd"`.
     pub etcd_endpoints: Vec<String>,
+    /// Mutual TLS to etcd (`https://` endpoints): the CA that signed the
+    /// members' certificates, and supd's client certificate and key.
+    pub etcd_tls: Option<EtcdTls>,
     /// Every key supd writes lies under this prefix, so several clusters
     /// can share one etcd. Must end with `/`.
     pub etcd_prefix: String,
@@ -59,6 +63,35 @@ pub struct StoreConfig {
     pub lease_bridge: Duration,
 }
 
+/// `[store.etcd_tls]`: how supd proves itself to etcd and checks etcd's
+/// members (etcd's `--client-cert-auth`, `--trusted-ca-file`). Read when the
+/// store is opened: a renewed certificate takes a restart of supd.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// The CA that signed the etcd members' server certificates.
+    pub ca: PathBuf,
+    /// supd's client certificate (extended key usage: client auth), signed
+    /// by a CA etcd's `--trusted-ca-file` names.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The name the members' certificates are checked against; default:
+    /// each endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl EtcdTls {
+    pub fn files(&self) -> sup_proto::transport::ClientTlsFiles {
+        sup_proto::transport::ClientTlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            server_name: self.server_name.clone(),
+        }
+    }
+}
+
 pub const DEFAULT_ETCD_PREFIX: &str = "/sup/";
 /// Short enough for failover within ~5 s; long enough that a busy leader
 /// (a keep-alive every third of it) does not lose it to one slow renewal.
@@ -69,6 +102,7 @@ impl Default for StoreConfig {
         StoreConfig {
             backend: StoreBackend::Sled,
             etcd_endpoints: Vec::new(),
+            etcd_tls: None,
             etcd_prefix: DEFAULT_ETCD_PREFIX.to_owned(),
             replica_id: String::new(),
             leader_lease: DEFAULT_LEADER_LEASE,
@@ -745,9 +779,12 @@ impl StoreConfig {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         match self.backend {
             StoreBackend::Sled => {
-                if !self.etcd_endpoints.is_empty() || self.etcd_prefix != DEFAULT_ETCD_PREFIX {
+                if !self.etcd_endpoints.is_empty()
+                    || self.etcd_prefix != DEFAULT_ETCD_PREFIX
+                    || self.etcd_tls.is_some()
+                {
                     return invalid(
-                        "store.etcd_endpoints and store.etcd_prefix are set but store.backend is \"sled\": \
+                        "store.etcd_endpoints, store.etcd_prefix or [store.etcd_tls] are set but store.backend is \"sled\": \
                          set store.backend = \"etcd\" (or --store-backend etcd), or remove them"
                             .to_owned(),
                     );
@@ -770,6 +807,7 @@ impl StoreConfig {
                         return invalid(format!("store.etcd_endpoints lists '{url}' twice"));
                     }
                 }
+                self.check_etcd_tls()?;
                 if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.leader_lease)
                     || self.leader_lease.subsec_nanos() != 0
                 {
@@ -810,21 +848,52 @@ impl StoreConfig {
     }
 }
 
-/// Why `url` is not an etcd client URL supd can use (`http://HOST:PORT`).
+impl StoreConfig {
+    /// The endpoints' scheme and `[store.etcd_tls]` agree: all `https://`
+    /// with it, all `http://` without (never a silent plaintext fallback).
+    fn check_etcd_tls(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let (secure, plain): (Vec<&String>, Vec<&String>) = self
+            .etcd_endpoints
+            .iter()
+            .partition(|url| url.starts_with("https://"));
+        match (secure.first(), plain.first(), &self.etcd_tls) {
+            (Some(s), Some(p), _) => invalid(format!(
+                "store.etcd_endpoints mix https:// ('{s}') and http:// ('{p}'): \
+                 the members of one etcd cluster serve clients one way"
+            )),
+            (Some(s), None, None) => invalid(format!(
+                "store.etcd_endpoints: '{s}' is https:// but [store.etcd_tls] is not set: \
+                 give ca (the CA of etcd's server certificates), cert and key (supd's client certificate)"
+            )),
+            (None, Some(p), Some(_)) => invalid(format!(
+                "[store.etcd_tls] is set but store.etcd_endpoints are http:// ('{p}'): \
+                 use https:// URLs, or remove [store.etcd_tls]"
+            )),
+            _ => match &self.etcd_tls {
+                Some(EtcdTls {
+                    server_name: Some(name),
+                    ..
+                }) if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+                    invalid(format!(
+                        "store.etcd_tls.server_name must be a host name (got {name:?})"
+                    ))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+/// Why `url` is not an etcd client URL supd can use (`http://HOST:PORT` or
+/// `https://HOST:PORT`).
 fn check_etcd_endpoint(url: &str) -> Result<(), String> {
     let uri: axum::http::Uri = url
         .parse()
         .map_err(|e| format!("is not a URL ({e}); expected http://HOST:PORT"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(
-                "uses TLS, which supd's etcd client does not support yet: use http:// on a \
-                 network only supd and etcd share"
-                    .to_owned(),
-            )
-        }
-        _ => return Err("is not an http:// URL; expected http://HOST:PORT".to_owned()),
+        Some("http" | "https") => {}
+        _ => return Err("is not an http:// or https:// URL; expected http://HOST:PORT".to_owned()),
     }
     let authority = uri
         .authority()
@@ -1185,7 +1254,23 @@ mod tests {
             ),
             (
                 "backend = \"etcd\"\netcd_endpoints = [\"https://10.0.0.1:2379\"]\n",
-                "'https://10.0.0.1:2379' uses TLS",
+                "'https://10.0.0.1:2379' is https:// but [store.etcd_tls] is not set",
+            ),
+            (
+                "backend = \"etcd\"\netcd_endpoints = [\"https://a:1\", \"http://b:1\"]\n[store.etcd_tls]\nca = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n",
+                "mix https:// ('https://a:1') and http:// ('http://b:1')",
+            ),
+            (
+                "backend = \"etcd\"\netcd_endpoints = [\"http://a:1\"]\n[store.etcd_tls]\nca = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n",
+                "[store.etcd_tls] is set but store.etcd_endpoints are http:// ('http://a:1')",
+            ),
+            (
+                "backend = \"etcd\"\netcd_endpoints = [\"https://a:1\"]\n[store.etcd_tls]\nca = \"/ca.pem\"\ncert = \"/c.pem\"\n",
+                "missing field `key`",
+            ),
+            (
+                "backend = \"etcd\"\netcd_endpoints = [\"https://a:1\"]\n[store.etcd_tls]\nca = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nserver_name = \"\"\n",
+                "store.etcd_tls.server_name must be a host name",
             ),
             (
                 "backend = \"etcd\"\netcd_endpoints = [\"http://10.0.0.1\"]\n",

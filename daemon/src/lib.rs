@@ -168,7 +168,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             match standby::until_leader(&config, shutdown.as_mut()).await? {
                 standby::Outcome::Leader(leader) => {
                     leadership = leader.leadership().cloned();
-                    Ok(Box::new(leader) as Box<dyn Store>)
+                    Ok(leader as Box<dyn Store>)
                 }
                 standby::Outcome::Refused(e) => Err(e),
                 standby::Outcome::Stopped => return Ok(()),

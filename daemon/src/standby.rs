@@ -78,7 +78,7 @@ fn standing_by(me: &Candidate, standing: Standing<'_>) -> String {
 /// How standing by ended.
 pub enum Outcome {
     /// This replica leads: the store, fenced by its term.
-    Leader(EtcdStore),
+    Leader(Box<EtcdStore>),
     /// The store is unusable (corrupt, another schema): not a wait.
     Refused(StoreError),
     /// `shutdown` came first.
@@ -174,7 +174,7 @@ pub async fn until_leader<F: Future<Output = ()>>(
     };
     let outcome = match finished {
         Some(done) => match done.context("the leader campaign crashed")? {
-            Ok(Some(store)) => Outcome::Leader(store),
+            Ok(Some(store)) => Outcome::Leader(Box::new(store)),
             Ok(None) => Outcome::Stopped,
             Err(e) => Outcome::Refused(e),
         },

@@ -67,6 +67,10 @@ pub enum StoreError {
     EtcdCorrupt { location: String, detail: String },
     #[error("the state store in {location} has schema version {found}, this supd understands {SCHEMA_VERSION}")]
     EtcdSchema { location: String, found: String },
+    /// The store's settings cannot work (a TLS file that cannot be read):
+    /// retrying changes nothing.
+    #[error("cannot open the state store in {location}: {detail}")]
+    Settings { location: String, detail: String },
     /// This replica no longer leads: it must not write or act again.
     #[error("this supd replica was deposed ({0}); stepping down")]
     Deposed(String),
@@ -128,7 +132,10 @@ pub fn open_etcd(config: &Config) -> Result<EtcdStore, StoreError> {
     EtcdStore::open(
         &config.store.etcd_endpoints,
         &config.store.etcd_prefix,
-        EtcdOptions::default(),
+        EtcdOptions {
+            tls: config.store.etcd_tls.as_ref().map(|tls| tls.files()),
+            ..EtcdOptions::default()
+        },
     )
 }
 

@@ -68,25 +68,26 @@ pub fn endpoint(url: &str, tls: Option<&ClientTlsFiles>) -> Result<Endpoint, Tra
         (false, None) => Ok(endpoint),
         (false, Some(_)) => Err(TransportError::PlaintextWithTls(url.to_owned())),
         (true, None) => Err(TransportError::TlsFilesMissing(url.to_owned())),
-        (true, Some(files)) => {
-            let mut config = client_tls_config(files)?;
-            if let Some(name) = &files.server_name {
-                config = config.domain_name(name.clone());
-            }
-            endpoint
-                .tls_config(config)
-                .map_err(|e| bad(format!("TLS setup failed: {e}")))
-        }
+        (true, Some(files)) => endpoint
+            .tls_config(client_tls_config(files)?)
+            .map_err(|e| bad(format!("TLS setup failed: {e}"))),
     }
 }
 
-fn client_tls_config(files: &ClientTlsFiles) -> Result<ClientTlsConfig, TransportError> {
+/// Mutual TLS from the files: trust only `ca`, present `cert`, verify the
+/// server as `server_name` when set (else the URL's host). Reads the files
+/// now, so that a wrong path is reported as such. Also supd's etcd client.
+pub fn client_tls_config(files: &ClientTlsFiles) -> Result<ClientTlsConfig, TransportError> {
     let ca = read_pem(&files.ca, "CA certificate", "CERTIFICATE")?;
     let cert = read_pem(&files.cert, "client certificate", "CERTIFICATE")?;
     let key = read_pem(&files.key, "client key", "PRIVATE KEY")?;
-    Ok(ClientTlsConfig::new()
+    let mut config = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, key)))
+        .identity(Identity::from_pem(cert, key));
+    if let Some(name) = &files.server_name {
+        config = config.domain_name(name.clone());
+    }
+    Ok(config)
 }
 
 /// Reads a PEM file and checks that it holds at least one block of the

@@ -81,6 +81,7 @@ use sup_proto::etcd::etcdserverpb::compare::{CompareResult, CompareTarget, Targe
 use sup_proto::etcd::etcdserverpb::{
     request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
+use sup_proto::transport::ClientTlsFiles;
 
 use super::{Store, StoreError, SCHEMA_VERSION};
 
@@ -115,9 +116,11 @@ const JOBS: &str = "jobs/";
 const EVENTS: &str = "events/";
 const REQUESTS: &str = "requests/";
 
-/// Timeouts of the etcd store.
+/// How the etcd store reaches etcd: transport security and timeouts.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
+    /// Mutual TLS (`https://` endpoints); `None` for `http://`.
+    pub tls: Option<ClientTlsFiles>,
     /// The first attempt of a write gets this long, each retry twice as
     /// long as the one before, up to `request_timeout`. Short, because a
     /// write that went to a leader that just died is never answered: the
@@ -140,6 +143,7 @@ pub struct EtcdOptions {
 impl Default for EtcdOptions {
     fn default() -> Self {
         EtcdOptions {
+            tls: None,
             first_attempt_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(8),
             connect_timeout: Duration::from_secs(2),
@@ -477,18 +481,33 @@ impl EtcdStore {
             location: location.clone(),
             detail,
         };
+        // Read (and checked) here: a missing file is a settings error,
+        // not an etcd that might answer if asked again.
+        let tls = options
+            .tls
+            .as_ref()
+            .map(sup_proto::transport::client_tls_config)
+            .transpose()
+            .map_err(|e| StoreError::Settings {
+                location: location.clone(),
+                detail: format!("store.etcd_tls: {e}"),
+            })?;
         let bridge = Bridge::start()
             .map_err(|e| unreachable(format!("cannot start the etcd client thread: {e}")))?;
         let connect = client::ConnectOptions {
             connect_timeout: options.connect_timeout,
             request_timeout: options.request_timeout,
+            tls,
         };
         let eps = endpoints.to_vec();
         // On the client's thread: the channels' tasks live on its runtime.
         let client = bridge
             .run(async move { Client::new(&eps, connect) })
             .ok_or_else(|| unreachable("the etcd client thread ended".to_owned()))?
-            .map_err(unreachable)?;
+            .map_err(|detail| StoreError::Settings {
+                location: location.clone(),
+                detail,
+            })?;
         let store = EtcdStore {
             prefix: prefix.to_owned(),
             location,
@@ -1065,6 +1084,7 @@ mod tests {
     mod on_a_real_etcd {
         use super::*;
         use crate::store::contract::{self, record, Raw};
+        use std::path::Path;
         use sup_e2e::etcd::EtcdCluster;
 
         const PREFIX: &str = "/sup-test/";
@@ -1153,6 +1173,90 @@ mod tests {
                 b.cluster.get("/sup-test/meta/schema_version").expect("get"),
                 Some("1".to_owned())
             );
+        }
+
+        /// etcd with `--client-cert-auth`: the store works over mutual TLS
+        /// (and the election with it, on the same channels); every way of
+        /// getting the certificates wrong fails, naming why.
+        #[test]
+        fn over_mutual_tls_the_store_works_and_wrong_certificates_are_refused() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let cluster = EtcdCluster::start_tls(dir.path(), 1)
+                .expect("starting etcd (apt-get install etcd-server etcd-client)");
+            let pki = cluster.tls.clone().expect("a TLS cluster");
+            let endpoints = cluster.endpoints();
+            assert!(endpoints[0].starts_with("https://"), "{endpoints:?}");
+            let files = |ca: &Path, cert: &Path, key: &Path| ClientTlsFiles {
+                ca: ca.to_owned(),
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+                server_name: None,
+            };
+            let open = |tls: Option<ClientTlsFiles>| {
+                EtcdStore::open(
+                    &endpoints,
+                    PREFIX,
+                    EtcdOptions {
+                        tls,
+                        open_deadline: Duration::from_secs(2),
+                        ..EtcdOptions::default()
+                    },
+                )
+            };
+
+            let mut store = open(Some(files(&pki.ca, &pki.client_cert, &pki.client_key)))
+                .expect("open over TLS");
+            store
+                .commit(&[Change::PutNode(record("n1"))])
+                .expect("commit over TLS");
+            assert_eq!(store.load().expect("load").nodes.len(), 1);
+            assert!(cluster
+                .keys(PREFIX)
+                .expect("keys")
+                .contains(&"/sup-test/nodes/n1".to_owned()));
+
+            // etcd's certificate is checked against the CA given.
+            let err = open(Some(files(
+                &pki.other_ca,
+                &pki.client_cert,
+                &pki.client_key,
+            )))
+            .expect_err("etcd's certificate is not from that CA");
+            assert!(matches!(err, StoreError::Unreachable { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(&endpoints[0]), "{msg}");
+            assert!(msg.to_lowercase().contains("certificate"), "{msg}");
+
+            // etcd refuses a client certificate from a CA it does not trust.
+            let err = open(Some(files(
+                &pki.ca,
+                &pki.other_client_cert,
+                &pki.other_client_key,
+            )))
+            .expect_err("etcd does not trust that client");
+            assert!(matches!(err, StoreError::Unreachable { .. }), "{err}");
+            assert!(err.to_string().contains(&endpoints[0]), "{err}");
+
+            // A file that is not there: at once, named, not retried.
+            let missing = dir.path().join("nope.pem");
+            let started = Instant::now();
+            let err = open(Some(files(&pki.ca, &missing, &pki.client_key)))
+                .expect_err("no such certificate file");
+            assert!(matches!(err, StoreError::Settings { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("store.etcd_tls") && msg.contains(&missing.display().to_string()),
+                "{msg}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+
+            // No TLS files for an https:// endpoint: refused, never plaintext.
+            let err = open(None).expect_err("https:// without TLS files");
+            assert!(err.to_string().contains("no TLS files"), "{err}");
         }
 
         #[test]

@@ -5,6 +5,11 @@
 //! are asked with `etcdctl` (Debian's `etcd-client`). Every member process
 //! is killed when the cluster is dropped (also when the test fails); a
 //! member can be killed (SIGKILL) and restarted on its data dir meanwhile.
+//!
+//! [`EtcdCluster::start_tls`] starts members that serve clients over TLS
+//! only and require a client certificate (`--client-cert-auth`), with a CA
+//! and certificates made for the test ([`EtcdTls`]); peers and metrics stay
+//! plaintext on loopback.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +27,7 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    metrics_port: u16,
     data_dir: PathBuf,
     proc: Option<Proc>,
     starts: usize,
@@ -32,12 +38,99 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     token: String,
+    /// Set for a cluster that serves clients over mutual TLS.
+    pub tls: Option<EtcdTls>,
+}
+
+/// The PEM files of a TLS etcd made by [`EtcdCluster::start_tls`]: the CA,
+/// the members' server certificate (for 127.0.0.1) and a client
+/// certificate etcd accepts; and a second CA with a client certificate of
+/// its own, which etcd does not trust.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+    pub other_client_cert: PathBuf,
+    pub other_client_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// Makes the certificates in `dir`.
+    pub fn create(dir: &Path) -> Result<EtcdTls> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair,
+        };
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let write = |name: &str, pem: String| -> Result<PathBuf> {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+            Ok(path)
+        };
+        let ca = |name: &str| -> Result<(String, Issuer<'static, KeyPair>)> {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::new(Vec::<String>::new())?;
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let cert = params.self_signed(&key)?;
+            Ok((cert.pem(), Issuer::new(params, key)))
+        };
+        let leaf = |issuer: &Issuer<'static, KeyPair>,
+                    names: &[&str],
+                    usage: ExtendedKeyUsagePurpose|
+         -> Result<(String, String)> {
+            let key = KeyPair::generate()?;
+            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            let mut params = CertificateParams::new(names)?;
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "sup-e2e");
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, issuer)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (ca_pem, issuer) = ca("etcd test CA")?;
+        let (server_pem, server_key) = leaf(
+            &issuer,
+            &["127.0.0.1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        let (client_pem, client_key) = leaf(&issuer, &[], ExtendedKeyUsagePurpose::ClientAuth)?;
+        let (other_pem, other_issuer) = ca("another CA")?;
+        let (other_client_pem, other_client_key) =
+            leaf(&other_issuer, &[], ExtendedKeyUsagePurpose::ClientAuth)?;
+        Ok(EtcdTls {
+            ca: write("ca.pem", ca_pem)?,
+            server_cert: write("server.pem", server_pem)?,
+            server_key: write("server-key.pem", server_key)?,
+            client_cert: write("client.pem", client_pem)?,
+            client_key: write("client-key.pem", client_key)?,
+            other_ca: write("other-ca.pem", other_pem)?,
+            other_client_cert: write("other-client.pem", other_client_pem)?,
+            other_client_key: write("other-client-key.pem", other_client_key)?,
+        })
+    }
 }
 
 impl EtcdCluster {
     /// Starts `size` members under `work/etcd` and returns once the cluster
     /// has a leader and every member answers.
     pub fn start(work: &Path, size: usize) -> Result<EtcdCluster> {
+        Self::start_with(work, size, None)
+    }
+
+    /// Like [`EtcdCluster::start`], with clients served over TLS only, a
+    /// client certificate required, the certificates made in `work/etcd/pki`.
+    pub fn start_tls(work: &Path, size: usize) -> Result<EtcdCluster> {
+        let tls = EtcdTls::create(&work.join("etcd").join("pki"))?;
+        Self::start_with(work, size, Some(tls))
+    }
+
+    fn start_with(work: &Path, size: usize, tls: Option<EtcdTls>) -> Result<EtcdCluster> {
         if size == 0 {
             bail!("an etcd cluster needs at least one member");
         }
@@ -51,6 +144,7 @@ impl EtcdCluster {
                 name,
                 client_port: free_port()?,
                 peer_port: free_port()?,
+                metrics_port: free_port()?,
                 proc: None,
                 starts: 0,
             });
@@ -68,6 +162,7 @@ impl EtcdCluster {
             members,
             initial_cluster,
             token: format!("sup-test-{}-{nanos}", std::process::id()),
+            tls,
         };
         for i in 0..size {
             cluster.spawn(i)?;
@@ -87,7 +182,8 @@ impl EtcdCluster {
             .get_mut(i)
             .ok_or_else(|| anyhow!("no etcd member {i}"))?;
         m.starts += 1;
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = client_url(self.tls.is_some(), m.client_port);
+        let metrics = format!("http://127.0.0.1:{}", m.metrics_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         // A restart finds its data dir and ignores the initial-cluster flags.
         let state = if m.data_dir.exists() {
@@ -108,7 +204,17 @@ impl EtcdCluster {
             .args(["--initial-cluster-state", state])
             .args(["--initial-cluster-token", &token])
             .args(["--heartbeat-interval", "100", "--election-timeout", "500"])
+            .args(["--listen-metrics-urls", &metrics])
             .args(["--logger", "zap", "--log-level", "warn"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key);
+        }
         let proc = Proc::spawn(&format!("etcd-{}-{}", m.name, m.starts), cmd, &dir)
             .context("starting etcd (apt-get install etcd-server)")?;
         m.proc = Some(proc);
@@ -119,7 +225,7 @@ impl EtcdCluster {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| client_url(self.tls.is_some(), m.client_port))
             .collect()
     }
 
@@ -128,7 +234,7 @@ impl EtcdCluster {
         self.members
             .iter()
             .filter(|m| m.proc.is_some())
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| client_url(self.tls.is_some(), m.client_port))
             .collect()
     }
 
@@ -139,13 +245,22 @@ impl EtcdCluster {
 
     /// `etcdctl ARGS` against the running members; stdout on success.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
             .arg(format!(
                 "--endpoints={}",
                 self.running_endpoints().join(",")
             ))
-            .args(["--command-timeout=3s", "--dial-timeout=2s"])
+            .args(["--command-timeout=3s", "--dial-timeout=2s"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        let out = cmd
             .args(args)
             .output()
             .context("running etcdctl (apt-get install etcd-client)")?;
@@ -248,7 +363,7 @@ impl EtcdCluster {
             .members
             .get(i)
             .ok_or_else(|| anyhow!("no etcd member {i}"))?;
-        let (code, body) = crate::http_get(m.client_port, "/metrics")?;
+        let (code, body) = crate::http_get(m.metrics_port, "/metrics")?;
         if code != 200 {
             bail!("etcd /metrics answered {code}");
         }
@@ -261,6 +376,11 @@ impl EtcdCluster {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
     }
+}
+
+fn client_url(tls: bool, port: u16) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://127.0.0.1:{port}")
 }
 
 impl Drop for EtcdCluster {

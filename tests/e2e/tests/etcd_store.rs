@@ -5,7 +5,8 @@
 //! registry survive supd's SIGKILL and a restart *with an empty data dir*
 //! (so they came from etcd, not the disk), and killing the etcd leader
 //! changes nothing visible. Checked through `supctl -o json`, supd's
-//! `/readyz` and `etcdctl`.
+//! `/readyz` and `etcdctl`. The same over mutual TLS to an etcd with
+//! `--client-cert-auth`, and what supd says when its certificates are wrong.
 
 use std::time::{Duration, Instant};
 
@@ -330,5 +331,87 @@ fn a_sled_cluster_moves_to_etcd_with_export_and_import() -> Result<()> {
             .ok_or_else(|| anyhow!("no node-2 key"))?,
     )?;
     assert_eq!(stored["cordon"]["reason"], "e2e: before the move");
+    Ok(())
+}
+
+/// supd on an etcd that serves clients over TLS only and requires a client
+/// certificate: the registry and a cordon are written there and survive a
+/// SIGKILL and an empty data dir; with a certificate file that is not
+/// there supd refuses to serve at once, naming the setting and the file.
+#[test]
+fn supd_keeps_its_state_in_an_etcd_that_requires_mutual_tls() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let etcd = EtcdCluster::start_tls(work.path(), 1)?;
+    let pki = etcd
+        .tls
+        .clone()
+        .ok_or_else(|| anyhow!("a TLS cluster has its files"))?;
+    let tls_config = |cert: &std::path::Path| {
+        format!(
+            "{}\n[store.etcd_tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            config(&etcd),
+            pki.ca,
+            cert,
+            pki.client_key
+        )
+    };
+    assert!(
+        config(&etcd).contains("https://127.0.0.1:"),
+        "{}",
+        config(&etcd)
+    );
+    let mut supd = Supd::new(work.path(), &tls_config(&pki.client_cert))?;
+    supd.start()?;
+    let url = supd.url();
+    let _agents = start_sim_agents(work.path(), NODES.len(), |_| url.clone(), &[])?;
+    all_connected(&url)?;
+    supctl_ok(
+        &url,
+        &["cordon", "node-2", "--reason", "e2e: over TLS to etcd"],
+    )?;
+    let stored: Value = serde_json::from_str(
+        &etcd
+            .get(&format!("{PREFIX}nodes/node-2"))?
+            .ok_or_else(|| anyhow!("no node-2 key"))?,
+    )?;
+    assert_eq!(stored["cordon"]["reason"], "e2e: over TLS to etcd");
+
+    supd.kill()?;
+    supd.data_dir = work.path().join("supd-data-new-machine");
+    supd.start()?;
+    let after = all_connected(&url)?;
+    assert_eq!(node(&after, "node-2")?["state"], "cordoned");
+    supd.kill()?;
+
+    // The client certificate's path is wrong: supd refuses to serve at
+    // once (as with a corrupt store: up, to say why), without waiting on
+    // etcd, naming the setting and the file.
+    let missing = work.path().join("supd-etcd-client.pem");
+    std::fs::write(&supd.config, tls_config(&missing))?;
+    let mut cmd = std::process::Command::new(bin("supd")?);
+    cmd.arg("--config")
+        .arg(&supd.config)
+        .arg("--data-dir")
+        .arg(work.path().join("supd-data-wrong-cert"))
+        .arg("--grpc-addr")
+        .arg(format!("127.0.0.1:{}", supd.grpc_port))
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{}", supd.http_port))
+        .arg("--plaintext");
+    let mut wrong = Proc::spawn("supd-wrong-cert", cmd, work.path())?;
+    let body = wait_for("/readyz to say why", STARTUP_TIMEOUT, || {
+        if let Some(status) = wrong.exited()? {
+            bail!("supd exited with {status}:\n{}", wrong.log_text());
+        }
+        Ok(match http_get(supd.http_port, "/readyz") {
+            Ok((503, body)) => Some(body),
+            _ => None,
+        })
+    })?;
+    assert!(
+        body.contains("store.etcd_tls: cannot read the client certificate")
+            && body.contains(&missing.display().to_string()),
+        "{body}"
+    );
     Ok(())
 }

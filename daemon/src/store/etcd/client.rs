@@ -30,7 +30,7 @@ use sup_proto::etcd::etcdserverpb::lease_client::LeaseClient;
 use sup_proto::etcd::etcdserverpb::watch_client::WatchClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// The largest answer accepted. tonic's default (4 MiB) could refuse a page
 /// of a load (a thousand keys) of large job records, and the load would
@@ -57,8 +57,10 @@ pub type Kv = KvClient<InterceptedService<Channel, RequireLeader>>;
 pub type Lease = LeaseClient<InterceptedService<Channel, RequireLeader>>;
 
 /// How to reach the members.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectOptions {
+    /// For `https://` endpoints (their files read already).
+    pub tls: Option<ClientTlsConfig>,
     /// Opening a connection to a member.
     pub connect_timeout: Duration,
     /// Any one request (a backstop: `etcd.rs` times its attempts itself).
@@ -113,8 +115,25 @@ impl Client {
             .iter()
             .enumerate()
             .map(|(index, url)| {
-                let endpoint = Endpoint::from_shared(url.clone())
-                    .map_err(|e| format!("'{url}' is not a usable URL: {e}"))?
+                let mut endpoint = Endpoint::from_shared(url.clone())
+                    .map_err(|e| format!("'{url}' is not a usable URL: {e}"))?;
+                // Never a silent downgrade either way (the config checks
+                // this too; tests and tools build clients directly).
+                match (url.starts_with("https://"), &options.tls) {
+                    (true, Some(tls)) => {
+                        endpoint = endpoint
+                            .tls_config(tls.clone())
+                            .map_err(|e| format!("'{url}': TLS setup failed: {e}"))?;
+                    }
+                    (false, None) => {}
+                    (true, None) => {
+                        return Err(format!("'{url}' is https:// but no TLS files are set"))
+                    }
+                    (false, Some(_)) => {
+                        return Err(format!("'{url}' is http:// but TLS files are set"))
+                    }
+                }
+                let endpoint = endpoint
                     .connect_timeout(options.connect_timeout)
                     .timeout(options.request_timeout)
                     // A member that vanished without closing the connection
@@ -178,6 +197,7 @@ mod tests {
 
     fn options() -> ConnectOptions {
         ConnectOptions {
+            tls: None,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
         }
