@@ -470,6 +470,11 @@ pub struct JobRecord {
     /// restart event says it once the wait is over). Not stored when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub lease_wait_cause: String,
+    /// While the job runs on no node (ended, or waiting for nodes): the
+    /// nodes of the last generation that ran, in node-rank order, where
+    /// its ranks' logs are. Not stored when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_nodes: Vec<String>,
 }
 
 /// A running Slurm job whose nodes a sup job is bound to, as supd's edge

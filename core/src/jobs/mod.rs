@@ -115,9 +115,16 @@ impl Job {
 
     /// Replaces the nodes of the current generation (in node-rank order)
     /// and their index. Every change of `record.nodes` goes through here.
+    /// Released nodes are remembered as `last_nodes`: the last ranks' logs
+    /// stay there after the job ends.
     pub(crate) fn set_nodes(&mut self, nodes: Vec<String>) {
         self.members = index_nodes(&nodes);
-        self.record.nodes = nodes;
+        let released = std::mem::replace(&mut self.record.nodes, nodes);
+        if !self.record.nodes.is_empty() {
+            self.record.last_nodes.clear();
+        } else if !released.is_empty() {
+            self.record.last_nodes = released;
+        }
     }
 
     /// The node's rank in the current generation, if the job holds it
@@ -282,32 +289,30 @@ impl Engine {
         map
     }
 
-    /// Which node runs global rank `rank` of a job, and its local rank.
+    /// Which node runs global rank `rank` of a job, and its local rank; for
+    /// a job that runs on no node now (ended, or waiting for nodes), which
+    /// node ran it last: its log stays there.
     pub fn rank_location(&self, job: &str, rank: u32) -> Result<(String, u32), EngineError> {
         let job = self.job(job)?;
-        if job.record.nodes.is_empty() {
-            // Ended, or waiting for nodes: no agent holds its ranks now,
-            // but the logs of the last ones stay where they ran.
+        let (nodes, now_or_last) = if !job.record.nodes.is_empty() {
+            (&job.record.nodes, "")
+        } else if !job.record.last_nodes.is_empty() {
+            (&job.record.last_nodes, "last ")
+        } else {
             return Err(EngineError::InvalidArgument(format!(
-                "job '{}' runs on no node now ({}): the logs of its last ranks stay on the \
-                 nodes that ran them, under the agent's state dir in jobs/{}/gen-<G>/rank-<R>.log",
+                "job '{}' has not run on any node yet ({}): it has no rank logs",
                 job.name(),
                 job.record.state.as_str(),
-                job.name()
             )));
-        }
+        };
         let per_node = job.record.spec.gpus_per_node;
-        let node = job
-            .record
-            .nodes
-            .get((rank / per_node) as usize)
-            .ok_or_else(|| {
-                EngineError::InvalidArgument(format!(
-                    "job '{}' has no rank {rank} (world size {})",
-                    job.name(),
-                    job.world_size()
-                ))
-            })?;
+        let node = nodes.get((rank / per_node) as usize).ok_or_else(|| {
+            EngineError::InvalidArgument(format!(
+                "job '{}' has no rank {rank} (its {now_or_last}world size is {})",
+                job.name(),
+                nodes.len() as u64 * u64::from(per_node)
+            ))
+        })?;
         Ok((node.clone(), rank % per_node))
     }
 
@@ -376,6 +381,7 @@ impl Engine {
             slurm: None,
             lease_wait: Vec::new(),
             lease_wait_cause: String::new(),
+            last_nodes: Vec::new(),
         };
         self.jobs.insert(name.clone(), Job::restored(record));
         self.record_job_event(now, EventKind::JobSubmitted, None, Some(&name), summary);

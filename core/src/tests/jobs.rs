@@ -980,17 +980,47 @@ fn the_jobs_user_and_group_reach_every_node_it_runs_on() {
 }
 
 #[test]
-fn logs_of_a_job_on_no_node_say_where_they_stay() {
+fn logs_of_a_job_on_no_node_are_asked_of_the_nodes_that_ran_it_last() {
     let mut e = cluster(2);
+    submit(&mut e, 0, &spec("never", 3, 3, ""), "alice").expect("submit");
     submit(&mut e, 0, &spec("llm", 2, 2, ""), "alice").expect("submit");
     drain(&mut e);
-    assert_eq!(e.rank_location("llm", 3), Ok(("n2".to_owned(), 1)));
-    e.stop_job(1_000, "llm", "alice", "done").expect("stop");
-    let err = e.rank_location("llm", 0).expect_err("no node holds it");
+    let err = e.rank_location("never", 0).expect_err("never placed");
     assert_eq!(
         err.to_string(),
-        "job 'llm' runs on no node now (stopped): the logs of its last ranks \
-         stay on the nodes that ran them, under the agent's state dir in \
-         jobs/llm/gen-<G>/rank-<R>.log"
+        "job 'never' has not run on any node yet (pending): it has no rank logs"
+    );
+    assert_eq!(e.rank_location("llm", 3), Ok(("n2".to_owned(), 1)));
+
+    // Waiting for nodes: asked of the nodes of the generation that ran.
+    e.cordon(1_000, "n2", "Xid 79", "alice").expect("cordon");
+    drain(&mut e);
+    let waiting = &job(&e, "llm").record;
+    assert!(waiting.nodes.is_empty(), "{waiting:?}");
+    assert_eq!(waiting.last_nodes, ["n1", "n2"]);
+    assert_eq!(e.rank_location("llm", 3), Ok(("n2".to_owned(), 1)));
+    // Placed again: current nodes only.
+    e.uncordon_validated(2_000, "n2", "alice", "replaced", false)
+        .expect("uncordon");
+    e.handle_timeout(3_000);
+    drain(&mut e);
+    let placed = &job(&e, "llm").record;
+    assert_eq!(placed.nodes.len(), 2, "{placed:?}");
+    assert!(placed.last_nodes.is_empty(), "{placed:?}");
+
+    // Ended: its last generation's nodes, in node-rank order, are stored
+    // with the job.
+    let ran = placed.nodes.clone();
+    e.stop_job(200_000, "llm", "alice", "done").expect("stop");
+    drain(&mut e);
+    let stopped = &job(&e, "llm").record;
+    assert!(stopped.nodes.is_empty());
+    assert_eq!(stopped.last_nodes, ran);
+    assert_eq!(e.rank_location("llm", 0), Ok((ran[0].clone(), 0)));
+    assert_eq!(e.rank_location("llm", 3), Ok((ran[1].clone(), 1)));
+    let err = e.rank_location("llm", 4).expect_err("out of range");
+    assert_eq!(
+        err.to_string(),
+        "job 'llm' has no rank 4 (its last world size is 4)"
     );
 }

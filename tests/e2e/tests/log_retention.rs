@@ -4,7 +4,8 @@
 //! - A job whose rank exits non-zero at once is restarted by supd over and
 //!   over (crash-loop limit and restart budget raised); after 20 and more
 //!   generations the agent's state dir holds the newest `--log-generations`
-//!   of them for the job, no more, and `supctl logs` still answers.
+//!   of them for the job, no more, and `supctl logs` still answers, also
+//!   once the job is stopped (the last generation's log).
 //! - A rank that writes past `--rank-log-max-bytes` has its log rotated to
 //!   `rank-0.log.1` while it runs, keeps writing to `rank-0.log`, and
 //!   `supctl logs` shows its newest lines.
@@ -160,6 +161,12 @@ fn a_crash_looping_job_keeps_only_the_newest_generations_of_logs() -> Result<()>
     assert!(newest_kept >= GENERATIONS, "{kept:?}");
     let newest_log = state.join(format!("jobs/crashy/gen-{newest_kept}/rank-0.log"));
     assert!(newest_log.is_file(), "{}", newest_log.display());
+    // Stopped, the job runs on no node: `supctl logs` asks the node that ran
+    // its last generation, and shows that generation's output.
+    let last = job_status(&url, "crashy")?;
+    assert_eq!(last["state"], "stopped", "{last}");
+    let text = logs_containing(&url, "crashy", &format!("generation {newest_kept} rank 0"))?;
+    println!("supctl logs of the stopped job:\n{text}");
     agent.kill()?;
     Ok(())
 }

@@ -659,29 +659,20 @@ fn fsdp2_job_shrinks_on_a_node_failure_grows_back_and_matches_a_fault_free_run()
     let done = c.wait_job("job succeeded", |j| j["state"] == "succeeded")?;
     assert_eq!(done["restarts"], 1, "growing back is no failure: {done}");
     // Rank 0's own log (README "Rank logs") says where it resumed from:
-    // SUP_RESUME_FROM.
-    let rank0_node = nodes_of(&grown)
-        .first()
-        .cloned()
-        .ok_or_else(|| anyhow!("no nodes in {grown}"))?;
-    let log_file = c
-        .work
-        .join(format!(
-            "agent-{}",
-            rank0_node.strip_prefix("node-").unwrap_or_default()
-        ))
-        .join(format!("jobs/{JOB}/gen-{g3}/rank-0.log"));
-    let log = std::fs::read_to_string(&log_file)
-        .with_context(|| format!("reading {}", log_file.display()))?;
+    // SUP_RESUME_FROM. The job has ended: `supctl logs` asks the node that
+    // ran rank 0 last.
+    let out = supctl(&c.url, &["logs", JOB, "--rank", "0", "--lines", "1000"])?;
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "supctl logs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = format!(
         "resumed from {} at step 12 (generation {g3})",
         c.ckpt().join("step-12").display()
     );
-    assert!(
-        log.contains(&said),
-        "{said}\nin {}:\n{log}",
-        log_file.display()
-    );
+    assert!(log.contains(&said), "{said}\nin supctl logs:\n{log}");
     let ckpt = c.ckpt();
     let listed = c.checkpoints()?;
     assert!(
