@@ -538,9 +538,13 @@ impl EtcdStore {
         let mut last: Option<Result<Option<Candidate>, ()>> = None;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             let (k, m) = (key.clone(), me.clone());
-            match self
-                .call(move |client| async move { election::attempt(&client, k, &m, ttl).await })
-            {
+            let tried = self.call(move |client| async move {
+                match election::holder(&client, k.clone()).await? {
+                    Some(holder) => Ok(Attempt::Held(holder)),
+                    None => election::attempt(&client, k, &m, ttl).await,
+                }
+            });
+            match tried {
                 Ok(Attempt::Won(leadership)) => {
                     tracing::info!(
                         id = %me.id,
@@ -1410,12 +1414,29 @@ mod tests {
                 second.leader().expect("read").map(|c| c.id),
                 Some("a".to_owned())
             );
+            let proposals = || {
+                b.cluster
+                    .metric(0, "etcd_server_proposals_committed_total")
+                    .expect("etcd's metrics")
+            };
+            let before = proposals();
             let thread = campaign_on_a_thread(second, "b");
             // The leader keeps its lease well past its time to live.
             std::thread::sleep(LEASE * 2);
             assert!(
                 !thread.is_finished(),
                 "b must wait while a renews its lease"
+            );
+            // b polled a dozen times meanwhile, with reads only: nothing
+            // went into etcd's log (a's renewals are not raft entries).
+            let written = proposals() - before;
+            eprintln!(
+                "raft entries while b stood by for {:?}: {written}",
+                LEASE * 2
+            );
+            assert!(
+                written <= 1.0,
+                "a standby's polls wrote {written} raft entries"
             );
             first
                 .commit(&[Change::PutNode(record("n2"))])

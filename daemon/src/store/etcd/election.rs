@@ -321,6 +321,15 @@ pub async fn revoke(client: &Client, lease: i64) {
 
 /// The current leader, read without campaigning.
 pub async fn leader(client: &Client, key: Vec<u8>) -> Result<Option<Candidate>, String> {
+    Ok(holder(client, key).await?.flatten())
+}
+
+/// Whether the election key is there (`Some`), and whom it names (`None`
+/// inside: unreadable). A linearizable read, which etcd serves without an
+/// entry in its raft log: a standby polls with this while a leader holds
+/// the key, and only an absent key is worth an [`attempt`] (a lease grant,
+/// a transaction and, when lost, a revoke: three fsynced log entries).
+pub async fn holder(client: &Client, key: Vec<u8>) -> Result<Option<Option<Candidate>>, String> {
     let member = client.member();
     let range = call(member.kv().range(RangeRequest {
         key,
@@ -335,7 +344,7 @@ pub async fn leader(client: &Client, key: Vec<u8>) -> Result<Option<Candidate>, 
         .kvs
         .into_iter()
         .next()
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+        .map(|kv| serde_json::from_slice(&kv.value).ok()))
 }
 
 async fn call<T>(
