@@ -846,9 +846,7 @@ impl StoreConfig {
             }
         }
     }
-}
 
-impl StoreConfig {
     /// The endpoints' scheme and `[store.etcd_tls]` agree: all `https://`
     /// with it, all `http://` without (never a silent plaintext fallback).
     fn check_etcd_tls(&self) -> Result<(), ConfigError> {
