@@ -185,7 +185,7 @@ impl<S: Store> Actor<S> {
         if !self.sessions.contains_key(&node_id) {
             let _ = reply.send(Err(ActorError::Engine(EngineError::FailedPrecondition(
                 format!(
-                    "node '{node_id}' running rank {rank} of job '{job}' has no connected agent"
+                    "node '{node_id}', where the log of rank {rank} of job '{job}' is, has no connected agent"
                 ),
             ))));
             return;
