@@ -25,6 +25,11 @@
 //! backoffs. With one URL every failure ends a round: the agent behaves as
 //! it always has.
 //!
+//! A leader that cannot renew its term only bridges the agents' leases and
+//! says so on each acknowledgement; the session then asks the other URLs
+//! whether one serves and, if one does, moves there at once
+//! ([`Rotation::moved_to`]).
+//!
 //! A supd that answers and refuses this agent (node id taken, certificate
 //! not allowed) is the leader: the others are standbys that would refuse the
 //! connection. The agent stays on that URL and waits the backoff.
@@ -86,6 +91,14 @@ impl Rotation {
     /// fresh one.
     pub fn interrupted(&mut self) {
         self.registered = false;
+    }
+
+    /// The session at [`Rotation::current`] ended because the replica at
+    /// `to` leads now: dial it next, at once, as a fresh round.
+    pub fn moved_to(&mut self, to: usize) {
+        self.current = to % self.len;
+        self.registered = false;
+        self.failed_in_round = 0;
     }
 
     /// The session at [`Rotation::current`] ended: moves on as the policy
@@ -218,6 +231,20 @@ mod tests {
         // once.
         assert_eq!(r.failed(Failure::Outage), Wait::AtOnce);
         assert_eq!(r.current(), 0);
+    }
+
+    #[test]
+    fn moving_to_the_replica_that_serves_starts_a_round_there() {
+        let mut r = Rotation::new(3);
+        r.registered();
+        r.moved_to(2);
+        assert_eq!(r.current(), 2);
+        // Gone again before it registered: on at once, a whole round.
+        let steps = run(&mut r, &[Failure::Outage; 3]);
+        assert_eq!(
+            steps,
+            [(2, Wait::AtOnce), (0, Wait::AtOnce), (1, Wait::Backoff)]
+        );
     }
 
     #[test]

@@ -44,6 +44,10 @@ const MIN_SUGGESTED_INTERVAL: Duration = Duration::from_millis(10);
 /// Outbound messages waiting for the transport. Telemetry is latest-wins, so
 /// when this is full a sample is dropped instead of queued behind stale ones.
 const OUTBOUND_CAPACITY: usize = 128;
+/// While the leader only bridges, the other supd URLs are asked at most
+/// this often whether one serves, and each gets this long to say so.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -61,6 +65,10 @@ pub enum SessionError {
     Closed,
     #[error("the GPU probe thread stopped")]
     ProbeStopped,
+    /// The supd of this session only bridges the lease (it cannot renew its
+    /// term) and the one at `to` serves: it leads now.
+    #[error("this supd cannot renew its term and only bridges the assignment lease; {url} serves: moving there")]
+    Moved { to: usize, url: String },
     /// A vanish or partition drill: no word to supd until then.
     #[error("silent towards supd for {} (a drill)", humantime::format_duration(round_ms(.until.saturating_duration_since(Instant::now()))))]
     Silenced { until: Instant },
@@ -180,6 +188,12 @@ impl Link {
                     info!(supervisor = %self.url(), "the drill's silence is over; reconnecting");
                     continue;
                 }
+                // Not a failure either: straight to the replica that serves.
+                Err(err @ SessionError::Moved { to, .. }) => {
+                    warn!(supervisor = %self.url(), "{err}");
+                    self.rotation.moved_to(to);
+                    continue;
+                }
                 Err(err) => err,
             };
             let failed_at = self.url().to_owned();
@@ -258,6 +272,10 @@ impl Link {
         }
         let heartbeat = sleep(heartbeat_after);
         tokio::pin!(heartbeat);
+        // Answers of the probe for a replica that serves (`probe_others`).
+        let (probed_tx, mut probed) = mpsc::channel::<Option<(usize, String)>>(1);
+        let mut probing = false;
+        let mut next_probe = Instant::now();
         loop {
             tokio::select! {
                 changed = latest.changed() => {
@@ -283,9 +301,23 @@ impl Link {
                     }
                 }
                 message = inbound.message() => match message.map_err(SessionError::Rpc)? {
-                    Some(message) => self.on_message(message),
+                    Some(message) => {
+                        let bridging = matches!(&message.body, Some(SupervisorBody::Ack(ack)) if ack.bridging);
+                        self.on_message(message);
+                        if bridging && !probing && self.endpoints.len() > 1 && Instant::now() >= next_probe {
+                            probing = true;
+                            next_probe = Instant::now() + PROBE_EVERY;
+                            self.probe_others(probed_tx.clone());
+                        }
+                    }
                     None => return Err(SessionError::Closed),
                 },
+                Some(found) = probed.recv() => {
+                    probing = false;
+                    if let Some((to, url)) = found {
+                        return Err(SessionError::Moved { to, url });
+                    }
+                }
             }
         }
     }
@@ -340,6 +372,41 @@ impl Link {
         });
         *seq = next;
         Ok(())
+    }
+
+    /// The leader of this session bridges: it cannot renew its term, so it
+    /// acts on nothing, and another replica may lead already (this one is
+    /// cut off from etcd) or none can (etcd lost its quorum). Asks the
+    /// other URLs, off the session's loop, whether one serves the agent
+    /// service: only a leader binds gRPC, so one that does leads now. None
+    /// does: stay, and keep the lease this supd still renews.
+    fn probe_others(&self, answer: mpsc::Sender<Option<(usize, String)>>) {
+        let current = self.rotation.current();
+        let others: Vec<(usize, String, Endpoint)> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != current)
+            .map(|(i, (url, endpoint))| (i, url.clone(), endpoint.clone()))
+            .collect();
+        tokio::spawn(async move {
+            let mut found = None;
+            for (i, url, endpoint) in others {
+                match timeout(PROBE_TIMEOUT, serves(endpoint)).await {
+                    Ok(Ok(true)) => {
+                        found = Some((i, url));
+                        break;
+                    }
+                    Ok(Ok(false)) => {
+                        debug!(supervisor = %url, "another supd answers but does not serve agents")
+                    }
+                    Ok(Err(e)) => debug!(supervisor = %url, "another supd does not serve: {e}"),
+                    Err(_) => debug!(supervisor = %url, "another supd did not answer in time"),
+                }
+            }
+            // The session may be over: then nobody listens, which is fine.
+            let _ = answer.send(found).await;
+        });
     }
 
     fn publish_lease(&self) {
@@ -401,6 +468,20 @@ impl Link {
             None => debug!("ignoring a supervisor message of an unknown kind"),
         }
     }
+}
+
+/// Whether the supd at `endpoint` serves the agent service (gRPC health).
+async fn serves(endpoint: Endpoint) -> Result<bool, String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = endpoint.connect().await.map_err(|e| chain(&e))?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: sup_proto::v1::agent_service_server::SERVICE_NAME.to_owned(),
+        })
+        .await
+        .map_err(|status| describe_status(&status))?;
+    Ok(answer.into_inner().status == ServingStatus::Serving as i32)
 }
 
 /// Opens the stream (whose first queued message is `Register`) and waits for

@@ -85,10 +85,11 @@ fn acknowledge_renewal(
     if leadership.is_some_and(|l| !l.may_renew_assignments(bridge)) {
         return;
     }
+    let bridging = leadership.is_some_and(|l| !l.holds());
     // A full queue (the agent not reading) drops it: the agent asks again
     // with a later message, several times per lease.
     let _ = outbound.try_send(Box::new(v1::SupervisorMessage {
-        body: Some(v1::supervisor_message::Body::Ack(v1::Ack { seq })),
+        body: Some(v1::supervisor_message::Body::Ack(v1::Ack { seq, bridging })),
     }));
 }
 

@@ -288,7 +288,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracing::warn!(error = %e, "cannot tell systemd that supd is ready");
     }
 
-    let deposed = standby::deposed(leadership, config.store.lease_bridge, counters_for_lease);
+    let deposed = standby::deposed(
+        leadership,
+        config.store.lease_bridge,
+        counters_for_lease,
+        health_reporter.clone(),
+    );
     tokio::pin!(deposed);
     let outcome: anyhow::Result<()> = tokio::select! {
         _ = &mut shutdown => {

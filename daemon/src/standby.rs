@@ -29,9 +29,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::grpc::AgentApi;
 use crate::metrics::Counters;
 use crate::store::{Candidate, EtcdStore, Leadership, Standing, StoreError};
 use crate::{http, http_limits, http_server, HTTP_DRAIN};
+use sup_proto::v1::agent_service_server::AgentServiceServer;
 
 /// How a replica is reached at `addr`: an unspecified address (0.0.0.0,
 /// [::]) is no address to give others, so the host name stands in.
@@ -193,12 +195,16 @@ pub async fn until_leader<F: Future<Output = ()>>(
 /// Resolves when this replica's term ends (never without one): etcd said
 /// it is gone, or it could not be renewed for `bridge` past its end (see
 /// `store.lease_bridge`). Meanwhile `counters.not_acting` says why the
-/// leader does not act. The store fences every write and action on the
-/// term itself, within a fraction of the lease of losing it.
+/// leader does not act, and the gRPC health of the agent service says
+/// NOT_SERVING: an agent of another replica that bridges, looking for the
+/// one that leads, must not take this one for it. The store fences every
+/// write and action on the term itself, within a fraction of the lease of
+/// losing it.
 pub async fn deposed(
     leadership: Option<Leadership>,
     bridge: Duration,
     counters: Arc<Counters>,
+    health: tonic_health::server::HealthReporter,
 ) -> String {
     let Some(l) = leadership else {
         return std::future::pending().await;
@@ -243,6 +249,9 @@ pub async fn deposed(
                 .not_acting
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+            health
+                .set_not_serving::<AgentServiceServer<AgentApi>>()
+                .await;
         }
     }
 }

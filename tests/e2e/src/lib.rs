@@ -858,6 +858,12 @@ fn proxy_connection(client: TcpStream, target: u16, s: &std::sync::Arc<ProxyShar
 /// The overall status from supd's gRPC health service ("SERVING",
 /// "NOT_SERVING", ...).
 pub fn grpc_health(port: u16) -> Result<String> {
+    grpc_health_of(port, "")
+}
+
+/// The status of one gRPC service (e.g. "sup.v1.AgentService") from supd's
+/// health service.
+pub fn grpc_health_of(port: u16, service: &str) -> Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -870,7 +876,7 @@ pub fn grpc_health(port: u16) -> Result<String> {
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         let reply = client
             .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
+                service: service.to_owned(),
             })
             .await?;
         Ok(reply.into_inner().status().as_str_name().to_owned())

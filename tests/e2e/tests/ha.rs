@@ -5,7 +5,10 @@
 //! is not restarted. Paused (SIGSTOP) past its lease and resumed, a
 //! leader can neither write nor act: a job submitted and a cordon asked of
 //! it while it was paused never land, and it steps down (exits, for systemd to restart it
-//! as a standby).
+//! as a standby). Cut off from etcd (a proxy between them stops forwarding)
+//! but not from its agents, a leader only bridges their leases: they find
+//! the replica that leads meanwhile and move to it, long before the bridge
+//! is over, and the job runs on.
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -450,5 +453,94 @@ fn losing_etcd_quorum_stops_supd_acting_without_touching_the_job_until_quorum_re
     assert_eq!(job["state"], "running", "{job}");
     assert!(events_of(&serving, "job_restarted", Some("llm"))?.is_empty());
     let _ = b.kill();
+    Ok(())
+}
+
+#[test]
+fn a_leader_cut_off_from_etcd_hands_its_agents_to_the_replica_that_leads() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let _ranks = RanksUnder(work.path().to_owned());
+    let etcd = EtcdCluster::start(work.path(), 1)?;
+    let etcd_port: u16 = etcd.endpoints()[0]
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow!("no port in {:?}", etcd.endpoints()))?;
+    // a reaches etcd only through the proxy; b directly. a's bridge is long
+    // (120 s) so that the agents' move can only be their own doing.
+    let proxy = FaultProxy::start(etcd_port)?;
+    let direct = config(&etcd, free_port()?);
+    let via_proxy = direct.replace(&toml_list(&etcd.endpoints()), &toml_list(&[proxy.url()]))
+        + "lease_bridge = \"120s\"\n";
+    assert!(via_proxy.contains(&proxy.url()), "{via_proxy}");
+    let mut a = replica(work.path(), "a", &via_proxy)?;
+    a.start()?;
+    let mut b = replica(work.path(), "b", &direct)?;
+    b.start_standby()?;
+    let both = format!("{},{}", a.url(), b.url());
+    let agents = start_sim_agents(work.path(), 3, |_| both.clone(), &[])?;
+    wait_ready_nodes(&a.url(), 3)?;
+    let running = run_job(&a.url(), work.path())?;
+    let ckpt = format!("{}", work.path().join("ckpt-llm").display());
+    let ranks = processes_with_env(&[("SUP_CHECKPOINT_DIR", ckpt.as_str())]);
+    assert_eq!(ranks.len(), 6, "3 nodes × 2 ranks: {ranks:?}");
+
+    // The cut: a's requests to etcd go unanswered; the agents still reach a.
+    proxy.pause();
+    proxy.cut();
+    let cut = Instant::now();
+    let body = wait_for("a not acting", Duration::from_secs(60), || {
+        let (code, body) = readyz(&a)?;
+        Ok((code == 503 && body.contains("not acting")).then_some(body))
+    })?;
+    eprintln!("a: {}", body.trim());
+    // Its agent service says so, for the agents of any replica that look
+    // for the one that leads.
+    wait_for(
+        "a's agent service NOT_SERVING",
+        Duration::from_secs(10),
+        || Ok((grpc_health_of(a.grpc_port, "sup.v1.AgentService")? == "NOT_SERVING").then_some(())),
+    )?;
+    let led = wait_leader(&b, Duration::from_secs(60))?;
+    let moved = wait_for(
+        "all three agents connected to b",
+        Duration::from_secs(90),
+        || {
+            let nodes = supctl_json(&b.url(), &["nodes", "--all"])?;
+            let connected = nodes["nodes"]
+                .as_array()
+                .map_or(0, |n| n.iter().filter(|n| n["connected"] == true).count());
+            Ok((connected == 3).then(|| cut.elapsed()))
+        },
+    )?;
+    eprintln!(
+        "after a was cut off from etcd: b led at {led:?}, every agent had moved to b at {moved:?} \
+         (a's bridge: 120 s; assignment lease 15 s)"
+    );
+    // a still bridges: the agents left it because b serves, not because a
+    // stepped down.
+    assert!(
+        a.proc
+            .as_mut()
+            .ok_or_else(|| anyhow!("a"))?
+            .exited()?
+            .is_none(),
+        "a must still be bridging:\n{}",
+        a.log_text()
+    );
+    for agent in &agents {
+        let log = agent.log_text();
+        assert!(log.contains("only bridges the assignment lease"), "{log}");
+    }
+    let job = job_status(&b.url(), "llm")?;
+    assert_eq!(job["generation"], running["generation"], "{job}");
+    assert_eq!(job["state"], "running", "{job}");
+    assert!(events_of(&b.url(), "job_restarted", Some("llm"))?.is_empty());
+    let alive: Vec<u32> = ranks
+        .iter()
+        .copied()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    assert_eq!(alive, ranks, "no rank may die of the move");
     Ok(())
 }
