@@ -35,6 +35,10 @@
 //! (connect error, non-200 status, 30 s timeout), latency (connect to last
 //! byte) and body size, to show what scraping costs the ingest path.
 //!
+//! With `--tls` the same run is over mutual TLS, as production runs (tls.rs):
+//! certificates are generated in memory, supd serves `[grpc.tls]` and every
+//! agent presents its own node's certificate. Plaintext is the default.
+//!
 //! With `--replicas N` it measures failover instead (replicas.rs): a
 //! 3-member etcd and N supd replicas on loopback, every agent given all
 //! their URLs (sup-agent's own rotation and backoff, `--reconnect-*-ms`),
@@ -67,9 +71,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 mod replicas;
+mod tls;
 
 #[derive(Debug, Parser)]
 #[command(name = "sup-loadgen", version)]
@@ -110,6 +115,12 @@ struct Args {
     /// are not gated: every agent retries on its own backoff).
     #[arg(long, default_value_t = 64)]
     connect_parallel: usize,
+    /// Mutual TLS, as production runs: a CA, supd's certificate and one
+    /// client certificate per node are generated in memory (rcgen), supd is
+    /// started with `[grpc.tls]` and every agent connects over https://.
+    /// Default: plaintext, as every older figure in BENCHMARKS.md.
+    #[arg(long)]
+    tls: bool,
     /// Kill and restart supd after the faults and measure the reconnect storm.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     restart: bool,
@@ -248,6 +259,10 @@ fn main() -> anyhow::Result<()> {
     if args.replicas == 1 || args.replicas > 26 {
         bail!("--replicas takes 2 to 26 (0: one supd without etcd)");
     }
+    if args.tls && args.replicas > 0 {
+        // The failover harness also starts etcd; TLS there is a run of its own.
+        bail!("--tls measures one supd; it does not combine with --replicas");
+    }
     if args.replicas > 0 {
         if !(1..=60).contains(&args.leader_lease_secs) {
             bail!("--leader-lease-secs must be 1 to 60 (supd's store.leader_lease)");
@@ -331,10 +346,18 @@ struct Supd {
     binary: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
+    /// With `--tls`: the certificates supd and every client use.
+    pki: Option<Arc<tls::BenchPki>>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Supd {
+    /// The URL agents and the controller dial.
+    fn uri(&self) -> String {
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc)
+    }
+
     fn spawn(binary: &PathBuf, config_path: &PathBuf, log_path: &PathBuf) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -387,7 +410,19 @@ fn start_supd(args: &Args) -> anyhow::Result<Supd> {
     let (dir, tmp) = work_dir(args)?;
     let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let config = supd_config(args, &dir.join("data"), grpc, http);
+    let pki = if args.tls {
+        let ids: Vec<String> = (0..args.nodes).map(node_id).collect();
+        let pki = tls::BenchPki::generate(&dir, &ids)?;
+        println!(
+            "tls: generated a CA, supd's certificate and {} client certificates in {:.2} s",
+            pki.clients(),
+            pki.generated_in.as_secs_f64()
+        );
+        Some(Arc::new(pki))
+    } else {
+        None
+    };
+    let config = supd_config(args, &dir.join("data"), grpc, http, pki.as_deref());
     let config_path = dir.join("supd.toml");
     std::fs::write(&config_path, config)?;
     let log_path = dir.join("supd.log");
@@ -400,13 +435,33 @@ fn start_supd(args: &Args) -> anyhow::Result<Supd> {
         binary: args.supd.clone(),
         config_path,
         log_path,
+        pki,
         _dir: tmp,
     })
 }
 
 /// supd's config for a run: a config tuned for measuring (see the module
-/// doc), its store in `data`, listening on `grpc` and `http`.
-fn supd_config(args: &Args, data: &std::path::Path, grpc: SocketAddr, http: SocketAddr) -> String {
+/// doc), its store in `data`, listening on `grpc` and `http`; mutual TLS
+/// with `pki`'s files, else plaintext.
+fn supd_config(
+    args: &Args,
+    data: &std::path::Path,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    pki: Option<&tls::BenchPki>,
+) -> String {
+    let transport = match pki {
+        // TOML basic strings: Debug quotes and escapes `"` and `\` the way
+        // TOML reads them, so any --keep-dir path stays one string.
+        Some(pki) => format!(
+            "[grpc.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            pki.ca_path.display().to_string(),
+            pki.cert_path.display().to_string(),
+            pki.key_path.display().to_string(),
+        ),
+        None => "# Loopback benchmark: plaintext, as the agents it simulates.\nplaintext = true\n"
+            .to_owned(),
+    };
     let interval_ms = (1000.0 / args.rate).round().max(1.0) as u64;
     // Widened guards: the benchmark injects many faults into one job on
     // purpose; the crash-loop guard and breaker would (rightly) refuse them.
@@ -415,9 +470,7 @@ fn supd_config(args: &Args, data: &std::path::Path, grpc: SocketAddr, http: Sock
 log_format = "json"
 [grpc]
 addr = "{grpc}"
-# Loopback benchmark: plaintext, as the agents it simulates.
-plaintext = true
-[http]
+{transport}[http]
 addr = "{http}"
 [nodes]
 unreachable_after = "{unreachable}ms"
@@ -666,6 +719,15 @@ async fn stop_scrapers(scrapers: Scrapers) -> anyhow::Result<(ScrapeStats, Durat
         all.merge(task.await.context("a scraper task panicked")?);
     }
     Ok((all, ran))
+}
+
+/// How the agents reach supd, for the printed summary.
+fn transport_name(tls: bool) -> &'static str {
+    if tls {
+        "mutual TLS (https://, one client certificate per node)"
+    } else {
+        "plaintext (http://)"
+    }
 }
 
 fn node_id(i: usize) -> String {
@@ -1190,11 +1252,21 @@ fn new_shared(nodes: usize) -> Arc<Shared> {
 }
 
 /// Waits until a gRPC `uri` accepts a connection (supd opening its store
-/// and binding), for up to 20 s.
-async fn connect_control(uri: &str) -> anyhow::Result<ControlServiceClient<Channel>> {
+/// and binding), for up to 20 s. With `tls`, over https:// with that
+/// identity (an operator: the controller submits the job).
+async fn connect_control(
+    uri: &str,
+    tls: Option<ClientTlsConfig>,
+) -> anyhow::Result<ControlServiceClient<Channel>> {
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut endpoint = Endpoint::from_shared(uri.to_owned())?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .context("the controller's TLS settings")?;
+    }
     let control_channel = loop {
-        match Endpoint::from_shared(uri.to_owned())?.connect().await {
+        match endpoint.connect().await {
             Ok(c) => break c,
             Err(e) if Instant::now() > deadline => bail!("supd did not come up: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -1205,10 +1277,12 @@ async fn connect_control(uri: &str) -> anyhow::Result<ControlServiceClient<Chann
 
 /// Starts every simulated agent (given every supd URL in `uris`), a bounded
 /// number connecting at a time, and waits until all are registered.
-/// Returns each agent's command channel.
+/// With `pki`, each agent presents its own node's certificate. Returns each
+/// agent's command channel.
 fn spawn_agents(
     args: &Args,
     uris: &[String],
+    pki: Option<&tls::BenchPki>,
     shared: &Arc<Shared>,
     period: Duration,
 ) -> anyhow::Result<Vec<mpsc::UnboundedSender<AgentCommand>>> {
@@ -1219,12 +1293,20 @@ fn spawn_agents(
         commands.push(ctx);
         let shared = shared.clone();
         let gate = gate.clone();
+        // Built once per agent and shared by its URLs: every reconnect
+        // (the restart storm) then does a full handshake, as sup-agent does.
+        let tls = pki.map(|pki| pki.node_config(idx)).transpose()?;
         let endpoints = uris
             .iter()
             .map(|uri| {
-                let endpoint = Endpoint::from_shared(uri.clone())?
+                let mut endpoint = Endpoint::from_shared(uri.clone())?
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10));
+                if let Some(tls) = &tls {
+                    endpoint = endpoint
+                        .tls_config(tls.clone())
+                        .with_context(|| format!("agent {idx}'s TLS settings"))?;
+                }
                 // As sup-agent's, with several URLs: a replica that does not
                 // answer must not hold an agent up for long.
                 Ok(if uris.len() > 1 {
@@ -1340,28 +1422,36 @@ max_restarts = 100000
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut supd = start_supd(&args)?;
     let pid = supd.child.id().to_string();
-    let uri = format!("http://{}", supd.grpc);
+    let uri = supd.uri();
     let period = Duration::from_secs_f64(1.0 / args.rate);
     println!(
-        "sup-loadgen: {} nodes × {} GPUs = {} GPUs, {} Hz, supd pid {pid} (gRPC {}, HTTP {}), unreachable_after {} ms",
+        "sup-loadgen: {} nodes × {} GPUs = {} GPUs, {} Hz, supd pid {pid} (gRPC {}, {}, HTTP {}), unreachable_after {} ms",
         args.nodes,
         args.gpus,
         args.nodes as u64 * u64::from(args.gpus),
         args.rate,
         supd.grpc,
+        transport_name(args.tls),
         supd.http,
         args.unreachable_after_ms
     );
 
     // supd takes a moment to open its store and bind.
-    let mut control = connect_control(&uri).await?;
+    let pki = supd.pki.clone();
+    let mut control = connect_control(&uri, pki.as_ref().map(|p| p.operator_config())).await?;
 
     let shared = new_shared(args.nodes);
     tokio::spawn(poll_events(control.clone(), shared.clone()));
 
     // Connect every agent, a bounded number at a time.
     let t_connect = Instant::now();
-    let commands = spawn_agents(&args, std::slice::from_ref(&uri), &shared, period)?;
+    let commands = spawn_agents(
+        &args,
+        std::slice::from_ref(&uri),
+        pki.as_deref(),
+        &shared,
+        period,
+    )?;
     wait_registered(&args, &shared, t_connect).await?;
     submit_bench_job(&args, &mut control, &shared, period).await?;
 
@@ -1774,6 +1864,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!(
         "false unreachable events (whole run)          {false_unreachable} (node_unreachable for nodes never silenced)"
+    );
+    println!(
+        "transport                                     {}",
+        transport_name(args.tls)
     );
     shared.finished.store(true, Ordering::Relaxed);
     drop(commands);

@@ -236,7 +236,7 @@ etcd_prefix = "{PREFIX}"
 replica_id = "{id}"
 leader_lease = "{lease}s"
 "#,
-                base = supd_config(args, &rdir.join("data"), grpc, http),
+                base = supd_config(args, &rdir.join("data"), grpc, http, None),
                 endpoints = cluster
                     .etcd_endpoints
                     .iter()
@@ -536,7 +536,7 @@ async fn failover(
     // The job on a new generation, every rank launched (supd's event).
     let mut control = match control {
         Some(c) => c,
-        None => connect_control(&cluster.replicas[new].uri()).await?,
+        None => connect_control(&cluster.replicas[new].uri(), None).await?,
     };
     let running = wait_running(&mut control, job.generation, Duration::from_secs(60)).await?;
     let tag = format!("generation {} ", running.generation);
@@ -611,10 +611,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let mut leader = 0;
-    let mut control = connect_control(&uris[leader]).await?;
+    let mut control = connect_control(&uris[leader], None).await?;
     let shared = new_shared(args.nodes);
     let t_connect = Instant::now();
-    let commands = spawn_agents(&args, &uris, &shared, period)?;
+    let commands = spawn_agents(&args, &uris, None, &shared, period)?;
     wait_registered(&args, &shared, t_connect).await?;
     submit_bench_job(&args, &mut control, &shared, period).await?;
     if args.failover_runs > args.spares {
@@ -665,7 +665,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // The killed replica back, as the next standby (systemd would).
         let old = leader;
         leader = new;
-        control = connect_control(&uris[leader]).await?;
+        control = connect_control(&uris[leader], None).await?;
         cluster.replicas[old].start(&args.supd)?;
         cluster.replicas[old].wait_standing_by().await?;
         shared.restarting.store(false, Ordering::Relaxed);

@@ -2,7 +2,8 @@
 //! for a few seconds, faults, a supd crash and restart and vanished agents
 //! included. It checks that the benchmark runs, loses no report, leaves the
 //! job alone across the restart and flaps no node, not how fast anything is
-//! (the figures are in BENCHMARKS.md, from a full run).
+//! (the figures are in BENCHMARKS.md, from a full run). Once in plaintext
+//! and once with `--tls`: mutual TLS, one client certificate per agent.
 
 use std::process::Command;
 
@@ -11,6 +12,30 @@ use sup_e2e::bin;
 
 #[test]
 fn loadgen_smoke_runs_and_drops_no_report() -> Result<()> {
+    let stdout = smoke(&[])?;
+    assert!(
+        stdout.contains("\ntransport                                     plaintext"),
+        "{stdout}"
+    );
+    Ok(())
+}
+
+#[test]
+fn loadgen_smoke_over_mutual_tls() -> Result<()> {
+    let stdout = smoke(&["--tls"])?;
+    // Every agent registered under its own certificate's identity: supd
+    // would have refused one presenting another node's.
+    assert!(
+        stdout.contains("\ntransport                                     mutual TLS"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("and 51 client certificates in"), "{stdout}");
+    Ok(())
+}
+
+/// One short run with `extra` flags; checks what holds for every transport
+/// and returns what it printed.
+fn smoke(extra: &[&str]) -> Result<String> {
     let out = Command::new(bin("sup-loadgen")?)
         .args(["--supd"])
         .arg(bin("supd")?)
@@ -28,6 +53,7 @@ fn loadgen_smoke_runs_and_drops_no_report() -> Result<()> {
             "--vanish",
             "3",
         ])
+        .args(extra)
         .output()
         .context("running sup-loadgen")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -67,5 +93,5 @@ fn loadgen_smoke_runs_and_drops_no_report() -> Result<()> {
         false_unreachable.split_whitespace().nth(5) == Some("0"),
         "{stdout}"
     );
-    Ok(())
+    Ok(stdout.into_owned())
 }
