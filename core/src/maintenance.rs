@@ -300,6 +300,11 @@ impl Engine {
     /// Cordons every draining node that no longer holds a job (its job moved
     /// off, finished or was stopped). Part of reconcile: level-triggered.
     pub(crate) fn finish_drains(&mut self, now: Millis) {
+        // Every reconcile asks; the holder map costs a pass over every job's
+        // nodes, so build it only when some node drains.
+        if !self.nodes.values().any(|n| n.record.drain.is_some()) {
+            return;
+        }
         let holders = self.holders();
         let done: Vec<String> = self
             .nodes

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::messages::*;
+use crate::records::GpuRecord;
 use crate::{Action, Engine};
 
 impl Engine {
@@ -40,14 +41,10 @@ impl Engine {
 
     /// The GPUs a node's ranks use, in local-rank order.
     pub(crate) fn gpu_indices_for(&self, node_id: &str, per_node: u32) -> Vec<u32> {
-        let mut gpu_indices: Vec<u32> = self
-            .nodes
+        self.nodes
             .get(node_id)
-            .map(|n| n.record.gpus.iter().map(|g| g.index).collect())
-            .unwrap_or_default();
-        gpu_indices.sort_unstable();
-        gpu_indices.truncate(per_node as usize);
-        gpu_indices
+            .map(|n| gpu_choice(&n.record.gpus, per_node))
+            .unwrap_or_default()
     }
 
     pub(crate) fn job_assignment(
@@ -124,51 +121,35 @@ impl Engine {
     }
 
     pub(crate) fn sync_assignments(&mut self) {
-        // Reconcile runs on every returning node, so this must stay cheap at
-        // 2,048 nodes: one template per job (all but the node's rank and
-        // GPUs), compared in place with what each node was last sent; a full
-        // assignment (strings, env map) is built only for nodes that need one.
-        type Holder = Option<(String, u32, Vec<u32>)>;
-        let (plan, templates) = {
-            let holders = self.holders();
-            let mut templates: HashMap<String, DesiredAssignment> = HashMap::new();
-            let plan: Vec<(String, Holder)> = self
-                .nodes
-                .values()
-                .filter(|n| n.connected())
-                .map(|n| {
-                    let id = n.record.id.as_str();
-                    let holder = holders.get(id).map(|&(job, rank)| {
-                        templates
-                            .entry(job.name().to_owned())
-                            .or_insert_with(|| self.desired_for("", Some((job, 0))));
-                        let gpus = self.gpu_indices_for(id, job.record.spec.gpus_per_node);
-                        (
-                            job.name().to_owned(),
-                            u32::try_from(rank).unwrap_or(u32::MAX),
-                            gpus,
-                        )
-                    });
-                    (id.to_owned(), holder)
-                })
-                .collect();
-            (plan, templates)
-        };
+        // Reconcile runs once per batch of inputs: during a reconnect storm
+        // at 16,384 nodes, hundreds of times. So the walk compares each
+        // connected node's last assignment with one template per job (all
+        // but the node's rank and GPUs) in place and allocates nothing per
+        // node; a full assignment (strings, env map) is built only for the
+        // nodes that need one.
+        let templates: HashMap<&str, DesiredAssignment> = self
+            .jobs
+            .values()
+            .filter(|j| j.record.state.is_active())
+            .map(|j| (j.name(), self.desired_for("", Some((j, 0)))))
+            .collect();
+        let holders = holders_of(&self.jobs);
         let last_generation = self.last_generation;
         let mut stale: Vec<(String, Option<(String, usize)>)> = Vec::new();
-        for (id, holder) in plan {
-            let Some(node) = self.nodes.get_mut(&id) else {
-                continue;
-            };
-            let up_to_date = match (&holder, node.sent_assignment.as_mut()) {
-                (Some((job, rank, gpus)), Some(sent)) => templates
-                    .get(job)
-                    .is_some_and(|t| matches_template(sent, t, *rank, gpus)),
+        for node in self.nodes.values_mut().filter(|n| n.connected()) {
+            let holder = holders.get(node.record.id.as_str()).copied();
+            let up_to_date = match (holder, node.sent_assignment.as_mut()) {
+                (Some((job, rank)), Some(sent)) => templates.get(job.name()).is_some_and(|t| {
+                    let rank = u32::try_from(rank).unwrap_or(u32::MAX);
+                    let gpus = (&node.record.gpus[..], job.record.spec.gpus_per_node);
+                    matches_template(sent, t, rank, gpus)
+                }),
                 (None, Some(sent)) => sent.job.is_none() && sent.generation == last_generation,
                 (_, None) => false,
             };
             if !up_to_date {
-                stale.push((id, holder.map(|(job, rank, _)| (job, rank as usize))));
+                let holder = holder.map(|(job, rank)| (job.name().to_owned(), rank));
+                stale.push((node.record.id.clone(), holder));
             }
         }
         for (id, holder) in stale {
@@ -192,7 +173,28 @@ impl Engine {
     }
 }
 
-/// Whether `sent` is the job's `template` for a node at `rank` with `gpus`.
+/// The GPUs a node's ranks use, in local-rank order: the lowest
+/// `per_node` indices of the node's GPUs.
+fn gpu_choice(gpus: &[GpuRecord], per_node: u32) -> Vec<u32> {
+    let mut indices: Vec<u32> = gpus.iter().map(|g| g.index).collect();
+    indices.sort_unstable();
+    indices.truncate(per_node as usize);
+    indices
+}
+
+/// Whether `chosen` is [`gpu_choice`] of `gpus`, without allocating when the
+/// node lists its GPUs in index order (agents do).
+fn is_gpu_choice(chosen: &[u32], gpus: &[GpuRecord], per_node: u32) -> bool {
+    if gpus.windows(2).all(|w| w[0].index <= w[1].index) {
+        let lowest = gpus.iter().map(|g| g.index).take(per_node as usize);
+        chosen.iter().copied().eq(lowest)
+    } else {
+        chosen == gpu_choice(gpus, per_node).as_slice()
+    }
+}
+
+/// Whether `sent` is the job's `template` for a node at `rank` with `gpus`
+/// (of which its ranks use `per_node`).
 /// The per-node fields are swapped out for the comparison and put back, so
 /// the full derived equality decides (new proto fields included) without
 /// cloning the assignment.
@@ -200,12 +202,15 @@ fn matches_template(
     sent: &mut DesiredAssignment,
     template: &DesiredAssignment,
     rank: u32,
-    gpus: &[u32],
+    (gpus, per_node): (&[GpuRecord], u32),
 ) -> bool {
     let Some(job) = sent.job.as_mut() else {
         return false;
     };
-    if sent.generation != template.generation || job.node_rank != rank || job.gpu_indices != gpus {
+    if sent.generation != template.generation
+        || job.node_rank != rank
+        || !is_gpu_choice(&job.gpu_indices, gpus, per_node)
+    {
         return false;
     }
     let template_rank = template.job.as_ref().map_or(0, |t| t.node_rank);

@@ -280,13 +280,7 @@ impl Engine {
     /// per pass: calling `job_of` per node scans every job's node list,
     /// which is quadratic at cluster scale.
     pub(crate) fn holders(&self) -> HashMap<&str, (&Job, usize)> {
-        let mut map = HashMap::new();
-        for j in self.jobs.values().filter(|j| j.record.state.is_active()) {
-            for (rank, n) in j.record.nodes.iter().enumerate() {
-                map.entry(n.as_str()).or_insert((j, rank));
-            }
-        }
-        map
+        holders_of(&self.jobs)
     }
 
     /// Which node runs global rank `rank` of a job, and its local rank; for
@@ -457,4 +451,17 @@ fn join(ids: &[&String]) -> String {
         out.push_str(&format!(" and {} more", ids.len() - SHOWN));
     }
     out
+}
+
+/// [`Engine::holders`] of a job table, for a caller that holds other parts
+/// of the engine mutably.
+pub(crate) fn holders_of(jobs: &BTreeMap<String, Job>) -> HashMap<&str, (&Job, usize)> {
+    let active = || jobs.values().filter(|j| j.record.state.is_active());
+    let mut map = HashMap::with_capacity(active().map(|j| j.record.nodes.len()).sum());
+    for j in active() {
+        for (rank, n) in j.record.nodes.iter().enumerate() {
+            map.entry(n.as_str()).or_insert((j, rank));
+        }
+    }
+    map
 }
