@@ -68,10 +68,14 @@ fn wait_notifications(
         }
         match socket.recv(&mut buf) {
             Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            // A signal meant for the test process (a child exiting) may
+            // interrupt the wait: wait again, the deadline still holds.
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => return Err(e.into()),
         }
