@@ -62,33 +62,7 @@ fn a_job_starts_on_nodes_in_stable_order_with_the_torchrun_contract() {
 #[test]
 fn a_node_listing_its_gpus_out_of_order_runs_on_the_lowest_and_is_not_told_again() {
     let mut e = cluster(1);
-    e.on_register(
-        0,
-        Registration {
-            validates: false,
-            session: session_of("n2"),
-            node_id: "n2".to_owned(),
-            address: "addr-n2".to_owned(),
-            hostname: "n2".to_owned(),
-            agent_version: "0".to_owned(),
-            instance_id: "i-n2".to_owned(),
-            gpu_backend: "sim".to_owned(),
-            gpus: [3, 1, 2, 0]
-                .into_iter()
-                .map(|i| GpuInventory {
-                    index: i,
-                    uuid: format!("GPU-n2-{i}"),
-                    name: "NVIDIA H100 80GB HBM3".to_owned(),
-                    pci_bus_id: String::new(),
-                    memory_total_bytes: None,
-                })
-                .collect(),
-        },
-    )
-    .expect("register");
-    assert!(e
-        .on_telemetry(0, "n2", session_of("n2"), vec![])
-        .is_applied());
+    register_gpus(&mut e, "n2", session_of("n2"), &[3, 1, 2, 0], 0);
     submit(&mut e, 1_000, &spec("llm", 2, 2, ""), "alice").expect("submit");
     let sent = assignments(&drain(&mut e));
     let a2 = sent["n2"].job.as_ref().expect("n2 runs the job");

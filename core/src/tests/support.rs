@@ -9,6 +9,17 @@ use crate::jobs::Job;
 use crate::*;
 
 pub(super) fn register(e: &mut Engine, id: &str, session: SessionId, gpus: u32, now: Millis) {
+    register_gpus(e, id, session, &(0..gpus).collect::<Vec<_>>(), now);
+}
+
+/// [`register`] with the GPU indices the node lists, in its order.
+pub(super) fn register_gpus(
+    e: &mut Engine,
+    id: &str,
+    session: SessionId,
+    gpus: &[u32],
+    now: Millis,
+) {
     e.on_register(
         now,
         Registration {
@@ -20,8 +31,9 @@ pub(super) fn register(e: &mut Engine, id: &str, session: SessionId, gpus: u32, 
             agent_version: "0".to_owned(),
             instance_id: format!("i-{id}"),
             gpu_backend: "sim".to_owned(),
-            gpus: (0..gpus)
-                .map(|i| GpuInventory {
+            gpus: gpus
+                .iter()
+                .map(|&i| GpuInventory {
                     index: i,
                     uuid: format!("GPU-{id}-{i}"),
                     name: "NVIDIA H100 80GB HBM3".to_owned(),
